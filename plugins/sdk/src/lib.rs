@@ -1,0 +1,279 @@
+//! lessor plugin SDK: the contract between the lessor core and a vendor plugin.
+//!
+//! A plugin turns an authorized request into a credential at a vendor (a
+//! certificate, a token, a database role) and takes it back again. It never
+//! sees the lease store, the HTTP layer or the policy engine: it gets its
+//! configuration, a [`StateStore`] for the little state it must keep (CA keys,
+//! revocation lists), and the request.
+//!
+//! The contract, in the order the core relies on it:
+//! 1. The core writes a *pending* lease before calling [`Plugin::issue`], and
+//!    passes its [`LeaseId`]. A plugin derives every vendor-side name or serial
+//!    from that id, so that a lease left pending by a crash can always be
+//!    revoked from its id alone.
+//! 2. [`Plugin::revoke`] is idempotent: a credential that is already gone, or
+//!    that was never created, counts as revoked.
+//! 3. Errors say whether trying again can help ([`PluginError::Retryable`]),
+//!    whether the vendor refused ([`PluginError::Permanent`]) or whether the
+//!    configuration is wrong ([`PluginError::Misconfigured`]).
+//!
+//! Secrets cross this boundary only inside `secrecy` types.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use secrecy::{SecretBox, SecretString};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+mod state;
+pub use state::{MemoryState, StateError, StateStore};
+
+#[cfg(feature = "testkit")]
+pub mod conformance;
+
+/// Version of this contract. Bumped on any breaking change to [`Plugin`].
+pub const SDK_VERSION: u32 = 1;
+
+/// Re-exported so plugins and the core agree on the secret types.
+pub use secrecy;
+
+/// A lease id: unguessable, chosen by the core before the plugin runs.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LeaseId(String);
+
+impl LeaseId {
+    /// Wraps an id the core generated (or read back from its store).
+    pub fn new(id: impl Into<String>) -> Self {
+        LeaseId(id.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LeaseId({})", self.0)
+    }
+}
+
+/// What a plugin can do beyond issuing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// The vendor credential's lifetime can be extended in place.
+    pub can_renew: bool,
+    /// The vendor credential can be taken back before it ends by itself.
+    pub can_revoke: bool,
+}
+
+/// The workload a credential is issued to, as the core verified it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Workload {
+    /// Exact `iss` of the workload's JWT.
+    pub issuer: String,
+    /// `sub` of the workload's JWT.
+    pub subject: String,
+    /// Claims mapped by the issuer's mapping (e.g. `repository`,
+    /// `namespace`), the same attributes policy saw. Values are strings.
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// A request to issue a credential. The lease row exists (pending) already.
+#[derive(Debug, Clone)]
+pub struct IssueRequest {
+    pub lease_id: LeaseId,
+    /// Role name within this plugin instance (the part after `connection/`).
+    pub role: String,
+    pub workload: Workload,
+    /// Granted scopes, already checked against the role and policy.
+    pub scopes: Vec<String>,
+    /// The credential must stop working at this instant.
+    pub expires_at: OffsetDateTime,
+    /// Plugin-specific request parameters (e.g. a CSR), as sent by the client.
+    pub params: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Opaque, non-secret data a plugin needs to renew or revoke what it issued
+/// (a serial number, a vendor key id). Stored with the lease.
+pub type Handle = serde_json::Value;
+
+/// What a plugin hands back for the workload. The core stores `handle` with
+/// the lease, returns `public` and `secret` once in the issue response, and
+/// never stores `secret`.
+pub struct Issued {
+    pub handle: Handle,
+    /// Fields safe to log and return (certificate, chain, scopes, serial).
+    pub public: serde_json::Map<String, serde_json::Value>,
+    /// Fields that are the credential itself (private key, token, password).
+    pub secret: BTreeMap<String, SecretString>,
+    /// When the vendor credential really ends (not after the lease's
+    /// `expires_at`).
+    pub expires_at: OffsetDateTime,
+}
+
+impl fmt::Debug for Issued {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Issued")
+            .field("handle", &self.handle)
+            .field("public", &self.public)
+            .field("secret", &self.secret.keys().collect::<Vec<_>>())
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// A lease as the plugin needs to see it to renew or revoke it.
+#[derive(Debug, Clone)]
+pub struct LeaseRef {
+    pub lease_id: LeaseId,
+    pub role: String,
+    /// `None` when the lease never became active (the core crashed, or the
+    /// vendor call failed, between "pending" and "active"). The plugin must
+    /// then find what to revoke from `lease_id` alone.
+    pub handle: Option<Handle>,
+    pub expires_at: OffsetDateTime,
+}
+
+/// A renewal: extend the credential to `expires_at`.
+#[derive(Debug, Clone)]
+pub struct RenewRequest {
+    pub lease: LeaseRef,
+    pub expires_at: OffsetDateTime,
+}
+
+/// The result of [`Plugin::validate`]: who the plugin is connected as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validation {
+    /// The account, identity or subject the connection acts as
+    /// (e.g. `current_user`, a CA's subject, a signing key id).
+    pub identity: String,
+    /// Further facts worth showing an owner (database, server version,
+    /// certificate expiry), in a stable order.
+    pub details: BTreeMap<String, String>,
+    /// Problems that do not stop the plugin but should be seen
+    /// ("certificate expires in 3 days").
+    pub warnings: Vec<String>,
+}
+
+/// A public document a plugin serves (a CA chain, a CRL, a JWKS).
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+/// The RFC 7662 view of a token a plugin issued.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Introspection {
+    pub active: bool,
+    /// Claims to report when active (`scope`, `sub`, `exp`, `iat`, `jti`, ...).
+    #[serde(flatten)]
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Why a plugin call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The vendor could not be reached or answered with a transient error;
+    /// the same call may succeed later.
+    #[error("vendor unavailable: {0}")]
+    Retryable(String),
+    /// The vendor (or the plugin, on the vendor's rules) refused; retrying the
+    /// same call will not help. The message is precise and safe to show.
+    #[error("{0}")]
+    Permanent(String),
+    /// The request's parameters are wrong (a bad CSR, a name not allowed).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The plugin's configuration is wrong.
+    #[error("misconfigured: {0}")]
+    Misconfigured(String),
+    /// The plugin cannot do this at all (e.g. renew a certificate).
+    #[error("{0} is not supported by this plugin")]
+    Unsupported(&'static str),
+    /// The plugin's own state could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl PluginError {
+    /// Whether the core should try the same call again later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, PluginError::Retryable(_) | PluginError::State(_))
+    }
+}
+
+/// Everything a plugin gets when it is built.
+#[derive(Clone)]
+pub struct PluginContext {
+    /// Name of the connection (plugin instance) in the core's config.
+    pub connection: String,
+    /// State private to this connection; secrets put here are encrypted at
+    /// rest by the core.
+    pub state: Arc<dyn StateStore>,
+    /// The base URL lessor is reachable at (used as a token issuer).
+    pub public_url: String,
+}
+
+/// One role of a connection, with the settings the core owns and the
+/// plugin-specific rest.
+#[derive(Debug, Clone)]
+pub struct RoleSpec {
+    /// Role name within the connection.
+    pub name: String,
+    /// Scopes the role may grant.
+    pub scopes: Vec<String>,
+    /// Longest lifetime of one credential.
+    pub max_ttl: std::time::Duration,
+    /// Plugin-specific role settings (a TOML table turned into JSON).
+    pub config: serde_json::Value,
+}
+
+/// A vendor plugin. Built once per connection, shared as `Arc<dyn Plugin>`.
+#[async_trait]
+pub trait Plugin: Send + Sync + 'static {
+    /// The plugin's kind, e.g. `pki`, `token`, `postgres`.
+    fn kind(&self) -> &'static str;
+
+    fn capabilities(&self) -> Capabilities;
+
+    /// A harmless call that proves the connection works and says who it is
+    /// connected as. Writes nothing at the vendor.
+    async fn validate(&self) -> Result<Validation, PluginError>;
+
+    /// Creates a credential for a lease that is already recorded as pending.
+    /// Vendor-side names must derive from `req.lease_id`.
+    async fn issue(&self, req: IssueRequest) -> Result<Issued, PluginError>;
+
+    /// Extends a credential. Returns the new vendor expiry.
+    async fn renew(&self, req: RenewRequest) -> Result<OffsetDateTime, PluginError>;
+
+    /// Takes a credential back. Idempotent: already gone, or never created,
+    /// is `Ok(())`.
+    async fn revoke(&self, lease: &LeaseRef) -> Result<(), PluginError>;
+
+    /// A public document this plugin serves for a role (`ca`, `crl`) or for
+    /// the whole connection when `role` is `None` (`jwks`).
+    async fn document(&self, _role: Option<&str>, _name: &str) -> Result<Option<Document>, PluginError> {
+        Ok(None)
+    }
+
+    /// RFC 7662 introspection of a token this plugin may have issued.
+    /// `Ok(None)` means "not one of mine".
+    async fn introspect(&self, _token: &SecretString) -> Result<Option<Introspection>, PluginError> {
+        Ok(None)
+    }
+}
+
+/// Convenience: a secret byte buffer.
+pub type SecretBytes = SecretBox<Vec<u8>>;
