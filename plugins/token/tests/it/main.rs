@@ -1,0 +1,7 @@
+//! Integration tests of the token plugin, one binary (it links once).
+
+mod conformance;
+mod keys;
+mod replicas;
+mod support;
+mod tokens;
