@@ -1,0 +1,239 @@
+//! The client side of the CLI: `lessor creds` and `lessor lease ...` talk to
+//! a running daemon over its HTTP API.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+
+use super::AddrArg;
+use crate::seal::write_private_file;
+
+/// How the client authenticates.
+#[derive(Debug, Clone, Args)]
+pub struct ConnArgs {
+    #[command(flatten)]
+    addr: AddrArg,
+    /// File holding a workload JWT (else $LESSOR_JWT).
+    #[arg(long)]
+    jwt_file: Option<PathBuf>,
+    /// Admin token file (else $LESSOR_ADMIN_TOKEN, else .lessor-dev/admin.token).
+    #[arg(long, env = "LESSOR_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CredsArgs {
+    /// Role to request, `connection/role` (e.g. pki/web).
+    role: String,
+    #[command(flatten)]
+    addr: AddrArg,
+    /// File holding the workload JWT (else $LESSOR_JWT).
+    #[arg(long)]
+    jwt_file: Option<PathBuf>,
+    /// Lease TTL (e.g. 10m).
+    #[arg(long)]
+    ttl: Option<String>,
+    /// Scope to request; repeat for several.
+    #[arg(long = "scope")]
+    scopes: Vec<String>,
+    /// A PEM CSR to have signed instead of a generated key (pki roles).
+    #[arg(long)]
+    csr: Option<PathBuf>,
+    /// Write the credential to files in this directory instead of printing it.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LeaseCmd {
+    /// List leases (admin).
+    List {
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one lease.
+    Show { id: String },
+    /// Renew a lease.
+    Renew {
+        id: String,
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Revoke a lease now.
+    Revoke { id: String },
+}
+
+fn jwt(file: Option<&Path>) -> anyhow::Result<SecretString> {
+    if let Some(f) = file {
+        let t = std::fs::read_to_string(f).with_context(|| format!("reading JWT from {}", f.display()))?;
+        return Ok(SecretString::from(t.trim().to_owned()));
+    }
+    match std::env::var("LESSOR_JWT") {
+        Ok(t) if !t.trim().is_empty() => Ok(SecretString::from(t.trim().to_owned())),
+        _ => Err(anyhow!("no workload JWT: set LESSOR_JWT or pass --jwt-file (in dev: export LESSOR_JWT=$(lessor dev token))")),
+    }
+}
+
+fn admin_token(file: Option<&Path>) -> Option<SecretString> {
+    let read = |p: &Path| std::fs::read_to_string(p).ok().map(|t| SecretString::from(t.trim().to_owned()));
+    if let Some(f) = file {
+        return read(f);
+    }
+    if let Ok(t) = std::env::var("LESSOR_ADMIN_TOKEN") {
+        return Some(SecretString::from(t));
+    }
+    let dev_dir = std::env::var("LESSOR_DEV_DIR").unwrap_or_else(|_| ".lessor-dev".into());
+    read(&Path::new(&dev_dir).join("admin.token"))
+}
+
+async fn call(
+    method: reqwest::Method,
+    url: String,
+    token: &SecretString,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let client = crate::server::http_client()?;
+    let mut req = client.request(method, &url).bearer_auth(token.expose_secret());
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.with_context(|| format!("cannot reach lessor at {url}"))?;
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let msg = v
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        return Err(anyhow!("{msg} (HTTP {})", status.as_u16()));
+    }
+    Ok(v)
+}
+
+pub async fn creds(a: CredsArgs) -> anyhow::Result<ExitCode> {
+    let token = jwt(a.jwt_file.as_deref())?;
+    let mut body = json!({ "role": a.role });
+    if let Some(t) = &a.ttl {
+        body["ttl"] = json!(t);
+    }
+    if !a.scopes.is_empty() {
+        body["scopes"] = json!(a.scopes);
+    }
+    if let Some(csr) = &a.csr {
+        let pem = std::fs::read_to_string(csr).with_context(|| format!("reading CSR {}", csr.display()))?;
+        body["params"] = json!({ "csr": pem });
+    }
+    let url = format!("{}/v1/leases", a.addr.addr.trim_end_matches('/'));
+    let v = call(reqwest::Method::POST, url, &token, Some(body)).await?;
+    let Some(dir) = a.out else {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    };
+    std::fs::create_dir_all(&dir)?;
+    let cred = v.get("credential").cloned().unwrap_or(Value::Null);
+    let mut written = Vec::new();
+    let mut put = |name: &str, text: &str, secret: bool| -> anyhow::Result<()> {
+        let p = dir.join(name);
+        let _ = std::fs::remove_file(&p);
+        if secret {
+            write_private_file(&p, text.as_bytes())?;
+        } else {
+            std::fs::write(&p, text)?;
+        }
+        written.push(p.display().to_string());
+        Ok(())
+    };
+    if let Some(c) = cred.get("certificate").and_then(Value::as_str) {
+        put("cert.pem", c, false)?;
+    }
+    if let Some(k) = cred.get("private_key").and_then(Value::as_str) {
+        put("key.pem", k, true)?;
+    }
+    if let Some(chain) = cred.get("ca_chain").and_then(Value::as_array) {
+        let pem: String = chain.iter().filter_map(Value::as_str).collect();
+        put("ca.pem", &pem, false)?;
+    }
+    if let Some(t) = cred.get("token").and_then(Value::as_str) {
+        put("token", t, true)?;
+    }
+    println!(
+        "lease {} for {} until {} (policies: {})\nwrote {}",
+        v["lease_id"].as_str().unwrap_or("?"),
+        v["role"].as_str().unwrap_or("?"),
+        v["expires_at"].as_str().unwrap_or("?"),
+        v["policies"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+        written.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn lease(c: ConnArgs, cmd: LeaseCmd) -> anyhow::Result<ExitCode> {
+    let base = c.addr.addr.trim_end_matches('/').to_owned();
+    // Owners use their JWT; admins their token. Prefer a JWT when one is set
+    // explicitly, else the admin token.
+    let cred = || -> anyhow::Result<SecretString> {
+        if c.jwt_file.is_some() {
+            return jwt(c.jwt_file.as_deref());
+        }
+        admin_token(c.admin_token_file.as_deref())
+            .map(Ok)
+            .unwrap_or_else(|| jwt(None).map_err(|_| anyhow!("no credential: pass --admin-token-file, set LESSOR_ADMIN_TOKEN, or set LESSOR_JWT")))
+    };
+    match cmd {
+        LeaseCmd::List { role, state, subject, limit, json } => {
+            let token = admin_token(c.admin_token_file.as_deref())
+                .ok_or_else(|| anyhow!("listing leases needs an admin token: pass --admin-token-file or set LESSOR_ADMIN_TOKEN"))?;
+            let mut q = vec![("limit".to_string(), limit.to_string())];
+            for (k, v) in [("role", role), ("state", state), ("subject", subject)] {
+                if let Some(v) = v {
+                    q.push((k.into(), v));
+                }
+            }
+            let qs = serde_urlencoded::to_string(&q)?;
+            let v = call(reqwest::Method::GET, format!("{base}/v1/admin/leases?{qs}"), &token, None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{:<37} {:<16} {:<14} {:<25} SUBJECT", "LEASE", "ROLE", "STATE", "EXPIRES");
+            for l in v["leases"].as_array().into_iter().flatten() {
+                let s = |k: &str| l[k].as_str().unwrap_or("").to_owned();
+                println!("{:<37} {:<16} {:<14} {:<25} {}", s("lease_id"), s("role"), s("state"), s("expires_at"), s("subject"));
+                if let Some(e) = l["last_error"].as_str() {
+                    println!("    last error (attempt {}): {e}", l["revoke_attempts"]);
+                }
+            }
+        }
+        LeaseCmd::Show { id } => {
+            let v = call(reqwest::Method::GET, format!("{base}/v1/leases/{id}"), &cred()?, None).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        LeaseCmd::Renew { id, ttl } => {
+            let body = match ttl {
+                Some(t) => json!({ "ttl": t }),
+                None => json!({}),
+            };
+            let v = call(reqwest::Method::POST, format!("{base}/v1/leases/{id}/renew"), &cred()?, Some(body)).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        LeaseCmd::Revoke { id } => {
+            let v = call(reqwest::Method::DELETE, format!("{base}/v1/leases/{id}"), &cred()?, None).await?;
+            println!("lease {id} is {}", v["state"].as_str().unwrap_or("?"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

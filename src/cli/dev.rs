@@ -1,0 +1,244 @@
+//! `lessor dev`: the README's first command. A complete daemon on the
+//! embedded default (SQLite in `.lessor-dev/`), a built-in dev issuer,
+//! example pki and token roles, and the example policies; it prints exactly
+//! how to get a credential. `lessor dev token` mints a workload JWT.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Subcommand};
+use secrecy::ExposeSecret;
+
+use crate::config::Config;
+use crate::identity::dev::{jwks_path, DevIssuer, DEV_AUDIENCE, DEV_ISSUER};
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct DevArgs {
+    #[command(subcommand)]
+    cmd: Option<DevCmd>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8200")]
+    listen: std::net::SocketAddr,
+    /// Where the dev store, keys and generated config live.
+    #[arg(long, env = "LESSOR_DEV_DIR", default_value = ".lessor-dev")]
+    data_dir: PathBuf,
+    /// Policy directory; defaults to ./policies if present, else the
+    /// built-in examples (written to <data-dir>/policies).
+    #[arg(long)]
+    policies: Option<PathBuf>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum DevCmd {
+    /// Print a workload JWT signed by the dev issuer (GitHub Actions shape by
+    /// default; --k8s for a Kubernetes service account).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// GitHub repository, `owner/name`.
+    #[arg(long, default_value = "acme/api")]
+    repo: String,
+    /// Git ref the workflow runs on.
+    #[arg(long = "ref", default_value = "refs/heads/main")]
+    git_ref: String,
+    /// GitHub environment.
+    #[arg(long)]
+    environment: Option<String>,
+    /// GitHub event (push, pull_request, ...).
+    #[arg(long, default_value = "push")]
+    event: String,
+    /// Kubernetes service account instead, as `namespace/name`.
+    #[arg(long)]
+    k8s: Option<String>,
+    /// Token lifetime.
+    #[arg(long, default_value = "10m")]
+    ttl: String,
+    #[arg(long, env = "LESSOR_DEV_DIR", default_value = ".lessor-dev")]
+    data_dir: PathBuf,
+}
+
+const EXAMPLE_POLICIES: &[(&str, &str)] = &[
+    ("lessor.cedarschema", include_str!("../../policies/lessor.cedarschema")),
+    ("github/web-certificates.cedar", include_str!("../../policies/github/web-certificates.cedar")),
+    ("github/api-tokens.cedar", include_str!("../../policies/github/api-tokens.cedar")),
+    ("kubernetes/service-accounts.cedar", include_str!("../../policies/kubernetes/service-accounts.cedar")),
+    ("tests/examples.toml", include_str!("../../policies/tests/examples.toml")),
+];
+
+pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    if let Some(DevCmd::Token(t)) = args.cmd {
+        return token(t);
+    }
+    crate::telemetry::init_logging(args.log_json);
+    let dir = &args.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    DevIssuer::load_or_create(dir).map_err(|e| anyhow!(e))?;
+    let policies = match args.policies {
+        Some(p) => p,
+        None if Path::new("policies/lessor.cedarschema").exists() => PathBuf::from("policies"),
+        None => {
+            let p = dir.join("policies");
+            for (name, text) in EXAMPLE_POLICIES {
+                let f = p.join(name);
+                if let Some(parent) = f.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::write(&f, text).with_context(|| format!("writing {}", f.display()))?;
+            }
+            p
+        }
+    };
+    let text = config_text(dir, &policies, args.listen);
+    let cfg_path = dir.join("lessor.toml");
+    std::fs::write(&cfg_path, &text).with_context(|| format!("writing {}", cfg_path.display()))?;
+    let cfg = Config::from_toml(&text).map_err(|e| anyhow!("generated dev config: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (is another lessor running? try --listen 127.0.0.1:8201)", cfg.listen))?;
+    let running = crate::server::start(cfg, listener).await?;
+    print_intro(&running.addr.to_string(), dir, &cfg_path);
+    running.run_until_signal().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token(t: TokenArgs) -> anyhow::Result<ExitCode> {
+    let issuer = DevIssuer::load_or_create(&t.data_dir).map_err(|e| anyhow!(e))?;
+    let ttl = crate::parse_duration(&t.ttl).map_err(|e| anyhow!("--ttl: {e}"))?;
+    let claims = match &t.k8s {
+        Some(sa) => {
+            let (ns, name) = sa.split_once('/').ok_or_else(|| anyhow!("--k8s must be namespace/name"))?;
+            DevIssuer::kubernetes_claims(ns, name)
+        }
+        None => {
+            if !t.repo.contains('/') {
+                return Err(anyhow!("--repo must be owner/name"));
+            }
+            let mut c = DevIssuer::github_claims(&t.repo, &t.git_ref, t.environment.as_deref());
+            c.insert("event_name".into(), t.event.clone().into());
+            c
+        }
+    };
+    let jwt = issuer.mint(claims, ttl).map_err(|e| anyhow!(e))?;
+    println!("{}", jwt.expose_secret());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn toml_str(p: &Path) -> String {
+    // TOML basic string with backslashes and quotes escaped.
+    format!("\"{}\"", p.display().to_string().replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The generated dev config (also written to <data-dir>/lessor.toml so a
+/// newcomer can read what is running).
+pub fn config_text(dir: &Path, policies: &Path, listen: std::net::SocketAddr) -> String {
+    let store = format!("sqlite://{}", dir.join("lessor.db").display());
+    format!(
+        r#"# Generated by `lessor dev`; edit a copy and run it with `lessor serve --config`.
+listen = "{listen}"
+store = {store}
+data_dir = {data_dir}
+policies = {policies}
+
+# The built-in dev issuer: `lessor dev token` signs with its key.
+[issuers.dev]
+issuer = "{DEV_ISSUER}"
+jwks_file = {jwks}
+audiences = ["{DEV_AUDIENCE}"]
+algorithms = ["ES256"]
+preset = "github-actions"
+max_token_age = "1h"
+[issuers.dev.claims]
+namespace = "kubernetes.io.namespace"
+service_account = "kubernetes.io.serviceaccount.name"
+pod = "kubernetes.io.pod.name"
+
+[scopes."orders.read"]
+allows = "Read orders and their line items."
+denies = "Cannot create, change or cancel orders; cannot see payment details."
+[scopes."orders.write"]
+allows = "Create and change orders."
+denies = "Cannot cancel paid orders; cannot send invoices."
+[scopes."invoices.send"]
+allows = "Send an invoice for an existing order."
+denies = "Cannot change amounts or orders; cannot issue refunds."
+
+[connections.pki]
+plugin = "pki"
+environment = "staging"
+owner = "platform-team"
+[connections.pki.roles.web]
+description = "Certificate for a service built from an acme repository (SPIFFE ID + DNS name)."
+max_ttl = "1h"
+default_ttl = "5m"
+[connections.pki.roles.web.config]
+allowed_names = ["spiffe://lessor.dev/gh/{{repository}}", "{{repository_owner}}.svc.lessor.dev"]
+
+[connections.token]
+plugin = "token"
+environment = "staging"
+owner = "orders-team"
+[connections.token.roles.orders]
+description = "API token for the orders service."
+max_ttl = "1h"
+default_ttl = "5m"
+scopes = ["orders.read", "orders.write", "invoices.send"]
+default_scopes = ["orders.read"]
+"#,
+        store = toml_str(Path::new(&store)),
+        data_dir = toml_str(dir),
+        policies = toml_str(policies),
+        jwks = toml_str(&jwks_path(dir)),
+    )
+}
+
+fn print_intro(addr: &str, dir: &Path, cfg: &Path) {
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| {
+            let cwd = std::env::current_dir().ok()?;
+            Some(p.strip_prefix(&cwd).map(|r| r.to_path_buf()).unwrap_or(p))
+        })
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "lessor".into());
+    let addr_env = if addr == "127.0.0.1:8200" { String::new() } else { format!("export LESSOR_ADDR=http://{addr}\n  ") };
+    println!(
+        r#"
+lessor dev is serving on http://{addr}
+  store:  SQLite in {dir}/lessor.db     config: {cfg}
+  issuer: built-in dev issuer           admin token: {dir}/admin.token
+
+Get a credential, in another terminal:
+  {addr_env}export LESSOR_JWT=$({exe} dev token --repo acme/api)
+  {exe} creds pki/web --ttl 2m --out ./creds      # certificate + key, leased for 2 minutes
+  {exe} creds token/orders --scope orders.read     # a scoped API token
+  {exe} lease list                                 # every lease and its state
+
+In 2 minutes the certificate's lease turns `expired` and its serial is on the CRL:
+  curl -s http://{addr}/v1/pki/pki/web/crl | openssl crl -inform DER -noout -text
+Policies live in the policy directory above; edit one and it reloads.
+"#,
+        dir = dir.display(),
+        cfg = cfg.display(),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_dev_config_is_valid() {
+        let text = config_text(Path::new(".lessor-dev"), Path::new("policies"), "127.0.0.1:8200".parse().unwrap());
+        let cfg = Config::from_toml(&text).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.connections.len(), 2);
+    }
+}

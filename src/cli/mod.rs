@@ -1,0 +1,163 @@
+//! The command line (clap): the daemon (`serve`, `dev`), offline checks
+//! (`check`, `policy test`) and the client (`creds`, `lease ...`).
+//! Errors print one clear line and exit non-zero.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+
+mod client;
+mod dev;
+
+#[derive(Debug, Parser)]
+#[command(name = "lessor", version, about = "Dynamic secrets broker: workload JWT -> Cedar policy -> short-lived, leased credentials")]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon from a config file.
+    Serve {
+        #[arg(long, short, env = "LESSOR_CONFIG", default_value = "lessor.toml")]
+        config: PathBuf,
+        /// Log as JSON lines.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Run a self-contained dev daemon (SQLite, built-in dev issuer, example
+    /// roles and policies), or mint a dev workload token.
+    Dev(dev::DevArgs),
+    /// Validate a config and its policies without starting.
+    Check {
+        #[arg(long, short, env = "LESSOR_CONFIG", default_value = "lessor.toml")]
+        config: PathBuf,
+    },
+    /// Policy authoring tools.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Request a credential for a role with a workload JWT.
+    Creds(client::CredsArgs),
+    /// Inspect and manage leases.
+    Lease {
+        #[command(flatten)]
+        conn: client::ConnArgs,
+        #[command(subcommand)]
+        cmd: client::LeaseCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Run policy test cases (TOML) against the policies.
+    Test {
+        /// A test file or a directory of them.
+        dir: PathBuf,
+        /// The policy directory (schema + *.cedar).
+        #[arg(long, default_value = "policies")]
+        policies: PathBuf,
+        /// Take roles from this daemon config too.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Shared: where the daemon is.
+#[derive(Debug, Clone, Args)]
+pub struct AddrArg {
+    /// lessor's base URL.
+    #[arg(long, env = "LESSOR_ADDR", default_value = "http://127.0.0.1:8200")]
+    pub addr: String,
+}
+
+/// Entry point for `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Command::Serve { config, log_json } => {
+            crate::telemetry::init_logging(log_json);
+            let cfg = Config::load(&config)?;
+            serve(cfg).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dev(args) => dev::run(args).await,
+        Command::Check { config } => {
+            check(&config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy { cmd: PolicyCmd::Test { dir, policies, config } } => policy_test(&dir, &policies, config.as_deref()),
+        Command::Creds(args) => client::creds(args).await,
+        Command::Lease { conn, cmd } => client::lease(conn, cmd).await,
+    }
+}
+
+/// Binds the configured address and serves until SIGINT/SIGTERM.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let running = crate::server::start(cfg, listener).await?;
+    // Machine-readable readiness line (tests and scripts wait for it).
+    println!("lessor listening on http://{}", running.addr);
+    running.run_until_signal().await;
+    Ok(())
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    let roles = crate::plugins::role_infos(&cfg);
+    let p = crate::policy::Policies::load(&cfg.policies, &roles)?;
+    crate::identity::Verifier::new(&cfg, crate::server::http_client()?).map_err(|e| anyhow!(e))?;
+    println!(
+        "ok: {} issuer(s), {} connection(s), {} role(s), {} policies (version {}) from {}",
+        cfg.issuers.len(),
+        cfg.connections.len(),
+        roles.len(),
+        p.len(),
+        p.version,
+        cfg.policies.display()
+    );
+    Ok(())
+}
+
+fn policy_test(dir: &std::path::Path, policies: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let roles = match config {
+        Some(c) => crate::plugins::role_infos(&Config::load(c)?),
+        None => Vec::new(),
+    };
+    let results = crate::policy::tests::run(dir, policies, &roles).map_err(|e| anyhow!(e))?;
+    let failed = results.iter().filter(|r| !r.passed).count();
+    for r in &results {
+        if r.passed {
+            println!("ok    {} :: {}", r.file.display(), r.name);
+        } else {
+            println!("FAIL  {} :: {}\n      {}", r.file.display(), r.name, r.detail);
+        }
+    }
+    println!("{} passed, {} failed", results.len() - failed, failed);
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,508 @@
+//! Configuration: serde structs read from one TOML file, then environment
+//! overrides. Built once in `main` and passed down; there is no global.
+//!
+//! Must not import: http, store, policy (they consume the config, not the
+//! other way round).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Base URL clients reach lessor at (the `iss` of lessor-signed tokens).
+    /// Defaults to `http://<listen>`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Lease store URL. `sqlite://path` (the embedded default). Unknown
+    /// schemes are refused, never silently replaced by SQLite.
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// Directory for generated files (seal key, admin token).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Key that encrypts secrets at rest (32 bytes, base64). Generated into
+    /// `data_dir/seal.key` (0600) on first start when unset.
+    #[serde(default)]
+    pub seal_key_file: Option<PathBuf>,
+    /// Admin token file; generated (0600) on first start when missing.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+    /// Directory of Cedar schema and policy files.
+    #[serde(default = "default_policies")]
+    pub policies: PathBuf,
+    /// How often the policy directory is checked for changes.
+    #[serde(default = "default_policy_poll", with = "humantime_serde")]
+    pub policy_poll: Duration,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub leases: LeaseSettings,
+    /// Workload identity issuers, by a short name.
+    #[serde(default)]
+    pub issuers: BTreeMap<String, IssuerConfig>,
+    /// Scope catalogue: what each scope allows and does not allow.
+    #[serde(default)]
+    pub scopes: BTreeMap<String, ScopeDoc>,
+    /// Plugin instances (connections) and their roles.
+    #[serde(default)]
+    pub connections: BTreeMap<String, ConnectionConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8200))
+}
+fn default_store() -> String {
+    "sqlite://lessor.db".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".")
+}
+fn default_policies() -> PathBuf {
+    PathBuf::from("policies")
+}
+fn default_policy_poll() -> Duration {
+    Duration::from_secs(2)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body accepted.
+    #[serde(default = "default_body")]
+    pub max_body_bytes: usize,
+    /// Largest workload JWT accepted.
+    #[serde(default = "default_jwt")]
+    pub max_jwt_bytes: usize,
+}
+
+fn default_body() -> usize {
+    64 * 1024
+}
+fn default_jwt() -> usize {
+    8 * 1024
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_body_bytes: default_body(), max_jwt_bytes: default_jwt() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseSettings {
+    /// Leases revoked concurrently by the expiry worker.
+    #[serde(default = "default_concurrency")]
+    pub revoke_concurrency: usize,
+    /// Leases loaded per expiry batch.
+    #[serde(default = "default_batch")]
+    pub batch_size: u32,
+    /// Longest the expiry worker sleeps between checks.
+    #[serde(default = "default_tick", with = "humantime_serde")]
+    pub tick: Duration,
+    /// A lease still pending after this long is treated as orphaned.
+    #[serde(default = "default_pending_grace", with = "humantime_serde")]
+    pub pending_grace: Duration,
+    /// First retry delay after a failed revocation; doubles each attempt.
+    #[serde(default = "default_retry_base", with = "humantime_serde")]
+    pub retry_base: Duration,
+    /// Cap on the retry delay. Retries go on forever.
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+fn default_concurrency() -> usize {
+    16
+}
+fn default_batch() -> u32 {
+    256
+}
+fn default_tick() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_pending_grace() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_retry_base() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        LeaseSettings {
+            revoke_concurrency: default_concurrency(),
+            batch_size: default_batch(),
+            tick: default_tick(),
+            pending_grace: default_pending_grace(),
+            retry_base: default_retry_base(),
+            retry_max: default_retry_max(),
+        }
+    }
+}
+
+/// Where an issuer's signing keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `<issuer>/.well-known/openid-configuration` -> `jwks_uri`.
+    Discovery,
+    JwksUrl(String),
+    JwksFile(PathBuf),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Exact `iss` value.
+    pub issuer: String,
+    /// Use OIDC discovery (the default when no jwks_url/jwks_file is set).
+    #[serde(default)]
+    pub discovery: bool,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Accepted audiences; the token's `aud` must contain one.
+    pub audiences: Vec<String>,
+    /// Allowed signing algorithms (asymmetric only).
+    #[serde(default = "default_algs")]
+    pub algorithms: Vec<String>,
+    /// Clock-skew leeway for `exp`, `nbf`, `iat`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Reject tokens whose `iat` is older than this.
+    #[serde(default, with = "humantime_serde")]
+    pub max_token_age: Option<Duration>,
+    /// Claim mapping preset: `github-actions`, `kubernetes`, or none.
+    #[serde(default)]
+    pub preset: Option<String>,
+    /// Extra mappings: principal attribute -> claim path (`a.b.c`, or a JSON
+    /// pointer `/kubernetes.io/namespace`).
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+    /// On an unknown `kid`, refetch the key set at most this often.
+    #[serde(default = "default_refetch", with = "humantime_serde")]
+    pub min_refetch_interval: Duration,
+    /// How long a fetched key set is used before it is refreshed.
+    #[serde(default = "default_jwks_ttl", with = "humantime_serde")]
+    pub jwks_cache_ttl: Duration,
+}
+
+fn default_algs() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into()]
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_refetch() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_jwks_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl IssuerConfig {
+    pub fn key_source(&self, name: &str) -> Result<KeySource, ConfigError> {
+        match (&self.jwks_url, &self.jwks_file, self.discovery) {
+            (Some(_), Some(_), _) | (Some(_), _, true) | (_, Some(_), true) => Err(ConfigError::Invalid(format!(
+                "issuer `{name}`: set only one of discovery, jwks_url, jwks_file"
+            ))),
+            (Some(u), None, false) => Ok(KeySource::JwksUrl(u.clone())),
+            (None, Some(f), false) => Ok(KeySource::JwksFile(f.clone())),
+            (None, None, _) => Ok(KeySource::Discovery),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeDoc {
+    /// What the scope allows, in plain language.
+    pub allows: String,
+    /// What it does not allow, in plain language.
+    #[serde(default)]
+    pub denies: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Plugin kind: `pki`, `token`.
+    pub plugin: String,
+    /// Environment label, seen by policy as `resource.environment`.
+    #[serde(default = "default_env")]
+    pub environment: String,
+    /// Person or team that owns the vendor account.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Plugin-specific connection settings.
+    #[serde(default)]
+    pub config: toml::Table,
+    #[serde(default)]
+    pub roles: BTreeMap<String, RoleConfig>,
+}
+
+fn default_env() -> String {
+    "development".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    #[serde(default)]
+    pub description: String,
+    /// Longest lifetime of one credential, and of the lease across renewals.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// TTL when the request names none.
+    #[serde(default, with = "humantime_serde")]
+    pub default_ttl: Option<Duration>,
+    /// Scopes this role may grant (from the scope catalogue).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Scopes granted when the request names none.
+    #[serde(default)]
+    pub default_scopes: Vec<String>,
+    /// Overrides the connection's environment label.
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// Plugin-specific role settings.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+impl RoleConfig {
+    pub fn default_ttl(&self) -> Duration {
+        self.default_ttl.unwrap_or(self.max_ttl).min(self.max_ttl)
+    }
+}
+
+impl Config {
+    /// Reads a TOML file, applies `LESSOR_*` environment overrides, checks it.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut cfg = Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Invalid(message) => ConfigError::Parse { path: path.to_owned(), message },
+            other => other,
+        })?;
+        // Relative paths in the file are relative to the file.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            cfg.rebase(dir);
+        }
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text; no environment, no path rebasing.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    fn rebase(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        fix(&mut self.policies);
+        if let Some(p) = self.seal_key_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.admin_token_file.as_mut() {
+            fix(p);
+        }
+        for iss in self.issuers.values_mut() {
+            if let Some(p) = iss.jwks_file.as_mut() {
+                fix(p);
+            }
+        }
+        if let Some(rest) = self.store.strip_prefix("sqlite://") {
+            let p = Path::new(rest);
+            if p.is_relative() && rest != ":memory:" {
+                self.store = format!("sqlite://{}", dir.join(p).display());
+            }
+        }
+    }
+
+    /// `LESSOR_LISTEN`, `LESSOR_STORE`, `LESSOR_PUBLIC_URL`, `LESSOR_DATA_DIR`,
+    /// `LESSOR_POLICIES` override the file.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("LESSOR_LISTEN") {
+            self.listen = v
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("LESSOR_LISTEN `{v}`: {e}")))?;
+        }
+        if let Some(v) = get("LESSOR_STORE") {
+            self.store = v;
+        }
+        if let Some(v) = get("LESSOR_PUBLIC_URL") {
+            self.public_url = Some(v);
+        }
+        if let Some(v) = get("LESSOR_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("LESSOR_POLICIES") {
+            self.policies = PathBuf::from(v);
+        }
+        Ok(())
+    }
+
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    pub fn seal_key_path(&self) -> PathBuf {
+        self.seal_key_file.clone().unwrap_or_else(|| self.data_dir.join("seal.key"))
+    }
+
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.admin_token_file.clone().unwrap_or_else(|| self.data_dir.join("admin.token"))
+    }
+
+    /// Checks what serde cannot: references between sections, limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        for (name, iss) in &self.issuers {
+            iss.key_source(name)?;
+            if iss.audiences.is_empty() {
+                return bad(format!("issuer `{name}`: audiences must name at least one audience"));
+            }
+            if iss.algorithms.is_empty() {
+                return bad(format!("issuer `{name}`: algorithms must not be empty"));
+            }
+            for alg in &iss.algorithms {
+                crate::identity::parse_allowed_alg(alg)
+                    .map_err(|e| ConfigError::Invalid(format!("issuer `{name}`: {e}")))?;
+            }
+            if let Some(p) = &iss.preset {
+                if crate::identity::mapping::preset(p).is_none() {
+                    return bad(format!(
+                        "issuer `{name}`: unknown preset `{p}` (known: github-actions, kubernetes)"
+                    ));
+                }
+            }
+        }
+        let mut seen_iss = BTreeMap::new();
+        for (name, iss) in &self.issuers {
+            if let Some(other) = seen_iss.insert(iss.issuer.clone(), name.clone()) {
+                return bad(format!("issuers `{other}` and `{name}` both use iss `{}`", iss.issuer));
+            }
+        }
+        for (cname, conn) in &self.connections {
+            if cname.is_empty() || cname.contains('/') {
+                return bad(format!("connection name `{cname}` must be non-empty and contain no `/`"));
+            }
+            for (rname, role) in &conn.roles {
+                if rname.is_empty() || rname.contains('/') {
+                    return bad(format!("role name `{rname}` in connection `{cname}` must be non-empty and contain no `/`"));
+                }
+                if role.max_ttl.is_zero() {
+                    return bad(format!("role `{cname}/{rname}`: max_ttl must be greater than zero"));
+                }
+                if let Some(d) = role.default_ttl {
+                    if d > role.max_ttl {
+                        return bad(format!(
+                            "role `{cname}/{rname}`: default_ttl {} exceeds max_ttl {}",
+                            crate::fmt_duration(d),
+                            crate::fmt_duration(role.max_ttl)
+                        ));
+                    }
+                }
+                for s in role.scopes.iter() {
+                    if !self.scopes.contains_key(s) {
+                        return bad(format!(
+                            "role `{cname}/{rname}`: scope `{s}` is not in the [scopes] catalogue"
+                        ));
+                    }
+                }
+                for s in role.default_scopes.iter() {
+                    if !role.scopes.contains(s) {
+                        return bad(format!("role `{cname}/{rname}`: default scope `{s}` is not in its scopes"));
+                    }
+                }
+            }
+        }
+        if self.leases.revoke_concurrency == 0 || self.leases.batch_size == 0 {
+            return bad("leases: revoke_concurrency and batch_size must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_name() {
+        let err = Config::from_toml("listne = \"127.0.0.1:1\"").unwrap_err().to_string();
+        assert!(err.contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn role_scope_must_be_in_catalogue() {
+        let cfg = Config::from_toml(
+            r#"
+            [connections.tok]
+            plugin = "token"
+            [connections.tok.roles.orders]
+            max_ttl = "10m"
+            scopes = ["orders.read"]
+            "#,
+        )
+        .unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("scope `orders.read` is not in the [scopes] catalogue"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let mut cfg = Config::from_toml("store = \"sqlite://a.db\"").unwrap();
+        cfg.apply_env(|k| (k == "LESSOR_STORE").then(|| "sqlite://b.db".to_string())).unwrap();
+        assert_eq!(cfg.store, "sqlite://b.db");
+    }
+
+    #[test]
+    fn symmetric_algorithms_are_refused() {
+        let cfg = Config::from_toml(
+            r#"
+            [issuers.x]
+            issuer = "https://x"
+            jwks_url = "https://x/jwks"
+            audiences = ["lessor"]
+            algorithms = ["HS256"]
+            "#,
+        )
+        .unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("HS256"), "{err}");
+    }
+}

@@ -1,0 +1,191 @@
+//! Workload endpoints: issue, show, renew, revoke, list requestable roles.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::{ApiError, ApiJson, AppState, Caller};
+use crate::lease::{Actor, IssueInput};
+use crate::policy::{Action, Principal, RequestContext};
+use crate::store::Lease;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueReq {
+    role: String,
+    #[serde(default)]
+    ttl: Option<String>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    params: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewReq {
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// A lease on the wire: metadata only, never the secret.
+#[derive(Debug, Serialize)]
+pub struct LeaseDto {
+    lease_id: String,
+    role: String,
+    plugin: String,
+    state: &'static str,
+    issuer: String,
+    subject: String,
+    scopes: Vec<String>,
+    policies: Vec<String>,
+    issued_at: String,
+    expires_at: String,
+    max_expires_at: String,
+    ttl_seconds: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended_at: Option<String>,
+    revoke_attempts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_attempt_at: Option<String>,
+}
+
+impl From<&Lease> for LeaseDto {
+    fn from(l: &Lease) -> Self {
+        LeaseDto {
+            lease_id: l.id.to_string(),
+            role: l.role.clone(),
+            plugin: l.plugin.clone(),
+            state: l.state.as_str(),
+            issuer: l.issuer.clone(),
+            subject: l.subject.clone(),
+            scopes: l.scopes.clone(),
+            policies: l.policies.clone(),
+            issued_at: rfc3339(l.issued_at),
+            expires_at: rfc3339(l.expires_at),
+            max_expires_at: rfc3339(l.max_expires_at),
+            ttl_seconds: (l.expires_at - OffsetDateTime::now_utc()).whole_seconds().max(0),
+            end_reason: l.end_reason.map(|r| r.as_str()),
+            ended_at: l.ended_at.map(rfc3339),
+            revoke_attempts: l.attempts,
+            last_error: l.last_error.clone(),
+            next_attempt_at: l.next_attempt_at.map(rfc3339),
+        }
+    }
+}
+
+pub async fn issue(
+    State(st): State<AppState>,
+    Caller(actor): Caller,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(req): ApiJson<IssueReq>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Actor::Workload(w) = actor else {
+        return Err(ApiError::forbidden("admin tokens cannot request credentials; present a workload JWT"));
+    };
+    let input = IssueInput { role: req.role, ttl: req.ttl, scopes: req.scopes, params: req.params };
+    let issued = st.leases.issue(&w, input, peer.ip()).await?;
+    let l = &issued.lease;
+    let mut credential = issued.public;
+    for (k, v) in &issued.secret {
+        credential.insert(k.clone(), Value::String(v.expose_secret().to_owned()));
+    }
+    let body = json!({
+        "lease_id": l.id.to_string(),
+        "role": l.role,
+        "ttl_seconds": (l.expires_at - l.issued_at).whole_seconds(),
+        "issued_at": rfc3339(l.issued_at),
+        "expires_at": rfc3339(l.expires_at),
+        "max_expires_at": rfc3339(l.max_expires_at),
+        "renewable": issued.renewable,
+        "scopes": l.scopes,
+        "credential": credential,
+        "policies": issued.decision.policy_ids(),
+    });
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+pub async fn show(State(st): State<AppState>, Caller(actor): Caller, Path(id): Path<String>) -> Result<Json<LeaseDto>, ApiError> {
+    let l = st.leases.get(&actor, &id).await?;
+    Ok(Json(LeaseDto::from(&l)))
+}
+
+pub async fn renew(
+    State(st): State<AppState>,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<RenewReq>,
+) -> Result<Json<LeaseDto>, ApiError> {
+    let l = st.leases.renew(&actor, &id, req.ttl).await?;
+    Ok(Json(LeaseDto::from(&l)))
+}
+
+pub async fn revoke(State(st): State<AppState>, Caller(actor): Caller, Path(id): Path<String>) -> Result<Json<LeaseDto>, ApiError> {
+    let l = st.leases.revoke(&actor, &id).await?;
+    Ok(Json(LeaseDto::from(&l)))
+}
+
+/// Roles the caller may request (all roles for an admin), with scopes,
+/// their plain-language descriptions, and TTL limits.
+pub async fn roles(
+    State(st): State<AppState>,
+    Caller(actor): Caller,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Result<Json<Value>, ApiError> {
+    let catalog = &st.leases.catalog;
+    let mut out = Vec::new();
+    for role in catalog.roles.values() {
+        if let Actor::Workload(w) = &actor {
+            let ctx = RequestContext {
+                ttl_seconds: role.cfg.default_ttl().as_secs() as i64,
+                scopes: role.cfg.default_scopes.clone(),
+                now: OffsetDateTime::now_utc().unix_timestamp(),
+                source_ip: peer.ip(),
+            };
+            let p = Principal { issuer: w.issuer.clone(), subject: w.subject.clone(), attributes: w.attributes.clone() };
+            if !st.leases.decide(&p, Action::Issue, Some(role), &ctx)?.allowed {
+                continue;
+            }
+        }
+        let scopes: Vec<Value> = role
+            .cfg
+            .scopes
+            .iter()
+            .map(|s| {
+                let doc = catalog.scopes.get(s);
+                json!({
+                    "name": s,
+                    "allows": doc.map(|d| d.allows.clone()).unwrap_or_default(),
+                    "denies": doc.map(|d| d.denies.clone()).unwrap_or_default(),
+                })
+            })
+            .collect();
+        out.push(json!({
+            "role": role.name,
+            "plugin": role.kind,
+            "environment": role.info.environment,
+            "description": role.cfg.description,
+            "max_ttl_seconds": role.cfg.max_ttl.as_secs(),
+            "default_ttl_seconds": role.cfg.default_ttl().as_secs(),
+            "renewable": role.plugin.capabilities().can_renew,
+            "scopes": scopes,
+            "default_scopes": role.cfg.default_scopes,
+        }));
+    }
+    Ok(Json(json!({ "roles": out })))
+}

@@ -1,0 +1,121 @@
+//! Unauthenticated endpoints: PKI CA chains and CRLs, the token JWKS, token
+//! introspection, health and metrics.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use secrecy::SecretString;
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+use crate::store::LeaseState;
+
+/// `GET /v1/pki/{role}/{ca|crl}`; `role` is `connection/role`, or the role's
+/// short name when it is unique among pki connections.
+pub async fn pki_document(State(st): State<AppState>, Path(rest): Path<String>) -> Result<Response, ApiError> {
+    let (role_name, doc) = rest
+        .rsplit_once('/')
+        .ok_or_else(|| ApiError::not_found("use /v1/pki/{role}/ca or /v1/pki/{role}/crl"))?;
+    if doc != "ca" && doc != "crl" {
+        return Err(ApiError::not_found(format!("unknown document `{doc}`; use `ca` or `crl`")));
+    }
+    let role = st
+        .leases
+        .catalog
+        .find("pki", role_name)
+        .ok_or_else(|| ApiError::not_found(format!("no pki role `{role_name}`")))?;
+    let d = role
+        .plugin
+        .document(Some(&role.short), doc)
+        .await
+        .map_err(|e| ApiError::internal("pki document", e))?
+        .ok_or_else(|| ApiError::not_found(format!("role `{}` has no `{doc}`", role.name)))?;
+    Ok(([(header::CONTENT_TYPE, d.content_type), (header::CACHE_CONTROL, "no-store")], d.body).into_response())
+}
+
+/// The JWKS of every token connection, merged.
+pub async fn jwks(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let mut keys = Vec::new();
+    for (name, plugin) in &st.leases.catalog.connections {
+        if plugin.kind() != "token" {
+            continue;
+        }
+        if let Some(d) = plugin.document(None, "jwks").await.map_err(|e| ApiError::internal("jwks", e))? {
+            let v: Value = serde_json::from_slice(&d.body).map_err(|e| ApiError::internal(&format!("jwks of {name}"), e))?;
+            if let Some(arr) = v.get("keys").and_then(Value::as_array) {
+                keys.extend(arr.iter().cloned());
+            }
+        }
+    }
+    Ok(Json(json!({ "keys": keys })))
+}
+
+/// RFC 7662 token introspection. Accepts `application/x-www-form-urlencoded`
+/// (`token=...`) as the RFC says, or JSON `{"token": ...}`.
+pub async fn introspect(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let token: Option<String> = if is_json {
+        serde_json::from_slice::<Value>(&body)
+            .map_err(|e| ApiError::bad_request("token", format!("body is not JSON: {e}")))?
+            .get("token")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    } else {
+        serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body)
+            .map_err(|e| ApiError::bad_request("token", format!("body is not a form: {e}")))?
+            .into_iter()
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v)
+    };
+    let token = SecretString::from(token.ok_or_else(|| ApiError::bad_request("token", "missing `token`"))?);
+    for plugin in st.leases.catalog.connections.values() {
+        if plugin.kind() != "token" {
+            continue;
+        }
+        if let Some(i) = plugin.introspect(&token).await.map_err(|e| ApiError::internal("introspection", e))? {
+            return Ok(Json(serde_json::to_value(&i).map_err(|e| ApiError::internal("introspection", e))?));
+        }
+    }
+    Ok(Json(json!({ "active": false })))
+}
+
+pub async fn health(State(st): State<AppState>) -> Response {
+    let store_ok = st.store.ping().await;
+    let policies = st.leases.policy.current();
+    let body = json!({
+        "live": true,
+        "ready": store_ok.is_ok(),
+        "store": match &store_ok { Ok(()) => "ok".to_string(), Err(e) => e.to_string() },
+        "store_backend": st.store.backend(),
+        "policies": { "version": policies.version, "count": policies.len() },
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    let status = if store_ok.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+/// Prometheus metrics; lease gauges are read from the store at scrape time,
+/// so they are right on every replica and after restarts.
+pub async fn metrics(State(st): State<AppState>) -> Response {
+    let m = crate::telemetry::metrics();
+    match st.store.counts().await {
+        Ok(counts) => {
+            m.leases.reset();
+            for role in st.leases.catalog.roles.values() {
+                for s in [LeaseState::Pending, LeaseState::Active, LeaseState::RevokeFailed] {
+                    m.leases.with_label_values(&[role.kind.as_str(), role.name.as_str(), s.as_str()]).set(0);
+                }
+            }
+            for (role, plugin, state, n) in counts {
+                m.leases.with_label_values(&[plugin.as_str(), role.as_str(), state.as_str()]).set(n);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot count leases"),
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response()
+}

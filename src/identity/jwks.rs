@@ -1,0 +1,196 @@
+//! An issuer's signing keys: fetched (discovery, JWKS URL or file), cached
+//! with moka (one fetch in flight per issuer, however many requests wait),
+//! refetched on an unknown `kid` at most once per `min_refetch_interval`, and
+//! kept as "last good" when the issuer is down.
+//!
+//! Keys come only from the configured source: a token's `jku`, `x5u` or
+//! embedded `jwk` header is never followed.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::DecodingKey;
+
+use crate::config::KeySource;
+
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// A parsed key set.
+pub struct KeySet {
+    keys: HashMap<String, Arc<DecodingKey>>,
+}
+
+impl KeySet {
+    pub fn parse(json: &[u8]) -> Result<KeySet, String> {
+        let set: JwkSet = serde_json::from_slice(json).map_err(|e| format!("not a JWKS: {e}"))?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            // Symmetric keys have no place in a public key set.
+            if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
+                continue;
+            }
+            let Some(kid) = jwk.common.key_id.clone() else { continue };
+            match DecodingKey::from_jwk(jwk) {
+                Ok(k) => {
+                    keys.insert(kid, Arc::new(k));
+                }
+                Err(e) => tracing::warn!(kid = %kid, error = %e, "skipping unusable key in JWKS"),
+            }
+        }
+        Ok(KeySet { keys })
+    }
+
+    pub fn get(&self, kid: &str) -> Option<Arc<DecodingKey>> {
+        self.keys.get(kid).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// Where and how one issuer's keys are fetched.
+pub struct IssuerKeys {
+    issuer: String,
+    source: KeySource,
+    http: reqwest::Client,
+    cache: moka::future::Cache<(), Arc<KeySet>>,
+    last_good: Mutex<Option<Arc<KeySet>>>,
+    last_forced: Mutex<Option<Instant>>,
+    min_refetch: Duration,
+}
+
+/// Outcome of a key lookup.
+pub enum KeyLookup {
+    Found(Arc<DecodingKey>),
+    UnknownKid,
+    Unavailable(String),
+}
+
+impl IssuerKeys {
+    pub fn new(issuer: &str, source: KeySource, http: reqwest::Client, ttl: Duration, min_refetch: Duration) -> Self {
+        IssuerKeys {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            source,
+            http,
+            cache: moka::future::Cache::builder().max_capacity(1).time_to_live(ttl).build(),
+            last_good: Mutex::new(None),
+            last_forced: Mutex::new(None),
+            min_refetch,
+        }
+    }
+
+    async fn current(&self) -> Result<Arc<KeySet>, String> {
+        let fetched = self
+            .cache
+            .try_get_with((), async {
+                let ks = Arc::new(self.fetch().await?);
+                crate::telemetry::metrics().jwks_refresh(&self.issuer, "ok");
+                Ok::<_, String>(ks)
+            })
+            .await;
+        match fetched {
+            Ok(ks) => {
+                if let Ok(mut g) = self.last_good.lock() {
+                    *g = Some(ks.clone());
+                }
+                Ok(ks)
+            }
+            Err(e) => {
+                crate::telemetry::metrics().jwks_refresh(&self.issuer, "error");
+                let last = self.last_good.lock().ok().and_then(|g| g.clone());
+                match last {
+                    Some(ks) => {
+                        tracing::warn!(issuer = %self.issuer, error = %e, "key refresh failed; using last good key set");
+                        Ok(ks)
+                    }
+                    None => Err(e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Finds the key for `kid`, refetching once (rate-limited) if unknown.
+    pub async fn key(&self, kid: &str) -> KeyLookup {
+        let ks = match self.current().await {
+            Ok(ks) => ks,
+            Err(e) => return KeyLookup::Unavailable(e),
+        };
+        if let Some(k) = ks.get(kid) {
+            return KeyLookup::Found(k);
+        }
+        let may_refetch = match self.last_forced.lock() {
+            Ok(mut g) => {
+                let ok = g.is_none_or(|t| t.elapsed() >= self.min_refetch);
+                if ok {
+                    *g = Some(Instant::now());
+                }
+                ok
+            }
+            Err(_) => false,
+        };
+        if !may_refetch {
+            return KeyLookup::UnknownKid;
+        }
+        tracing::debug!(issuer = %self.issuer, kid = %kid, "unknown key id, refetching key set");
+        self.cache.invalidate(&()).await;
+        match self.current().await {
+            Ok(ks) => ks.get(kid).map_or(KeyLookup::UnknownKid, KeyLookup::Found),
+            Err(e) => KeyLookup::Unavailable(e),
+        }
+    }
+
+    async fn fetch(&self) -> Result<KeySet, String> {
+        let bytes = match &self.source {
+            KeySource::JwksFile(p) => read_file(p)?,
+            KeySource::JwksUrl(u) => self.get(u).await?,
+            KeySource::Discovery => {
+                let url = format!("{}/.well-known/openid-configuration", self.issuer);
+                let doc: serde_json::Value = serde_json::from_slice(&self.get(&url).await?)
+                    .map_err(|e| format!("discovery document at {url} is not JSON: {e}"))?;
+                let jwks_uri = doc
+                    .get("jwks_uri")
+                    .and_then(|v| v.as_str())
+                    .ok_or_else(|| format!("discovery document at {url} has no jwks_uri"))?
+                    .to_owned();
+                self.get(&jwks_uri).await?
+            }
+        };
+        let ks = KeySet::parse(&bytes)?;
+        if ks.is_empty() {
+            return Err("key set has no usable keys with a kid".into());
+        }
+        Ok(ks)
+    }
+
+    async fn get(&self, url: &str) -> Result<Vec<u8>, String> {
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("fetching {url}: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("fetching {url}: HTTP {}", resp.status()));
+        }
+        if resp.content_length().is_some_and(|n| n as usize > MAX_JWKS_BYTES) {
+            return Err(format!("fetching {url}: response larger than {MAX_JWKS_BYTES} bytes"));
+        }
+        let body = resp.bytes().await.map_err(|e| format!("fetching {url}: {e}"))?;
+        if body.len() > MAX_JWKS_BYTES {
+            return Err(format!("fetching {url}: response larger than {MAX_JWKS_BYTES} bytes"));
+        }
+        Ok(body.to_vec())
+    }
+}
+
+fn read_file(p: &PathBuf) -> Result<Vec<u8>, String> {
+    std::fs::read(p).map_err(|e| format!("reading JWKS file {}: {e}", p.display()))
+}

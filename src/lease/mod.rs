@@ -1,0 +1,540 @@
+//! Lease lifecycle: issue, renew, revoke, and the expiry worker.
+//!
+//! Issue order (the invariant that keeps credentials from being orphaned):
+//! policy decides -> the lease row is written `pending` -> the plugin creates
+//! the credential, deriving vendor names from the lease id -> the row turns
+//! `active`. The plugin call and the activation run in their own task, so a
+//! client that disconnects mid-request cannot cancel them half-way; a crash
+//! between the steps leaves a `pending` row that the expiry worker revokes.
+//!
+//! Must not import: http (wire types), sqlx.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lessor_plugin::{LeaseId, LeaseRef, PluginError, RenewRequest};
+use rand::Rng;
+use secrecy::SecretString;
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+
+use crate::config::LeaseSettings;
+use crate::fmt_duration;
+use crate::identity::VerifiedWorkload;
+use crate::plugins::{Catalog, Role};
+use crate::policy::{Action, Decision, PolicyEngine, PolicyError, Principal, RequestContext};
+use crate::store::{EndReason, Lease, LeaseFilter, LeaseState, Store, StoreError};
+use crate::telemetry::metrics;
+
+pub mod expiry;
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+pub enum Actor {
+    Workload(VerifiedWorkload),
+    /// Holder of an admin credential (admin token or an operator JWT that
+    /// policy allows `admin`).
+    Admin { name: String },
+}
+
+impl Actor {
+    fn owns(&self, lease: &Lease) -> bool {
+        match self {
+            Actor::Admin { .. } => true,
+            Actor::Workload(w) => w.issuer == lease.issuer && w.subject == lease.subject,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("role `{role}` does not exist (roles: {known})")]
+    UnknownRole { role: String, known: String },
+    #[error("{message}")]
+    BadRequest { field: &'static str, message: String },
+    #[error("{}", .0.message)]
+    Denied(Box<Decision>),
+    #[error("lease `{0}` not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{message}")]
+    Plugin { message: String, error: PluginError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+/// What an issue returns: the lease, the credential (shown once), why.
+pub struct Issued {
+    pub lease: Lease,
+    pub renewable: bool,
+    pub public: serde_json::Map<String, serde_json::Value>,
+    pub secret: BTreeMap<String, SecretString>,
+    pub decision: Decision,
+}
+
+/// An issue request, after the wire format.
+#[derive(Debug, Clone, Default)]
+pub struct IssueInput {
+    pub role: String,
+    pub ttl: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub params: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Clone)]
+pub struct LeaseService {
+    pub store: Arc<dyn Store>,
+    pub catalog: Arc<Catalog>,
+    pub policy: Arc<PolicyEngine>,
+    pub settings: LeaseSettings,
+    wake: Arc<Notify>,
+    next_wake_ms: Arc<AtomicI64>,
+    started_at: OffsetDateTime,
+}
+
+/// A new, unguessable lease id (128 random bits).
+pub fn new_lease_id() -> LeaseId {
+    let bytes: [u8; 16] = rand::rng().random();
+    LeaseId::new(format!("lse_{}", hex::encode(bytes)))
+}
+
+fn principal_of(w: &VerifiedWorkload) -> Principal {
+    Principal { issuer: w.issuer.clone(), subject: w.subject.clone(), attributes: w.attributes.clone() }
+}
+
+fn plugin_error(role: &str, e: PluginError) -> LeaseError {
+    let message = match &e {
+        PluginError::InvalidRequest(m) => format!("role `{role}`: {m}"),
+        PluginError::Permanent(m) => format!("role `{role}`: the vendor refused: {m}"),
+        PluginError::Retryable(m) => format!("role `{role}`: vendor unavailable, try again: {m}"),
+        PluginError::Misconfigured(m) => format!("role `{role}` is misconfigured: {m}"),
+        PluginError::Unsupported(what) => format!("role `{role}`: {what} is not supported by its plugin"),
+        PluginError::State(m) => format!("role `{role}`: {m}"),
+    };
+    LeaseError::Plugin { message, error: e }
+}
+
+impl LeaseService {
+    pub fn new(store: Arc<dyn Store>, catalog: Arc<Catalog>, policy: Arc<PolicyEngine>, settings: LeaseSettings) -> Self {
+        LeaseService {
+            store,
+            catalog,
+            policy,
+            settings,
+            wake: Arc::new(Notify::new()),
+            next_wake_ms: Arc::new(AtomicI64::new(i64::MAX)),
+            started_at: OffsetDateTime::now_utc(),
+        }
+    }
+
+    fn role(&self, name: &str) -> Result<Arc<Role>, LeaseError> {
+        self.catalog.role(name).cloned().ok_or_else(|| LeaseError::UnknownRole {
+            role: name.to_owned(),
+            known: self.catalog.roles.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// Evaluates policy, timing it.
+    pub fn decide(
+        &self,
+        principal: &Principal,
+        action: Action,
+        role: Option<&Role>,
+        ctx: &RequestContext,
+    ) -> Result<Decision, LeaseError> {
+        let t = Instant::now();
+        let d = self.policy.current().decide(principal, action, role.map(|r| &r.info), ctx)?;
+        metrics().policy_seconds.with_label_values(&[action.as_str()]).observe(t.elapsed().as_secs_f64());
+        if !d.allowed {
+            metrics()
+                .policy_denials
+                .with_label_values(&[action.as_str(), role.map(|r| r.name.as_str()).unwrap_or("lessor")])
+                .inc();
+        }
+        Ok(d)
+    }
+
+    /// Issues a credential for `w`.
+    pub async fn issue(&self, w: &VerifiedWorkload, input: IssueInput, source_ip: IpAddr) -> Result<Issued, LeaseError> {
+        let started = Instant::now();
+        let role = self.role(&input.role)?;
+        let result = self.issue_inner(w, &role, input, source_ip).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(LeaseError::Denied(_)) => "denied",
+            Err(LeaseError::BadRequest { .. }) => "invalid",
+            Err(_) => "error",
+        };
+        metrics().issued.with_label_values(&[role.kind.as_str(), role.name.as_str(), outcome]).inc();
+        if result.is_ok() {
+            metrics().issue_seconds.with_label_values(&[role.kind.as_str()]).observe(started.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    async fn issue_inner(
+        &self,
+        w: &VerifiedWorkload,
+        role: &Arc<Role>,
+        input: IssueInput,
+        source_ip: IpAddr,
+    ) -> Result<Issued, LeaseError> {
+        let ttl = match &input.ttl {
+            Some(t) => crate::parse_duration(t).map_err(|m| LeaseError::BadRequest { field: "ttl", message: m })?,
+            None => role.cfg.default_ttl(),
+        };
+        if ttl < Duration::from_secs(1) {
+            return Err(LeaseError::BadRequest { field: "ttl", message: "ttl must be at least 1s".into() });
+        }
+        if ttl > role.max_ttl() {
+            return Err(LeaseError::BadRequest {
+                field: "ttl",
+                message: format!(
+                    "ttl {} exceeds role `{}` max {}",
+                    fmt_duration(ttl),
+                    role.name,
+                    fmt_duration(role.max_ttl())
+                ),
+            });
+        }
+        let mut scopes = input.scopes.clone().unwrap_or_else(|| role.cfg.default_scopes.clone());
+        scopes.sort();
+        scopes.dedup();
+        for s in &scopes {
+            if !role.cfg.scopes.contains(s) {
+                return Err(LeaseError::BadRequest {
+                    field: "scopes",
+                    message: format!(
+                        "scope `{s}` is not offered by role `{}` (offered: {})",
+                        role.name,
+                        if role.cfg.scopes.is_empty() { "none".to_string() } else { role.cfg.scopes.join(", ") }
+                    ),
+                });
+            }
+        }
+        let now = OffsetDateTime::now_utc();
+        let ctx = RequestContext {
+            ttl_seconds: ttl.as_secs() as i64,
+            scopes: scopes.clone(),
+            now: now.unix_timestamp(),
+            source_ip,
+        };
+        let decision = self.decide(&principal_of(w), Action::Issue, Some(role), &ctx)?;
+        if !decision.allowed {
+            return Err(LeaseError::Denied(Box::new(decision)));
+        }
+        let expires_at = now + ttl;
+        let lease = Lease {
+            id: new_lease_id(),
+            role: role.name.clone(),
+            plugin: role.kind.clone(),
+            issuer: w.issuer.clone(),
+            subject: w.subject.clone(),
+            claims: serde_json::to_value(&w.attributes).unwrap_or_default(),
+            scopes,
+            policies: decision.policy_ids(),
+            state: LeaseState::Pending,
+            issued_at: now,
+            expires_at,
+            max_expires_at: now + role.max_ttl(),
+            handle: None,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: None,
+            end_reason: None,
+            ended_at: None,
+        };
+        self.store.insert_pending(&lease).await?;
+
+        // From here on, finish in a task of our own: dropping the request
+        // future (client gone) must not leave a credential without its lease.
+        let svc = self.clone();
+        let role = role.clone();
+        let workload = w.to_plugin();
+        let params = input.params;
+        let task = tokio::spawn(async move { svc.create_and_activate(role, lease, workload, params).await });
+        let (lease, issued) = match task.await {
+            Ok(r) => r?,
+            Err(e) => {
+                return Err(LeaseError::Conflict(format!("issue task failed: {e}; the pending lease will be cleaned up")))
+            }
+        };
+        Ok(Issued {
+            renewable: self.role(&lease.role)?.plugin.capabilities().can_renew,
+            lease,
+            public: issued.public,
+            secret: issued.secret,
+            decision,
+        })
+    }
+
+    async fn create_and_activate(
+        &self,
+        role: Arc<Role>,
+        mut lease: Lease,
+        workload: lessor_plugin::Workload,
+        params: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(Lease, lessor_plugin::Issued), LeaseError> {
+        let req = lessor_plugin::IssueRequest {
+            lease_id: lease.id.clone(),
+            role: role.short.clone(),
+            workload,
+            scopes: lease.scopes.clone(),
+            expires_at: lease.expires_at,
+            params,
+        };
+        let issued = match role.plugin.issue(req).await {
+            Ok(i) => i,
+            Err(e) => {
+                // Something may exist at the vendor; take it back now (the
+                // worker retries if this fails).
+                tracing::info!(lease_id = %lease.id, role = %role.name, error = %e, "issue failed; cleaning up");
+                let _ = self.revoke_lease(&lease, EndReason::Orphaned).await;
+                return Err(plugin_error(&role.name, e));
+            }
+        };
+        let expires_at = issued.expires_at.min(lease.expires_at);
+        match self.store.activate(&lease.id, &issued.handle, expires_at).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(LeaseError::Conflict(format!(
+                    "lease `{}` was cleaned up before it could be activated; request a new credential",
+                    lease.id
+                )))
+            }
+            Err(e) => {
+                tracing::warn!(lease_id = %lease.id, error = %e, "activating lease failed; revoking the credential");
+                lease.handle = Some(issued.handle.clone());
+                let _ = self.revoke_lease(&lease, EndReason::Orphaned).await;
+                return Err(e.into());
+            }
+        }
+        lease.state = LeaseState::Active;
+        lease.handle = Some(issued.handle.clone());
+        lease.expires_at = expires_at;
+        self.note_expiry(expires_at);
+        Ok((lease, issued))
+    }
+
+    /// Wakes the expiry worker if this lease falls due before it planned to
+    /// look again.
+    fn note_expiry(&self, at: OffsetDateTime) {
+        let ms = crate::store::to_ms(at);
+        if ms < self.next_wake_ms.load(Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Reads a lease the actor may see.
+    pub async fn get(&self, actor: &Actor, id: &str) -> Result<Lease, LeaseError> {
+        let lease = self
+            .store
+            .get(&LeaseId::new(id))
+            .await?
+            .filter(|l| actor.owns(l))
+            .ok_or_else(|| LeaseError::NotFound(id.to_owned()))?;
+        self.check_owner_action(actor, &lease, Action::Read, 0)?;
+        Ok(lease)
+    }
+
+    fn check_owner_action(&self, actor: &Actor, lease: &Lease, action: Action, ttl: i64) -> Result<Option<Decision>, LeaseError> {
+        let Actor::Workload(w) = actor else { return Ok(None) };
+        let Some(role) = self.catalog.role(&lease.role) else { return Ok(None) };
+        let ctx = RequestContext {
+            ttl_seconds: ttl,
+            scopes: lease.scopes.clone(),
+            now: OffsetDateTime::now_utc().unix_timestamp(),
+            source_ip: IpAddr::from([0, 0, 0, 0]),
+        };
+        let d = self.decide(&principal_of(w), action, Some(role), &ctx)?;
+        if !d.allowed {
+            return Err(LeaseError::Denied(Box::new(d)));
+        }
+        Ok(Some(d))
+    }
+
+    /// Extends a lease (never past its max).
+    pub async fn renew(&self, actor: &Actor, id: &str, ttl: Option<String>) -> Result<Lease, LeaseError> {
+        let lease = self
+            .store
+            .get(&LeaseId::new(id))
+            .await?
+            .filter(|l| actor.owns(l))
+            .ok_or_else(|| LeaseError::NotFound(id.to_owned()))?;
+        let role = self.role(&lease.role)?;
+        let result = self.renew_inner(actor, &lease, &role, ttl).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics().renewed.with_label_values(&[role.kind.as_str(), role.name.as_str(), outcome]).inc();
+        result
+    }
+
+    async fn renew_inner(&self, actor: &Actor, lease: &Lease, role: &Arc<Role>, ttl: Option<String>) -> Result<Lease, LeaseError> {
+        if lease.state != LeaseState::Active || lease.end_reason.is_some() {
+            return Err(LeaseError::Conflict(format!(
+                "lease `{}` is {}; only active leases can be renewed, request a new credential",
+                lease.id,
+                lease.end_reason.map(|r| format!("being {}", r.as_str())).unwrap_or_else(|| lease.state.as_str().to_owned())
+            )));
+        }
+        if !role.plugin.capabilities().can_renew {
+            return Err(LeaseError::Conflict(format!(
+                "role `{}` cannot be renewed: its plugin ({}) issues credentials with a fixed lifetime; request a new one",
+                role.name, role.kind
+            )));
+        }
+        let ttl = match ttl {
+            Some(t) => crate::parse_duration(&t).map_err(|m| LeaseError::BadRequest { field: "ttl", message: m })?,
+            None => role.cfg.default_ttl(),
+        };
+        let now = OffsetDateTime::now_utc();
+        if lease.expires_at >= lease.max_expires_at {
+            return Err(LeaseError::Conflict(format!(
+                "lease `{}` already runs until its max TTL ({}); request a new credential",
+                lease.id, lease.max_expires_at
+            )));
+        }
+        let new_exp = (now + ttl).min(lease.max_expires_at).max(lease.expires_at);
+        self.check_owner_action(actor, lease, Action::Renew, ttl.as_secs() as i64)?;
+        let lref = LeaseRef {
+            lease_id: lease.id.clone(),
+            role: role.short.clone(),
+            handle: lease.handle.clone(),
+            expires_at: lease.expires_at,
+        };
+        let vendor_exp = role
+            .plugin
+            .renew(RenewRequest { lease: lref, expires_at: new_exp })
+            .await
+            .map_err(|e| plugin_error(&role.name, e))?;
+        let new_exp = vendor_exp.min(new_exp);
+        if !self.store.renew(&lease.id, new_exp).await? {
+            return Err(LeaseError::Conflict(format!("lease `{}` ended while it was being renewed", lease.id)));
+        }
+        let mut l = lease.clone();
+        l.expires_at = new_exp;
+        Ok(l)
+    }
+
+    /// Revokes a lease now (owner or admin). Revoking an ended lease returns
+    /// it unchanged.
+    pub async fn revoke(&self, actor: &Actor, id: &str) -> Result<Lease, LeaseError> {
+        let lease = self
+            .store
+            .get(&LeaseId::new(id))
+            .await?
+            .filter(|l| actor.owns(l))
+            .ok_or_else(|| LeaseError::NotFound(id.to_owned()))?;
+        self.check_owner_action(actor, &lease, Action::Revoke, 0)?;
+        if lease.state.is_live() {
+            self.revoke_lease(&lease, EndReason::Revoked).await?;
+        }
+        self.store.get(&lease.id).await?.ok_or_else(|| LeaseError::NotFound(id.to_owned()))
+    }
+
+    /// Admin: lists leases.
+    pub async fn list(&self, filter: &LeaseFilter) -> Result<Vec<Lease>, LeaseError> {
+        Ok(self.store.list(filter).await?)
+    }
+
+    /// Admin: schedules every live lease matching `filter` for revocation
+    /// by the expiry worker; returns how many.
+    pub async fn revoke_matching(&self, filter: &LeaseFilter) -> Result<u64, LeaseError> {
+        let n = self.store.schedule_revocation(filter, OffsetDateTime::now_utc()).await?;
+        self.wake.notify_one();
+        Ok(n)
+    }
+
+    /// Takes one lease's credential back and records the outcome. Used by
+    /// revoke requests and the expiry worker alike.
+    pub async fn revoke_lease(&self, lease: &Lease, reason: EndReason) -> Result<LeaseState, LeaseError> {
+        let Some(role) = self.catalog.role(&lease.role).cloned() else {
+            let msg = format!("role `{}` is no longer configured; add it back so its leases can be revoked", lease.role);
+            self.fail(lease, reason, &msg).await?;
+            return Ok(LeaseState::RevokeFailed);
+        };
+        let labels = |outcome: &str| {
+            metrics()
+                .revocations
+                .with_label_values(&[role.kind.as_str(), role.name.as_str(), reason.as_str(), outcome])
+                .inc();
+        };
+        let now = OffsetDateTime::now_utc();
+        if !role.plugin.capabilities().can_revoke {
+            // Nothing to take back: the credential ends by itself.
+            self.store.finish(&lease.id, EndReason::Expired, now).await?;
+            labels("not_revocable");
+            return Ok(LeaseState::Expired);
+        }
+        let lref = LeaseRef {
+            lease_id: lease.id.clone(),
+            role: role.short.clone(),
+            handle: lease.handle.clone(),
+            expires_at: lease.expires_at,
+        };
+        match role.plugin.revoke(&lref).await {
+            Ok(()) => {
+                self.store.finish(&lease.id, reason, OffsetDateTime::now_utc()).await?;
+                labels("ok");
+                tracing::info!(lease_id = %lease.id, role = %role.name, reason = reason.as_str(), "lease ended");
+                Ok(reason.final_state())
+            }
+            Err(e) => {
+                labels("error");
+                let msg = e.to_string();
+                tracing::warn!(lease_id = %lease.id, role = %role.name, error = %msg, attempts = lease.attempts + 1,
+                    "revocation failed, will retry");
+                self.fail(lease, reason, &msg).await?;
+                Ok(LeaseState::RevokeFailed)
+            }
+        }
+    }
+
+    async fn fail(&self, lease: &Lease, reason: EndReason, msg: &str) -> Result<(), LeaseError> {
+        let delay = backoff(self.settings.retry_base, self.settings.retry_max, lease.attempts);
+        let at = OffsetDateTime::now_utc() + delay;
+        self.store.record_failure(&lease.id, reason, msg, at).await?;
+        Ok(())
+    }
+
+    pub fn started_at(&self) -> OffsetDateTime {
+        self.started_at
+    }
+}
+
+/// Exponential backoff with ±20% jitter: base * 2^attempts, capped.
+pub fn backoff(base: Duration, max: Duration, attempts: i64) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempts.clamp(0, 20) as u32).min(max);
+    let jitter = rand::rng().random_range(0.8..=1.2);
+    exp.mul_f64(jitter).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let b = Duration::from_secs(1);
+        let m = Duration::from_secs(600);
+        let d0 = backoff(b, m, 0);
+        assert!(d0 >= Duration::from_millis(800) && d0 <= Duration::from_millis(1200), "{d0:?}");
+        let d3 = backoff(b, m, 3);
+        assert!(d3 >= Duration::from_millis(6400) && d3 <= Duration::from_millis(9600), "{d3:?}");
+        assert!(backoff(b, m, 60) <= m);
+        assert!(backoff(b, m, 60) >= Duration::from_secs(480));
+    }
+
+    #[test]
+    fn lease_ids_are_unguessable_and_distinct() {
+        let a = new_lease_id();
+        let b = new_lease_id();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 4 + 32);
+    }
+}

@@ -1,0 +1,557 @@
+//! Policy-as-code: Cedar policies in `policies/`, validated against the
+//! schema there, evaluated with deny-overrides, explained with the authors'
+//! own `@id` and `@reason` annotations.
+//!
+//! Decisions stay fast as policies grow: at load, every policy is sorted into
+//! the (action, role) slices its scope can apply to, and a decision evaluates
+//! only its slice. A policy whose resource scope is unconstrained (or an
+//! entity type) lands in every role's slice; the slices are exact, never a
+//! guess, because roles have no parents.
+//!
+//! Must not import: http, store, plugins.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use cedar_policy::{
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, Policy, PolicyId, PolicySet, Request, ResourceConstraint, RestrictedExpression, Schema,
+    ValidationMode, Validator,
+};
+use miette::Diagnostic;
+use serde::Serialize;
+
+pub mod tests;
+
+/// Built-in policy: a workload may read and revoke leases it owns (the
+/// ownership check itself is in code). A `forbid` still overrides it.
+const OWNER_POLICY: &str = r#"@id("lessor:owner-may-read-and-revoke")
+@reason("a workload may read and revoke its own leases")
+permit(principal, action in [Lessor::Action::"read", Lessor::Action::"revoke"], resource);"#;
+
+/// The actions of the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Issue,
+    Renew,
+    Revoke,
+    Read,
+    Admin,
+}
+
+impl Action {
+    pub const ALL: [Action; 5] = [Action::Issue, Action::Renew, Action::Revoke, Action::Read, Action::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Issue => "issue",
+            Action::Renew => "renew",
+            Action::Revoke => "revoke",
+            Action::Read => "read",
+            Action::Admin => "admin",
+        }
+    }
+
+    fn uid(self) -> Result<EntityUid, PolicyError> {
+        entity_uid("Lessor::Action", self.as_str())
+    }
+}
+
+impl FromStr for Action {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Action::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown action `{s}` (known: issue, renew, revoke, read, admin)"))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policies: cannot read {path}: {message}")]
+    Io { path: String, message: String },
+    #[error("policies: no schema: put exactly one *.cedarschema file in {0}")]
+    NoSchema(String),
+    #[error("policies: several schema files: {0}")]
+    SeveralSchemas(String),
+    #[error("{file}:{line}: schema error: {message}")]
+    Schema { file: String, line: usize, message: String },
+    #[error("{file}:{line}: parse error: {message}")]
+    Parse { file: String, line: usize, message: String },
+    #[error("{file}:{line}: policy `{id}` does not validate against the schema: {message}")]
+    Invalid { file: String, line: usize, id: String, message: String },
+    #[error("{file}: policy id `{id}` is also used in {other}; @id must be unique")]
+    DuplicateId { file: String, id: String, other: String },
+    #[error("policy request: {0}")]
+    Request(String),
+}
+
+/// A role as policy sees it (the resource).
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleInfo {
+    /// `connection/role`.
+    pub name: String,
+    pub connection: String,
+    pub plugin: String,
+    pub environment: String,
+    pub scopes: Vec<String>,
+    pub max_ttl_seconds: i64,
+}
+
+/// The principal as policy sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Principal {
+    pub issuer: String,
+    pub subject: String,
+    /// Mapped claims.
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// The request context.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestContext {
+    pub ttl_seconds: i64,
+    pub scopes: Vec<String>,
+    /// Unix seconds.
+    pub now: i64,
+    pub source_ip: IpAddr,
+}
+
+/// A policy that took part in a decision.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DecidingPolicy {
+    pub id: String,
+    pub effect: &'static str,
+    pub reason: Option<String>,
+    /// `file:line` where the policy is written.
+    pub location: String,
+}
+
+/// A decision with its explanation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Policies that decided: permits on allow, forbids (if any) on deny.
+    pub policies: Vec<DecidingPolicy>,
+    /// Policies that could have permitted but did not (on a deny with no
+    /// forbid): what a workload would need to satisfy.
+    pub candidates: Vec<DecidingPolicy>,
+    /// Policies that failed to evaluate (treated as not matching).
+    pub errors: Vec<String>,
+    /// One-paragraph explanation for humans.
+    pub message: String,
+    /// The principal attributes that were considered.
+    pub considered: BTreeMap<String, String>,
+}
+
+impl Decision {
+    pub fn policy_ids(&self) -> Vec<String> {
+        self.policies.iter().map(|p| p.id.clone()).collect()
+    }
+}
+
+struct Meta {
+    id: String,
+    effect: &'static str,
+    reason: Option<String>,
+    location: String,
+}
+
+/// One loaded, validated policy set with its slices.
+pub struct Policies {
+    schema: Schema,
+    meta: HashMap<PolicyId, Meta>,
+    all: Vec<Policy>,
+    slices: HashMap<(Action, String), PolicySet>,
+    full: PolicySet,
+    /// A fingerprint of the files it was loaded from.
+    pub version: String,
+    pub files: Vec<PathBuf>,
+}
+
+fn entity_uid(ty: &str, id: &str) -> Result<EntityUid, PolicyError> {
+    let t = EntityTypeName::from_str(ty).map_err(|e| PolicyError::Request(e.to_string()))?;
+    Ok(EntityUid::from_type_name_and_id(t, EntityId::new(id)))
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+/// Line of the `n`th policy statement (0-based) in `text`: Cedar numbers
+/// policies without an id `policy0`, `policy1`, ... in file order.
+fn nth_statement_line(text: &str, n: usize) -> usize {
+    let mut seen = 0;
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim_start();
+        if t.starts_with("permit") || t.starts_with("forbid") {
+            if seen == n {
+                return i + 1;
+            }
+            seen += 1;
+        }
+    }
+    1
+}
+
+fn first_offset(d: &dyn Diagnostic) -> Option<usize> {
+    d.labels().and_then(|mut l| l.next()).map(|s| s.offset())
+}
+
+fn diag_message(d: &(dyn Diagnostic + Send + Sync + 'static)) -> String {
+    let mut m = d.to_string();
+    if let Some(h) = d.help() {
+        m.push_str(&format!(" (help: {h})"));
+    }
+    m
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), PolicyError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| PolicyError::Io { path: dir.display().to_string(), message: e.to_string() })?;
+    for entry in rd {
+        let entry = entry.map_err(|e| PolicyError::Io { path: dir.display().to_string(), message: e.to_string() })?;
+        let p = entry.path();
+        if p.is_dir() {
+            collect_files(&p, out)?;
+        } else if matches!(p.extension().and_then(|e| e.to_str()), Some("cedar" | "cedarschema")) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+fn read(p: &Path) -> Result<String, PolicyError> {
+    std::fs::read_to_string(p).map_err(|e| PolicyError::Io { path: p.display().to_string(), message: e.to_string() })
+}
+
+impl Policies {
+    /// Loads every `*.cedar` file under `dir` (recursively) and the one
+    /// `*.cedarschema`, validates strictly, and builds slices for `roles`.
+    pub fn load(dir: &Path, roles: &[RoleInfo]) -> Result<Policies, PolicyError> {
+        let mut files = Vec::new();
+        collect_files(dir, &mut files)?;
+        files.sort();
+        let mut sources = Vec::new();
+        for f in &files {
+            sources.push((f.display().to_string(), read(f)?));
+        }
+        Policies::from_sources(&sources, roles)
+    }
+
+    /// Like [`Policies::load`], from (file name, text) pairs.
+    pub fn from_sources(sources: &[(String, String)], roles: &[RoleInfo]) -> Result<Policies, PolicyError> {
+        let schemas: Vec<_> = sources.iter().filter(|(n, _)| n.ends_with(".cedarschema")).collect();
+        let (schema_file, schema_text) = match schemas.as_slice() {
+            [] => return Err(PolicyError::NoSchema(sources.first().map(|s| s.0.clone()).unwrap_or_default())),
+            [one] => (one.0.clone(), one.1.clone()),
+            many => {
+                return Err(PolicyError::SeveralSchemas(
+                    many.iter().map(|s| s.0.clone()).collect::<Vec<_>>().join(", "),
+                ))
+            }
+        };
+        let schema = match Schema::from_cedarschema_str(&schema_text) {
+            Ok((s, _warnings)) => s,
+            Err(e) => {
+                let line = first_offset(&e).map(|o| line_of(&schema_text, o)).unwrap_or(1);
+                return Err(PolicyError::Schema { file: schema_file, line, message: diag_message(&e) });
+            }
+        };
+        let validator = Validator::new(schema.clone());
+        let mut meta: HashMap<PolicyId, Meta> = HashMap::new();
+        let mut all = Vec::new();
+        let mut origin: HashMap<String, String> = HashMap::new();
+
+        let builtin = [("<built-in>".to_string(), OWNER_POLICY.to_string())];
+        for (file, text) in sources.iter().filter(|(n, _)| n.ends_with(".cedar")).chain(builtin.iter()) {
+            let parsed = PolicySet::from_str(text).map_err(|e| {
+                let line = first_offset(&e).map(|o| line_of(text, o)).unwrap_or(1);
+                PolicyError::Parse { file: file.clone(), line, message: diag_message(&e) }
+            })?;
+            if parsed.templates().next().is_some() {
+                return Err(PolicyError::Parse {
+                    file: file.clone(),
+                    line: 1,
+                    message: "policy templates are not supported; write static policies".into(),
+                });
+            }
+            // Validate per file so error offsets map to this file's lines.
+            let result = validator.validate(&parsed, ValidationMode::Strict);
+            if let Some(err) = result.validation_errors().next() {
+                let line = first_offset(err).map(|o| line_of(text, o)).unwrap_or(1);
+                let id = parsed
+                    .policy(err.policy_id())
+                    .and_then(|p| p.annotation("id"))
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| err.policy_id().to_string());
+                // Cedar names the policy by its positional id; we name it by @id.
+                let message = diag_message(err).replace(&format!("for policy `{}`, ", err.policy_id()), "");
+                return Err(PolicyError::Invalid { file: file.clone(), line, id, message });
+            }
+            for p in parsed.policies() {
+                let Some(id) = p.annotation("id").map(str::to_owned) else {
+                    let line = nth_statement_line(text, p.id().to_string().trim_start_matches("policy").parse().unwrap_or(0));
+                    return Err(PolicyError::Parse {
+                        file: file.clone(),
+                        line,
+                        message: "policy has no @id annotation; every policy needs @id(\"...\") so decisions can name it".into(),
+                    });
+                };
+                let line = text.find(&format!("@id(\"{id}\")")).map(|o| line_of(text, o)).unwrap_or(1);
+                if let Some(other) = origin.insert(id.clone(), format!("{file}:{line}")) {
+                    return Err(PolicyError::DuplicateId { file: format!("{file}:{line}"), id, other });
+                }
+                let pid = PolicyId::new(&id);
+                let effect = match p.effect() {
+                    cedar_policy::Effect::Permit => "permit",
+                    cedar_policy::Effect::Forbid => "forbid",
+                };
+                meta.insert(
+                    pid.clone(),
+                    Meta { id: id.clone(), effect, reason: p.annotation("reason").map(str::to_owned), location: format!("{file}:{line}") },
+                );
+                all.push(p.new_id(pid));
+            }
+        }
+        let full = PolicySet::from_policies(all.iter().cloned()).map_err(|e| PolicyError::Request(e.to_string()))?;
+        let mut version = sha2::Sha256::default();
+        for (n, t) in sources {
+            sha2::Digest::update(&mut version, n.as_bytes());
+            sha2::Digest::update(&mut version, t.as_bytes());
+        }
+        let mut p = Policies {
+            schema,
+            meta,
+            all,
+            slices: HashMap::new(),
+            full,
+            version: hex::encode(&sha2::Digest::finalize(version)[..8]),
+            files: sources.iter().map(|(n, _)| PathBuf::from(n)).collect(),
+        };
+        p.build_slices(roles)?;
+        Ok(p)
+    }
+
+    fn build_slices(&mut self, roles: &[RoleInfo]) -> Result<(), PolicyError> {
+        for action in Action::ALL {
+            let auid = action.uid()?;
+            let resources: Vec<(String, EntityUid)> = if action == Action::Admin {
+                vec![("lessor".into(), entity_uid("Lessor::System", "lessor")?)]
+            } else {
+                roles.iter().map(|r| Ok((r.name.clone(), entity_uid("Lessor::Role", &r.name)?))).collect::<Result<_, PolicyError>>()?
+            };
+            for (name, ruid) in resources {
+                let applies = |p: &Policy| {
+                    let action_ok = match p.action_constraint() {
+                        ActionConstraint::Any => true,
+                        ActionConstraint::Eq(a) => a == auid,
+                        ActionConstraint::In(v) => v.contains(&auid),
+                    };
+                    let resource_ok = match p.resource_constraint() {
+                        ResourceConstraint::Any => true,
+                        ResourceConstraint::Eq(u) | ResourceConstraint::In(u) => u == ruid,
+                        ResourceConstraint::Is(t) => &t == ruid.type_name(),
+                        ResourceConstraint::IsIn(t, u) => &t == ruid.type_name() && u == ruid,
+                    };
+                    action_ok && resource_ok
+                };
+                let slice = PolicySet::from_policies(self.all.iter().filter(|p| applies(p)).cloned())
+                    .map_err(|e| PolicyError::Request(e.to_string()))?;
+                self.slices.insert((action, name), slice);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
+    fn deciding(&self, id: &PolicyId) -> DecidingPolicy {
+        match self.meta.get(id) {
+            Some(m) => DecidingPolicy { id: m.id.clone(), effect: m.effect, reason: m.reason.clone(), location: m.location.clone() },
+            None => DecidingPolicy { id: id.to_string(), effect: "permit", reason: None, location: String::new() },
+        }
+    }
+
+    /// Decides `action` by `principal` on `role` (or on the system, for admin).
+    pub fn decide(
+        &self,
+        principal: &Principal,
+        action: Action,
+        role: Option<&RoleInfo>,
+        ctx: &RequestContext,
+    ) -> Result<Decision, PolicyError> {
+        let puid = entity_uid("Lessor::Workload", &format!("{}#{}", principal.issuer, principal.subject))?;
+        let s = RestrictedExpression::new_string;
+        let mut attrs: Vec<(String, RestrictedExpression)> = vec![
+            ("issuer".into(), s(principal.issuer.clone())),
+            ("subject".into(), s(principal.subject.clone())),
+        ];
+        let mut tags = Vec::new();
+        for (k, v) in &principal.attributes {
+            if k != "issuer" && k != "subject" {
+                attrs.push((k.clone(), s(v.clone())));
+            }
+            tags.push((k.clone(), s(v.clone())));
+        }
+        let pent = Entity::new_with_tags(puid.clone(), attrs, [], tags).map_err(|e| PolicyError::Request(e.to_string()))?;
+        let (ruid, rent, slice_key) = match role {
+            Some(r) => {
+                let ruid = entity_uid("Lessor::Role", &r.name)?;
+                let rattrs = vec![
+                    ("name".to_string(), s(r.name.clone())),
+                    ("connection".to_string(), s(r.connection.clone())),
+                    ("plugin".to_string(), s(r.plugin.clone())),
+                    ("environment".to_string(), s(r.environment.clone())),
+                    ("scopes".to_string(), RestrictedExpression::new_set(r.scopes.iter().cloned().map(s))),
+                    ("max_ttl_seconds".to_string(), RestrictedExpression::new_long(r.max_ttl_seconds)),
+                ];
+                let e = Entity::new(ruid.clone(), rattrs.into_iter().collect(), Default::default())
+                    .map_err(|e| PolicyError::Request(e.to_string()))?;
+                (ruid, e, (action, r.name.clone()))
+            }
+            None => {
+                let ruid = entity_uid("Lessor::System", "lessor")?;
+                (ruid.clone(), Entity::with_uid(ruid), (action, "lessor".to_string()))
+            }
+        };
+        let context = Context::from_pairs([
+            ("ttl_seconds".to_string(), RestrictedExpression::new_long(ctx.ttl_seconds)),
+            ("scopes".to_string(), RestrictedExpression::new_set(ctx.scopes.iter().cloned().map(s))),
+            ("now".to_string(), RestrictedExpression::new_long(ctx.now)),
+            ("source_ip".to_string(), RestrictedExpression::new_ip(ctx.source_ip.to_string())),
+        ])
+        .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let request = Request::new(puid, action.uid()?, ruid, context, Some(&self.schema))
+            .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let entities = Entities::from_entities([pent, rent], None).map_err(|e| PolicyError::Request(e.to_string()))?;
+        let slice = self.slices.get(&slice_key).unwrap_or(&self.full);
+        let response = Authorizer::new().is_authorized(&request, slice, &entities);
+        let allowed = response.decision() == CedarDecision::Allow;
+        let mut policies: Vec<DecidingPolicy> = response.diagnostics().reason().map(|id| self.deciding(id)).collect();
+        policies.sort_by(|a, b| a.id.cmp(&b.id));
+        // Policy ids inside Cedar are the authors' @id values.
+        let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
+        let target = role.map(|r| format!("role `{}`", r.name)).unwrap_or_else(|| "lessor".into());
+        let candidates: Vec<DecidingPolicy> = if !allowed && policies.is_empty() {
+            slice
+                .policies()
+                .filter(|p| p.effect() == cedar_policy::Effect::Permit)
+                .map(|p| self.deciding(p.id()))
+                .filter(|d| !d.id.starts_with("lessor:"))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let message = if allowed {
+            format!(
+                "`{}` on {target} permitted by {}",
+                action.as_str(),
+                policies.iter().map(|p| format!("`{}`", p.id)).collect::<Vec<_>>().join(", ")
+            )
+        } else if !policies.is_empty() {
+            let parts: Vec<String> = policies
+                .iter()
+                .map(|p| match &p.reason {
+                    Some(r) => format!("policy `{}` forbids it: {r}", p.id),
+                    None => format!("policy `{}` forbids it", p.id),
+                })
+                .collect();
+            format!("`{}` on {target} denied: {}", action.as_str(), parts.join("; "))
+        } else {
+            let claims = principal
+                .attributes
+                .iter()
+                .map(|(k, v)| format!("{k}=`{v}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut m = format!(
+                "`{}` on {target} denied: no policy permits it for issuer `{}`, subject `{}` (claims considered: {})",
+                action.as_str(),
+                principal.issuer,
+                principal.subject,
+                if claims.is_empty() { "none".to_string() } else { claims }
+            );
+            if !candidates.is_empty() {
+                let c: Vec<String> = candidates
+                    .iter()
+                    .map(|p| match &p.reason {
+                        Some(r) => format!("`{}` ({r})", p.id),
+                        None => format!("`{}`", p.id),
+                    })
+                    .collect();
+                m.push_str(&format!("; policies that could permit it but did not match: {}", c.join(", ")));
+            }
+            if !errors.is_empty() {
+                m.push_str(&format!("; {} policy evaluation error(s)", errors.len()));
+            }
+            m
+        };
+        Ok(Decision { allowed, policies, candidates, errors, message, considered: principal.attributes.clone() })
+    }
+}
+
+/// The live policy set, swapped atomically on reload.
+pub struct PolicyEngine {
+    dir: PathBuf,
+    roles: Vec<RoleInfo>,
+    current: arc_swap::ArcSwap<Policies>,
+}
+
+impl PolicyEngine {
+    pub fn load(dir: &Path, roles: Vec<RoleInfo>) -> Result<PolicyEngine, PolicyError> {
+        let p = Policies::load(dir, &roles)?;
+        Ok(PolicyEngine { dir: dir.to_owned(), roles, current: arc_swap::ArcSwap::from_pointee(p) })
+    }
+
+    pub fn from_policies(p: Policies, dir: &Path, roles: Vec<RoleInfo>) -> PolicyEngine {
+        PolicyEngine { dir: dir.to_owned(), roles, current: arc_swap::ArcSwap::from_pointee(p) }
+    }
+
+    pub fn current(&self) -> Arc<Policies> {
+        self.current.load_full()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reloads from disk. On error the old set stays and the error is
+    /// returned. Returns whether anything changed.
+    pub fn reload(&self) -> Result<bool, PolicyError> {
+        let p = Policies::load(&self.dir, &self.roles)?;
+        if p.version == self.current.load().version {
+            return Ok(false);
+        }
+        self.current.store(Arc::new(p));
+        Ok(true)
+    }
+
+    /// Cheap fingerprint of the directory (names, sizes, mtimes) to notice
+    /// changes without reading every file.
+    pub fn fingerprint(&self) -> String {
+        let mut files = Vec::new();
+        if collect_files(&self.dir, &mut files).is_err() {
+            return String::new();
+        }
+        files.sort();
+        let mut out = String::new();
+        for f in files {
+            if let Ok(m) = std::fs::metadata(&f) {
+                let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+                out.push_str(&format!("{}:{}:{};", f.display(), m.len(), mtime));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,213 @@
+//! Assembles the daemon from a `Config` and serves it on a listener. `main`
+//! and the integration tests call the same `start`.
+//!
+//! Start order: store -> seal key check -> admin token -> plugins -> policies
+//! -> verifier -> expiry worker + policy watcher -> HTTP. Shutdown stops the
+//! HTTP listener (in-flight requests finish), then the background tasks.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use base64::Engine;
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::http::{admin_token_key, router, AppState, ADMIN_TOKEN_PREFIX};
+use crate::identity::Verifier;
+use crate::lease::{expiry, LeaseService};
+use crate::plugins::{role_infos, Catalog};
+use crate::policy::PolicyEngine;
+use crate::seal::{write_private_file, Seal};
+use crate::store::Store;
+
+const SEAL_CHECK_KEY: &str = "seal_check";
+const SEAL_CHECK_AAD: &[u8] = b"lessor\0seal_check";
+
+/// A running daemon.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+    pub leases: LeaseService,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests and the expiry batch in hand
+    /// finish, and waits for every task.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Waits until a shutdown signal (SIGINT/SIGTERM), then shuts down.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Opens the seal key and proves it is the one the store was sealed with.
+pub async fn open_seal(cfg: &Config, store: &Arc<dyn Store>) -> anyhow::Result<Arc<Seal>> {
+    let path = cfg.seal_key_path();
+    let seal = Seal::load_or_create(&path, true)?;
+    let check = seal.seal(SEAL_CHECK_AAD, b"lessor");
+    let check_b64 = base64::engine::general_purpose::STANDARD.encode(&check);
+    if !store.meta_put_if_absent(SEAL_CHECK_KEY, &check_b64).await? {
+        let stored = store.meta_get(SEAL_CHECK_KEY).await?.unwrap_or_default();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(stored)
+            .map_err(|_| anyhow!("the store's seal check is corrupt"))?;
+        seal.open(SEAL_CHECK_AAD, &raw).with_context(|| {
+            format!("seal key {} does not open this store's secrets; refusing to start", path.display())
+        })?;
+    }
+    Ok(Arc::new(seal))
+}
+
+/// Makes sure an admin token exists: reads the token file, or creates one
+/// (0600) on first start, and records its hash in the store.
+pub async fn ensure_admin_token(path: &Path, store: &Arc<dyn Store>) -> anyhow::Result<()> {
+    let token = match std::fs::read_to_string(path) {
+        Ok(t) => t.trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut b = [0u8; 32];
+            rand::rng().fill_bytes(&mut b);
+            let t = format!("{ADMIN_TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b));
+            write_private_file(path, t.as_bytes()).with_context(|| format!("writing admin token {}", path.display()))?;
+            tracing::info!(path = %path.display(), "generated admin token");
+            t
+        }
+        Err(e) => return Err(anyhow!("reading admin token {}: {e}", path.display())),
+    };
+    if !token.starts_with(ADMIN_TOKEN_PREFIX) {
+        return Err(anyhow!("admin token in {} must start with {ADMIN_TOKEN_PREFIX}", path.display()));
+    }
+    store
+        .meta_put_if_absent(&admin_token_key(&token), &time::OffsetDateTime::now_utc().unix_timestamp().to_string())
+        .await?;
+    Ok(())
+}
+
+/// The HTTP client plugins and JWKS fetches share.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(5))
+        .user_agent(concat!("lessor/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
+/// Builds everything from `cfg` and serves on `listener`.
+pub async fn start(cfg: Config, listener: TcpListener) -> anyhow::Result<Running> {
+    cfg.validate()?;
+    let store = crate::store::open(&cfg.store).await?;
+    let seal = open_seal(&cfg, &store).await?;
+    ensure_admin_token(&cfg.admin_token_path(), &store).await?;
+    let catalog = Arc::new(Catalog::build(&cfg, store.clone(), seal.clone()).await.map_err(|e| anyhow!(e))?);
+    let policy = Arc::new(PolicyEngine::load(&cfg.policies, role_infos(&cfg))?);
+    let verifier = Arc::new(Verifier::new(&cfg, http_client()?).map_err(|e| anyhow!(e))?);
+    let leases = LeaseService::new(store.clone(), catalog, policy.clone(), cfg.leases.clone());
+
+    let (shutdown, rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(expiry::run(leases.clone(), rx.clone())));
+    tasks.push(tokio::spawn(watch_policies(policy, cfg.policy_poll, rx.clone())));
+
+    let state = AppState { leases: leases.clone(), verifier, store: store.clone() };
+    let app = router(state, cfg.limits.max_body_bytes);
+    let addr = listener.local_addr()?;
+    let mut srx = rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = srx.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    }));
+    tracing::info!(%addr, store = store.backend(), policies = policy_count(&leases), "lessor is serving");
+    Ok(Running { addr, store, leases, shutdown, tasks })
+}
+
+fn policy_count(l: &LeaseService) -> usize {
+    l.policy.current().len()
+}
+
+/// Reloads policies when their files change or on SIGHUP. A set that fails
+/// to validate is logged and the old one stays.
+async fn watch_policies(engine: Arc<PolicyEngine>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut last = engine.fingerprint();
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hup_fut = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup_fut = std::future::pending::<()>();
+        let forced = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            _ = hup_fut => true,
+            r = shutdown.changed() => {
+                if r.is_err() || *shutdown.borrow() { break; }
+                false
+            }
+        };
+        let fp = engine.fingerprint();
+        if !forced && fp == last {
+            continue;
+        }
+        last = fp;
+        match engine.reload() {
+            Ok(true) => {
+                crate::telemetry::metrics().policy_reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(version = %engine.current().version, count = engine.current().len(), "policies reloaded");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                crate::telemetry::metrics().policy_reloads.with_label_values(&["error"]).inc();
+                tracing::error!(error = %e, "policy reload failed; keeping the previous policies");
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The lease store: leases, plugin state and small shared metadata.
+//!
+//! `Store` is the one interface; `sqlite.rs` is the embedded default and a
+//! PostgreSQL backend implements the same trait with the same migrations
+//! (numbers and names; a test checks). The backend is chosen from an explicit
+//! URL scheme; unknown schemes are refused.
+//!
+//! Invariants:
+//! - A lease row is written (pending) before a plugin creates anything.
+//! - State transitions are conditional updates (`WHERE state IN ...`), so two
+//!   actors racing on one lease cannot move it backwards.
+//! - No issued secret is ever stored; plugin secrets arrive here sealed.
+//!
+//! Must not import: http, policy, identity.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use lessor_plugin::{Handle, LeaseId};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+pub mod sqlite;
+pub mod state;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store URL `{0}` has an unknown scheme; use sqlite://<path>")]
+    UnknownScheme(String),
+    #[error("store is locked by another lessor process ({0}); SQLite serves one process, use PostgreSQL for replicas")]
+    Locked(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{0} already exists")]
+    Conflict(String),
+}
+
+/// Where a lease is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseState {
+    /// Recorded; the plugin may or may not have created the credential.
+    Pending,
+    /// The credential exists and is in use.
+    Active,
+    /// Taken back before its expiry (by request, admin, or cleanup).
+    Revoked,
+    /// Reached its expiry and was taken back (or ended by itself).
+    Expired,
+    /// Revocation failed; retried with backoff until it succeeds.
+    RevokeFailed,
+}
+
+impl LeaseState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseState::Pending => "pending",
+            LeaseState::Active => "active",
+            LeaseState::Revoked => "revoked",
+            LeaseState::Expired => "expired",
+            LeaseState::RevokeFailed => "revoke_failed",
+        }
+    }
+
+    pub const ALL: [LeaseState; 5] = [
+        LeaseState::Pending,
+        LeaseState::Active,
+        LeaseState::Revoked,
+        LeaseState::Expired,
+        LeaseState::RevokeFailed,
+    ];
+
+    /// Whether the lease's credential is (or may still be) live.
+    pub fn is_live(self) -> bool {
+        matches!(self, LeaseState::Pending | LeaseState::Active | LeaseState::RevokeFailed)
+    }
+}
+
+impl FromStr for LeaseState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        LeaseState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown lease state `{s}` (known: pending, active, revoked, expired, revoke_failed)"))
+    }
+}
+
+/// Why a lease is being (or was) taken back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Its TTL ran out.
+    Expired,
+    /// Its owner or an admin revoked it.
+    Revoked,
+    /// It never became active (crash or vendor failure during issue).
+    Orphaned,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Expired => "expired",
+            EndReason::Revoked => "revoked",
+            EndReason::Orphaned => "orphaned",
+        }
+    }
+    /// The state a lease ends in once the plugin confirms revocation.
+    pub fn final_state(self) -> LeaseState {
+        match self {
+            EndReason::Expired => LeaseState::Expired,
+            EndReason::Revoked | EndReason::Orphaned => LeaseState::Revoked,
+        }
+    }
+}
+
+impl FromStr for EndReason {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "expired" => Ok(EndReason::Expired),
+            "revoked" => Ok(EndReason::Revoked),
+            "orphaned" => Ok(EndReason::Orphaned),
+            _ => Err(format!("unknown end reason `{s}`")),
+        }
+    }
+}
+
+/// A lease as stored. Holds no secret.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub id: LeaseId,
+    /// Full role name, `connection/role`.
+    pub role: String,
+    pub plugin: String,
+    pub issuer: String,
+    pub subject: String,
+    /// The principal attributes policy saw (mapped claims), as JSON.
+    pub claims: serde_json::Value,
+    pub scopes: Vec<String>,
+    /// Ids of the policies that decided the issue.
+    pub policies: Vec<String>,
+    pub state: LeaseState,
+    pub issued_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub max_expires_at: OffsetDateTime,
+    pub handle: Option<Handle>,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<OffsetDateTime>,
+    pub end_reason: Option<EndReason>,
+    pub ended_at: Option<OffsetDateTime>,
+}
+
+/// Filter for listing leases (admin).
+#[derive(Debug, Clone, Default)]
+pub struct LeaseFilter {
+    pub role: Option<String>,
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
+    pub state: Option<LeaseState>,
+    pub limit: u32,
+}
+
+/// Work the expiry worker must do for one lease.
+#[derive(Debug, Clone)]
+pub struct DueLease {
+    pub lease: Lease,
+    pub reason: EndReason,
+}
+
+/// Counts for metrics: (role, plugin, state) -> n.
+pub type LeaseCounts = Vec<(String, String, LeaseState, i64)>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Short backend name for logs (`sqlite`, `postgres`).
+    fn backend(&self) -> &'static str;
+
+    /// Whether this process is the store's only user (SQLite's lock file):
+    /// then every lease left pending by an earlier process is orphaned.
+    fn exclusive(&self) -> bool;
+
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Records a new lease in state `pending`.
+    async fn insert_pending(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// `pending` -> `active` with the plugin's handle. False if the lease was
+    /// no longer pending (cleanup got there first).
+    async fn activate(&self, id: &LeaseId, handle: &Handle, expires_at: OffsetDateTime) -> Result<bool, StoreError>;
+
+    async fn get(&self, id: &LeaseId) -> Result<Option<Lease>, StoreError>;
+
+    async fn list(&self, filter: &LeaseFilter) -> Result<Vec<Lease>, StoreError>;
+
+    /// Sets a new expiry on an `active` lease. False if it was not active.
+    async fn renew(&self, id: &LeaseId, expires_at: OffsetDateTime) -> Result<bool, StoreError>;
+
+    /// A live lease was taken back: moves it to the reason's final state.
+    /// False if it had already ended.
+    async fn finish(&self, id: &LeaseId, reason: EndReason, at: OffsetDateTime) -> Result<bool, StoreError>;
+
+    /// A revocation failed: `revoke_failed`, attempts + 1, retry at `retry_at`.
+    async fn record_failure(
+        &self,
+        id: &LeaseId,
+        reason: EndReason,
+        error: &str,
+        retry_at: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// Asks for a live lease to be revoked as soon as the worker can
+    /// (bulk revocation): makes it due now with the given reason.
+    async fn schedule_revocation(&self, filter: &LeaseFilter, now: OffsetDateTime) -> Result<u64, StoreError>;
+
+    /// Leases that need revoking now, oldest first: active past expiry,
+    /// pending created before `pending_cutoff`, failed whose retry is due.
+    async fn due(&self, now: OffsetDateTime, pending_cutoff: OffsetDateTime, limit: u32)
+        -> Result<Vec<DueLease>, StoreError>;
+
+    /// When the next lease falls due (expiry or retry), if any.
+    async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError>;
+
+    async fn counts(&self) -> Result<LeaseCounts, StoreError>;
+
+    // Plugin state, per connection. Sealed values are opaque here.
+    async fn state_get(&self, conn: &str, key: &str) -> Result<Option<(Vec<u8>, bool)>, StoreError>;
+    async fn state_put(&self, conn: &str, key: &str, value: &[u8], sealed: bool) -> Result<(), StoreError>;
+    async fn state_put_if_absent(&self, conn: &str, key: &str, value: &[u8], sealed: bool)
+        -> Result<bool, StoreError>;
+    async fn state_list(&self, conn: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    async fn state_delete(&self, conn: &str, key: &str) -> Result<(), StoreError>;
+
+    // Small shared metadata (admin token hashes, seal check).
+    async fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError>;
+    async fn meta_put_if_absent(&self, key: &str, value: &str) -> Result<bool, StoreError>;
+}
+
+/// Opens the store named by `url`: `sqlite://path` or `sqlite::memory:`.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(path).await?));
+    }
+    Err(StoreError::UnknownScheme(url.to_owned()))
+}
+
+pub(crate) fn to_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+pub(crate) fn from_ms(ms: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .map_err(|e| StoreError::Corrupt(format!("timestamp {ms}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_match_across_backends() {
+        let names = |dir: &str| {
+            let mut v: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let sqlite = names(concat!(env!("CARGO_MANIFEST_DIR"), "/src/store/migrations/sqlite"));
+        let pg = names(concat!(env!("CARGO_MANIFEST_DIR"), "/src/store/migrations/postgres"));
+        assert!(!sqlite.is_empty());
+        assert_eq!(sqlite, pg, "SQLite and PostgreSQL migrations must have the same numbers and names");
+    }
+}

@@ -1,0 +1,138 @@
+//! Metrics (Prometheus, names `lessor_*`, bounded labels: plugin, role,
+//! state, outcome, reason, configured issuer) and log setup.
+//!
+//! Labels never carry lease ids, subjects, claims or anything a caller
+//! chooses freely; role and issuer labels come from the config.
+
+use std::sync::OnceLock;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub leases: IntGaugeVec,
+    pub issued: IntCounterVec,
+    pub renewed: IntCounterVec,
+    pub revocations: IntCounterVec,
+    pub issue_seconds: HistogramVec,
+    pub policy_seconds: HistogramVec,
+    pub auth_failures: IntCounterVec,
+    pub policy_denials: IntCounterVec,
+    pub jwks_refreshes: IntCounterVec,
+    pub policy_reloads: IntCounterVec,
+}
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new();
+    let leases = IntGaugeVec::new(
+        Opts::new("lessor_leases", "Leases that are not yet ended, by plugin, role and state"),
+        &["plugin", "role", "state"],
+    )?;
+    let issued = IntCounterVec::new(
+        Opts::new("lessor_issued_total", "Issue requests by plugin, role and outcome"),
+        &["plugin", "role", "outcome"],
+    )?;
+    let renewed = IntCounterVec::new(
+        Opts::new("lessor_renewed_total", "Renew requests by plugin, role and outcome"),
+        &["plugin", "role", "outcome"],
+    )?;
+    let revocations = IntCounterVec::new(
+        Opts::new("lessor_revocations_total", "Revocation attempts by plugin, role, reason and outcome"),
+        &["plugin", "role", "reason", "outcome"],
+    )?;
+    let issue_seconds = HistogramVec::new(
+        HistogramOpts::new("lessor_issue_duration_seconds", "Time to issue a credential, by plugin")
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+        &["plugin"],
+    )?;
+    let policy_seconds = HistogramVec::new(
+        HistogramOpts::new("lessor_policy_evaluation_seconds", "Time to evaluate policy, by action")
+            .buckets(vec![0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005]),
+        &["action"],
+    )?;
+    let auth_failures = IntCounterVec::new(
+        Opts::new("lessor_auth_failures_total", "Refused workload tokens by reason"),
+        &["reason"],
+    )?;
+    let policy_denials = IntCounterVec::new(
+        Opts::new("lessor_policy_denials_total", "Requests denied by policy, by action and role"),
+        &["action", "role"],
+    )?;
+    let jwks_refreshes = IntCounterVec::new(
+        Opts::new("lessor_jwks_refreshes_total", "Key set fetches by configured issuer and outcome"),
+        &["issuer", "outcome"],
+    )?;
+    let policy_reloads = IntCounterVec::new(
+        Opts::new("lessor_policy_reloads_total", "Policy reloads by outcome"),
+        &["outcome"],
+    )?;
+    let build_info = IntGaugeVec::new(Opts::new("lessor_build_info", "Build information"), &["version"])?;
+    build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    for c in [
+        Box::new(leases.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(issued.clone()),
+        Box::new(renewed.clone()),
+        Box::new(revocations.clone()),
+        Box::new(issue_seconds.clone()),
+        Box::new(policy_seconds.clone()),
+        Box::new(auth_failures.clone()),
+        Box::new(policy_denials.clone()),
+        Box::new(jwks_refreshes.clone()),
+        Box::new(policy_reloads.clone()),
+        Box::new(build_info),
+    ] {
+        registry.register(c)?;
+    }
+    Ok(Metrics {
+        registry,
+        leases,
+        issued,
+        renewed,
+        revocations,
+        issue_seconds,
+        policy_seconds,
+        auth_failures,
+        policy_denials,
+        jwks_refreshes,
+        policy_reloads,
+    })
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    // Fixed names and label sets: construction cannot fail at run time, and a
+    // test (`metrics_build`) proves it.
+    METRICS.get_or_init(|| build().expect("fixed metric definitions are valid"))
+}
+
+impl Metrics {
+    pub fn jwks_refresh(&self, issuer: &str, outcome: &str) {
+        self.jwks_refreshes.with_label_values(&[issuer, outcome]).inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let enc = prometheus::TextEncoder::new();
+        enc.encode_to_string(&self.registry.gather()).unwrap_or_default()
+    }
+}
+
+/// Installs the log subscriber: `RUST_LOG` (default `info`), text or JSON.
+pub fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metrics_build() {
+        let m = super::build().unwrap();
+        m.issued.with_label_values(&["pki", "pki/web", "ok"]).inc();
+        assert!(m.render().contains("lessor_issued_total{outcome=\"ok\",plugin=\"pki\",role=\"pki/web\"} 1"));
+    }
+}

@@ -1,0 +1,259 @@
+//! The real binary: secrets never reach logs (at debug level) or the store;
+//! `lessor dev` + `lessor dev token` + `lessor creds` work as the README says;
+//! `check` and `policy test` report precisely.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::{config_text, copy_dir, Issuer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lessor");
+
+/// Spawns `lessor` with `args`, waits for a stdout line containing `marker`
+/// and returns the child and the URL on that line.
+fn spawn_until(args: &[&str], cwd: &Path, envs: &[(&str, &str)], log: &Path, marker: &str) -> (Child, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(log).unwrap()));
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let m = marker.to_owned();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(i) = line.find(&m) {
+                let url = line[i + m.len()..].trim().split_whitespace().next().unwrap_or("").to_owned();
+                let _ = tx.send(url);
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(url) => (child, url),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("lessor {args:?} never printed `{marker}`; log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        }
+    }
+}
+
+fn stop(mut child: Child) {
+    // SIGTERM: graceful shutdown.
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("lessor did not stop on SIGTERM within 20s");
+}
+
+fn read_all(dir: &Path, skip: &[&str]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in walk(dir) {
+        let name = e.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        if skip.contains(&name.as_str()) {
+            continue;
+        }
+        out.push((e.display().to_string(), std::fs::read(&e).unwrap_or_default()));
+    }
+    out
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            v.extend(walk(&p));
+        } else {
+            v.push(p);
+        }
+    }
+    v
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn no_secret_in_debug_logs_or_the_store() {
+    let iss = Issuer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &dir.join("policies"));
+    let cfg = config_text(dir, &dir.join("policies"), &iss.url, "", "");
+    std::fs::write(dir.join("lessor.toml"), cfg).unwrap();
+    let log = dir.join("lessor.log");
+    let (child, url) = spawn_until(
+        &["serve", "--config", "lessor.toml"],
+        dir,
+        &[("RUST_LOG", "debug")],
+        &log,
+        "lessor listening on ",
+    );
+    let http = reqwest::Client::new();
+    let jwt = iss.token();
+    let mut canaries: Vec<(String, String)> = vec![("workload JWT".into(), jwt.clone())];
+    canaries.push(("workload JWT signature".into(), jwt.rsplit('.').next().unwrap().to_owned()));
+    for body in [json!({"role": "pki/web"}), json!({"role": "token/orders", "scopes": ["orders.read"]})] {
+        let r = http.post(format!("{url}/v1/leases")).bearer_auth(&jwt).json(&body).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        let v: Value = r.json().await.unwrap();
+        if let Some(k) = v["credential"]["private_key"].as_str() {
+            // The base64 body of the key, line by line.
+            for line in k.lines().filter(|l| !l.starts_with("-----") && l.len() > 20) {
+                canaries.push(("issued private key".into(), line.to_owned()));
+            }
+        }
+        if let Some(t) = v["credential"]["token"].as_str() {
+            canaries.push(("issued token".into(), t.to_owned()));
+            canaries.push(("issued token signature".into(), t.rsplit('.').next().unwrap().to_owned()));
+        }
+        // A refused request with the token in the body must not log it either.
+        let _ = http.post(format!("{url}/v1/leases")).bearer_auth(&jwt).body(format!("{{\"role\": \"{jwt}\"")).send().await;
+        let id = v["lease_id"].as_str().unwrap();
+        let r = http.delete(format!("{url}/v1/leases/{id}")).bearer_auth(&jwt).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap();
+    canaries.push(("admin token".into(), admin.trim().to_owned()));
+    let seal = std::fs::read_to_string(dir.join("seal.key")).unwrap();
+    canaries.push(("seal key".into(), seal.trim().to_owned()));
+    stop(child);
+
+    let logs = std::fs::read(&log).unwrap();
+    assert!(contains(&logs, "DEBUG"), "the daemon logged at debug level");
+    for (what, c) in &canaries {
+        assert!(!contains(&logs, c), "{what} appears in the debug log");
+    }
+    for (file, bytes) in read_all(dir, &["seal.key", "admin.token", "lessor.toml", "lessor.log"]) {
+        if file.contains("/policies/") {
+            continue;
+        }
+        assert!(!contains(&bytes, "PRIVATE KEY"), "a PEM private key is stored in plaintext in {file}");
+        for (what, c) in &canaries {
+            assert!(!contains(&bytes, c), "{what} is stored in {file}");
+        }
+    }
+}
+
+fn run(args: &[&str], cwd: &Path, envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).current_dir(cwd).stdin(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn dev_mode_gives_a_newcomer_a_certificate_and_a_token() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("dev");
+    let data_s = data.display().to_string();
+    let log = tmp.path().join("dev.log");
+    let (child, addr) = spawn_until(
+        &["dev", "--listen", "127.0.0.1:0", "--data-dir", &data_s],
+        repo,
+        &[],
+        &log,
+        "lessor dev is serving on ",
+    );
+    let (code, jwt, err) = run(&["dev", "token", "--repo", "acme/api", "--data-dir", &data_s], repo, &[]);
+    assert_eq!(code, 0, "{err}");
+    let jwt = jwt.trim().to_owned();
+    let out = tmp.path().join("creds");
+    let out_s = out.display().to_string();
+    let env = [("LESSOR_JWT", jwt.as_str()), ("LESSOR_ADDR", addr.as_str()), ("LESSOR_DEV_DIR", data_s.as_str())];
+    let (code, stdout, err) = run(&["creds", "pki/web", "--ttl", "2m", "--out", &out_s], repo, &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("for pki/web until"), "{stdout}");
+    let cert = std::fs::read_to_string(out.join("cert.pem")).unwrap();
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+    assert!(std::fs::read_to_string(out.join("key.pem")).unwrap().contains("PRIVATE KEY"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(out.join("key.pem")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    let (code, stdout, err) = run(&["creds", "token/orders", "--scope", "orders.read"], repo, &env);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["credential"]["scopes"], json!(["orders.read"]));
+
+    let (code, stdout, err) = run(&["lease", "list"], repo, &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("pki/web") && stdout.contains("token/orders") && stdout.contains("active"), "{stdout}");
+
+    // A denied request: one clear line, non-zero exit.
+    let (code, feature_jwt, _) = run(&["dev", "token", "--repo", "acme/api", "--ref", "refs/heads/dev", "--data-dir", &data_s], repo, &[]);
+    assert_eq!(code, 0);
+    let env2 = [("LESSOR_JWT", feature_jwt.trim()), ("LESSOR_ADDR", addr.as_str())];
+    let (code, _, err) = run(&["creds", "pki/web"], repo, &env2);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: ") && err.contains("no policy permits it") && err.contains("HTTP 403"), "{err}");
+    stop(child);
+}
+
+#[test]
+fn check_and_policy_test_report_precisely() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (code, out, err) = run(&["policy", "test", "policies/tests"], repo, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("9 passed, 0 failed"), "{out}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        r#"
+[roles."pki/web"]
+plugin = "pki"
+max_ttl = "1h"
+[[case]]
+name = "wrongly expects a feature branch to be allowed"
+role = "pki/web"
+principal = { issuer = "x", subject = "y", repository_owner = "acme", ref = "refs/heads/dev" }
+expect = "allow"
+"#,
+    )
+    .unwrap();
+    let (code, out, _) = run(&["policy", "test", &bad.display().to_string()], repo, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL") && out.contains("expected allow, got deny"), "{out}");
+
+    // `check` on a config whose policies do not validate names file and line.
+    let dir = tmp.path().join("cfg");
+    copy_dir(&repo.join("policies"), &dir.join("policies"));
+    std::fs::write(dir.join("policies/typo.cedar"), "@id(\"typo\")\npermit(principal, action, resource)\nwhen { principal.repositroy == \"x\" };\n").unwrap();
+    std::fs::write(dir.join("lessor.toml"), config_text(&dir, &dir.join("policies"), "https://issuer.example", "", "")).unwrap();
+    let (code, _, err) = run(&["check", "--config", "lessor.toml"], &dir, &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("typo.cedar:3") && err.contains("`typo`"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    std::fs::remove_file(dir.join("policies/typo.cedar")).unwrap();
+    let (code, out, err) = run(&["check", "--config", "lessor.toml"], &dir, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ok: 1 issuer(s), 2 connection(s), 2 role(s)"), "{out}");
+}

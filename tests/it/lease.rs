@@ -1,0 +1,171 @@
+//! Lease lifecycle: expiry without a request, cleanup of leases left
+//! pending by a crash, ownership.
+
+use std::time::Duration;
+
+use lessor::store::{Lease, LeaseState};
+use lessor_plugin::{IssueRequest, Workload};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::support::{Daemon, Issuer, Opts};
+
+#[tokio::test]
+async fn expiry_revokes_without_a_request() {
+    let iss = Issuer::start().await;
+    let d = Daemon::start(&iss).await;
+    let jwt = iss.token();
+    let (s, tok) = d.issue(&jwt, json!({"role": "token/orders", "ttl": "2s"})).await;
+    assert_eq!(s, 201, "{tok}");
+    let (s, cert) = d.issue(&jwt, json!({"role": "pki/web", "ttl": "2s"})).await;
+    assert_eq!(s, 201, "{cert}");
+    let token = tok["credential"]["token"].as_str().unwrap();
+    let serial = cert["credential"]["serial"].as_str().unwrap().to_lowercase();
+    assert_eq!(d.introspect(token).await["active"], true);
+
+    for id in [tok["lease_id"].as_str().unwrap(), cert["lease_id"].as_str().unwrap()] {
+        let st = Daemon::eventually(Duration::from_secs(8), || async {
+            let s = d.lease_state(id).await;
+            (s == "expired").then_some(s)
+        })
+        .await;
+        assert_eq!(st.as_deref(), Some("expired"), "lease {id} expired by the worker");
+    }
+    assert_eq!(d.introspect(token).await, json!({"active": false}));
+    assert!(d.crl_serials("pki/web").await.contains(&serial), "expired certificate's serial on the CRL");
+}
+
+fn pending_lease(id: &lessor_plugin::LeaseId, role: &str, plugin: &str, subject: &str) -> Lease {
+    let now = OffsetDateTime::now_utc();
+    Lease {
+        id: id.clone(),
+        role: role.into(),
+        plugin: plugin.into(),
+        issuer: "https://crash.example".into(),
+        subject: subject.into(),
+        claims: json!({}),
+        scopes: vec![],
+        policies: vec![],
+        state: LeaseState::Pending,
+        issued_at: now,
+        expires_at: now + Duration::from_secs(3600),
+        max_expires_at: now + Duration::from_secs(3600),
+        handle: None,
+        attempts: 0,
+        last_error: None,
+        next_attempt_at: None,
+        end_reason: None,
+        ended_at: None,
+    }
+}
+
+#[tokio::test]
+async fn a_lease_pending_at_a_crash_is_revoked_on_restart() {
+    let iss = Issuer::start().await;
+    let opts = Opts { issuer_url: iss.url.clone(), extra_toml: String::new(), leases_toml: String::new() };
+    let mut d = Daemon::start_with(opts).await;
+
+    // Simulate a crash between "the vendor created it" and "the lease turned
+    // active": write the pending row, have the plugins create credentials,
+    // then stop before activation.
+    let svc = d.running().leases.clone();
+    let tok_id = lessor::lease::new_lease_id();
+    let pki_id = lessor::lease::new_lease_id();
+    svc.store.insert_pending(&pending_lease(&tok_id, "token/orders", "token", "crashy")).await.unwrap();
+    svc.store.insert_pending(&pending_lease(&pki_id, "pki/web", "pki", "crashy")).await.unwrap();
+    let workload = Workload {
+        issuer: "https://crash.example".into(),
+        subject: "crashy".into(),
+        attributes: [("repository".to_string(), "acme/api".to_string()), ("repository_owner".to_string(), "acme".to_string())].into(),
+    };
+    let req = |id: &lessor_plugin::LeaseId, role: &str| IssueRequest {
+        lease_id: id.clone(),
+        role: role.into(),
+        workload: workload.clone(),
+        scopes: vec!["orders.read".into()],
+        expires_at: OffsetDateTime::now_utc() + Duration::from_secs(3600),
+        params: Default::default(),
+    };
+    let tok = svc.catalog.role("token/orders").unwrap().plugin.issue(req(&tok_id, "orders")).await.unwrap();
+    let cert = svc.catalog.role("pki/web").unwrap().plugin.issue(req(&pki_id, "web")).await.unwrap();
+    let token = secrecy::ExposeSecret::expose_secret(&tok.secret["token"]).to_owned();
+    let serial = cert.public["serial"].as_str().unwrap().to_lowercase();
+    drop(svc); // holds the store (and SQLite's lock) open
+    d.stop().await;
+
+    // While it was down nothing could clean up; the token still introspects
+    // active on restart until the worker revokes the orphan.
+    let d2 = Daemon::start_in(&d.dir, &Opts { issuer_url: iss.url.clone(), extra_toml: String::new(), leases_toml: String::new() }).await;
+    for id in [&tok_id, &pki_id] {
+        let st = Daemon::eventually(Duration::from_secs(5), || async {
+            let s = d2.lease_state(id.as_str()).await;
+            (s == "revoked").then_some(s)
+        })
+        .await;
+        assert_eq!(st.as_deref(), Some("revoked"), "orphaned lease {id} revoked at restart");
+    }
+    let (_, l) = d2.get(&format!("/v1/leases/{tok_id}"), &d2.admin).await;
+    assert_eq!(l["end_reason"], "orphaned");
+    assert_eq!(d2.introspect(&token).await, json!({"active": false}));
+    assert!(d2.crl_serials("pki/web").await.contains(&serial));
+}
+
+#[tokio::test]
+async fn another_workload_cannot_read_renew_or_revoke_a_lease() {
+    let iss = Issuer::start().await;
+    let d = Daemon::start(&iss).await;
+    let owner = iss.token();
+    let (s, v) = d.issue(&owner, json!({"role": "token/orders"})).await;
+    assert_eq!(s, 201);
+    let id = v["lease_id"].as_str().unwrap();
+    let other = iss.sign(&iss.gh_claims("acme/web", "refs/heads/main"));
+    let (s, e) = d.get(&format!("/v1/leases/{id}"), &other).await;
+    assert_eq!(s, 404, "{e}");
+    let (s, _) = d.post(&format!("/v1/leases/{id}/renew"), &other, json!({})).await;
+    assert_eq!(s, 404);
+    let (s, _) = d.delete(&format!("/v1/leases/{id}"), &other).await;
+    assert_eq!(s, 404);
+    assert_eq!(d.lease_state(id).await, "active");
+    // The owner and an admin can.
+    let (s, _) = d.get(&format!("/v1/leases/{id}"), &owner).await;
+    assert_eq!(s, 200);
+    let (s, v) = d.delete(&format!("/v1/leases/{id}"), &d.admin).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["state"], "revoked");
+    // Revoking again is fine and changes nothing.
+    let (s, v) = d.delete(&format!("/v1/leases/{id}"), &owner).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["state"], "revoked");
+}
+
+#[tokio::test]
+async fn bulk_revocation_by_subject_leaves_others_alone() {
+    let iss = Issuer::start().await;
+    let d = Daemon::start(&iss).await;
+    let a = iss.token();
+    let b = iss.sign(&iss.gh_claims("acme/web", "refs/heads/main"));
+    let mut a_ids = Vec::new();
+    for _ in 0..3 {
+        let (s, v) = d.issue(&a, json!({"role": "token/orders"})).await;
+        assert_eq!(s, 201);
+        a_ids.push(v["lease_id"].as_str().unwrap().to_owned());
+    }
+    let (s, v) = d.issue(&b, json!({"role": "token/orders"})).await;
+    assert_eq!(s, 201);
+    let b_id = v["lease_id"].as_str().unwrap().to_owned();
+
+    let (s, v) = d.post("/v1/admin/revoke", &d.admin, json!({})).await;
+    assert_eq!(s, 400, "a filterless bulk revoke needs all=true: {v}");
+    let (s, v) = d.post("/v1/admin/revoke", &d.admin, json!({"subject": "repo:acme/api:ref:refs/heads/main"})).await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["scheduled"], 3);
+    for id in &a_ids {
+        let st = Daemon::eventually(Duration::from_secs(5), || async {
+            let s = d.lease_state(id).await;
+            (s == "revoked").then_some(s)
+        })
+        .await;
+        assert_eq!(st.as_deref(), Some("revoked"));
+    }
+    assert_eq!(d.lease_state(&b_id).await, "active");
+}

@@ -1,0 +1,11 @@
+//! lessor's integration tests: one binary, modules by area.
+
+mod support;
+
+mod binary;
+mod flow;
+mod http;
+mod jwt;
+mod lease;
+mod policy;
+mod store;

@@ -1,0 +1,126 @@
+//! Policy decisions over HTTP: permit, deny with reasons, TTL caps, scope
+//! combinations, reload.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{Daemon, Issuer};
+
+#[tokio::test]
+async fn permit_names_the_deciding_policy() {
+    let iss = Issuer::start().await;
+    let d = Daemon::start(&iss).await;
+    let (s, v) = d.issue(&iss.token(), json!({"role": "token/orders", "scopes": ["orders.read"], "ttl": "10m"})).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["policies"], json!(["gh-acme-orders-tokens"]));
+}
+
+#[tokio::test]
+async fn deny_with_no_permit_names_role_claims_and_candidates() {
+    let iss = Issuer::start().await;
+    let d = Daemon::start(&iss).await;
+    let jwt = iss.sign(&iss.gh_claims("acme/api", "refs/heads/dev"));
+    let (s, v) = d.issue(&jwt, json!({"role": "pki/web"})).await;
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(v["error"]["code"], "policy_denied");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("no policy permits it"), "{msg}");
+    assert!(msg.contains("role `pki/web`"), "{msg}");
+    assert!(msg.contains("ref=`refs/heads/dev`"), "{msg}");
+    assert!(msg.contains("`gh-main-web` (workflows on the main branch"), "{msg}");
+    assert_eq!(v["error"]["decision"]["candidates"][0]["id"], "gh-main-web");
+    assert!(d.leases().await.is_empty());
+}
+
+#[tokio::test]
+async fn forbid_overrides_permit_and_gives_its_reason() {
+    let iss = Issuer::start().await;
+    let d = Daemon::start(&iss).await;
+    let jwt = iss.token();
+    let (s, v) = d.issue(&jwt, json!({"role": "token/orders", "scopes": ["orders.write", "invoices.send"], "ttl": "5m"})).await;
+    assert_eq!(s, 403, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("policy `orders-write-never-with-invoices-send` forbids it"), "{msg}");
+    assert!(msg.contains("separation of duties"), "{msg}");
+    assert_eq!(v["error"]["decision"]["policies"][0]["effect"], "forbid");
+    // Each scope alone is fine.
+    let (s, _) = d.issue(&jwt, json!({"role": "token/orders", "scopes": ["orders.write"], "ttl": "5m"})).await;
+    assert_eq!(s, 201);
+}
+
+#[tokio::test]
+async fn ttl_above_role_max_and_above_policy_cap_are_refused_precisely() {
+    let iss = Issuer::start().await;
+    let d = Daemon::start(&iss).await;
+    let jwt = iss.token();
+    // Role max (1h): a 400 naming the field and both values.
+    let (s, v) = d.issue(&jwt, json!({"role": "token/orders", "ttl": "2h"})).await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["field"], "ttl");
+    assert_eq!(v["error"]["message"], "ttl 2h exceeds role `token/orders` max 1h");
+    // Policy cap (15m in gh-acme-orders-tokens): a deny.
+    let (s, v) = d.issue(&jwt, json!({"role": "token/orders", "ttl": "16m"})).await;
+    assert_eq!(s, 403, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("up to 15 minutes"), "{v}");
+    // A scope the role does not offer.
+    let (s, v) = d.issue(&jwt, json!({"role": "token/orders", "scopes": ["orders.delete"]})).await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["field"], "scopes");
+    assert!(v["error"]["message"].as_str().unwrap().contains("scope `orders.delete` is not offered"), "{v}");
+    assert!(d.leases().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_broken_policy_file_keeps_the_old_set_and_a_good_change_is_picked_up() {
+    let iss = Issuer::start().await;
+    let d = Daemon::start(&iss).await;
+    let jwt = iss.token();
+    let engine = d.running().leases.policy.clone();
+    let before = engine.current().version.clone();
+
+    // A file that does not validate (unknown attribute): reload fails, old set stays.
+    let bad = d.policies.join("broken.cedar");
+    std::fs::write(&bad, "@id(\"broken\")\npermit(principal, action, resource)\nwhen { principal.no_such_claim == \"x\" };\n").unwrap();
+    let err = engine.reload().unwrap_err().to_string();
+    assert!(err.contains("broken.cedar:3"), "error names file and line: {err}");
+    assert!(err.contains("`broken`"), "{err}");
+    assert_eq!(engine.current().version, before);
+    let (s, _) = d.issue(&jwt, json!({"role": "pki/web"})).await;
+    assert_eq!(s, 201, "requests still served with the old policies");
+
+    // Fix it with a policy that forbids everything on pki/web: the watcher
+    // picks it up without a restart.
+    std::fs::write(
+        &bad,
+        "@id(\"freeze-pki\")\n@reason(\"change freeze\")\nforbid(principal, action == Lessor::Action::\"issue\", resource == Lessor::Role::\"pki/web\");\n",
+    )
+    .unwrap();
+    let denied = Daemon::eventually(Duration::from_secs(10), || async {
+        let (s, v) = d.issue(&jwt, json!({"role": "pki/web"})).await;
+        (s == 403).then_some(v)
+    })
+    .await
+    .expect("reloaded policy applies");
+    assert!(denied["error"]["message"].as_str().unwrap().contains("change freeze"), "{denied}");
+}
+
+#[tokio::test]
+async fn explain_answers_for_one_case_and_needs_admin() {
+    let iss = Issuer::start().await;
+    let d = Daemon::start(&iss).await;
+    let case = json!({
+        "role": "pki/web",
+        "principal": {"issuer": iss.url, "subject": "repo:acme/api:ref:refs/heads/main",
+                      "repository_owner": "acme", "ref": "refs/heads/main"},
+        "ttl": "5m",
+    });
+    let (s, v) = d.post("/v1/policy/explain", &d.admin, case.clone()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["allowed"], true);
+    assert_eq!(v["policies"][0]["id"], "gh-main-web");
+    assert!(v["policies"][0]["location"].as_str().unwrap().contains("web-certificates.cedar:"), "{v}");
+    // A workload JWT without an admin policy is refused.
+    let (s, _) = d.post("/v1/policy/explain", &iss.token(), case).await;
+    assert_eq!(s, 403);
+}

@@ -1,0 +1,150 @@
+//! The generic store suite. Every backend runs the same checks; SQLite (the
+//! embedded default) here, PostgreSQL when its backend lands.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lessor::store::{EndReason, Lease, LeaseFilter, LeaseState, Store};
+use lessor_plugin::LeaseId;
+use serde_json::json;
+use time::OffsetDateTime;
+
+fn lease(id: &str, role: &str, subject: &str, expires_in: i64) -> Lease {
+    let now = OffsetDateTime::now_utc();
+    Lease {
+        id: LeaseId::new(id),
+        role: role.into(),
+        plugin: "token".into(),
+        issuer: "https://iss".into(),
+        subject: subject.into(),
+        claims: json!({"repository": "acme/api"}),
+        scopes: vec!["orders.read".into()],
+        policies: vec!["p1".into()],
+        state: LeaseState::Pending,
+        issued_at: now,
+        expires_at: now + time::Duration::seconds(expires_in),
+        max_expires_at: now + time::Duration::seconds(expires_in + 3600),
+        handle: None,
+        attempts: 0,
+        last_error: None,
+        next_attempt_at: None,
+        end_reason: None,
+        ended_at: None,
+    }
+}
+
+pub async fn suite(s: Arc<dyn Store>) {
+    let now = OffsetDateTime::now_utc();
+    // Pending -> active, only once.
+    s.insert_pending(&lease("a", "token/orders", "alice", -1)).await.unwrap();
+    assert!(s.activate(&LeaseId::new("a"), &json!({"jti": "a"}), now - time::Duration::seconds(1)).await.unwrap());
+    assert!(!s.activate(&LeaseId::new("a"), &json!({}), now).await.unwrap(), "activate twice");
+    let a = s.get(&LeaseId::new("a")).await.unwrap().unwrap();
+    assert_eq!(a.state, LeaseState::Active);
+    assert_eq!(a.handle, Some(json!({"jti": "a"})));
+    assert_eq!(a.claims, json!({"repository": "acme/api"}));
+    // Duplicate ids are refused.
+    assert!(s.insert_pending(&lease("a", "token/orders", "alice", 10)).await.is_err());
+
+    // Due: the expired active lease and an old pending one, oldest first;
+    // not the fresh pending one nor a future one.
+    let mut old = lease("p-old", "token/orders", "bob", 600);
+    old.issued_at = now - time::Duration::minutes(10);
+    s.insert_pending(&old).await.unwrap();
+    s.insert_pending(&lease("p-new", "token/orders", "bob", 600)).await.unwrap();
+    s.insert_pending(&lease("future", "pki/web", "carol", 600)).await.unwrap();
+    s.activate(&LeaseId::new("future"), &json!({}), now + time::Duration::minutes(10)).await.unwrap();
+    let due = s.due(now, now - time::Duration::minutes(1), 100).await.unwrap();
+    let ids: Vec<(&str, EndReason)> = due.iter().map(|d| (d.lease.id.as_str(), d.reason)).collect();
+    assert_eq!(ids, vec![("p-old", EndReason::Orphaned), ("a", EndReason::Expired)]);
+    assert_eq!(s.due(now, now - time::Duration::minutes(1), 1).await.unwrap().len(), 1, "limit is honoured");
+
+    // Failure: visible, retried later, not due before then.
+    s.record_failure(&LeaseId::new("a"), EndReason::Expired, "vendor down", now + time::Duration::seconds(30)).await.unwrap();
+    let a = s.get(&LeaseId::new("a")).await.unwrap().unwrap();
+    assert_eq!((a.state, a.attempts, a.last_error.as_deref()), (LeaseState::RevokeFailed, 1, Some("vendor down")));
+    assert!(s.due(now, now - time::Duration::hours(1), 100).await.unwrap().iter().all(|d| d.lease.id.as_str() != "a"));
+    let later = now + time::Duration::seconds(31);
+    assert!(s.due(later, now - time::Duration::hours(1), 100).await.unwrap().iter().any(|d| d.lease.id.as_str() == "a"));
+    assert!(s.next_due().await.unwrap().is_some());
+    // Success ends it; a second finish changes nothing.
+    assert!(s.finish(&LeaseId::new("a"), EndReason::Expired, now).await.unwrap());
+    assert!(!s.finish(&LeaseId::new("a"), EndReason::Revoked, now).await.unwrap());
+    let a = s.get(&LeaseId::new("a")).await.unwrap().unwrap();
+    assert_eq!((a.state, a.end_reason), (LeaseState::Expired, Some(EndReason::Expired)));
+    assert!(!s.renew(&LeaseId::new("a"), now).await.unwrap(), "an ended lease cannot be renewed");
+
+    // Bulk scheduling makes matching active leases due now, with reason revoked.
+    assert_eq!(s.schedule_revocation(&LeaseFilter { subject: Some("carol".into()), ..Default::default() }, now).await.unwrap(), 1);
+    let due = s.due(now, now - time::Duration::hours(1), 100).await.unwrap();
+    let f = due.iter().find(|d| d.lease.id.as_str() == "future").expect("scheduled lease is due");
+    assert_eq!(f.reason, EndReason::Revoked);
+    assert!(!s.renew(&LeaseId::new("future"), now + time::Duration::hours(1)).await.unwrap(), "a lease being revoked is not renewed");
+
+    // Listing with filters, counts.
+    let l = s.list(&LeaseFilter { role: Some("token/orders".into()), limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(l.len(), 3);
+    let l = s.list(&LeaseFilter { state: Some(LeaseState::Pending), limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(l.len(), 2);
+    let counts = s.counts().await.unwrap();
+    assert!(counts.contains(&("token/orders".into(), "token".into(), LeaseState::Pending, 2)), "{counts:?}");
+
+    // Plugin state: namespaced by connection, prefix listing, put_if_absent.
+    s.state_put("c1", "crl/web/01", b"x", false).await.unwrap();
+    s.state_put("c1", "crl/web/02", b"y", false).await.unwrap();
+    s.state_put("c1", "crl/api/01", b"z", false).await.unwrap();
+    s.state_put("c2", "crl/web/03", b"w", false).await.unwrap();
+    let keys: Vec<String> = s.state_list("c1", "crl/web/").await.unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, vec!["crl/web/01", "crl/web/02"]);
+    assert!(s.state_put_if_absent("c1", "ca", b"first", true).await.unwrap());
+    assert!(!s.state_put_if_absent("c1", "ca", b"second", true).await.unwrap());
+    assert_eq!(s.state_get("c1", "ca").await.unwrap(), Some((b"first".to_vec(), true)));
+    assert!(s.state_list("c1", "c").await.unwrap().iter().all(|(k, _)| k != "ca"), "sealed values are not listed");
+    s.state_delete("c1", "crl/web/01").await.unwrap();
+    assert_eq!(s.state_get("c1", "crl/web/01").await.unwrap(), None);
+
+    assert!(s.meta_put_if_absent("k", "v").await.unwrap());
+    assert!(!s.meta_put_if_absent("k", "w").await.unwrap());
+    assert_eq!(s.meta_get("k").await.unwrap().as_deref(), Some("v"));
+}
+
+#[tokio::test]
+async fn sqlite_passes_the_store_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let s = lessor::store::open(&format!("sqlite://{}", path.display())).await.unwrap();
+    suite(s).await;
+}
+
+#[tokio::test]
+async fn sqlite_refuses_a_second_process_and_unknown_schemes() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let _a = lessor::store::open(&url).await.unwrap();
+    let err = lessor::store::open(&url).await.err().unwrap().to_string();
+    assert!(err.contains("locked by another lessor process"), "{err}");
+    let err = lessor::store::open("mysql://x").await.err().unwrap().to_string();
+    assert!(err.contains("unknown scheme"), "{err}");
+    let _ = Duration::ZERO;
+}
+
+#[tokio::test]
+async fn plugin_secrets_are_sealed_at_rest_and_a_wrong_key_fails_clearly() {
+    use lessor_plugin::StateStore;
+    use secrecy::{ExposeSecret, SecretBox};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let s = lessor::store::open(&format!("sqlite://{}", path.display())).await.unwrap();
+    let seal = Arc::new(lessor::seal::Seal::generate());
+    let st = lessor::store::state::ConnectionState::new(s.clone(), seal, "pki");
+    let canary = b"-----BEGIN PRIVATE KEY----- canary-9f8e7d".to_vec();
+    assert!(st.put_secret_if_absent("ca/web/key", &SecretBox::new(Box::new(canary.clone()))).await.unwrap());
+    assert_eq!(st.get_secret("ca/web/key").await.unwrap().unwrap().expose_secret(), &canary);
+    let (raw, sealed) = s.state_get("pki", "ca/web/key").await.unwrap().unwrap();
+    assert!(sealed);
+    assert!(!raw.windows(6).any(|w| w == b"canary"), "plaintext in the store");
+
+    let other = lessor::store::state::ConnectionState::new(s.clone(), Arc::new(lessor::seal::Seal::generate()), "pki");
+    let err = other.get_secret("ca/web/key").await.unwrap_err().to_string();
+    assert!(err.contains("sealed with key id"), "{err}");
+}
