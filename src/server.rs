@@ -143,7 +143,13 @@ pub async fn start(cfg: Config, listener: TcpListener) -> anyhow::Result<Running
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(expiry::run(leases.clone(), rx.clone())));
-    tasks.push(tokio::spawn(watch_policies(policy, cfg.policy_poll, rx.clone())));
+    // Register SIGHUP before serving, so a reload signal never meets the
+    // default action (terminate).
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    #[cfg(not(unix))]
+    let hup = None;
+    tasks.push(tokio::spawn(watch_policies(policy, cfg.policy_poll, hup, rx.clone())));
 
     let state = AppState { leases: leases.clone(), verifier, store: store.clone() };
     let app = router(state, cfg.limits.max_body_bytes);
@@ -169,10 +175,13 @@ fn policy_count(l: &LeaseService) -> usize {
 
 /// Reloads policies when their files change or on SIGHUP. A set that fails
 /// to validate is logged and the old one stays.
-async fn watch_policies(engine: Arc<PolicyEngine>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+async fn watch_policies(engine: Arc<PolicyEngine>, every: Duration, mut hup: Hangup, mut shutdown: watch::Receiver<bool>) {
     let mut last = engine.fingerprint();
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
         #[cfg(unix)]
         let hup_fut = async {
@@ -184,7 +193,10 @@ async fn watch_policies(engine: Arc<PolicyEngine>, every: Duration, mut shutdown
             }
         };
         #[cfg(not(unix))]
-        let hup_fut = std::future::pending::<()>();
+        let hup_fut = {
+            let _ = &mut hup;
+            std::future::pending::<()>()
+        };
         let forced = tokio::select! {
             _ = tokio::time::sleep(every) => false,
             _ = hup_fut => true,

@@ -70,6 +70,7 @@ const EXAMPLE_POLICIES: &[(&str, &str)] = &[
     ("github/web-certificates.cedar", include_str!("../../policies/github/web-certificates.cedar")),
     ("github/api-tokens.cedar", include_str!("../../policies/github/api-tokens.cedar")),
     ("kubernetes/service-accounts.cedar", include_str!("../../policies/kubernetes/service-accounts.cedar")),
+    ("operators.cedar", include_str!("../../policies/operators.cedar")),
     ("tests/examples.toml", include_str!("../../policies/tests/examples.toml")),
 ];
 

@@ -6,7 +6,12 @@
 //! the (action, role) slices its scope can apply to, and a decision evaluates
 //! only its slice. A policy whose resource scope is unconstrained (or an
 //! entity type) lands in every role's slice; the slices are exact, never a
-//! guess, because roles have no parents.
+//! guess, because roles have no parents. Within a slice, policies whose
+//! `when` requires `principal.<attr> == "<literal>"` (for the attribute most
+//! of the slice's policies test that way, e.g. `repository`) are indexed by
+//! that literal: a workload is evaluated against the policies for its own
+//! value plus the unindexed rest. A skipped policy could only have been false
+//! or an evaluation error for that workload, so the decision is the same.
 //!
 //! Must not import: http, store, plugins.
 
@@ -162,20 +167,152 @@ struct Meta {
     location: String,
 }
 
+/// The policies that can apply to one (action, role), indexed by the value
+/// of one principal attribute.
+struct Slice {
+    /// Every policy of the slice (for explanations).
+    all: PolicySet,
+    /// The indexed attribute, if any.
+    attr: Option<String>,
+    /// Policies that do not test `attr` for equality.
+    rest: PolicySet,
+    /// `rest` plus the policies that require `attr == value`.
+    by_value: HashMap<String, PolicySet>,
+}
+
+impl Slice {
+    fn for_principal(&self, p: &Principal) -> &PolicySet {
+        let Some(attr) = &self.attr else { return &self.all };
+        let v = match attr.as_str() {
+            "issuer" => Some(&p.issuer),
+            "subject" => Some(&p.subject),
+            a => p.attributes.get(a),
+        };
+        v.and_then(|v| self.by_value.get(v)).unwrap_or(&self.rest)
+    }
+}
+
+/// `principal.<attr> == "<literal>"` conjuncts of a policy's `when` clauses,
+/// read from its JSON form (the EST).
+fn equality_conjuncts(p: &Policy) -> Vec<(String, String)> {
+    fn principal_attr(e: &serde_json::Value) -> Option<&str> {
+        let dot = e.get(".")?;
+        (dot.get("left")?.get("Var")?.as_str()? == "principal").then_some(())?;
+        dot.get("attr")?.as_str()
+    }
+    fn walk(e: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        if let Some(and) = e.get("&&") {
+            for side in ["left", "right"] {
+                if let Some(x) = and.get(side) {
+                    walk(x, out);
+                }
+            }
+        } else if let Some(eq) = e.get("==") {
+            let (Some(l), Some(r)) = (eq.get("left"), eq.get("right")) else { return };
+            for (a, b) in [(l, r), (r, l)] {
+                if let (Some(attr), Some(lit)) = (principal_attr(a), b.get("Value").and_then(|v| v.as_str())) {
+                    out.push((attr.to_owned(), lit.to_owned()));
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let Ok(json) = p.to_json() else { return out };
+    for c in json.get("conditions").and_then(|c| c.as_array()).into_iter().flatten() {
+        if c.get("kind").and_then(|k| k.as_str()) == Some("when") {
+            if let Some(body) = c.get("body") {
+                walk(body, &mut out);
+            }
+        }
+    }
+    out
+}
+
+fn build_slice(policies: Vec<Policy>) -> Result<Slice, PolicyError> {
+    let set = |ps: &mut dyn Iterator<Item = Policy>| {
+        PolicySet::from_policies(ps).map_err(|e| PolicyError::Request(e.to_string()))
+    };
+    let conj: Vec<Vec<(String, String)>> = policies.iter().map(equality_conjuncts).collect();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in &conj {
+        let mut attrs: Vec<&str> = c.iter().map(|(a, _)| a.as_str()).collect();
+        attrs.dedup();
+        for a in attrs {
+            *counts.entry(a).or_default() += 1;
+        }
+    }
+    let all = set(&mut policies.iter().cloned())?;
+    let best = counts.iter().max_by_key(|(a, n)| (**n, std::cmp::Reverse(**a))).filter(|(_, n)| **n >= 2);
+    let Some((attr, _)) = best else {
+        return Ok(Slice { all, attr: None, rest: PolicySet::new(), by_value: HashMap::new() });
+    };
+    let attr = (*attr).to_owned();
+    let mut rest = Vec::new();
+    let mut indexed: HashMap<String, Vec<Policy>> = HashMap::new();
+    for (p, c) in policies.iter().zip(&conj) {
+        let values: Vec<&String> = c.iter().filter(|(a, _)| *a == attr).map(|(_, v)| v).collect();
+        match values.as_slice() {
+            [] => rest.push(p.clone()),
+            [first, others @ ..] if others.iter().all(|o| o == first) => {
+                indexed.entry((*first).clone()).or_default().push(p.clone())
+            }
+            // `a == x && a == y` with x != y never holds; evaluating it
+            // everywhere is still correct.
+            _ => rest.push(p.clone()),
+        }
+    }
+    let mut by_value = HashMap::new();
+    for (v, ps) in indexed {
+        by_value.insert(v, set(&mut rest.iter().cloned().chain(ps))?);
+    }
+    Ok(Slice { all, attr: Some(attr), rest: set(&mut rest.into_iter())?, by_value })
+}
+
 /// One loaded, validated policy set with its slices.
 pub struct Policies {
-    schema: Schema,
     meta: HashMap<PolicyId, Meta>,
     all: Vec<Policy>,
-    slices: HashMap<(Action, String), PolicySet>,
+    slices: HashMap<(Action, String), Slice>,
     full: PolicySet,
     /// A fingerprint of the files it was loaded from.
     pub version: String,
     pub files: Vec<PathBuf>,
 }
 
+/// Entity type names, parsed once: `EntityTypeName::from_str` runs Cedar's
+/// parser, which would otherwise dominate a decision.
+struct TypeNames {
+    workload: EntityTypeName,
+    role: EntityTypeName,
+    system: EntityTypeName,
+    action: EntityTypeName,
+}
+
+fn type_names() -> Result<&'static TypeNames, PolicyError> {
+    static NAMES: std::sync::OnceLock<Result<TypeNames, String>> = std::sync::OnceLock::new();
+    let parse = |t: &str| EntityTypeName::from_str(t).map_err(|e| e.to_string());
+    NAMES
+        .get_or_init(|| {
+            Ok(TypeNames {
+                workload: parse("Lessor::Workload")?,
+                role: parse("Lessor::Role")?,
+                system: parse("Lessor::System")?,
+                action: parse("Lessor::Action")?,
+            })
+        })
+        .as_ref()
+        .map_err(|e| PolicyError::Request(e.clone()))
+}
+
 fn entity_uid(ty: &str, id: &str) -> Result<EntityUid, PolicyError> {
-    let t = EntityTypeName::from_str(ty).map_err(|e| PolicyError::Request(e.to_string()))?;
+    let names = type_names()?;
+    let t = match ty {
+        "Lessor::Workload" => names.workload.clone(),
+        "Lessor::Role" => names.role.clone(),
+        "Lessor::System" => names.system.clone(),
+        "Lessor::Action" => names.action.clone(),
+        other => EntityTypeName::from_str(other).map_err(|e| PolicyError::Request(e.to_string()))?,
+    };
     Ok(EntityUid::from_type_name_and_id(t, EntityId::new(id)))
 }
 
@@ -325,7 +462,6 @@ impl Policies {
             sha2::Digest::update(&mut version, t.as_bytes());
         }
         let mut p = Policies {
-            schema,
             meta,
             all,
             slices: HashMap::new(),
@@ -360,8 +496,7 @@ impl Policies {
                     };
                     action_ok && resource_ok
                 };
-                let slice = PolicySet::from_policies(self.all.iter().filter(|p| applies(p)).cloned())
-                    .map_err(|e| PolicyError::Request(e.to_string()))?;
+                let slice = build_slice(self.all.iter().filter(|p| applies(p)).cloned().collect())?;
                 self.slices.insert((action, name), slice);
             }
         }
@@ -432,11 +567,14 @@ impl Policies {
             ("source_ip".to_string(), RestrictedExpression::new_ip(ctx.source_ip.to_string())),
         ])
         .map_err(|e| PolicyError::Request(e.to_string()))?;
-        let request = Request::new(puid, action.uid()?, ruid, context, Some(&self.schema))
+        // The context is built here with the schema's types; validating it
+        // again per request would only cost time.
+        let request = Request::new(puid, action.uid()?, ruid, context, None)
             .map_err(|e| PolicyError::Request(e.to_string()))?;
         let entities = Entities::from_entities([pent, rent], None).map_err(|e| PolicyError::Request(e.to_string()))?;
-        let slice = self.slices.get(&slice_key).unwrap_or(&self.full);
-        let response = Authorizer::new().is_authorized(&request, slice, &entities);
+        let slice = self.slices.get(&slice_key);
+        let set = slice.map(|s| s.for_principal(principal)).unwrap_or(&self.full);
+        let response = Authorizer::new().is_authorized(&request, set, &entities);
         let allowed = response.decision() == CedarDecision::Allow;
         let mut policies: Vec<DecidingPolicy> = response.diagnostics().reason().map(|id| self.deciding(id)).collect();
         policies.sort_by(|a, b| a.id.cmp(&b.id));
@@ -445,6 +583,8 @@ impl Policies {
         let target = role.map(|r| format!("role `{}`", r.name)).unwrap_or_else(|| "lessor".into());
         let candidates: Vec<DecidingPolicy> = if !allowed && policies.is_empty() {
             slice
+                .map(|s| &s.all)
+                .unwrap_or(&self.full)
                 .policies()
                 .filter(|p| p.effect() == cedar_policy::Effect::Permit)
                 .map(|p| self.deciding(p.id()))
@@ -553,5 +693,69 @@ impl PolicyEngine {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    const SCHEMA: &str = include_str!("../../policies/lessor.cedarschema");
+
+    fn role(name: &str) -> RoleInfo {
+        RoleInfo {
+            name: name.into(),
+            connection: "c".into(),
+            plugin: "token".into(),
+            environment: "production".into(),
+            scopes: vec![],
+            max_ttl_seconds: 3600,
+        }
+    }
+
+    #[test]
+    fn indexed_decisions_equal_full_evaluation() {
+        let text = r#"
+@id("a") permit(principal, action == Lessor::Action::"issue", resource == Lessor::Role::"c/r")
+  when { principal has repository && principal.repository == "acme/a" };
+@id("b") permit(principal, action == Lessor::Action::"issue", resource == Lessor::Role::"c/r")
+  when { principal has repository && "acme/b" == principal.repository && context.ttl_seconds <= 600 };
+@id("c") permit(principal, action == Lessor::Action::"issue", resource == Lessor::Role::"c/r")
+  when { principal has repository && principal.repository == "acme/c" } unless { principal has ref && principal.ref == "x" };
+@id("never") permit(principal, action == Lessor::Action::"issue", resource == Lessor::Role::"c/r")
+  when { principal has repository && principal.repository == "p" && principal.repository == "q" };
+@id("any-main") permit(principal, action == Lessor::Action::"issue", resource)
+  when { principal has ref && principal.ref == "refs/heads/main" };
+@id("no-b-prod") forbid(principal, action, resource is Lessor::Role)
+  when { principal has repository && principal.repository == "acme/b" && resource.environment == "production" };
+@id("no-x") forbid(principal, action, resource) when { principal.subject == "x" };
+"#;
+        let src = vec![("s.cedarschema".to_string(), SCHEMA.to_string()), ("p.cedar".to_string(), text.to_string())];
+        let roles = vec![role("c/r")];
+        let indexed = Policies::from_sources(&src, &roles).unwrap();
+        let slice = &indexed.slices[&(Action::Issue, "c/r".to_string())];
+        assert_eq!(slice.attr.as_deref(), Some("repository"));
+        assert!(slice.by_value.contains_key("acme/a") && slice.by_value.contains_key("acme/b"));
+        let full = Policies::from_sources(&src, &[]).unwrap();
+        let ctx = RequestContext { ttl_seconds: 300, scopes: vec![], now: 0, source_ip: IpAddr::from([127, 0, 0, 1]) };
+        let repos = [None, Some("acme/a"), Some("acme/b"), Some("acme/c"), Some("p"), Some("zzz")];
+        let refs = [None, Some("refs/heads/main"), Some("x")];
+        for repo in repos {
+            for r in refs {
+                for subject in ["s", "x"] {
+                    let mut attributes = BTreeMap::new();
+                    if let Some(v) = repo {
+                        attributes.insert("repository".to_string(), v.to_string());
+                    }
+                    if let Some(v) = r {
+                        attributes.insert("ref".to_string(), v.to_string());
+                    }
+                    let p = Principal { issuer: "i".into(), subject: subject.into(), attributes };
+                    let a = indexed.decide(&p, Action::Issue, Some(&roles[0]), &ctx).unwrap();
+                    let b = full.decide(&p, Action::Issue, Some(&roles[0]), &ctx).unwrap();
+                    assert_eq!((a.allowed, a.policy_ids()), (b.allowed, b.policy_ids()), "{repo:?} {r:?} {subject}");
+                }
+            }
+        }
     }
 }

@@ -32,7 +32,7 @@ fn spawn_until(args: &[&str], cwd: &Path, envs: &[(&str, &str)], log: &Path, mar
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(i) = line.find(&m) {
-                let url = line[i + m.len()..].trim().split_whitespace().next().unwrap_or("").to_owned();
+                let url = line[i + m.len()..].split_whitespace().next().unwrap_or("").to_owned();
                 let _ = tx.send(url);
             }
         }
@@ -221,7 +221,7 @@ fn check_and_policy_test_report_precisely() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (code, out, err) = run(&["policy", "test", "policies/tests"], repo, &[]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("9 passed, 0 failed"), "{out}");
+    assert!(out.contains("11 passed, 0 failed"), "{out}");
 
     let tmp = tempfile::tempdir().unwrap();
     let bad = tmp.path().join("bad.toml");
@@ -256,4 +256,40 @@ expect = "allow"
     let (code, out, err) = run(&["check", "--config", "lessor.toml"], &dir, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("ok: 1 issuer(s), 2 connection(s), 2 role(s)"), "{out}");
+}
+
+#[tokio::test]
+async fn sighup_reloads_policies() {
+    let iss = Issuer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &dir.join("policies"));
+    // Polling effectively off: only SIGHUP can reload.
+    let cfg = config_text(dir, &dir.join("policies"), &iss.url, "", "").replace("policy_poll = \"100ms\"", "policy_poll = \"1h\"");
+    std::fs::write(dir.join("lessor.toml"), cfg).unwrap();
+    let log = dir.join("lessor.log");
+    let (child, url) = spawn_until(&["serve", "--config", "lessor.toml"], dir, &[], &log, "lessor listening on ");
+    let http = reqwest::Client::new();
+    let issue = || async {
+        http.post(format!("{url}/v1/leases")).bearer_auth(iss.token()).json(&json!({"role": "pki/web"})).send().await.unwrap().status().as_u16()
+    };
+    assert_eq!(issue().await, 201);
+    std::fs::write(
+        dir.join("policies/freeze.cedar"),
+        "@id(\"freeze\")\nforbid(principal, action == Lessor::Action::\"issue\", resource == Lessor::Role::\"pki/web\");\n",
+    )
+    .unwrap();
+    assert_eq!(issue().await, 201, "no reload without a signal");
+    let _ = Command::new("kill").arg("-HUP").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut status = 0;
+    while Instant::now() < deadline {
+        status = issue().await;
+        if status == 403 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 403, "SIGHUP reloaded the policies");
+    stop(child);
 }

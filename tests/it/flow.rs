@@ -136,3 +136,41 @@ async fn roles_lists_what_the_caller_may_request_with_scope_descriptions() {
     assert_eq!(s, 200);
     assert_eq!(v["roles"], json!([]));
 }
+
+#[tokio::test]
+async fn kubernetes_service_account_tokens_map_nested_claims() {
+    let iss = Issuer::start().await;
+    let d = Daemon::start(&iss).await;
+    let now = crate::support::now();
+    let claims = |sa: &str| {
+        json!({
+            "iss": iss.url, "aud": "lessor", "sub": format!("system:serviceaccount:payments:{sa}"),
+            "iat": now, "exp": now + 300,
+            "kubernetes.io": {"namespace": "payments", "serviceaccount": {"name": sa, "uid": "u1"}}
+        })
+        .as_object()
+        .unwrap()
+        .clone()
+    };
+    let (s, v) = d.issue(&iss.sign(&claims("api")), json!({"role": "token/orders", "scopes": ["orders.read"]})).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["policies"], json!(["k8s-payments-api-tokens"]));
+    let (s, v) = d.issue(&iss.sign(&claims("default")), json!({"role": "token/orders"})).await;
+    assert_eq!(s, 403, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("k8s-no-default-service-account"), "{v}");
+}
+
+#[tokio::test]
+async fn an_operator_jwt_allowed_by_policy_may_use_admin_endpoints() {
+    let iss = Issuer::start().await;
+    let d = Daemon::start(&iss).await;
+    let (s, _) = d.issue(&iss.token(), json!({"role": "token/orders"})).await;
+    assert_eq!(s, 201);
+    let ops = iss.sign(&iss.gh_claims("acme/lessor-ops", "refs/heads/main"));
+    let (s, v) = d.get("/v1/admin/leases", &ops).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["leases"].as_array().unwrap().len(), 1);
+    let (s, v) = d.get("/v1/admin/leases", &iss.token()).await;
+    assert_eq!(s, 403, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("admin endpoints need an admin credential"), "{v}");
+}

@@ -39,6 +39,10 @@ async fn every_rejection_is_precise_and_creates_nothing() {
     refused(&d, &iss.sign(&c), "not valid for another 10m").await;
 
     let mut c = base.clone();
+    c.insert("iat".into(), json!(t - 7200));
+    refused(&d, &iss.sign(&c), "token is 2h old; issuer").await;
+
+    let mut c = base.clone();
     c.insert("aud".into(), json!("someone-else"));
     refused(&d, &iss.sign(&c), "audience `someone-else` not accepted").await;
 

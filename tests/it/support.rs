@@ -177,6 +177,7 @@ audiences = ["{AUD}"]
 algorithms = ["ES256", "RS256"]
 preset = "github-actions"
 min_refetch_interval = "1s"
+max_token_age = "1h"
 [issuers.test.claims]
 namespace = "kubernetes.io.namespace"
 service_account = "kubernetes.io.serviceaccount.name"
