@@ -40,18 +40,26 @@ pub async fn run(svc: LeaseService, mut shutdown: watch::Receiver<bool>) {
         };
         if !due.is_empty() {
             let n = due.len();
+            let unrecorded = std::sync::atomic::AtomicUsize::new(0);
             futures::stream::iter(due)
                 .for_each_concurrent(svc.settings.revoke_concurrency, |d| {
                     let svc = svc.clone();
+                    let unrecorded = &unrecorded;
                     async move {
                         if let Err(e) = svc.revoke_lease(&d.lease, d.reason).await {
+                            unrecorded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             tracing::warn!(lease_id = %d.lease.id, error = %e, "recording revocation outcome failed");
                         }
                     }
                 })
                 .await;
             tracing::debug!(count = n, "expiry batch done");
-            // Drain: look again straight away while there is work.
+            // Drain: look again straight away while there is work, unless
+            // the store could record nothing (then the same leases would come
+            // straight back; wait a tick instead of spinning).
+            if unrecorded.into_inner() == n && sleep_or_stop(&svc, &mut shutdown, svc.settings.tick).await {
+                break;
+            }
             continue;
         }
         let wait = match svc.store.next_due().await {

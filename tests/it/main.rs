@@ -8,4 +8,5 @@ mod http;
 mod jwt;
 mod lease;
 mod policy;
+mod retry;
 mod store;
