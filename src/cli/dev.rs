@@ -105,7 +105,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {} (is another lessor running? try --listen 127.0.0.1:8201)", cfg.listen))?;
     let running = crate::server::start(cfg, listener).await?;
-    print_intro(&running.addr.to_string(), dir, &cfg_path);
+    print_intro(&running.addr.to_string(), dir, &cfg_path, &policies);
     running.run_until_signal().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -200,7 +200,7 @@ default_scopes = ["orders.read"]
     )
 }
 
-fn print_intro(addr: &str, dir: &Path, cfg: &Path) {
+fn print_intro(addr: &str, dir: &Path, cfg: &Path, policies: &Path) {
     let exe = std::env::current_exe()
         .ok()
         .and_then(|p| {
@@ -215,6 +215,7 @@ fn print_intro(addr: &str, dir: &Path, cfg: &Path) {
 lessor dev is serving on http://{addr}
   store:  SQLite in {dir}/lessor.db     config: {cfg}
   issuer: built-in dev issuer           admin token: {dir}/admin.token
+  policies: {policies} (edit one and it reloads; test them: {exe} policy test {policies}/tests)
 
 Get a credential, in another terminal:
   {addr_env}export LESSOR_JWT=$({exe} dev token --repo acme/api)
@@ -224,10 +225,10 @@ Get a credential, in another terminal:
 
 In 2 minutes the certificate's lease turns `expired` and its serial is on the CRL:
   curl -s http://{addr}/v1/pki/pki/web/crl | openssl crl -inform DER -noout -text
-Policies live in the policy directory above; edit one and it reloads.
 "#,
         dir = dir.display(),
         cfg = cfg.display(),
+        policies = policies.display(),
     );
 }
 
