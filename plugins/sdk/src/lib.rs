@@ -184,9 +184,11 @@ pub struct Introspection {
 /// Why a plugin call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    /// The vendor could not be reached or answered with a transient error;
-    /// the same call may succeed later.
-    #[error("vendor unavailable: {0}")]
+    /// The vendor could not be reached, answered with a transient error, or
+    /// is blocked by something an operator can fix (a role that still owns
+    /// objects); the same call may succeed later. The message says which,
+    /// precisely ("cannot reach PostgreSQL at 10.0.0.5:5432: connection refused").
+    #[error("{0}")]
     Retryable(String),
     /// The vendor (or the plugin, on the vendor's rules) refused; retrying the
     /// same call will not help. The message is precise and safe to show.

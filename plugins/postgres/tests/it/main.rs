@@ -1,0 +1,8 @@
+//! Integration tests of the PostgreSQL plugin against real, throwaway
+//! PostgreSQL servers (one per test). One binary: it links once.
+
+mod conformance;
+mod issue;
+mod revoke;
+mod support;
+mod validate;
