@@ -17,7 +17,7 @@ use crate::store::state::ConnectionState;
 use crate::store::Store;
 
 /// Plugin kinds this build knows.
-pub const KINDS: &[&str] = &["pki", "token"];
+pub const KINDS: &[&str] = &["pki", "token", "postgres"];
 
 /// One requestable role.
 pub struct Role {
@@ -95,6 +95,7 @@ impl Catalog {
             let plugin: Arc<dyn Plugin> = match conn.plugin.as_str() {
                 "pki" => lessor_pki::build(ctx, connection_cfg, specs).await,
                 "token" => lessor_token::build(ctx, connection_cfg, specs).await,
+                "postgres" => lessor_postgres::build(ctx, connection_cfg, specs).await,
                 other => {
                     return Err(format!(
                         "connection `{cname}`: unknown plugin `{other}` (this build has: {})",

@@ -32,6 +32,12 @@ pub struct DevArgs {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+    /// Also serve PostgreSQL roles (`pg/readonly`) on this server, given the
+    /// DSN of a role with CREATEROLE, e.g. postgres://postgres:pw@127.0.0.1/app.
+    /// Written to <data-dir>/postgres.dsn (0600); the generated config
+    /// refers to that file.
+    #[arg(long, env = "LESSOR_DEV_POSTGRES", value_name = "DSN")]
+    postgres: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,6 +75,7 @@ const EXAMPLE_POLICIES: &[(&str, &str)] = &[
     ("lessor.cedarschema", include_str!("../../policies/lessor.cedarschema")),
     ("github/web-certificates.cedar", include_str!("../../policies/github/web-certificates.cedar")),
     ("github/api-tokens.cedar", include_str!("../../policies/github/api-tokens.cedar")),
+    ("github/database.cedar", include_str!("../../policies/github/database.cedar")),
     ("kubernetes/service-accounts.cedar", include_str!("../../policies/kubernetes/service-accounts.cedar")),
     ("operators.cedar", include_str!("../../policies/operators.cedar")),
     ("tests/examples.toml", include_str!("../../policies/tests/examples.toml")),
@@ -97,7 +104,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             p
         }
     };
-    let text = config_text(dir, &policies, args.listen);
+    let mut text = config_text(dir, &policies, args.listen);
+    if let Some(dsn) = &args.postgres {
+        let f = dir.join("postgres.dsn");
+        let _ = std::fs::remove_file(&f);
+        crate::seal::write_private_file(&f, dsn.trim().as_bytes()).with_context(|| format!("writing {}", f.display()))?;
+        text.push_str(&postgres_text(&f));
+    }
     let cfg_path = dir.join("lessor.toml");
     std::fs::write(&cfg_path, &text).with_context(|| format!("writing {}", cfg_path.display()))?;
     let cfg = Config::from_toml(&text).map_err(|e| anyhow!("generated dev config: {e}"))?;
@@ -105,7 +118,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {} (is another lessor running? try --listen 127.0.0.1:8201)", cfg.listen))?;
     let running = crate::server::start(cfg, listener).await?;
-    print_intro(&running.addr.to_string(), dir, &cfg_path, &policies);
+    print_intro(&running.addr.to_string(), dir, &cfg_path, &policies, args.postgres.is_some());
     running.run_until_signal().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -200,7 +213,33 @@ default_scopes = ["orders.read"]
     )
 }
 
-fn print_intro(addr: &str, dir: &Path, cfg: &Path, policies: &Path) {
+/// The dev config's PostgreSQL connection (`lessor dev --postgres DSN`).
+pub fn postgres_text(dsn_file: &Path) -> String {
+    format!(
+        r#"
+[scopes."db.read"]
+allows = "Read every table, view and sequence of the database (pg_read_all_data)."
+denies = "Cannot write, create objects, or change roles."
+
+[connections.pg]
+plugin = "postgres"
+environment = "development"
+[connections.pg.config]
+dsn_file = {dsn}
+[connections.pg.roles.readonly]
+description = "A PostgreSQL login that can read the database, for the lease's lifetime."
+max_ttl = "1h"
+default_ttl = "10m"
+scopes = ["db.read"]
+default_scopes = ["db.read"]
+[connections.pg.roles.readonly.config.grants]
+"db.read" = ["GRANT pg_read_all_data TO {{{{name}}}}"]
+"#,
+        dsn = toml_str(dsn_file)
+    )
+}
+
+fn print_intro(addr: &str, dir: &Path, cfg: &Path, policies: &Path, pg: bool) {
     let exe = std::env::current_exe()
         .ok()
         .and_then(|p| {
@@ -221,7 +260,7 @@ Get a credential, in another terminal:
   {addr_env}export LESSOR_JWT=$({exe} dev token --repo acme/api)
   {exe} creds pki/web --ttl 2m --out ./creds      # certificate + key, leased for 2 minutes
   {exe} creds token/orders --scope orders.read     # a scoped API token
-  {exe} lease list                                 # every lease and its state
+  {exe} lease list                                 # every lease and its state{pg_line}
 
 In 2 minutes the certificate's lease turns `expired` and its serial is on the CRL:
   curl -s http://{addr}/v1/pki/pki/web/crl | openssl crl -inform DER -noout -text
@@ -229,6 +268,11 @@ In 2 minutes the certificate's lease turns `expired` and its serial is on the CR
         dir = dir.display(),
         cfg = cfg.display(),
         policies = policies.display(),
+        pg_line = if pg {
+            format!("\n  {exe} creds pg/readonly --ttl 10m               # a PostgreSQL login that can read the database")
+        } else {
+            String::new()
+        },
     );
 }
 

@@ -250,10 +250,9 @@ impl LeaseService {
             end_reason: None,
             ended_at: None,
         };
-        self.store.insert_pending(&lease).await?;
-
         // From here on, finish in a task of our own: dropping the request
-        // future (client gone) must not leave a credential without its lease.
+        // future (client gone) must not stop half-way between recording the
+        // lease, creating the credential and activating the lease.
         let svc = self.clone();
         let role = role.clone();
         let workload = w.to_plugin();
@@ -281,6 +280,7 @@ impl LeaseService {
         workload: lessor_plugin::Workload,
         params: serde_json::Map<String, serde_json::Value>,
     ) -> Result<(Lease, lessor_plugin::Issued), LeaseError> {
+        self.store.insert_pending(&lease).await?;
         let req = lessor_plugin::IssueRequest {
             lease_id: lease.id.clone(),
             role: role.short.clone(),
@@ -331,14 +331,19 @@ impl LeaseService {
         }
     }
 
-    /// Reads a lease the actor may see.
-    pub async fn get(&self, actor: &Actor, id: &str) -> Result<Lease, LeaseError> {
-        let lease = self
-            .store
+    /// The lease `id` if the actor owns it (or is an admin). Someone else's
+    /// lease is "not found", like one that does not exist.
+    async fn owned(&self, actor: &Actor, id: &str) -> Result<Lease, LeaseError> {
+        self.store
             .get(&LeaseId::new(id))
             .await?
             .filter(|l| actor.owns(l))
-            .ok_or_else(|| LeaseError::NotFound(id.to_owned()))?;
+            .ok_or_else(|| LeaseError::NotFound(id.to_owned()))
+    }
+
+    /// Reads a lease the actor may see.
+    pub async fn get(&self, actor: &Actor, id: &str) -> Result<Lease, LeaseError> {
+        let lease = self.owned(actor, id).await?;
         self.check_owner_action(actor, &lease, Action::Read, 0)?;
         Ok(lease)
     }
@@ -361,12 +366,7 @@ impl LeaseService {
 
     /// Extends a lease (never past its max).
     pub async fn renew(&self, actor: &Actor, id: &str, ttl: Option<String>) -> Result<Lease, LeaseError> {
-        let lease = self
-            .store
-            .get(&LeaseId::new(id))
-            .await?
-            .filter(|l| actor.owns(l))
-            .ok_or_else(|| LeaseError::NotFound(id.to_owned()))?;
+        let lease = self.owned(actor, id).await?;
         let role = self.role(&lease.role)?;
         let result = self.renew_inner(actor, &lease, &role, ttl).await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
@@ -424,12 +424,7 @@ impl LeaseService {
     /// Revokes a lease now (owner or admin). Revoking an ended lease returns
     /// it unchanged.
     pub async fn revoke(&self, actor: &Actor, id: &str) -> Result<Lease, LeaseError> {
-        let lease = self
-            .store
-            .get(&LeaseId::new(id))
-            .await?
-            .filter(|l| actor.owns(l))
-            .ok_or_else(|| LeaseError::NotFound(id.to_owned()))?;
+        let lease = self.owned(actor, id).await?;
         self.check_owner_action(actor, &lease, Action::Revoke, 0)?;
         if lease.state.is_live() {
             self.revoke_lease(&lease, EndReason::Revoked).await?;

@@ -221,7 +221,7 @@ fn check_and_policy_test_report_precisely() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (code, out, err) = run(&["policy", "test", "policies/tests"], repo, &[]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("11 passed, 0 failed"), "{out}");
+    assert!(out.contains("13 passed, 0 failed"), "{out}");
 
     let tmp = tempfile::tempdir().unwrap();
     let bad = tmp.path().join("bad.toml");
@@ -292,4 +292,101 @@ async fn sighup_reloads_policies() {
     }
     assert_eq!(status, 403, "SIGHUP reloaded the policies");
     stop(child);
+}
+
+/// `kill -9` in the middle of a burst of PostgreSQL issues, then a restart:
+/// every lessor role at the server belongs to an active lease, and every
+/// lease left pending is cleaned up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_burst_leaves_no_orphaned_role() {
+    use crate::postgres::{pg_toml, start_pg, PG_POLICY};
+    let iss = Issuer::start().await;
+    let pg = start_pg();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &dir.join("policies"));
+    std::fs::write(dir.join("policies/test-extra.cedar"), PG_POLICY).unwrap();
+    let cfg = config_text(dir, &dir.join("policies"), &iss.url, &pg_toml(&pg, dir), "");
+    std::fs::write(dir.join("lessor.toml"), cfg).unwrap();
+    let (mut child, url) = spawn_until(&["serve", "--config", "lessor.toml"], dir, &[], &dir.join("a.log"), "lessor listening on ");
+
+    let jwt = iss.token();
+    let http = reqwest::Client::new();
+    let burst = {
+        let (http, url, jwt) = (http.clone(), url.clone(), jwt.clone());
+        tokio::spawn(async move {
+            let mut set = tokio::task::JoinSet::new();
+            let mut failed = 0;
+            for i in 0..600 {
+                let (http, url, jwt) = (http.clone(), url.clone(), jwt.clone());
+                set.spawn(async move {
+                    http.post(format!("{url}/v1/leases")).bearer_auth(jwt).json(&json!({"role": "pg/app"})).send().await.map(|r| r.status().as_u16())
+                });
+                if i % 16 == 15 {
+                    while let Some(r) = set.join_next().await {
+                        if !matches!(r, Ok(Ok(201))) {
+                            failed += 1;
+                        }
+                    }
+                }
+            }
+            while let Some(r) = set.join_next().await {
+                if !matches!(r, Ok(Ok(201))) {
+                    failed += 1;
+                }
+            }
+            failed
+        })
+    };
+    // Let the burst get going, then kill -9.
+    let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
+    let started = Instant::now();
+    loop {
+        let n = http.get(format!("{url}/v1/admin/leases?limit=10000")).bearer_auth(&admin).send().await.ok();
+        let count = match n {
+            Some(r) => r.json::<Value>().await.map(|v| v["leases"].as_array().map_or(0, |a| a.len())).unwrap_or(0),
+            None => 0,
+        };
+        if count >= 40 || started.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let failed = burst.await.unwrap();
+    assert!(failed > 0, "the kill must land mid-burst");
+
+    let (child2, url2) = spawn_until(&["serve", "--config", "lessor.toml"], dir, &[], &dir.join("b.log"), "lessor listening on ");
+    let list = |state: &'static str| {
+        let (http, url2, admin) = (http.clone(), url2.clone(), admin.clone());
+        async move {
+            let v: Value = http
+                .get(format!("{url2}/v1/admin/leases?state={state}&limit=10000"))
+                .bearer_auth(admin)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["leases"].as_array().unwrap().iter().map(|l| l["lease_id"].as_str().unwrap().to_owned()).collect::<std::collections::BTreeSet<_>>()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !list("pending").await.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(list("pending").await.is_empty(), "pending leases were cleaned up at restart");
+    let roles: std::collections::BTreeSet<String> = pg
+        .psql("postgres", "SELECT rolname FROM pg_roles WHERE rolname LIKE 'lessor\\_%'")
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| format!("lse_{}", &l[l.len() - 32..]))
+        .collect();
+    let active = list("active").await;
+    assert!(!active.is_empty());
+    assert_eq!(roles, active, "every role at PostgreSQL belongs to an active lease");
+    stop(child2);
 }

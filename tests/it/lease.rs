@@ -62,7 +62,7 @@ fn pending_lease(id: &lessor_plugin::LeaseId, role: &str, plugin: &str, subject:
 #[tokio::test]
 async fn a_lease_pending_at_a_crash_is_revoked_on_restart() {
     let iss = Issuer::start().await;
-    let opts = Opts { issuer_url: iss.url.clone(), extra_toml: String::new(), leases_toml: String::new() };
+    let opts = Opts { issuer_url: iss.url.clone(), ..Default::default() };
     let mut d = Daemon::start_with(opts).await;
 
     // Simulate a crash between "the vendor created it" and "the lease turned
@@ -95,7 +95,7 @@ async fn a_lease_pending_at_a_crash_is_revoked_on_restart() {
 
     // While it was down nothing could clean up; the token still introspects
     // active on restart until the worker revokes the orphan.
-    let d2 = Daemon::start_in(&d.dir, &Opts { issuer_url: iss.url.clone(), extra_toml: String::new(), leases_toml: String::new() }).await;
+    let d2 = Daemon::start_in(&d.dir, &Opts { issuer_url: iss.url.clone(), ..Default::default() }).await;
     for id in [&tok_id, &pki_id] {
         let st = Daemon::eventually(Duration::from_secs(5), || async {
             let s = d2.lease_state(id.as_str()).await;

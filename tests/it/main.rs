@@ -8,5 +8,6 @@ mod http;
 mod jwt;
 mod lease;
 mod policy;
+mod postgres;
 mod retry;
 mod store;

@@ -125,10 +125,13 @@ pub fn now() -> i64 {
 }
 
 /// Options for a test daemon.
+#[derive(Default, Clone)]
 pub struct Opts {
     pub issuer_url: String,
     pub extra_toml: String,
     pub leases_toml: String,
+    /// An extra policy file (`policies/test-extra.cedar`).
+    pub policy: String,
 }
 
 /// A daemon on a temp dir. Keep `dir` alive as long as the daemon.
@@ -217,7 +220,7 @@ default_scopes = ["orders.read"]
 
 impl Daemon {
     pub async fn start(issuer: &Issuer) -> Daemon {
-        Daemon::start_with(Opts { issuer_url: issuer.url.clone(), extra_toml: String::new(), leases_toml: String::new() }).await
+        Daemon::start_with(Opts { issuer_url: issuer.url.clone(), ..Default::default() }).await
     }
 
     pub async fn start_with(opts: Opts) -> Daemon {
@@ -225,6 +228,9 @@ impl Daemon {
         let dir = tmp.path().to_path_buf();
         let policies = dir.join("policies");
         copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &policies);
+        if !opts.policy.is_empty() {
+            std::fs::write(policies.join("test-extra.cedar"), &opts.policy).unwrap();
+        }
         let mut d = Daemon::start_in(&dir, &opts).await;
         d._tmp = Some(tmp);
         d
