@@ -68,15 +68,24 @@ fn to_json(t: &toml::Table) -> Result<serde_json::Value, String> {
 }
 
 impl Catalog {
-    /// Builds every connection's plugin with its state namespace.
+    /// Builds every connection's plugin with its state namespace in the store.
     pub async fn build(cfg: &Config, store: Arc<dyn Store>, seal: Arc<Seal>) -> Result<Catalog, String> {
+        Catalog::build_with(cfg, |conn| Arc::new(ConnectionState::new(store.clone(), seal.clone(), conn))).await
+    }
+
+    /// Builds every connection's plugin with the state `state_for` gives it
+    /// (`lessor check --connections` uses throwaway memory state).
+    pub async fn build_with(
+        cfg: &Config,
+        state_for: impl Fn(&str) -> Arc<dyn lessor_plugin::StateStore>,
+    ) -> Result<Catalog, String> {
         let infos: BTreeMap<String, RoleInfo> = role_infos(cfg).into_iter().map(|r| (r.name.clone(), r)).collect();
         let mut roles = BTreeMap::new();
         let mut connections = BTreeMap::new();
         for (cname, conn) in &cfg.connections {
             let ctx = PluginContext {
                 connection: cname.clone(),
-                state: Arc::new(ConnectionState::new(store.clone(), seal.clone(), cname)),
+                state: state_for(cname),
                 public_url: cfg.public_url(),
             };
             let specs = conn

@@ -37,6 +37,10 @@ enum Command {
     Check {
         #[arg(long, short, env = "LESSOR_CONFIG", default_value = "lessor.toml")]
         config: PathBuf,
+        /// Also connect to every vendor and run the plugins' harmless
+        /// `validate` (who lessor is connected as, missing permissions).
+        #[arg(long)]
+        connections: bool,
     },
     /// Policy authoring tools.
     Policy {
@@ -105,10 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dev(args) => dev::run(args).await,
-        Command::Check { config } => {
-            check(&config)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Check { config, connections } => check(&config, connections).await,
         Command::Policy { cmd: PolicyCmd::Test { dir, policies, config } } => policy_test(&dir, &policies, config.as_deref()),
         Command::Creds(args) => client::creds(args).await,
         Command::Lease { conn, cmd } => client::lease(conn, cmd).await,
@@ -127,7 +128,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check(path: &std::path::Path) -> anyhow::Result<()> {
+async fn check(path: &std::path::Path, connections: bool) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(path)?;
     let roles = crate::plugins::role_infos(&cfg);
     let p = crate::policy::Policies::load(&cfg.policies, &roles)?;
@@ -141,7 +142,29 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         p.version,
         cfg.policies.display()
     );
-    Ok(())
+    if !connections {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let catalog = crate::plugins::Catalog::build_with(&cfg, |_| std::sync::Arc::new(lessor_plugin::MemoryState::new()))
+        .await
+        .map_err(|e| anyhow!(e))?;
+    let mut failed = 0;
+    for (name, plugin) in &catalog.connections {
+        match plugin.validate().await {
+            Ok(v) => {
+                let details: Vec<String> = v.details.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!("ok    connection `{name}` ({}): connected as {} [{}]", plugin.kind(), v.identity, details.join(", "));
+                for w in v.warnings {
+                    println!("      warning: {w}");
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAIL  connection `{name}` ({}): {e}", plugin.kind());
+            }
+        }
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn policy_test(dir: &std::path::Path, policies: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {

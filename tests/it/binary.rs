@@ -390,3 +390,27 @@ async fn kill_9_mid_burst_leaves_no_orphaned_role() {
     assert_eq!(roles, active, "every role at PostgreSQL belongs to an active lease");
     stop(child2);
 }
+
+#[test]
+fn check_connections_reports_who_lessor_is_connected_as() {
+    use crate::postgres::{pg_toml, start_pg};
+    let pg = start_pg();
+    pg.psql("postgres", "CREATE ROLE weak LOGIN PASSWORD 'weak-pw-1'").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &dir.join("policies"));
+    std::fs::write(dir.join("weak.dsn"), pg.dsn("weak", "weak-pw-1", "app")).unwrap();
+    let extra = format!(
+        "{}\n[connections.pgweak]\nplugin = \"postgres\"\n[connections.pgweak.config]\ndsn_file = \"{}\"\n",
+        pg_toml(&pg, dir),
+        dir.join("weak.dsn").display()
+    );
+    std::fs::write(dir.join("lessor.toml"), config_text(dir, &dir.join("policies"), "https://issuer.example", &extra, "")).unwrap();
+    let (code, out, err) = run(&["check", "--config", "lessor.toml", "--connections"], dir, &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("ok    connection `pg` (postgres): connected as postgres"), "{out}");
+    assert!(out.contains("superuser"), "a superuser admin is warned about: {out}");
+    assert!(out.contains("FAIL  connection `pgweak` (postgres)") && out.contains("lacks CREATEROLE"), "{out}");
+    assert!(out.contains("ok    connection `pki` (pki)") && out.contains("ok    connection `token` (token)"), "{out}");
+    assert!(!out.contains(pg.superuser_password()) && !out.contains("weak-pw-1"), "no password in the output: {out}");
+}
