@@ -25,11 +25,11 @@ const DEFAULT_POOL_SIZE: u32 = 4;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_PREFIX: &str = "lessor";
 
-/// Default creation statements.
-pub const DEFAULT_CREATION: &[&str] = &[
-    "CREATE ROLE {{name}} LOGIN PASSWORD {{password}} VALID UNTIL {{expiry}}",
-    "GRANT CONNECT ON DATABASE {{database}} TO {{name}}",
-];
+/// Default creation statements. No direct grant on the database: an ACL
+/// entry per lease would grow `pg_database`'s row until PostgreSQL refuses
+/// it ("row is too big", a few hundred entries); CONNECT comes from PUBLIC
+/// or from a group role granted by a scope.
+pub const DEFAULT_CREATION: &[&str] = &["CREATE ROLE {{name}} LOGIN PASSWORD {{password}} VALID UNTIL {{expiry}}"];
 
 /// Default renewal statements.
 pub const DEFAULT_RENEWAL: &[&str] = &["ALTER ROLE {{name}} VALID UNTIL {{expiry}}"];
@@ -453,7 +453,7 @@ mod tests {
     #[test]
     fn role_defaults_and_grants() {
         let r = RoleConfig::from_json("pg", &spec(&[], json!(null))).unwrap();
-        assert_eq!(r.creation.len(), 2);
+        assert_eq!(r.creation.len(), 1);
         assert_eq!(r.creation[0].source(), DEFAULT_CREATION[0]);
         assert_eq!(r.renewal[0].source(), DEFAULT_RENEWAL[0]);
         assert!(r.revocation.is_none() && r.database.is_none());

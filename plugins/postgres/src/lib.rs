@@ -29,11 +29,14 @@
 //! Role (`RoleSpec::config`):
 //! - `database`: default the DSN's. Statements run there; the issued DSN names it.
 //! - `creation`: statement templates, default
-//!   `CREATE ROLE {{name}} LOGIN PASSWORD {{password}} VALID UNTIL {{expiry}}` and
-//!   `GRANT CONNECT ON DATABASE {{database}} TO {{name}}`. They must leave
-//!   the role with `VALID UNTIL` no later than the lease's expiry (checked).
+//!   `CREATE ROLE {{name}} LOGIN PASSWORD {{password}} VALID UNTIL {{expiry}}`.
+//!   They must leave the role with `VALID UNTIL` no later than the lease's
+//!   expiry (checked).
 //! - `grants`: scope -> templates, run after creation for each granted
-//!   scope. Every scope of the role needs an entry.
+//!   scope. Every scope of the role needs an entry. Prefer granting a group
+//!   role (`GRANT orders_reader TO {{name}}`) over object privileges: every
+//!   direct grant adds an entry to the object's ACL, which PostgreSQL keeps
+//!   in one catalog row and refuses past ~8 KB (a few hundred live leases).
 //! - `revocation`: templates replacing the default drop sequence (they
 //!   should end with `DROP ROLE {{name}}`; a role left behind is an error).
 //! - `renewal`: default `ALTER ROLE {{name}} VALID UNTIL {{expiry}}`.

@@ -29,7 +29,7 @@ use time::OffsetDateTime;
 use tracing::instrument;
 use zeroize::Zeroizing;
 
-use crate::config::{ConnectionConfig, OwnedObjects, RoleConfig, Tls};
+use crate::config::{ConnectionConfig, OwnedObjects, RoleConfig, Tls, DEFAULT_CREATION};
 use crate::sql::{like_escape, quote_ident, RenderError, Template, Vars};
 
 /// `expires_at` may exceed now + the role's `max_ttl` by this much (the core
@@ -503,7 +503,7 @@ impl PostgresPlugin {
                 .min_connections(0)
                 .acquire_timeout(config.connect_timeout)
                 .idle_timeout(Some(Duration::from_secs(300)))
-                .test_before_acquire(true)
+                .test_before_acquire(false)
                 .connect_lazy_with(options.clone().database(&db));
             pools.insert(db, pool);
         }
@@ -585,7 +585,11 @@ impl PostgresPlugin {
                         unreachable(msg)
                     }
                     // Transient or blocked by something an operator can fix.
-                    "40001" | "40P01" | "55P03" | "55006" | "57014" | "2BP01" => {
+                    // XX000 "tuple concurrently updated": a concurrent GRANT
+                    // or REVOKE on the same object outside lessor's lock.
+                    "40001" | "40P01" | "55P03" | "55006" | "57014" | "2BP01" | "XX000"
+                        if code != "XX000" || msg.contains("concurrently") =>
+                    {
                         PluginError::Retryable(format!("{what}: {msg}"))
                     }
                     _ => PluginError::Permanent(format!("{what}: {msg}")),
@@ -681,53 +685,73 @@ impl PostgresPlugin {
         } = *job;
         let db = role.database.as_str();
         let fail = |e| self.fail(e, db, "issuing");
-        let mut tx = match conn.begin().await {
-            Ok(tx) => tx,
-            Err(e) => return Err(fail(e).await),
-        };
-        let admin = match whoami(&mut tx).await {
-            Ok(a) => a,
-            Err(e) => return Err(fail(e).await),
+        // Round trips are most of an issue's time: ask who the admin is only
+        // when a template needs `{{admin}}`.
+        let needs_admin = role.config.issue_templates(scopes).any(|t| t.source().contains("{{admin}}"));
+        let admin = if needs_admin {
+            match whoami(conn).await {
+                Ok(a) => a.name,
+                Err(e) => return Err(fail(e).await),
+            }
+        } else {
+            String::new()
         };
         let vars = Vars {
             name,
             password: Some(verifier),
             expiry,
             database: db,
-            admin: &admin.name,
+            admin: &admin,
             workload: Some(&req.workload),
         };
-        self.run_templates(&mut tx, &req.role, db, "creation", &role.config.creation, &vars)
-            .await?;
+        // One script, one round trip: PostgreSQL runs the statements of one
+        // simple-query message as a single transaction, so either the role
+        // exists with all its grants or nothing does.
+        let mut script = Script::default();
+        for (i, t) in role.config.creation.iter().enumerate() {
+            let sql = t.render(&vars).map_err(|e| self.render_err(&req.role, e))?;
+            script.push(&sql, format!("creation statement {}", i + 1))?;
+        }
         for scope in scopes {
-            let label = format!("grant (scope `{scope}`)");
-            self.run_templates(&mut tx, &req.role, db, &label, &role.config.grants[scope], &vars)
-                .await?;
-        }
-        match valid_until_ok(&mut tx, name, expiry).await {
-            Ok(Some(true)) => {}
-            Ok(Some(false)) => {
-                return Err(PluginError::Misconfigured(format!(
-                    "role `{}/{}`: the creation statements left `{name}` without `VALID UNTIL {{{{expiry}}}}`; \
-                     its password would outlive the lease",
-                    self.connection, req.role
-                )))
+            for (i, t) in role.config.grants[scope].iter().enumerate() {
+                let sql = t.render(&vars).map_err(|e| self.render_err(&req.role, e))?;
+                script.push(&sql, format!("grant (scope `{scope}`) statement {}", i + 1))?;
             }
-            Ok(None) => {
-                return Err(PluginError::Misconfigured(format!(
-                    "role `{}/{}`: the creation statements did not create role `{name}` (use `CREATE ROLE {{{{name}}}} ...`)",
-                    self.connection, req.role
-                )))
+        }
+        // The default creation sets VALID UNTIL {{expiry}} itself; custom
+        // templates are checked inside the same transaction.
+        let default_creation = role.config.creation.iter().map(|t| t.source()).eq(DEFAULT_CREATION.iter().copied());
+        if !default_creation {
+            script.push(&valid_until_check(name, expiry)?, "the VALID UNTIL check".into())?;
+        }
+        // A plain `&str` with no arguments goes out as one simple query.
+        match sqlx::Executor::execute(&mut *conn, script.sql.as_str()).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if let sqlx::Error::Database(d) = &e {
+                    if let Some(problem) = d.message().strip_prefix(VALID_UNTIL_MARK) {
+                        return Err(PluginError::Misconfigured(format!(
+                            "role `{}/{}`: {problem} (creation statements must `CREATE ROLE {{{{name}}}} ... VALID UNTIL {{{{expiry}}}}`)",
+                            self.connection, req.role
+                        )));
+                    }
+                }
+                let label = match script.label_of(&e) {
+                    Some(l) => l,
+                    None => script.diagnose(conn).await.unwrap_or_else(|| "creation and grants".into()),
+                };
+                let what = format!("role `{}/{}`: {label} failed", self.connection, req.role);
+                let mut err = self.fail(e, db, &what).await;
+                if let PluginError::Permanent(m) | PluginError::Retryable(m) = &mut err {
+                    *m = m.replace(verifier, "***");
+                }
+                Err(err)
             }
-            Err(e) => return Err(fail(e).await),
         }
-        if let Err(e) = tx.commit().await {
-            return Err(fail(e).await);
-        }
-        Ok(())
     }
 
-    /// Drops one role of a lease whose logins are already blocked.
+    /// Drops one role of a lease whose logins are already blocked. Retried
+    /// on an ACL write conflict, like issuing (see [`is_acl_conflict`]).
     async fn drop_role(
         &self,
         conn: &mut PgConnection,
@@ -947,7 +971,12 @@ impl Plugin for PostgresPlugin {
         }
 
         let password = new_password()?;
-        let verifier = crate::scram::verifier(password.expose_secret().as_bytes())
+        // PBKDF2 with 4096 rounds is ~1 ms of CPU: keep it off the async
+        // workers.
+        let for_hash = password.clone();
+        let verifier = tokio::task::spawn_blocking(move || crate::scram::verifier(for_hash.expose_secret().as_bytes()))
+            .await
+            .map_err(|e| PluginError::Retryable(format!("computing the password verifier: {e}")))?
             .map_err(|e| PluginError::Retryable(format!("the OS random number generator failed: {e}")))?;
 
         let mut conn = self.acquire(db).await?;
@@ -959,7 +988,13 @@ impl Plugin for PostgresPlugin {
             expiry: &expiry,
             scopes: &scopes,
         };
-        self.issue_in_tx(&mut conn, &job).await?;
+        let mut tries = 0;
+        loop {
+            match self.issue_in_tx(&mut conn, &job).await {
+                Err(e) if again_after_conflict(&e, &mut tries).await => continue,
+                r => break r?,
+            }
+        }
         tracing::info!(pg_role = %name, scopes = scopes.len(), "role created");
 
         let mut public = Map::new();
@@ -1126,7 +1161,13 @@ impl Plugin for PostgresPlugin {
             admin: &admin.name,
         };
         for (name, oid) in &found {
-            self.drop_role(&mut conn, &ctx, name, *oid).await?;
+            let mut tries = 0;
+            loop {
+                match self.drop_role(&mut conn, &ctx, name, *oid).await {
+                    Err(e) if again_after_conflict(&e, &mut tries).await => continue,
+                    r => break r?,
+                }
+            }
             tracing::info!(pg_role = %name, "role dropped");
         }
         Ok(())
@@ -1187,5 +1228,118 @@ mod tests {
     fn dsn_parts_are_encoded() {
         assert_eq!(dsn_part("a@b:c/d"), "a%40b%3Ac%2Fd");
         assert_eq!(dsn_part("Ab-_9"), "Ab-_9");
+    }
+}
+
+/// Whether an error is PostgreSQL's "tuple concurrently updated": two
+/// transactions changed the same object's ACL (GRANT, REVOKE, DROP OWNED) at
+/// once. The transaction was rolled back whole, so running it again is safe.
+/// Granting group roles instead of object privileges avoids the conflict.
+fn is_acl_conflict(e: &PluginError) -> bool {
+    matches!(e, PluginError::Retryable(m) if m.contains("tuple concurrently updated"))
+}
+
+/// After an ACL conflict, waits a short random while and says whether to
+/// run the transaction again (at most `ACL_ATTEMPTS` tries in all).
+async fn again_after_conflict(e: &PluginError, tries: &mut u32) -> bool {
+    const ACL_ATTEMPTS: u32 = 12;
+    if !is_acl_conflict(e) || *tries + 1 >= ACL_ATTEMPTS {
+        return false;
+    }
+    *tries += 1;
+    let ms = rand::random::<u64>() % (2u64 << (*tries).min(6));
+    tokio::time::sleep(std::time::Duration::from_millis(ms + 1)).await;
+    true
+}
+
+/// Prefix of the error the in-transaction VALID UNTIL check raises.
+const VALID_UNTIL_MARK: &str = "lessor: ";
+
+/// A `DO` block that aborts the transaction unless role `name` exists with
+/// `VALID UNTIL` no later than `expiry`.
+fn valid_until_check(name: &str, expiry: &str) -> Result<String, PluginError> {
+    let n = crate::sql::quote_literal(name).map_err(|e| PluginError::Permanent(e.to_string()))?;
+    let x = crate::sql::quote_literal(expiry).map_err(|e| PluginError::Permanent(e.to_string()))?;
+    let missing = crate::sql::quote_literal(&format!("{VALID_UNTIL_MARK}the creation statements did not create role `{name}`"))
+        .map_err(|e| PluginError::Permanent(e.to_string()))?;
+    let late = crate::sql::quote_literal(&format!(
+        "{VALID_UNTIL_MARK}the creation statements left `{name}` without VALID UNTIL the lease expiry; its password would outlive the lease"
+    ))
+    .map_err(|e| PluginError::Permanent(e.to_string()))?;
+    Ok(format!(
+        "DO $lessor$ BEGIN \
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {n}) THEN RAISE EXCEPTION '%', {missing}; END IF; \
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {n} AND rolvaliduntil <= {x}::timestamptz) \
+             THEN RAISE EXCEPTION '%', {late}; END IF; \
+         END $lessor$"
+    ))
+}
+
+/// Statements sent as one simple-query message, with where each begins so a
+/// failure can be attributed to its template.
+#[derive(Default)]
+struct Script {
+    sql: String,
+    /// (character offset where the statement starts, label)
+    starts: Vec<(usize, String)>,
+}
+
+impl Script {
+    /// Appends one rendered statement. A template renders exactly one
+    /// statement: values are always quoted, and this check makes sure of it.
+    fn push(&mut self, stmt: &str, label: String) -> Result<(), PluginError> {
+        let stmt = stmt.trim().trim_end_matches(';').trim_end();
+        if crate::sql::top_level_semicolons(stmt) > 0 {
+            return Err(PluginError::Misconfigured(format!(
+                "{label} renders to more than one SQL statement; write one statement per template"
+            )));
+        }
+        if !self.sql.is_empty() {
+            // On its own line: the previous statement may end in a `--` comment.
+            self.sql.push_str("\n;\n");
+        }
+        self.starts.push((self.sql.chars().count(), label));
+        self.sql.push_str(stmt);
+        Ok(())
+    }
+
+    /// The label of the statement an error points into, when PostgreSQL
+    /// gives a (1-based character) position.
+    fn label_of(&self, e: &sqlx::Error) -> Option<String> {
+        let pos = match e {
+            sqlx::Error::Database(d) => d
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .and_then(|pg| match pg.position() {
+                    Some(sqlx::postgres::PgErrorPosition::Original(p)) => Some(p),
+                    _ => None,
+                }),
+            _ => None,
+        };
+        match pos {
+            Some(p) => self.starts.iter().rev().find(|(start, _)| *start < p).map(|(_, l)| l.clone()),
+            None if self.starts.len() == 1 => Some(self.starts[0].1.clone()),
+            None => None,
+        }
+    }
+
+    /// After the script failed without saying where: runs its statements one
+    /// by one in a transaction that is always rolled back, and names the
+    /// first that fails. Only on the error path; nothing is left behind.
+    async fn diagnose(&self, conn: &mut PgConnection) -> Option<String> {
+        let mut tx = conn.begin().await.ok()?;
+        let mut bounds: Vec<usize> = self.starts.iter().map(|(s, _)| *s).collect();
+        bounds.push(self.sql.chars().count() + 3);
+        let chars: Vec<char> = self.sql.chars().collect();
+        let mut found = None;
+        for (i, (start, label)) in self.starts.iter().enumerate() {
+            let end = (bounds[i + 1].saturating_sub(3)).min(chars.len());
+            let stmt: String = chars[*start..end].iter().collect();
+            if sqlx::Executor::execute(&mut *tx, stmt.as_str()).await.is_err() {
+                found = Some(label.clone());
+                break;
+            }
+        }
+        let _ = tx.rollback().await;
+        found
     }
 }

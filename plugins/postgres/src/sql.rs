@@ -200,6 +200,81 @@ impl Template {
     }
 }
 
+/// Counts `;` outside string literals, quoted identifiers, dollar-quoted
+/// strings and comments: the statements a piece of SQL holds, minus one.
+pub fn top_level_semicolons(sql: &str) -> usize {
+    let b = sql.as_bytes();
+    let (mut i, mut n) = (0, 0);
+    while i < b.len() {
+        match b[i] {
+            b';' => {
+                n += 1;
+                i += 1;
+            }
+            q @ (b'\'' | b'"') => {
+                // E'..' strings allow backslash escapes.
+                let escapes = q == b'\'' && i > 0 && (b[i - 1] == b'E' || b[i - 1] == b'e');
+                i += 1;
+                while i < b.len() {
+                    if escapes && b[i] == b'\\' {
+                        i += 2;
+                        continue;
+                    }
+                    if b[i] == q {
+                        if i + 1 < b.len() && b[i + 1] == q {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let mut depth = 0;
+                while i < b.len() {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'$' => {
+                // $tag$ ... $tag$ (tag: letters, digits, underscores; not $1).
+                let rest = &sql[i + 1..];
+                let tag_len = rest.find('$').filter(|&l| {
+                    rest[..l].bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+                        && !rest[..l].starts_with(|c: char| c.is_ascii_digit())
+                });
+                match tag_len {
+                    Some(l) => {
+                        let tag = &sql[i..i + l + 2];
+                        let body = i + l + 2;
+                        i = sql[body..].find(tag).map(|e| body + e + tag.len()).unwrap_or(b.len());
+                    }
+                    None => i += 1,
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    n
+}
+
 /// The values a template may use. `None` means "not available here"
 /// (configuration validation keeps such templates from being built).
 #[derive(Clone, Copy)]
@@ -348,6 +423,20 @@ mod tests {
             admin: "lessor_admin",
             workload: Some(w),
         }
+    }
+
+    #[test]
+    fn counts_statements_outside_quotes_comments_and_dollar_quotes() {
+        assert_eq!(top_level_semicolons("CREATE ROLE \"a;b\" PASSWORD 'x;''y'"), 0);
+        assert_eq!(top_level_semicolons("SELECT 1; SELECT 2"), 1);
+        assert_eq!(top_level_semicolons("SELECT 1 -- ; comment\n"), 0);
+        assert_eq!(top_level_semicolons("SELECT /* ; /* nested ; */ */ 1"), 0);
+        assert_eq!(top_level_semicolons("DO $x$ BEGIN PERFORM 1; END $x$"), 0);
+        assert_eq!(top_level_semicolons("SELECT E'a\\';' ; SELECT 1"), 1);
+        assert_eq!(top_level_semicolons("SELECT $1; SELECT 2"), 1);
+        // A claim value cannot end its literal: quoting doubles the quote.
+        let v = quote_literal("x'; DROP ROLE postgres; --").unwrap();
+        assert_eq!(top_level_semicolons(&format!("COMMENT ON ROLE r IS {v}")), 0);
     }
 
     #[test]

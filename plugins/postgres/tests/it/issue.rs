@@ -275,3 +275,80 @@ async fn the_verifier_is_what_postgresql_computes() {
     let salt = base64::engine::general_purpose::STANDARD.decode(salt).unwrap();
     assert_eq!(lessor_postgres::scram::verifier_with(b"pencil", &salt, 4096), stored);
 }
+
+/// Concurrent grants on one object fail in PostgreSQL ("tuple concurrently
+/// updated") unless serialized: many issues and revokes at once all succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_issues_and_revokes_on_the_same_objects_all_succeed() {
+    let mut pg = Pg::start();
+    let p = pg.plugin(serde_json::json!({"pool_size": 16})).await;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let p = p.clone();
+        set.spawn(async move {
+            let id = lease_id();
+            let issued = p.issue(request(&id, "orders", &["orders.read", "orders.write"], MAX_TTL / 2)).await;
+            (id, issued)
+        });
+    }
+    let mut issued = Vec::new();
+    while let Some(r) = set.join_next().await {
+        let (id, i) = r.unwrap();
+        issued.push((id, i.unwrap_or_else(|e| panic!("concurrent issue failed: {e}"))));
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for (id, i) in issued {
+        let p = p.clone();
+        set.spawn(async move { p.revoke(&lease(&id, "orders", Some(&i))).await });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap().unwrap_or_else(|e| panic!("concurrent revoke failed: {e}"));
+    }
+    let left = pg.psql("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'lessor\\_%'");
+    assert_eq!(left, "0", "every role was dropped");
+}
+
+/// Custom creation statements are checked inside the issue transaction: a
+/// role without `VALID UNTIL` (its password would outlive the lease), or no
+/// role at all, is refused and nothing is left behind.
+#[tokio::test]
+async fn custom_creation_must_set_valid_until() {
+    let mut pg = Pg::start();
+    let c = pg.connection(&pg.admin_dsn(), json!({}));
+    let p = build(
+        c,
+        vec![
+            role("forever", &[], json!({"creation": ["CREATE ROLE {{name}} LOGIN PASSWORD {{password}}"]})),
+            role("nothing", &[], json!({"creation": ["SELECT 1"]})),
+            role("ok", &[], json!({"creation": ["CREATE ROLE {{name}} LOGIN PASSWORD {{password}} VALID UNTIL {{expiry}} CONNECTION LIMIT 2"]})),
+        ],
+    )
+    .await
+    .unwrap();
+    let id = lease_id();
+    let e = p.issue(request(&id, "forever", &[], MAX_TTL / 2)).await.unwrap_err();
+    assert!(matches!(e, PluginError::Misconfigured(ref m) if m.contains("would outlive the lease")), "{e}");
+    assert!(pg.roles_ending(&hex_of(&id)).is_empty(), "rolled back");
+    let e = p.issue(request(&lease_id(), "nothing", &[], MAX_TTL / 2)).await.unwrap_err();
+    assert!(matches!(e, PluginError::Misconfigured(ref m) if m.contains("did not create role")), "{e}");
+    let id = lease_id();
+    let i = p.issue(request(&id, "ok", &[], MAX_TTL / 2)).await.unwrap();
+    assert!(pg.role_exists(&username(&i)));
+}
+
+/// A template that renders to two statements is refused before anything
+/// reaches the server.
+#[tokio::test]
+async fn a_template_with_two_statements_is_refused() {
+    let mut pg = Pg::start();
+    let c = pg.connection(&pg.admin_dsn(), json!({}));
+    let p = build(
+        c,
+        vec![role("two", &[], json!({"creation": ["CREATE ROLE {{name}} LOGIN PASSWORD {{password}} VALID UNTIL {{expiry}}; DROP ROLE canary"]}))],
+    )
+    .await
+    .unwrap();
+    let e = p.issue(request(&lease_id(), "two", &[], MAX_TTL / 2)).await.unwrap_err();
+    assert!(matches!(e, PluginError::Misconfigured(ref m) if m.contains("more than one SQL statement")), "{e}");
+    assert!(pg.role_exists("canary"));
+}
