@@ -15,6 +15,97 @@ use time::OffsetDateTime;
 
 use super::{from_ms, to_ms, DueLease, EndReason, Lease, LeaseCounts, LeaseFilter, LeaseState, Store, StoreError};
 
+/// A value bound to a write statement.
+enum Bind {
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+    Bool(bool),
+}
+
+struct WriteReq {
+    sql: String,
+    binds: Vec<Bind>,
+    reply: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
+}
+
+/// Group commit: one task owns the writing connection, takes every write
+/// that is queued, runs them in one transaction and commits once (one
+/// fsync), then answers each with its own result. Under load, concurrent
+/// requests share a commit; alone, a write commits at once.
+#[derive(Clone)]
+struct Writer {
+    tx: tokio::sync::mpsc::Sender<WriteReq>,
+}
+
+const MAX_BATCH: usize = 256;
+
+impl Writer {
+    fn spawn(mut conn: sqlx::SqliteConnection) -> Writer {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<WriteReq>(4096);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            // Ends when every sender (every clone of the store) is gone.
+            while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                Writer::run(&mut conn, &mut batch).await;
+            }
+            let _ = sqlx::Connection::close(conn).await;
+        });
+        Writer { tx }
+    }
+
+    async fn run(conn: &mut sqlx::SqliteConnection, batch: &mut Vec<WriteReq>) {
+        use sqlx::Connection;
+        let mut tx = match conn.begin().await {
+            Ok(tx) => tx,
+            Err(e) => {
+                let msg = e.to_string();
+                for r in batch.drain(..) {
+                    let _ = r.reply.send(Err(StoreError::Unavailable(msg.clone())));
+                }
+                return;
+            }
+        };
+        let mut results = Vec::with_capacity(batch.len());
+        for r in batch.iter_mut() {
+            let mut q = sqlx::query(&r.sql);
+            for b in r.binds.drain(..) {
+                q = match b {
+                    Bind::Int(v) => q.bind(v),
+                    Bind::Text(v) => q.bind(v),
+                    Bind::Blob(v) => q.bind(v),
+                    Bind::Bool(v) => q.bind(v),
+                };
+            }
+            // A failed statement (a duplicate id) is undone alone; SQLite
+            // keeps the rest of the transaction.
+            results.push(q.execute(&mut *tx).await.map(|d| d.rows_affected()).map_err(interpret_error));
+        }
+        match tx.commit().await {
+            Ok(()) => {
+                for (r, res) in batch.drain(..).zip(results) {
+                    let _ = r.reply.send(res);
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for r in batch.drain(..) {
+                    let _ = r.reply.send(Err(StoreError::Unavailable(format!("commit failed: {msg}"))));
+                }
+            }
+        }
+    }
+
+    async fn exec(&self, sql: impl Into<String>, binds: Vec<Bind>) -> Result<u64, StoreError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(WriteReq { sql: sql.into(), binds, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
+    }
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
 
 const LEASE_COLUMNS: &str = "id, role, plugin, issuer, subject, claims, scopes, policies, state, issued_at, \
@@ -23,7 +114,13 @@ const LEASE_COLUMNS: &str = "id, role, plugin, issuer, subject, claims, scopes, 
 const LIVE: &str = "('pending', 'active', 'revoke_failed')";
 
 pub struct SqliteStore {
-    pool: SqlitePool,
+    /// Readers (WAL lets them run beside the writer).
+    read: SqlitePool,
+    /// The one writer. SQLite admits one writer at a time; funnelling writes
+    /// through one connection queues them (async, in order) instead of
+    /// letting connections collide and back off in SQLite's busy handler,
+    /// which sleeps for up to 100 ms at a time, and lets them share commits.
+    writer: Writer,
     // Held for the life of the store: the OS lock that keeps a second
     // process off this database.
     _lock: Option<File>,
@@ -68,16 +165,17 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(opts)
-            .await
-            .map_err(interpret_error)?;
+        let mut write = sqlx::ConnectOptions::connect(&opts).await.map_err(interpret_error)?;
         MIGRATOR
-            .run(&pool)
+            .run(&mut write)
             .await
             .map_err(|e| StoreError::Unavailable(format!("migrations: {e}")))?;
-        Ok(SqliteStore { pool, _lock: Some(lock) })
+        let read = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts.read_only(true))
+            .await
+            .map_err(interpret_error)?;
+        Ok(SqliteStore { read, writer: Writer::spawn(write), _lock: Some(lock) })
     }
 }
 
@@ -150,49 +248,48 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(interpret_error)?;
+        sqlx::query("SELECT 1").execute(&self.read).await.map_err(interpret_error)?;
         Ok(())
     }
 
     async fn insert_pending(&self, l: &Lease) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO leases (id, role, plugin, issuer, subject, claims, scopes, policies, state, \
-             issued_at, expires_at, max_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-        )
-        .bind(l.id.as_str())
-        .bind(&l.role)
-        .bind(&l.plugin)
-        .bind(&l.issuer)
-        .bind(&l.subject)
-        .bind(to_json(&l.claims)?)
-        .bind(to_json(&l.scopes)?)
-        .bind(to_json(&l.policies)?)
-        .bind(to_ms(l.issued_at))
-        .bind(to_ms(l.expires_at))
-        .bind(to_ms(l.max_expires_at))
-        .execute(&self.pool)
-        .await
-        .map_err(interpret_error)?;
+        self.writer
+            .exec(
+                "INSERT INTO leases (id, role, plugin, issuer, subject, claims, scopes, policies, state, \
+                 issued_at, expires_at, max_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                vec![
+                    Bind::Text(l.id.to_string()),
+                    Bind::Text(l.role.clone()),
+                    Bind::Text(l.plugin.clone()),
+                    Bind::Text(l.issuer.clone()),
+                    Bind::Text(l.subject.clone()),
+                    Bind::Text(to_json(&l.claims)?),
+                    Bind::Text(to_json(&l.scopes)?),
+                    Bind::Text(to_json(&l.policies)?),
+                    Bind::Int(to_ms(l.issued_at)),
+                    Bind::Int(to_ms(l.expires_at)),
+                    Bind::Int(to_ms(l.max_expires_at)),
+                ],
+            )
+            .await?;
         Ok(())
     }
 
     async fn activate(&self, id: &LeaseId, handle: &Handle, expires_at: OffsetDateTime) -> Result<bool, StoreError> {
-        let r = sqlx::query(
-            "UPDATE leases SET state = 'active', handle = ?, expires_at = ? WHERE id = ? AND state = 'pending'",
-        )
-        .bind(to_json(handle)?)
-        .bind(to_ms(expires_at))
-        .bind(id.as_str())
-        .execute(&self.pool)
-        .await
-        .map_err(interpret_error)?;
-        Ok(r.rows_affected() == 1)
+        let n = self
+            .writer
+            .exec(
+                "UPDATE leases SET state = 'active', handle = ?, expires_at = ? WHERE id = ? AND state = 'pending'",
+                vec![Bind::Text(to_json(handle)?), Bind::Int(to_ms(expires_at)), Bind::Text(id.to_string())],
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     async fn get(&self, id: &LeaseId) -> Result<Option<Lease>, StoreError> {
         let row = sqlx::query(&format!("SELECT {LEASE_COLUMNS} FROM leases WHERE id = ?"))
             .bind(id.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await
             .map_err(interpret_error)?;
         row.as_ref().map(lease_from_row).transpose()
@@ -202,33 +299,38 @@ impl Store for SqliteStore {
         let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {LEASE_COLUMNS} FROM leases WHERE 1 = 1"));
         push_filter(&mut qb, f);
         qb.push(" ORDER BY issued_at DESC LIMIT ").push_bind(f.limit.max(1) as i64);
-        let rows = qb.build().fetch_all(&self.pool).await.map_err(interpret_error)?;
+        let rows = qb.build().fetch_all(&self.read).await.map_err(interpret_error)?;
         rows.iter().map(lease_from_row).collect()
     }
 
     async fn renew(&self, id: &LeaseId, expires_at: OffsetDateTime) -> Result<bool, StoreError> {
-        let r = sqlx::query("UPDATE leases SET expires_at = ? WHERE id = ? AND state = 'active' AND end_reason IS NULL")
-            .bind(to_ms(expires_at))
-            .bind(id.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(interpret_error)?;
-        Ok(r.rows_affected() == 1)
+        let n = self
+            .writer
+            .exec(
+                "UPDATE leases SET expires_at = ? WHERE id = ? AND state = 'active' AND end_reason IS NULL",
+                vec![Bind::Int(to_ms(expires_at)), Bind::Text(id.to_string())],
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     async fn finish(&self, id: &LeaseId, reason: EndReason, at: OffsetDateTime) -> Result<bool, StoreError> {
-        let r = sqlx::query(&format!(
-            "UPDATE leases SET state = ?, end_reason = ?, ended_at = ?, next_attempt_at = NULL \
-             WHERE id = ? AND state IN {LIVE}"
-        ))
-        .bind(reason.final_state().as_str())
-        .bind(reason.as_str())
-        .bind(to_ms(at))
-        .bind(id.as_str())
-        .execute(&self.pool)
-        .await
-        .map_err(interpret_error)?;
-        Ok(r.rows_affected() == 1)
+        let n = self
+            .writer
+            .exec(
+                format!(
+                    "UPDATE leases SET state = ?, end_reason = ?, ended_at = ?, next_attempt_at = NULL \
+                     WHERE id = ? AND state IN {LIVE}"
+                ),
+                vec![
+                    Bind::Text(reason.final_state().as_str().into()),
+                    Bind::Text(reason.as_str().into()),
+                    Bind::Int(to_ms(at)),
+                    Bind::Text(id.to_string()),
+                ],
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     async fn record_failure(
@@ -238,27 +340,33 @@ impl Store for SqliteStore {
         error: &str,
         retry_at: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        sqlx::query(&format!(
-            "UPDATE leases SET state = 'revoke_failed', end_reason = ?, attempts = attempts + 1, \
-             last_error = ?, next_attempt_at = ? WHERE id = ? AND state IN {LIVE}"
-        ))
-        .bind(reason.as_str())
-        .bind(error)
-        .bind(to_ms(retry_at))
-        .bind(id.as_str())
-        .execute(&self.pool)
-        .await
-        .map_err(interpret_error)?;
+        self.writer
+            .exec(
+                format!(
+                    "UPDATE leases SET state = 'revoke_failed', end_reason = ?, attempts = attempts + 1, \
+                     last_error = ?, next_attempt_at = ? WHERE id = ? AND state IN {LIVE}"
+                ),
+                vec![
+                    Bind::Text(reason.as_str().into()),
+                    Bind::Text(error.to_owned()),
+                    Bind::Int(to_ms(retry_at)),
+                    Bind::Text(id.to_string()),
+                ],
+            )
+            .await?;
         Ok(())
     }
 
     async fn schedule_revocation(&self, f: &LeaseFilter, now: OffsetDateTime) -> Result<u64, StoreError> {
-        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE leases SET end_reason = 'revoked', next_attempt_at = ");
-        qb.push_bind(to_ms(now));
-        qb.push(" WHERE state = 'active'");
-        push_filter(&mut qb, &LeaseFilter { state: None, ..f.clone() });
-        let r = qb.build().execute(&self.pool).await.map_err(interpret_error)?;
-        Ok(r.rows_affected())
+        let mut sql = String::from("UPDATE leases SET end_reason = 'revoked', next_attempt_at = ? WHERE state = 'active'");
+        let mut binds = vec![Bind::Int(to_ms(now))];
+        for (col, v) in [("role", &f.role), ("issuer", &f.issuer), ("subject", &f.subject)] {
+            if let Some(v) = v {
+                sql.push_str(&format!(" AND {col} = ?"));
+                binds.push(Bind::Text(v.clone()));
+            }
+        }
+        self.writer.exec(sql, binds).await
     }
 
     async fn due(
@@ -287,7 +395,7 @@ impl Store for SqliteStore {
             .bind(to_ms(now))
             .bind(to_ms(pending_cutoff))
             .bind(limit as i64)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.read)
             .await
             .map_err(interpret_error)?;
         let mut out: Vec<DueLease> = Vec::with_capacity(rows.len());
@@ -312,7 +420,7 @@ impl Store for SqliteStore {
                SELECT MIN(expires_at) AS t FROM leases WHERE state = 'active'
                UNION ALL SELECT MIN(next_attempt_at) FROM leases WHERE state IN ('active', 'revoke_failed'))",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&self.read)
         .await
         .map_err(interpret_error)?;
         let t: Option<i64> = row.try_get("t").map_err(interpret_error)?;
@@ -324,7 +432,7 @@ impl Store for SqliteStore {
             "SELECT role, plugin, state, COUNT(*) AS n FROM leases \
              WHERE state IN ('pending', 'active', 'revoke_failed') GROUP BY role, plugin, state",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await
         .map_err(interpret_error)?;
         rows.iter()
@@ -344,7 +452,7 @@ impl Store for SqliteStore {
         let row = sqlx::query("SELECT value, sealed FROM plugin_state WHERE connection = ? AND key = ?")
             .bind(conn)
             .bind(key)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await
             .map_err(interpret_error)?;
         row.map(|r| {
@@ -357,36 +465,39 @@ impl Store for SqliteStore {
     }
 
     async fn state_put(&self, conn: &str, key: &str, value: &[u8], sealed: bool) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO plugin_state (connection, key, value, sealed, updated_at) VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT (connection, key) DO UPDATE SET value = excluded.value, sealed = excluded.sealed, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(conn)
-        .bind(key)
-        .bind(value)
-        .bind(sealed)
-        .bind(to_ms(OffsetDateTime::now_utc()))
-        .execute(&self.pool)
-        .await
-        .map_err(interpret_error)?;
+        self.writer
+            .exec(
+                "INSERT INTO plugin_state (connection, key, value, sealed, updated_at) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT (connection, key) DO UPDATE SET value = excluded.value, sealed = excluded.sealed, \
+                 updated_at = excluded.updated_at",
+                vec![
+                    Bind::Text(conn.into()),
+                    Bind::Text(key.into()),
+                    Bind::Blob(value.to_vec()),
+                    Bind::Bool(sealed),
+                    Bind::Int(to_ms(OffsetDateTime::now_utc())),
+                ],
+            )
+            .await?;
         Ok(())
     }
 
     async fn state_put_if_absent(&self, conn: &str, key: &str, value: &[u8], sealed: bool) -> Result<bool, StoreError> {
-        let r = sqlx::query(
-            "INSERT INTO plugin_state (connection, key, value, sealed, updated_at) VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT (connection, key) DO NOTHING",
-        )
-        .bind(conn)
-        .bind(key)
-        .bind(value)
-        .bind(sealed)
-        .bind(to_ms(OffsetDateTime::now_utc()))
-        .execute(&self.pool)
-        .await
-        .map_err(interpret_error)?;
-        Ok(r.rows_affected() == 1)
+        let n = self
+            .writer
+            .exec(
+                "INSERT INTO plugin_state (connection, key, value, sealed, updated_at) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT (connection, key) DO NOTHING",
+                vec![
+                    Bind::Text(conn.into()),
+                    Bind::Text(key.into()),
+                    Bind::Blob(value.to_vec()),
+                    Bind::Bool(sealed),
+                    Bind::Int(to_ms(OffsetDateTime::now_utc())),
+                ],
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     async fn state_list(&self, conn: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -399,7 +510,7 @@ impl Store for SqliteStore {
         .bind(conn)
         .bind(prefix)
         .bind(upper)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await
         .map_err(interpret_error)?;
         rows.iter()
@@ -413,31 +524,32 @@ impl Store for SqliteStore {
     }
 
     async fn state_delete(&self, conn: &str, key: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM plugin_state WHERE connection = ? AND key = ?")
-            .bind(conn)
-            .bind(key)
-            .execute(&self.pool)
-            .await
-            .map_err(interpret_error)?;
+        self.writer
+            .exec(
+                "DELETE FROM plugin_state WHERE connection = ? AND key = ?",
+                vec![Bind::Text(conn.into()), Bind::Text(key.into())],
+            )
+            .await?;
         Ok(())
     }
 
     async fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT value FROM meta WHERE key = ?")
             .bind(key)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await
             .map_err(interpret_error)?;
         row.map(|r| r.try_get::<String, _>("value").map_err(interpret_error)).transpose()
     }
 
     async fn meta_put_if_absent(&self, key: &str, value: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
-            .bind(key)
-            .bind(value)
-            .execute(&self.pool)
-            .await
-            .map_err(interpret_error)?;
-        Ok(r.rows_affected() == 1)
+        let n = self
+            .writer
+            .exec(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                vec![Bind::Text(key.into()), Bind::Text(value.into())],
+            )
+            .await?;
+        Ok(n == 1)
     }
 }

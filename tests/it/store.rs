@@ -148,3 +148,30 @@ async fn plugin_secrets_are_sealed_at_rest_and_a_wrong_key_fails_clearly() {
     let err = other.get_secret("ca/web/key").await.unwrap_err().to_string();
     assert!(err.contains("sealed with key id"), "{err}");
 }
+
+/// Group commit: concurrent writes share transactions, and one failing
+/// statement (a duplicate id) fails alone while the rest of its batch commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_commit_together_and_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = lessor::store::open(&format!("sqlite://{}", dir.path().join("s.db").display())).await.unwrap();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let s = s.clone();
+        // Every tenth id is written twice.
+        let id = if i % 10 == 9 { format!("l{}", i - 1) } else { format!("l{i}") };
+        set.spawn(async move { (id.clone(), s.insert_pending(&lease(&id, "token/orders", "x", 60)).await) });
+    }
+    let (mut ok, mut dup) = (0, 0);
+    while let Some(r) = set.join_next().await {
+        let (_, res) = r.unwrap();
+        match res {
+            Ok(()) => ok += 1,
+            Err(lessor::store::StoreError::Conflict(_)) => dup += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!((ok, dup), (180, 20));
+    let all = s.list(&LeaseFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    assert_eq!(all.len(), 180, "every non-duplicate write is durable");
+}
