@@ -414,3 +414,37 @@ fn check_connections_reports_who_lessor_is_connected_as() {
     assert!(out.contains("ok    connection `pki` (pki)") && out.contains("ok    connection `token` (token)"), "{out}");
     assert!(!out.contains(pg.superuser_password()) && !out.contains("weak-pw-1"), "no password in the output: {out}");
 }
+
+/// `lessor dev --postgres <DSN>`: one flag adds a PostgreSQL role, and the
+/// login it issues can read the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_serves_postgres_roles_with_one_flag() {
+    let pg = crate::postgres::start_pg();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("dev");
+    let data_s = data.display().to_string();
+    let dsn = pg.dsn("postgres", pg.superuser_password(), "app");
+    let (child, addr) = spawn_until(
+        &["dev", "--listen", "127.0.0.1:0", "--data-dir", &data_s, "--postgres", &dsn],
+        repo,
+        &[],
+        &tmp.path().join("dev.log"),
+        "lessor dev is serving on ",
+    );
+    let (code, jwt, err) = run(&["dev", "token", "--data-dir", &data_s], repo, &[]);
+    assert_eq!(code, 0, "{err}");
+    let env = [("LESSOR_JWT", jwt.trim()), ("LESSOR_ADDR", addr.as_str())];
+    let (code, out, err) = run(&["creds", "pg/readonly", "--ttl", "5m"], repo, &env);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(v["credential"]["dsn"].as_str().unwrap()).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&mut c).await.unwrap();
+    assert_eq!(n, 1);
+    let e = sqlx::query("INSERT INTO orders VALUES (9)").execute(&mut c).await.unwrap_err().to_string();
+    assert!(e.contains("permission denied"), "{e}");
+    // The DSN is in a private file, not in the generated config.
+    let cfg = std::fs::read_to_string(data.join("lessor.toml")).unwrap();
+    assert!(!cfg.contains(pg.superuser_password()));
+    stop(child);
+}
