@@ -56,6 +56,8 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub leases: LeaseSettings,
+    #[serde(default)]
+    pub quotas: Quotas,
     /// Workload identity issuers, by a short name.
     #[serde(default)]
     pub issuers: BTreeMap<String, IssuerConfig>,
@@ -158,6 +160,49 @@ impl Default for LeaseSettings {
             pending_grace: default_pending_grace(),
             retry_base: default_retry_base(),
             retry_max: default_retry_max(),
+        }
+    }
+}
+
+/// Limits on issuance. A live lease is pending, active or revoke_failed.
+/// 0 means no limit. The defaults are deliberately finite.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    /// Live leases one workload (issuer + subject) may hold.
+    #[serde(default = "default_per_owner")]
+    pub max_active_per_owner: u64,
+    /// Live leases per role (a role's `max_active` overrides it).
+    #[serde(default = "default_per_role")]
+    pub max_active_per_role: u64,
+    /// Live leases in all.
+    #[serde(default = "default_total")]
+    pub max_active_total: u64,
+    /// Issue requests one workload may make per minute (per replica).
+    #[serde(default = "default_rate")]
+    pub issues_per_minute_per_owner: u32,
+}
+
+fn default_per_owner() -> u64 {
+    100
+}
+fn default_per_role() -> u64 {
+    10_000
+}
+fn default_total() -> u64 {
+    1_000_000
+}
+fn default_rate() -> u32 {
+    120
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            max_active_per_owner: default_per_owner(),
+            max_active_per_role: default_per_role(),
+            max_active_total: default_total(),
+            issues_per_minute_per_owner: default_rate(),
         }
     }
 }
@@ -284,6 +329,10 @@ pub struct RoleConfig {
     /// Scopes granted when the request names none.
     #[serde(default)]
     pub default_scopes: Vec<String>,
+    /// Live leases this role may have at once (overrides
+    /// `quotas.max_active_per_role`; 0 = no limit).
+    #[serde(default)]
+    pub max_active: Option<u64>,
     /// Overrides the connection's environment label.
     #[serde(default)]
     pub environment: Option<String>,

@@ -138,7 +138,7 @@ pub async fn start(cfg: Config, listener: TcpListener) -> anyhow::Result<Running
     let catalog = Arc::new(Catalog::build(&cfg, store.clone(), seal.clone()).await.map_err(|e| anyhow!(e))?);
     let policy = Arc::new(PolicyEngine::load(&cfg.policies, role_infos(&cfg))?);
     let verifier = Arc::new(Verifier::new(&cfg, http_client()?).map_err(|e| anyhow!(e))?);
-    let leases = LeaseService::new(store.clone(), catalog, policy.clone(), cfg.leases.clone());
+    let leases = LeaseService::new(store.clone(), catalog, policy.clone(), cfg.leases.clone()).with_quotas(cfg.quotas.clone());
 
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = Vec::new();

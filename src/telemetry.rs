@@ -20,6 +20,7 @@ pub struct Metrics {
     pub policy_denials: IntCounterVec,
     pub jwks_refreshes: IntCounterVec,
     pub policy_reloads: IntCounterVec,
+    pub quota_rejections: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -66,6 +67,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Opts::new("lessor_policy_reloads_total", "Policy reloads by outcome"),
         &["outcome"],
     )?;
+    let quota_rejections = IntCounterVec::new(
+        Opts::new("lessor_quota_rejections_total", "Issue requests refused by a quota or rate limit, by which"),
+        &["quota"],
+    )?;
     let build_info = IntGaugeVec::new(Opts::new("lessor_build_info", "Build information"), &["version"])?;
     build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     for c in [
@@ -79,6 +84,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(policy_denials.clone()),
         Box::new(jwks_refreshes.clone()),
         Box::new(policy_reloads.clone()),
+        Box::new(quota_rejections.clone()),
         Box::new(build_info),
     ] {
         registry.register(c)?;
@@ -95,6 +101,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         policy_denials,
         jwks_refreshes,
         policy_reloads,
+        quota_rejections,
     })
 }
 

@@ -19,11 +19,12 @@ pub struct ApiError {
     pub field: Option<String>,
     pub details: Option<serde_json::Value>,
     auth_challenge: bool,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), field: None, details: None, auth_challenge: false }
+        ApiError { status, code, message: message.into(), field: None, details: None, auth_challenge: false, retry_after: None }
     }
 
     pub fn bad_request(field: &str, message: impl Into<String>) -> ApiError {
@@ -105,6 +106,12 @@ impl From<LeaseError> for ApiError {
                     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "misconfigured", message)
                 }
             },
+            LeaseError::Quota { quota, message, retry_after } => {
+                let mut a = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message);
+                a.details = Some(serde_json::json!({ "quota": quota }));
+                a.retry_after = retry_after;
+                a
+            }
             LeaseError::Store(s) => s.into(),
             LeaseError::Policy(p) => ApiError::internal("policy evaluation failed", p),
         }
@@ -145,9 +152,18 @@ impl IntoResponse for ApiError {
             err["field"] = json!(f);
         }
         if let Some(d) = self.details {
-            err["decision"] = d;
+            if self.status == StatusCode::TOO_MANY_REQUESTS {
+                err["quota"] = d["quota"].clone();
+            } else {
+                err["decision"] = d;
+            }
         }
         let mut resp = (self.status, axum::Json(json!({ "error": err }))).into_response();
+        if let Some(secs) = self.retry_after {
+            if let Ok(h) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, h);
+            }
+        }
         if self.auth_challenge {
             // The description is our own message, never the token.
             let v = format!("Bearer error=\"invalid_token\", error_description=\"{}\"", self.message.replace('"', "'"));

@@ -21,7 +21,7 @@ use secrecy::SecretString;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
-use crate::config::LeaseSettings;
+use crate::config::{LeaseSettings, Quotas};
 use crate::fmt_duration;
 use crate::identity::VerifiedWorkload;
 use crate::plugins::{Catalog, Role};
@@ -63,10 +63,53 @@ pub enum LeaseError {
     Conflict(String),
     #[error("{message}")]
     Plugin { message: String, error: PluginError },
+    /// A quota or rate limit: `quota` names which (owner, role, total, rate).
+    #[error("{message}")]
+    Quota { quota: &'static str, message: String, retry_after: Option<u64> },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Policy(#[from] PolicyError),
+}
+
+/// Per-owner token buckets for the issue rate limit (per replica).
+struct RateLimiter {
+    per_minute: u32,
+    buckets: moka::sync::Cache<(String, String), Arc<std::sync::Mutex<(f64, Instant)>>>,
+}
+
+impl RateLimiter {
+    fn new(per_minute: u32) -> RateLimiter {
+        RateLimiter {
+            per_minute,
+            buckets: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
+        }
+    }
+
+    /// Takes one token; `Err(seconds until one is back)` when none is left.
+    fn take(&self, issuer: &str, subject: &str) -> Result<(), u64> {
+        if self.per_minute == 0 {
+            return Ok(());
+        }
+        let cap = self.per_minute as f64;
+        let b = self
+            .buckets
+            .get_with((issuer.to_owned(), subject.to_owned()), || Arc::new(std::sync::Mutex::new((cap, Instant::now()))));
+        let Ok(mut g) = b.lock() else { return Ok(()) };
+        let now = Instant::now();
+        let refill = now.duration_since(g.1).as_secs_f64() * cap / 60.0;
+        g.0 = (g.0 + refill).min(cap);
+        g.1 = now;
+        if g.0 >= 1.0 {
+            g.0 -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - g.0) * 60.0 / cap).ceil() as u64)
+        }
+    }
 }
 
 /// What an issue returns: the lease, the credential (shown once), why.
@@ -96,6 +139,11 @@ pub struct LeaseService {
     wake: Arc<Notify>,
     next_wake_ms: Arc<AtomicI64>,
     started_at: OffsetDateTime,
+    quotas: Quotas,
+    rate: Arc<RateLimiter>,
+    /// Live-lease counts per role ("" = all), reused for a second: counting
+    /// a large role on every issue would cost more than the issue.
+    counts: moka::sync::Cache<String, i64>,
 }
 
 /// A new, unguessable lease id (128 random bits).
@@ -130,7 +178,88 @@ impl LeaseService {
             wake: Arc::new(Notify::new()),
             next_wake_ms: Arc::new(AtomicI64::new(i64::MAX)),
             started_at: OffsetDateTime::now_utc(),
+            rate: Arc::new(RateLimiter::new(Quotas::default().issues_per_minute_per_owner)),
+            quotas: Quotas::default(),
+            counts: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(1)).build(),
         }
+    }
+
+    /// Live leases of `role` (all when `None`). A count well under `limit`
+    /// (by a tenth of it, and at least 100) may be reused for a second; near
+    /// the limit it is exact.
+    async fn cached_count(&self, role: Option<&str>, limit: u64) -> Result<i64, LeaseError> {
+        let key = role.unwrap_or("").to_owned();
+        if let Some(n) = self.counts.get(&key) {
+            if n as u64 + (limit / 10).max(100) < limit {
+                return Ok(n);
+            }
+        }
+        let n = self.store.count_live(&LeaseFilter { role: role.map(str::to_owned), ..Default::default() }).await?;
+        self.counts.insert(key, n);
+        Ok(n)
+    }
+
+    /// Sets the quotas and rate limit (the defaults are finite).
+    pub fn with_quotas(mut self, quotas: Quotas) -> Self {
+        self.rate = Arc::new(RateLimiter::new(quotas.issues_per_minute_per_owner));
+        self.quotas = quotas;
+        self
+    }
+
+    /// Refuses an issue that would exceed a quota. Checked before anything
+    /// is written. The owner count is exact; role and total counts below 90%
+    /// of their limit may be a second old (counting a large role on every
+    /// issue would cost more than the issue). Concurrent issues can overshoot
+    /// a limit by the number in flight.
+    async fn check_quotas(&self, w: &VerifiedWorkload, role: &Role) -> Result<(), LeaseError> {
+        let reject = |quota: &'static str, message: String, retry_after: Option<u64>| {
+            metrics().quota_rejections.with_label_values(&[quota]).inc();
+            LeaseError::Quota { quota, message, retry_after }
+        };
+        if let Err(wait) = self.rate.take(&w.issuer, &w.subject) {
+            return Err(reject(
+                "rate",
+                format!(
+                    "rate limit: workload `{}` may request {} credentials per minute; try again in {wait}s",
+                    w.subject, self.quotas.issues_per_minute_per_owner
+                ),
+                Some(wait),
+            ));
+        }
+        let owner = self.quotas.max_active_per_owner;
+        if owner > 0 {
+            let f = LeaseFilter { issuer: Some(w.issuer.clone()), subject: Some(w.subject.clone()), ..Default::default() };
+            let n = self.store.count_live(&f).await?;
+            if n as u64 >= owner {
+                return Err(reject(
+                    "owner",
+                    format!(
+                        "quota: workload `{}` holds {n} live leases (limit {owner} per workload); revoke some or let them expire",
+                        w.subject
+                    ),
+                    None,
+                ));
+            }
+        }
+        let per_role = role.cfg.max_active.unwrap_or(self.quotas.max_active_per_role);
+        if per_role > 0 {
+            let n = self.cached_count(Some(&role.name), per_role).await?;
+            if n as u64 >= per_role {
+                return Err(reject(
+                    "role",
+                    format!("quota: role `{}` has {n} live leases (limit {per_role} for this role)", role.name),
+                    None,
+                ));
+            }
+        }
+        let total = self.quotas.max_active_total;
+        if total > 0 {
+            let n = self.cached_count(None, total).await?;
+            if n as u64 >= total {
+                return Err(reject("total", format!("quota: lessor holds {n} live leases (limit {total} in all)"), None));
+            }
+        }
+        Ok(())
     }
 
     fn role(&self, name: &str) -> Result<Arc<Role>, LeaseError> {
@@ -169,6 +298,7 @@ impl LeaseService {
             Ok(_) => "ok",
             Err(LeaseError::Denied(_)) => "denied",
             Err(LeaseError::BadRequest { .. }) => "invalid",
+            Err(LeaseError::Quota { .. }) => "quota",
             Err(_) => "error",
         };
         metrics().issued.with_label_values(&[role.kind.as_str(), role.name.as_str(), outcome]).inc();
@@ -229,6 +359,7 @@ impl LeaseService {
         if !decision.allowed {
             return Err(LeaseError::Denied(Box::new(decision)));
         }
+        self.check_quotas(w, role).await?;
         let expires_at = now + ttl;
         let lease = Lease {
             id: new_lease_id(),

@@ -227,6 +227,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn counts(&self) -> Result<LeaseCounts, StoreError>;
 
+    /// Live leases (pending, active, revoke_failed) matching `filter`'s
+    /// role / issuer + subject (all when both are unset).
+    async fn count_live(&self, filter: &LeaseFilter) -> Result<i64, StoreError>;
+
     // Plugin state, per connection. Sealed values are opaque here.
     async fn state_get(&self, conn: &str, key: &str) -> Result<Option<(Vec<u8>, bool)>, StoreError>;
     async fn state_put(&self, conn: &str, key: &str, value: &[u8], sealed: bool) -> Result<(), StoreError>;

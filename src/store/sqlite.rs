@@ -448,6 +448,13 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn count_live(&self, f: &LeaseFilter) -> Result<i64, StoreError> {
+        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT COUNT(*) FROM leases WHERE state IN {LIVE}"));
+        push_filter(&mut qb, &LeaseFilter { state: None, ..f.clone() });
+        let row = qb.build().fetch_one(&self.read).await.map_err(interpret_error)?;
+        row.try_get::<i64, _>(0).map_err(interpret_error)
+    }
+
     async fn state_get(&self, conn: &str, key: &str) -> Result<Option<(Vec<u8>, bool)>, StoreError> {
         let row = sqlx::query("SELECT value, sealed FROM plugin_state WHERE connection = ? AND key = ?")
             .bind(conn)

@@ -169,3 +169,82 @@ async fn bulk_revocation_by_subject_leaves_others_alone() {
     }
     assert_eq!(d.lease_state(&b_id).await, "active");
 }
+
+fn quota_opts(iss: &Issuer, quotas: &str) -> Opts {
+    Opts { issuer_url: iss.url.clone(), extra_toml: format!("[quotas]\n{quotas}\n"), ..Default::default() }
+}
+
+async fn quota_rejection(d: &Daemon, jwt: &str, quota: &str, text: &str) {
+    let r = d.http.post(format!("{}/v1/leases", d.url)).bearer_auth(jwt).json(&json!({"role": "token/orders"})).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 429, "expected the {quota} quota");
+    let retry_after = r.headers().get("retry-after").map(|h| h.to_str().unwrap().to_owned());
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "quota_exceeded", "{v}");
+    assert_eq!(v["error"]["quota"], quota, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains(text), "{v}");
+    assert_eq!(retry_after.is_some(), quota == "rate", "Retry-After only for the rate limit");
+}
+
+#[tokio::test]
+async fn quotas_per_owner_role_total_and_rate_return_429_naming_the_limit() {
+    let iss = Issuer::start().await;
+    let jwt = |repo: &str| iss.sign(&iss.gh_claims(repo, "refs/heads/main"));
+    let metric = |d: &Daemon, q: &str| {
+        let (http, url, q) = (d.http.clone(), d.url.clone(), q.to_owned());
+        async move {
+            let m = http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+            m.lines()
+                .find(|l| l.starts_with(&format!("lessor_quota_rejections_total{{quota=\"{q}\"}}")))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        }
+    };
+
+    // Per owner: 2 live leases; a revoke frees a slot.
+    let d = Daemon::start_with(quota_opts(&iss, "max_active_per_owner = 2")).await;
+    let a = jwt("acme/api");
+    let (_, first) = d.issue(&a, json!({"role": "token/orders"})).await;
+    let (s, _) = d.issue(&a, json!({"role": "token/orders"})).await;
+    assert_eq!(s, 201);
+    let before = metric(&d, "owner").await;
+    quota_rejection(&d, &a, "owner", "holds 2 live leases (limit 2 per workload)").await;
+    assert_eq!(metric(&d, "owner").await, before + 1);
+    let (s, _) = d.issue(&jwt("acme/web"), json!({"role": "token/orders"})).await;
+    assert_eq!(s, 201, "another workload is not affected");
+    d.delete(&format!("/v1/leases/{}", first["lease_id"].as_str().unwrap()), &a).await;
+    let (s, _) = d.issue(&a, json!({"role": "token/orders"})).await;
+    assert_eq!(s, 201, "a revoked lease frees its slot");
+    drop(d);
+
+    // Per role.
+    let d = Daemon::start_with(quota_opts(&iss, "max_active_per_role = 3")).await;
+    for i in 0..3 {
+        let (s, _) = d.issue(&jwt(&format!("acme/r{i}")), json!({"role": "token/orders"})).await;
+        assert_eq!(s, 201);
+    }
+    quota_rejection(&d, &jwt("acme/r9"), "role", "role `token/orders` has 3 live leases (limit 3").await;
+    let (s, _) = d.issue(&jwt("acme/r9"), json!({"role": "pki/web"})).await;
+    assert_eq!(s, 201, "other roles are not affected");
+    drop(d);
+
+    // In total.
+    let d = Daemon::start_with(quota_opts(&iss, "max_active_total = 2")).await;
+    for i in 0..2 {
+        let (s, _) = d.issue(&jwt(&format!("acme/t{i}")), json!({"role": "token/orders"})).await;
+        assert_eq!(s, 201);
+    }
+    quota_rejection(&d, &jwt("acme/t9"), "total", "lessor holds 2 live leases (limit 2 in all)").await;
+    drop(d);
+
+    // Rate per owner.
+    let d = Daemon::start_with(quota_opts(&iss, "issues_per_minute_per_owner = 3")).await;
+    let r = jwt("acme/rate");
+    for _ in 0..3 {
+        let (s, _) = d.issue(&r, json!({"role": "token/orders"})).await;
+        assert_eq!(s, 201);
+    }
+    quota_rejection(&d, &r, "rate", "may request 3 credentials per minute").await;
+    let (s, _) = d.issue(&jwt("acme/other"), json!({"role": "token/orders"})).await;
+    assert_eq!(s, 201, "the limit is per workload");
+    assert!(d.leases().await.len() == 4, "refused requests created nothing");
+}

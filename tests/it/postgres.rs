@@ -26,6 +26,11 @@ pub fn pg_toml(pg: &TempPostgres, dir: &Path) -> String {
     std::fs::write(&dsn_file, pg.dsn("postgres", pg.superuser_password(), "app")).unwrap();
     format!(
         r#"
+# Bursts from one workload: lift the per-workload quota and rate limit.
+[quotas]
+max_active_per_owner = 0
+issues_per_minute_per_owner = 0
+
 [connections.pg]
 plugin = "postgres"
 environment = "staging"
