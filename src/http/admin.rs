@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::leases::LeaseDto;
 use super::{AdminCaller, ApiError, ApiJson, AppState};
 use crate::policy::tests::Case;
-use crate::store::{LeaseFilter, LeaseState};
+use crate::store::{LeaseFilter, LeaseState, RevokeFilter};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,28 +52,70 @@ pub struct RevokeReq {
     role: Option<String>,
     issuer: Option<String>,
     subject: Option<String>,
+    /// Mapped claims that must match, e.g. {"repository": "acme/api"}.
+    #[serde(default)]
+    claims: std::collections::BTreeMap<String, String>,
+    /// Only leases issued within this long ago, e.g. "1h".
+    issued_within: Option<String>,
     /// Must be true to revoke every live lease (no filter).
     #[serde(default)]
     all: bool,
 }
 
-/// Schedules every matching active lease for revocation; the expiry worker
-/// does the work, so the API never waits on vendors.
+/// Starts a bulk revocation job (incident response: "revoke everything
+/// repo acme/api got in the last hour"). Answers at once with the job; the
+/// expiry worker does the work; `GET /v1/admin/jobs/{id}` shows progress.
 pub async fn revoke_matching(
     State(st): State<AppState>,
     AdminCaller(actor): AdminCaller,
     ApiJson(req): ApiJson<RevokeReq>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    if req.role.is_none() && req.issuer.is_none() && req.subject.is_none() && !req.all {
+    let issued_after_ms = match &req.issued_within {
+        Some(w) => {
+            let d = crate::parse_duration(w).map_err(|m| ApiError::bad_request("issued_within", m))?;
+            Some(crate::store::to_ms(time::OffsetDateTime::now_utc() - d))
+        }
+        None => None,
+    };
+    let filter = RevokeFilter {
+        role: req.role,
+        issuer: req.issuer,
+        subject: req.subject,
+        claims: req.claims,
+        issued_after_ms,
+    };
+    if filter.is_empty() && !req.all {
         return Err(ApiError::bad_request(
             "role",
-            "name at least one of role, issuer, subject; or set \"all\": true to revoke every lease",
+            "name at least one of role, issuer, subject, claims, issued_within; or set \"all\": true to revoke every lease",
         ));
     }
-    let filter = LeaseFilter { role: req.role, issuer: req.issuer, subject: req.subject, state: None, limit: 0 };
-    let n = st.leases.revoke_matching(&filter).await?;
-    tracing::warn!(actor = ?actor_name(&actor), scheduled = n, "bulk revocation scheduled");
-    Ok((StatusCode::ACCEPTED, Json(json!({ "scheduled": n }))))
+    let (id, n) = st.leases.start_revoke_job(&filter, &actor_name(&actor)).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "job_id": id, "scheduled": n, "status": format!("/v1/admin/jobs/{id}") })),
+    ))
+}
+
+/// A bulk revocation job's progress.
+pub async fn job(
+    State(st): State<AppState>,
+    AdminCaller(_): AdminCaller,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let j = st.leases.job_status(&id).await?;
+    Ok(Json(json!({
+        "job_id": j.id,
+        "kind": j.kind,
+        "filter": j.filter,
+        "created_by": j.created_by,
+        "created_at": super::leases::rfc3339(crate::store::from_ms(j.created_at_ms).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)),
+        "total": j.total,
+        "done": j.done,
+        "pending": j.pending,
+        "failing": j.failing,
+        "state": if j.pending + j.failing == 0 { "done" } else { "running" },
+    })))
 }
 
 fn actor_name(a: &crate::lease::Actor) -> String {

@@ -26,7 +26,7 @@ use crate::fmt_duration;
 use crate::identity::VerifiedWorkload;
 use crate::plugins::{Catalog, Role};
 use crate::policy::{Action, Decision, PolicyEngine, PolicyError, Principal, RequestContext};
-use crate::store::{EndReason, Lease, LeaseFilter, LeaseState, Store, StoreError};
+use crate::store::{EndReason, JobStatus, Lease, LeaseFilter, LeaseState, RevokeFilter, Store, StoreError};
 use crate::telemetry::metrics;
 
 pub mod expiry;
@@ -568,12 +568,30 @@ impl LeaseService {
         Ok(self.store.list(filter).await?)
     }
 
-    /// Admin: schedules every live lease matching `filter` for revocation
-    /// by the expiry worker; returns how many.
-    pub async fn revoke_matching(&self, filter: &LeaseFilter) -> Result<u64, LeaseError> {
-        let n = self.store.schedule_revocation(filter, OffsetDateTime::now_utc()).await?;
+    /// Admin: starts a bulk revocation job: every live lease matching
+    /// `filter` is tagged with the job and made due now; the expiry worker
+    /// revokes them, so the API never waits on vendors. Returns the job id
+    /// and how many leases it took.
+    pub async fn start_revoke_job(&self, filter: &RevokeFilter, by: &str) -> Result<(String, i64), LeaseError> {
+        for attr in filter.claims.keys() {
+            if attr.is_empty() || !attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(LeaseError::BadRequest {
+                    field: "claims",
+                    message: format!("claim name `{attr}` must be letters, digits and `_`"),
+                });
+            }
+        }
+        let bytes: [u8; 16] = rand::rng().random();
+        let id = format!("job_{}", hex::encode(bytes));
+        let n = self.store.start_revoke_job(&id, filter, by, OffsetDateTime::now_utc()).await?;
         self.wake.notify_one();
-        Ok(n)
+        tracing::warn!(job_id = %id, actor = %by, leases = n, "bulk revocation started");
+        Ok((id, n))
+    }
+
+    /// Admin: a bulk revocation job's progress.
+    pub async fn job_status(&self, id: &str) -> Result<JobStatus, LeaseError> {
+        self.store.job_status(id).await?.ok_or_else(|| LeaseError::NotFound(id.to_owned()))
     }
 
     /// Takes one lease's credential back and records the outcome. Used by

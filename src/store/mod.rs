@@ -13,6 +13,7 @@
 //!
 //! Must not import: http, policy, identity.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use async_trait::async_trait;
@@ -165,6 +166,51 @@ pub struct LeaseFilter {
     pub limit: u32,
 }
 
+/// Which leases a bulk revocation takes (all given conditions must hold).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RevokeFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Mapped claims that must be equal (e.g. `repository` = `acme/api`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, String>,
+    /// Only leases issued at or after this instant (unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_after_ms: Option<i64>,
+}
+
+impl RevokeFilter {
+    pub fn is_empty(&self) -> bool {
+        self.role.is_none()
+            && self.issuer.is_none()
+            && self.subject.is_none()
+            && self.claims.is_empty()
+            && self.issued_after_ms.is_none()
+    }
+}
+
+/// A bulk revocation job and its progress, counted from its leases.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobStatus {
+    pub id: String,
+    pub kind: String,
+    pub filter: RevokeFilter,
+    pub created_by: String,
+    pub created_at_ms: i64,
+    /// Live leases the job took.
+    pub total: i64,
+    /// Of those, revoked (or ended) so far.
+    pub done: i64,
+    /// Waiting for their revocation.
+    pub pending: i64,
+    /// Whose revocation failed and is being retried.
+    pub failing: i64,
+}
+
 /// Work the expiry worker must do for one lease.
 #[derive(Debug, Clone)]
 pub struct DueLease {
@@ -231,6 +277,24 @@ pub trait Store: Send + Sync + 'static {
     /// role / issuer + subject (all when both are unset).
     async fn count_live(&self, filter: &LeaseFilter) -> Result<i64, StoreError>;
 
+    /// Records a bulk revocation job and schedules every live lease matching
+    /// `filter` for revocation (due now, reason revoked, tagged with the
+    /// job). Returns how many it took.
+    async fn start_revoke_job(
+        &self,
+        _id: &str,
+        _filter: &RevokeFilter,
+        _created_by: &str,
+        _now: OffsetDateTime,
+    ) -> Result<i64, StoreError> {
+        Err(StoreError::Unavailable(format!("bulk revocation jobs are not supported by the {} store yet", self.backend())))
+    }
+
+    /// A job's progress, or None if there is no such job.
+    async fn job_status(&self, _id: &str) -> Result<Option<JobStatus>, StoreError> {
+        Err(StoreError::Unavailable(format!("bulk revocation jobs are not supported by the {} store yet", self.backend())))
+    }
+
     // Plugin state, per connection. Sealed values are opaque here.
     async fn state_get(&self, conn: &str, key: &str) -> Result<Option<(Vec<u8>, bool)>, StoreError>;
     async fn state_put(&self, conn: &str, key: &str, value: &[u8], sealed: bool) -> Result<(), StoreError>;
@@ -252,11 +316,11 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     Err(StoreError::UnknownScheme(url.to_owned()))
 }
 
-pub(crate) fn to_ms(t: OffsetDateTime) -> i64 {
+pub fn to_ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-pub(crate) fn from_ms(ms: i64) -> Result<OffsetDateTime, StoreError> {
+pub fn from_ms(ms: i64) -> Result<OffsetDateTime, StoreError> {
     OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .map_err(|e| StoreError::Corrupt(format!("timestamp {ms}: {e}")))
 }

@@ -13,7 +13,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use time::OffsetDateTime;
 
-use super::{from_ms, to_ms, DueLease, EndReason, Lease, LeaseCounts, LeaseFilter, LeaseState, Store, StoreError};
+use super::{
+    from_ms, to_ms, DueLease, EndReason, JobStatus, Lease, LeaseCounts, LeaseFilter, LeaseState, RevokeFilter, Store,
+    StoreError,
+};
 
 /// A value bound to a write statement.
 enum Bind {
@@ -446,6 +449,88 @@ impl Store for SqliteStore {
                 ))
             })
             .collect()
+    }
+
+    async fn start_revoke_job(
+        &self,
+        id: &str,
+        f: &RevokeFilter,
+        created_by: &str,
+        now: OffsetDateTime,
+    ) -> Result<i64, StoreError> {
+        let mut sql = format!(
+            "UPDATE leases SET job_id = ?, next_attempt_at = ?, \
+             end_reason = CASE WHEN state = 'revoke_failed' THEN end_reason ELSE 'revoked' END \
+             WHERE state IN {LIVE}"
+        );
+        let mut binds = vec![Bind::Text(id.to_owned()), Bind::Int(to_ms(now))];
+        for (col, v) in [("role", &f.role), ("issuer", &f.issuer), ("subject", &f.subject)] {
+            if let Some(v) = v {
+                sql.push_str(&format!(" AND {col} = ?"));
+                binds.push(Bind::Text(v.clone()));
+            }
+        }
+        for (attr, value) in &f.claims {
+            // Attribute names are checked by the caller ([A-Za-z0-9_]).
+            sql.push_str(" AND json_extract(claims, ?) = ?");
+            binds.push(Bind::Text(format!("$.\"{attr}\"")));
+            binds.push(Bind::Text(value.clone()));
+        }
+        if let Some(t) = f.issued_after_ms {
+            sql.push_str(" AND issued_at >= ?");
+            binds.push(Bind::Int(t));
+        }
+        let n = self.writer.exec(sql, binds).await? as i64;
+        self.writer
+            .exec(
+                "INSERT INTO jobs (id, kind, filter, created_by, created_at, total) VALUES (?, 'revoke', ?, ?, ?, ?)",
+                vec![
+                    Bind::Text(id.to_owned()),
+                    Bind::Text(to_json(f)?),
+                    Bind::Text(created_by.to_owned()),
+                    Bind::Int(to_ms(now)),
+                    Bind::Int(n),
+                ],
+            )
+            .await?;
+        Ok(n)
+    }
+
+    async fn job_status(&self, id: &str) -> Result<Option<JobStatus>, StoreError> {
+        let Some(row) = sqlx::query("SELECT id, kind, filter, created_by, created_at, total FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(interpret_error)?
+        else {
+            return Ok(None);
+        };
+        let mut st = JobStatus {
+            id: row.try_get("id").map_err(interpret_error)?,
+            kind: row.try_get("kind").map_err(interpret_error)?,
+            filter: json_col(&row, "filter")?,
+            created_by: row.try_get("created_by").map_err(interpret_error)?,
+            created_at_ms: row.try_get("created_at").map_err(interpret_error)?,
+            total: row.try_get("total").map_err(interpret_error)?,
+            done: 0,
+            pending: 0,
+            failing: 0,
+        };
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM leases WHERE job_id = ? GROUP BY state")
+            .bind(id)
+            .fetch_all(&self.read)
+            .await
+            .map_err(interpret_error)?;
+        for r in rows {
+            let state: String = r.try_get("state").map_err(interpret_error)?;
+            let n: i64 = r.try_get("n").map_err(interpret_error)?;
+            match LeaseState::from_str(&state).map_err(StoreError::Corrupt)? {
+                LeaseState::Revoked | LeaseState::Expired => st.done += n,
+                LeaseState::Pending | LeaseState::Active => st.pending += n,
+                LeaseState::RevokeFailed => st.failing += n,
+            }
+        }
+        Ok(Some(st))
     }
 
     async fn count_live(&self, f: &LeaseFilter) -> Result<i64, StoreError> {

@@ -170,6 +170,57 @@ async fn bulk_revocation_by_subject_leaves_others_alone() {
     assert_eq!(d.lease_state(&b_id).await, "active");
 }
 
+/// Incident response: "revoke everything repo acme/api got in the last
+/// hour" is an async job whose progress any admin can follow.
+#[tokio::test]
+async fn bulk_revocation_by_claim_runs_as_a_job_with_progress() {
+    let iss = Issuer::start().await;
+    let d = Daemon::start(&iss).await;
+    let api_main = iss.token();
+    let api_dev = iss.sign(&iss.gh_claims("acme/api", "refs/heads/dev"));
+    let web = iss.sign(&iss.gh_claims("acme/web", "refs/heads/main"));
+    let mut api_ids = Vec::new();
+    for _ in 0..4 {
+        let (s, v) = d.issue(&api_main, json!({"role": "token/orders"})).await;
+        assert_eq!(s, 201, "{v}");
+        api_ids.push(v["lease_id"].as_str().unwrap().to_owned());
+    }
+    // A different subject (dev branch) of the same repository is included.
+    let (s, v) = d.issue(&api_dev, json!({"role": "token/orders"})).await;
+    assert_eq!(s, 201, "{v}");
+    api_ids.push(v["lease_id"].as_str().unwrap().to_owned());
+    let (_, w) = d.issue(&web, json!({"role": "token/orders"})).await;
+    let web_id = w["lease_id"].as_str().unwrap().to_owned();
+
+    let (s, v) = d
+        .post("/v1/admin/revoke", &d.admin, json!({"claims": {"repository": "acme/api"}, "issued_within": "1h"}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["scheduled"], 5);
+    let status = v["status"].as_str().unwrap().to_owned();
+    let done = Daemon::eventually(Duration::from_secs(10), || async {
+        let (s, j) = d.get(&status, &d.admin).await;
+        assert_eq!(s, 200, "{j}");
+        assert_eq!(j["total"], 5);
+        assert_eq!(j["done"].as_i64().unwrap() + j["pending"].as_i64().unwrap() + j["failing"].as_i64().unwrap(), 5);
+        (j["state"] == "done").then_some(j)
+    })
+    .await
+    .expect("the job finishes");
+    assert_eq!(done["done"], 5);
+    assert_eq!(done["filter"]["claims"]["repository"], "acme/api");
+    for id in &api_ids {
+        assert_eq!(d.lease_state(id).await, "revoked");
+    }
+    assert_eq!(d.lease_state(&web_id).await, "active");
+
+    let (s, _) = d.get("/v1/admin/jobs/job_nope", &d.admin).await;
+    assert_eq!(s, 404);
+    let (s, v) = d.post("/v1/admin/revoke", &d.admin, json!({"claims": {"repo sitory": "x"}})).await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["field"], "claims");
+}
+
 fn quota_opts(iss: &Issuer, quotas: &str) -> Opts {
     Opts { issuer_url: iss.url.clone(), extra_toml: format!("[quotas]\n{quotas}\n"), ..Default::default() }
 }
