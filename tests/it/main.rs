@@ -10,4 +10,5 @@ mod lease;
 mod policy;
 mod postgres;
 mod retry;
+mod scale;
 mod store;
