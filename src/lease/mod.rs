@@ -72,10 +72,13 @@ pub enum LeaseError {
     Policy(#[from] PolicyError),
 }
 
+/// Tokens left and when they were last counted.
+type Bucket = Arc<std::sync::Mutex<(f64, Instant)>>;
+
 /// Per-owner token buckets for the issue rate limit (per replica).
 struct RateLimiter {
     per_minute: u32,
-    buckets: moka::sync::Cache<(String, String), Arc<std::sync::Mutex<(f64, Instant)>>>,
+    buckets: moka::sync::Cache<(String, String), Bucket>,
 }
 
 impl RateLimiter {

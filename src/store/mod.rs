@@ -22,11 +22,12 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 pub mod sqlite;
+pub mod postgres;
 pub mod state;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store URL `{0}` has an unknown scheme; use sqlite://<path>")]
+    #[error("store URL `{0}` has an unknown scheme; use sqlite://<path> or postgres://...")]
     UnknownScheme(String),
     #[error("store is locked by another lessor process ({0}); SQLite serves one process, use PostgreSQL for replicas")]
     Locked(String),
@@ -308,12 +309,24 @@ pub trait Store: Send + Sync + 'static {
     async fn meta_put_if_absent(&self, key: &str, value: &str) -> Result<bool, StoreError>;
 }
 
-/// Opens the store named by `url`: `sqlite://path` or `sqlite::memory:`.
+/// Opens the store named by `url`: `sqlite://<path>` (one process) or
+/// `postgres://...` (several replicas share it).
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(path).await?));
     }
-    Err(StoreError::UnknownScheme(url.to_owned()))
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(std::sync::Arc::new(postgres::PgStore::open(url).await?));
+    }
+    Err(StoreError::UnknownScheme(redact_url(url)))
+}
+
+/// A URL fit for messages: any `user:password@` is replaced by `***@`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
 }
 
 pub fn to_ms(t: OffsetDateTime) -> i64 {
@@ -327,6 +340,12 @@ pub fn from_ms(ms: i64) -> Result<OffsetDateTime, StoreError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn urls_in_messages_hide_credentials() {
+        assert_eq!(super::redact_url("postgress://lessor:s3cret@db:5432/x"), "postgress://***@db:5432/x");
+        assert_eq!(super::redact_url("sqlite:///var/lib/lessor.db"), "sqlite:///var/lib/lessor.db");
+    }
+
     #[test]
     fn migrations_match_across_backends() {
         let names = |dir: &str| {

@@ -76,6 +76,7 @@ async fn pg_daemon(iss: &Issuer, pg: &TempPostgres, leases_toml: &str) -> (Daemo
         extra_toml: pg_toml(pg, aux.path()),
         leases_toml: leases_toml.into(),
         policy: PG_POLICY.into(),
+        ..Default::default()
     })
     .await;
     (d, aux)

@@ -175,3 +175,161 @@ async fn concurrent_writes_commit_together_and_fail_alone() {
     let all = s.list(&LeaseFilter { limit: 1000, ..Default::default() }).await.unwrap();
     assert_eq!(all.len(), 180, "every non-duplicate write is durable");
 }
+
+/// A throwaway PostgreSQL server with an empty database `lessor`, and a DSN
+/// to that database.
+fn pg_store_db() -> (lessor_postgres::testkit::TempPostgres, String) {
+    let pg = lessor_postgres::testkit::TempPostgres::start().unwrap_or_else(|e| panic!("{e}"));
+    pg.psql("postgres", "CREATE DATABASE lessor").unwrap();
+    let dsn = pg.dsn("postgres", pg.superuser_password(), "lessor");
+    (pg, dsn)
+}
+
+#[tokio::test]
+async fn postgres_passes_the_store_suite() {
+    let (_pg, dsn) = pg_store_db();
+    let s: Arc<dyn Store> = Arc::new(lessor::store::postgres::PgStore::open(&dsn).await.unwrap());
+    assert_eq!((s.backend(), s.exclusive()), ("postgres", false));
+    // Migrations are idempotent: a second replica opening the same store.
+    let _again = lessor::store::postgres::PgStore::open(&dsn).await.unwrap();
+    suite(s).await;
+}
+
+/// An active lease that expired a minute ago.
+async fn insert_expired(s: &Arc<dyn Store>, id: &str) {
+    s.insert_pending(&lease(id, "token/orders", "alice", -60)).await.unwrap();
+    let exp = OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    assert!(s.activate(&LeaseId::new(id), &json!({"jti": id}), exp).await.unwrap());
+}
+
+/// Two replicas running the expiry worker on one store: every due lease
+/// goes to exactly one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_replicas_never_get_the_same_due_lease() {
+    use lessor::store::postgres::PgStore;
+    use std::collections::BTreeSet;
+    let (_pg, dsn) = pg_store_db();
+    let a: Arc<dyn Store> = Arc::new(PgStore::open(&dsn).await.unwrap());
+    let b: Arc<dyn Store> = Arc::new(PgStore::open(&dsn).await.unwrap());
+    let all: BTreeSet<String> = (0..200).map(|i| format!("l{i:03}")).collect();
+    for id in &all {
+        insert_expired(&a, id).await;
+    }
+    // Each replica works like the expiry worker: take a batch, record each
+    // outcome, look again until nothing is due for it.
+    let work = |s: Arc<dyn Store>| async move {
+        let mut got = Vec::new();
+        loop {
+            let now = OffsetDateTime::now_utc();
+            let due = s.due(now, now - time::Duration::minutes(2), 7).await.unwrap();
+            if due.is_empty() {
+                break;
+            }
+            for d in due {
+                assert_eq!(d.reason, EndReason::Expired);
+                assert!(s.finish(&d.lease.id, d.reason, now).await.unwrap(), "{} was already ended", d.lease.id);
+                got.push(d.lease.id.to_string());
+                tokio::task::yield_now().await;
+            }
+        }
+        got
+    };
+    let (ga, gb) = tokio::join!(tokio::spawn(work(a.clone())), tokio::spawn(work(b.clone())));
+    let (ga, gb) = (ga.unwrap(), gb.unwrap());
+    let (sa, sb): (BTreeSet<String>, BTreeSet<String>) = (ga.iter().cloned().collect(), gb.iter().cloned().collect());
+    assert_eq!((sa.len(), sb.len()), (ga.len(), gb.len()), "a replica got a lease twice");
+    assert!(sa.is_disjoint(&sb), "both replicas got {:?}", sa.intersection(&sb).collect::<Vec<_>>());
+    assert_eq!(sa.union(&sb).cloned().collect::<BTreeSet<_>>(), all);
+    assert!(!ga.is_empty() && !gb.is_empty(), "one replica did all the work ({} / {})", ga.len(), gb.len());
+    let expired = a.list(&LeaseFilter { state: Some(LeaseState::Expired), limit: 1000, ..Default::default() }).await.unwrap();
+    assert_eq!(expired.len(), 200);
+}
+
+/// A replica that dies holding claims: the others skip its leases until the
+/// claim times out, then take them. Recording an outcome releases a claim.
+#[tokio::test]
+async fn postgres_claims_time_out_when_a_replica_dies() {
+    use lessor::store::postgres::PgStore;
+    let (_pg, dsn) = pg_store_db();
+    let timeout = Duration::from_secs(1);
+    let a: Arc<dyn Store> = Arc::new(PgStore::open(&dsn).await.unwrap().with_claim_timeout(timeout));
+    let b: Arc<dyn Store> = Arc::new(PgStore::open(&dsn).await.unwrap().with_claim_timeout(timeout));
+    for id in ["x1", "x2", "x3"] {
+        insert_expired(&a, id).await;
+    }
+    let ids = |d: Vec<lessor::store::DueLease>| d.into_iter().map(|d| d.lease.id.to_string()).collect::<Vec<_>>();
+    let now = OffsetDateTime::now_utc();
+    let cutoff = now - time::Duration::minutes(2);
+    assert_eq!(ids(a.due(now, cutoff, 100).await.unwrap()), ["x1", "x2", "x3"]);
+    // B skips A's claims, and does not wake up for them either.
+    assert!(b.due(now, cutoff, 100).await.unwrap().is_empty(), "claimed by another replica");
+    assert_eq!(b.next_due().await.unwrap(), None);
+    // A still sees its own claims (asking twice answers the same, as SQLite).
+    assert_eq!(ids(a.due(now, cutoff, 100).await.unwrap()), ["x1", "x2", "x3"]);
+    assert!(a.next_due().await.unwrap().is_some());
+    // The claim does not show as a retry time.
+    assert_eq!(a.get(&LeaseId::new("x1")).await.unwrap().unwrap().next_attempt_at, None);
+    drop(a);
+
+    tokio::time::sleep(timeout + Duration::from_millis(300)).await;
+    let now = OffsetDateTime::now_utc();
+    let cutoff = now - time::Duration::minutes(2);
+    assert_eq!(ids(b.due(now, cutoff, 100).await.unwrap()), ["x1", "x2", "x3"], "A's claims timed out");
+
+    // B's outcomes release its claims: a failure whose retry is due now is
+    // free for any replica straight away.
+    let c: Arc<dyn Store> = Arc::new(PgStore::open(&dsn).await.unwrap().with_claim_timeout(timeout));
+    assert!(c.due(now, cutoff, 100).await.unwrap().is_empty(), "claimed by B");
+    b.record_failure(&LeaseId::new("x2"), EndReason::Expired, "vendor down", now).await.unwrap();
+    assert!(b.finish(&LeaseId::new("x3"), EndReason::Expired, now).await.unwrap());
+    let got = c.due(now, cutoff, 100).await.unwrap();
+    assert_eq!(ids(got.clone()), ["x2"]);
+    assert_eq!((got[0].reason, got[0].lease.state), (EndReason::Expired, LeaseState::RevokeFailed));
+}
+
+/// The whole daemon on a PostgreSQL store: issue, revoke, expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_on_a_postgres_store() {
+    let (_pg, dsn) = pg_store_db();
+    let iss = crate::support::Issuer::start().await;
+    let d = crate::support::Daemon::start_with(crate::support::Opts {
+        issuer_url: iss.url.clone(),
+        store: Some(dsn),
+        ..Default::default()
+    })
+    .await;
+    let (s, h) = d.get("/v1/health", &d.admin).await;
+    assert_eq!((s, h["store_backend"].as_str()), (200, Some("postgres")), "{h}");
+    let jwt = iss.token();
+    let (s, v) = d.issue(&jwt, json!({"role": "token/orders"})).await;
+    assert_eq!(s, 201, "{v}");
+    let token = v["credential"]["token"].as_str().unwrap().to_owned();
+    let (s, r) = d.delete(&format!("/v1/leases/{}", v["lease_id"].as_str().unwrap()), &jwt).await;
+    assert_eq!((s, r["state"].as_str()), (200, Some("revoked")), "{r}");
+    assert_eq!(d.introspect(&token).await, json!({"active": false}));
+    let (s, v) = d.issue(&jwt, json!({"role": "pki/web", "ttl": "2s"})).await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["lease_id"].as_str().unwrap().to_owned();
+    let st = crate::support::Daemon::eventually(std::time::Duration::from_secs(10), || async {
+        (d.lease_state(&id).await == "expired").then_some(())
+    })
+    .await;
+    assert!(st.is_some(), "the worker expires leases on PostgreSQL");
+
+    // A bulk revocation job by claim.
+    for _ in 0..3 {
+        let (s, _) = d.issue(&jwt, json!({"role": "token/orders"})).await;
+        assert_eq!(s, 201);
+    }
+    let (s, v) = d.post("/v1/admin/revoke", &d.admin, json!({"claims": {"repository": "acme/api"}})).await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["scheduled"], 3);
+    let status = v["status"].as_str().unwrap().to_owned();
+    let done = crate::support::Daemon::eventually(std::time::Duration::from_secs(10), || async {
+        let (_, j) = d.get(&status, &d.admin).await;
+        (j["state"] == "done").then_some(j)
+    })
+    .await
+    .expect("the job finishes on PostgreSQL");
+    assert_eq!((done["total"].as_i64(), done["done"].as_i64()), (Some(3), Some(3)));
+}

@@ -132,6 +132,8 @@ pub struct Opts {
     pub leases_toml: String,
     /// An extra policy file (`policies/test-extra.cedar`).
     pub policy: String,
+    /// Store URL instead of the temp dir's SQLite file.
+    pub store: Option<String>,
 }
 
 /// A daemon on a temp dir. Keep `dir` alive as long as the daemon.
@@ -239,7 +241,11 @@ impl Daemon {
     /// Starts (or restarts) a daemon on an existing directory.
     pub async fn start_in(dir: &Path, opts: &Opts) -> Daemon {
         let policies = dir.join("policies");
-        let text = config_text(dir, &policies, &opts.issuer_url, &opts.extra_toml, &opts.leases_toml);
+        let mut text = config_text(dir, &policies, &opts.issuer_url, &opts.extra_toml, &opts.leases_toml);
+        if let Some(store) = &opts.store {
+            let sqlite = format!("store = \"sqlite://{}\"", dir.join("lessor.db").display());
+            text = text.replace(&sqlite, &format!("store = \"{store}\""));
+        }
         let cfg = Config::from_toml(&text).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let running = server::start(cfg, listener).await.unwrap();

@@ -1,0 +1,605 @@
+//! PostgreSQL backend: one store shared by several lessor replicas. Same
+//! schema (migrations with the same numbers and names as SQLite), same
+//! semantics; the one addition is that `due()` claims what it hands out, so
+//! each due lease goes to one replica's expiry worker.
+//!
+//! Claims (`claimed_by`, `claimed_until`, migration 0002): `due()` locks the
+//! due rows `FOR UPDATE SKIP LOCKED` and marks them with this store's claimer
+//! id until the database clock passes `now + claim_timeout`. Other replicas
+//! skip a claimed row until then; the claiming store still sees its own
+//! claims (so one process behaves exactly as with SQLite: asking twice gives
+//! the same answer). Recording the outcome (`finish`, `record_failure`)
+//! releases the claim; a replica that dies mid-batch leaves claims that time
+//! out, and another replica takes the work. Claims never touch
+//! `next_attempt_at`, which stays what the API shows (the retry time).
+//!
+//! Must not import: http, policy, identity.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lessor_plugin::{Handle, LeaseId};
+use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+use time::OffsetDateTime;
+
+use super::{
+    from_ms, to_ms, DueLease, EndReason, JobStatus, Lease, LeaseCounts, LeaseFilter, LeaseState, RevokeFilter, Store,
+    StoreError,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");
+
+/// How long a lease handed out by `due()` stays reserved for this replica
+/// when it records no outcome (it died, or the store was unreachable).
+/// Longer than a revocation normally takes, short enough that a dead
+/// replica's work is picked up soon.
+pub const DEFAULT_CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
+
+const LEASE_COLUMNS: &str = "id, role, plugin, issuer, subject, claims, scopes, policies, state, issued_at, \
+     expires_at, max_expires_at, handle, attempts, last_error, next_attempt_at, end_reason, ended_at";
+
+const LIVE: &str = "('pending', 'active', 'revoke_failed')";
+
+/// The database's clock in unix milliseconds: claims are compared across
+/// replicas, so they use the one clock every replica shares.
+const DB_NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+
+/// Rows `due()` may hand to this store (`$4` is its claimer id): unclaimed,
+/// claim timed out, or claimed by this store itself.
+fn claimable() -> String {
+    format!("(claimed_until IS NULL OR claimed_until <= {DB_NOW_MS} OR claimed_by = $4)")
+}
+
+/// `due()`: the four branches of the SQLite query, each taking (and locking,
+/// skipping rows another replica holds locked) at most `limit` rows in the
+/// order they fell due; then de-duplicated (an active lease can be both
+/// expired and scheduled: it counts from the earlier), ordered, limited and
+/// claimed in the same statement. `$1` now, `$2` pending cutoff, `$3` limit,
+/// `$4` claimer id, `$5` claim timeout in ms.
+fn due_sql() -> String {
+    let c = claimable();
+    format!(
+        "WITH b1 AS (
+           SELECT {LEASE_COLUMNS}, expires_at AS due_at FROM leases
+             WHERE state = 'active' AND expires_at <= $1 AND {c}
+             ORDER BY expires_at LIMIT $3 FOR UPDATE SKIP LOCKED
+         ), b2 AS (
+           SELECT {LEASE_COLUMNS}, next_attempt_at AS due_at FROM leases
+             WHERE state = 'active' AND next_attempt_at <= $1 AND {c}
+             ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED
+         ), b3 AS (
+           SELECT {LEASE_COLUMNS}, issued_at AS due_at FROM leases
+             WHERE state = 'pending' AND issued_at < $2 AND {c}
+             ORDER BY issued_at LIMIT $3 FOR UPDATE SKIP LOCKED
+         ), b4 AS (
+           SELECT {LEASE_COLUMNS}, next_attempt_at AS due_at FROM leases
+             WHERE state = 'revoke_failed' AND next_attempt_at <= $1 AND {c}
+             ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED
+         ), picked AS MATERIALIZED (
+           SELECT * FROM (
+             SELECT DISTINCT ON (id) * FROM (
+               SELECT * FROM b1 UNION ALL SELECT * FROM b2 UNION ALL SELECT * FROM b3 UNION ALL SELECT * FROM b4
+             ) u ORDER BY id, due_at
+           ) d ORDER BY due_at, id LIMIT $3
+         ), claimed AS (
+           UPDATE leases SET claimed_by = $4, claimed_until = {DB_NOW_MS} + $5
+             WHERE id IN (SELECT id FROM picked) RETURNING id
+         )
+         SELECT picked.* FROM picked JOIN claimed USING (id) ORDER BY due_at, id"
+    )
+}
+
+/// `next_due()`: as SQLite's (earliest expiry of an active lease, earliest
+/// retry or scheduled revocation), over the rows this store could claim.
+/// Rows another replica holds are its work: counting them would make this
+/// replica's worker wake (and find nothing) in a loop until the claim ends;
+/// the worker's tick bounds how late it notices a claim that timed out.
+/// Each branch is an index-ordered scan that stops at its first row.
+fn next_due_sql() -> String {
+    let c = claimable().replace("$4", "$1");
+    format!(
+        "SELECT MIN(t) AS t FROM (
+           (SELECT expires_at AS t FROM leases WHERE state = 'active' AND {c}
+              ORDER BY expires_at LIMIT 1)
+           UNION ALL
+           (SELECT next_attempt_at FROM leases WHERE state = 'active' AND next_attempt_at IS NOT NULL AND {c}
+              ORDER BY next_attempt_at LIMIT 1)
+           UNION ALL
+           (SELECT next_attempt_at FROM leases WHERE state = 'revoke_failed' AND next_attempt_at IS NOT NULL AND {c}
+              ORDER BY next_attempt_at LIMIT 1)
+         ) x"
+    )
+}
+
+pub struct PgStore {
+    pool: PgPool,
+    /// This store's id in `claimed_by`: unique per process and open.
+    claimer: String,
+    claim_timeout: Duration,
+}
+
+fn interpret_error(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(db.message().to_owned()),
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => {
+            StoreError::Corrupt(e.to_string())
+        }
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://...` or `postgresql://...`) and runs
+    /// the migrations (sqlx serializes concurrent migrators with an advisory
+    /// lock, so replicas may start together).
+    pub async fn open(url: &str) -> Result<PgStore, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(interpret_error)?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migrations: {e}")))?;
+        let claimer = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 8]>()));
+        Ok(PgStore { pool, claimer, claim_timeout: DEFAULT_CLAIM_TIMEOUT })
+    }
+
+    /// Sets how long `due()` reserves a lease for this replica
+    /// (default [`DEFAULT_CLAIM_TIMEOUT`]).
+    pub fn with_claim_timeout(mut self, d: Duration) -> Self {
+        self.claim_timeout = d;
+        self
+    }
+}
+
+fn json_col<T: serde::de::DeserializeOwned>(row: &PgRow, col: &str) -> Result<T, StoreError> {
+    let s: String = row.try_get(col).map_err(interpret_error)?;
+    serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("column {col}: {e}")))
+}
+
+fn opt_time(row: &PgRow, col: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+    let v: Option<i64> = row.try_get(col).map_err(interpret_error)?;
+    v.map(from_ms).transpose()
+}
+
+fn lease_from_row(row: &PgRow) -> Result<Lease, StoreError> {
+    let state: String = row.try_get("state").map_err(interpret_error)?;
+    let handle: Option<String> = row.try_get("handle").map_err(interpret_error)?;
+    let end_reason: Option<String> = row.try_get("end_reason").map_err(interpret_error)?;
+    Ok(Lease {
+        id: LeaseId::new(row.try_get::<String, _>("id").map_err(interpret_error)?),
+        role: row.try_get("role").map_err(interpret_error)?,
+        plugin: row.try_get("plugin").map_err(interpret_error)?,
+        issuer: row.try_get("issuer").map_err(interpret_error)?,
+        subject: row.try_get("subject").map_err(interpret_error)?,
+        claims: json_col(row, "claims")?,
+        scopes: json_col(row, "scopes")?,
+        policies: json_col(row, "policies")?,
+        state: LeaseState::from_str(&state).map_err(StoreError::Corrupt)?,
+        issued_at: from_ms(row.try_get("issued_at").map_err(interpret_error)?)?,
+        expires_at: from_ms(row.try_get("expires_at").map_err(interpret_error)?)?,
+        max_expires_at: from_ms(row.try_get("max_expires_at").map_err(interpret_error)?)?,
+        handle: handle
+            .map(|h| serde_json::from_str::<Handle>(&h))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("handle: {e}")))?,
+        attempts: row.try_get("attempts").map_err(interpret_error)?,
+        last_error: row.try_get("last_error").map_err(interpret_error)?,
+        next_attempt_at: opt_time(row, "next_attempt_at")?,
+        end_reason: end_reason.map(|r| EndReason::from_str(&r)).transpose().map_err(StoreError::Corrupt)?,
+        ended_at: opt_time(row, "ended_at")?,
+    })
+}
+
+fn push_filter(qb: &mut QueryBuilder<'_, Postgres>, f: &LeaseFilter) {
+    if let Some(r) = &f.role {
+        qb.push(" AND role = ").push_bind(r.clone());
+    }
+    if let Some(i) = &f.issuer {
+        qb.push(" AND issuer = ").push_bind(i.clone());
+    }
+    if let Some(s) = &f.subject {
+        qb.push(" AND subject = ").push_bind(s.clone());
+    }
+    if let Some(st) = f.state {
+        qb.push(" AND state = ").push_bind(st.as_str());
+    }
+}
+
+fn to_json(v: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn exclusive(&self) -> bool {
+        // Several replicas share one PostgreSQL store: a pending lease may be
+        // another replica's issue in progress.
+        false
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(interpret_error)?;
+        Ok(())
+    }
+
+    async fn insert_pending(&self, l: &Lease) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO leases (id, role, plugin, issuer, subject, claims, scopes, policies, state, \
+             issued_at, expires_at, max_expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $11)",
+        )
+        .bind(l.id.as_str())
+        .bind(&l.role)
+        .bind(&l.plugin)
+        .bind(&l.issuer)
+        .bind(&l.subject)
+        .bind(to_json(&l.claims)?)
+        .bind(to_json(&l.scopes)?)
+        .bind(to_json(&l.policies)?)
+        .bind(to_ms(l.issued_at))
+        .bind(to_ms(l.expires_at))
+        .bind(to_ms(l.max_expires_at))
+        .execute(&self.pool)
+        .await
+        .map_err(interpret_error)?;
+        Ok(())
+    }
+
+    async fn activate(&self, id: &LeaseId, handle: &Handle, expires_at: OffsetDateTime) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE leases SET state = 'active', handle = $1, expires_at = $2 WHERE id = $3 AND state = 'pending'",
+        )
+        .bind(to_json(handle)?)
+        .bind(to_ms(expires_at))
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(interpret_error)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn get(&self, id: &LeaseId) -> Result<Option<Lease>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {LEASE_COLUMNS} FROM leases WHERE id = $1"))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(interpret_error)?;
+        row.as_ref().map(lease_from_row).transpose()
+    }
+
+    async fn list(&self, f: &LeaseFilter) -> Result<Vec<Lease>, StoreError> {
+        let mut qb = QueryBuilder::<Postgres>::new(format!("SELECT {LEASE_COLUMNS} FROM leases WHERE 1 = 1"));
+        push_filter(&mut qb, f);
+        qb.push(" ORDER BY issued_at DESC LIMIT ").push_bind(f.limit.max(1) as i64);
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(interpret_error)?;
+        rows.iter().map(lease_from_row).collect()
+    }
+
+    async fn renew(&self, id: &LeaseId, expires_at: OffsetDateTime) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE leases SET expires_at = $1 WHERE id = $2 AND state = 'active' AND end_reason IS NULL",
+        )
+        .bind(to_ms(expires_at))
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(interpret_error)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn finish(&self, id: &LeaseId, reason: EndReason, at: OffsetDateTime) -> Result<bool, StoreError> {
+        let n = sqlx::query(&format!(
+            "UPDATE leases SET state = $1, end_reason = $2, ended_at = $3, next_attempt_at = NULL, \
+             claimed_by = NULL, claimed_until = NULL WHERE id = $4 AND state IN {LIVE}"
+        ))
+        .bind(reason.final_state().as_str())
+        .bind(reason.as_str())
+        .bind(to_ms(at))
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(interpret_error)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn record_failure(
+        &self,
+        id: &LeaseId,
+        reason: EndReason,
+        error: &str,
+        retry_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        // The outcome is recorded: release the claim, so whichever replica
+        // is free when the retry falls due takes it.
+        sqlx::query(&format!(
+            "UPDATE leases SET state = 'revoke_failed', end_reason = $1, attempts = attempts + 1, \
+             last_error = $2, next_attempt_at = $3, claimed_by = NULL, claimed_until = NULL \
+             WHERE id = $4 AND state IN {LIVE}"
+        ))
+        .bind(reason.as_str())
+        .bind(error)
+        .bind(to_ms(retry_at))
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(interpret_error)?;
+        Ok(())
+    }
+
+    async fn schedule_revocation(&self, f: &LeaseFilter, now: OffsetDateTime) -> Result<u64, StoreError> {
+        let mut qb = QueryBuilder::<Postgres>::new("UPDATE leases SET end_reason = 'revoked', next_attempt_at = ");
+        qb.push_bind(to_ms(now)).push(" WHERE state = 'active'");
+        // Like SQLite: role / issuer / subject narrow it; `state` is implied.
+        push_filter(&mut qb, &LeaseFilter { state: None, ..f.clone() });
+        let done = qb.build().execute(&self.pool).await.map_err(interpret_error)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn due(
+        &self,
+        now: OffsetDateTime,
+        pending_cutoff: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<DueLease>, StoreError> {
+        let claim_ms = i64::try_from(self.claim_timeout.as_millis()).unwrap_or(i64::MAX / 2);
+        let rows = sqlx::query(&due_sql())
+            .bind(to_ms(now))
+            .bind(to_ms(pending_cutoff))
+            .bind(limit as i64)
+            .bind(&self.claimer)
+            .bind(claim_ms)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(interpret_error)?;
+        let mut out: Vec<DueLease> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            // Distinct already (DISTINCT ON id in the statement).
+            let lease = lease_from_row(row)?;
+            let reason = match lease.state {
+                LeaseState::Pending => EndReason::Orphaned,
+                _ => lease.end_reason.unwrap_or(EndReason::Expired),
+            };
+            out.push(DueLease { lease, reason });
+        }
+        Ok(out)
+    }
+
+    async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        let row = sqlx::query(&next_due_sql())
+            .bind(&self.claimer)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(interpret_error)?;
+        let t: Option<i64> = row.try_get("t").map_err(interpret_error)?;
+        t.map(from_ms).transpose()
+    }
+
+    async fn counts(&self) -> Result<LeaseCounts, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT role, plugin, state, COUNT(*) AS n FROM leases WHERE state IN {LIVE} GROUP BY role, plugin, state"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(interpret_error)?;
+        rows.iter()
+            .map(|r| {
+                let st: String = r.try_get("state").map_err(interpret_error)?;
+                Ok((
+                    r.try_get("role").map_err(interpret_error)?,
+                    r.try_get("plugin").map_err(interpret_error)?,
+                    LeaseState::from_str(&st).map_err(StoreError::Corrupt)?,
+                    r.try_get("n").map_err(interpret_error)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn start_revoke_job(
+        &self,
+        id: &str,
+        f: &RevokeFilter,
+        created_by: &str,
+        now: OffsetDateTime,
+    ) -> Result<i64, StoreError> {
+        let filter = serde_json::to_string(f).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.pool.begin().await.map_err(interpret_error)?;
+        let mut qb = QueryBuilder::<Postgres>::new("UPDATE leases SET job_id = ");
+        qb.push_bind(id.to_owned())
+            .push(", next_attempt_at = ")
+            .push_bind(to_ms(now))
+            .push(", end_reason = CASE WHEN state = 'revoke_failed' THEN end_reason ELSE 'revoked' END")
+            .push(format!(" WHERE state IN {LIVE}"));
+        if let Some(v) = &f.role {
+            qb.push(" AND role = ").push_bind(v.clone());
+        }
+        if let Some(v) = &f.issuer {
+            qb.push(" AND issuer = ").push_bind(v.clone());
+        }
+        if let Some(v) = &f.subject {
+            qb.push(" AND subject = ").push_bind(v.clone());
+        }
+        for (attr, value) in &f.claims {
+            qb.push(" AND (claims::jsonb ->> ").push_bind(attr.clone()).push(") = ").push_bind(value.clone());
+        }
+        if let Some(t) = f.issued_after_ms {
+            qb.push(" AND issued_at >= ").push_bind(t);
+        }
+        let n = qb.build().execute(&mut *tx).await.map_err(interpret_error)?.rows_affected() as i64;
+        sqlx::query(
+            "INSERT INTO jobs (id, kind, filter, created_by, created_at, total) VALUES ($1, 'revoke', $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(filter)
+        .bind(created_by)
+        .bind(to_ms(now))
+        .bind(n)
+        .execute(&mut *tx)
+        .await
+        .map_err(interpret_error)?;
+        tx.commit().await.map_err(interpret_error)?;
+        Ok(n)
+    }
+
+    async fn job_status(&self, id: &str) -> Result<Option<JobStatus>, StoreError> {
+        let Some(row) = sqlx::query("SELECT id, kind, filter, created_by, created_at, total FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(interpret_error)?
+        else {
+            return Ok(None);
+        };
+        let mut st = JobStatus {
+            id: row.try_get("id").map_err(interpret_error)?,
+            kind: row.try_get("kind").map_err(interpret_error)?,
+            filter: json_col(&row, "filter")?,
+            created_by: row.try_get("created_by").map_err(interpret_error)?,
+            created_at_ms: row.try_get("created_at").map_err(interpret_error)?,
+            total: row.try_get("total").map_err(interpret_error)?,
+            done: 0,
+            pending: 0,
+            failing: 0,
+        };
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM leases WHERE job_id = $1 GROUP BY state")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(interpret_error)?;
+        for r in rows {
+            let state: String = r.try_get("state").map_err(interpret_error)?;
+            let n: i64 = r.try_get("n").map_err(interpret_error)?;
+            match LeaseState::from_str(&state).map_err(StoreError::Corrupt)? {
+                LeaseState::Revoked | LeaseState::Expired => st.done += n,
+                LeaseState::Pending | LeaseState::Active => st.pending += n,
+                LeaseState::RevokeFailed => st.failing += n,
+            }
+        }
+        Ok(Some(st))
+    }
+
+    async fn count_live(&self, f: &LeaseFilter) -> Result<i64, StoreError> {
+        let mut qb = QueryBuilder::<Postgres>::new(format!("SELECT COUNT(*) FROM leases WHERE state IN {LIVE}"));
+        push_filter(&mut qb, &LeaseFilter { state: None, ..f.clone() });
+        let row = qb.build().fetch_one(&self.pool).await.map_err(interpret_error)?;
+        row.try_get::<i64, _>(0).map_err(interpret_error)
+    }
+
+    async fn state_get(&self, conn: &str, key: &str) -> Result<Option<(Vec<u8>, bool)>, StoreError> {
+        let row = sqlx::query("SELECT value, sealed FROM plugin_state WHERE connection = $1 AND key = $2")
+            .bind(conn)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(interpret_error)?;
+        row.map(|r| {
+            Ok((
+                r.try_get::<Vec<u8>, _>("value").map_err(interpret_error)?,
+                r.try_get::<bool, _>("sealed").map_err(interpret_error)?,
+            ))
+        })
+        .transpose()
+    }
+
+    async fn state_put(&self, conn: &str, key: &str, value: &[u8], sealed: bool) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO plugin_state (connection, key, value, sealed, updated_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (connection, key) DO UPDATE SET value = excluded.value, sealed = excluded.sealed, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(conn)
+        .bind(key)
+        .bind(value)
+        .bind(sealed)
+        .bind(to_ms(OffsetDateTime::now_utc()))
+        .execute(&self.pool)
+        .await
+        .map_err(interpret_error)?;
+        Ok(())
+    }
+
+    async fn state_put_if_absent(&self, conn: &str, key: &str, value: &[u8], sealed: bool) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "INSERT INTO plugin_state (connection, key, value, sealed, updated_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (connection, key) DO NOTHING",
+        )
+        .bind(conn)
+        .bind(key)
+        .bind(value)
+        .bind(sealed)
+        .bind(to_ms(OffsetDateTime::now_utc()))
+        .execute(&self.pool)
+        .await
+        .map_err(interpret_error)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn state_list(&self, conn: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        // Range scan: prefix <= key < prefix + U+FFFF, compared byte-wise
+        // (COLLATE "C") like SQLite's BINARY collation, whatever the
+        // database's default collation orders by.
+        let upper = format!("{prefix}\u{ffff}");
+        let rows = sqlx::query(
+            "SELECT key, value FROM plugin_state WHERE connection = $1 \
+             AND key COLLATE \"C\" >= $2 AND key COLLATE \"C\" < $3 \
+             AND sealed = FALSE ORDER BY key COLLATE \"C\"",
+        )
+        .bind(conn)
+        .bind(prefix)
+        .bind(upper)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(interpret_error)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>("key").map_err(interpret_error)?,
+                    r.try_get::<Vec<u8>, _>("value").map_err(interpret_error)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn state_delete(&self, conn: &str, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM plugin_state WHERE connection = $1 AND key = $2")
+            .bind(conn)
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(interpret_error)?;
+        Ok(())
+    }
+
+    async fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT value FROM meta WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(interpret_error)?;
+        row.map(|r| r.try_get::<String, _>("value").map_err(interpret_error)).transpose()
+    }
+
+    async fn meta_put_if_absent(&self, key: &str, value: &str) -> Result<bool, StoreError> {
+        let n = sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(interpret_error)?
+            .rows_affected();
+        Ok(n == 1)
+    }
+}
