@@ -212,6 +212,18 @@ pub struct JobStatus {
     pub failing: i64,
 }
 
+impl JobStatus {
+    /// Adds `n` of the job's leases in `state` to the progress.
+    pub fn count(&mut self, state: &str, n: i64) -> Result<(), StoreError> {
+        match LeaseState::from_str(state).map_err(StoreError::Corrupt)? {
+            LeaseState::Revoked | LeaseState::Expired => self.done += n,
+            LeaseState::Pending | LeaseState::Active => self.pending += n,
+            LeaseState::RevokeFailed => self.failing += n,
+        }
+        Ok(())
+    }
+}
+
 /// Work the expiry worker must do for one lease.
 #[derive(Debug, Clone)]
 pub struct DueLease {

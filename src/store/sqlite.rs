@@ -523,12 +523,7 @@ impl Store for SqliteStore {
             .map_err(interpret_error)?;
         for r in rows {
             let state: String = r.try_get("state").map_err(interpret_error)?;
-            let n: i64 = r.try_get("n").map_err(interpret_error)?;
-            match LeaseState::from_str(&state).map_err(StoreError::Corrupt)? {
-                LeaseState::Revoked | LeaseState::Expired => st.done += n,
-                LeaseState::Pending | LeaseState::Active => st.pending += n,
-                LeaseState::RevokeFailed => st.failing += n,
-            }
+            st.count(&state, r.try_get("n").map_err(interpret_error)?)?;
         }
         Ok(Some(st))
     }
