@@ -94,3 +94,47 @@ async fn a_restart_with_100k_leases_serves_its_first_request_within_a_second() {
     let (s, _) = d.issue(&iss.token(), json!({"role": "token/orders"})).await;
     assert_eq!(s, 201);
 }
+
+/// The same mass expiry on the PostgreSQL store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_leases_expiring_together_on_postgres() {
+    let pg = lessor_postgres::testkit::TempPostgres::start().unwrap_or_else(|e| panic!("{e}"));
+    pg.psql("postgres", "CREATE DATABASE lessor").unwrap();
+    let iss = Issuer::start().await;
+    let opts = Opts {
+        issuer_url: iss.url.clone(),
+        store: Some(pg.dsn("postgres", pg.superuser_password(), "lessor")),
+        leases_toml: "revoke_concurrency = 64\nbatch_size = 1000".into(),
+        extra_toml: "[quotas]\nmax_active_total = 0\nmax_active_per_role = 0\nmax_active_per_owner = 0\nissues_per_minute_per_owner = 0".into(),
+        ..Default::default()
+    };
+    let d = Daemon::start_with(opts).await;
+    let expiry = (time::OffsetDateTime::now_utc().unix_timestamp() + 3) * 1000;
+    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    pg.psql(
+        "lessor",
+        &format!(
+            "INSERT INTO leases (id, role, plugin, issuer, subject, claims, scopes, policies, state, issued_at, expires_at, max_expires_at)
+             SELECT 'lse_pg' || lpad(to_hex(i), 28, '0'), 'token/orders', 'token', 'https://seed.example', 'seed-' || (i % 97),
+                    '{{}}', '[]', '[]', 'active', {now_ms}, {expiry}, {expiry} + 3600000
+             FROM generate_series(1, 10000) AS i"
+        ),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done_at = loop {
+        let r = d.http.get(format!("{}/v1/health", d.url)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let (s, _) = d.issue(&iss.token(), json!({"role": "pki/web"})).await;
+        assert_eq!(s, 201, "issuing works during mass expiry");
+        let left = pg.psql("lessor", "SELECT count(*) FROM leases WHERE role = 'token/orders' AND state <> 'expired'").unwrap();
+        if left == "0" {
+            break time::OffsetDateTime::now_utc();
+        }
+        assert!(Instant::now() < deadline, "10,000 leases not revoked within 60 s ({left} left)");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let lag = (done_at.unix_timestamp_nanos() / 1_000_000) as i64 - expiry;
+    eprintln!("PostgreSQL store, 10,000 leases: all revoked {lag} ms after expiry");
+    assert!(lag < 20_000, "all revoked {lag} ms after expiry");
+}
