@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 
 pub mod sqlite;
 pub mod postgres;
+mod rows;
 pub mod state;
 
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lessor_plugin::{Handle, LeaseId};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use time::OffsetDateTime;
 
@@ -182,44 +182,7 @@ impl SqliteStore {
     }
 }
 
-fn json_col<T: serde::de::DeserializeOwned>(row: &SqliteRow, col: &str) -> Result<T, StoreError> {
-    let s: String = row.try_get(col).map_err(interpret_error)?;
-    serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("column {col}: {e}")))
-}
-
-fn opt_time(row: &SqliteRow, col: &str) -> Result<Option<OffsetDateTime>, StoreError> {
-    let v: Option<i64> = row.try_get(col).map_err(interpret_error)?;
-    v.map(from_ms).transpose()
-}
-
-fn lease_from_row(row: &SqliteRow) -> Result<Lease, StoreError> {
-    let state: String = row.try_get("state").map_err(interpret_error)?;
-    let handle: Option<String> = row.try_get("handle").map_err(interpret_error)?;
-    let end_reason: Option<String> = row.try_get("end_reason").map_err(interpret_error)?;
-    Ok(Lease {
-        id: LeaseId::new(row.try_get::<String, _>("id").map_err(interpret_error)?),
-        role: row.try_get("role").map_err(interpret_error)?,
-        plugin: row.try_get("plugin").map_err(interpret_error)?,
-        issuer: row.try_get("issuer").map_err(interpret_error)?,
-        subject: row.try_get("subject").map_err(interpret_error)?,
-        claims: json_col(row, "claims")?,
-        scopes: json_col(row, "scopes")?,
-        policies: json_col(row, "policies")?,
-        state: LeaseState::from_str(&state).map_err(StoreError::Corrupt)?,
-        issued_at: from_ms(row.try_get("issued_at").map_err(interpret_error)?)?,
-        expires_at: from_ms(row.try_get("expires_at").map_err(interpret_error)?)?,
-        max_expires_at: from_ms(row.try_get("max_expires_at").map_err(interpret_error)?)?,
-        handle: handle
-            .map(|h| serde_json::from_str::<Handle>(&h))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("handle: {e}")))?,
-        attempts: row.try_get("attempts").map_err(interpret_error)?,
-        last_error: row.try_get("last_error").map_err(interpret_error)?,
-        next_attempt_at: opt_time(row, "next_attempt_at")?,
-        end_reason: end_reason.map(|r| EndReason::from_str(&r)).transpose().map_err(StoreError::Corrupt)?,
-        ended_at: opt_time(row, "ended_at")?,
-    })
-}
+use super::rows::{json_col, lease_from_row};
 
 fn push_filter(qb: &mut QueryBuilder<'_, Sqlite>, f: &LeaseFilter) {
     if let Some(r) = &f.role {
