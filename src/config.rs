@@ -130,6 +130,18 @@ pub struct LeaseSettings {
     /// Cap on the retry delay. Retries go on forever.
     #[serde(default = "default_retry_max", with = "humantime_serde")]
     pub retry_max: Duration,
+    /// Longest one revocation call to a vendor may take; past it the attempt
+    /// counts as failed (retryable) and the lease is retried later.
+    #[serde(default = "default_revoke_timeout", with = "humantime_serde")]
+    pub revoke_timeout: Duration,
+    /// PostgreSQL store with replicas: how long expiry work a replica took
+    /// stays reserved for it after its last heartbeat. A live replica renews
+    /// its claims every `claim_timeout / 3`, so a slow batch keeps them; a
+    /// replica that dies (`kill -9`, lost network) has its work taken over
+    /// by the others after at most this long. Heartbeats also record each
+    /// replica's policy version (`GET /v1/admin/replicas`).
+    #[serde(default = "default_claim_timeout", with = "humantime_serde")]
+    pub claim_timeout: Duration,
 }
 
 fn default_concurrency() -> usize {
@@ -150,6 +162,19 @@ fn default_retry_base() -> Duration {
 fn default_retry_max() -> Duration {
     Duration::from_secs(600)
 }
+fn default_revoke_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_claim_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl LeaseSettings {
+    /// How often a replica records itself alive and renews its claims.
+    pub fn heartbeat(&self) -> Duration {
+        self.claim_timeout / 3
+    }
+}
 
 impl Default for LeaseSettings {
     fn default() -> Self {
@@ -160,6 +185,8 @@ impl Default for LeaseSettings {
             pending_grace: default_pending_grace(),
             retry_base: default_retry_base(),
             retry_max: default_retry_max(),
+            revoke_timeout: default_revoke_timeout(),
+            claim_timeout: default_claim_timeout(),
         }
     }
 }
@@ -502,6 +529,15 @@ impl Config {
         if self.leases.revoke_concurrency == 0 || self.leases.batch_size == 0 {
             return bad("leases: revoke_concurrency and batch_size must be at least 1".into());
         }
+        if self.leases.revoke_timeout.is_zero() {
+            return bad("leases.revoke_timeout must be more than 0".into());
+        }
+        if self.leases.claim_timeout < Duration::from_millis(300) {
+            return bad(format!(
+                "leases.claim_timeout is {}; it must be at least 300ms (heartbeats renew claims every claim_timeout / 3)",
+                crate::fmt_duration(self.leases.claim_timeout)
+            ));
+        }
         Ok(())
     }
 }
@@ -509,6 +545,18 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claim_and_revoke_timeouts_are_checked() {
+        let mut c = Config::from_toml("").unwrap();
+        assert_eq!((c.leases.claim_timeout, c.leases.heartbeat()), (Duration::from_secs(30), Duration::from_secs(10)));
+        c.leases.claim_timeout = Duration::from_millis(100);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("leases.claim_timeout is 100ms"), "{err}");
+        c.leases.claim_timeout = Duration::from_secs(5);
+        c.leases.revoke_timeout = Duration::ZERO;
+        assert!(c.validate().unwrap_err().to_string().contains("leases.revoke_timeout"));
+    }
 
     #[test]
     fn unknown_fields_are_refused_with_their_name() {

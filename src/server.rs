@@ -2,7 +2,7 @@
 //! and the integration tests call the same `start`.
 //!
 //! Start order: store -> seal key check -> admin token -> plugins -> policies
-//! -> verifier -> expiry worker + policy watcher -> HTTP. Shutdown stops the
+//! -> verifier -> expiry worker + replica heartbeat + policy watcher -> HTTP. Shutdown stops the
 //! HTTP listener (in-flight requests finish), then the background tasks.
 
 use std::net::SocketAddr;
@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::http::{admin_token_key, router, AppState, ADMIN_TOKEN_PREFIX};
 use crate::identity::Verifier;
-use crate::lease::{expiry, LeaseService};
+use crate::lease::{expiry, heartbeat, LeaseService};
 use crate::plugins::{role_infos, Catalog};
 use crate::policy::PolicyEngine;
 use crate::seal::{write_private_file, Seal};
@@ -132,7 +132,7 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
 /// Builds everything from `cfg` and serves on `listener`.
 pub async fn start(cfg: Config, listener: TcpListener) -> anyhow::Result<Running> {
     cfg.validate()?;
-    let store = crate::store::open(&cfg.store).await?;
+    let store = crate::store::open_with(&cfg.store, cfg.leases.claim_timeout).await?;
     let seal = open_seal(&cfg, &store).await?;
     ensure_admin_token(&cfg.admin_token_path(), &store).await?;
     let catalog = Arc::new(Catalog::build(&cfg, store.clone(), seal.clone()).await.map_err(|e| anyhow!(e))?);
@@ -143,6 +143,7 @@ pub async fn start(cfg: Config, listener: TcpListener) -> anyhow::Result<Running
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(expiry::run(leases.clone(), rx.clone())));
+    tasks.push(tokio::spawn(heartbeat::run(leases.clone(), rx.clone())));
     // Register SIGHUP before serving, so a reload signal never meets the
     // default action (terminate).
     #[cfg(unix)]

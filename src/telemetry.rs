@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -21,6 +21,8 @@ pub struct Metrics {
     pub jwks_refreshes: IntCounterVec,
     pub policy_reloads: IntCounterVec,
     pub quota_rejections: IntCounterVec,
+    pub replicas: IntGauge,
+    pub policy_versions: IntGauge,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -71,6 +73,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Opts::new("lessor_quota_rejections_total", "Issue requests refused by a quota or rate limit, by which"),
         &["quota"],
     )?;
+    let replicas = IntGauge::new("lessor_replicas", "lessor processes alive on this store (heartbeat within claim_timeout)")?;
+    let policy_versions = IntGauge::new(
+        "lessor_policy_versions",
+        "Distinct policy set versions among live replicas; more than 1 means replicas decide differently",
+    )?;
     let build_info = IntGaugeVec::new(Opts::new("lessor_build_info", "Build information"), &["version"])?;
     build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     for c in [
@@ -85,6 +92,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(jwks_refreshes.clone()),
         Box::new(policy_reloads.clone()),
         Box::new(quota_rejections.clone()),
+        Box::new(replicas.clone()),
+        Box::new(policy_versions.clone()),
         Box::new(build_info),
     ] {
         registry.register(c)?;
@@ -102,6 +111,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         jwks_refreshes,
         policy_reloads,
         quota_rejections,
+        replicas,
+        policy_versions,
     })
 }
 
@@ -130,7 +141,9 @@ impl Metrics {
 pub fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal: a log file or collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }
 

@@ -118,6 +118,34 @@ pub async fn job(
     })))
 }
 
+/// `GET /v1/admin/replicas`: the lessor processes alive on this store, the
+/// policy version each decides with, and whether they agree.
+pub async fn replicas(State(st): State<AppState>, AdminCaller(_): AdminCaller) -> Result<Json<Value>, ApiError> {
+    let live = st.leases.replicas().await?;
+    let versions: std::collections::BTreeSet<&str> = live.iter().map(|r| r.policy_version.as_str()).collect();
+    let at = |ms: i64| super::leases::rfc3339(crate::store::from_ms(ms).unwrap_or(time::OffsetDateTime::UNIX_EPOCH));
+    let list: Vec<Value> = live
+        .iter()
+        .map(|r| {
+            json!({
+                "replica_id": r.id,
+                "host": r.host,
+                "pid": r.pid,
+                "version": r.version,
+                "policy_version": r.policy_version,
+                "started_at": at(r.started_at_ms),
+                "seen_at": at(r.seen_at_ms),
+                "this": r.id == st.store.replica_id(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "replicas": list,
+        "policy_versions": versions,
+        "policy_versions_agree": versions.len() <= 1,
+    })))
+}
+
 fn actor_name(a: &crate::lease::Actor) -> String {
     match a {
         crate::lease::Actor::Admin { name } => name.clone(),

@@ -92,6 +92,7 @@ pub async fn health(State(st): State<AppState>) -> Response {
         "ready": store_ok.is_ok(),
         "store": match &store_ok { Ok(()) => "ok".to_string(), Err(e) => e.to_string() },
         "store_backend": st.store.backend(),
+        "replica_id": st.store.replica_id(),
         "policies": { "version": policies.version, "count": policies.len() },
         "version": env!("CARGO_PKG_VERSION"),
     });

@@ -30,6 +30,7 @@ use crate::store::{EndReason, JobStatus, Lease, LeaseFilter, LeaseState, RevokeF
 use crate::telemetry::metrics;
 
 pub mod expiry;
+pub mod heartbeat;
 
 /// Who is asking.
 #[derive(Debug, Clone)]
@@ -624,16 +625,23 @@ impl LeaseService {
             handle: lease.handle.clone(),
             expires_at: lease.expires_at,
         };
-        match role.plugin.revoke(&lref).await {
+        // A vendor that hangs must not hold the expiry worker (or, with
+        // replicas, this replica's claim) forever: past the timeout the
+        // attempt is a failure like any other and is retried later.
+        let limit = self.settings.revoke_timeout;
+        let outcome = match tokio::time::timeout(limit, role.plugin.revoke(&lref)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("revocation did not finish within {}", crate::fmt_duration(limit))),
+        };
+        match outcome {
             Ok(()) => {
                 self.store.finish(&lease.id, reason, OffsetDateTime::now_utc()).await?;
                 labels("ok");
                 tracing::info!(lease_id = %lease.id, role = %role.name, reason = reason.as_str(), "lease ended");
                 Ok(reason.final_state())
             }
-            Err(e) => {
+            Err(msg) => {
                 labels("error");
-                let msg = e.to_string();
                 tracing::warn!(lease_id = %lease.id, role = %role.name, error = %msg, attempts = lease.attempts + 1,
                     "revocation failed, will retry");
                 self.fail(lease, reason, &msg).await?;
@@ -647,6 +655,11 @@ impl LeaseService {
         let at = OffsetDateTime::now_utc() + delay;
         self.store.record_failure(&lease.id, reason, msg, at).await?;
         Ok(())
+    }
+
+    /// The replicas alive on the store (heartbeat within `claim_timeout`).
+    pub async fn replicas(&self) -> Result<Vec<crate::store::Replica>, LeaseError> {
+        Ok(self.store.replicas(self.settings.claim_timeout).await?)
     }
 
     pub fn started_at(&self) -> OffsetDateTime {

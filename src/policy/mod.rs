@@ -377,7 +377,16 @@ impl Policies {
         for f in &files {
             sources.push((f.display().to_string(), read(f)?));
         }
-        Policies::from_sources(&sources, roles)
+        let mut p = Policies::from_sources(&sources, roles)?;
+        // The version names files relative to the policy directory, so
+        // replicas with the same files in different places agree.
+        let rel: Vec<(String, String)> = files
+            .iter()
+            .zip(&sources)
+            .map(|(f, (_, t))| (f.strip_prefix(dir).unwrap_or(f).display().to_string(), t.clone()))
+            .collect();
+        p.version = version_of(&rel);
+        Ok(p)
     }
 
     /// Like [`Policies::load`], from (file name, text) pairs.
@@ -456,17 +465,12 @@ impl Policies {
             }
         }
         let full = PolicySet::from_policies(all.iter().cloned()).map_err(|e| PolicyError::Request(e.to_string()))?;
-        let mut version = sha2::Sha256::default();
-        for (n, t) in sources {
-            sha2::Digest::update(&mut version, n.as_bytes());
-            sha2::Digest::update(&mut version, t.as_bytes());
-        }
         let mut p = Policies {
             meta,
             all,
             slices: HashMap::new(),
             full,
-            version: hex::encode(&sha2::Digest::finalize(version)[..8]),
+            version: version_of(sources),
             files: sources.iter().map(|(n, _)| PathBuf::from(n)).collect(),
         };
         p.build_slices(roles)?;
@@ -694,6 +698,20 @@ impl PolicyEngine {
         }
         out
     }
+}
+
+/// A policy set's version: a hash of its file names and contents (each
+/// length-prefixed, so no two different sets collide by concatenation).
+fn version_of(sources: &[(String, String)]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::default();
+    for (n, t) in sources {
+        h.update((n.len() as u64).to_le_bytes());
+        h.update(n.as_bytes());
+        h.update((t.len() as u64).to_le_bytes());
+        h.update(t.as_bytes());
+    }
+    hex::encode(&h.finalize()[..8])
 }
 
 #[cfg(test)]

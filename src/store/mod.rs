@@ -195,6 +195,23 @@ impl RevokeFilter {
     }
 }
 
+/// A lessor process on this store, as its last heartbeat recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    /// The store's id for the process (`Store::replica_id`).
+    pub id: String,
+    pub host: String,
+    pub pid: i64,
+    /// lessor version.
+    pub version: String,
+    /// Version (content hash) of the policy set it decides with.
+    pub policy_version: String,
+    pub started_at_ms: i64,
+    /// Last heartbeat, unix ms by the store's clock (the database's for
+    /// PostgreSQL, so replicas' clocks never need to agree).
+    pub seen_at_ms: i64,
+}
+
 /// A bulk revocation job and its progress, counted from its leases.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobStatus {
@@ -317,6 +334,21 @@ pub trait Store: Send + Sync + 'static {
     async fn state_list(&self, conn: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     async fn state_delete(&self, conn: &str, key: &str) -> Result<(), StoreError>;
 
+    /// This process's id among the replicas on the store (its heartbeat
+    /// row, and on PostgreSQL its expiry-work claims).
+    fn replica_id(&self) -> &str;
+
+    /// Records this replica as alive with what it runs (`seen_at_ms` is set
+    /// by the store), and extends the expiry-work claims it holds, so work in
+    /// hand is never taken over while the process lives, however slow.
+    async fn heartbeat(&self, r: &Replica) -> Result<(), StoreError>;
+
+    /// Replicas whose last heartbeat is at most `within` old, by id.
+    async fn replicas(&self, within: std::time::Duration) -> Result<Vec<Replica>, StoreError>;
+
+    /// Removes this replica's row (clean shutdown).
+    async fn remove_replica(&self) -> Result<(), StoreError>;
+
     // Small shared metadata (admin token hashes, seal check).
     async fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError>;
     async fn meta_put_if_absent(&self, key: &str, value: &str) -> Result<bool, StoreError>;
@@ -325,11 +357,17 @@ pub trait Store: Send + Sync + 'static {
 /// Opens the store named by `url`: `sqlite://<path>` (one process) or
 /// `postgres://...` (several replicas share it).
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    open_with(url, postgres::DEFAULT_CLAIM_TIMEOUT).await
+}
+
+/// [`open`], with the claim timeout a PostgreSQL store gives expiry work
+/// (`leases.claim_timeout`); SQLite serves one process and needs none.
+pub async fn open_with(url: &str, claim_timeout: std::time::Duration) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(path).await?));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(std::sync::Arc::new(postgres::PgStore::open(url).await?));
+        return Ok(std::sync::Arc::new(postgres::PgStore::open(url).await?.with_claim_timeout(claim_timeout)));
     }
     Err(StoreError::UnknownScheme(redact_url(url)))
 }

@@ -560,4 +560,58 @@ impl Store for PgStore {
             .rows_affected();
         Ok(n == 1)
     }
+
+    fn replica_id(&self) -> &str {
+        &self.claimer
+    }
+
+    async fn heartbeat(&self, r: &super::Replica) -> Result<(), StoreError> {
+        let claim_ms = i64::try_from(self.claim_timeout.as_millis()).unwrap_or(i64::MAX / 2);
+        let mut tx = self.pool.begin().await.map_err(interpret_error)?;
+        sqlx::query(&format!(
+            "INSERT INTO replicas (id, host, pid, version, policy_version, started_at, seen_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, {DB_NOW_MS}) ON CONFLICT (id) DO UPDATE SET \
+             policy_version = excluded.policy_version, seen_at = excluded.seen_at"
+        ))
+        .bind(&self.claimer)
+        .bind(&r.host)
+        .bind(r.pid)
+        .bind(&r.version)
+        .bind(&r.policy_version)
+        .bind(r.started_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(interpret_error)?;
+        // Keep the work in hand: a live replica's claims never time out.
+        sqlx::query(&format!(
+            "UPDATE leases SET claimed_until = {DB_NOW_MS} + $2 WHERE claimed_by = $1 AND state IN {LIVE}"
+        ))
+        .bind(&self.claimer)
+        .bind(claim_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(interpret_error)?;
+        tx.commit().await.map_err(interpret_error)
+    }
+
+    async fn replicas(&self, within: Duration) -> Result<Vec<super::Replica>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT id, host, pid, version, policy_version, started_at, seen_at FROM replicas \
+             WHERE seen_at >= {DB_NOW_MS} - $1 ORDER BY id"
+        ))
+        .bind(i64::try_from(within.as_millis()).unwrap_or(i64::MAX / 2))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(interpret_error)?;
+        rows.iter().map(super::rows::replica_from_row).collect()
+    }
+
+    async fn remove_replica(&self) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM replicas WHERE id = $1")
+            .bind(&self.claimer)
+            .execute(&self.pool)
+            .await
+            .map_err(interpret_error)?;
+        Ok(())
+    }
 }

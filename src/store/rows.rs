@@ -83,3 +83,22 @@ where
         ended_at: opt_time(row, "ended_at")?,
     })
 }
+
+/// A `replicas` row.
+pub(crate) fn replica_from_row<R>(row: &R) -> Result<super::Replica, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(super::Replica {
+        id: get(row, "id")?,
+        host: get(row, "host")?,
+        pid: get(row, "pid")?,
+        version: get(row, "version")?,
+        policy_version: get(row, "policy_version")?,
+        started_at_ms: get(row, "started_at")?,
+        seen_at_ms: get(row, "seen_at")?,
+    })
+}

@@ -127,6 +127,8 @@ pub struct SqliteStore {
     // Held for the life of the store: the OS lock that keeps a second
     // process off this database.
     _lock: Option<File>,
+    /// This process's replica id (there is only ever one on SQLite).
+    id: String,
 }
 
 fn interpret_error(e: sqlx::Error) -> StoreError {
@@ -178,7 +180,12 @@ impl SqliteStore {
             .connect_with(opts.read_only(true))
             .await
             .map_err(interpret_error)?;
-        Ok(SqliteStore { read, writer: Writer::spawn(write), _lock: Some(lock) })
+        let writer = Writer::spawn(write);
+        // One process per SQLite store (the lock above): a replica row left
+        // by an earlier process is stale.
+        writer.exec("DELETE FROM replicas", vec![]).await?;
+        let id = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 8]>()));
+        Ok(SqliteStore { read, writer, _lock: Some(lock), id })
     }
 }
 
@@ -601,5 +608,46 @@ impl Store for SqliteStore {
             )
             .await?;
         Ok(n == 1)
+    }
+
+    fn replica_id(&self) -> &str {
+        &self.id
+    }
+
+    async fn heartbeat(&self, r: &super::Replica) -> Result<(), StoreError> {
+        self.writer
+            .exec(
+                "INSERT INTO replicas (id, host, pid, version, policy_version, started_at, seen_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET \
+                 policy_version = excluded.policy_version, seen_at = excluded.seen_at",
+                vec![
+                    Bind::Text(self.id.clone()),
+                    Bind::Text(r.host.clone()),
+                    Bind::Int(r.pid),
+                    Bind::Text(r.version.clone()),
+                    Bind::Text(r.policy_version.clone()),
+                    Bind::Int(r.started_at_ms),
+                    Bind::Int(super::to_ms(OffsetDateTime::now_utc())),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn replicas(&self, within: Duration) -> Result<Vec<super::Replica>, StoreError> {
+        let since = super::to_ms(OffsetDateTime::now_utc()) - i64::try_from(within.as_millis()).unwrap_or(i64::MAX / 2);
+        let rows = sqlx::query(
+            "SELECT id, host, pid, version, policy_version, started_at, seen_at FROM replicas WHERE seen_at >= ? ORDER BY id",
+        )
+        .bind(since)
+        .fetch_all(&self.read)
+        .await
+        .map_err(interpret_error)?;
+        rows.iter().map(super::rows::replica_from_row).collect()
+    }
+
+    async fn remove_replica(&self) -> Result<(), StoreError> {
+        self.writer.exec("DELETE FROM replicas WHERE id = ?", vec![Bind::Text(self.id.clone())]).await?;
+        Ok(())
     }
 }

@@ -56,7 +56,7 @@ impl Plugin for Flaky {
     }
 }
 
-async fn service(plugin: Arc<Flaky>) -> (LeaseService, tempfile::TempDir) {
+async fn service<P: Plugin + 'static>(plugin: Arc<P>) -> (LeaseService, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = lessor::store::open(&format!("sqlite://{}", dir.path().join("l.db").display())).await.unwrap();
     let info = RoleInfo {
@@ -168,4 +168,63 @@ async fn a_plugin_that_cannot_revoke_ends_leases_expired() {
     assert_eq!(plugin.calls.load(Ordering::SeqCst), 0);
     tx.send(true).unwrap();
     worker.await.unwrap();
+}
+
+/// A vendor whose first revocation call never returns.
+struct Hangs {
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl Plugin for Hangs {
+    fn kind(&self) -> &'static str {
+        "flaky"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { can_renew: false, can_revoke: true }
+    }
+    async fn validate(&self) -> Result<Validation, PluginError> {
+        Ok(Validation { identity: "hangs".into(), details: BTreeMap::new(), warnings: vec![] })
+    }
+    async fn issue(&self, _: IssueRequest) -> Result<Issued, PluginError> {
+        Err(PluginError::Unsupported("issue"))
+    }
+    async fn renew(&self, _: RenewRequest) -> Result<OffsetDateTime, PluginError> {
+        Err(PluginError::Unsupported("renew"))
+    }
+    async fn revoke(&self, _: &LeaseRef) -> Result<(), PluginError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+/// A vendor call that hangs does not hold the worker: past
+/// `revoke_timeout` the attempt fails visibly and is retried.
+#[tokio::test]
+async fn a_hanging_revocation_times_out_and_is_retried() {
+    let plugin = Arc::new(Hangs { calls: AtomicUsize::new(0) });
+    let (mut svc, _dir) = service(plugin.clone()).await;
+    svc.settings.revoke_timeout = Duration::from_millis(300);
+    expired_lease(&svc.store, "l3").await;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(expiry::run(svc.clone(), rx));
+    let id = lessor_plugin::LeaseId::new("l3");
+    let failed = Daemon::eventually(Duration::from_secs(5), || async {
+        let l = svc.store.get(&id).await.unwrap().unwrap();
+        (l.state == LeaseState::RevokeFailed).then_some(l)
+    })
+    .await
+    .expect("the timed-out attempt is visible");
+    assert_eq!(failed.last_error.as_deref(), Some("revocation did not finish within 300ms"));
+    let done = Daemon::eventually(Duration::from_secs(10), || async {
+        let l = svc.store.get(&id).await.unwrap().unwrap();
+        (l.state == LeaseState::Expired).then_some(l)
+    })
+    .await;
+    assert!(done.is_some(), "the retry succeeds");
+    assert_eq!(plugin.calls.load(Ordering::SeqCst), 2);
+    tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), worker).await.expect("worker stops on shutdown").unwrap();
 }

@@ -106,6 +106,31 @@ pub async fn suite(s: Arc<dyn Store>) {
     assert!(s.meta_put_if_absent("k", "v").await.unwrap());
     assert!(!s.meta_put_if_absent("k", "w").await.unwrap());
     assert_eq!(s.meta_get("k").await.unwrap().as_deref(), Some("v"));
+
+    // Replica heartbeats: recorded with the store's clock, updated in place,
+    // listed while recent, removed on shutdown.
+    let me = lessor::store::Replica {
+        id: "ignored: the store uses its own id".into(),
+        host: "h1".into(),
+        pid: 42,
+        version: "0.1.0".into(),
+        policy_version: "aaaa".into(),
+        started_at_ms: 1_000,
+        seen_at_ms: 0,
+    };
+    assert!(s.replicas(Duration::from_secs(60)).await.unwrap().is_empty());
+    s.heartbeat(&me).await.unwrap();
+    s.heartbeat(&lessor::store::Replica { policy_version: "bbbb".into(), ..me.clone() }).await.unwrap();
+    let live = s.replicas(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(live.len(), 1, "{live:?}");
+    let r = &live[0];
+    assert_eq!((r.id.as_str(), r.host.as_str(), r.pid, r.policy_version.as_str()), (s.replica_id(), "h1", 42, "bbbb"));
+    let now_ms = lessor::store::to_ms(OffsetDateTime::now_utc());
+    assert!((r.seen_at_ms - now_ms).abs() < 5_000, "seen_at {} vs now {now_ms}", r.seen_at_ms);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(s.replicas(Duration::from_millis(10)).await.unwrap().is_empty(), "older than `within`");
+    s.remove_replica().await.unwrap();
+    assert!(s.replicas(Duration::from_secs(60)).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -178,7 +203,7 @@ async fn concurrent_writes_commit_together_and_fail_alone() {
 
 /// A throwaway PostgreSQL server with an empty database `lessor`, and a DSN
 /// to that database.
-fn pg_store_db() -> (lessor_postgres::testkit::TempPostgres, String) {
+pub fn pg_store_db() -> (lessor_postgres::testkit::TempPostgres, String) {
     let pg = lessor_postgres::testkit::TempPostgres::start().unwrap_or_else(|e| panic!("{e}"));
     pg.psql("postgres", "CREATE DATABASE lessor").unwrap();
     let dsn = pg.dsn("postgres", pg.superuser_password(), "lessor");
@@ -285,6 +310,44 @@ async fn postgres_claims_time_out_when_a_replica_dies() {
     let got = c.due(now, cutoff, 100).await.unwrap();
     assert_eq!(ids(got.clone()), ["x2"]);
     assert_eq!((got[0].reason, got[0].lease.state), (EndReason::Expired, LeaseState::RevokeFailed));
+}
+
+/// A live replica's heartbeat renews its claims: a batch slower than the
+/// claim timeout is never handed to another replica while its owner lives;
+/// once the heartbeats stop, the claims time out and the work moves.
+#[tokio::test]
+async fn postgres_heartbeats_keep_a_live_replicas_claims() {
+    use lessor::store::postgres::PgStore;
+    let (_pg, dsn) = pg_store_db();
+    let timeout = Duration::from_millis(900);
+    let a: Arc<dyn Store> = Arc::new(PgStore::open(&dsn).await.unwrap().with_claim_timeout(timeout));
+    let b: Arc<dyn Store> = Arc::new(PgStore::open(&dsn).await.unwrap().with_claim_timeout(timeout));
+    for id in ["y1", "y2"] {
+        insert_expired(&a, id).await;
+    }
+    let me = lessor::store::Replica {
+        id: String::new(),
+        host: "a".into(),
+        pid: 1,
+        version: "0".into(),
+        policy_version: "v".into(),
+        started_at_ms: 0,
+        seen_at_ms: 0,
+    };
+    let due = |s: Arc<dyn Store>| async move {
+        let now = OffsetDateTime::now_utc();
+        s.due(now, now - time::Duration::minutes(2), 100).await.unwrap().len()
+    };
+    assert_eq!(due(a.clone()).await, 2);
+    // Three claim timeouts pass while A keeps beating: B gets nothing.
+    for _ in 0..9 {
+        tokio::time::sleep(timeout / 3).await;
+        a.heartbeat(&me).await.unwrap();
+        assert_eq!(due(b.clone()).await, 0, "a live replica's claims were taken over");
+    }
+    // A stops (dies): after one claim timeout B takes the work.
+    tokio::time::sleep(timeout + Duration::from_millis(200)).await;
+    assert_eq!(due(b.clone()).await, 2, "a dead replica's claims time out");
 }
 
 /// The whole daemon on a PostgreSQL store: issue, revoke, expire.

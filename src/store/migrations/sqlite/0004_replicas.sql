@@ -1,0 +1,13 @@
+-- Live lessor processes on this store and what they run: each writes its
+-- row on a heartbeat and deletes it on shutdown. With SQLite there is one.
+-- `policy_version` lets operators (and a metric) see that every replica
+-- decides with the same policy set. Times in unix ms.
+CREATE TABLE replicas (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    policy_version TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    seen_at INTEGER NOT NULL
+);
