@@ -9,6 +9,7 @@ mod jwt;
 mod lease;
 mod policy;
 mod postgres;
+mod replicas;
 mod retry;
 mod scale;
 mod store;
