@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -21,6 +21,8 @@ pub struct Metrics {
     pub jwks_refreshes: IntCounterVec,
     pub policy_reloads: IntCounterVec,
     pub quota_rejections: IntCounterVec,
+    /// Audit entries (and checkpoints) that could not be written.
+    pub audit_write_failures: IntCounter,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -71,6 +73,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Opts::new("lessor_quota_rejections_total", "Issue requests refused by a quota or rate limit, by which"),
         &["quota"],
     )?;
+    let audit_write_failures = IntCounter::new(
+        "lessor_audit_write_failures_total",
+        "Audit entries and checkpoints that could not be written (requests that needed them were refused)",
+    )?;
     let build_info = IntGaugeVec::new(Opts::new("lessor_build_info", "Build information"), &["version"])?;
     build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     for c in [
@@ -85,6 +91,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(jwks_refreshes.clone()),
         Box::new(policy_reloads.clone()),
         Box::new(quota_rejections.clone()),
+        Box::new(audit_write_failures.clone()),
         Box::new(build_info),
     ] {
         registry.register(c)?;
@@ -102,6 +109,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         jwks_refreshes,
         policy_reloads,
         quota_rejections,
+        audit_write_failures,
     })
 }
 
