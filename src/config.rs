@@ -58,6 +58,9 @@ pub struct Config {
     pub leases: LeaseSettings,
     #[serde(default)]
     pub quotas: Quotas,
+    /// The audit log (on by default: `data_dir/audit.log`).
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Workload identity issuers, by a short name.
     #[serde(default)]
     pub issuers: BTreeMap<String, IssuerConfig>,
@@ -187,6 +190,65 @@ impl Default for LeaseSettings {
             retry_max: default_retry_max(),
             revoke_timeout: default_revoke_timeout(),
             claim_timeout: default_claim_timeout(),
+        }
+    }
+}
+
+/// Where the audit log goes. On by default for `serve` (a file in
+/// `data_dir`), because requests that would issue or change credentials are
+/// refused (503) when their audit entry cannot be written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// `file` (the default), `stdout`, `both`, or `off`.
+    #[serde(default = "default_audit_sink")]
+    pub sink: String,
+    /// The audit file; default `data_dir/audit.log`. Rotation: rename it and
+    /// send SIGHUP; the new file continues the hash chain. The latest
+    /// signed checkpoint is also kept in `<file>.head`.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// HMAC-SHA256 key for sensitive values (`lessor audit hash`); default
+    /// `data_dir/audit-hmac.key`, generated (0600) when missing.
+    #[serde(default)]
+    pub hmac_key_file: Option<PathBuf>,
+    /// Ed25519 key that signs checkpoints; default
+    /// `data_dir/audit-signing.key`, generated (0600) when missing, its
+    /// public key written to `<file>.pub` for verifiers.
+    #[serde(default)]
+    pub signing_key_file: Option<PathBuf>,
+    /// Sign a checkpoint after this many entries...
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// ...or this long after the last one (if anything was written).
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// fsync the file after each group write (slower; `write` errors such
+    /// as a full disk are reported either way).
+    #[serde(default)]
+    pub fsync: bool,
+}
+
+fn default_audit_sink() -> String {
+    "file".into()
+}
+fn default_checkpoint_every() -> u64 {
+    1000
+}
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            sink: default_audit_sink(),
+            file: None,
+            hmac_key_file: None,
+            signing_key_file: None,
+            checkpoint_every: default_checkpoint_every(),
+            checkpoint_interval: default_checkpoint_interval(),
+            fsync: false,
         }
     }
 }
@@ -411,6 +473,9 @@ impl Config {
         if let Some(p) = self.admin_token_file.as_mut() {
             fix(p);
         }
+        for p in [&mut self.audit.file, &mut self.audit.hmac_key_file, &mut self.audit.signing_key_file].into_iter().flatten() {
+            fix(p);
+        }
         for iss in self.issuers.values_mut() {
             if let Some(p) = iss.jwks_file.as_mut() {
                 fix(p);
@@ -461,6 +526,42 @@ impl Config {
 
     pub fn admin_token_path(&self) -> PathBuf {
         self.admin_token_file.clone().unwrap_or_else(|| self.data_dir.join("admin.token"))
+    }
+
+    /// The audit log's settings, `None` when `sink = "off"`.
+    pub fn audit_settings(&self) -> Result<Option<crate::audit::Settings>, ConfigError> {
+        let a = &self.audit;
+        let (file, stdout) = match a.sink.as_str() {
+            "off" => return Ok(None),
+            "file" => (true, false),
+            "stdout" => (false, true),
+            "both" => (true, true),
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "audit.sink `{other}` is not one of file, stdout, both, off"
+                )))
+            }
+        };
+        if a.checkpoint_every == 0 || a.checkpoint_interval.is_zero() {
+            return Err(ConfigError::Invalid("audit: checkpoint_every and checkpoint_interval must be greater than zero".into()));
+        }
+        Ok(Some(crate::audit::Settings {
+            file: file.then(|| self.audit_file_path()),
+            stdout,
+            fsync: a.fsync,
+            hmac_key_file: self.audit_hmac_key_path(),
+            signing_key_file: self.audit.signing_key_file.clone().unwrap_or_else(|| self.data_dir.join("audit-signing.key")),
+            checkpoint_every: a.checkpoint_every,
+            checkpoint_interval: a.checkpoint_interval,
+        }))
+    }
+
+    pub fn audit_file_path(&self) -> PathBuf {
+        self.audit.file.clone().unwrap_or_else(|| self.data_dir.join("audit.log"))
+    }
+
+    pub fn audit_hmac_key_path(&self) -> PathBuf {
+        self.audit.hmac_key_file.clone().unwrap_or_else(|| self.data_dir.join("audit-hmac.key"))
     }
 
     /// Checks what serde cannot: references between sections, limits.
@@ -526,6 +627,7 @@ impl Config {
                 }
             }
         }
+        self.audit_settings()?;
         if self.leases.revoke_concurrency == 0 || self.leases.batch_size == 0 {
             return bad("leases: revoke_concurrency and batch_size must be at least 1".into());
         }
@@ -578,6 +680,20 @@ mod tests {
         .unwrap();
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("scope `orders.read` is not in the [scopes] catalogue"), "{err}");
+    }
+
+    #[test]
+    fn audit_is_on_by_default_and_its_sink_is_checked() {
+        let cfg = Config::from_toml("data_dir = \"/var/lib/lessor\"").unwrap();
+        let s = cfg.audit_settings().unwrap().unwrap();
+        assert_eq!(s.file.as_deref(), Some(Path::new("/var/lib/lessor/audit.log")));
+        assert!(!s.stdout);
+        let cfg = Config::from_toml("[audit]\nsink = \"syslog\"").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("audit.sink `syslog`"), "{err}");
+        let err = Config::from_toml("[audit]\npath = \"x\"").unwrap_err().to_string();
+        assert!(err.contains("path"), "{err}");
+        assert!(Config::from_toml("[audit]\nsink = \"off\"").unwrap().audit_settings().unwrap().is_none());
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Assembles the daemon from a `Config` and serves it on a listener. `main`
 //! and the integration tests call the same `start`.
 //!
-//! Start order: store -> seal key check -> admin token -> plugins -> policies
-//! -> verifier -> expiry worker + replica heartbeat + policy watcher -> HTTP. Shutdown stops the
-//! HTTP listener (in-flight requests finish), then the background tasks.
+//! Start order: store -> seal key check -> admin token -> audit log ->
+//! plugins -> policies -> verifier -> expiry worker + replica heartbeat +
+//! policy watcher -> HTTP. Shutdown stops the HTTP listener (in-flight
+//! requests finish), then the background tasks, then the audit log (a final
+//! signed checkpoint). SIGHUP reloads policies and reopens the audit file
+//! (log rotation).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::audit::{ActorInfo, Audit, Event};
 use crate::config::Config;
 use crate::http::{admin_token_key, router, AppState, ADMIN_TOKEN_PREFIX};
 use crate::identity::Verifier;
@@ -46,6 +50,9 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        let audit = &self.leases.audit;
+        audit.note(Event::new("service.stop", "ok").actor(ActorInfo::system("lessor")));
+        audit.shutdown().await;
     }
 
     /// Waits until a shutdown signal (SIGINT/SIGTERM), then shuts down.
@@ -135,10 +142,31 @@ pub async fn start(cfg: Config, listener: TcpListener) -> anyhow::Result<Running
     let store = crate::store::open_with(&cfg.store, cfg.leases.claim_timeout).await?;
     let seal = open_seal(&cfg, &store).await?;
     ensure_admin_token(&cfg.admin_token_path(), &store).await?;
+    let audit = match cfg.audit_settings()? {
+        Some(s) => Audit::open(&s)?,
+        None => {
+            tracing::warn!("the audit log is off ([audit] sink = \"off\")");
+            Audit::disabled()
+        }
+    };
     let catalog = Arc::new(Catalog::build(&cfg, store.clone(), seal.clone()).await.map_err(|e| anyhow!(e))?);
     let policy = Arc::new(PolicyEngine::load(&cfg.policies, role_infos(&cfg))?);
     let verifier = Arc::new(Verifier::new(&cfg, http_client()?).map_err(|e| anyhow!(e))?);
-    let leases = LeaseService::new(store.clone(), catalog, policy.clone(), cfg.leases.clone()).with_quotas(cfg.quotas.clone());
+    let leases = LeaseService::new(store.clone(), catalog, policy.clone(), cfg.leases.clone()).with_quotas(cfg.quotas.clone())
+        .with_audit(audit.clone());
+    let started = Event::new("service.start", "ok")
+        .actor(ActorInfo::system("lessor"))
+        .detail("version", env!("CARGO_PKG_VERSION"))
+        .detail("store", store.backend())
+        .detail("policies_version", policy.current().version.clone())
+        .detail("policies", policy.current().len())
+        .detail("roles", leases.catalog.roles.len())
+        .detail("issuers", cfg.issuers.len());
+    if let Err(e) = audit.record(started).await {
+        // Serve anyway: every request that needs an entry is refused (503)
+        // until the sink works again (e.g. after SIGHUP).
+        tracing::error!(error = %e, "audit log unavailable at start; credential requests will be refused");
+    }
 
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -150,7 +178,7 @@ pub async fn start(cfg: Config, listener: TcpListener) -> anyhow::Result<Running
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     #[cfg(not(unix))]
     let hup = None;
-    tasks.push(tokio::spawn(watch_policies(policy, cfg.policy_poll, hup, rx.clone())));
+    tasks.push(tokio::spawn(watch_policies(policy, audit, cfg.policy_poll, hup, rx.clone())));
 
     let state = AppState { leases: leases.clone(), verifier, store: store.clone() };
     let app = router(state, cfg.limits.max_body_bytes);
@@ -181,7 +209,13 @@ type Hangup = Option<tokio::signal::unix::Signal>;
 #[cfg(not(unix))]
 type Hangup = Option<()>;
 
-async fn watch_policies(engine: Arc<PolicyEngine>, every: Duration, mut hup: Hangup, mut shutdown: watch::Receiver<bool>) {
+async fn watch_policies(
+    engine: Arc<PolicyEngine>,
+    audit: Audit,
+    every: Duration,
+    mut hup: Hangup,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut last = engine.fingerprint();
     loop {
         #[cfg(unix)]
@@ -206,20 +240,40 @@ async fn watch_policies(engine: Arc<PolicyEngine>, every: Duration, mut hup: Han
                 false
             }
         };
+        let system = ActorInfo::system(if forced { "sighup" } else { "policy-watcher" });
+        if forced {
+            // Log rotation: the renamed file is closed with a checkpoint and a
+            // new one continues the chain.
+            let ev = match audit.reopen().await {
+                Ok(()) => Event::new("audit.reopen", "ok"),
+                Err(e) => {
+                    tracing::error!(error = %e, "audit file reopen failed");
+                    Event::new("audit.reopen", "error").error("audit_unavailable", e.to_string())
+                }
+            };
+            audit.note(ev.actor(system.clone()));
+        }
         let fp = engine.fingerprint();
         if !forced && fp == last {
             continue;
         }
         last = fp;
+        let ev = Event::new("policy.reload", "ok").actor(system);
         match engine.reload() {
-            Ok(true) => {
-                crate::telemetry::metrics().policy_reloads.with_label_values(&["ok"]).inc();
-                tracing::info!(version = %engine.current().version, count = engine.current().len(), "policies reloaded");
+            Ok(changed) => {
+                if changed {
+                    crate::telemetry::metrics().policy_reloads.with_label_values(&["ok"]).inc();
+                    tracing::info!(version = %engine.current().version, count = engine.current().len(), "policies reloaded");
+                }
+                let ev = ev.detail("changed", changed).detail("policies_version", engine.current().version.clone());
+                audit.note(ev.detail("policies", engine.current().len()));
             }
-            Ok(false) => {}
             Err(e) => {
                 crate::telemetry::metrics().policy_reloads.with_label_values(&["error"]).inc();
                 tracing::error!(error = %e, "policy reload failed; keeping the previous policies");
+                let mut ev = ev.error("policy_invalid", e.to_string());
+                ev.outcome = "error";
+                audit.note(ev.detail("policies_version", engine.current().version.clone()));
             }
         }
     }

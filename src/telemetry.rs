@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -23,6 +23,8 @@ pub struct Metrics {
     pub quota_rejections: IntCounterVec,
     pub replicas: IntGauge,
     pub policy_versions: IntGauge,
+    /// Audit entries (and checkpoints) that could not be written.
+    pub audit_write_failures: IntCounter,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -78,6 +80,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "lessor_policy_versions",
         "Distinct policy set versions among live replicas; more than 1 means replicas decide differently",
     )?;
+    let audit_write_failures = IntCounter::new(
+        "lessor_audit_write_failures_total",
+        "Audit entries and checkpoints that could not be written (requests that needed them were refused)",
+    )?;
     let build_info = IntGaugeVec::new(Opts::new("lessor_build_info", "Build information"), &["version"])?;
     build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     for c in [
@@ -94,6 +100,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(quota_rejections.clone()),
         Box::new(replicas.clone()),
         Box::new(policy_versions.clone()),
+        Box::new(audit_write_failures.clone()),
         Box::new(build_info),
     ] {
         registry.register(c)?;
@@ -113,6 +120,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         quota_rejections,
         replicas,
         policy_versions,
+        audit_write_failures,
     })
 }
 

@@ -161,6 +161,12 @@ store = {store}
 data_dir = {data_dir}
 policies = {policies}
 
+# The audit log: a hash-chained, signed file next to the store.
+# Check it with `lessor audit verify {audit}`.
+[audit]
+sink = "file"
+file = {audit_q}
+
 # The built-in dev issuer: `lessor dev token` signs with its key.
 [issuers.dev]
 issuer = "{DEV_ISSUER}"
@@ -210,6 +216,8 @@ default_scopes = ["orders.read"]
         data_dir = toml_str(dir),
         policies = toml_str(policies),
         jwks = toml_str(&jwks_path(dir)),
+        audit = dir.join("audit.log").display(),
+        audit_q = toml_str(&dir.join("audit.log")),
     )
 }
 
@@ -254,6 +262,7 @@ fn print_intro(addr: &str, dir: &Path, cfg: &Path, policies: &Path, pg: bool) {
 lessor dev is serving on http://{addr}
   store:  SQLite in {dir}/lessor.db     config: {cfg}
   issuer: built-in dev issuer           admin token: {dir}/admin.token
+  audit:  {dir}/audit.log (check it: {exe} audit verify {dir}/audit.log)
   policies: {policies} (edit one and it reloads; test them: {exe} policy test {policies}/tests)
 
 Get a credential, in another terminal:

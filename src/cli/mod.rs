@@ -1,5 +1,6 @@
 //! The command line (clap): the daemon (`serve`, `dev`), offline checks
-//! (`check`, `policy test`) and the client (`creds`, `lease ...`).
+//! (`check`, `policy test`), the audit tools (`audit verify|hash|query`)
+//! and the client (`creds`, `lease ...`).
 //! Errors print one clear line and exit non-zero.
 
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 
+mod audit;
 mod client;
 mod dev;
 
@@ -55,6 +57,11 @@ enum Command {
         conn: client::ConnArgs,
         #[command(subcommand)]
         cmd: client::LeaseCmd,
+    },
+    /// Audit log tools: verify, hash, query.
+    Audit {
+        #[command(subcommand)]
+        cmd: audit::AuditCmd,
     },
 }
 
@@ -113,6 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy { cmd: PolicyCmd::Test { dir, policies, config } } => policy_test(&dir, &policies, config.as_deref()),
         Command::Creds(args) => client::creds(args).await,
         Command::Lease { conn, cmd } => client::lease(conn, cmd).await,
+        Command::Audit { cmd } => audit::run(cmd),
     }
 }
 

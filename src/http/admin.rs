@@ -9,7 +9,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::leases::LeaseDto;
-use super::{AdminCaller, ApiError, ApiJson, AppState};
+use super::{AdminCaller, ApiError, ApiJson, AppState, Meta};
+use crate::audit::Event;
 use crate::policy::tests::Case;
 use crate::store::{LeaseFilter, LeaseState, RevokeFilter};
 
@@ -25,7 +26,8 @@ pub struct ListQuery {
 
 pub async fn list(
     State(st): State<AppState>,
-    AdminCaller(_): AdminCaller,
+    AdminCaller(actor): AdminCaller,
+    Meta(meta): Meta,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let state = q
@@ -41,7 +43,7 @@ pub async fn list(
         state,
         limit: q.limit.unwrap_or(100).clamp(1, 10_000),
     };
-    let leases = st.leases.list(&filter).await?;
+    let leases = st.leases.list(&actor, &filter, &meta).await?;
     let dtos: Vec<LeaseDto> = leases.iter().map(LeaseDto::from).collect();
     Ok(Json(json!({ "leases": dtos })))
 }
@@ -68,6 +70,7 @@ pub struct RevokeReq {
 pub async fn revoke_matching(
     State(st): State<AppState>,
     AdminCaller(actor): AdminCaller,
+    Meta(meta): Meta,
     ApiJson(req): ApiJson<RevokeReq>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let issued_after_ms = match &req.issued_within {
@@ -90,7 +93,7 @@ pub async fn revoke_matching(
             "name at least one of role, issuer, subject, claims, issued_within; or set \"all\": true to revoke every lease",
         ));
     }
-    let (id, n) = st.leases.start_revoke_job(&filter, &actor_name(&actor)).await?;
+    let (id, n) = st.leases.start_revoke_job(&filter, &actor, &meta).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "job_id": id, "scheduled": n, "status": format!("/v1/admin/jobs/{id}") })),
@@ -100,10 +103,11 @@ pub async fn revoke_matching(
 /// A bulk revocation job's progress.
 pub async fn job(
     State(st): State<AppState>,
-    AdminCaller(_): AdminCaller,
+    AdminCaller(actor): AdminCaller,
+    Meta(meta): Meta,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let j = st.leases.job_status(&id).await?;
+    let j = st.leases.job_status(&actor, &id, &meta).await?;
     Ok(Json(json!({
         "job_id": j.id,
         "kind": j.kind,
@@ -146,19 +150,17 @@ pub async fn replicas(State(st): State<AppState>, AdminCaller(_): AdminCaller) -
     })))
 }
 
-fn actor_name(a: &crate::lease::Actor) -> String {
-    match a {
-        crate::lease::Actor::Admin { name } => name.clone(),
-        crate::lease::Actor::Workload(w) => format!("{}#{}", w.issuer, w.subject),
-    }
-}
-
 /// Explains one decision (a policy test case) against the live policies.
 pub async fn explain(
     State(st): State<AppState>,
-    AdminCaller(_): AdminCaller,
+    AdminCaller(actor): AdminCaller,
+    Meta(meta): Meta,
     ApiJson(case): ApiJson<Case>,
 ) -> Result<Json<Value>, ApiError> {
+    // The case is the admin's free text: recorded only as its HMAC.
+    let text = format!("{case:?}");
+    let ev = Event::new("admin.policy_explain", "ok").request(Some(&meta)).actor(actor.audit_info());
+    st.leases.audit.note(ev.detail("case", st.leases.audit.hash(text.as_bytes())));
     let roles: BTreeMap<String, crate::policy::RoleInfo> =
         st.leases.catalog.roles.values().map(|r| (r.name.clone(), r.info.clone())).collect();
     let (principal, action, role, ctx) = case.to_request(&roles).map_err(|m| ApiError::bad_request("case", m))?;

@@ -114,6 +114,10 @@ impl From<LeaseError> for ApiError {
             }
             LeaseError::Store(s) => s.into(),
             LeaseError::Policy(p) => ApiError::internal("policy evaluation failed", p),
+            LeaseError::Audit(a) => {
+                tracing::error!(error = %a, "request refused: its audit entry could not be written");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", a.to_string())
+            }
         }
     }
 }

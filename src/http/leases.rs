@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{ApiError, ApiJson, AppState, Caller};
+use super::{ApiError, ApiJson, AppState, Caller, Meta};
 use crate::lease::{Actor, IssueInput};
 use crate::policy::{Action, Principal, RequestContext};
 use crate::store::Lease;
@@ -92,14 +92,14 @@ impl From<&Lease> for LeaseDto {
 pub async fn issue(
     State(st): State<AppState>,
     Caller(actor): Caller,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Meta(meta): Meta,
     ApiJson(req): ApiJson<IssueReq>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Actor::Workload(w) = actor else {
         return Err(ApiError::forbidden("admin tokens cannot request credentials; present a workload JWT"));
     };
     let input = IssueInput { role: req.role, ttl: req.ttl, scopes: req.scopes, params: req.params };
-    let issued = st.leases.issue(&w, input, peer.ip()).await?;
+    let issued = st.leases.issue(&w, input, &meta).await?;
     let l = &issued.lease;
     let mut credential = issued.public;
     for (k, v) in &issued.secret {
@@ -120,23 +120,34 @@ pub async fn issue(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-pub async fn show(State(st): State<AppState>, Caller(actor): Caller, Path(id): Path<String>) -> Result<Json<LeaseDto>, ApiError> {
-    let l = st.leases.get(&actor, &id).await?;
+pub async fn show(
+    State(st): State<AppState>,
+    Caller(actor): Caller,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+) -> Result<Json<LeaseDto>, ApiError> {
+    let l = st.leases.get(&actor, &id, &meta).await?;
     Ok(Json(LeaseDto::from(&l)))
 }
 
 pub async fn renew(
     State(st): State<AppState>,
     Caller(actor): Caller,
+    Meta(meta): Meta,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<RenewReq>,
 ) -> Result<Json<LeaseDto>, ApiError> {
-    let l = st.leases.renew(&actor, &id, req.ttl).await?;
+    let l = st.leases.renew(&actor, &id, req.ttl, &meta).await?;
     Ok(Json(LeaseDto::from(&l)))
 }
 
-pub async fn revoke(State(st): State<AppState>, Caller(actor): Caller, Path(id): Path<String>) -> Result<Json<LeaseDto>, ApiError> {
-    let l = st.leases.revoke(&actor, &id).await?;
+pub async fn revoke(
+    State(st): State<AppState>,
+    Caller(actor): Caller,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+) -> Result<Json<LeaseDto>, ApiError> {
+    let l = st.leases.revoke(&actor, &id, &meta).await?;
     Ok(Json(LeaseDto::from(&l)))
 }
 

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::header;
+use axum::http::{header, HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use secrecy::SecretString;
@@ -17,8 +19,9 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use tower_http::trace::TraceLayer;
 
+use crate::audit::{new_request_id, sane_request_id, ActorInfo, Event, RequestMeta};
 use crate::identity::{AuthError, Verifier};
-use crate::lease::{Actor, LeaseService};
+use crate::lease::{workload_info, Actor, LeaseService};
 use crate::policy::{Action, Principal, RequestContext};
 use crate::store::Store;
 
@@ -61,7 +64,56 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fallback(|| async { ApiError::not_found("no such endpoint; the API lives under /v1") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Gives every request an id: the client's `x-request-id` when it is sane
+/// (1-64 of `A-Za-z0-9-_.:`), else a new one. It is returned in the
+/// response header and written to every audit entry of the request.
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| sane_request_id(s))
+        .map(str::to_owned)
+        .unwrap_or_else(new_request_id);
+    let source = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    let value = HeaderValue::from_str(&id).ok();
+    if let Some(v) = &value {
+        req.headers_mut().insert(X_REQUEST_ID, v.clone());
+    }
+    req.extensions_mut().insert(RequestMeta { request_id: id, source, started: std::time::Instant::now() });
+    let mut resp = next.run(req).await;
+    if let Some(v) = value {
+        resp.headers_mut().insert(X_REQUEST_ID, v);
+    }
+    resp
+}
+
+/// The request's id, source address and start time (for audit entries).
+pub struct Meta(pub RequestMeta);
+
+impl<S: Send + Sync> FromRequestParts<S> for Meta {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Meta(request_meta(parts)))
+    }
+}
+
+fn request_meta(parts: &Parts) -> RequestMeta {
+    parts.extensions.get::<RequestMeta>().cloned().unwrap_or_else(|| RequestMeta {
+        request_id: new_request_id(),
+        source: source_ip(parts),
+        started: std::time::Instant::now(),
+    })
 }
 
 /// JSON body whose rejections become precise `ApiError`s.
@@ -99,16 +151,43 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         use secrecy::ExposeSecret;
-        let token = bearer(parts)?;
+        let meta = request_meta(parts);
+        let audit = &state.leases.audit;
+        let token = match bearer(parts) {
+            Ok(t) => t,
+            Err(e) => {
+                audit.note(Event::new("authenticate", "failed").request(Some(&meta)).error(e.reason(), "no usable bearer token"));
+                return Err(e.into());
+            }
+        };
+        // The credential itself never reaches the log; its HMAC lets an
+        // investigator find every use of a known (leaked) token.
+        let credential = audit.hash(token.expose_secret().as_bytes());
+        let event = |outcome| Event::new("authenticate", outcome).request(Some(&meta)).detail("credential", credential.clone());
         if token.expose_secret().starts_with(ADMIN_TOKEN_PREFIX) {
             let known = state.store.meta_get(&admin_token_key(token.expose_secret())).await?;
             return match known {
-                Some(_) => Ok(Caller(Actor::Admin { name: "admin-token".into() })),
-                None => Err(ApiError::from(AuthError::Malformed("unknown admin token".into()))),
+                Some(_) => {
+                    audit.note(event("ok").actor(ActorInfo::admin("admin-token")));
+                    Ok(Caller(Actor::Admin { name: "admin-token".into() }))
+                }
+                None => {
+                    audit.note(event("failed").error("unknown_admin_token", "unknown admin token"));
+                    Err(ApiError::from(AuthError::Malformed("unknown admin token".into())))
+                }
             };
         }
-        let w = state.verifier.verify(&token).await?;
-        Ok(Caller(Actor::Workload(w)))
+        match state.verifier.verify(&token).await {
+            Ok(w) => {
+                audit.note(event("ok").actor(workload_info(&w)));
+                Ok(Caller(Actor::Workload(w)))
+            }
+            Err(e) => {
+                // The reason only: the message may quote the unverified token's claims.
+                audit.note(event("failed").error(e.reason(), e.reason()));
+                Err(e.into())
+            }
+        }
     }
 }
 
@@ -131,6 +210,13 @@ impl FromRequestParts<AppState> for AdminCaller {
                 };
                 let p = Principal { issuer: w.issuer.clone(), subject: w.subject.clone(), attributes: w.attributes.clone() };
                 let d = state.leases.decide(&p, Action::Admin, None, &ctx)?;
+                let mut ev = Event::new("decide", if d.allowed { "allow" } else { "deny" })
+                    .request(Some(&request_meta(parts)))
+                    .actor(workload_info(&w))
+                    .detail("policy_action", "admin");
+                ev.policies = Some(d.policy_ids());
+                ev.reasons = Some(d.policies.iter().filter_map(|p| p.reason.clone()).collect());
+                state.leases.audit.note(ev);
                 if d.allowed {
                     Ok(AdminCaller(Actor::Admin { name: format!("{}#{}", w.issuer, w.subject) }))
                 } else {

@@ -7,10 +7,15 @@
 //! client that disconnects mid-request cannot cancel them half-way; a crash
 //! between the steps leaves a `pending` row that the expiry worker revokes.
 //!
+//! Audit: every decision, issue, renew, revoke and expiry writes an entry
+//! ([`crate::audit`]). Issue and renew write theirs *before* anything is
+//! created or extended and stop (`LeaseError::Audit`, 503) if it cannot be
+//! written; an issue whose outcome entry cannot be written is revoked again.
+//! Revocation is never held back by the audit log (it only removes access).
+//!
 //! Must not import: http (wire types), sqlx.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +26,7 @@ use secrecy::SecretString;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
+use crate::audit::{ActorInfo, Audit, AuditError, Event, RequestMeta};
 use crate::config::{LeaseSettings, Quotas};
 use crate::fmt_duration;
 use crate::identity::VerifiedWorkload;
@@ -42,6 +48,14 @@ pub enum Actor {
 }
 
 impl Actor {
+    /// The actor as the audit log records it.
+    pub fn audit_info(&self) -> ActorInfo {
+        match self {
+            Actor::Workload(w) => workload_info(w),
+            Actor::Admin { name } => ActorInfo::admin(name),
+        }
+    }
+
     fn owns(&self, lease: &Lease) -> bool {
         match self {
             Actor::Admin { .. } => true,
@@ -71,6 +85,74 @@ pub enum LeaseError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// The audit entry that must precede the action could not be written.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+impl LeaseError {
+    /// A bounded kind for the audit log, and lessor's own message where it
+    /// holds no client-supplied text.
+    pub fn audit_kind(&self) -> (String, Option<String>) {
+        match self {
+            LeaseError::UnknownRole { .. } => ("unknown_role".into(), None),
+            LeaseError::BadRequest { field, .. } => (format!("invalid_{field}"), None),
+            LeaseError::Denied(_) => ("policy_denied".into(), None),
+            LeaseError::NotFound(_) => ("not_found".into(), None),
+            LeaseError::Conflict(m) => ("conflict".into(), Some(m.clone())),
+            LeaseError::Plugin { message, error } => match error {
+                PluginError::InvalidRequest(_) => ("invalid_params".into(), None),
+                PluginError::Permanent(_) => ("vendor_refused".into(), Some(message.clone())),
+                PluginError::Retryable(_) | PluginError::State(_) => ("vendor_unavailable".into(), Some(message.clone())),
+                PluginError::Unsupported(_) => ("unsupported".into(), Some(message.clone())),
+                PluginError::Misconfigured(_) => ("misconfigured".into(), Some(message.clone())),
+            },
+            LeaseError::Quota { quota, .. } => (format!("quota_{quota}"), None),
+            LeaseError::Store(e) => ("store".into(), Some(e.to_string())),
+            LeaseError::Policy(e) => ("policy".into(), Some(e.to_string())),
+            LeaseError::Audit(e) => ("audit_unavailable".into(), Some(e.to_string())),
+        }
+    }
+
+    fn outcome(&self) -> &'static str {
+        match self {
+            LeaseError::Denied(_) => "denied",
+            LeaseError::BadRequest { .. } | LeaseError::UnknownRole { .. } | LeaseError::NotFound(_) => "invalid",
+            LeaseError::Quota { .. } => "quota",
+            _ => "error",
+        }
+    }
+}
+
+/// A workload as the audit log records it.
+pub fn workload_info(w: &VerifiedWorkload) -> ActorInfo {
+    ActorInfo::workload(&w.issuer_name, &w.issuer, &w.subject)
+}
+
+/// A decision as an audit entry: the deciding policies and their reasons.
+fn decision_event(d: &Decision, action: Action) -> Event {
+    let mut e = Event::new("decide", if d.allowed { "allow" } else { "deny" }).detail("policy_action", action.as_str());
+    e.policies = Some(d.policy_ids());
+    let mut reasons: Vec<String> = d.policies.iter().filter_map(|p| p.reason.clone()).collect();
+    if !d.allowed && d.policies.is_empty() {
+        reasons.push("no policy permits it".into());
+        if !d.candidates.is_empty() {
+            e = e.detail("candidates", d.candidates.iter().map(|p| p.id.clone()).collect::<Vec<_>>());
+        }
+    }
+    e.reasons = Some(reasons);
+    if !d.errors.is_empty() {
+        e = e.detail("policy_errors", d.errors.len());
+    }
+    e
+}
+
+/// Adds a lease's identity to an entry.
+fn with_lease(mut e: Event, l: &Lease) -> Event {
+    e.lease_id = Some(l.id.to_string());
+    e.role = Some(l.role.clone());
+    e.scopes = Some(l.scopes.clone());
+    e
 }
 
 /// Tokens left and when they were last counted.
@@ -140,6 +222,7 @@ pub struct LeaseService {
     pub catalog: Arc<Catalog>,
     pub policy: Arc<PolicyEngine>,
     pub settings: LeaseSettings,
+    pub audit: Audit,
     wake: Arc<Notify>,
     next_wake_ms: Arc<AtomicI64>,
     started_at: OffsetDateTime,
@@ -179,6 +262,7 @@ impl LeaseService {
             catalog,
             policy,
             settings,
+            audit: Audit::disabled(),
             wake: Arc::new(Notify::new()),
             next_wake_ms: Arc::new(AtomicI64::new(i64::MAX)),
             started_at: OffsetDateTime::now_utc(),
@@ -201,6 +285,22 @@ impl LeaseService {
         let n = self.store.count_live(&LeaseFilter { role: role.map(str::to_owned), ..Default::default() }).await?;
         self.counts.insert(key, n);
         Ok(n)
+    }
+
+    /// Writes audit entries to `audit` (the default writes none).
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// A role name as the audit log may record it: configured names as they
+    /// are, anything else (a client's free text) only as its HMAC.
+    pub fn audit_role(&self, name: &str) -> String {
+        if self.catalog.role(name).is_some() {
+            name.to_owned()
+        } else {
+            self.audit.hash(name.as_bytes())
+        }
     }
 
     /// Sets the quotas and rate limit (the defaults are finite).
@@ -294,10 +394,28 @@ impl LeaseService {
     }
 
     /// Issues a credential for `w`.
-    pub async fn issue(&self, w: &VerifiedWorkload, input: IssueInput, source_ip: IpAddr) -> Result<Issued, LeaseError> {
+    pub async fn issue(&self, w: &VerifiedWorkload, input: IssueInput, meta: &RequestMeta) -> Result<Issued, LeaseError> {
         let started = Instant::now();
-        let role = self.role(&input.role)?;
-        let result = self.issue_inner(w, &role, input, source_ip).await;
+        let role = match self.role(&input.role) {
+            Ok(r) => r,
+            Err(e) => {
+                let mut ev = Event::new("issue", e.outcome()).request(Some(meta)).actor(workload_info(w));
+                ev.role = Some(self.audit_role(&input.role));
+                self.audit.note(ev.error("unknown_role", "no such role"));
+                return Err(e);
+            }
+        };
+        let result = self.issue_inner(w, &role, input, meta).await;
+        if let Err(e) = &result {
+            if !matches!(e, LeaseError::Audit(_)) {
+                let (kind, text) = e.audit_kind();
+                let mut ev = Event::new("issue", e.outcome()).request(Some(meta)).actor(workload_info(w));
+                ev.role = Some(role.name.clone());
+                ev.error_kind = Some(kind);
+                ev.error = text;
+                self.audit.note(ev);
+            }
+        }
         let outcome = match &result {
             Ok(_) => "ok",
             Err(LeaseError::Denied(_)) => "denied",
@@ -317,7 +435,7 @@ impl LeaseService {
         w: &VerifiedWorkload,
         role: &Arc<Role>,
         input: IssueInput,
-        source_ip: IpAddr,
+        meta: &RequestMeta,
     ) -> Result<Issued, LeaseError> {
         let ttl = match &input.ttl {
             Some(t) => crate::parse_duration(t).map_err(|m| LeaseError::BadRequest { field: "ttl", message: m })?,
@@ -357,9 +475,14 @@ impl LeaseService {
             ttl_seconds: ttl.as_secs() as i64,
             scopes: scopes.clone(),
             now: now.unix_timestamp(),
-            source_ip,
+            source_ip: meta.source,
         };
         let decision = self.decide(&principal_of(w), Action::Issue, Some(role), &ctx)?;
+        let mut ev = decision_event(&decision, Action::Issue).request(Some(meta)).actor(workload_info(w));
+        ev.role = Some(role.name.clone());
+        ev.scopes = Some(scopes.clone());
+        ev.ttl_seconds = Some(ttl.as_secs() as i64);
+        self.audit.note(ev);
         if !decision.allowed {
             return Err(LeaseError::Denied(Box::new(decision)));
         }
@@ -385,14 +508,39 @@ impl LeaseService {
             end_reason: None,
             ended_at: None,
         };
+        // Audit before anything exists: no entry, no credential.
+        let mut ev = with_lease(Event::new("issue", "pending"), &lease).request(Some(meta)).actor(workload_info(w));
+        ev.ttl_seconds = Some(ttl.as_secs() as i64);
+        ev.policies = Some(lease.policies.clone());
+        if !input.params.is_empty() {
+            // Free-form client input: correlatable, never readable.
+            let params = serde_json::Value::Object(input.params.clone()).to_string();
+            ev = ev.detail("params", self.audit.hash(params.as_bytes()));
+        }
+        self.audit.record(ev).await?;
         // From here on, finish in a task of our own: dropping the request
         // future (client gone) must not stop half-way between recording the
-        // lease, creating the credential and activating the lease.
+        // lease, creating the credential, activating the lease and auditing
+        // the outcome.
         let svc = self.clone();
+        let meta = meta.clone();
+        let actor = workload_info(w);
         let role = role.clone();
         let workload = w.to_plugin();
         let params = input.params;
-        let task = tokio::spawn(async move { svc.create_and_activate(role, lease, workload, params).await });
+        let task = tokio::spawn(async move {
+            let (lease, issued) = svc.create_and_activate(role, lease, workload, params).await?;
+            let mut ev = with_lease(Event::new("issue", "ok"), &lease).request(Some(&meta)).actor(actor.clone());
+            ev.ttl_seconds = Some((lease.expires_at - lease.issued_at).whole_seconds());
+            ev.policies = Some(lease.policies.clone());
+            if let Err(e) = svc.audit.record(ev).await {
+                // Unaudited access must not stand: take it back.
+                tracing::error!(lease_id = %lease.id, error = %e, "issue outcome not audited; revoking the credential");
+                let _ = svc.revoke_lease_by(&lease, EndReason::Orphaned, actor, Some(&meta)).await;
+                return Err(LeaseError::Audit(e));
+            }
+            Ok((lease, issued))
+        });
         let (lease, issued) = match task.await {
             Ok(r) => r?,
             Err(e) => {
@@ -430,7 +578,7 @@ impl LeaseService {
                 // Something may exist at the vendor; take it back now (the
                 // worker retries if this fails).
                 tracing::info!(lease_id = %lease.id, role = %role.name, error = %e, "issue failed; cleaning up");
-                let _ = self.revoke_lease(&lease, EndReason::Orphaned).await;
+                let _ = self.revoke_lease_by(&lease, EndReason::Orphaned, ActorInfo::system("issue-cleanup"), None).await;
                 return Err(plugin_error(&role.name, e));
             }
         };
@@ -446,7 +594,7 @@ impl LeaseService {
             Err(e) => {
                 tracing::warn!(lease_id = %lease.id, error = %e, "activating lease failed; revoking the credential");
                 lease.handle = Some(issued.handle.clone());
-                let _ = self.revoke_lease(&lease, EndReason::Orphaned).await;
+                let _ = self.revoke_lease_by(&lease, EndReason::Orphaned, ActorInfo::system("issue-cleanup"), None).await;
                 return Err(e.into());
             }
         }
@@ -477,22 +625,34 @@ impl LeaseService {
     }
 
     /// Reads a lease the actor may see.
-    pub async fn get(&self, actor: &Actor, id: &str) -> Result<Lease, LeaseError> {
+    pub async fn get(&self, actor: &Actor, id: &str, meta: &RequestMeta) -> Result<Lease, LeaseError> {
         let lease = self.owned(actor, id).await?;
-        self.check_owner_action(actor, &lease, Action::Read, 0)?;
+        self.check_owner_action(actor, &lease, Action::Read, 0, meta)?;
         Ok(lease)
     }
 
-    fn check_owner_action(&self, actor: &Actor, lease: &Lease, action: Action, ttl: i64) -> Result<Option<Decision>, LeaseError> {
+    fn check_owner_action(
+        &self,
+        actor: &Actor,
+        lease: &Lease,
+        action: Action,
+        ttl: i64,
+        meta: &RequestMeta,
+    ) -> Result<Option<Decision>, LeaseError> {
         let Actor::Workload(w) = actor else { return Ok(None) };
         let Some(role) = self.catalog.role(&lease.role) else { return Ok(None) };
         let ctx = RequestContext {
             ttl_seconds: ttl,
             scopes: lease.scopes.clone(),
             now: OffsetDateTime::now_utc().unix_timestamp(),
-            source_ip: IpAddr::from([0, 0, 0, 0]),
+            source_ip: meta.source,
         };
         let d = self.decide(&principal_of(w), action, Some(role), &ctx)?;
+        let mut ev = with_lease(decision_event(&d, action), lease).request(Some(meta)).actor(workload_info(w));
+        if ttl > 0 {
+            ev.ttl_seconds = Some(ttl);
+        }
+        self.audit.note(ev);
         if !d.allowed {
             return Err(LeaseError::Denied(Box::new(d)));
         }
@@ -500,16 +660,52 @@ impl LeaseService {
     }
 
     /// Extends a lease (never past its max).
-    pub async fn renew(&self, actor: &Actor, id: &str, ttl: Option<String>) -> Result<Lease, LeaseError> {
-        let lease = self.owned(actor, id).await?;
+    pub async fn renew(&self, actor: &Actor, id: &str, ttl: Option<String>, meta: &RequestMeta) -> Result<Lease, LeaseError> {
+        let lease = match self.owned(actor, id).await {
+            Ok(l) => l,
+            Err(e) => {
+                let mut ev = Event::new("renew", e.outcome()).request(Some(meta)).actor(actor.audit_info());
+                ev.lease_id = Some(self.audit.hash(id.as_bytes()));
+                let (kind, text) = e.audit_kind();
+                ev.error_kind = Some(kind);
+                ev.error = text.filter(|_| !matches!(e, LeaseError::NotFound(_)));
+                self.audit.note(ev);
+                return Err(e);
+            }
+        };
         let role = self.role(&lease.role)?;
-        let result = self.renew_inner(actor, &lease, &role, ttl).await;
+        let result = self.renew_inner(actor, &lease, &role, ttl, meta).await;
+        match &result {
+            Ok(l) => {
+                let mut ev = with_lease(Event::new("renew", "ok"), l).request(Some(meta)).actor(actor.audit_info());
+                ev.ttl_seconds = Some((l.expires_at - OffsetDateTime::now_utc()).whole_seconds().max(0));
+                if let Err(e) = self.audit.record(ev).await {
+                    metrics().renewed.with_label_values(&[role.kind.as_str(), role.name.as_str(), "error"]).inc();
+                    return Err(e.into());
+                }
+            }
+            Err(LeaseError::Audit(_)) => {}
+            Err(e) => {
+                let mut ev = with_lease(Event::new("renew", e.outcome()), &lease).request(Some(meta)).actor(actor.audit_info());
+                let (kind, text) = e.audit_kind();
+                ev.error_kind = Some(kind);
+                ev.error = text;
+                self.audit.note(ev);
+            }
+        }
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics().renewed.with_label_values(&[role.kind.as_str(), role.name.as_str(), outcome]).inc();
         result
     }
 
-    async fn renew_inner(&self, actor: &Actor, lease: &Lease, role: &Arc<Role>, ttl: Option<String>) -> Result<Lease, LeaseError> {
+    async fn renew_inner(
+        &self,
+        actor: &Actor,
+        lease: &Lease,
+        role: &Arc<Role>,
+        ttl: Option<String>,
+        meta: &RequestMeta,
+    ) -> Result<Lease, LeaseError> {
         if lease.state != LeaseState::Active || lease.end_reason.is_some() {
             return Err(LeaseError::Conflict(format!(
                 "lease `{}` is {}; only active leases can be renewed, request a new credential",
@@ -535,7 +731,11 @@ impl LeaseService {
             )));
         }
         let new_exp = (now + ttl).min(lease.max_expires_at).max(lease.expires_at);
-        self.check_owner_action(actor, lease, Action::Renew, ttl.as_secs() as i64)?;
+        self.check_owner_action(actor, lease, Action::Renew, ttl.as_secs() as i64, meta)?;
+        // Audit before the vendor extends anything.
+        let mut ev = with_lease(Event::new("renew", "pending"), lease).request(Some(meta)).actor(actor.audit_info());
+        ev.ttl_seconds = Some((new_exp - now).whole_seconds());
+        self.audit.record(ev).await?;
         let lref = LeaseRef {
             lease_id: lease.id.clone(),
             role: role.short.clone(),
@@ -558,25 +758,62 @@ impl LeaseService {
 
     /// Revokes a lease now (owner or admin). Revoking an ended lease returns
     /// it unchanged.
-    pub async fn revoke(&self, actor: &Actor, id: &str) -> Result<Lease, LeaseError> {
-        let lease = self.owned(actor, id).await?;
-        self.check_owner_action(actor, &lease, Action::Revoke, 0)?;
+    pub async fn revoke(&self, actor: &Actor, id: &str, meta: &RequestMeta) -> Result<Lease, LeaseError> {
+        let lease = match self.owned(actor, id).await {
+            Ok(l) => l,
+            Err(e) => {
+                let mut ev = Event::new("revoke", e.outcome()).request(Some(meta)).actor(actor.audit_info());
+                ev.lease_id = Some(self.audit.hash(id.as_bytes()));
+                ev.error_kind = Some(e.audit_kind().0);
+                self.audit.note(ev);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.check_owner_action(actor, &lease, Action::Revoke, 0, meta) {
+            let mut ev = with_lease(Event::new("revoke", e.outcome()), &lease).request(Some(meta)).actor(actor.audit_info());
+            ev.error_kind = Some(e.audit_kind().0);
+            self.audit.note(ev);
+            return Err(e);
+        }
         if lease.state.is_live() {
-            self.revoke_lease(&lease, EndReason::Revoked).await?;
+            self.revoke_lease_by(&lease, EndReason::Revoked, actor.audit_info(), Some(meta)).await?;
+        } else {
+            let ev = with_lease(Event::new("revoke", "ok"), &lease).request(Some(meta)).actor(actor.audit_info());
+            self.audit.note(ev.detail("already", lease.state.as_str()));
         }
         self.store.get(&lease.id).await?.ok_or_else(|| LeaseError::NotFound(id.to_owned()))
     }
 
     /// Admin: lists leases.
-    pub async fn list(&self, filter: &LeaseFilter) -> Result<Vec<Lease>, LeaseError> {
-        Ok(self.store.list(filter).await?)
+    pub async fn list(&self, actor: &Actor, filter: &LeaseFilter, meta: &RequestMeta) -> Result<Vec<Lease>, LeaseError> {
+        let result = self.store.list(filter).await;
+        let mut ev = Event::new("admin.list_leases", if result.is_ok() { "ok" } else { "error" })
+            .request(Some(meta))
+            .actor(actor.audit_info());
+        if let Some(r) = &filter.role {
+            ev.role = Some(self.audit_role(r));
+        }
+        if let Ok(l) = &result {
+            ev = ev.detail("count", l.len());
+        }
+        self.audit.note(ev);
+        Ok(result?)
     }
 
     /// Admin: starts a bulk revocation job: every live lease matching
     /// `filter` is tagged with the job and made due now; the expiry worker
     /// revokes them, so the API never waits on vendors. Returns the job id
     /// and how many leases it took.
-    pub async fn start_revoke_job(&self, filter: &RevokeFilter, by: &str) -> Result<(String, i64), LeaseError> {
+    pub async fn start_revoke_job(
+        &self,
+        filter: &RevokeFilter,
+        actor: &Actor,
+        meta: &RequestMeta,
+    ) -> Result<(String, i64), LeaseError> {
+        let by = match actor {
+            Actor::Admin { name } => name.clone(),
+            Actor::Workload(w) => format!("{}#{}", w.issuer, w.subject),
+        };
         for attr in filter.claims.keys() {
             if attr.is_empty() || !attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(LeaseError::BadRequest {
@@ -587,24 +824,104 @@ impl LeaseService {
         }
         let bytes: [u8; 16] = rand::rng().random();
         let id = format!("job_{}", hex::encode(bytes));
-        let n = self.store.start_revoke_job(&id, filter, by, OffsetDateTime::now_utc()).await?;
+        // Admin actions are audited before they take effect.
+        let mut ev = Event::new("admin.revoke_job", "pending").request(Some(meta)).actor(actor.audit_info());
+        ev.role = filter.role.as_deref().map(|r| self.audit_role(r));
+        ev = ev.detail("job_id", id.clone()).detail("filter", self.audit_filter(filter));
+        self.audit.record(ev.clone()).await?;
+        let n = match self.store.start_revoke_job(&id, filter, &by, OffsetDateTime::now_utc()).await {
+            Ok(n) => n,
+            Err(e) => {
+                let mut failed = ev.clone();
+                failed.outcome = "error";
+                self.audit.note(failed.error("store", e.to_string()).request(Some(meta)));
+                return Err(e.into());
+            }
+        };
+        let mut done = ev;
+        done.outcome = "ok";
+        done.time = crate::audit::now_rfc3339();
+        self.audit.note(done.detail("scheduled", n).request(Some(meta)));
         self.wake.notify_one();
         tracing::warn!(job_id = %id, actor = %by, leases = n, "bulk revocation started");
         Ok((id, n))
     }
 
-    /// Admin: a bulk revocation job's progress.
-    pub async fn job_status(&self, id: &str) -> Result<JobStatus, LeaseError> {
-        self.store.job_status(id).await?.ok_or_else(|| LeaseError::NotFound(id.to_owned()))
+    /// A revoke filter for the audit log: configured role names and claim
+    /// names as they are, values the admin typed only as HMACs.
+    fn audit_filter(&self, f: &RevokeFilter) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        if let Some(r) = &f.role {
+            m.insert("role".into(), self.audit_role(r).into());
+        }
+        if let Some(i) = &f.issuer {
+            m.insert("issuer".into(), self.audit.hash(i.as_bytes()).into());
+        }
+        if let Some(s) = &f.subject {
+            m.insert("subject".into(), self.audit.hash(s.as_bytes()).into());
+        }
+        for (k, v) in &f.claims {
+            m.insert(format!("claims.{k}"), self.audit.hash(v.as_bytes()).into());
+        }
+        if let Some(ms) = f.issued_after_ms {
+            m.insert("issued_after_ms".into(), ms.into());
+        }
+        serde_json::Value::Object(m)
     }
 
-    /// Takes one lease's credential back and records the outcome. Used by
-    /// revoke requests and the expiry worker alike.
+    /// Admin: a bulk revocation job's progress.
+    pub async fn job_status(&self, actor: &Actor, id: &str, meta: &RequestMeta) -> Result<JobStatus, LeaseError> {
+        let r = self.store.job_status(id).await?.ok_or_else(|| LeaseError::NotFound(id.to_owned()));
+        let mut ev = Event::new("admin.job_status", if r.is_ok() { "ok" } else { "invalid" })
+            .request(Some(meta))
+            .actor(actor.audit_info());
+        ev = ev.detail("job_id", if r.is_ok() { id.to_owned() } else { self.audit.hash(id.as_bytes()) });
+        self.audit.note(ev);
+        r
+    }
+
+    /// Takes one lease's credential back and records the outcome (the
+    /// expiry worker's entry point).
     pub async fn revoke_lease(&self, lease: &Lease, reason: EndReason) -> Result<LeaseState, LeaseError> {
+        self.revoke_lease_by(lease, reason, ActorInfo::system("expiry-worker"), None).await
+    }
+
+    /// Takes one lease's credential back, records the outcome in the store
+    /// and the audit log (`expire` for expiries, `revoke` otherwise).
+    pub async fn revoke_lease_by(
+        &self,
+        lease: &Lease,
+        reason: EndReason,
+        actor: ActorInfo,
+        meta: Option<&RequestMeta>,
+    ) -> Result<LeaseState, LeaseError> {
+        let action = if reason == EndReason::Expired { "expire" } else { "revoke" };
+        let audit = |outcome: &'static str| {
+            with_lease(Event::new(action, outcome), lease)
+                .request(meta)
+                .actor(actor.clone())
+                .detail("end_reason", reason.as_str())
+        };
+        let result = self.revoke_lease_inner(lease, reason).await;
+        let ev = match &result {
+            Ok((LeaseState::RevokeFailed, msg)) => audit("failed")
+                .error("revoke_failed", msg.clone().unwrap_or_default())
+                .detail("attempts", lease.attempts + 1),
+            Ok((state, _)) => audit("ok").detail("state", state.as_str()),
+            Err(e) => {
+                let (kind, text) = e.audit_kind();
+                audit("error").error(&kind, text.unwrap_or_default())
+            }
+        };
+        self.audit.note(ev);
+        result.map(|(s, _)| s)
+    }
+
+    async fn revoke_lease_inner(&self, lease: &Lease, reason: EndReason) -> Result<(LeaseState, Option<String>), LeaseError> {
         let Some(role) = self.catalog.role(&lease.role).cloned() else {
             let msg = format!("role `{}` is no longer configured; add it back so its leases can be revoked", lease.role);
             self.fail(lease, reason, &msg).await?;
-            return Ok(LeaseState::RevokeFailed);
+            return Ok((LeaseState::RevokeFailed, Some(msg)));
         };
         let labels = |outcome: &str| {
             metrics()
@@ -617,7 +934,7 @@ impl LeaseService {
             // Nothing to take back: the credential ends by itself.
             self.store.finish(&lease.id, EndReason::Expired, now).await?;
             labels("not_revocable");
-            return Ok(LeaseState::Expired);
+            return Ok((LeaseState::Expired, None));
         }
         let lref = LeaseRef {
             lease_id: lease.id.clone(),
@@ -638,14 +955,14 @@ impl LeaseService {
                 self.store.finish(&lease.id, reason, OffsetDateTime::now_utc()).await?;
                 labels("ok");
                 tracing::info!(lease_id = %lease.id, role = %role.name, reason = reason.as_str(), "lease ended");
-                Ok(reason.final_state())
+                Ok((reason.final_state(), None))
             }
             Err(msg) => {
                 labels("error");
                 tracing::warn!(lease_id = %lease.id, role = %role.name, error = %msg, attempts = lease.attempts + 1,
                     "revocation failed, will retry");
                 self.fail(lease, reason, &msg).await?;
-                Ok(LeaseState::RevokeFailed)
+                Ok((LeaseState::RevokeFailed, Some(msg)))
             }
         }
     }

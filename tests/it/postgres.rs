@@ -69,7 +69,7 @@ async fn leases_in(d: &Daemon, state: &str) -> BTreeSet<String> {
     v["leases"].as_array().unwrap().iter().map(|l| l["lease_id"].as_str().unwrap().to_owned()).collect()
 }
 
-async fn pg_daemon(iss: &Issuer, pg: &TempPostgres, leases_toml: &str) -> (Daemon, tempfile::TempDir) {
+pub async fn pg_daemon(iss: &Issuer, pg: &TempPostgres, leases_toml: &str) -> (Daemon, tempfile::TempDir) {
     let aux = tempfile::tempdir().unwrap();
     let d = Daemon::start_with(Opts {
         issuer_url: iss.url.clone(),

@@ -1,0 +1,409 @@
+//! The audit log: one chained, signed JSON line per authentication, policy
+//! decision, issue, renew, revoke, expiry, revocation failure, admin action
+//! and reload. Owns the entry format ([`Event`]), the hash chain and
+//! checkpoints ([`chain`]), the audit keys ([`keys`]) and the one writer
+//! thread with its sinks ([`writer`]).
+//!
+//! Fail closed: callers that grant or extend access `record` an entry and
+//! refuse (503) if it cannot be written; sensitive values (tokens,
+//! credentials, free-form client strings) are never written, only their
+//! HMAC ([`Audit::hash`]).
+//!
+//! Must not import: http, lease, store, policy (they call the audit log, not
+//! the other way round).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+
+pub mod chain;
+pub mod keys;
+pub mod writer;
+
+use writer::{Msg, Writer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The sink cannot be written: the request must not go ahead.
+    #[error("audit log unavailable: {0}")]
+    Unavailable(String),
+    #[error("audit key {path}: {message}")]
+    Key { path: PathBuf, message: String },
+    /// The existing file cannot be continued safely.
+    #[error("{0}")]
+    Damaged(String),
+}
+
+/// Where entries go and how often checkpoints are signed.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub file: Option<PathBuf>,
+    pub stdout: bool,
+    pub fsync: bool,
+    pub hmac_key_file: PathBuf,
+    pub signing_key_file: PathBuf,
+    pub checkpoint_every: u64,
+    pub checkpoint_interval: Duration,
+}
+
+/// Now, as written in entries.
+pub fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
+}
+
+/// Who acted. `subject` and `issuer` come from a verified token (or the
+/// config); nothing here is a raw client string.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ActorInfo {
+    /// `workload`, `admin` or `system`.
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// The configured issuer whose claim mapping was used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claims_policy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ActorInfo {
+    pub fn workload(issuer_config: &str, issuer: &str, subject: &str) -> ActorInfo {
+        ActorInfo {
+            kind: "workload",
+            issuer: Some(issuer.to_owned()),
+            claims_policy: Some(issuer_config.to_owned()),
+            subject: Some(subject.to_owned()),
+            name: None,
+        }
+    }
+    pub fn admin(name: &str) -> ActorInfo {
+        ActorInfo { kind: "admin", name: Some(name.to_owned()), ..Default::default() }
+    }
+    pub fn system(name: &str) -> ActorInfo {
+        ActorInfo { kind: "system", name: Some(name.to_owned()), ..Default::default() }
+    }
+}
+
+/// One audit entry. The writer adds `seq`, `prev` and `hash`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    pub time: String,
+    /// `authenticate`, `decide`, `issue`, `renew`, `revoke`, `expire`,
+    /// `admin.*`, `policy.reload`, `audit.reopen`, `service.start`, `service.stop`.
+    pub action: &'static str,
+    /// `ok`, `pending` (about to act), `denied`, `invalid`, `failed`, `error`.
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<ActorInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<String>,
+    /// Deciding policy ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policies: Option<Vec<String>>,
+    /// The deciding policies' `@reason`s, or the refusal in a few words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasons: Option<Vec<String>>,
+    /// A bounded error kind (`expired`, `vendor_unavailable`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<String>,
+    /// lessor's own error text (never a client string).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Event {
+    pub fn new(action: &'static str, outcome: &'static str) -> Event {
+        Event {
+            kind: "event",
+            time: now_rfc3339(),
+            action,
+            outcome,
+            request_id: None,
+            actor: None,
+            role: None,
+            scopes: None,
+            ttl_seconds: None,
+            lease_id: None,
+            policies: None,
+            reasons: None,
+            error_kind: None,
+            error: None,
+            source: None,
+            latency_ms: None,
+            details: serde_json::Map::new(),
+        }
+    }
+
+    /// Stamps request id, source address and latency.
+    pub fn request(mut self, meta: Option<&RequestMeta>) -> Event {
+        if let Some(m) = meta {
+            self.request_id = Some(m.request_id.clone());
+            self.source = Some(m.source.to_string());
+            self.latency_ms = Some((m.started.elapsed().as_secs_f64() * 1e6).round() / 1e3);
+        }
+        self
+    }
+
+    pub fn actor(mut self, a: ActorInfo) -> Event {
+        self.actor = Some(a);
+        self
+    }
+
+    pub fn error(mut self, kind: &str, message: impl Into<String>) -> Event {
+        self.error_kind = Some(kind.to_owned());
+        self.error = Some(message.into());
+        self
+    }
+
+    pub fn detail(mut self, k: &str, v: impl Into<serde_json::Value>) -> Event {
+        self.details.insert(k.to_owned(), v.into());
+        self
+    }
+}
+
+/// What an entry needs from the request that caused it.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    pub request_id: String,
+    pub source: IpAddr,
+    pub started: Instant,
+}
+
+impl RequestMeta {
+    /// For calls that do not come from HTTP (tests, tools).
+    pub fn internal() -> RequestMeta {
+        RequestMeta { request_id: new_request_id(), source: IpAddr::from([127, 0, 0, 1]), started: Instant::now() }
+    }
+}
+
+/// A fresh request id: `req_` and 16 random hex digits.
+pub fn new_request_id() -> String {
+    use rand::Rng;
+    let b: [u8; 8] = rand::rng().random();
+    format!("req_{}", hex::encode(b))
+}
+
+/// Whether a client-sent request id may be used as is: 1 to 64 of
+/// `A-Z a-z 0-9 - _ . :`.
+pub fn sane_request_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+struct Inner {
+    tx: Option<std::sync::Mutex<mpsc::Sender<Msg>>>,
+    hmac: ring::hmac::Key,
+}
+
+/// Handle to the audit log; cheap to clone.
+#[derive(Clone)]
+pub struct Audit {
+    inner: Arc<Inner>,
+}
+
+impl Audit {
+    /// An audit log that writes nothing (`sink = "off"`, unit tests).
+    pub fn disabled() -> Audit {
+        let mut k = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut k);
+        Audit { inner: Arc::new(Inner { tx: None, hmac: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k) }) }
+    }
+
+    /// Loads (or creates) the keys, opens the sinks and starts the writer.
+    pub fn open(s: &Settings) -> Result<Audit, AuditError> {
+        let hmac = keys::load_hmac(&s.hmac_key_file, true)?;
+        let signer = keys::load_signer(&s.signing_key_file)?;
+        let w = Writer::open(s.file.clone(), s.stdout, s.fsync, s.checkpoint_every, s.checkpoint_interval, signer)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("lessor-audit".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| AuditError::Unavailable(format!("cannot start the audit writer: {e}")))?;
+        Ok(Audit { inner: Arc::new(Inner { tx: Some(std::sync::Mutex::new(tx)), hmac }) })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.inner.tx.is_some()
+    }
+
+    fn send(&self, m: Msg) -> Result<(), AuditError> {
+        let Some(tx) = &self.inner.tx else { return Ok(()) };
+        let tx = tx.lock().map_err(|_| AuditError::Unavailable("the audit writer is gone".into()))?;
+        tx.send(m).map_err(|_| AuditError::Unavailable("the audit writer has stopped".into()))
+    }
+
+    fn encode(e: &Event) -> Result<String, AuditError> {
+        serde_json::to_string(e).map_err(|err| AuditError::Unavailable(format!("cannot encode an entry: {err}")))
+    }
+
+    /// Writes `e` and waits until it is written (or failed). Use before
+    /// granting or extending access: an error means "do not go ahead".
+    pub async fn record(&self, e: Event) -> Result<(), AuditError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Entry { json: Self::encode(&e)?, reply: Some(reply) })?;
+        match rx.await {
+            Ok(Ok(_seq)) => Ok(()),
+            Ok(Err(m)) => Err(AuditError::Unavailable(m)),
+            Err(_) => Err(AuditError::Unavailable("the audit writer has stopped".into())),
+        }
+    }
+
+    /// Queues `e` without waiting; a failure is counted and logged by the
+    /// writer. For entries that do not gate anything (denials, reads, the
+    /// expiry worker's outcomes).
+    pub fn note(&self, e: Event) {
+        if !self.enabled() {
+            return;
+        }
+        let sent = Self::encode(&e).and_then(|json| self.send(Msg::Entry { json, reply: None }));
+        if let Err(err) = sent {
+            crate::telemetry::metrics().audit_write_failures.inc();
+            tracing::error!(error = %err, action = e.action, "audit entry lost");
+        }
+    }
+
+    /// `hmac-sha256:<hex>` of a sensitive value, under the deployment's
+    /// audit key (what `lessor audit hash` prints for the same value).
+    pub fn hash(&self, value: &[u8]) -> String {
+        keys::hmac_hex(&self.inner.hmac, value)
+    }
+
+    /// Closes the file and opens it again at its path (log rotation: rename,
+    /// then SIGHUP). The new file continues the chain.
+    pub async fn reopen(&self) -> Result<(), AuditError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Reopen(reply))?;
+        rx.await
+            .map_err(|_| AuditError::Unavailable("the audit writer has stopped".into()))?
+            .map_err(AuditError::Unavailable)
+    }
+
+    /// Writes a final checkpoint and stops the writer.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Msg::Shutdown(reply)).is_ok() && self.enabled() {
+            let _ = rx.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_checked() {
+        assert!(sane_request_id("abc-123_x.y:z"));
+        assert!(!sane_request_id(""));
+        assert!(!sane_request_id("a b"));
+        assert!(!sane_request_id(&"a".repeat(65)));
+        assert!(sane_request_id(&new_request_id()));
+    }
+
+    fn settings(dir: &std::path::Path) -> Settings {
+        Settings {
+            file: Some(dir.join("audit.log")),
+            stdout: false,
+            fsync: false,
+            hmac_key_file: dir.join("hmac.key"),
+            signing_key_file: dir.join("signing.key"),
+            checkpoint_every: 3,
+            checkpoint_interval: Duration::from_secs(3600),
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_chain_checkpoints_sign_and_a_reopen_continues_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        let a = Audit::open(&s).unwrap();
+        for i in 0..4 {
+            a.record(Event::new("issue", "ok").detail("i", i)).await.unwrap();
+        }
+        std::fs::rename(dir.path().join("audit.log"), dir.path().join("audit.log.1")).unwrap();
+        a.reopen().await.unwrap();
+        a.record(Event::new("issue", "ok")).await.unwrap();
+        a.shutdown().await;
+
+        let public = keys::read_public_key(&keys::public_key_path(&s.signing_key_file)).unwrap();
+        let old = std::fs::read(dir.path().join("audit.log.1")).unwrap();
+        let r1 = chain::verify(&old, &chain::VerifyOpts { public_key: Some(public.clone()), ..Default::default() }).unwrap();
+        // open checkpoint, 3 entries, count checkpoint, 1 entry, rotate checkpoint
+        assert_eq!(r1.lines, 7, "{}", String::from_utf8_lossy(&old));
+        assert_eq!(r1.checkpoints, 3);
+        assert_eq!(r1.unsigned_tail, 0);
+        let new = std::fs::read(dir.path().join("audit.log")).unwrap();
+        let head = writer::read_head(&writer::head_path(&dir.path().join("audit.log"))).unwrap();
+        let opts = chain::VerifyOpts { after: chain::tail_head(&old).unwrap(), public_key: Some(public), head };
+        let r2 = chain::verify(&new, &opts).unwrap();
+        assert!(r2.head_checked);
+        assert_eq!(r2.lines, 3, "open checkpoint, entry, shutdown checkpoint");
+
+        // Restarting on the same file continues the chain.
+        let a = Audit::open(&s).unwrap();
+        a.record(Event::new("issue", "ok")).await.unwrap();
+        a.shutdown().await;
+        let all = std::fs::read(dir.path().join("audit.log")).unwrap();
+        chain::verify(&all, &chain::VerifyOpts { after: chain::tail_head(&old).unwrap(), ..Default::default() }).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_fails_the_write_and_the_chain_stays_clean() {
+        if !std::path::Path::new("/dev/full").exists() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path());
+        s.file = Some(PathBuf::from("/dev/full"));
+        let a = Audit::open(&s).unwrap();
+        let err = a.record(Event::new("issue", "pending")).await.unwrap_err().to_string();
+        assert!(err.starts_with("audit log unavailable: writing /dev/full:"), "{err}");
+        assert!(err.contains("No space left on device"), "{err}");
+        a.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_cut_tail_refuses_to_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        let a = Audit::open(&s).unwrap();
+        a.record(Event::new("issue", "ok")).await.unwrap();
+        a.shutdown().await;
+        let p = dir.path().join("audit.log");
+        let data = std::fs::read(&p).unwrap();
+        let keep = data.iter().position(|b| *b == b'\n').unwrap() + 1;
+        std::fs::write(&p, &data[..keep]).unwrap();
+        let err = Audit::open(&s).err().unwrap().to_string();
+        assert!(err.contains("the tail was removed"), "{err}");
+    }
+}
