@@ -61,6 +61,15 @@ pub struct Config {
     /// The audit log (on by default: `data_dir/audit.log`).
     #[serde(default)]
     pub audit: AuditConfig,
+    /// TLS for the listener. Without it lessor listens only on a loopback
+    /// address, unless `allow_plaintext` says a proxy terminates TLS.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+    /// Serve plain HTTP on a non-loopback address (behind a TLS-terminating
+    /// proxy on a trusted network). Off by default; `serve --allow-plaintext`
+    /// sets it. lessor warns at start when it is used.
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// Workload identity issuers, by a short name.
     #[serde(default)]
     pub issuers: BTreeMap<String, IssuerConfig>,
@@ -70,6 +79,32 @@ pub struct Config {
     /// Plugin instances (connections) and their roles.
     #[serde(default)]
     pub connections: BTreeMap<String, ConnectionConfig>,
+}
+
+/// `[tls]`: the listener's certificate, reloaded when the files change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA certificates. When set, a client certificate that chains to
+    /// them authenticates its holder as an admin (named by its CN) on the
+    /// admin endpoints; workloads still use their JWT.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Admin endpoints accept only a client certificate (no admin token or
+    /// operator JWT). Needs `client_ca_file`.
+    #[serde(default)]
+    pub admin_requires_client_cert: bool,
+    /// How often the files are checked for a renewed certificate.
+    #[serde(default = "default_tls_reload", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+fn default_tls_reload() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_listen() -> SocketAddr {
@@ -439,6 +474,12 @@ impl RoleConfig {
 impl Config {
     /// Reads a TOML file, applies `LESSOR_*` environment overrides, checks it.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, |_| {})
+    }
+
+    /// [`Config::load`], with `adjust` applied (command-line flags) after
+    /// the environment and before validation.
+    pub fn load_with(path: &Path, adjust: impl FnOnce(&mut Config)) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let mut cfg = Config::from_toml(&text).map_err(|e| match e {
@@ -450,6 +491,7 @@ impl Config {
             cfg.rebase(dir);
         }
         cfg.apply_env(|k| std::env::var(k).ok())?;
+        adjust(&mut cfg);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -515,7 +557,10 @@ impl Config {
     pub fn public_url(&self) -> String {
         self.public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .unwrap_or_else(|| {
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{}", self.listen)
+            })
             .trim_end_matches('/')
             .to_owned()
     }
@@ -567,6 +612,21 @@ impl Config {
     /// Checks what serde cannot: references between sections, limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        match &self.tls {
+            None if !self.listen.ip().is_loopback() && !self.allow_plaintext => {
+                return bad(format!(
+                    "refusing to serve plain HTTP on {}, which is reachable from other machines: workload JWTs and \
+                     issued credentials would cross the network in clear. Configure [tls] cert_file and key_file, \
+                     or, behind a TLS-terminating proxy, set allow_plaintext = true (serve --allow-plaintext)",
+                    self.listen
+                ))
+            }
+            Some(t) if t.admin_requires_client_cert && t.client_ca_file.is_none() => {
+                return bad("tls.admin_requires_client_cert needs tls.client_ca_file".into())
+            }
+            Some(t) if t.reload_interval.is_zero() => return bad("tls.reload_interval must be more than 0".into()),
+            _ => {}
+        }
         for (name, iss) in &self.issuers {
             iss.key_source(name)?;
             if iss.audiences.is_empty() {

@@ -17,6 +17,7 @@ pub mod seal;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 use std::time::Duration;
 

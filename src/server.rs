@@ -139,6 +139,12 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
 /// Builds everything from `cfg` and serves on `listener`.
 pub async fn start(cfg: Config, listener: TcpListener) -> anyhow::Result<Running> {
     cfg.validate()?;
+    // TLS files first: a bad certificate stops the start before anything.
+    let tls = cfg.tls.as_ref().map(crate::tls::Tls::load).transpose()?;
+    if tls.is_none() && !crate::tls::is_loopback(&cfg.listen) {
+        tracing::warn!(listen = %cfg.listen, "serving plain HTTP on a non-loopback address (allow_plaintext): \
+            put a TLS-terminating proxy in front, JWTs and credentials cross this hop in clear");
+    }
     let store = crate::store::open_with(&cfg.store, cfg.leases.claim_timeout).await?;
     let seal = open_seal(&cfg, &store).await?;
     ensure_admin_token(&cfg.admin_token_path(), &store).await?;
@@ -180,20 +186,29 @@ pub async fn start(cfg: Config, listener: TcpListener) -> anyhow::Result<Running
     let hup = None;
     tasks.push(tokio::spawn(watch_policies(policy, audit, cfg.policy_poll, hup, rx.clone())));
 
-    let state = AppState { leases: leases.clone(), verifier, store: store.clone() };
+    let admin_requires_client_cert = cfg.tls.as_ref().is_some_and(|t| t.admin_requires_client_cert);
+    let state = AppState { leases: leases.clone(), verifier, store: store.clone(), admin_requires_client_cert };
     let app = router(state, cfg.limits.max_body_bytes);
     let addr = listener.local_addr()?;
-    let mut srx = rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = srx.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP server failed");
+    match (tls, &cfg.tls) {
+        (Some(tls), Some(settings)) => {
+            tasks.push(tokio::spawn(crate::tls::watch(tls.clone(), settings.reload_interval, rx.clone())));
+            tasks.push(tokio::spawn(crate::tls::serve(listener, app, tls, rx.clone())));
         }
-    }));
+        _ => {
+            let mut srx = rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                    .with_graceful_shutdown(async move {
+                        let _ = srx.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            }));
+        }
+    }
     tracing::info!(%addr, store = store.backend(), policies = policy_count(&leases), "lessor is serving");
     Ok(Running { addr, store, leases, shutdown, tasks })
 }

@@ -31,6 +31,10 @@ enum Command {
         /// Log as JSON lines.
         #[arg(long)]
         log_json: bool,
+        /// Serve plain HTTP on a non-loopback address (a TLS-terminating
+        /// proxy in front). Same as `allow_plaintext = true`.
+        #[arg(long)]
+        allow_plaintext: bool,
     },
     /// Run a self-contained dev daemon (SQLite, built-in dev issuer, example
     /// roles and policies), or mint a dev workload token.
@@ -109,9 +113,9 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
-        Command::Serve { config, log_json } => {
+        Command::Serve { config, log_json, allow_plaintext } => {
             crate::telemetry::init_logging(log_json);
-            let cfg = Config::load(&config)?;
+            let cfg = Config::load_with(&config, |c| c.allow_plaintext |= allow_plaintext)?;
             serve(cfg).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -126,12 +130,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Binds the configured address and serves until SIGINT/SIGTERM.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    // Refuse a bad config (plain HTTP on a public address, say) before
+    // binding anything.
+    cfg.validate()?;
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let running = crate::server::start(cfg, listener).await?;
     // Machine-readable readiness line (tests and scripts wait for it).
-    println!("lessor listening on http://{}", running.addr);
+    println!("lessor listening on {scheme}://{}", running.addr);
     running.run_until_signal().await;
     Ok(())
 }

@@ -42,6 +42,9 @@ pub struct AppState {
     pub leases: LeaseService,
     pub verifier: Arc<Verifier>,
     pub store: Arc<dyn Store>,
+    /// `tls.admin_requires_client_cert`: admin endpoints take only a
+    /// verified client certificate.
+    pub admin_requires_client_cert: bool,
 }
 
 /// Builds the router for `/v1` and the well-known endpoints.
@@ -197,6 +200,18 @@ pub struct AdminCaller(pub Actor);
 impl FromRequestParts<AppState> for AdminCaller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // A client certificate the TLS listener verified against the
+        // configured client CA.
+        if let Some(c) = parts.extensions.get::<crate::tls::ClientCert>() {
+            return Ok(AdminCaller(Actor::Admin { name: format!("cert:{}", c.subject) }));
+        }
+        if state.admin_requires_client_cert {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "client_certificate_required",
+                "admin endpoints need a client certificate from the configured client CA (tls.admin_requires_client_cert)",
+            ));
+        }
         let Caller(actor) = Caller::from_request_parts(parts, state).await?;
         match actor {
             Actor::Admin { .. } => Ok(AdminCaller(actor)),

@@ -14,3 +14,4 @@ mod replicas;
 mod retry;
 mod scale;
 mod store;
+mod tls;

@@ -145,7 +145,7 @@ pub struct Daemon {
     pub policies: PathBuf,
     pub admin: String,
     pub http: reqwest::Client,
-    _tmp: Option<tempfile::TempDir>,
+    pub _tmp: Option<tempfile::TempDir>,
 }
 
 pub fn copy_dir(from: &Path, to: &Path) {
