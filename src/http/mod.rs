@@ -66,12 +66,20 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/metrics", get(public::metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint; the API lives under /v1") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
 }
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The span every log line of a request carries: its id (set by the
+/// `request_id` layer outside this one), method and path. Never the query
+/// string or headers, which may hold secrets.
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let id = req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+    tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+}
 
 /// Gives every request an id: the client's `x-request-id` when it is sane
 /// (1-64 of `A-Za-z0-9-_.:`), else a new one. It is returned in the

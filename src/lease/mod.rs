@@ -528,7 +528,7 @@ impl LeaseService {
         let role = role.clone();
         let workload = w.to_plugin();
         let params = input.params;
-        let task = tokio::spawn(async move {
+        let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
             let (lease, issued) = svc.create_and_activate(role, lease, workload, params).await?;
             let mut ev = with_lease(Event::new("issue", "ok"), &lease).request(Some(&meta)).actor(actor.clone());
             ev.ttl_seconds = Some((lease.expires_at - lease.issued_at).whole_seconds());
@@ -540,7 +540,9 @@ impl LeaseService {
                 return Err(LeaseError::Audit(e));
             }
             Ok((lease, issued))
-        });
+        }));
+        // (in_current_span: the request's span, and so its request id, stays
+        // on the lines the plugin logs.)
         let (lease, issued) = match task.await {
             Ok(r) => r?,
             Err(e) => {

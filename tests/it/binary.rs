@@ -151,6 +151,68 @@ async fn no_secret_in_debug_logs_or_the_store() {
     }
 }
 
+/// `--log-json`: one JSON object per line; every line logged while serving
+/// a request carries its request id (the client's `x-request-id`), even
+/// from the plugin's task; no secret at debug level.
+#[tokio::test]
+async fn json_logs_carry_the_request_id_and_no_secret() {
+    let iss = Issuer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &dir.join("policies"));
+    std::fs::write(dir.join("lessor.toml"), config_text(dir, &dir.join("policies"), &iss.url, "", "")).unwrap();
+    let log = dir.join("lessor.log");
+    let (child, url) =
+        spawn_until(&["serve", "--config", "lessor.toml", "--log-json"], dir, &[("RUST_LOG", "debug")], &log, "lessor listening on ");
+    let http = reqwest::Client::new();
+    let jwt = iss.token();
+    let r = http
+        .post(format!("{url}/v1/leases"))
+        .bearer_auth(&jwt)
+        .header("x-request-id", "trace-me-issue")
+        .json(&json!({"role": "token/orders"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "trace-me-issue");
+    let v: Value = r.json().await.unwrap();
+    let token = v["credential"]["token"].as_str().unwrap().to_owned();
+    let id = v["lease_id"].as_str().unwrap().to_owned();
+    let r = http
+        .delete(format!("{url}/v1/leases/{id}"))
+        .bearer_auth(&jwt)
+        .header("x-request-id", "trace-me-revoke")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    stop(child);
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    for (what, c) in [("workload JWT", jwt.as_str()), ("issued token", token.as_str())] {
+        assert!(!text.contains(c), "{what} appears in the JSON log");
+    }
+    let lines: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    // The request span is the outermost of a line's spans.
+    let rid = |l: &Value| {
+        l["spans"].as_array()?.iter().find(|s| s["name"] == "request")?["request_id"].as_str().map(str::to_owned)
+    };
+    let msg = |l: &Value| l["fields"]["message"].as_str().unwrap_or_default().to_owned();
+    // Lines from inside each request, including the plugin's own.
+    let issued = lines.iter().find(|l| msg(l) == "token issued").expect("the plugin logged the issue");
+    assert_eq!(rid(issued).as_deref(), Some("trace-me-issue"), "{issued}");
+    let ended = lines.iter().find(|l| msg(l) == "lease ended").expect("the revocation was logged");
+    assert_eq!(rid(ended).as_deref(), Some("trace-me-revoke"), "{ended}");
+    // Every line inside a request span names that request's id.
+    for l in lines.iter().filter(|l| l["spans"].as_array().is_some_and(|s| s.iter().any(|s| s["name"] == "request"))) {
+        assert!(rid(l).is_some_and(|r| r.starts_with("trace-me-")), "a request's line without its id: {l}");
+    }
+}
+
 fn run(args: &[&str], cwd: &Path, envs: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(BIN);
     cmd.args(args).current_dir(cwd).stdin(Stdio::null());
