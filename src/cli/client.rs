@@ -237,3 +237,83 @@ pub async fn lease(c: ConnArgs, cmd: LeaseCmd) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `lessor status`: one screen for an SRE (admin).
+pub async fn status(c: ConnArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let base = c.addr.addr.trim_end_matches('/').to_owned();
+    let token = admin_token(c.admin_token_file.as_deref())
+        .ok_or_else(|| anyhow!("status needs an admin token: pass --admin-token-file or set LESSOR_ADMIN_TOKEN"))?;
+    let v = call(reqwest::Method::GET, format!("{base}/v1/admin/status"), &token, None).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", render_status(&base, &v));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The text `lessor status` prints for a `/v1/admin/status` answer.
+pub fn render_status(base: &str, v: &Value) -> String {
+    use std::collections::BTreeMap;
+    use std::fmt::Write;
+    let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_owned();
+    let n = |v: &Value, k: &str| v[k].as_i64().unwrap_or(0);
+    let mut out = String::new();
+    let agree = if v["policy_versions_agree"].as_bool().unwrap_or(true) { "policies agree" } else { "POLICY VERSIONS DIFFER" };
+    let _ = writeln!(out, "lessor at {base}, {}; replicas: {} ({agree})", s(v, "time"), n(v, "replicas"));
+
+    let mut by_role: BTreeMap<String, [i64; 3]> = BTreeMap::new();
+    for c in v["leases"].as_array().into_iter().flatten() {
+        let slot = match c["state"].as_str() {
+            Some("pending") => 0,
+            Some("active") => 1,
+            _ => 2,
+        };
+        by_role.entry(s(c, "role")).or_default()[slot] += n(c, "count");
+    }
+    let _ = writeln!(out, "\n{:<28} {:>9} {:>9} {:>14}", "LIVE LEASES", "pending", "active", "revoke_failed");
+    if by_role.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for (role, [p, a, f]) in &by_role {
+        let _ = writeln!(out, "  {role:<26} {p:>9} {a:>9} {f:>14}");
+    }
+
+    let _ = write!(out, "\nOLDEST OVERDUE REVOCATION: ");
+    match v.get("oldest_overdue").filter(|o| !o.is_null()) {
+        None => {
+            let _ = writeln!(out, "none, expiry is keeping up");
+        }
+        Some(o) => {
+            let _ = write!(out, "{} ({}) due {}s ago", s(o, "lease_id"), s(o, "role"), n(o, "overdue_seconds"));
+            if n(o, "attempts") > 0 {
+                let _ = write!(out, ", {} attempts, last error: {}", n(o, "attempts"), s(o, "last_error"));
+            }
+            let _ = writeln!(out);
+        }
+    }
+
+    let failing = v["failing"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(out, "\nFAILING REVOCATIONS: {}", if failing.is_empty() { "none".to_string() } else { failing.len().to_string() });
+    for f in &failing {
+        let _ = writeln!(
+            out,
+            "  {} {} attempts {} next {}: {}",
+            s(f, "lease_id"),
+            s(f, "role"),
+            n(f, "attempts"),
+            s(f, "next_attempt_at"),
+            s(f, "last_error")
+        );
+    }
+
+    let _ = writeln!(out, "\nQUOTAS");
+    for q in v["quotas"].as_array().into_iter().flatten() {
+        let (used, limit) = (n(q, "used"), q["limit"].as_u64().unwrap_or(0));
+        let pct = if limit > 0 { format!("{:>3}%", used as u64 * 100 / limit) } else { "  no limit".into() };
+        let lim = if limit > 0 { limit.to_string() } else { "-".into() };
+        let _ = writeln!(out, "  {:<28} {used:>9} / {lim:<9} {pct}", s(q, "quota"));
+    }
+    let _ = writeln!(out, "\nAUDIT: {} write failures since start", n(v, "audit_write_failures"));
+    out
+}

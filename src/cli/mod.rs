@@ -62,6 +62,15 @@ enum Command {
         #[command(subcommand)]
         cmd: client::LeaseCmd,
     },
+    /// One screen for an SRE: leases by role and state, the oldest overdue
+    /// revocation, failing revocations, quota use (admin).
+    Status {
+        #[command(flatten)]
+        conn: client::ConnArgs,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Audit log tools: verify, hash, query.
     Audit {
         #[command(subcommand)]
@@ -125,6 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Creds(args) => client::creds(args).await,
         Command::Lease { conn, cmd } => client::lease(conn, cmd).await,
         Command::Audit { cmd } => audit::run(cmd),
+        Command::Status { conn, json } => client::status(conn, json).await,
     }
 }
 

@@ -122,6 +122,50 @@ pub async fn job(
     })))
 }
 
+/// `GET /v1/admin/status`: what `lessor status` prints.
+pub async fn status(State(st): State<AppState>, AdminCaller(_): AdminCaller) -> Result<Json<Value>, ApiError> {
+    let s = st.leases.status().await?;
+    let rfc = super::leases::rfc3339;
+    let counts: Vec<Value> =
+        s.counts.iter().map(|(role, plugin, state, n)| json!({"role": role, "plugin": plugin, "state": state.as_str(), "count": n})).collect();
+    let overdue = s.oldest_overdue.as_ref().map(|l| {
+        json!({
+            "lease_id": l.id.to_string(),
+            "role": l.role,
+            "state": l.state.as_str(),
+            "expires_at": rfc(l.expires_at),
+            "overdue_seconds": (s.now - l.expires_at).whole_seconds().max(0),
+            "attempts": l.attempts,
+            "last_error": l.last_error,
+        })
+    });
+    let failing: Vec<Value> = s
+        .failing
+        .iter()
+        .map(|l| {
+            json!({
+                "lease_id": l.id.to_string(),
+                "role": l.role,
+                "attempts": l.attempts,
+                "last_error": l.last_error,
+                "next_attempt_at": l.next_attempt_at.map(rfc),
+            })
+        })
+        .collect();
+    let quotas: Vec<Value> = s.quotas.iter().map(|q| json!({"quota": q.quota, "used": q.used, "limit": q.limit})).collect();
+    let versions: std::collections::BTreeSet<&str> = s.replicas.iter().map(|r| r.policy_version.as_str()).collect();
+    Ok(Json(json!({
+        "time": rfc(s.now),
+        "leases": counts,
+        "oldest_overdue": overdue,
+        "failing": failing,
+        "quotas": quotas,
+        "replicas": s.replicas.len(),
+        "policy_versions_agree": versions.len() <= 1,
+        "audit_write_failures": crate::telemetry::metrics().audit_write_failures.get(),
+    })))
+}
+
 /// `GET /v1/admin/replicas`: the lessor processes alive on this store, the
 /// policy version each decides with, and whether they agree.
 pub async fn replicas(State(st): State<AppState>, AdminCaller(_): AdminCaller) -> Result<Json<Value>, ApiError> {

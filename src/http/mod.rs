@@ -58,6 +58,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/admin/revoke", post(admin::revoke_matching))
         .route("/v1/admin/jobs/{id}", get(admin::job))
         .route("/v1/admin/replicas", get(admin::replicas))
+        .route("/v1/admin/status", get(admin::status))
         .route("/v1/policy/explain", post(admin::explain))
         .route("/v1/pki/{*rest}", get(public::pki_document))
         .route("/v1/token/introspect", post(public::introspect))

@@ -233,6 +233,25 @@ pub struct LeaseService {
     counts: moka::sync::Cache<String, i64>,
 }
 
+/// What `LeaseService::status` reports.
+pub struct Status {
+    pub now: OffsetDateTime,
+    /// (role, plugin, state, live leases).
+    pub counts: crate::store::LeaseCounts,
+    pub oldest_overdue: Option<Lease>,
+    /// Up to 10 leases whose revocation is failing, newest first.
+    pub failing: Vec<Lease>,
+    pub quotas: Vec<QuotaUse>,
+    pub replicas: Vec<crate::store::Replica>,
+}
+
+/// How much of a quota is in use (`limit` 0 = none).
+pub struct QuotaUse {
+    pub quota: String,
+    pub used: i64,
+    pub limit: u64,
+}
+
 /// A new, unguessable lease id (128 random bits).
 pub fn new_lease_id() -> LeaseId {
     let bytes: [u8; 16] = rand::rng().random();
@@ -974,6 +993,27 @@ impl LeaseService {
         let at = OffsetDateTime::now_utc() + delay;
         self.store.record_failure(&lease.id, reason, msg, at).await?;
         Ok(())
+    }
+
+    /// An SRE's one-screen summary: live leases by role and state, the
+    /// longest-overdue revocation, failing revocations with their errors,
+    /// quota use, and the replicas.
+    pub async fn status(&self) -> Result<Status, LeaseError> {
+        let now = OffsetDateTime::now_utc();
+        let counts = self.store.counts().await?;
+        let oldest_overdue = self.store.oldest_overdue(now).await?;
+        let failing = self
+            .store
+            .list(&LeaseFilter { state: Some(LeaseState::RevokeFailed), limit: 10, ..Default::default() })
+            .await?;
+        let live_total: i64 = counts.iter().map(|c| c.3).sum();
+        let mut quotas = vec![QuotaUse { quota: "total".into(), used: live_total, limit: self.quotas.max_active_total }];
+        for (name, role) in &self.catalog.roles {
+            let used = counts.iter().filter(|c| &c.0 == name).map(|c| c.3).sum();
+            let limit = role.cfg.max_active.unwrap_or(self.quotas.max_active_per_role);
+            quotas.push(QuotaUse { quota: format!("role {name}"), used, limit });
+        }
+        Ok(Status { now, counts, oldest_overdue, failing, quotas, replicas: self.replicas().await? })
     }
 
     /// The replicas alive on the store (heartbeat within `claim_timeout`).

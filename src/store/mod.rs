@@ -334,6 +334,11 @@ pub trait Store: Send + Sync + 'static {
     async fn state_list(&self, conn: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     async fn state_delete(&self, conn: &str, key: &str) -> Result<(), StoreError>;
 
+    /// The live lease that has waited longest for its revocation: active
+    /// past expiry, scheduled by a bulk job, or failed and retrying. For an
+    /// SRE's "is the worker keeping up?".
+    async fn oldest_overdue(&self, now: OffsetDateTime) -> Result<Option<Lease>, StoreError>;
+
     /// This process's id among the replicas on the store (its heartbeat
     /// row, and on PostgreSQL its expiry-work claims).
     fn replica_id(&self) -> &str;

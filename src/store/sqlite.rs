@@ -650,4 +650,15 @@ impl Store for SqliteStore {
         self.writer.exec("DELETE FROM replicas WHERE id = ?", vec![Bind::Text(self.id.clone())]).await?;
         Ok(())
     }
+
+    async fn oldest_overdue(&self, now: OffsetDateTime) -> Result<Option<Lease>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {LEASE_COLUMNS} FROM leases WHERE (state = 'active' AND (expires_at <= ? OR end_reason IS NOT NULL)) OR state = 'revoke_failed' ORDER BY expires_at LIMIT 1"
+        ))
+        .bind(to_ms(now))
+        .fetch_optional(&self.read)
+        .await
+        .map_err(interpret_error)?;
+        row.as_ref().map(lease_from_row).transpose()
+    }
 }

@@ -179,6 +179,24 @@ async fn postgres_down_at_expiry_is_retried_and_nothing_is_marked_revoked_early(
     let err = l["last_error"].as_str().unwrap();
     assert!(err.contains("cannot reach PostgreSQL"), "{err}");
     assert!(!err.contains(pg.superuser_password()), "the admin password leaked into an error");
+    // What an SRE sees: `lessor status` (the real binary) names the failing
+    // revocations, their error, the oldest overdue one and quota use.
+    // (tokio's Command: the daemon runs on this test's runtime.)
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lessor"))
+        .args(["status", "--addr", &d.url])
+        .env("LESSOR_ADMIN_TOKEN", &d.admin)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("FAILING REVOCATIONS: 3"), "{text}");
+    assert!(text.contains("cannot reach PostgreSQL"), "{text}");
+    assert!(text.contains("OLDEST OVERDUE REVOCATION: lse_"), "{text}");
+    let row = text.lines().find(|l| l.trim_start().starts_with("pg/app")).unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(row.split_whitespace().collect::<Vec<_>>(), ["pg/app", "0", "0", "3"], "{text}");
+    assert!(text.lines().any(|l| l.contains("role pg/app") && l.contains("3 / 10000")), "{text}");
+    assert!(!text.contains(pg.superuser_password()));
     // Still down a little longer: nothing may be marked ended.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(leases_in(&d, "expired").await.is_empty() && leases_in(&d, "revoked").await.is_empty());
@@ -192,6 +210,8 @@ async fn postgres_down_at_expiry_is_retried_and_nothing_is_marked_revoked_early(
     .await;
     assert!(done.is_some(), "revoked once PostgreSQL is back: {:?}", leases_in(&d, "revoke_failed").await);
     assert!(pg_lease_ids(&pg).is_empty(), "roles dropped");
+    let (_, st) = d.get("/v1/admin/status", &d.admin).await;
+    assert_eq!((st["failing"].as_array().map(Vec::len), &st["oldest_overdue"]), (Some(0), &Value::Null), "{st}");
     let (_, l) = d.get(&format!("/v1/leases/{}", ids[0]), &d.admin).await;
     assert!(l["revoke_attempts"].as_i64().unwrap() >= 1, "{l}");
 }

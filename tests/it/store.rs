@@ -107,6 +107,16 @@ pub async fn suite(s: Arc<dyn Store>) {
     assert!(!s.meta_put_if_absent("k", "w").await.unwrap());
     assert_eq!(s.meta_get("k").await.unwrap().as_deref(), Some("v"));
 
+    // The longest-overdue live lease (what `lessor status` shows).
+    s.insert_pending(&lease("od-old", "token/orders", "od", -7200)).await.unwrap();
+    let old_exp = OffsetDateTime::now_utc() - time::Duration::hours(2);
+    assert!(s.activate(&LeaseId::new("od-old"), &json!({}), old_exp).await.unwrap());
+    let o = s.oldest_overdue(OffsetDateTime::now_utc()).await.unwrap().expect("an overdue lease");
+    assert_eq!(o.id.to_string(), "od-old");
+    assert!(s.finish(&LeaseId::new("od-old"), EndReason::Expired, OffsetDateTime::now_utc()).await.unwrap());
+    let o = s.oldest_overdue(OffsetDateTime::now_utc()).await.unwrap();
+    assert!(o.is_none_or(|o| o.id.to_string() != "od-old"), "an ended lease is not overdue");
+
     // Replica heartbeats: recorded with the store's clock, updated in place,
     // listed while recent, removed on shutdown.
     let me = lessor::store::Replica {
