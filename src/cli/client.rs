@@ -310,7 +310,10 @@ pub fn render_status(base: &str, v: &Value) -> String {
     let _ = writeln!(out, "\nQUOTAS");
     for q in v["quotas"].as_array().into_iter().flatten() {
         let (used, limit) = (n(q, "used"), q["limit"].as_u64().unwrap_or(0));
-        let pct = if limit > 0 { format!("{:>3}%", used as u64 * 100 / limit) } else { "  no limit".into() };
+        let pct = match (used.max(0) as u64 * 100).checked_div(limit) {
+            Some(p) => format!("{p:>3}%"),
+            None => "  no limit".into(),
+        };
         let lim = if limit > 0 { limit.to_string() } else { "-".into() };
         let _ = writeln!(out, "  {:<28} {used:>9} / {lim:<9} {pct}", s(q, "quota"));
     }
