@@ -762,6 +762,7 @@ impl LeaseService {
             role: role.short.clone(),
             handle: lease.handle.clone(),
             expires_at: lease.expires_at,
+            root_version: None,
         };
         let vendor_exp = role
             .plugin
@@ -962,6 +963,7 @@ impl LeaseService {
             role: role.short.clone(),
             handle: lease.handle.clone(),
             expires_at: lease.expires_at,
+            root_version: None,
         };
         // A vendor that hangs must not hold the expiry worker (or, with
         // replicas, this replica's claim) forever: past the timeout the

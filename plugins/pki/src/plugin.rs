@@ -770,6 +770,7 @@ impl Plugin for PkiPlugin {
             public,
             secret,
             expires_at: req.expires_at,
+            root_version: None,
         })
     }
 

@@ -1025,6 +1025,7 @@ impl Plugin for PostgresPlugin {
             public,
             secret,
             expires_at: req.expires_at,
+            root_version: None,
         })
     }
 

@@ -110,6 +110,7 @@ pub async fn run(plugin: &dyn Plugin, case: Case, probe: &dyn Probe) -> Result<R
         role: case.role.clone(),
         handle: Some(issued.handle.clone()),
         expires_at,
+        root_version: None,
     };
     let longer = expires_at + Duration::from_secs(60);
     match plugin.renew(RenewRequest { lease: lease.clone(), expires_at: longer }).await {
@@ -144,6 +145,7 @@ pub async fn run(plugin: &dyn Plugin, case: Case, probe: &dyn Probe) -> Result<R
         role: case.role.clone(),
         handle: None,
         expires_at,
+        root_version: None,
     };
     plugin
         .revoke(&never)
@@ -161,6 +163,7 @@ pub async fn run(plugin: &dyn Plugin, case: Case, probe: &dyn Probe) -> Result<R
             role: case.role.clone(),
             handle: None,
             expires_at: crash_exp,
+            root_version: None,
         })
         .await
         .map_err(|e| format!("revoking by lease id alone failed: {e}"))?;

@@ -119,6 +119,10 @@ pub struct Issued {
     /// When the vendor credential really ends (not after the lease's
     /// `expires_at`).
     pub expires_at: OffsetDateTime,
+    /// The version of the connection's managed root credential the plugin
+    /// issued with (see [`Plugin::install_root`]); `None` when it has none.
+    /// The core records it with the lease.
+    pub root_version: Option<i64>,
 }
 
 impl fmt::Debug for Issued {
@@ -128,6 +132,7 @@ impl fmt::Debug for Issued {
             .field("public", &self.public)
             .field("secret", &self.secret.keys().collect::<Vec<_>>())
             .field("expires_at", &self.expires_at)
+            .field("root_version", &self.root_version)
             .finish()
     }
 }
@@ -142,6 +147,10 @@ pub struct LeaseRef {
     /// then find what to revoke from `lease_id` alone.
     pub handle: Option<Handle>,
     pub expires_at: OffsetDateTime,
+    /// The root credential version the lease was issued under, when known:
+    /// revoke with that version while it is installed, else with the active
+    /// one.
+    pub root_version: Option<i64>,
 }
 
 /// A renewal: extend the credential to `expires_at`.
@@ -241,7 +250,25 @@ pub struct RoleSpec {
     pub config: serde_json::Value,
 }
 
+/// What a plugin says about the root credential the core manages for it
+/// (`lessor connection set-secret / verify / activate / rotate`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootSecretSpec {
+    /// What the secret is, for its owner (e.g. "the admin DSN,
+    /// postgres://user:password@host:port/database").
+    pub describes: &'static str,
+    /// Whether [`Plugin::rotate_root`] can make a new one at the vendor.
+    pub can_rotate: bool,
+}
+
 /// A vendor plugin. Built once per connection, shared as `Arc<dyn Plugin>`.
+///
+/// Managed root credentials: when [`Plugin::root_secret_spec`] is `Some`, the
+/// core keeps the connection's root credential in versions (encrypted in its
+/// store) and hands them to the plugin with [`Plugin::install_root`]: the
+/// active version (used for new issuance) and retiring ones (kept so leases
+/// issued under them can still be revoked). Before a version may become
+/// active the core calls [`Plugin::validate_root`] with it.
 #[async_trait]
 pub trait Plugin: Send + Sync + 'static {
     /// The plugin's kind, e.g. `pki`, `token`, `postgres`.
@@ -274,6 +301,43 @@ pub trait Plugin: Send + Sync + 'static {
     /// `Ok(None)` means "not one of mine".
     async fn introspect(&self, _token: &SecretString) -> Result<Option<Introspection>, PluginError> {
         Ok(None)
+    }
+
+    /// `Some` when the core can manage this connection's root credential.
+    fn root_secret_spec(&self) -> Option<RootSecretSpec> {
+        None
+    }
+
+    /// Checks `candidate` as this connection's root credential without
+    /// switching to it and without writing anything at the vendor: it
+    /// authenticates, says who it is (`identity` and `details`, e.g.
+    /// `database`) and checks the permissions the roles need. Errors are
+    /// precise and never contain the secret: "password rejected for user
+    /// `lessor_admin`", "role `app_ro` lacks CREATEROLE".
+    async fn validate_root(&self, _candidate: &SecretString) -> Result<Validation, PluginError> {
+        Err(PluginError::Unsupported("managed root credentials"))
+    }
+
+    /// Installs root credential `version`. `active`: new issuance uses it
+    /// from now on (atomically: an issue in progress finishes with the
+    /// version it started with); otherwise it is kept only to revoke leases
+    /// issued under it. Installing the active version again is a no-op.
+    async fn install_root(&self, _version: i64, _secret: SecretString, _active: bool) -> Result<(), PluginError> {
+        Err(PluginError::Unsupported("managed root credentials"))
+    }
+
+    /// Forgets a version that is no longer active or retiring.
+    async fn remove_root(&self, _version: i64) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    /// Makes a new root credential at the vendor with the active one (e.g.
+    /// `ALTER ROLE ... PASSWORD`) and returns it; nobody sees it. The core
+    /// then validates and activates it. Where the old one stops working at
+    /// the vendor, the plugin says so in its docs: the core activates the
+    /// new one straight away.
+    async fn rotate_root(&self) -> Result<SecretString, PluginError> {
+        Err(PluginError::Unsupported("rotate"))
     }
 }
 

@@ -311,6 +311,7 @@ impl Plugin for TokenPlugin {
             public,
             secret,
             expires_at,
+            root_version: None,
         })
     }
 

@@ -16,6 +16,7 @@ fn lease(
         role: ROLE.into(),
         handle,
         expires_at,
+        root_version: None,
     }
 }
 

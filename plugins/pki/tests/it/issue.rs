@@ -164,6 +164,7 @@ async fn renew_is_unsupported() {
         role: ROLE.into(),
         handle: None,
         expires_at: in_minutes(5),
+        root_version: None,
     };
     let r = plugin
         .renew(RenewRequest {

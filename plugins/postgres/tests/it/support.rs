@@ -157,6 +157,7 @@ pub fn lease(id: &LeaseId, role: &str, issued: Option<&Issued>) -> LeaseRef {
         expires_at: issued
             .map(|i| i.expires_at)
             .unwrap_or_else(|| OffsetDateTime::now_utc() + Duration::from_secs(600)),
+            root_version: None,
     }
 }
 

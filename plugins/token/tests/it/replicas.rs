@@ -31,6 +31,7 @@ async fn replicas_share_keys_and_revocations() {
         role: "orders".into(),
         handle: Some(from_a.handle.clone()),
         expires_at: from_a.expires_at,
+        root_version: None,
     })
     .await
     .unwrap();

@@ -170,6 +170,7 @@ async fn revoke_is_seen_at_once_and_is_idempotent() {
         role: "orders".into(),
         handle: Some(issued.handle.clone()),
         expires_at: issued.expires_at,
+        root_version: None,
     };
     assert!(is_active(p.as_ref(), &token_str(&issued)).await);
     p.revoke(&lease).await.unwrap();
@@ -200,6 +201,7 @@ async fn revoke_by_lease_id_alone() {
         role: "orders".into(),
         handle: None,
         expires_at: issued.expires_at,
+        root_version: None,
     })
     .await
     .unwrap();
@@ -301,6 +303,7 @@ async fn renew_is_unsupported() {
         role: "orders".into(),
         handle: Some(issued.handle),
         expires_at: issued.expires_at,
+        root_version: None,
     };
     let err = p
         .renew(RenewRequest {
@@ -389,6 +392,7 @@ async fn expired_revocations_are_pruned() {
         role: "orders".into(),
         handle: None,
         expires_at: exp,
+        root_version: None,
     };
     p.revoke(&revoke("lease-p1", a.expires_at)).await.unwrap();
     assert!(state.get("revoked/lease-p1").await.unwrap().is_some());
