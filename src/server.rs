@@ -139,6 +139,7 @@ pub async fn start(cfg: Config, listener: TcpListener) -> anyhow::Result<Running
     let policy = Arc::new(PolicyEngine::load(&cfg.policies, role_infos(&cfg))?);
     let verifier = Arc::new(Verifier::new(&cfg, http_client()?).map_err(|e| anyhow!(e))?);
     let leases = LeaseService::new(store.clone(), catalog, policy.clone(), cfg.leases.clone()).with_quotas(cfg.quotas.clone());
+    leases.init_metrics();
 
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = Vec::new();

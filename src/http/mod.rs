@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use tower_http::trace::TraceLayer;
 
-use crate::identity::{AuthError, Verifier};
+use crate::identity::{AuthError, Verifier, UNKNOWN_ISSUER};
 use crate::lease::{Actor, LeaseService};
 use crate::policy::{Action, Principal, RequestContext};
 use crate::store::Store;
@@ -98,12 +98,18 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         use secrecy::ExposeSecret;
-        let token = bearer(parts)?;
+        // Refusals before JWT verification name no issuer; the verifier
+        // counts its own.
+        let refused = |e: AuthError| {
+            crate::telemetry::metrics().auth_failure(UNKNOWN_ISSUER, e.reason());
+            ApiError::from(e)
+        };
+        let token = bearer(parts).map_err(refused)?;
         if token.expose_secret().starts_with(ADMIN_TOKEN_PREFIX) {
             let known = state.store.meta_get(&admin_token_key(token.expose_secret())).await?;
             return match known {
                 Some(_) => Ok(Caller(Actor::Admin { name: "admin-token".into() })),
-                None => Err(ApiError::from(AuthError::Malformed("unknown admin token".into()))),
+                None => Err(refused(AuthError::Malformed("unknown admin token".into()))),
             };
         }
         let w = state.verifier.verify(&token).await?;

@@ -30,6 +30,7 @@ use crate::store::{EndReason, JobStatus, Lease, LeaseFilter, LeaseState, RevokeF
 use crate::telemetry::metrics;
 
 pub mod expiry;
+mod gauges;
 
 /// Who is asking.
 #[derive(Debug, Clone)]
@@ -147,6 +148,19 @@ pub struct LeaseService {
     /// Live-lease counts per role ("" = all), reused for a second: counting
     /// a large role on every issue would cost more than the issue.
     counts: moka::sync::Cache<String, i64>,
+}
+
+/// The `outcome` label of an issue or renew request (one of
+/// [`crate::telemetry::REQUEST_OUTCOMES`]).
+fn outcome<T>(result: &Result<T, LeaseError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(LeaseError::Denied(_)) => "denied",
+        Err(LeaseError::BadRequest { .. }) => "invalid",
+        Err(LeaseError::Quota { .. }) => "quota",
+        Err(LeaseError::Conflict(_)) => "conflict",
+        Err(_) => "error",
+    }
 }
 
 /// A new, unguessable lease id (128 random bits).
@@ -297,14 +311,7 @@ impl LeaseService {
         let started = Instant::now();
         let role = self.role(&input.role)?;
         let result = self.issue_inner(w, &role, input, source_ip).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(LeaseError::Denied(_)) => "denied",
-            Err(LeaseError::BadRequest { .. }) => "invalid",
-            Err(LeaseError::Quota { .. }) => "quota",
-            Err(_) => "error",
-        };
-        metrics().issued.with_label_values(&[role.kind.as_str(), role.name.as_str(), outcome]).inc();
+        metrics().issued.with_label_values(&[role.kind.as_str(), role.name.as_str(), outcome(&result)]).inc();
         if result.is_ok() {
             metrics().issue_seconds.with_label_values(&[role.kind.as_str()]).observe(started.elapsed().as_secs_f64());
         }
@@ -503,8 +510,7 @@ impl LeaseService {
         let lease = self.owned(actor, id).await?;
         let role = self.role(&lease.role)?;
         let result = self.renew_inner(actor, &lease, &role, ttl).await;
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics().renewed.with_label_values(&[role.kind.as_str(), role.name.as_str(), outcome]).inc();
+        metrics().renewed.with_label_values(&[role.kind.as_str(), role.name.as_str(), outcome(&result)]).inc();
         result
     }
 
@@ -602,6 +608,11 @@ impl LeaseService {
     pub async fn revoke_lease(&self, lease: &Lease, reason: EndReason) -> Result<LeaseState, LeaseError> {
         let Some(role) = self.catalog.role(&lease.role).cloned() else {
             let msg = format!("role `{}` is no longer configured; add it back so its leases can be revoked", lease.role);
+            // Labels from the stored lease: a role that was configured once.
+            metrics()
+                .revocations
+                .with_label_values(&[lease.plugin.as_str(), lease.role.as_str(), reason.as_str(), "error"])
+                .inc();
             self.fail(lease, reason, &msg).await?;
             return Ok(LeaseState::RevokeFailed);
         };
@@ -611,11 +622,19 @@ impl LeaseService {
                 .with_label_values(&[role.kind.as_str(), role.name.as_str(), reason.as_str(), outcome])
                 .inc();
         };
+        // Expiry -> confirmed end, for leases that ended by running out.
+        let lag = |ended: bool, at: OffsetDateTime| {
+            if ended && reason == EndReason::Expired {
+                let secs = (at - lease.expires_at).as_seconds_f64().max(0.0);
+                metrics().revocation_lag.with_label_values(&[role.kind.as_str()]).observe(secs);
+            }
+        };
         let now = OffsetDateTime::now_utc();
         if !role.plugin.capabilities().can_revoke {
             // Nothing to take back: the credential ends by itself.
-            self.store.finish(&lease.id, EndReason::Expired, now).await?;
+            let ended = self.store.finish(&lease.id, EndReason::Expired, now).await?;
             labels("not_revocable");
+            lag(ended, now);
             return Ok(LeaseState::Expired);
         }
         let lref = LeaseRef {
@@ -626,8 +645,10 @@ impl LeaseService {
         };
         match role.plugin.revoke(&lref).await {
             Ok(()) => {
-                self.store.finish(&lease.id, reason, OffsetDateTime::now_utc()).await?;
+                let at = OffsetDateTime::now_utc();
+                let ended = self.store.finish(&lease.id, reason, at).await?;
                 labels("ok");
+                lag(ended, at);
                 tracing::info!(lease_id = %lease.id, role = %role.name, reason = reason.as_str(), "lease ended");
                 Ok(reason.final_state())
             }

@@ -15,7 +15,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_lessor");
 
 /// Spawns `lessor` with `args`, waits for a stdout line containing `marker`
 /// and returns the child and the URL on that line.
-fn spawn_until(args: &[&str], cwd: &Path, envs: &[(&str, &str)], log: &Path, marker: &str) -> (Child, String) {
+pub fn spawn_until(args: &[&str], cwd: &Path, envs: &[(&str, &str)], log: &Path, marker: &str) -> (Child, String) {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .current_dir(cwd)
@@ -46,7 +46,7 @@ fn spawn_until(args: &[&str], cwd: &Path, envs: &[(&str, &str)], log: &Path, mar
     }
 }
 
-fn stop(mut child: Child) {
+pub fn stop(mut child: Child) {
     // SIGTERM: graceful shutdown.
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let deadline = Instant::now() + Duration::from_secs(20);

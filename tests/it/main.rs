@@ -7,6 +7,7 @@ mod flow;
 mod http;
 mod jwt;
 mod lease;
+mod observability;
 mod policy;
 mod postgres;
 mod retry;

@@ -275,6 +275,15 @@ pub trait Plugin: Send + Sync + 'static {
     async fn introspect(&self, _token: &SecretString) -> Result<Option<Introspection>, PluginError> {
         Ok(None)
     }
+
+    /// When the root credential this connection depends on stops working
+    /// (the earliest CA certificate `notAfter`, an admin password's expiry),
+    /// or `None` when it does not expire or the plugin cannot tell. The core
+    /// exports it as a metric and asks on every scrape: answer from memory
+    /// (or a cache), never with a vendor round trip each time.
+    async fn credential_expiry(&self) -> Result<Option<OffsetDateTime>, PluginError> {
+        Ok(None)
+    }
 }
 
 /// Convenience: a secret byte buffer.
