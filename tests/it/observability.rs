@@ -175,8 +175,11 @@ fn delta(before: &Metrics, after: &Metrics, name: &str, labels: &[(&str, &str)])
     after.v(name, labels) - before.v(name, labels)
 }
 
+/// A sample's name, labels and expected move.
+type Expect<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+
 /// Asserts each (name, labels, expected delta).
-fn assert_deltas(before: &Metrics, after: &Metrics, cases: &[(&str, &[(&str, &str)], f64)]) {
+fn assert_deltas(before: &Metrics, after: &Metrics, cases: &[Expect]) {
     let mut wrong = Vec::new();
     for (name, labels, want) in cases {
         let got = delta(before, after, name, labels);
