@@ -160,6 +160,7 @@ pub async fn start(cfg: Config, listener: TcpListener) -> anyhow::Result<Running
     let verifier = Arc::new(Verifier::new(&cfg, http_client()?).map_err(|e| anyhow!(e))?);
     let leases = LeaseService::new(store.clone(), catalog, policy.clone(), cfg.leases.clone()).with_quotas(cfg.quotas.clone())
         .with_audit(audit.clone());
+    leases.init_metrics();
     let started = Event::new("service.start", "ok")
         .actor(ActorInfo::system("lessor"))
         .detail("version", env!("CARGO_PKG_VERSION"))

@@ -23,9 +23,23 @@ pub struct Metrics {
     pub quota_rejections: IntCounterVec,
     pub replicas: IntGauge,
     pub policy_versions: IntGauge,
-    /// Audit entries (and checkpoints) that could not be written.
+    /// Seconds from a lease's expiry to its confirmed revocation, by plugin.
+    pub revocation_lag: HistogramVec,
+    /// Active leases whose expiry falls within the next hour.
+    pub expiring: IntGaugeVec,
+    /// Each quota's limit (`role` set for per-role quotas only).
+    pub quota_limit: IntGaugeVec,
+    /// What each quota counts now (owner: the fullest workload).
+    pub quota_usage: IntGaugeVec,
+    /// Audit entries that could not be written.
     pub audit_write_failures: IntCounter,
+    /// When a connection's root credential (a CA certificate, an admin
+    /// password) stops working, as a unix timestamp.
+    pub credential_expiry: IntGaugeVec,
 }
+
+/// Outcomes of issue and renew requests (`outcome` label).
+pub const REQUEST_OUTCOMES: [&str; 6] = ["ok", "denied", "invalid", "quota", "conflict", "error"];
 
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new();
@@ -56,8 +70,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["action"],
     )?;
     let auth_failures = IntCounterVec::new(
-        Opts::new("lessor_auth_failures_total", "Refused workload tokens by reason"),
-        &["reason"],
+        Opts::new(
+            "lessor_auth_failures_total",
+            "Refused workload tokens by configured issuer (`unknown` when the token names none) and reason",
+        ),
+        &["issuer", "reason"],
     )?;
     let policy_denials = IntCounterVec::new(
         Opts::new("lessor_policy_denials_total", "Requests denied by policy, by action and role"),
@@ -80,9 +97,37 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "lessor_policy_versions",
         "Distinct policy set versions among live replicas; more than 1 means replicas decide differently",
     )?;
-    let audit_write_failures = IntCounter::new(
-        "lessor_audit_write_failures_total",
-        "Audit entries and checkpoints that could not be written (requests that needed them were refused)",
+    let revocation_lag = HistogramVec::new(
+        HistogramOpts::new(
+            "lessor_revocation_lag_seconds",
+            "Time from a lease's expiry to its confirmed revocation (retries included), by plugin",
+        )
+        .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0]),
+        &["plugin"],
+    )?;
+    let expiring = IntGaugeVec::new(
+        Opts::new("lessor_leases_expiring_next_hour", "Active leases that expire within the next hour, by plugin and role"),
+        &["plugin", "role"],
+    )?;
+    let quota_limit = IntGaugeVec::new(
+        Opts::new("lessor_quota_limit", "Configured quota limits (unset when unlimited); role only for per-role quotas"),
+        &["quota", "role"],
+    )?;
+    let quota_usage = IntGaugeVec::new(
+        Opts::new(
+            "lessor_quota_usage",
+            "What each quota counts now: live leases in total, per role, and of the fullest workload (owner)",
+        ),
+        &["quota", "role"],
+    )?;
+    let audit_write_failures =
+        IntCounter::new("lessor_audit_write_failures_total", "Audit entries that could not be written")?;
+    let credential_expiry = IntGaugeVec::new(
+        Opts::new(
+            "lessor_connection_credential_expiry_timestamp_seconds",
+            "When a connection's root credential (e.g. a pki CA certificate) expires, unix seconds",
+        ),
+        &["connection"],
     )?;
     let build_info = IntGaugeVec::new(Opts::new("lessor_build_info", "Build information"), &["version"])?;
     build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -100,7 +145,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(quota_rejections.clone()),
         Box::new(replicas.clone()),
         Box::new(policy_versions.clone()),
+        Box::new(revocation_lag.clone()),
+        Box::new(expiring.clone()),
+        Box::new(quota_limit.clone()),
+        Box::new(quota_usage.clone()),
         Box::new(audit_write_failures.clone()),
+        Box::new(credential_expiry.clone()),
         Box::new(build_info),
     ] {
         registry.register(c)?;
@@ -120,7 +170,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
         quota_rejections,
         replicas,
         policy_versions,
+        revocation_lag,
+        expiring,
+        quota_limit,
+        quota_usage,
         audit_write_failures,
+        credential_expiry,
     })
 }
 
@@ -134,8 +189,15 @@ pub fn metrics() -> &'static Metrics {
 }
 
 impl Metrics {
+    /// `issuer` is the issuer's name in the config.
     pub fn jwks_refresh(&self, issuer: &str, outcome: &str) {
         self.jwks_refreshes.with_label_values(&[issuer, outcome]).inc();
+    }
+
+    /// A refused workload token. `issuer` is the configured issuer's name,
+    /// or `unknown` when the token names none (never the raw `iss`).
+    pub fn auth_failure(&self, issuer: &str, reason: &str) {
+        self.auth_failures.with_label_values(&[issuer, reason]).inc();
     }
 
     /// Prometheus text exposition.
@@ -162,5 +224,6 @@ mod tests {
         let m = super::build().unwrap();
         m.issued.with_label_values(&["pki", "pki/web", "ok"]).inc();
         assert!(m.render().contains("lessor_issued_total{outcome=\"ok\",plugin=\"pki\",role=\"pki/web\"} 1"));
+        assert!(m.render().contains("lessor_audit_write_failures_total 0"), "a plain counter is exported from the start");
     }
 }

@@ -50,7 +50,6 @@ impl ApiError {
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
-        crate::telemetry::metrics().auth_failures.with_label_values(&[e.reason()]).inc();
         tracing::info!(reason = e.reason(), error = %e, "workload token refused");
         let mut a = ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string());
         if matches!(e, AuthError::KeysUnavailable { .. }) {

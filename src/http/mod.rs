@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use tower_http::trace::TraceLayer;
 
 use crate::audit::{new_request_id, sane_request_id, ActorInfo, Event, RequestMeta};
-use crate::identity::{AuthError, Verifier};
+use crate::identity::{AuthError, Verifier, UNKNOWN_ISSUER};
 use crate::lease::{workload_info, Actor, LeaseService};
 use crate::policy::{Action, Principal, RequestContext};
 use crate::store::Store;
@@ -165,9 +165,13 @@ impl FromRequestParts<AppState> for Caller {
         use secrecy::ExposeSecret;
         let meta = request_meta(parts);
         let audit = &state.leases.audit;
+        // Refusals before JWT verification name no issuer; the verifier
+        // counts its own.
+        let count = |e: &AuthError| crate::telemetry::metrics().auth_failure(UNKNOWN_ISSUER, e.reason());
         let token = match bearer(parts) {
             Ok(t) => t,
             Err(e) => {
+                count(&e);
                 audit.note(Event::new("authenticate", "failed").request(Some(&meta)).error(e.reason(), "no usable bearer token"));
                 return Err(e.into());
             }
@@ -185,7 +189,9 @@ impl FromRequestParts<AppState> for Caller {
                 }
                 None => {
                     audit.note(event("failed").error("unknown_admin_token", "unknown admin token"));
-                    Err(ApiError::from(AuthError::Malformed("unknown admin token".into())))
+                    let e = AuthError::Malformed("unknown admin token".into());
+                    count(&e);
+                    Err(ApiError::from(e))
                 }
             };
         }

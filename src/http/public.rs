@@ -10,7 +10,6 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
-use crate::store::LeaseState;
 
 /// `GET /v1/pki/{role}/{ca|crl}`; `role` is `connection/role`, or the role's
 /// short name when it is unique among pki connections.
@@ -100,23 +99,11 @@ pub async fn health(State(st): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Prometheus metrics; lease gauges are read from the store at scrape time,
-/// so they are right on every replica and after restarts.
+/// Prometheus metrics; the store-backed gauges (leases by state, expiring,
+/// quota use) are read at scrape time, so they are right on every replica
+/// and after restarts.
 pub async fn metrics(State(st): State<AppState>) -> Response {
-    let m = crate::telemetry::metrics();
-    match st.store.counts().await {
-        Ok(counts) => {
-            m.leases.reset();
-            for role in st.leases.catalog.roles.values() {
-                for s in [LeaseState::Pending, LeaseState::Active, LeaseState::RevokeFailed] {
-                    m.leases.with_label_values(&[role.kind.as_str(), role.name.as_str(), s.as_str()]).set(0);
-                }
-            }
-            for (role, plugin, state, n) in counts {
-                m.leases.with_label_values(&[plugin.as_str(), role.as_str(), state.as_str()]).set(n);
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "metrics: cannot count leases"),
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response()
+    st.leases.refresh_gauges().await;
+    let body = crate::telemetry::metrics().render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -58,6 +58,8 @@ impl KeySet {
 
 /// Where and how one issuer's keys are fetched.
 pub struct IssuerKeys {
+    /// The issuer's name in the config (the metric label).
+    name: String,
     issuer: String,
     source: KeySource,
     http: reqwest::Client,
@@ -75,8 +77,21 @@ pub enum KeyLookup {
 }
 
 impl IssuerKeys {
-    pub fn new(issuer: &str, source: KeySource, http: reqwest::Client, ttl: Duration, min_refetch: Duration) -> Self {
+    /// Keys of the issuer configured as `name` with exact `iss` `issuer`.
+    pub fn new(
+        name: &str,
+        issuer: &str,
+        source: KeySource,
+        http: reqwest::Client,
+        ttl: Duration,
+        min_refetch: Duration,
+    ) -> Self {
+        let m = crate::telemetry::metrics();
+        for outcome in ["ok", "error"] {
+            m.jwks_refreshes.with_label_values(&[name, outcome]);
+        }
         IssuerKeys {
+            name: name.to_owned(),
             issuer: issuer.trim_end_matches('/').to_owned(),
             source,
             http,
@@ -92,7 +107,7 @@ impl IssuerKeys {
             .cache
             .try_get_with((), async {
                 let ks = Arc::new(self.fetch().await?);
-                crate::telemetry::metrics().jwks_refresh(&self.issuer, "ok");
+                crate::telemetry::metrics().jwks_refresh(&self.name, "ok");
                 Ok::<_, String>(ks)
             })
             .await;
@@ -104,7 +119,7 @@ impl IssuerKeys {
                 Ok(ks)
             }
             Err(e) => {
-                crate::telemetry::metrics().jwks_refresh(&self.issuer, "error");
+                crate::telemetry::metrics().jwks_refresh(&self.name, "error");
                 let last = self.last_good.lock().ok().and_then(|g| g.clone());
                 match last {
                     Some(ks) => {

@@ -142,6 +142,9 @@ struct Issuer {
     keys: IssuerKeys,
 }
 
+/// The `issuer` metric label of a token that names no configured issuer.
+pub const UNKNOWN_ISSUER: &str = "unknown";
+
 /// Verifies workload JWTs against the configured issuers.
 pub struct Verifier {
     by_iss: HashMap<String, Arc<Issuer>>,
@@ -175,7 +178,7 @@ impl Verifier {
                 name: name.clone(),
                 algorithms,
                 mapping: ClaimMapping::new(ic.preset.as_deref(), &ic.claims),
-                keys: IssuerKeys::new(&iss, source, http.clone(), ic.jwks_cache_ttl, ic.min_refetch_interval),
+                keys: IssuerKeys::new(name, &iss, source, http.clone(), ic.jwks_cache_ttl, ic.min_refetch_interval),
                 cfg: ic.clone(),
             };
             by_iss.insert(iss, Arc::new(issuer));
@@ -196,7 +199,25 @@ impl Verifier {
         self.verify_at(token, OffsetDateTime::now_utc()).await
     }
 
+    /// Verifies `token` as of `now`. A refusal is counted in
+    /// `lessor_auth_failures_total` under the configured issuer's name, or
+    /// `unknown` when the token names no configured issuer (never the raw
+    /// `iss`, which the caller chooses).
     pub async fn verify_at(&self, token: &SecretString, now: OffsetDateTime) -> Result<VerifiedWorkload, AuthError> {
+        let mut issuer_name = None;
+        let result = self.verify_inner(token, now, &mut issuer_name).await;
+        if let Err(e) = &result {
+            crate::telemetry::metrics().auth_failure(issuer_name.unwrap_or(UNKNOWN_ISSUER), e.reason());
+        }
+        result
+    }
+
+    async fn verify_inner<'a>(
+        &'a self,
+        token: &SecretString,
+        now: OffsetDateTime,
+        issuer_name: &mut Option<&'a str>,
+    ) -> Result<VerifiedWorkload, AuthError> {
         let t = token.expose_secret().trim();
         if t.is_empty() {
             return Err(AuthError::Missing);
@@ -219,6 +240,7 @@ impl Verifier {
         let unverified = b64_json(parts[1], "payload")?;
         let iss = unverified.get("iss").and_then(Value::as_str).ok_or(AuthError::NoIssuer)?;
         let issuer = self.by_iss.get(iss).ok_or_else(|| AuthError::UnknownIssuer(iss.to_owned()))?;
+        *issuer_name = Some(issuer.name.as_str());
 
         let allowed = || issuer.cfg.algorithms.join(", ");
         let alg_parsed = parse_allowed_alg(alg).ok().filter(|a| issuer.algorithms.contains(a));

@@ -37,6 +37,7 @@ use crate::telemetry::metrics;
 
 pub mod expiry;
 pub mod heartbeat;
+mod gauges;
 
 /// Who is asking.
 #[derive(Debug, Clone)]
@@ -252,6 +253,19 @@ pub struct QuotaUse {
     pub limit: u64,
 }
 
+/// The `outcome` label of an issue or renew request (one of
+/// [`crate::telemetry::REQUEST_OUTCOMES`]).
+fn outcome<T>(result: &Result<T, LeaseError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(LeaseError::Denied(_)) => "denied",
+        Err(LeaseError::BadRequest { .. }) => "invalid",
+        Err(LeaseError::Quota { .. }) => "quota",
+        Err(LeaseError::Conflict(_)) => "conflict",
+        Err(_) => "error",
+    }
+}
+
 /// A new, unguessable lease id (128 random bits).
 pub fn new_lease_id() -> LeaseId {
     let bytes: [u8; 16] = rand::rng().random();
@@ -435,14 +449,7 @@ impl LeaseService {
                 self.audit.note(ev);
             }
         }
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(LeaseError::Denied(_)) => "denied",
-            Err(LeaseError::BadRequest { .. }) => "invalid",
-            Err(LeaseError::Quota { .. }) => "quota",
-            Err(_) => "error",
-        };
-        metrics().issued.with_label_values(&[role.kind.as_str(), role.name.as_str(), outcome]).inc();
+        metrics().issued.with_label_values(&[role.kind.as_str(), role.name.as_str(), outcome(&result)]).inc();
         if result.is_ok() {
             metrics().issue_seconds.with_label_values(&[role.kind.as_str()]).observe(started.elapsed().as_secs_f64());
         }
@@ -714,8 +721,7 @@ impl LeaseService {
                 self.audit.note(ev);
             }
         }
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics().renewed.with_label_values(&[role.kind.as_str(), role.name.as_str(), outcome]).inc();
+        metrics().renewed.with_label_values(&[role.kind.as_str(), role.name.as_str(), outcome(&result)]).inc();
         result
     }
 
@@ -942,6 +948,11 @@ impl LeaseService {
     async fn revoke_lease_inner(&self, lease: &Lease, reason: EndReason) -> Result<(LeaseState, Option<String>), LeaseError> {
         let Some(role) = self.catalog.role(&lease.role).cloned() else {
             let msg = format!("role `{}` is no longer configured; add it back so its leases can be revoked", lease.role);
+            // Labels from the stored lease: a role that was configured once.
+            metrics()
+                .revocations
+                .with_label_values(&[lease.plugin.as_str(), lease.role.as_str(), reason.as_str(), "error"])
+                .inc();
             self.fail(lease, reason, &msg).await?;
             return Ok((LeaseState::RevokeFailed, Some(msg)));
         };
@@ -951,11 +962,19 @@ impl LeaseService {
                 .with_label_values(&[role.kind.as_str(), role.name.as_str(), reason.as_str(), outcome])
                 .inc();
         };
+        // Expiry -> confirmed end, for leases that ended by running out.
+        let lag = |ended: bool, at: OffsetDateTime| {
+            if ended && reason == EndReason::Expired {
+                let secs = (at - lease.expires_at).as_seconds_f64().max(0.0);
+                metrics().revocation_lag.with_label_values(&[role.kind.as_str()]).observe(secs);
+            }
+        };
         let now = OffsetDateTime::now_utc();
         if !role.plugin.capabilities().can_revoke {
             // Nothing to take back: the credential ends by itself.
-            self.store.finish(&lease.id, EndReason::Expired, now).await?;
+            let ended = self.store.finish(&lease.id, EndReason::Expired, now).await?;
             labels("not_revocable");
+            lag(ended, now);
             return Ok((LeaseState::Expired, None));
         }
         let lref = LeaseRef {
@@ -975,8 +994,10 @@ impl LeaseService {
         };
         match outcome {
             Ok(()) => {
-                self.store.finish(&lease.id, reason, OffsetDateTime::now_utc()).await?;
+                let at = OffsetDateTime::now_utc();
+                let ended = self.store.finish(&lease.id, reason, at).await?;
                 labels("ok");
+                lag(ended, at);
                 tracing::info!(lease_id = %lease.id, role = %role.name, reason = reason.as_str(), "lease ended");
                 Ok((reason.final_state(), None))
             }

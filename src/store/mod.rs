@@ -252,6 +252,9 @@ pub struct DueLease {
 /// Counts for metrics: (role, plugin, state) -> n.
 pub type LeaseCounts = Vec<(String, String, LeaseState, i64)>;
 
+/// Counts for metrics: (role, plugin) -> n.
+pub type RoleCounts = Vec<(String, String, i64)>;
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Short backend name for logs (`sqlite`, `postgres`).
@@ -303,6 +306,15 @@ pub trait Store: Send + Sync + 'static {
     async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError>;
 
     async fn counts(&self) -> Result<LeaseCounts, StoreError>;
+
+    /// Active leases whose expiry is at or before `before` (due ones not yet
+    /// revoked included), by role and plugin. Uses the `(state, expires_at)`
+    /// index.
+    async fn expiring(&self, before: OffsetDateTime) -> Result<RoleCounts, StoreError>;
+
+    /// The most live leases any one workload (issuer + subject) holds; 0
+    /// when there are none. What the per-workload quota is closest to.
+    async fn max_live_per_owner(&self) -> Result<i64, StoreError>;
 
     /// Live leases (pending, active, revoke_failed) matching `filter`'s
     /// role / issuer + subject (all when both are unset).

@@ -25,8 +25,8 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use time::OffsetDateTime;
 
 use super::{
-    from_ms, to_ms, DueLease, EndReason, JobStatus, Lease, LeaseCounts, LeaseFilter, LeaseState, RevokeFilter, Store,
-    StoreError,
+    from_ms, to_ms, DueLease, EndReason, JobStatus, Lease, LeaseCounts, LeaseFilter, LeaseState, RevokeFilter, RoleCounts,
+    Store, StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");
@@ -368,6 +368,37 @@ impl Store for PgStore {
                 ))
             })
             .collect()
+    }
+
+    async fn expiring(&self, before: OffsetDateTime) -> Result<RoleCounts, StoreError> {
+        let rows = sqlx::query(
+            "SELECT role, plugin, COUNT(*) AS n FROM leases \
+             WHERE state = 'active' AND expires_at <= $1 GROUP BY role, plugin",
+        )
+        .bind(to_ms(before))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(interpret_error)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("role").map_err(interpret_error)?,
+                    r.try_get("plugin").map_err(interpret_error)?,
+                    r.try_get("n").map_err(interpret_error)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn max_live_per_owner(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT COALESCE(MAX(n), 0) AS n FROM \
+             (SELECT COUNT(*) AS n FROM leases WHERE state IN {LIVE} GROUP BY issuer, subject) AS owners"
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(interpret_error)?;
+        row.try_get("n").map_err(interpret_error)
     }
 
     async fn start_revoke_job(

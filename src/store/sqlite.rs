@@ -14,8 +14,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use time::OffsetDateTime;
 
 use super::{
-    from_ms, to_ms, DueLease, EndReason, JobStatus, Lease, LeaseCounts, LeaseFilter, LeaseState, RevokeFilter, Store,
-    StoreError,
+    from_ms, to_ms, DueLease, EndReason, JobStatus, Lease, LeaseCounts, LeaseFilter, LeaseState, RevokeFilter, RoleCounts,
+    Store, StoreError,
 };
 
 /// A value bound to a write statement.
@@ -419,6 +419,37 @@ impl Store for SqliteStore {
                 ))
             })
             .collect()
+    }
+
+    async fn expiring(&self, before: OffsetDateTime) -> Result<RoleCounts, StoreError> {
+        let rows = sqlx::query(
+            "SELECT role, plugin, COUNT(*) AS n FROM leases \
+             WHERE state = 'active' AND expires_at <= ? GROUP BY role, plugin",
+        )
+        .bind(to_ms(before))
+        .fetch_all(&self.read)
+        .await
+        .map_err(interpret_error)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("role").map_err(interpret_error)?,
+                    r.try_get("plugin").map_err(interpret_error)?,
+                    r.try_get("n").map_err(interpret_error)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn max_live_per_owner(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT COALESCE(MAX(n), 0) AS n FROM \
+             (SELECT COUNT(*) AS n FROM leases WHERE state IN {LIVE} GROUP BY issuer, subject) AS owners"
+        ))
+        .fetch_one(&self.read)
+        .await
+        .map_err(interpret_error)?;
+        row.try_get("n").map_err(interpret_error)
     }
 
     async fn start_revoke_job(

@@ -8,6 +8,7 @@ mod flow;
 mod http;
 mod jwt;
 mod lease;
+mod observability;
 mod policy;
 mod postgres;
 mod replicas;

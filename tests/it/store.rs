@@ -89,6 +89,25 @@ pub async fn suite(s: Arc<dyn Store>) {
     let counts = s.counts().await.unwrap();
     assert!(counts.contains(&("token/orders".into(), "token".into(), LeaseState::Pending, 2)), "{counts:?}");
 
+    // Expiring within a window: active leases only, by role; a lease past
+    // its expiry that is not yet revoked counts, one beyond the window not.
+    s.insert_pending(&lease("soon", "token/orders", "dave", 1800)).await.unwrap();
+    s.activate(&LeaseId::new("soon"), &json!({}), now + time::Duration::minutes(30)).await.unwrap();
+    s.insert_pending(&lease("late", "token/orders", "dave", 7200)).await.unwrap();
+    s.activate(&LeaseId::new("late"), &json!({}), now + time::Duration::hours(2)).await.unwrap();
+    s.insert_pending(&lease("overdue", "pki/web", "dave", -5)).await.unwrap();
+    s.activate(&LeaseId::new("overdue"), &json!({}), now - time::Duration::seconds(5)).await.unwrap();
+    let mut exp = s.expiring(now + time::Duration::hours(1)).await.unwrap();
+    exp.sort();
+    assert_eq!(exp, vec![("pki/web".into(), "token".into(), 2), ("token/orders".into(), "token".into(), 1)], "{exp:?}");
+    assert!(s.expiring(now - time::Duration::hours(1)).await.unwrap().is_empty());
+    // The fullest workload: dave holds 3 live leases (bob 2, carol 1 being revoked).
+    assert_eq!(s.max_live_per_owner().await.unwrap(), 3);
+    for id in ["soon", "late", "overdue"] {
+        assert!(s.finish(&LeaseId::new(id), EndReason::Revoked, now).await.unwrap());
+    }
+    assert_eq!(s.max_live_per_owner().await.unwrap(), 2, "ended leases do not count");
+
     // Plugin state: namespaced by connection, prefix listing, put_if_absent.
     s.state_put("c1", "crl/web/01", b"x", false).await.unwrap();
     s.state_put("c1", "crl/web/02", b"y", false).await.unwrap();

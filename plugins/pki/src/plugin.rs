@@ -644,6 +644,12 @@ impl Plugin for PkiPlugin {
         })
     }
 
+    /// The earliest `notAfter` among the roles' CA certificates: past it,
+    /// that role can issue nothing.
+    async fn credential_expiry(&self) -> Result<Option<OffsetDateTime>, PluginError> {
+        Ok(self.roles.iter().map(|r| r.ca.not_after).min())
+    }
+
     #[instrument(skip_all, fields(role = %req.role, lease_id = %req.lease_id))]
     async fn issue(&self, req: IssueRequest) -> Result<Issued, PluginError> {
         let role = self.role(&req.role).ok_or_else(|| {

@@ -339,6 +339,15 @@ pub trait Plugin: Send + Sync + 'static {
     async fn rotate_root(&self) -> Result<SecretString, PluginError> {
         Err(PluginError::Unsupported("rotate"))
     }
+
+    /// When the root credential this connection depends on stops working
+    /// (the earliest CA certificate `notAfter`, an admin password's expiry),
+    /// or `None` when it does not expire or the plugin cannot tell. The core
+    /// exports it as a metric and asks on every scrape: answer from memory
+    /// (or a cache), never with a vendor round trip each time.
+    async fn credential_expiry(&self) -> Result<Option<OffsetDateTime>, PluginError> {
+        Ok(None)
+    }
 }
 
 /// Convenience: a secret byte buffer.

@@ -302,6 +302,10 @@ async fn validate_warns_about_a_ca_near_its_end() {
         .unwrap();
     let v = plugin.validate().await.unwrap();
     assert_eq!(v.warnings.len(), 1, "{:?}", v.warnings);
+    // The core's root-credential metric reads the CA's notAfter.
+    let expiry = plugin.credential_expiry().await.unwrap().unwrap();
+    let (_, x509) = x509_parser::parse_x509_certificate(cert.der()).unwrap();
+    assert_eq!(expiry.unix_timestamp(), x509.validity().not_after.timestamp());
     assert!(
         v.warnings[0].starts_with("the CA of role `web` (Short CA) expires in 9 days"),
         "{}",
@@ -336,6 +340,14 @@ async fn validate_names_every_ca() {
         .unwrap();
     let v = plugin.validate().await.unwrap();
     assert_eq!(v.identity, "CA lessor corp/web CA, CA lessor corp/db CA");
+    // Two generated CAs: the root-credential expiry is the earlier notAfter.
+    let not_after = |role: &str| {
+        let t = &v.details[&format!("role.{role}.ca_not_after")];
+        OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap()
+    };
+    let expiry = plugin.credential_expiry().await.unwrap().unwrap();
+    assert_eq!(expiry, not_after("web").min(not_after("db")));
+    assert!(expiry > OffsetDateTime::now_utc() + Duration::days(300), "{expiry}");
     assert!(
         v.details.contains_key("role.web.ca_not_after")
             && v.details.contains_key("role.db.ca_not_after")
