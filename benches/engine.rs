@@ -206,7 +206,11 @@ default_scopes = ["orders.read"]
     }
 
     async fn start(&self, leases: &str, pg: bool) -> (Running, String) {
-        let cfg = Config::from_toml(&self.config(leases, pg)).expect("config");
+        self.start_text(&self.config(leases, pg)).await
+    }
+
+    async fn start_text(&self, text: &str) -> (Running, String) {
+        let cfg = Config::from_toml(text).expect("config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let running = lessor::server::start(cfg, listener).await.expect("start");
         let url = format!("http://{}", running.addr);
@@ -343,9 +347,33 @@ async fn part1(rep: &mut Report) {
             None,
         );
     }
+    running.shutdown().await;
+
+    // What the audit log (on by default: hash chain, group writes) costs:
+    // the same token load against a daemon with `[audit] sink = "off"`,
+    // rounds alternating so both see the same machine load.
+    let s_off = Setup::new();
+    let (off, off_url) = s_off.start_text(&(s_off.config("", false) + "\n[audit]\nsink = \"off\"\n")).await;
+    let s_on = Setup::new();
+    let (on, on_url) = s_on.start("", false).await;
+    issue_load(&http, &off_url, "token/orders", s_off.jwts("warm-off", 400)).await;
+    issue_load(&http, &on_url, "token/orders", s_on.jwts("warm-on", 400)).await;
+    let (mut r_on, mut r_off) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        r_off.push(issue_load(&http, &off_url, "token/orders", s_off.jwts(&format!("off-{round}"), ISSUES)).await.rate);
+        r_on.push(issue_load(&http, &on_url, "token/orders", s_on.jwts(&format!("on-{round}"), ISSUES)).await.rate);
+    }
+    let (m_on, m_off) = (pct(&mut r_on, 0.5), pct(&mut r_off, 0.5));
+    rep.row(
+        "1. token issue with the audit log on / off (ratio)",
+        format!("{}/s / {}/s ({:.2})", thousands(m_on), thousands(m_off), m_on / m_off),
+        "the audit log's cost",
+        None,
+    );
+    on.shutdown().await;
+    off.shutdown().await;
     println!("    crypto floor per core: ~63 us ES256 verify + ~51 us P-256 keygen+sign = ~114 us, i.e. ~{:.0} certificates/s on {} cores with nothing else",
         cpus() as f64 * 1e6 / 114.0, cpus());
-    running.shutdown().await;
 }
 
 // ---------------------------------------------------------------- parts 2, 3
