@@ -25,6 +25,11 @@ pub struct Metrics {
     pub policy_versions: IntGauge,
     /// Audit entries (and checkpoints) that could not be written.
     pub audit_write_failures: IntCounter,
+    /// When a connection's credential must be reviewed or ends (root
+    /// credentials: `review_by`), unix seconds.
+    pub connection_credential_expiry: IntGaugeVec,
+    /// Age of a connection's active root credential, seconds.
+    pub connection_credential_age: IntGaugeVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -84,6 +89,17 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "lessor_audit_write_failures_total",
         "Audit entries and checkpoints that could not be written (requests that needed them were refused)",
     )?;
+    let connection_credential_expiry = IntGaugeVec::new(
+        Opts::new(
+            "lessor_connection_credential_expiry_timestamp_seconds",
+            "When a connection's credential must be reviewed or ends (unix seconds), by connection",
+        ),
+        &["connection"],
+    )?;
+    let connection_credential_age = IntGaugeVec::new(
+        Opts::new("lessor_connection_credential_age_seconds", "Age of a connection's active root credential, by connection"),
+        &["connection"],
+    )?;
     let build_info = IntGaugeVec::new(Opts::new("lessor_build_info", "Build information"), &["version"])?;
     build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     for c in [
@@ -101,6 +117,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(replicas.clone()),
         Box::new(policy_versions.clone()),
         Box::new(audit_write_failures.clone()),
+        Box::new(connection_credential_expiry.clone()),
+        Box::new(connection_credential_age.clone()),
         Box::new(build_info),
     ] {
         registry.register(c)?;
@@ -121,6 +139,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         replicas,
         policy_versions,
         audit_write_failures,
+        connection_credential_expiry,
+        connection_credential_age,
     })
 }
 
