@@ -13,6 +13,7 @@ use crate::config::Config;
 
 mod audit;
 mod client;
+pub use client::render_status;
 mod connection;
 mod dev;
 

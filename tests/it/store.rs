@@ -30,6 +30,7 @@ fn lease(id: &str, role: &str, subject: &str, expires_in: i64) -> Lease {
         next_attempt_at: None,
         end_reason: None,
         ended_at: None,
+        root_version: None,
     }
 }
 
