@@ -624,7 +624,7 @@ impl RootCredentials {
             return refuse(ev, e);
         }
         self.audit.note(self.event("connection.approve", "ok", actor, meta, conn).detail("version", v.version));
-        Ok(self.version(conn, Some(v.version), SecretState::Candidate).await?)
+        self.version(conn, Some(v.version), SecretState::Candidate).await
     }
 
     /// Switches issuance to a verified (and, for production, approved)
@@ -706,7 +706,7 @@ impl RootCredentials {
             tracing::warn!(connection = conn, error = %e, "installing the new root credential failed; retrying");
         }
         self.update_metrics().await;
-        Ok(self.version(conn, Some(v.version), SecretState::Active).await?)
+        self.version(conn, Some(v.version), SecretState::Active).await
     }
 
     /// Returns to the version that was active before, while it is retiring.
@@ -792,7 +792,7 @@ impl RootCredentials {
         self.audit.note(ev);
         self.sync(conn).await?;
         self.update_metrics().await;
-        Ok(self.version(conn, Some(v.version), SecretState::Active).await?)
+        self.version(conn, Some(v.version), SecretState::Active).await
     }
 }
 

@@ -63,8 +63,12 @@ pub fn view_json(c: &ConnectionView, now: OffsetDateTime) -> Value {
     })
 }
 
-fn roots(st: &AppState) -> Result<&RootCredentials, ApiError> {
-    st.leases.roots.as_deref().ok_or_else(|| ApiError::not_found("root credentials are not enabled in this process"))
+fn roots(st: &AppState) -> Option<&RootCredentials> {
+    st.leases.roots.as_deref()
+}
+
+fn disabled() -> ApiError {
+    ApiError::not_found("root credentials are not enabled in this process")
 }
 
 impl From<ConnError> for ApiError {
@@ -84,7 +88,7 @@ impl From<ConnError> for ApiError {
 }
 
 pub async fn list(State(st): State<AppState>, OperatorCaller(actor): OperatorCaller, Meta(meta): Meta) -> Result<Json<Value>, ApiError> {
-    let views = roots(&st)?.list(&actor, &meta).await?;
+    let views = roots(&st).ok_or_else(disabled)?.list(&actor, &meta).await?;
     let now = OffsetDateTime::now_utc();
     Ok(Json(json!({ "connections": views.iter().map(|v| view_json(v, now)).collect::<Vec<_>>() })))
 }
@@ -95,7 +99,7 @@ pub async fn show(
     Meta(meta): Meta,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let v = roots(&st)?.show(&actor, &name, &meta).await?;
+    let v = roots(&st).ok_or_else(disabled)?.show(&actor, &name, &meta).await?;
     Ok(Json(view_json(&v, OffsetDateTime::now_utc())))
 }
 
@@ -113,7 +117,7 @@ pub async fn set_secret(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<SetSecretReq>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let v = roots(&st)?.set_secret(&actor, &name, req.secret, &req.reason, &meta).await?;
+    let v = roots(&st).ok_or_else(disabled)?.set_secret(&actor, &name, req.secret, &req.reason, &meta).await?;
     Ok((StatusCode::CREATED, Json(version_json(&v))))
 }
 
@@ -131,7 +135,7 @@ pub async fn verify(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<VersionReq>,
 ) -> Result<Json<Value>, ApiError> {
-    let (version, result) = roots(&st)?.verify(&actor, &name, req.version, &meta).await?;
+    let (version, result) = roots(&st).ok_or_else(disabled)?.verify(&actor, &name, req.version, &meta).await?;
     Ok(Json(json!({ "version": version, "result": result })))
 }
 
@@ -142,7 +146,7 @@ pub async fn approve(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<VersionReq>,
 ) -> Result<Json<Value>, ApiError> {
-    let v = roots(&st)?.approve(&actor, &name, req.version, &meta).await?;
+    let v = roots(&st).ok_or_else(disabled)?.approve(&actor, &name, req.version, &meta).await?;
     Ok(Json(version_json(&v)))
 }
 
@@ -153,7 +157,7 @@ pub async fn activate(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<VersionReq>,
 ) -> Result<Json<Value>, ApiError> {
-    let v = roots(&st)?.activate(&actor, &name, req.version, &meta).await?;
+    let v = roots(&st).ok_or_else(disabled)?.activate(&actor, &name, req.version, &meta).await?;
     Ok(Json(version_json(&v)))
 }
 
@@ -163,7 +167,7 @@ pub async fn rollback(
     Meta(meta): Meta,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let v = roots(&st)?.rollback(&actor, &name, &meta).await?;
+    let v = roots(&st).ok_or_else(disabled)?.rollback(&actor, &name, &meta).await?;
     Ok(Json(version_json(&v)))
 }
 
@@ -173,6 +177,6 @@ pub async fn rotate(
     Meta(meta): Meta,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let v = roots(&st)?.rotate(&actor, &name, &meta).await?;
+    let v = roots(&st).ok_or_else(disabled)?.rotate(&actor, &name, &meta).await?;
     Ok(Json(version_json(&v)))
 }

@@ -85,9 +85,9 @@ impl Writer {
             if r.stmts.len() == 1 {
                 // A failed statement (a duplicate id) is undone alone; SQLite
                 // keeps the rest of the transaction.
-                results.push(Writer::one(&mut *tx, &mut r.stmts[0]).await);
+                results.push(Writer::one(&mut tx, &mut r.stmts[0]).await);
             } else {
-                results.push(Writer::all_or_nothing(&mut *tx, &mut r.stmts).await);
+                results.push(Writer::all_or_nothing(&mut tx, &mut r.stmts).await);
             }
         }
         match tx.commit().await {
