@@ -79,6 +79,67 @@ pub struct Config {
     /// Plugin instances (connections) and their roles.
     #[serde(default)]
     pub connections: BTreeMap<String, ConnectionConfig>,
+    /// The key-encryption key of managed root credentials (default: the
+    /// seal key file).
+    #[serde(default)]
+    pub kek: KekConfig,
+}
+
+/// `[kek]`: where the key-encryption key of root credentials comes from.
+/// At most one of `file`, `env`, `command`; none = the seal key file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KekConfig {
+    /// A file holding 32 bytes, base64 (like the seal key).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// An environment variable holding 32 bytes, base64.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// An external KMS hook: lessor runs `command... wrap` / `command...
+    /// unwrap` with the key (base64) on stdin and reads the result (base64)
+    /// from stdout.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// The id of the hook's key (stored with each wrapped key). Required
+    /// with `command`.
+    #[serde(default)]
+    pub key_id: Option<String>,
+}
+
+/// The identity a connection's root credential must authenticate as
+/// (`lessor connection verify`): `identity` against the plugin's
+/// `Validation.identity`, every other key against its `details`
+/// (e.g. `database = "app"`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct ExpectedIdentity {
+    pub identity: String,
+    #[serde(flatten)]
+    pub details: BTreeMap<String, String>,
+}
+
+/// A date written as a TOML date (`2026-03-31`) or a string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum DateInput {
+    Toml(toml::value::Datetime),
+    Text(String),
+}
+
+fn de_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<time::Date>, D::Error> {
+    let text = match Option::<DateInput>::deserialize(d)? {
+        None => return Ok(None),
+        Some(DateInput::Toml(t)) => t.to_string(),
+        Some(DateInput::Text(t)) => t,
+    };
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(text.trim(), &fmt)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a date like 2026-03-31 ({e})")))
+}
+
+fn default_overlap() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 /// `[tls]`: the listener's certificate, reloaded when the files change.
@@ -425,6 +486,20 @@ pub struct ConnectionConfig {
     /// Person or team that owns the vendor account.
     #[serde(default)]
     pub owner: Option<String>,
+    /// When the root credential must be reviewed or expires (a vendor
+    /// token's end, a contract date); warned about 7 days ahead.
+    #[serde(default, deserialize_with = "de_date")]
+    pub review_by: Option<time::Date>,
+    /// Who the root credential must authenticate as (checked by `verify`).
+    #[serde(default)]
+    pub expected_identity: Option<ExpectedIdentity>,
+    /// A root credential older than this is stale (a warning).
+    #[serde(default, with = "humantime_serde")]
+    pub rotate_after: Option<Duration>,
+    /// How long a replaced root credential stays `retiring` (revocation of
+    /// leases issued under it, rollback). Longer than the roles' max TTL.
+    #[serde(default = "default_overlap", with = "humantime_serde")]
+    pub overlap: Duration,
     /// Plugin-specific connection settings.
     #[serde(default)]
     pub config: toml::Table,
@@ -510,6 +585,9 @@ impl Config {
         fix(&mut self.data_dir);
         fix(&mut self.policies);
         if let Some(p) = self.seal_key_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.kek.file.as_mut() {
             fix(p);
         }
         if let Some(p) = self.admin_token_file.as_mut() {
@@ -653,9 +731,24 @@ impl Config {
                 return bad(format!("issuers `{other}` and `{name}` both use iss `{}`", iss.issuer));
             }
         }
+        let k = &self.kek;
+        if [k.file.is_some(), k.env.is_some(), k.command.is_some()].iter().filter(|b| **b).count() > 1 {
+            return bad("kek: set at most one of file, env, command".into());
+        }
+        if let Some(c) = &k.command {
+            if c.is_empty() {
+                return bad("kek.command must name a program".into());
+            }
+            if k.key_id.as_deref().is_none_or(str::is_empty) {
+                return bad("kek.command needs kek.key_id (the id stored with each wrapped key)".into());
+            }
+        }
         for (cname, conn) in &self.connections {
             if cname.is_empty() || cname.contains('/') {
                 return bad(format!("connection name `{cname}` must be non-empty and contain no `/`"));
+            }
+            if conn.overlap.is_zero() {
+                return bad(format!("connection `{cname}`: overlap must be more than 0"));
             }
             for (rname, role) in &conn.roles {
                 if rname.is_empty() || rname.contains('/') {

@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod http;
 pub mod identity;
 pub mod lease;

@@ -22,6 +22,8 @@ use tokio::task::JoinHandle;
 
 use crate::audit::{ActorInfo, Audit, Event};
 use crate::config::Config;
+use crate::connections::kek::Kek;
+use crate::connections::{ConnectionMeta, RootCredentials};
 use crate::http::{admin_token_key, router, AppState, ADMIN_TOKEN_PREFIX};
 use crate::identity::Verifier;
 use crate::lease::{expiry, heartbeat, LeaseService};
@@ -136,8 +138,28 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// How often root credentials are re-read from the store (retiring ends,
+/// switches made elsewhere); issues check the active version anyway.
+const ROOT_POLL: Duration = Duration::from_secs(2);
+
+/// The key-encryption key of root credentials (`[kek]`, default the seal key).
+pub fn open_kek(cfg: &Config, seal: &Arc<Seal>) -> anyhow::Result<Arc<Kek>> {
+    let path = cfg.seal_key_path();
+    let kek = Kek::from_config(cfg, || {
+        Seal::load_or_create(&path, false).map_err(|e| crate::connections::kek::KekError::Config(e.to_string()))
+    })?;
+    tracing::debug!(kek_id = %kek.id(), seal_key_id = %seal.key_id(), "key-encryption key loaded");
+    Ok(Arc::new(kek))
+}
+
 /// Builds everything from `cfg` and serves on `listener`.
 pub async fn start(cfg: Config, listener: TcpListener) -> anyhow::Result<Running> {
+    start_with_catalog(cfg, listener, None).await
+}
+
+/// [`start`], with the plugin catalogue given instead of built from the
+/// config (tests run fake plugins this way).
+pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Option<Arc<Catalog>>) -> anyhow::Result<Running> {
     cfg.validate()?;
     // TLS files first: a bad certificate stops the start before anything.
     let tls = cfg.tls.as_ref().map(crate::tls::Tls::load).transpose()?;
@@ -155,11 +177,27 @@ pub async fn start(cfg: Config, listener: TcpListener) -> anyhow::Result<Running
             Audit::disabled()
         }
     };
-    let catalog = Arc::new(Catalog::build(&cfg, store.clone(), seal.clone()).await.map_err(|e| anyhow!(e))?);
+    let catalog = match &extra {
+        Some(x) => x.clone(),
+        None => Arc::new(Catalog::build(&cfg, store.clone(), seal.clone()).await.map_err(|e| anyhow!(e))?),
+    };
     let policy = Arc::new(PolicyEngine::load(&cfg.policies, role_infos(&cfg))?);
     let verifier = Arc::new(Verifier::new(&cfg, http_client()?).map_err(|e| anyhow!(e))?);
+    // Root credentials before anything is served: a store written under
+    // another key-encryption key stops the start here, issuing nothing.
+    let kek = open_kek(&cfg, &seal)?;
+    let roots = Arc::new(RootCredentials::new(
+        store.clone(),
+        kek,
+        catalog.connections.clone(),
+        ConnectionMeta::all(&cfg),
+        policy.clone(),
+        audit.clone(),
+    ));
+    roots.start().await.context("root credentials")?;
     let leases = LeaseService::new(store.clone(), catalog, policy.clone(), cfg.leases.clone()).with_quotas(cfg.quotas.clone())
-        .with_audit(audit.clone());
+        .with_audit(audit.clone())
+        .with_roots(roots.clone());
     leases.init_metrics();
     let started = Event::new("service.start", "ok")
         .actor(ActorInfo::system("lessor"))
@@ -179,6 +217,7 @@ pub async fn start(cfg: Config, listener: TcpListener) -> anyhow::Result<Running
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(expiry::run(leases.clone(), rx.clone())));
     tasks.push(tokio::spawn(heartbeat::run(leases.clone(), rx.clone())));
+    tasks.push(tokio::spawn(roots.run(ROOT_POLL, rx.clone())));
     // Register SIGHUP before serving, so a reload signal never meets the
     // default action (terminate).
     #[cfg(unix)]

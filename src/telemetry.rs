@@ -36,6 +36,8 @@ pub struct Metrics {
     /// When a connection's root credential (a CA certificate, an admin
     /// password) stops working, as a unix timestamp.
     pub credential_expiry: IntGaugeVec,
+    /// Age of a connection's active root credential, seconds.
+    pub connection_credential_age: IntGaugeVec,
 }
 
 /// Outcomes of issue and renew requests (`outcome` label).
@@ -125,8 +127,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let credential_expiry = IntGaugeVec::new(
         Opts::new(
             "lessor_connection_credential_expiry_timestamp_seconds",
-            "When a connection's root credential (e.g. a pki CA certificate) expires, unix seconds",
+            "When a connection's root credential ends or is due for review (the earlier of a pki CA's notAfter and the connection's review_by), unix seconds",
         ),
+        &["connection"],
+    )?;
+    let connection_credential_age = IntGaugeVec::new(
+        Opts::new("lessor_connection_credential_age_seconds", "Age of a connection's active root credential, by connection"),
         &["connection"],
     )?;
     let build_info = IntGaugeVec::new(Opts::new("lessor_build_info", "Build information"), &["version"])?;
@@ -151,6 +157,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(quota_usage.clone()),
         Box::new(audit_write_failures.clone()),
         Box::new(credential_expiry.clone()),
+        Box::new(connection_credential_age.clone()),
         Box::new(build_info),
     ] {
         registry.register(c)?;
@@ -176,6 +183,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         quota_usage,
         audit_write_failures,
         credential_expiry,
+        connection_credential_age,
     })
 }
 

@@ -16,13 +16,13 @@ use crate::seal::write_private_file;
 #[derive(Debug, Clone, Args)]
 pub struct ConnArgs {
     #[command(flatten)]
-    addr: AddrArg,
+    pub(super) addr: AddrArg,
     /// File holding a workload JWT (else $LESSOR_JWT).
     #[arg(long)]
-    jwt_file: Option<PathBuf>,
+    pub(super) jwt_file: Option<PathBuf>,
     /// Admin token file (else $LESSOR_ADMIN_TOKEN, else .lessor-dev/admin.token).
     #[arg(long, env = "LESSOR_ADMIN_TOKEN_FILE")]
-    admin_token_file: Option<PathBuf>,
+    pub(super) admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -76,7 +76,7 @@ pub enum LeaseCmd {
     Revoke { id: String },
 }
 
-fn jwt(file: Option<&Path>) -> anyhow::Result<SecretString> {
+pub(super) fn jwt(file: Option<&Path>) -> anyhow::Result<SecretString> {
     if let Some(f) = file {
         let t = std::fs::read_to_string(f).with_context(|| format!("reading JWT from {}", f.display()))?;
         return Ok(SecretString::from(t.trim().to_owned()));
@@ -87,7 +87,7 @@ fn jwt(file: Option<&Path>) -> anyhow::Result<SecretString> {
     }
 }
 
-fn admin_token(file: Option<&Path>) -> Option<SecretString> {
+pub(super) fn admin_token(file: Option<&Path>) -> Option<SecretString> {
     let read = |p: &Path| std::fs::read_to_string(p).ok().map(|t| SecretString::from(t.trim().to_owned()));
     if let Some(f) = file {
         return read(f);
@@ -99,7 +99,7 @@ fn admin_token(file: Option<&Path>) -> Option<SecretString> {
     read(&Path::new(&dev_dir).join("admin.token"))
 }
 
-async fn call(
+pub(super) async fn call(
     method: reqwest::Method,
     url: String,
     token: &SecretString,
@@ -318,5 +318,12 @@ pub fn render_status(base: &str, v: &Value) -> String {
         let _ = writeln!(out, "  {:<28} {used:>9} / {lim:<9} {pct}", s(q, "quota"));
     }
     let _ = writeln!(out, "\nAUDIT: {} write failures since start", n(v, "audit_write_failures"));
+    let warnings = v["connection_warnings"].as_array().cloned().unwrap_or_default();
+    if !warnings.is_empty() {
+        let _ = writeln!(out, "\nROOT CREDENTIALS");
+        for w in &warnings {
+            let _ = writeln!(out, "  warning: {}", w.as_str().unwrap_or(""));
+        }
+    }
     out
 }

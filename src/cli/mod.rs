@@ -13,6 +13,8 @@ use crate::config::Config;
 
 mod audit;
 mod client;
+pub use client::render_status;
+mod connection;
 mod dev;
 
 #[derive(Debug, Parser)]
@@ -70,6 +72,31 @@ enum Command {
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Root credentials of connections: list, show, set-secret, verify,
+    /// approve, activate, rollback, rotate.
+    Connection {
+        #[command(flatten)]
+        conn: client::ConnArgs,
+        #[command(subcommand)]
+        cmd: connection::ConnectionCmd,
+    },
+    /// Re-wrap every root credential's data key under a new key-encryption
+    /// key (the configured one must still open them).
+    Rekey {
+        #[arg(long, short, env = "LESSOR_CONFIG", default_value = "lessor.toml")]
+        config: PathBuf,
+        /// The new key: a file holding 32 bytes, base64.
+        #[arg(long)]
+        new_file: Option<PathBuf>,
+        /// The new key: an environment variable holding 32 bytes, base64.
+        #[arg(long)]
+        new_env: Option<String>,
+        /// The new key: a KMS hook command (with --new-key-id).
+        #[arg(long, num_args = 1.., allow_hyphen_values = true)]
+        new_command: Option<Vec<String>>,
+        #[arg(long)]
+        new_key_id: Option<String>,
     },
     /// Audit log tools: verify, hash, query.
     Audit {
@@ -134,6 +161,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Creds(args) => client::creds(args).await,
         Command::Lease { conn, cmd } => client::lease(conn, cmd).await,
         Command::Audit { cmd } => audit::run(cmd),
+        Command::Connection { conn, cmd } => connection::run(conn, cmd).await,
+        Command::Rekey { config, new_file, new_env, new_command, new_key_id } => {
+            let cfg = Config::load(&config)?;
+            let new = crate::config::KekConfig { file: new_file, env: new_env, command: new_command, key_id: new_key_id };
+            connection::rekey(&cfg, &new).await
+        }
         Command::Status { conn, json } => client::status(conn, json).await,
     }
 }

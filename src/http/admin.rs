@@ -154,8 +154,13 @@ pub async fn status(State(st): State<AppState>, AdminCaller(_): AdminCaller) -> 
         .collect();
     let quotas: Vec<Value> = s.quotas.iter().map(|q| json!({"quota": q.quota, "used": q.used, "limit": q.limit})).collect();
     let versions: std::collections::BTreeSet<&str> = s.replicas.iter().map(|r| r.policy_version.as_str()).collect();
+    let connection_warnings: Vec<String> = match &st.leases.roots {
+        Some(r) => r.views().await?.into_iter().flat_map(|v| v.warnings).collect(),
+        None => Vec::new(),
+    };
     Ok(Json(json!({
         "time": rfc(s.now),
+        "connection_warnings": connection_warnings,
         "leases": counts,
         "oldest_overdue": overdue,
         "failing": failing,

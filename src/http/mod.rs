@@ -26,6 +26,7 @@ use crate::policy::{Action, Principal, RequestContext};
 use crate::store::Store;
 
 mod admin;
+mod connections;
 mod error;
 mod leases;
 mod public;
@@ -59,6 +60,14 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/admin/jobs/{id}", get(admin::job))
         .route("/v1/admin/replicas", get(admin::replicas))
         .route("/v1/admin/status", get(admin::status))
+        .route("/v1/admin/connections", get(connections::list))
+        .route("/v1/admin/connections/{name}", get(connections::show))
+        .route("/v1/admin/connections/{name}/secret", axum::routing::put(connections::set_secret))
+        .route("/v1/admin/connections/{name}/verify", post(connections::verify))
+        .route("/v1/admin/connections/{name}/approve", post(connections::approve))
+        .route("/v1/admin/connections/{name}/activate", post(connections::activate))
+        .route("/v1/admin/connections/{name}/rollback", post(connections::rollback))
+        .route("/v1/admin/connections/{name}/rotate", post(connections::rotate))
         .route("/v1/policy/explain", post(admin::explain))
         .route("/v1/pki/{*rest}", get(public::pki_document))
         .route("/v1/token/introspect", post(public::introspect))
@@ -254,6 +263,30 @@ impl FromRequestParts<AppState> for AdminCaller {
                 }
             }
         }
+    }
+}
+
+/// A caller of the root-credential endpoints: an admin credential (admin
+/// token, client certificate), or a workload whose JWT policy then judges
+/// per action and connection (`connection_*` actions), so an owner can be
+/// allowed to set a secret without being an admin.
+pub struct OperatorCaller(pub Actor);
+
+impl FromRequestParts<AppState> for OperatorCaller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(c) = parts.extensions.get::<crate::tls::ClientCert>() {
+            return Ok(OperatorCaller(Actor::Admin { name: format!("cert:{}", c.subject) }));
+        }
+        if state.admin_requires_client_cert {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "client_certificate_required",
+                "admin endpoints need a client certificate from the configured client CA (tls.admin_requires_client_cert)",
+            ));
+        }
+        let Caller(actor) = Caller::from_request_parts(parts, state).await?;
+        Ok(OperatorCaller(actor))
     }
 }
 

@@ -89,10 +89,18 @@ impl LeaseService {
         }
         m.credential_expiry.reset();
         for (name, plugin) in &self.catalog.connections {
-            match plugin.credential_expiry().await {
-                Ok(Some(at)) => m.credential_expiry.with_label_values(&[name.as_str()]).set(at.unix_timestamp()),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(connection = %name, error = %e, "metrics: cannot read the root credential's expiry"),
+            // The earlier of what the plugin knows (a CA's notAfter) and the
+            // owner's review date for a managed root credential.
+            let review = self.roots.as_ref().and_then(|r| r.review_deadline(name));
+            let ends = match plugin.credential_expiry().await {
+                Ok(at) => at,
+                Err(e) => {
+                    tracing::warn!(connection = %name, error = %e, "metrics: cannot read the root credential's expiry");
+                    None
+                }
+            };
+            if let Some(at) = [ends, review].into_iter().flatten().min() {
+                m.credential_expiry.with_label_values(&[name.as_str()]).set(at.unix_timestamp());
             }
         }
     }

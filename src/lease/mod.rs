@@ -232,6 +232,9 @@ pub struct LeaseService {
     /// Live-lease counts per role ("" = all), reused for a second: counting
     /// a large role on every issue would cost more than the issue.
     counts: moka::sync::Cache<String, i64>,
+    /// Managed root credentials: checked before each issue so the plugin
+    /// uses the store's active version.
+    pub roots: Option<Arc<crate::connections::RootCredentials>>,
 }
 
 /// What `LeaseService::status` reports.
@@ -302,7 +305,14 @@ impl LeaseService {
             rate: Arc::new(RateLimiter::new(Quotas::default().issues_per_minute_per_owner)),
             quotas: Quotas::default(),
             counts: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(1)).build(),
+            roots: None,
         }
+    }
+
+    /// Follows managed root credentials (see [`crate::connections`]).
+    pub fn with_roots(mut self, roots: Arc<crate::connections::RootCredentials>) -> Self {
+        self.roots = Some(roots);
+        self
     }
 
     /// Live leases of `role` (all when `None`). A count well under `limit`
@@ -533,6 +543,7 @@ impl LeaseService {
             next_attempt_at: None,
             end_reason: None,
             ended_at: None,
+            root_version: None,
         };
         // Audit before anything exists: no entry, no credential.
         let mut ev = with_lease(Event::new("issue", "pending"), &lease).request(Some(meta)).actor(workload_info(w));
@@ -591,6 +602,14 @@ impl LeaseService {
         workload: lessor_plugin::Workload,
         params: serde_json::Map<String, serde_json::Value>,
     ) -> Result<(Lease, lessor_plugin::Issued), LeaseError> {
+        if let Some(roots) = &self.roots {
+            // Another replica may have switched the root credential: issue
+            // with the store's active version, never a stale one.
+            roots.ensure_current(&role.connection).await.map_err(|e| LeaseError::Plugin {
+                message: format!("role `{}`: root credential of connection `{}`: {e}", role.name, role.connection),
+                error: PluginError::Retryable(e.to_string()),
+            })?;
+        }
         self.store.insert_pending(&lease).await?;
         let req = lessor_plugin::IssueRequest {
             lease_id: lease.id.clone(),
@@ -611,7 +630,7 @@ impl LeaseService {
             }
         };
         let expires_at = issued.expires_at.min(lease.expires_at);
-        match self.store.activate(&lease.id, &issued.handle, expires_at).await {
+        match self.store.activate_at_version(&lease.id, &issued.handle, expires_at, issued.root_version).await {
             Ok(true) => {}
             Ok(false) => {
                 return Err(LeaseError::Conflict(format!(
@@ -627,6 +646,7 @@ impl LeaseService {
             }
         }
         lease.state = LeaseState::Active;
+        lease.root_version = issued.root_version;
         lease.handle = Some(issued.handle.clone());
         lease.expires_at = expires_at;
         self.note_expiry(expires_at);
@@ -768,7 +788,7 @@ impl LeaseService {
             role: role.short.clone(),
             handle: lease.handle.clone(),
             expires_at: lease.expires_at,
-            root_version: None,
+            root_version: lease.root_version,
         };
         let vendor_exp = role
             .plugin
@@ -982,7 +1002,7 @@ impl LeaseService {
             role: role.short.clone(),
             handle: lease.handle.clone(),
             expires_at: lease.expires_at,
-            root_version: None,
+            root_version: lease.root_version,
         };
         // A vendor that hangs must not hold the expiry worker (or, with
         // replicas, this replica's claim) forever: past the timeout the

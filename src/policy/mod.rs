@@ -46,9 +46,33 @@ pub enum Action {
     Revoke,
     Read,
     Admin,
+    /// Root credentials of a connection (resource `Lessor::Connection`):
+    /// see versions and their status.
+    ConnectionRead,
+    /// Store a new candidate secret.
+    ConnectionSetSecret,
+    /// Run the plugin's check of a candidate.
+    ConnectionVerify,
+    /// Approve a candidate someone else set (production).
+    ConnectionApprove,
+    /// Switch issuance to a version (activate, rollback).
+    ConnectionActivate,
+    /// Have lessor make, verify and activate a new one at the vendor.
+    ConnectionRotate,
 }
 
 impl Action {
+    /// The actions on a connection's root credentials (not in `ALL`, which
+    /// are the actions on roles and the system that slices are built for).
+    pub const CONNECTION: [Action; 6] = [
+        Action::ConnectionRead,
+        Action::ConnectionSetSecret,
+        Action::ConnectionVerify,
+        Action::ConnectionApprove,
+        Action::ConnectionActivate,
+        Action::ConnectionRotate,
+    ];
+
     pub const ALL: [Action; 5] = [Action::Issue, Action::Renew, Action::Revoke, Action::Read, Action::Admin];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +82,12 @@ impl Action {
             Action::Revoke => "revoke",
             Action::Read => "read",
             Action::Admin => "admin",
+            Action::ConnectionRead => "connection_read",
+            Action::ConnectionSetSecret => "connection_set_secret",
+            Action::ConnectionVerify => "connection_verify",
+            Action::ConnectionApprove => "connection_approve",
+            Action::ConnectionActivate => "connection_activate",
+            Action::ConnectionRotate => "connection_rotate",
         }
     }
 
@@ -106,6 +136,24 @@ pub struct RoleInfo {
     pub environment: String,
     pub scopes: Vec<String>,
     pub max_ttl_seconds: i64,
+}
+
+/// A connection as policy sees it (the resource of `connection_*` actions).
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionInfo {
+    pub name: String,
+    pub plugin: String,
+    pub environment: String,
+    /// Person or team; empty when not configured.
+    pub owner: String,
+}
+
+/// What an action is decided on.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    Role(&'a RoleInfo),
+    System,
+    Connection(&'a ConnectionInfo),
 }
 
 /// The principal as policy sees it.
@@ -530,6 +578,18 @@ impl Policies {
         role: Option<&RoleInfo>,
         ctx: &RequestContext,
     ) -> Result<Decision, PolicyError> {
+        self.decide_on(principal, action, role.map(Target::Role).unwrap_or(Target::System), ctx)
+    }
+
+    /// Decides `action` by `principal` on `target` (a role, the system, a
+    /// connection).
+    pub fn decide_on(
+        &self,
+        principal: &Principal,
+        action: Action,
+        target: Target<'_>,
+        ctx: &RequestContext,
+    ) -> Result<Decision, PolicyError> {
         let puid = entity_uid("Lessor::Workload", &format!("{}#{}", principal.issuer, principal.subject))?;
         let s = RestrictedExpression::new_string;
         let mut attrs: Vec<(String, RestrictedExpression)> = vec![
@@ -544,8 +604,8 @@ impl Policies {
             tags.push((k.clone(), s(v.clone())));
         }
         let pent = Entity::new_with_tags(puid.clone(), attrs, [], tags).map_err(|e| PolicyError::Request(e.to_string()))?;
-        let (ruid, rent, slice_key) = match role {
-            Some(r) => {
+        let (ruid, rent, slice_key) = match target {
+            Target::Role(r) => {
                 let ruid = entity_uid("Lessor::Role", &r.name)?;
                 let rattrs = vec![
                     ("name".to_string(), s(r.name.clone())),
@@ -559,9 +619,22 @@ impl Policies {
                     .map_err(|e| PolicyError::Request(e.to_string()))?;
                 (ruid, e, (action, r.name.clone()))
             }
-            None => {
+            Target::System => {
                 let ruid = entity_uid("Lessor::System", "lessor")?;
                 (ruid.clone(), Entity::with_uid(ruid), (action, "lessor".to_string()))
+            }
+            Target::Connection(c) => {
+                let ruid = entity_uid("Lessor::Connection", &c.name)?;
+                let attrs = vec![
+                    ("name".to_string(), s(c.name.clone())),
+                    ("plugin".to_string(), s(c.plugin.clone())),
+                    ("environment".to_string(), s(c.environment.clone())),
+                    ("owner".to_string(), s(c.owner.clone())),
+                ];
+                let e = Entity::new(ruid.clone(), attrs.into_iter().collect(), Default::default())
+                    .map_err(|e| PolicyError::Request(e.to_string()))?;
+                // No slice: connection actions are rare, the full set decides.
+                (ruid, e, (action, format!("connection:{}", c.name)))
             }
         };
         let context = Context::from_pairs([
@@ -584,7 +657,11 @@ impl Policies {
         policies.sort_by(|a, b| a.id.cmp(&b.id));
         // Policy ids inside Cedar are the authors' @id values.
         let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
-        let target = role.map(|r| format!("role `{}`", r.name)).unwrap_or_else(|| "lessor".into());
+        let target = match target {
+            Target::Role(r) => format!("role `{}`", r.name),
+            Target::System => "lessor".into(),
+            Target::Connection(c) => format!("connection `{}`", c.name),
+        };
         let candidates: Vec<DecidingPolicy> = if !allowed && policies.is_empty() {
             slice
                 .map(|s| &s.all)

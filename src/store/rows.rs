@@ -81,6 +81,7 @@ where
         next_attempt_at: opt_time(row, "next_attempt_at")?,
         end_reason: end_reason.map(|r| EndReason::from_str(&r)).transpose().map_err(StoreError::Corrupt)?,
         ended_at: opt_time(row, "ended_at")?,
+        root_version: get(row, "root_version")?,
     })
 }
 
@@ -102,3 +103,47 @@ where
         seen_at_ms: get(row, "seen_at")?,
     })
 }
+
+/// A `connection_secrets` row (`SECRET_COLUMNS`).
+pub(crate) fn secret_from_row<R>(row: &R) -> Result<super::SecretVersion, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<bool>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let state: String = get(row, "state")?;
+    let verification: Option<String> = get(row, "verification")?;
+    Ok(super::SecretVersion {
+        connection: get(row, "connection")?,
+        version: get(row, "version")?,
+        state: super::SecretState::from_str(&state).map_err(StoreError::Corrupt)?,
+        ciphertext: get(row, "ciphertext")?,
+        wrapped_dek: get(row, "wrapped_dek")?,
+        kek_id: get(row, "kek_id")?,
+        fingerprint: get(row, "fingerprint")?,
+        set_by: get(row, "set_by")?,
+        reason: get(row, "reason")?,
+        set_at: from_ms(get(row, "set_at")?)?,
+        verified_ok: get(row, "verified_ok")?,
+        verification: verification
+            .map(|v| serde_json::from_str(&v))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("verification: {e}")))?,
+        verified_at: opt_time(row, "verified_at")?,
+        approved_by: get(row, "approved_by")?,
+        approved_at: opt_time(row, "approved_at")?,
+        activated_by: get(row, "activated_by")?,
+        activated_at: opt_time(row, "activated_at")?,
+        retiring_until: opt_time(row, "retiring_until")?,
+    })
+}
+
+/// The columns `secret_from_row` reads, for both backends.
+pub(crate) const SECRET_COLUMNS: &str = "connection, version, state, ciphertext, wrapped_dek, kek_id, fingerprint, \
+     set_by, reason, set_at, verified_ok, verification, verified_at, approved_by, approved_at, activated_by, \
+     activated_at, retiring_until";

@@ -21,14 +21,25 @@ use super::{
 /// A value bound to a write statement.
 enum Bind {
     Int(i64),
+    OptInt(Option<i64>),
     Text(String),
     Blob(Vec<u8>),
     Bool(bool),
 }
 
-struct WriteReq {
+/// One statement of a write; `must_affect`: the write is undone unless it
+/// changes at least one row (multi-statement writes only).
+struct Stmt {
     sql: String,
     binds: Vec<Bind>,
+    must_affect: bool,
+}
+
+/// A write: one statement (its own result), or several that commit
+/// together or not at all (answered 1 if done, 0 if undone because a
+/// `must_affect` statement changed nothing).
+struct WriteReq {
+    stmts: Vec<Stmt>,
     reply: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
 }
 
@@ -71,18 +82,13 @@ impl Writer {
         };
         let mut results = Vec::with_capacity(batch.len());
         for r in batch.iter_mut() {
-            let mut q = sqlx::query(&r.sql);
-            for b in r.binds.drain(..) {
-                q = match b {
-                    Bind::Int(v) => q.bind(v),
-                    Bind::Text(v) => q.bind(v),
-                    Bind::Blob(v) => q.bind(v),
-                    Bind::Bool(v) => q.bind(v),
-                };
+            if r.stmts.len() == 1 {
+                // A failed statement (a duplicate id) is undone alone; SQLite
+                // keeps the rest of the transaction.
+                results.push(Writer::one(&mut tx, &mut r.stmts[0]).await);
+            } else {
+                results.push(Writer::all_or_nothing(&mut tx, &mut r.stmts).await);
             }
-            // A failed statement (a duplicate id) is undone alone; SQLite
-            // keeps the rest of the transaction.
-            results.push(q.execute(&mut *tx).await.map(|d| d.rows_affected()).map_err(interpret_error));
         }
         match tx.commit().await {
             Ok(()) => {
@@ -99,10 +105,54 @@ impl Writer {
         }
     }
 
+    async fn one(conn: &mut sqlx::SqliteConnection, st: &mut Stmt) -> Result<u64, StoreError> {
+        let mut q = sqlx::query(&st.sql);
+        for b in st.binds.drain(..) {
+            q = match b {
+                Bind::Int(v) => q.bind(v),
+                Bind::OptInt(v) => q.bind(v),
+                Bind::Text(v) => q.bind(v),
+                Bind::Blob(v) => q.bind(v),
+                Bind::Bool(v) => q.bind(v),
+            };
+        }
+        q.execute(&mut *conn).await.map(|d| d.rows_affected()).map_err(interpret_error)
+    }
+
+    /// Runs `stmts` inside a savepoint of the batch's transaction and undoes
+    /// them all when one fails or a `must_affect` one changes nothing.
+    async fn all_or_nothing(conn: &mut sqlx::SqliteConnection, stmts: &mut [Stmt]) -> Result<u64, StoreError> {
+        use sqlx::Executor;
+        conn.execute("SAVEPOINT multi").await.map_err(interpret_error)?;
+        let mut outcome = Ok(1);
+        for st in stmts.iter_mut() {
+            match Writer::one(conn, st).await {
+                Ok(0) if st.must_affect => {
+                    outcome = Ok(0);
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        if !matches!(outcome, Ok(1)) {
+            conn.execute("ROLLBACK TO multi").await.map_err(interpret_error)?;
+        }
+        conn.execute("RELEASE multi").await.map_err(interpret_error)?;
+        outcome
+    }
+
     async fn exec(&self, sql: impl Into<String>, binds: Vec<Bind>) -> Result<u64, StoreError> {
+        self.exec_all(vec![Stmt { sql: sql.into(), binds, must_affect: false }]).await
+    }
+
+    async fn exec_all(&self, stmts: Vec<Stmt>) -> Result<u64, StoreError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
-            .send(WriteReq { sql: sql.into(), binds, reply })
+            .send(WriteReq { stmts, reply })
             .await
             .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?;
         rx.await.map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
@@ -112,7 +162,7 @@ impl Writer {
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
 
 const LEASE_COLUMNS: &str = "id, role, plugin, issuer, subject, claims, scopes, policies, state, issued_at, \
-     expires_at, max_expires_at, handle, attempts, last_error, next_attempt_at, end_reason, ended_at";
+     expires_at, max_expires_at, handle, attempts, last_error, next_attempt_at, end_reason, ended_at, root_version";
 
 const LIVE: &str = "('pending', 'active', 'revoke_failed')";
 
@@ -189,7 +239,8 @@ impl SqliteStore {
     }
 }
 
-use super::rows::{json_col, lease_from_row};
+use super::rows::{json_col, lease_from_row, secret_from_row, SECRET_COLUMNS};
+use super::{switch_condition, Rewrap, SecretSwitch, SecretVersion};
 
 fn push_filter(qb: &mut QueryBuilder<'_, Sqlite>, f: &LeaseFilter) {
     if let Some(r) = &f.role {
@@ -248,15 +299,187 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn activate(&self, id: &LeaseId, handle: &Handle, expires_at: OffsetDateTime) -> Result<bool, StoreError> {
+    async fn activate_at_version(
+        &self,
+        id: &LeaseId,
+        handle: &Handle,
+        expires_at: OffsetDateTime,
+        root_version: Option<i64>,
+    ) -> Result<bool, StoreError> {
         let n = self
             .writer
             .exec(
-                "UPDATE leases SET state = 'active', handle = ?, expires_at = ? WHERE id = ? AND state = 'pending'",
-                vec![Bind::Text(to_json(handle)?), Bind::Int(to_ms(expires_at)), Bind::Text(id.to_string())],
+                "UPDATE leases SET state = 'active', handle = ?, expires_at = ?, root_version = ? \
+                 WHERE id = ? AND state = 'pending'",
+                vec![
+                    Bind::Text(to_json(handle)?),
+                    Bind::Int(to_ms(expires_at)),
+                    Bind::OptInt(root_version),
+                    Bind::Text(id.to_string()),
+                ],
             )
             .await?;
         Ok(n == 1)
+    }
+
+    async fn secret_insert(&self, v: &SecretVersion) -> Result<(), StoreError> {
+        self.writer
+            .exec(
+                "INSERT INTO connection_secrets (connection, version, state, ciphertext, wrapped_dek, kek_id, \
+                 fingerprint, set_by, reason, set_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                vec![
+                    Bind::Text(v.connection.clone()),
+                    Bind::Int(v.version),
+                    Bind::Text(v.state.as_str().into()),
+                    Bind::Blob(v.ciphertext.clone()),
+                    Bind::Blob(v.wrapped_dek.clone()),
+                    Bind::Text(v.kek_id.clone()),
+                    Bind::Text(v.fingerprint.clone()),
+                    Bind::Text(v.set_by.clone()),
+                    Bind::Text(v.reason.clone()),
+                    Bind::Int(to_ms(v.set_at)),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn secret_versions(&self, connection: Option<&str>) -> Result<Vec<SecretVersion>, StoreError> {
+        let rows = match connection {
+            Some(c) => sqlx::query(&format!(
+                "SELECT {SECRET_COLUMNS} FROM connection_secrets WHERE connection = ? ORDER BY connection, version"
+            ))
+            .bind(c)
+            .fetch_all(&self.read)
+            .await,
+            None => sqlx::query(&format!("SELECT {SECRET_COLUMNS} FROM connection_secrets ORDER BY connection, version"))
+                .fetch_all(&self.read)
+                .await,
+        }
+        .map_err(interpret_error)?;
+        rows.iter().map(secret_from_row).collect()
+    }
+
+    async fn secret_active_version(&self, connection: &str) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT version FROM connection_secrets WHERE connection = ? AND state = 'active'")
+            .bind(connection)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(interpret_error)?;
+        row.map(|r| r.try_get::<i64, _>("version").map_err(interpret_error)).transpose()
+    }
+
+    async fn secret_verified(
+        &self,
+        connection: &str,
+        version: i64,
+        ok: bool,
+        result: &serde_json::Value,
+        at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .writer
+            .exec(
+                "UPDATE connection_secrets SET verified_ok = ?, verification = ?, verified_at = ? \
+                 WHERE connection = ? AND version = ? AND state <> 'retired'",
+                vec![
+                    Bind::Bool(ok),
+                    Bind::Text(to_json(result)?),
+                    Bind::Int(to_ms(at)),
+                    Bind::Text(connection.into()),
+                    Bind::Int(version),
+                ],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn secret_approve(&self, connection: &str, version: i64, by: &str, at: OffsetDateTime) -> Result<bool, StoreError> {
+        let n = self
+            .writer
+            .exec(
+                "UPDATE connection_secrets SET approved_by = ?, approved_at = ? \
+                 WHERE connection = ? AND version = ? AND state = 'candidate' AND set_by <> ?",
+                vec![
+                    Bind::Text(by.into()),
+                    Bind::Int(to_ms(at)),
+                    Bind::Text(connection.into()),
+                    Bind::Int(version),
+                    Bind::Text(by.into()),
+                ],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn secret_switch(&self, s: &SecretSwitch) -> Result<bool, StoreError> {
+        let (cond, extra) = switch_condition(s);
+        let mut binds = vec![
+            Bind::Text(s.by.clone()),
+            Bind::Int(to_ms(s.at)),
+            Bind::Text(s.connection.clone()),
+            Bind::Int(s.version),
+            Bind::Text(s.from.as_str().into()),
+        ];
+        binds.extend(extra.into_iter().map(Bind::Int));
+        let n = self
+            .writer
+            .exec_all(vec![
+                Stmt {
+                    sql: "UPDATE connection_secrets SET state = 'retiring', retiring_until = ? \
+                          WHERE connection = ? AND state = 'active'"
+                        .into(),
+                    binds: vec![Bind::Int(to_ms(s.retiring_until)), Bind::Text(s.connection.clone())],
+                    must_affect: false,
+                },
+                Stmt {
+                    sql: format!(
+                        "UPDATE connection_secrets SET state = 'active', activated_by = ?, activated_at = ?, \
+                         retiring_until = NULL WHERE connection = ? AND version = ? AND state = ? {cond}"
+                    ),
+                    binds,
+                    must_affect: true,
+                },
+            ])
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn secret_retire_due(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        self.writer
+            .exec(
+                "UPDATE connection_secrets SET state = 'retired' WHERE state = 'retiring' AND retiring_until <= ?",
+                vec![Bind::Int(to_ms(now))],
+            )
+            .await
+    }
+
+    async fn secret_rewrap(&self, rows: &[Rewrap]) -> Result<bool, StoreError> {
+        if rows.is_empty() {
+            return Ok(true);
+        }
+        let mut stmts: Vec<Stmt> = rows
+            .iter()
+            .map(|r| Stmt {
+                sql: "UPDATE connection_secrets SET wrapped_dek = ?, kek_id = ? \
+                      WHERE connection = ? AND version = ? AND kek_id = ?"
+                    .into(),
+                binds: vec![
+                    Bind::Blob(r.wrapped_dek.clone()),
+                    Bind::Text(r.kek_id.clone()),
+                    Bind::Text(r.connection.clone()),
+                    Bind::Int(r.version),
+                    Bind::Text(r.old_kek_id.clone()),
+                ],
+                must_affect: true,
+            })
+            .collect();
+        if stmts.len() == 1 {
+            // exec_all needs two statements to use a savepoint; one is atomic.
+            let st = stmts.remove(0);
+            return Ok(self.writer.exec(st.sql, st.binds).await? == 1);
+        }
+        Ok(self.writer.exec_all(stmts).await? == 1)
     }
 
     async fn get(&self, id: &LeaseId) -> Result<Option<Lease>, StoreError> {

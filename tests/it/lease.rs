@@ -56,6 +56,7 @@ fn pending_lease(id: &lessor_plugin::LeaseId, role: &str, plugin: &str, subject:
         next_attempt_at: None,
         end_reason: None,
         ended_at: None,
+        root_version: None,
     }
 }
 

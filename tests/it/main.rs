@@ -3,6 +3,7 @@
 mod support;
 
 mod audit;
+mod connections;
 mod binary;
 mod flow;
 mod http;

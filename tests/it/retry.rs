@@ -114,6 +114,7 @@ async fn expired_lease(store: &Arc<dyn Store>, id: &str) {
         next_attempt_at: None,
         end_reason: None,
         ended_at: None,
+        root_version: None,
     };
     store.insert_pending(&l).await.unwrap();
     store.activate(&l.id, &json!({}), l.expires_at).await.unwrap();

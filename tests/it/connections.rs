@@ -1,0 +1,465 @@
+//! Managed root credentials through the real server with an in-process fake
+//! plugin: set -> verify -> approve (a second person, production only) ->
+//! activate switches issuance; rollback; rotate; warnings; a wrong KEK stops
+//! the start; the plaintext appears nowhere after the save; replicas on one
+//! PostgreSQL store switch together.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use lessor::config::Config;
+use lessor::plugins::{role_infos, Catalog, Role};
+use lessor_plugin::secrecy::{ExposeSecret, SecretString};
+use lessor_plugin::{
+    Capabilities, IssueRequest, Issued, LeaseRef, Plugin, PluginError, RenewRequest, RootSecretSpec, Validation,
+};
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use crate::support::{config_text, copy_dir, Daemon, Issuer};
+
+/// A vendor whose root secret is `identity:database:password`; a password
+/// starting with `bad` is rejected.
+#[derive(Default)]
+struct FakeRoot {
+    installed: Mutex<BTreeMap<i64, String>>,
+    active: Mutex<Option<i64>>,
+    /// (lease id, root version) of each revocation.
+    revoked: Mutex<Vec<(String, Option<i64>)>>,
+    rotations: Mutex<u32>,
+}
+
+fn parse(secret: &str) -> Result<Validation, PluginError> {
+    let mut it = secret.splitn(3, ':');
+    let (user, db, pw) = (it.next().unwrap_or(""), it.next().unwrap_or(""), it.next().unwrap_or(""));
+    if pw.starts_with("bad") {
+        return Err(PluginError::Permanent(format!("password rejected for user `{user}`")));
+    }
+    Ok(Validation {
+        identity: user.into(),
+        details: BTreeMap::from([("database".to_string(), db.to_string())]),
+        warnings: vec!["certificate expires in 3 days".into()],
+    })
+}
+
+#[async_trait]
+impl Plugin for FakeRoot {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { can_renew: false, can_revoke: true }
+    }
+    async fn validate(&self) -> Result<Validation, PluginError> {
+        let active = *self.active.lock().unwrap();
+        let secret = active.and_then(|v| self.installed.lock().unwrap().get(&v).cloned());
+        parse(&secret.ok_or_else(|| PluginError::Misconfigured("no root credential".into()))?)
+    }
+    async fn issue(&self, req: IssueRequest) -> Result<Issued, PluginError> {
+        let v = self.active.lock().unwrap().ok_or_else(|| PluginError::Misconfigured("no root credential installed".into()))?;
+        Ok(Issued {
+            handle: json!({"id": req.lease_id.to_string()}),
+            public: serde_json::Map::new(),
+            secret: BTreeMap::from([("token".to_string(), SecretString::from(format!("tok-{}", req.lease_id)))]),
+            expires_at: req.expires_at,
+            root_version: Some(v),
+        })
+    }
+    async fn renew(&self, _: RenewRequest) -> Result<OffsetDateTime, PluginError> {
+        Err(PluginError::Unsupported("renew"))
+    }
+    async fn revoke(&self, lease: &LeaseRef) -> Result<(), PluginError> {
+        let version = lease.root_version.filter(|v| self.installed.lock().unwrap().contains_key(v));
+        self.revoked.lock().unwrap().push((lease.lease_id.to_string(), version));
+        Ok(())
+    }
+    fn root_secret_spec(&self) -> Option<RootSecretSpec> {
+        Some(RootSecretSpec { describes: "identity:database:password", can_rotate: true })
+    }
+    async fn validate_root(&self, candidate: &SecretString) -> Result<Validation, PluginError> {
+        parse(candidate.expose_secret())
+    }
+    async fn install_root(&self, version: i64, secret: SecretString, active: bool) -> Result<(), PluginError> {
+        self.installed.lock().unwrap().insert(version, secret.expose_secret().to_owned());
+        if active {
+            *self.active.lock().unwrap() = Some(version);
+        }
+        Ok(())
+    }
+    async fn remove_root(&self, version: i64) -> Result<(), PluginError> {
+        self.installed.lock().unwrap().remove(&version);
+        Ok(())
+    }
+    async fn rotate_root(&self) -> Result<SecretString, PluginError> {
+        *self.rotations.lock().unwrap() += 1;
+        Ok(SecretString::from(format!("lessor_admin:app:ROTATED-{}", hex::encode(rand::random::<[u8; 8]>()))))
+    }
+}
+
+const CANARY: &str = "CANARY-root-7f3a9c";
+
+const POLICY: &str = r#"
+@id("test-fake-issue")
+permit(principal, action == Lessor::Action::"issue", resource is Lessor::Role)
+when { resource.plugin == "fake" && principal has repository && principal.repository == "acme/api" };
+"#;
+
+fn fake_toml(rotate_after: &str, review_by: &str) -> String {
+    format!(
+        r#"
+[connections.prod]
+plugin = "fake"
+environment = "production"
+owner = "payments"
+review_by = "{review_by}"
+rotate_after = "{rotate_after}"
+overlap = "1h"
+[connections.prod.expected_identity]
+identity = "lessor_admin"
+database = "app"
+[connections.prod.roles.app]
+max_ttl = "1h"
+
+[connections.stg]
+plugin = "fake"
+environment = "staging"
+[connections.stg.roles.app]
+max_ttl = "1h"
+"#
+    )
+}
+
+struct Fakes {
+    prod: Arc<FakeRoot>,
+    stg: Arc<FakeRoot>,
+}
+
+impl Fakes {
+    fn new() -> Fakes {
+        Fakes { prod: Arc::new(FakeRoot::default()), stg: Arc::new(FakeRoot::default()) }
+    }
+}
+
+/// Starts the real server on `dir` with the fake plugins as the catalogue.
+async fn start(dir: &Path, iss: &str, extra: &str, store: Option<&str>, fakes: &Fakes) -> anyhow::Result<Daemon> {
+    let policies = dir.join("policies");
+    if !policies.exists() {
+        copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &policies);
+        std::fs::write(policies.join("test-extra.cedar"), POLICY).unwrap();
+    }
+    let mut text = config_text(dir, &policies, iss, extra, "");
+    if let Some(s) = store {
+        text = text.replace(&format!("store = \"sqlite://{}\"", dir.join("lessor.db").display()), &format!("store = \"{s}\""));
+    }
+    let cfg = Config::from_toml(&text)?;
+    let infos: BTreeMap<String, _> = role_infos(&cfg).into_iter().map(|r| (r.name.clone(), r)).collect();
+    let mut roles = BTreeMap::new();
+    let mut connections: BTreeMap<String, Arc<dyn Plugin>> = BTreeMap::new();
+    for (cname, plugin) in [("prod", fakes.prod.clone()), ("stg", fakes.stg.clone())] {
+        let name = format!("{cname}/app");
+        roles.insert(
+            name.clone(),
+            Arc::new(Role {
+                name: name.clone(),
+                connection: cname.into(),
+                short: "app".into(),
+                kind: "fake".into(),
+                plugin: plugin.clone(),
+                cfg: cfg.connections[cname].roles["app"].clone(),
+                info: infos[&name].clone(),
+            }),
+        );
+        connections.insert(cname.into(), plugin);
+    }
+    let catalog = Arc::new(Catalog { roles, connections, scopes: BTreeMap::new() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let running = lessor::server::start_with_catalog(cfg, listener, Some(catalog)).await?;
+    let addr = running.addr;
+    let admin = std::fs::read_to_string(dir.join("admin.token"))?.trim().to_owned();
+    Ok(Daemon {
+        url: format!("http://{addr}"),
+        addr,
+        running: Some(running),
+        dir: dir.to_path_buf(),
+        policies,
+        admin,
+        http: reqwest::Client::new(),
+        _tmp: None,
+    })
+}
+
+/// An operator's JWT (acme/lessor-ops main, named by `who`).
+fn operator(iss: &Issuer, who: &str) -> String {
+    let mut c = iss.gh_claims("acme/lessor-ops", "refs/heads/main");
+    c.insert("sub".into(), json!(who));
+    iss.sign(&c)
+}
+
+/// Calls the API and keeps every response body for the canary scan.
+struct Api<'a> {
+    d: &'a Daemon,
+    seen: Mutex<Vec<String>>,
+}
+
+impl Api<'_> {
+    async fn call(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self.d.http.request(method, format!("{}{path}", self.d.url)).bearer_auth(token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        self.seen.lock().unwrap().push(text.clone());
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+    async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, token, Some(body)).await
+    }
+    async fn set(&self, conn: &str, token: &str, secret: &str) -> (u16, Value) {
+        let body = json!({"secret": secret, "reason": "quarterly change"});
+        self.call(reqwest::Method::PUT, &format!("/v1/admin/connections/{conn}/secret"), token, Some(body)).await
+    }
+    async fn issue_version(&self, role: &str, jwt: &str) -> (String, Option<i64>) {
+        let (s, v) = self.post("/v1/leases", jwt, json!({"role": role, "ttl": "10m"})).await;
+        assert_eq!(s, 201, "{v}");
+        let id = v["lease"]["lease_id"].as_str().or(v["lease_id"].as_str()).unwrap().to_owned();
+        let l = self.d.running().store.get(&lessor_plugin::LeaseId::new(&id)).await.unwrap().unwrap();
+        (id, l.root_version)
+    }
+}
+
+/// Captures debug logs of everything on this (current-thread) runtime.
+#[derive(Clone, Default)]
+struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn production_needs_a_verified_secret_and_a_second_person_and_switches_issuance() {
+    let logs = LogBuf::default();
+    let w = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || w.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let iss = Issuer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let review_by = (OffsetDateTime::now_utc() + time::Duration::days(3)).date().to_string();
+    let fakes = Fakes::new();
+    let d = start(tmp.path(), &iss.url, &fake_toml("1ms", &review_by), None, &fakes).await.unwrap();
+    let api = Api { d: &d, seen: Mutex::new(Vec::new()) };
+    let (alice, bob) = (operator(&iss, "alice"), operator(&iss, "bob"));
+    let alice_name = format!("{}#alice", iss.url);
+    let workload = iss.token();
+    let good1 = format!("lessor_admin:app:{CANARY}-one");
+
+    // v1: set by alice, verified; activation needs someone else's approval.
+    let (s, v) = api.set("prod", &alice, &good1).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!((v["version"].as_i64(), v["secret"].as_str(), v["fingerprint"].as_str()), (Some(1), Some("set"), Some("-one")));
+    assert_eq!(v["set_by"], alice_name.as_str());
+    let (s, v) = api.post("/v1/admin/connections/prod/verify", &alice, json!({})).await;
+    assert_eq!((s, v["result"]["ok"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(v["result"]["warnings"][0], "certificate expires in 3 days");
+    let (s, v) = api.post("/v1/admin/connections/prod/activate", &alice, json!({})).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("needs approval by someone other than"), "{v}");
+    let (s, v) = api.post("/v1/admin/connections/prod/approve", &alice, json!({})).await;
+    assert_eq!(s, 403, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&format!("`{alice_name}` set version 1 of connection `prod` and cannot also approve it")), "{msg}");
+    let (s, v) = api.post("/v1/admin/connections/prod/approve", &bob, json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = api.post("/v1/admin/connections/prod/activate", &alice, json!({})).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("active")), "{v}");
+    let (lease1, ver) = api.issue_version("prod/app", &workload).await;
+    assert_eq!(ver, Some(1));
+
+    // Wrong password, wrong role, wrong database: each said precisely, none
+    // activatable, production keeps issuing with v1.
+    for (secret, expect) in [
+        (format!("lessor_admin:app:bad-{CANARY}"), "password rejected for user `lessor_admin`"),
+        (format!("app_ro:app:{CANARY}-ro"), "connected as `app_ro`, expected `lessor_admin`"),
+        (format!("lessor_admin:app_staging:{CANARY}-stg"), "database `app_staging`, expected `app`"),
+    ] {
+        let (s, v) = api.set("prod", &alice, &secret).await;
+        assert_eq!(s, 201, "{v}");
+        let (s, v) = api.post("/v1/admin/connections/prod/verify", &alice, json!({})).await;
+        assert_eq!((s, v["result"]["ok"].as_bool()), (200, Some(false)), "{v}");
+        assert!(v["result"]["message"].as_str().unwrap().contains(expect), "{v}");
+        api.post("/v1/admin/connections/prod/approve", &bob, json!({})).await;
+        let (s, v) = api.post("/v1/admin/connections/prod/activate", &alice, json!({})).await;
+        assert_eq!(s, 409, "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("has not passed verification"), "{v}");
+        assert_eq!(api.issue_version("prod/app", &workload).await.1, Some(1));
+    }
+
+    // v5: right; approved; activated: new issuance uses it; a lease issued
+    // under v1 is revoked with v1 (still retiring).
+    let (s, v) = api.set("prod", &alice, &format!("lessor_admin:app:{CANARY}-five")).await;
+    assert_eq!((s, v["version"].as_i64()), (201, Some(5)), "{v}");
+    assert_eq!(api.post("/v1/admin/connections/prod/verify", &bob, json!({})).await.0, 200);
+    assert_eq!(api.post("/v1/admin/connections/prod/approve", &bob, json!({})).await.0, 200);
+    assert_eq!(api.post("/v1/admin/connections/prod/activate", &bob, json!({})).await.0, 200);
+    assert_eq!(api.issue_version("prod/app", &workload).await.1, Some(5));
+    let (s, v) = api.call(reqwest::Method::DELETE, &format!("/v1/leases/{lease1}"), &workload, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(fakes.prod.revoked.lock().unwrap().contains(&(lease1.clone(), Some(1))));
+
+    // Rollback: back to v1 at once.
+    let (s, v) = api.post("/v1/admin/connections/prod/rollback", &alice, json!({})).await;
+    assert_eq!((s, v["version"].as_i64()), (200, Some(1)), "{v}");
+    assert_eq!(api.issue_version("prod/app", &workload).await.1, Some(1));
+
+    // Rotate: the plugin makes one, lessor verifies and activates it.
+    let (s, v) = api.post("/v1/admin/connections/prod/rotate", &bob, json!({})).await;
+    assert_eq!((s, v["version"].as_i64(), v["state"].as_str()), (200, Some(6), Some("active")), "{v}");
+    assert_eq!(*fakes.prod.rotations.lock().unwrap(), 1);
+    assert_eq!(api.issue_version("prod/app", &workload).await.1, Some(6));
+    let rotated = fakes.prod.installed.lock().unwrap()[&6].clone();
+
+    // Inventory: versions, states, stale + expiring warnings, everywhere.
+    let (s, v) = api.call(reqwest::Method::GET, "/v1/admin/connections/prod", &alice, None).await;
+    assert_eq!(s, 200, "{v}");
+    let states: Vec<&str> = v["versions"].as_array().unwrap().iter().map(|x| x["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["retiring", "candidate", "candidate", "candidate", "retiring", "active"]);
+    let (s, v) = api.call(reqwest::Method::GET, "/v1/admin/connections", &d.admin, None).await;
+    assert_eq!(s, 200);
+    let prod = v["connections"].as_array().unwrap().iter().find(|c| c["name"] == "prod").unwrap().clone();
+    assert_eq!((prod["active_version"].as_i64(), prod["owner"].as_str()), (Some(6), Some("payments")), "{prod}");
+    assert_eq!(prod["roles"], json!(["prod/app"]));
+    let warnings = prod["warnings"].to_string();
+    assert!(warnings.contains("is stale") && warnings.contains(&format!("review/expiry date {review_by} is in")), "{warnings}");
+    let (_, st) = api.call(reqwest::Method::GET, "/v1/admin/status", &d.admin, None).await;
+    assert!(st["connection_warnings"].to_string().contains("is stale"), "{st}");
+    let text = lessor::cli::render_status(&d.url, &st);
+    assert!(text.contains("ROOT CREDENTIALS") && text.contains("review/expiry date"), "{text}");
+    let metrics = String::from_utf8(d.bytes("/metrics").await).unwrap();
+    assert!(metrics.contains("lessor_connection_credential_expiry_timestamp_seconds{connection=\"prod\"}"), "{metrics}");
+    assert!(metrics.contains("lessor_connection_credential_age_seconds{connection=\"prod\"}"));
+
+    // Canary: after the save, the plaintext is nowhere: not in the store,
+    // the audit log, the debug logs, nor any API answer.
+    let seen = api.seen.lock().unwrap().clone();
+    drop(api);
+    let mut d = d;
+    d.stop().await;
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("root credential installed as active"), "debug logs were captured");
+    let rotated_pw = rotated.rsplit(':').next().unwrap().to_owned();
+    for needle in [CANARY, rotated_pw.as_str()] {
+        assert!(!logs.contains(needle), "secret in the logs");
+        for body in &seen {
+            assert!(!body.contains(needle), "secret in an API response: {body}");
+        }
+        for f in files_under(tmp.path()) {
+            let bytes = std::fs::read(&f).unwrap();
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle.as_bytes()), "secret in {}", f.display());
+        }
+    }
+    let audit = std::fs::read_to_string(tmp.path().join("audit.log")).unwrap();
+    for action in ["connection.set_secret", "connection.verify", "connection.approve", "connection.activate", "connection.rollback", "connection.rotate"] {
+        assert!(audit.contains(&format!("\"{action}\"")), "{action} not audited");
+    }
+}
+
+#[tokio::test]
+async fn staging_needs_no_approval_and_a_wrong_kek_stops_the_start() {
+    let iss = Issuer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let fakes = Fakes::new();
+    let toml = fake_toml("90d", "2099-01-01");
+    let mut d = start(tmp.path(), &iss.url, &toml, None, &fakes).await.unwrap();
+    let api = Api { d: &d, seen: Mutex::new(Vec::new()) };
+    let (s, v) = api.set("stg", &d.admin, "lessor_admin:app:stg-secret").await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(api.post("/v1/admin/connections/stg/verify", &d.admin, json!({})).await.0, 200);
+    let (s, v) = api.post("/v1/admin/connections/stg/activate", &d.admin, json!({})).await;
+    assert_eq!((s, v["version"].as_i64()), (200, Some(1)), "{v}");
+    assert_eq!(api.issue_version("stg/app", &iss.token()).await.1, Some(1));
+    // Secrets set with no expected_identity still verify, and say so.
+    let (_, v) = api.post("/v1/admin/connections/stg/verify", &d.admin, json!({"version": 1})).await;
+    assert!(v["result"]["message"].as_str().unwrap().contains("no expected_identity configured"), "{v}");
+    let kek_id = lessor::seal::Seal::load_or_create(&tmp.path().join("seal.key"), false).unwrap().key_id();
+    drop(api);
+    d.stop().await;
+
+    // Restarted with another key-encryption key: refuses, naming the id
+    // the store's credentials were written under; nothing is served.
+    let other = tmp.path().join("other.key");
+    std::fs::write(&other, base64_key()).unwrap();
+    let fresh = Fakes::new();
+    let err = start(tmp.path(), &iss.url, &format!("{toml}\n[kek]\nfile = \"{}\"\n", other.display()), None, &fresh)
+        .await
+        .err()
+        .expect("a wrong KEK must stop the start");
+    let msg = format!("{err:#}");
+    assert!(msg.contains(&format!("key-encryption key id `{kek_id}`")), "{msg}");
+    assert!(fresh.stg.installed.lock().unwrap().is_empty(), "nothing was installed");
+    // With the right key (the seal key, the default) it starts and installs.
+    let d = start(tmp.path(), &iss.url, &toml, None, &fresh).await.unwrap();
+    assert_eq!(*fresh.stg.active.lock().unwrap(), Some(1));
+    drop(d);
+}
+
+fn base64_key() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+}
+
+/// Two replicas on one PostgreSQL store: an activation through one is what
+/// the other issues with on its very next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_store_switch_together() {
+    let (_pg, dsn) = crate::store::pg_store_db();
+    let iss = Issuer::start().await;
+    let toml = fake_toml("90d", "2099-01-01");
+    let (t1, t2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (f1, f2) = (Fakes::new(), Fakes::new());
+    let d1 = start(t1.path(), &iss.url, &toml, Some(&dsn), &f1).await.unwrap();
+    std::fs::copy(t1.path().join("seal.key"), t2.path().join("seal.key")).unwrap();
+    let d2 = start(t2.path(), &iss.url, &toml, Some(&dsn), &f2).await.unwrap();
+    let a1 = Api { d: &d1, seen: Mutex::new(Vec::new()) };
+    let a2 = Api { d: &d2, seen: Mutex::new(Vec::new()) };
+    let jwt = iss.token();
+    for (n, secret) in [(1, "lessor_admin:app:first"), (2, "lessor_admin:app:second")] {
+        assert_eq!(a1.set("stg", &d1.admin, secret).await.0, 201);
+        assert_eq!(a1.post("/v1/admin/connections/stg/verify", &d1.admin, json!({})).await.0, 200);
+        assert_eq!(a1.post("/v1/admin/connections/stg/activate", &d1.admin, json!({})).await.0, 200);
+        // No waiting: d2's next issue uses the new version.
+        assert_eq!(a2.issue_version("stg/app", &jwt).await.1, Some(n));
+        assert_eq!(a1.issue_version("stg/app", &jwt).await.1, Some(n));
+    }
+    let (s, v) = a2.post("/v1/admin/connections/stg/rollback", &d2.admin, json!({})).await;
+    assert_eq!((s, v["version"].as_i64()), (200, Some(1)), "{v}");
+    assert_eq!(a1.issue_version("stg/app", &jwt).await.1, Some(1));
+    // d2 holds v1 and v2 (retiring, for revocation).
+    assert!(f2.stg.installed.lock().unwrap().contains_key(&2));
+}
