@@ -1222,7 +1222,7 @@ impl Plugin for PostgresPlugin {
                 r => break r?,
             }
         }
-        tracing::info!(pg_role = %name, scopes = scopes.len(), "role created");
+        tracing::info!(pg_role = %name, scopes = scopes.len(), root_version = ?root.version, "role created");
 
         let mut public = Map::new();
         public.insert("username".into(), json!(name));
@@ -1505,7 +1505,7 @@ impl Plugin for PostgresPlugin {
     /// Installing the active version with `active = false` leaves no active
     /// one (issuance then fails, retryably, until one is activated).
     /// Installing an installed version with the same DSN keeps its pools.
-    #[instrument(skip_all, fields(connection = %self.connection, version, active))]
+    #[instrument(skip_all, fields(connection = %self.connection, version = version, active = active))]
     async fn install_root(&self, version: i64, secret: SecretString, active: bool) -> Result<(), PluginError> {
         let existing = self.roots_read().versions.get(&version).cloned();
         let root = match existing {
@@ -1532,7 +1532,7 @@ impl Plugin for PostgresPlugin {
     /// Forgets a retiring version; its pools close once the last operation
     /// using them ends. Removing one that is not installed is `Ok`; the
     /// active one is refused.
-    #[instrument(skip_all, fields(connection = %self.connection, version))]
+    #[instrument(skip_all, fields(connection = %self.connection, version = version))]
     async fn remove_root(&self, version: i64) -> Result<(), PluginError> {
         let mut roots = self.roots_write();
         if roots.active.as_ref().is_some_and(|a| a.version == Some(version)) {
