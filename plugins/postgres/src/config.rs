@@ -1,10 +1,11 @@
 //! Connection and role configuration of the PostgreSQL plugin, parsed from
 //! the JSON the core hands over (a TOML table turned into JSON).
 //!
-//! Owns validation of config only: reading the admin DSN from its file or
-//! environment variable into a [`SecretString`], parsing templates, checking
-//! that every scope has grants. Knows nothing of pools or SQL execution. The
-//! DSN's password appears in no message and no `Debug` output.
+//! Owns validation of config only: reading the admin DSN (when the config
+//! names one) from its file or environment variable into a [`SecretString`],
+//! parsing templates, checking that every scope has grants. Knows nothing of
+//! pools or SQL execution. The DSN's password appears in no message and no
+//! `Debug` output.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -74,9 +75,10 @@ impl fmt::Display for DsnSource {
 /// Settings of one PostgreSQL connection.
 #[derive(Debug, Clone)]
 pub struct ConnectionConfig {
-    /// The admin DSN: the broker's root credential for this server.
-    pub dsn: SecretString,
-    pub dsn_source: DsnSource,
+    /// The admin DSN from `dsn_file` / `dsn_env`: the broker's root
+    /// credential for this server. `None`: the core manages the root
+    /// credential and installs it (`Plugin::install_root`).
+    pub dsn: Option<(SecretString, DsnSource)>,
     pub pool_size: u32,
     /// Bounds establishing (or waiting for) a connection.
     pub connect_timeout: Duration,
@@ -107,35 +109,40 @@ struct RawConnection {
 
 impl ConnectionConfig {
     /// Parses the connection table and reads the DSN from its file or
-    /// environment variable.
+    /// environment variable. With neither (or no table at all) the root
+    /// credential is managed by the core: `dsn` is `None`.
     pub fn from_json(connection: &str, value: serde_json::Value) -> Result<Self, PluginError> {
         let bad =
             |msg: String| PluginError::Misconfigured(format!("connection `{connection}`: {msg}"));
-        if value.is_null() {
-            return Err(bad("needs `dsn_file` or `dsn_env`".into()));
-        }
+        let value = if value.is_null() { serde_json::json!({}) } else { value };
         let raw: RawConnection = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
         let (dsn, dsn_source) = match (raw.dsn_file, raw.dsn_env) {
             (Some(_), Some(_)) => {
                 return Err(bad("set either `dsn_file` or `dsn_env`, not both".into()))
             }
-            (None, None) => return Err(bad("needs `dsn_file` or `dsn_env`".into())),
+            (None, None) => (None, None),
             (Some(path), None) => {
                 let text = std::fs::read_to_string(&path).map_err(|e| {
                     bad(format!("cannot read `dsn_file` ({}): {e}", path.display()))
                 })?;
-                (SecretString::from(text.trim().to_owned()), DsnSource::File(path))
+                (Some(SecretString::from(text.trim().to_owned())), Some(DsnSource::File(path)))
             }
             (None, Some(var)) => {
                 let text = std::env::var(&var).map_err(|e| {
                     bad(format!("environment variable `{var}` (from `dsn_env`): {e}"))
                 })?;
-                (SecretString::from(text.trim().to_owned()), DsnSource::Env(var))
+                (Some(SecretString::from(text.trim().to_owned())), Some(DsnSource::Env(var)))
             }
         };
-        if dsn.expose_secret().is_empty() {
-            return Err(bad(format!("the DSN in {dsn_source} is empty")));
-        }
+        let dsn = match (dsn, dsn_source) {
+            (Some(dsn), Some(source)) => {
+                if dsn.expose_secret().is_empty() {
+                    return Err(bad(format!("the DSN in {source} is empty")));
+                }
+                Some((dsn, source))
+            }
+            _ => None,
+        };
         let pool_size = raw.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
         if !(1..=100).contains(&pool_size) {
             return Err(bad(format!("`pool_size` = {pool_size} must be between 1 and 100")));
@@ -156,7 +163,6 @@ impl ConnectionConfig {
         check_prefix(&role_prefix).map_err(|m| bad(format!("`role_prefix` = `{role_prefix}` {m}")))?;
         Ok(ConnectionConfig {
             dsn,
-            dsn_source,
             pool_size,
             connect_timeout,
             tls: raw.tls,
@@ -398,7 +404,9 @@ mod tests {
     fn connection_defaults_and_fields() {
         let f = dsn_file("postgres://lessor_admin:hunter2secret@db:5432/app\n");
         let c = ConnectionConfig::from_json("pg", json!({"dsn_file": f.path()})).unwrap();
-        assert_eq!(c.dsn.expose_secret(), "postgres://lessor_admin:hunter2secret@db:5432/app");
+        let (dsn, source) = c.dsn.as_ref().unwrap();
+        assert_eq!(dsn.expose_secret(), "postgres://lessor_admin:hunter2secret@db:5432/app");
+        assert_eq!(source, &DsnSource::File(f.path().to_owned()));
         assert_eq!(c.pool_size, 4);
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.tls, None);
@@ -418,7 +426,17 @@ mod tests {
         assert_eq!(c.tls, Some(Tls::VerifyFull));
         assert_eq!(c.role_prefix, "jit_1");
         assert_eq!(c.owned_objects, OwnedObjects::Fail);
-        assert_eq!(c.dsn_source, DsnSource::Env("LESSOR_PG_CONFIG_TEST_DSN".into()));
+        assert_eq!(c.dsn.unwrap().1, DsnSource::Env("LESSOR_PG_CONFIG_TEST_DSN".into()));
+    }
+
+    #[test]
+    fn without_a_dsn_the_root_credential_is_managed() {
+        for v in [json!(null), json!({}), json!({"pool_size": 2})] {
+            let c = ConnectionConfig::from_json("pg", v.clone()).unwrap();
+            assert!(c.dsn.is_none(), "{v}");
+        }
+        let c = ConnectionConfig::from_json("pg", json!({"pool_size": 2})).unwrap();
+        assert_eq!(c.pool_size, 2);
     }
 
     #[test]
@@ -426,8 +444,6 @@ mod tests {
         let f = dsn_file("postgres://u:pw@h/db");
         let p = f.path().to_str().unwrap();
         let cases = [
-            (json!(null), "dsn_file` or `dsn_env"),
-            (json!({}), "dsn_file` or `dsn_env"),
             (json!({"dsn_file": p, "dsn_env": "X"}), "not both"),
             (json!({"dsn_file": "/nonexistent/dsn"}), "cannot read `dsn_file` (/nonexistent/dsn)"),
             (json!({"dsn_env": "LESSOR_PG_SURELY_UNSET"}), "`LESSOR_PG_SURELY_UNSET` (from `dsn_env`)"),

@@ -13,10 +13,11 @@
 //! Connection:
 //! - `dsn_file` (a file holding the admin DSN, e.g.
 //!   `postgres://lessor_admin:pw@db:5432/app`) or `dsn_env` (an environment
-//!   variable holding it): exactly one. The DSN is held only in a
+//!   variable holding it): at most one. The DSN is held only in a
 //!   `SecretString`; messages show `host:port/db` and the user, never the
 //!   password. The admin role needs CREATEROLE (a superuser works, with a
-//!   warning from `validate`).
+//!   warning from `validate`). With neither, the root credential is
+//!   *managed* (see below).
 //! - `pool_size` (default 4), `connect_timeout` (humantime, default `"5s"`;
 //!   bounds getting a connection).
 //! - `tls`: `"disable"`, `"prefer"`, `"require"` or `"verify-full"`; when
@@ -62,6 +63,37 @@
 //!   the admin, `DROP OWNED BY` and `DROP ROLE` (or the custom revocation),
 //!   and ends any session that slipped in meanwhile. A role that is gone
 //!   counts as revoked.
+//!
+//! # Root credentials
+//! The admin DSN is the connection's root credential
+//! ([`lessor_plugin::Plugin::root_secret_spec`]). The core may manage it in
+//! versions:
+//! - **validate_root** checks a candidate DSN on its own short-lived
+//!   connections (no installed pool is touched, nothing is written): login,
+//!   `current_user` (the identity), `current_database()`, server version,
+//!   CREATEROLE or superuser, and the roles' own databases. Refusals are
+//!   precise and never hold the DSN: "password rejected for user `x` at
+//!   host:port", "database `x` does not exist at host:port", "role `x`
+//!   lacks CREATEROLE (needed to create lease roles)"; an unreachable server
+//!   is retryable; a malformed DSN is an invalid request.
+//! - **install_root** keeps one set of lazy pools per version. The active one
+//!   serves new issuance, swapped atomically (an issue finishes with the
+//!   root it started with); the others stay until `remove_root` so their
+//!   leases are renewed and revoked with the admin that created them.
+//!   `Issued::root_version` is the version used.
+//! - A DSN from `dsn_file` / `dsn_env` is an unversioned active root:
+//!   leases issued with it have `root_version: None`, and installing an
+//!   active managed version replaces it.
+//! - Renew and revoke use the lease's version while it is installed, else
+//!   the active one; also the active one when the lease's version no longer
+//!   logs in (its password was rotated away). Without any active root,
+//!   issue, renew, revoke, validate and rotate fail retryably: "connection
+//!   `pg` has no active root credential: set one with `lessor connection
+//!   set-secret pg`".
+//! - **rotate_root** sets a new 256-bit random password on the admin role
+//!   (`ALTER ROLE ... PASSWORD` with a SCRAM verifier computed here) and
+//!   returns the DSN with it. The old password stops working at once, so the
+//!   core activates the new version straight away.
 //!
 //! Unreachable servers give [`lessor_plugin::PluginError::Retryable`]
 //! ("cannot reach PostgreSQL at host:port/db: ..."); refusals give

@@ -1,15 +1,16 @@
 //! The `Plugin` implementation: issue, renew, revoke and validate
 //! just-in-time PostgreSQL roles.
 //!
-//! Owns the admin connection pools (one per database, connecting lazily),
-//! role naming, the issue/renew/revoke transactions and the mapping of sqlx
-//! errors to [`PluginError`]. Never logs or returns the admin DSN's password,
-//! a generated password or a statement's text.
+//! Owns the root credentials (admin DSNs) and their connection pools (per
+//! root version, one per database, connecting lazily), role naming, the
+//! issue/renew/revoke transactions, root validation and rotation, and the
+//! mapping of sqlx errors to [`PluginError`]. Never logs or returns an admin
+//! DSN's password, a generated password or a statement's text.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,7 +18,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use lessor_plugin::{
     Capabilities, IssueRequest, Issued, LeaseId, LeaseRef, Plugin, PluginContext, PluginError,
-    RenewRequest, RoleSpec, Validation, Workload,
+    RenewRequest, RoleSpec, RootSecretSpec, Validation, Workload,
 };
 use rand::TryRngCore;
 use secrecy::{ExposeSecret, SecretString};
@@ -98,6 +99,22 @@ struct Target {
 }
 
 impl Target {
+    fn of(options: &PgConnectOptions) -> Target {
+        Target {
+            host: options
+                .get_socket()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| options.get_host().to_owned()),
+            port: options.get_port(),
+            user: options.get_username().to_owned(),
+            database: options
+                .get_database()
+                .unwrap_or(options.get_username())
+                .to_owned(),
+            socket: options.get_socket().is_some(),
+        }
+    }
+
     /// `host:port` (IPv6 in brackets), or the socket directory.
     fn addr(&self) -> String {
         if self.socket {
@@ -117,7 +134,48 @@ impl Target {
 struct Role {
     config: RoleConfig,
     max_ttl: Duration,
-    database: String,
+}
+
+impl Role {
+    /// The database the role's statements run in: its own, else the one of
+    /// the root credential's DSN.
+    fn database<'a>(&'a self, root: &'a Root) -> &'a str {
+        self.config.database.as_deref().unwrap_or(&root.target.database)
+    }
+}
+
+/// One root credential (admin DSN) and its lazily connecting pools.
+struct Root {
+    /// The core's version of it; `None` for the DSN of `dsn_file` /
+    /// `dsn_env`.
+    version: Option<i64>,
+    dsn: SecretString,
+    target: Target,
+    /// One pool per database: the DSN's and every role's own.
+    pools: BTreeMap<String, PgPool>,
+    /// Values that must never appear in a message (the DSN's password, raw
+    /// and percent-encoded); scrubbed from every error as a last line.
+    never_show: Vec<SecretString>,
+}
+
+impl fmt::Debug for Root {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Root")
+            .field("version", &self.version)
+            .field("server", &self.target.addr())
+            .field("user", &self.target.user)
+            .field("database", &self.target.database)
+            .finish()
+    }
+}
+
+/// The installed root credentials.
+#[derive(Default)]
+struct Roots {
+    /// Used for new issuance (and for leases whose version is not installed).
+    active: Option<Arc<Root>>,
+    /// Managed versions, active and retiring.
+    versions: BTreeMap<i64, Arc<Root>>,
 }
 
 /// What one issue transaction creates.
@@ -145,24 +203,21 @@ struct Revocation<'a> {
 /// Just-in-time PostgreSQL roles. See the crate docs.
 pub struct PostgresPlugin {
     connection: String,
-    target: Target,
     config: ConnectionConfig,
-    /// One lazily connecting pool per database the roles use.
-    pools: BTreeMap<String, PgPool>,
     roles: BTreeMap<String, Role>,
-    /// Values that must never appear in a message (the DSN's password, raw
-    /// and percent-encoded); scrubbed from every error as a last line.
-    never_show: Vec<SecretString>,
+    /// Swapped under a short lock that is never held across an await: an
+    /// operation takes the `Arc<Root>` it needs and finishes with it.
+    roots: RwLock<Roots>,
 }
 
 impl fmt::Debug for PostgresPlugin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let roots = self.roots_read();
         f.debug_struct("PostgresPlugin")
             .field("connection", &self.connection)
-            .field("server", &self.target.addr())
-            .field("user", &self.target.user)
-            .field("database", &self.target.database)
-            .field("dsn", &self.config.dsn_source)
+            .field("active_root", &roots.active)
+            .field("root_versions", &roots.versions.keys().collect::<Vec<_>>())
+            .field("dsn", &self.config.dsn.as_ref().map(|(_, source)| source))
             .field("pool_size", &self.config.pool_size)
             .field("tls", &self.config.tls)
             .field("role_prefix", &self.config.role_prefix)
@@ -172,23 +227,21 @@ impl fmt::Debug for PostgresPlugin {
     }
 }
 
-/// Parses the DSN without echoing it, returning the connect options and the
-/// strings that must be scrubbed from messages.
+/// Parses an admin DSN without echoing it, returning the connect options
+/// and the strings that must be scrubbed from messages. The error completes
+/// "the DSN ..." and holds no part of the DSN but its scheme or a parameter
+/// name.
 fn connect_options(
-    connection: &str,
-    config: &ConnectionConfig,
-) -> Result<(PgConnectOptions, Vec<SecretString>), PluginError> {
-    let source = &config.dsn_source;
-    let bad = |msg: String| {
-        PluginError::Misconfigured(format!("connection `{connection}`: the DSN in {source} {msg}"))
-    };
-    let dsn = config.dsn.expose_secret();
-    let url = url::Url::parse(dsn).map_err(|e| bad(format!("is not a URL: {e}")))?;
+    dsn: &SecretString,
+    tls: Option<Tls>,
+) -> Result<(PgConnectOptions, Vec<SecretString>), String> {
+    let dsn = dsn.expose_secret();
+    let url = url::Url::parse(dsn).map_err(|e| format!("is not a URL: {e}"))?;
     if !matches!(url.scheme(), "postgres" | "postgresql") {
-        return Err(bad(format!(
+        return Err(format!(
             "has scheme `{}`; expected `postgres://` or `postgresql://`",
             url.scheme()
-        )));
+        ));
     }
     let mut never_show = Vec::new();
     if let Some(pw) = url.password() {
@@ -202,7 +255,7 @@ fn connect_options(
             continue;
         }
         if !DSN_PARAMS.contains(&key.as_ref()) {
-            return Err(bad(format!("has an unknown parameter `{key}`")));
+            return Err(format!("has an unknown parameter `{key}`"));
         }
         if key == "password" {
             never_show.push(SecretString::from(value.into_owned()));
@@ -211,8 +264,8 @@ fn connect_options(
     never_show.retain(|s| !s.expose_secret().is_empty());
     let scrub = |m: String| scrub_with(&never_show, m);
     let mut options = PgConnectOptions::from_str(dsn)
-        .map_err(|e| bad(format!("is not usable: {}", scrub(e.to_string()))))?;
-    if let Some(tls) = config.tls {
+        .map_err(|e| format!("is not usable: {}", scrub(e.to_string())))?;
+    if let Some(tls) = tls {
         options = options.ssl_mode(match tls {
             Tls::Disable => PgSslMode::Disable,
             Tls::Prefer => PgSslMode::Prefer,
@@ -235,6 +288,17 @@ fn percent_decode(s: &str) -> Result<String, std::str::Utf8Error> {
     percent_encoding::percent_decode_str(s)
         .decode_utf8()
         .map(|c| c.into_owned())
+}
+
+/// Scrubs the message of an error that may quote the server or a DSN.
+fn scrub_error(never_show: &[SecretString], err: PluginError) -> PluginError {
+    match err {
+        PluginError::Retryable(m) => PluginError::Retryable(scrub_with(never_show, m)),
+        PluginError::Permanent(m) => PluginError::Permanent(scrub_with(never_show, m)),
+        PluginError::InvalidRequest(m) => PluginError::InvalidRequest(scrub_with(never_show, m)),
+        PluginError::Misconfigured(m) => PluginError::Misconfigured(scrub_with(never_show, m)),
+        other => other,
+    }
 }
 
 fn scrub_with(never_show: &[SecretString], mut msg: String) -> String {
@@ -354,6 +418,83 @@ fn dsn_part(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, DSN_KEEP).to_string()
 }
 
+/// `dsn` with its password replaced by `password` (in the userinfo; a
+/// `password` query parameter is left out). Scheme, user, host, port,
+/// database and the other parameters are kept as they were. The error
+/// completes "the DSN ...".
+fn dsn_with_password(dsn: &SecretString, password: &SecretString) -> Result<SecretString, String> {
+    let url = url::Url::parse(dsn.expose_secret()).map_err(|e| format!("is not a URL: {e}"))?;
+    let encoded = Zeroizing::new(dsn_part(password.expose_secret()));
+    // Sized up front so the buffer holding the password is never reallocated
+    // (and left behind unzeroized).
+    let mut out = String::with_capacity(dsn.expose_secret().len() + encoded.len() + 8);
+    out.push_str(url.scheme());
+    out.push_str("://");
+    out.push_str(url.username());
+    out.push(':');
+    out.push_str(&encoded);
+    out.push('@');
+    out.push_str(url.host_str().unwrap_or(""));
+    if let Some(port) = url.port() {
+        out.push(':');
+        out.push_str(&port.to_string());
+    }
+    out.push_str(url.path());
+    let out = SecretString::from(out);
+    let has_password_param = url.query_pairs().any(|(k, _)| k == "password");
+    let query = match url.query() {
+        None => return Ok(out),
+        Some(q) if !has_password_param => q.to_owned(),
+        Some(_) => url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(url.query_pairs().filter(|(k, _)| k != "password"))
+            .finish(),
+    };
+    if query.is_empty() {
+        return Ok(out);
+    }
+    let mut with_query = String::with_capacity(out.expose_secret().len() + query.len() + 1);
+    with_query.push_str(out.expose_secret());
+    with_query.push('?');
+    with_query.push_str(&query);
+    Ok(SecretString::from(with_query))
+}
+
+/// Maps an error met while checking a candidate root credential. Precise,
+/// with `host:port` and the user, never the DSN.
+fn candidate_error(e: sqlx::Error, target: &Target, db: &str) -> PluginError {
+    let at = target.addr();
+    let unreachable =
+        |reason: String| PluginError::Retryable(format!("cannot reach PostgreSQL at {at}: {reason}"));
+    match e {
+        sqlx::Error::Database(d) => {
+            let code = d.code().map(|c| c.into_owned()).unwrap_or_default();
+            let msg = d.message().to_owned();
+            match code.as_str() {
+                "28P01" => PluginError::Permanent(format!(
+                    "password rejected for user `{}` at {at}",
+                    target.user
+                )),
+                "28000" => PluginError::Permanent(format!(
+                    "user `{}` may not log in at {at}: {msg}",
+                    target.user
+                )),
+                "3D000" => PluginError::Permanent(format!("database `{db}` does not exist at {at}")),
+                c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") => {
+                    unreachable(msg)
+                }
+                _ => PluginError::Permanent(format!("checking the candidate at {at}: {msg}")),
+            }
+        }
+        sqlx::Error::Io(e) => unreachable(e.to_string()),
+        sqlx::Error::Tls(e) => unreachable(format!("TLS: {e}")),
+        sqlx::Error::Protocol(m) => unreachable(format!("protocol error: {m}")),
+        sqlx::Error::Configuration(e) => {
+            PluginError::InvalidRequest(format!("the candidate DSN is not usable: {e}"))
+        }
+        other => PluginError::Permanent(format!("checking the candidate at {at}: {other}")),
+    }
+}
+
 async fn exec(conn: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
     // One statement per template (the extended protocol refuses more), never
     // cached: each carries per-lease values.
@@ -452,23 +593,11 @@ async fn owned_objects(conn: &mut PgConnection, oid: i64) -> Result<(i64, Option
 }
 
 impl PostgresPlugin {
-    /// Parses the config and creates (lazy) pools. Connects to nothing.
+    /// Parses the config and, when it names a DSN, creates that root's
+    /// (lazy) pools. Connects to nothing. Without `dsn_file` / `dsn_env` the
+    /// plugin has no root credential until the core installs one.
     pub fn new(ctx: PluginContext, connection: Value, roles: Vec<RoleSpec>) -> Result<Self, PluginError> {
         let config = ConnectionConfig::from_json(&ctx.connection, connection)?;
-        let (options, never_show) = connect_options(&ctx.connection, &config)?;
-        let target = Target {
-            host: options
-                .get_socket()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| options.get_host().to_owned()),
-            port: options.get_port(),
-            user: options.get_username().to_owned(),
-            database: options
-                .get_database()
-                .unwrap_or(options.get_username())
-                .to_owned(),
-            socket: options.get_socket().is_some(),
-        };
         let mut parsed = BTreeMap::new();
         for spec in &roles {
             let role_config = RoleConfig::from_json(&ctx.connection, spec)?;
@@ -478,43 +607,96 @@ impl PostgresPlugin {
                     ctx.connection, spec.name
                 )));
             }
-            let database = role_config
-                .database
-                .clone()
-                .unwrap_or_else(|| target.database.clone());
             parsed.insert(
                 spec.name.clone(),
                 Role {
                     config: role_config,
                     max_ttl: spec.max_ttl,
-                    database,
                 },
             );
         }
-        let mut pools = BTreeMap::new();
+        let mut plugin = PostgresPlugin {
+            connection: ctx.connection,
+            config,
+            roles: parsed,
+            roots: RwLock::new(Roots::default()),
+        };
+        if let Some((dsn, source)) = &plugin.config.dsn {
+            let root = plugin.root(None, dsn.clone()).map_err(|m| {
+                PluginError::Misconfigured(format!(
+                    "connection `{}`: the DSN in {source} {m}",
+                    plugin.connection
+                ))
+            })?;
+            plugin.roots = RwLock::new(Roots {
+                active: Some(Arc::new(root)),
+                versions: BTreeMap::new(),
+            });
+        }
+        Ok(plugin)
+    }
+
+    /// A root credential with a lazily connecting pool for its DSN's
+    /// database and each role's own. The error completes "the DSN ...".
+    fn root(&self, version: Option<i64>, dsn: SecretString) -> Result<Root, String> {
+        let (options, never_show) = connect_options(&dsn, self.config.tls)?;
+        let target = Target::of(&options);
         let databases = std::iter::once(target.database.clone())
-            .chain(parsed.values().map(|r| r.database.clone()));
+            .chain(self.roles.values().filter_map(|r| r.config.database.clone()));
+        let mut pools = BTreeMap::new();
         for db in databases {
             if pools.contains_key(&db) {
                 continue;
             }
             let pool = PgPoolOptions::new()
-                .max_connections(config.pool_size)
+                .max_connections(self.config.pool_size)
                 .min_connections(0)
-                .acquire_timeout(config.connect_timeout)
+                .acquire_timeout(self.config.connect_timeout)
                 .idle_timeout(Some(Duration::from_secs(300)))
                 .test_before_acquire(false)
                 .connect_lazy_with(options.clone().database(&db));
             pools.insert(db, pool);
         }
-        Ok(PostgresPlugin {
-            connection: ctx.connection,
+        Ok(Root {
+            version,
+            dsn,
             target,
-            config,
             pools,
-            roles: parsed,
             never_show,
         })
+    }
+
+    fn roots_read(&self) -> std::sync::RwLockReadGuard<'_, Roots> {
+        // Nothing panics while holding the lock; a poisoned one is still whole.
+        self.roots.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn roots_write(&self) -> std::sync::RwLockWriteGuard<'_, Roots> {
+        self.roots.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn no_root(&self) -> PluginError {
+        PluginError::Retryable(format!(
+            "connection `{c}` has no active root credential: set one with `lessor connection set-secret {c}`",
+            c = self.connection
+        ))
+    }
+
+    /// The root credential new issuance uses.
+    fn active_root(&self) -> Result<Arc<Root>, PluginError> {
+        self.roots_read().active.clone().ok_or_else(|| self.no_root())
+    }
+
+    /// The root a lease was issued under while it is installed, else the
+    /// active one (any admin with CREATEROLE can renew or drop the role).
+    fn root_for(&self, lease: &LeaseRef) -> Result<Arc<Root>, PluginError> {
+        let roots = self.roots_read();
+        lease
+            .root_version
+            .and_then(|v| roots.versions.get(&v))
+            .or(roots.active.as_ref())
+            .cloned()
+            .ok_or_else(|| self.no_root())
     }
 
     fn role(&self, name: &str) -> Result<&Role, PluginError> {
@@ -527,25 +709,16 @@ impl PostgresPlugin {
         })
     }
 
-    fn pool(&self, db: &str) -> &PgPool {
-        // Every role's database got a pool in `new`.
-        &self.pools[db]
-    }
-
-    fn scrub(&self, msg: String) -> String {
-        scrub_with(&self.never_show, msg)
-    }
-
     /// Why no connection could be had, found by a plain TCP connect (the
     /// pool hides "connection refused" behind its timeout).
-    async fn unreachable_reason(&self) -> String {
+    async fn unreachable_reason(&self, target: &Target) -> String {
         let waited = humantime::format_duration(self.config.connect_timeout);
-        if self.target.socket {
+        if target.socket {
             return format!("no connection within {waited}");
         }
         let probe = tokio::time::timeout(
             self.config.connect_timeout.min(Duration::from_secs(2)),
-            tokio::net::TcpStream::connect((self.target.host.as_str(), self.target.port)),
+            tokio::net::TcpStream::connect((target.host.as_str(), target.port)),
         )
         .await;
         match probe {
@@ -561,8 +734,8 @@ impl PostgresPlugin {
 
     /// Maps a sqlx error: unreachable -> `Retryable`, the server's refusal
     /// -> `Permanent` with its message (never the statement).
-    async fn fail(&self, e: sqlx::Error, db: &str, what: &str) -> PluginError {
-        let at = self.target.at(db);
+    async fn fail(&self, root: &Root, e: sqlx::Error, db: &str, what: &str) -> PluginError {
+        let at = root.target.at(db);
         let unreachable = |reason: String| {
             PluginError::Retryable(format!("cannot reach PostgreSQL at {at}: {reason}"))
         };
@@ -578,7 +751,7 @@ impl PostgresPlugin {
                 match code.as_str() {
                     "28P01" | "28000" => PluginError::Permanent(format!(
                         "authentication failed for user `{}` at {at}: {msg}",
-                        self.target.user
+                        root.target.user
                     )),
                     "3D000" => PluginError::Permanent(format!("cannot use database at {at}: {msg}")),
                     c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") => {
@@ -598,7 +771,7 @@ impl PostgresPlugin {
             sqlx::Error::Io(e) => unreachable(e.to_string()),
             sqlx::Error::Tls(e) => unreachable(format!("TLS: {e}")),
             sqlx::Error::Protocol(m) => unreachable(format!("protocol error: {m}")),
-            sqlx::Error::PoolTimedOut => unreachable(self.unreachable_reason().await),
+            sqlx::Error::PoolTimedOut => unreachable(self.unreachable_reason(&root.target).await),
             sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
                 unreachable("the connection pool is closed".into())
             }
@@ -608,19 +781,63 @@ impl PostgresPlugin {
             )),
             other => PluginError::Permanent(format!("{what}: {other}")),
         };
-        match err {
-            PluginError::Retryable(m) => PluginError::Retryable(self.scrub(m)),
-            PluginError::Permanent(m) => PluginError::Permanent(self.scrub(m)),
-            PluginError::Misconfigured(m) => PluginError::Misconfigured(self.scrub(m)),
-            other => other,
+        scrub_error(&root.never_show, err)
+    }
+
+    /// Every role's database gets a pool when a root is installed: this
+    /// does not happen.
+    fn no_pool(&self, db: &str) -> PluginError {
+        PluginError::Permanent(format!("connection `{}`: no pool for database `{db}`", self.connection))
+    }
+
+    async fn acquire(
+        &self,
+        root: &Root,
+        db: &str,
+    ) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, PluginError> {
+        let Some(pool) = root.pools.get(db) else {
+            return Err(self.no_pool(db));
+        };
+        match pool.acquire().await {
+            Ok(c) => Ok(c),
+            Err(e) => Err(self.fail(root, e, db, "connecting").await),
         }
     }
 
-    async fn acquire(&self, db: &str) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, PluginError> {
-        match self.pool(db).acquire().await {
-            Ok(c) => Ok(c),
-            Err(e) => Err(self.fail(e, db, "connecting").await),
+    /// A connection for renewing or revoking `lease`, from the root it was
+    /// issued under while that one is installed. If that root no longer
+    /// logs in (its password was rotated away), the active root is used.
+    async fn lease_conn(
+        &self,
+        lease: &LeaseRef,
+        role: Option<&Role>,
+    ) -> Result<(Arc<Root>, sqlx::pool::PoolConnection<sqlx::Postgres>), PluginError> {
+        let root = self.root_for(lease)?;
+        let db = role.map(|r| r.database(&root)).unwrap_or(&root.target.database);
+        let Some(pool) = root.pools.get(db) else {
+            return Err(self.no_pool(db));
+        };
+        let e = match pool.acquire().await {
+            Ok(c) => return Ok((root, c)),
+            Err(e) => e,
+        };
+        let rejected = matches!(&e, sqlx::Error::Database(d)
+            if matches!(d.code().as_deref(), Some("28P01" | "28000")));
+        if rejected {
+            if let Ok(active) = self.active_root() {
+                if !Arc::ptr_eq(&active, &root) {
+                    tracing::warn!(
+                        root_version = ?root.version,
+                        active_version = ?active.version,
+                        "the lease's root credential no longer logs in; using the active one"
+                    );
+                    let db = role.map(|r| r.database(&active)).unwrap_or(&active.target.database);
+                    let conn = self.acquire(&active, db).await?;
+                    return Ok((active, conn));
+                }
+            }
         }
+        Err(self.fail(&root, e, db, "connecting").await)
     }
 
     /// The handle's role name, if it is a name of this lease.
@@ -649,8 +866,11 @@ impl PostgresPlugin {
     }
 
     /// Runs `templates` in order; errors name the statement, not its text.
+    // The root joined the arguments; grouping them would only rename them.
+    #[allow(clippy::too_many_arguments)]
     async fn run_templates(
         &self,
+        root: &Root,
         conn: &mut PgConnection,
         role_name: &str,
         db: &str,
@@ -662,7 +882,7 @@ impl PostgresPlugin {
             let sql = t.render(vars).map_err(|e| self.render_err(role_name, e))?;
             if let Err(e) = exec(conn, &sql).await {
                 let what = format!("role `{}/{role_name}`: {label} statement {} failed", self.connection, i + 1);
-                let mut err = self.fail(e, db, &what).await;
+                let mut err = self.fail(root, e, db, &what).await;
                 if let (Some(v), PluginError::Permanent(m) | PluginError::Retryable(m)) =
                     (vars.password, &mut err)
                 {
@@ -674,7 +894,7 @@ impl PostgresPlugin {
         Ok(())
     }
 
-    async fn issue_in_tx(&self, conn: &mut PgConnection, job: &Creation<'_>) -> Result<(), PluginError> {
+    async fn issue_in_tx(&self, root: &Root, conn: &mut PgConnection, job: &Creation<'_>) -> Result<(), PluginError> {
         let Creation {
             req,
             role,
@@ -683,8 +903,8 @@ impl PostgresPlugin {
             expiry,
             scopes,
         } = *job;
-        let db = role.database.as_str();
-        let fail = |e| self.fail(e, db, "issuing");
+        let db = role.database(root);
+        let fail = |e| self.fail(root, e, db, "issuing");
         // Round trips are most of an issue's time: ask who the admin is only
         // when a template needs `{{admin}}`.
         let needs_admin = role.config.issue_templates(scopes).any(|t| t.source().contains("{{admin}}"));
@@ -741,7 +961,7 @@ impl PostgresPlugin {
                     None => script.diagnose(conn).await.unwrap_or_else(|| "creation and grants".into()),
                 };
                 let what = format!("role `{}/{}`: {label} failed", self.connection, req.role);
-                let mut err = self.fail(e, db, &what).await;
+                let mut err = self.fail(root, e, db, &what).await;
                 if let PluginError::Permanent(m) | PluginError::Retryable(m) = &mut err {
                     *m = m.replace(verifier, "***");
                 }
@@ -754,6 +974,7 @@ impl PostgresPlugin {
     /// on an ACL write conflict, like issuing (see [`is_acl_conflict`]).
     async fn drop_role(
         &self,
+        root: &Root,
         conn: &mut PgConnection,
         ctx: &Revocation<'_>,
         name: &str,
@@ -765,7 +986,7 @@ impl PostgresPlugin {
             db,
             admin,
         } = *ctx;
-        let fail = |e| self.fail(e, db, "revoking");
+        let fail = |e| self.fail(root, e, db, "revoking");
         let mut tx = match conn.begin().await {
             Ok(tx) => tx,
             Err(e) => return Err(fail(e).await),
@@ -786,7 +1007,7 @@ impl PostgresPlugin {
         let result: Result<(), PluginError> = async {
             match custom {
                 Some(templates) => {
-                    self.run_templates(&mut tx, role_label, db, "revocation", templates, &vars)
+                    self.run_templates(root, &mut tx, role_label, db, "revocation", templates, &vars)
                         .await?
                 }
                 None => {
@@ -808,7 +1029,7 @@ impl PostgresPlugin {
                         }
                         OwnedObjects::Reassign => {
                             if let Err(e) = exec(&mut tx, &format!("REASSIGN OWNED BY {q} TO {qa}")).await {
-                                return Err(self.fail(e, db, &format!("reassigning what `{name}` owns")).await);
+                                return Err(self.fail(root, e, db, &format!("reassigning what `{name}` owns")).await);
                             }
                         }
                     }
@@ -817,7 +1038,7 @@ impl PostgresPlugin {
                         (format!("DROP ROLE {q}"), format!("dropping role `{name}`")),
                     ] {
                         if let Err(e) = exec(&mut tx, &sql).await {
-                            return Err(self.fail(e, db, &what).await);
+                            return Err(self.fail(root, e, db, &what).await);
                         }
                     }
                 }
@@ -844,7 +1065,7 @@ impl PostgresPlugin {
                  (it can no longer log in); end them with `DROP ROLE {{{{name}}}}`",
                 self.connection
             ))),
-            Err(e) => Err(self.fail(e, db, "checking the role is gone").await),
+            Err(e) => Err(self.fail(root, e, db, "checking the role is gone").await),
         }
     }
 }
@@ -864,8 +1085,9 @@ impl Plugin for PostgresPlugin {
 
     #[instrument(skip_all, fields(connection = %self.connection))]
     async fn validate(&self) -> Result<Validation, PluginError> {
-        let db = self.target.database.as_str();
-        let mut conn = self.acquire(db).await?;
+        let root = self.active_root()?;
+        let db = root.target.database.as_str();
+        let mut conn = self.acquire(&root, db).await?;
         let row = match sqlx::query(
             "SELECT current_user::text, current_database()::text, current_setting('server_version'), \
                     r.rolcreaterole, r.rolsuper \
@@ -875,7 +1097,7 @@ impl Plugin for PostgresPlugin {
         .await
         {
             Ok(r) => r,
-            Err(e) => return Err(self.fail(e, db, "validating").await),
+            Err(e) => return Err(self.fail(&root, e, db, "validating").await),
         };
         let get = |i| -> Result<String, PluginError> {
             row.try_get::<String, _>(i)
@@ -894,21 +1116,24 @@ impl Plugin for PostgresPlugin {
             )));
         }
         // The roles' other databases must exist and admit the admin too.
-        for other in self.pools.keys().filter(|d| d.as_str() != db) {
-            let mut c = self.acquire(other).await?;
+        for other in root.pools.keys().filter(|d| d.as_str() != db) {
+            let mut c = self.acquire(&root, other).await?;
             if let Err(e) = sqlx::query("SELECT 1").execute(&mut *c).await {
-                return Err(self.fail(e, other, "validating").await);
+                return Err(self.fail(&root, e, other, "validating").await);
             }
         }
         let mut details = BTreeMap::new();
         details.insert("database".to_owned(), database);
         details.insert("server_version".to_owned(), version);
-        details.insert("host".to_owned(), self.target.addr());
-        if self.pools.len() > 1 {
+        details.insert("host".to_owned(), root.target.addr());
+        if root.pools.len() > 1 {
             details.insert(
                 "databases".to_owned(),
-                self.pools.keys().cloned().collect::<Vec<_>>().join(", "),
+                root.pools.keys().cloned().collect::<Vec<_>>().join(", "),
             );
+        }
+        if let Some(v) = root.version {
+            details.insert("root_version".to_owned(), v.to_string());
         }
         let mut warnings = Vec::new();
         if superuser {
@@ -916,7 +1141,7 @@ impl Plugin for PostgresPlugin {
                 "connected as superuser `{user}`; a dedicated role with CREATEROLE is safer"
             ));
         }
-        if self.config.tls == Some(Tls::Disable) && !self.target.socket {
+        if self.config.tls == Some(Tls::Disable) && !root.target.socket {
             warnings.push("TLS is disabled: passwords cross the network unencrypted".to_owned());
         }
         Ok(Validation {
@@ -955,7 +1180,9 @@ impl Plugin for PostgresPlugin {
         })?;
         let name = role_name(&self.config.role_prefix, &req.role, &req.workload, &hex);
         let (expires_at, expiry) = pg_expiry(req.expires_at);
-        let db = role.database.as_str();
+        // The root this issue started with is the one it finishes with.
+        let root = self.active_root()?;
+        let db = role.database(&root);
 
         // Every claim and value is checked before touching the database.
         let dry = Vars {
@@ -979,7 +1206,7 @@ impl Plugin for PostgresPlugin {
             .map_err(|e| PluginError::Retryable(format!("computing the password verifier: {e}")))?
             .map_err(|e| PluginError::Retryable(format!("the OS random number generator failed: {e}")))?;
 
-        let mut conn = self.acquire(db).await?;
+        let mut conn = self.acquire(&root, db).await?;
         let job = Creation {
             req: &req,
             role,
@@ -990,31 +1217,31 @@ impl Plugin for PostgresPlugin {
         };
         let mut tries = 0;
         loop {
-            match self.issue_in_tx(&mut conn, &job).await {
+            match self.issue_in_tx(&root, &mut conn, &job).await {
                 Err(e) if again_after_conflict(&e, &mut tries).await => continue,
                 r => break r?,
             }
         }
-        tracing::info!(pg_role = %name, scopes = scopes.len(), "role created");
+        tracing::info!(pg_role = %name, scopes = scopes.len(), root_version = ?root.version, "role created");
 
         let mut public = Map::new();
         public.insert("username".into(), json!(name));
         public.insert("database".into(), json!(db));
-        public.insert("host".into(), json!(self.target.host));
-        public.insert("port".into(), json!(self.target.port));
+        public.insert("host".into(), json!(root.target.host));
+        public.insert("port".into(), json!(root.target.port));
         public.insert("expires_at".into(), json!(rfc3339(expires_at)));
-        let host = if self.target.host.contains(':') {
-            format!("[{}]", self.target.host)
-        } else if self.target.socket {
-            dsn_part(&self.target.host)
+        let host = if root.target.host.contains(':') {
+            format!("[{}]", root.target.host)
+        } else if root.target.socket {
+            dsn_part(&root.target.host)
         } else {
-            self.target.host.clone()
+            root.target.host.clone()
         };
         let dsn = format!(
             "postgres://{}:{}@{host}:{}/{}",
             dsn_part(&name),
             dsn_part(password.expose_secret()),
-            self.target.port,
+            root.target.port,
             dsn_part(db)
         );
         let mut secret = BTreeMap::new();
@@ -1025,7 +1252,7 @@ impl Plugin for PostgresPlugin {
             public,
             secret,
             expires_at: req.expires_at,
-            root_version: None,
+            root_version: root.version,
         })
     }
 
@@ -1046,9 +1273,9 @@ impl Plugin for PostgresPlugin {
             return Err(missing(None));
         };
         let hint = Self::hint(lease, &hex);
-        let db = role.database.as_str();
-        let fail = |e| self.fail(e, db, "renewing");
-        let mut conn = self.acquire(db).await?;
+        let (root, mut conn) = self.lease_conn(lease, Some(role)).await?;
+        let db = role.database(&root);
+        let fail = |e| self.fail(&root, e, db, "renewing");
         let mut tx = match conn.begin().await {
             Ok(tx) => tx,
             Err(e) => return Err(fail(e).await),
@@ -1073,7 +1300,7 @@ impl Plugin for PostgresPlugin {
                 admin: &admin.name,
                 workload: None,
             };
-            self.run_templates(&mut tx, &lease.role, db, "renewal", &role.config.renewal, &vars)
+            self.run_templates(&root, &mut tx, &lease.role, db, "renewal", &role.config.renewal, &vars)
                 .await?;
             match valid_until_ok(&mut tx, name, &expiry).await {
                 Ok(Some(true)) => {}
@@ -1101,12 +1328,12 @@ impl Plugin for PostgresPlugin {
             return Ok(());
         };
         let role = self.roles.get(&lease.role);
+        let (root, mut conn) = self.lease_conn(lease, role).await?;
         let db = role
-            .map(|r| r.database.as_str())
-            .unwrap_or(self.target.database.as_str());
+            .map(|r| r.database(&root))
+            .unwrap_or(root.target.database.as_str());
         let hint = Self::hint(lease, &hex);
-        let fail = |e| self.fail(e, db, "revoking");
-        let mut conn = self.acquire(db).await?;
+        let fail = |e| self.fail(&root, e, db, "revoking");
 
         // 1. Find the roles and block new logins (committed on its own, so it
         //    holds even if dropping has to wait). A non-superuser admin makes
@@ -1131,11 +1358,11 @@ impl Plugin for PostgresPlugin {
         for (name, _) in &found {
             let q = quote_ident(name).map_err(|e| PluginError::Permanent(e.to_string()))?;
             if let Err(e) = exec(&mut tx, &format!("ALTER ROLE {q} NOLOGIN")).await {
-                return Err(self.fail(e, db, &format!("blocking logins of `{name}`")).await);
+                return Err(self.fail(&root, e, db, &format!("blocking logins of `{name}`")).await);
             }
             if !admin.superuser {
                 if let Err(e) = exec(&mut tx, &format!("GRANT {q} TO {qa}")).await {
-                    return Err(self.fail(e, db, &format!("taking membership in `{name}`")).await);
+                    return Err(self.fail(&root, e, db, &format!("taking membership in `{name}`")).await);
                 }
             }
         }
@@ -1149,7 +1376,7 @@ impl Plugin for PostgresPlugin {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(pg_role = %name, sessions = n, "sessions terminated"),
                 Err(e) => {
-                    return Err(self.fail(e, db, &format!("ending the sessions of `{name}`")).await)
+                    return Err(self.fail(&root, e, db, &format!("ending the sessions of `{name}`")).await)
                 }
             }
         }
@@ -1164,7 +1391,7 @@ impl Plugin for PostgresPlugin {
         for (name, oid) in &found {
             let mut tries = 0;
             loop {
-                match self.drop_role(&mut conn, &ctx, name, *oid).await {
+                match self.drop_role(&root, &mut conn, &ctx, name, *oid).await {
                     Err(e) if again_after_conflict(&e, &mut tries).await => continue,
                     r => break r?,
                 }
@@ -1172,6 +1399,204 @@ impl Plugin for PostgresPlugin {
             tracing::info!(pg_role = %name, "role dropped");
         }
         Ok(())
+    }
+
+    fn root_secret_spec(&self) -> Option<RootSecretSpec> {
+        Some(RootSecretSpec {
+            describes: "the admin DSN, postgres://user:password@host:port/database",
+            can_rotate: true,
+        })
+    }
+
+    /// Connects with the candidate alone (its own short-lived connections,
+    /// none of the installed pools), and checks what [`Plugin::validate`]
+    /// checks: who it logs in as, the database, the server version,
+    /// CREATEROLE, and that the roles' own databases admit it. Writes
+    /// nothing.
+    #[instrument(skip_all, fields(connection = %self.connection))]
+    async fn validate_root(&self, candidate: &SecretString) -> Result<Validation, PluginError> {
+        let (options, never_show) = connect_options(candidate, self.config.tls)
+            .map_err(|m| PluginError::InvalidRequest(format!("the candidate DSN {m}")))?;
+        let target = Target::of(&options);
+        let connect = |db: String| {
+            let options = options.clone().database(&db);
+            let target = &target;
+            let never_show = &never_show;
+            async move {
+                match tokio::time::timeout(self.config.connect_timeout, PgConnection::connect_with(&options)).await {
+                    Ok(Ok(c)) => Ok(c),
+                    Ok(Err(e)) => Err(scrub_error(never_show, candidate_error(e, target, &db))),
+                    Err(_) => Err(PluginError::Retryable(format!(
+                        "cannot reach PostgreSQL at {}: no connection within {}",
+                        target.addr(),
+                        humantime::format_duration(self.config.connect_timeout)
+                    ))),
+                }
+            }
+        };
+        let db = target.database.clone();
+        let mut conn = connect(db.clone()).await?;
+        let row = sqlx::query(
+            "SELECT current_user::text, current_database()::text, current_setting('server_version'), \
+                    r.rolcreaterole, r.rolsuper \
+             FROM pg_roles r WHERE r.rolname = current_user",
+        )
+        .fetch_one(&mut conn)
+        .await;
+        let _ = conn.close().await;
+        let row = row.map_err(|e| scrub_error(&never_show, candidate_error(e, &target, &db)))?;
+        let get = |i| -> Result<String, PluginError> {
+            row.try_get::<String, _>(i)
+                .map_err(|e| PluginError::Permanent(format!("checking the candidate: {e}")))
+        };
+        let user = get(0)?;
+        let database = get(1)?;
+        let version = get(2)?;
+        let createrole: bool = row.try_get(3).unwrap_or(false);
+        let superuser: bool = row.try_get(4).unwrap_or(false);
+        if !createrole && !superuser {
+            return Err(PluginError::Permanent(format!(
+                "role `{user}` lacks CREATEROLE (needed to create lease roles)"
+            )));
+        }
+        let mut others: Vec<&str> = self
+            .roles
+            .values()
+            .filter_map(|r| r.config.database.as_deref())
+            .filter(|d| *d != database)
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+        for other in &others {
+            let c = connect((*other).to_owned()).await?;
+            let _ = c.close().await;
+        }
+        let mut details = BTreeMap::new();
+        details.insert("database".to_owned(), database);
+        details.insert("server_version".to_owned(), version);
+        details.insert(
+            "createrole".to_owned(),
+            if createrole { "true" } else { "through superuser" }.to_owned(),
+        );
+        details.insert("host".to_owned(), target.addr());
+        if !others.is_empty() {
+            details.insert("other_databases".to_owned(), others.join(", "));
+        }
+        let mut warnings = Vec::new();
+        if superuser {
+            warnings.push(format!(
+                "connected as superuser `{user}`; a dedicated role with CREATEROLE is safer"
+            ));
+        }
+        if self.config.tls == Some(Tls::Disable) && !target.socket {
+            warnings.push("TLS is disabled: passwords cross the network unencrypted".to_owned());
+        }
+        Ok(Validation {
+            identity: user,
+            details,
+            warnings,
+        })
+    }
+
+    /// Builds (lazy) pools for `secret`, keyed by `version`. `active`: new
+    /// issuance uses it from now on, replacing the previously active one
+    /// (a `dsn_file` / `dsn_env` DSN included); the previous managed version
+    /// stays installed to revoke its leases until [`Plugin::remove_root`].
+    /// Installing the active version with `active = false` leaves no active
+    /// one (issuance then fails, retryably, until one is activated).
+    /// Installing an installed version with the same DSN keeps its pools.
+    #[instrument(skip_all, fields(connection = %self.connection, version = version, active = active))]
+    async fn install_root(&self, version: i64, secret: SecretString, active: bool) -> Result<(), PluginError> {
+        let existing = self.roots_read().versions.get(&version).cloned();
+        let root = match existing {
+            Some(r) if r.dsn.expose_secret() == secret.expose_secret() => r,
+            _ => Arc::new(self.root(Some(version), secret).map_err(|m| {
+                PluginError::InvalidRequest(format!(
+                    "root credential version {version} of connection `{}`: the DSN {m}",
+                    self.connection
+                ))
+            })?),
+        };
+        let mut roots = self.roots_write();
+        roots.versions.insert(version, root.clone());
+        if active {
+            roots.active = Some(root);
+        } else if roots.active.as_ref().is_some_and(|a| a.version == Some(version)) {
+            roots.active = None;
+        }
+        drop(roots);
+        tracing::info!("root credential installed");
+        Ok(())
+    }
+
+    /// Forgets a retiring version; its pools close once the last operation
+    /// using them ends. Removing one that is not installed is `Ok`; the
+    /// active one is refused.
+    #[instrument(skip_all, fields(connection = %self.connection, version = version))]
+    async fn remove_root(&self, version: i64) -> Result<(), PluginError> {
+        let mut roots = self.roots_write();
+        if roots.active.as_ref().is_some_and(|a| a.version == Some(version)) {
+            return Err(PluginError::InvalidRequest(format!(
+                "root credential version {version} of connection `{}` is the active one; activate another before removing it",
+                self.connection
+            )));
+        }
+        let removed = roots.versions.remove(&version);
+        drop(roots);
+        if removed.is_some() {
+            tracing::info!("root credential removed");
+        }
+        Ok(())
+    }
+
+    /// With the active root credential, sets a new 256-bit random password
+    /// on the role the DSN logs in as (`ALTER ROLE ... PASSWORD` with a
+    /// SCRAM-SHA-256 verifier computed here, so the plaintext reaches
+    /// neither the server nor its logs) and returns the DSN with it (same
+    /// user, host, port, database and parameters).
+    ///
+    /// The old password stops working at once (for new connections; open
+    /// ones stay logged in), so the core must activate the returned version
+    /// straight away.
+    #[instrument(skip_all, fields(connection = %self.connection))]
+    async fn rotate_root(&self) -> Result<SecretString, PluginError> {
+        let root = self.active_root()?;
+        let db = root.target.database.as_str();
+        let password = new_password()?;
+        // Built before the password changes, so a DSN we cannot rebuild never
+        // leaves the role with a password nobody has.
+        let dsn = dsn_with_password(&root.dsn, &password).map_err(|m| {
+            PluginError::Permanent(format!("connection `{}`: the active DSN {m}", self.connection))
+        })?;
+        let for_hash = password.clone();
+        let verifier = tokio::task::spawn_blocking(move || crate::scram::verifier(for_hash.expose_secret().as_bytes()))
+            .await
+            .map_err(|e| PluginError::Retryable(format!("computing the password verifier: {e}")))?
+            .map_err(|e| PluginError::Retryable(format!("the OS random number generator failed: {e}")))?;
+        let mut conn = self.acquire(&root, db).await?;
+        let user: String = match sqlx::query_scalar("SELECT session_user::text").fetch_one(&mut *conn).await {
+            Ok(u) => u,
+            Err(e) => return Err(self.fail(&root, e, db, "rotating the root credential").await),
+        };
+        if user != root.target.user {
+            return Err(PluginError::Permanent(format!(
+                "the active DSN names user `{}` but logs in as `{user}`; cannot rotate its password",
+                root.target.user
+            )));
+        }
+        let q = quote_ident(&user).map_err(|e| PluginError::Permanent(e.to_string()))?;
+        let v = crate::sql::quote_literal(&verifier).map_err(|e| PluginError::Permanent(e.to_string()))?;
+        if let Err(e) = exec(&mut conn, &format!("ALTER ROLE {q} PASSWORD {v}")).await {
+            let mut err = self
+                .fail(&root, e, db, &format!("changing the password of `{user}`"))
+                .await;
+            if let PluginError::Permanent(m) | PluginError::Retryable(m) = &mut err {
+                *m = m.replace(&verifier, "***");
+            }
+            return Err(err);
+        }
+        tracing::info!(pg_role = %user, "root password rotated; the previous one no longer works");
+        Ok(dsn)
     }
 }
 
@@ -1223,6 +1648,113 @@ mod tests {
     fn percent_decoding() {
         assert_eq!(percent_decode("p%40ss%2F").unwrap(), "p@ss/");
         assert_eq!(percent_decode("plain").unwrap(), "plain");
+    }
+
+    fn secret(s: &str) -> SecretString {
+        SecretString::from(s.to_owned())
+    }
+
+    #[test]
+    fn rotated_dsn_keeps_everything_but_the_password() {
+        let pw = secret("N3w-pass_word");
+        let cases = [
+            ("postgres://lessor_admin:old@db:5432/app", "postgres://lessor_admin:N3w-pass_word@db:5432/app"),
+            ("postgresql://a%40b:old@db/app?sslmode=require&application_name=x",
+             "postgresql://a%40b:N3w-pass_word@db/app?sslmode=require&application_name=x"),
+            ("postgres://u@[::1]:6432/app?password=old&sslmode=disable",
+             "postgres://u:N3w-pass_word@[::1]:6432/app?sslmode=disable"),
+            ("postgres://u:old@db/app?password=old", "postgres://u:N3w-pass_word@db/app"),
+        ];
+        for (old, want) in cases {
+            let got = dsn_with_password(&secret(old), &pw).unwrap();
+            assert_eq!(got.expose_secret(), want);
+            let (options, _) = connect_options(&got, None).unwrap();
+            assert_eq!(Target::of(&options).user, Target::of(&connect_options(&secret(old), None).unwrap().0).user);
+        }
+    }
+
+    /// A DSN's password must not surface in `Debug`, errors or their
+    /// `Display`, whatever goes wrong.
+    #[tokio::test]
+    async fn the_root_password_never_shows() {
+        const CANARY: &str = "Canary-Zq7xW9";
+        let ctx = PluginContext {
+            connection: "pg".into(),
+            state: Arc::new(lessor_plugin::MemoryState::new()),
+            public_url: "https://lessor.test".into(),
+        };
+        let role = RoleSpec {
+            name: "app".into(),
+            scopes: vec![],
+            max_ttl: Duration::from_secs(3600),
+            config: Value::Null,
+        };
+        let p = PostgresPlugin::new(ctx, json!({"connect_timeout": "150ms"}), vec![role]).unwrap();
+        let shown = |what: String| {
+            assert!(!what.contains(CANARY) && !what.contains("Canary%2DZq7xW9"), "{what}");
+        };
+        let lease = LeaseRef {
+            lease_id: LeaseId::new("lse_0123456789abcdef0123456789abcdef"),
+            role: "app".into(),
+            handle: None,
+            expires_at: OffsetDateTime::now_utc() + Duration::from_secs(60),
+            root_version: Some(7),
+        };
+        let no_root = "connection `pg` has no active root credential: set one with `lessor connection set-secret pg`";
+        match p.revoke(&lease).await {
+            Err(PluginError::Retryable(m)) => assert_eq!(m, no_root),
+            other => panic!("expected the no-root error, got {other:?}"),
+        }
+
+        let malformed = [
+            format!("mysql://u:{CANARY}@h/db"),
+            format!("postgres://u:{CANARY}@h/db?bogus=1"),
+            format!("postgres://u:{CANARY}@h/db?sslmode=sometimes"),
+            format!("postgres://u:{CANARY}@h:notaport/db"),
+            format!("postgres://u@h/db?password={CANARY}&sslmode=sometimes"),
+            CANARY.to_owned(),
+        ];
+        for dsn in &malformed {
+            for e in [
+                p.validate_root(&secret(dsn)).await.unwrap_err(),
+                p.install_root(1, secret(dsn), true).await.unwrap_err(),
+            ] {
+                assert!(matches!(e, PluginError::InvalidRequest(_)), "{e:?}");
+                shown(format!("{e} {e:?}"));
+            }
+        }
+
+        // Nothing listens on port 1: every path fails, none shows the password.
+        let dsn = format!("postgres://lessor_admin:{CANARY}@127.0.0.1:1/app?sslmode=disable");
+        match p.validate_root(&secret(&dsn)).await {
+            Err(PluginError::Retryable(m)) => {
+                assert!(m.starts_with("cannot reach PostgreSQL at 127.0.0.1:1: "), "{m}");
+                shown(m);
+            }
+            other => panic!("expected Retryable, got {other:?}"),
+        }
+        p.install_root(7, secret(&dsn), true).await.unwrap();
+        let debug = format!("{p:?}");
+        shown(debug.clone());
+        assert!(debug.contains("127.0.0.1:1") && debug.contains("version: Some(7)"), "{debug}");
+        let req = IssueRequest {
+            lease_id: lease.lease_id.clone(),
+            role: "app".into(),
+            workload: Workload::default(),
+            scopes: vec![],
+            expires_at: lease.expires_at,
+            params: Map::new(),
+        };
+        let errors = [
+            p.validate().await.unwrap_err(),
+            p.issue(req).await.unwrap_err(),
+            p.revoke(&lease).await.unwrap_err(),
+            p.rotate_root().await.unwrap_err(),
+        ];
+        for e in errors {
+            assert!(e.is_retryable(), "{e:?}");
+            shown(format!("{e} {e:?}"));
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use lessor_plugin::Handle;
 use serde_json::{json, Map, Value};
 use sqlx::{Connection, PgConnection};
 
-use crate::support::{sqlstate, workload, Pg};
+use crate::support::{roles, secret, sqlstate, workload, Pg};
 
 /// A credential works iff its DSN logs in and can run a query.
 struct Login;
@@ -36,27 +36,33 @@ impl Probe for Login {
     }
 }
 
+/// Runs the kit with the DSN from `dsn_file`, then with a managed root
+/// credential installed by version.
 #[tokio::test]
 async fn postgres_conforms() {
     let mut pg = Pg::start();
-    let plugin = pg.plugin(json!({})).await;
-    let case = Case {
-        role: "orders".into(),
-        scopes: vec!["orders.read".into()],
-        params: Map::new(),
-        workload: workload(),
-        ttl: Duration::from_secs(300),
-    };
-    let report = run(plugin.as_ref(), case, &Login).await.unwrap();
-    for check in [
-        "issued credential works",
-        "renew extends the credential",
-        "revoke takes the credential back",
-        "revoke of an unknown lease is Ok",
-        "revoke by lease id alone takes the credential back",
-    ] {
-        assert!(report.checks_passed.contains(&check), "{check}: {report:?}");
+    let from_file = pg.plugin(json!({})).await;
+    let managed = pg.managed(roles()).await;
+    managed.install_root(1, secret(&pg.admin_dsn()), true).await.unwrap();
+    for plugin in [from_file, managed] {
+        let case = Case {
+            role: "orders".into(),
+            scopes: vec!["orders.read".into()],
+            params: Map::new(),
+            workload: workload(),
+            ttl: Duration::from_secs(300),
+        };
+        let report = run(plugin.as_ref(), case, &Login).await.unwrap();
+        for check in [
+            "issued credential works",
+            "renew extends the credential",
+            "revoke takes the credential back",
+            "revoke of an unknown lease is Ok",
+            "revoke by lease id alone takes the credential back",
+        ] {
+            assert!(report.checks_passed.contains(&check), "{check}: {report:?}");
+        }
+        // Nothing of the kit's leases is left behind.
+        assert_eq!(pg.psql("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'lessor\\_%'"), "0");
     }
-    // Nothing of the kit's leases is left behind.
-    assert_eq!(pg.psql("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'lessor\\_%'"), "0");
 }

@@ -4,5 +4,6 @@
 mod conformance;
 mod issue;
 mod revoke;
+mod root;
 mod support;
 mod validate;

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lessor_plugin::secrecy::ExposeSecret;
+use lessor_plugin::secrecy::{ExposeSecret, SecretString};
 use lessor_plugin::{
     IssueRequest, Issued, LeaseId, LeaseRef, MemoryState, Plugin, PluginContext, PluginError,
     RoleSpec, Workload,
@@ -65,6 +65,19 @@ impl Pg {
     pub async fn plugin(&mut self, extra: Value) -> Arc<dyn Plugin> {
         let c = self.connection(&self.admin_dsn(), extra);
         build(c, roles()).await.unwrap()
+    }
+
+    /// A plugin with no `dsn_file` / `dsn_env`: its root credential is
+    /// managed (installed with `install_root`).
+    pub async fn managed(&self, roles: Vec<RoleSpec>) -> Arc<dyn Plugin> {
+        build(json!({"connect_timeout": "1s"}), roles).await.unwrap()
+    }
+
+    /// Creates login role `name` with `password` and `attributes` (e.g.
+    /// `CREATEROLE`) and returns its DSN on `app`.
+    pub fn admin_role(&self, name: &str, password: &str, attributes: &str) -> String {
+        self.psql(&format!("CREATE ROLE {name} LOGIN {attributes} PASSWORD '{password}'"));
+        self.pg.dsn(name, password, "app")
     }
 
     pub fn role_exists(&self, name: &str) -> bool {
@@ -157,7 +170,7 @@ pub fn lease(id: &LeaseId, role: &str, issued: Option<&Issued>) -> LeaseRef {
         expires_at: issued
             .map(|i| i.expires_at)
             .unwrap_or_else(|| OffsetDateTime::now_utc() + Duration::from_secs(600)),
-            root_version: None,
+        root_version: issued.and_then(|i| i.root_version),
     }
 }
 
@@ -179,6 +192,17 @@ pub fn sqlstate(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()).unwrap_or_default(),
         other => format!("not a database error: {other}"),
+    }
+}
+
+pub fn secret(s: &str) -> SecretString {
+    SecretString::from(s.to_owned())
+}
+
+pub fn invalid(e: PluginError) -> String {
+    match e {
+        PluginError::InvalidRequest(m) => m,
+        other => panic!("expected InvalidRequest, got {other:?}"),
     }
 }
 
