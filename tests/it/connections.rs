@@ -463,3 +463,129 @@ async fn replicas_on_one_store_switch_together() {
     // d2 holds v1 and v2 (retiring, for revocation).
     assert!(f2.stg.installed.lock().unwrap().contains_key(&2));
 }
+
+/// End to end against a real PostgreSQL, through the real postgres plugin
+/// with a managed admin DSN: a wrong password and a right password for the
+/// wrong role are named precisely while production keeps issuing; a right
+/// one needs a second person's approval, then new roles are made with it;
+/// rollback; rotate changes the admin's password at the server, and nobody
+/// ever sees the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_root_credentials_end_to_end() {
+    use crate::postgres::{start_pg, PG_POLICY};
+    let pg = start_pg();
+    let pw = format!("{CANARY}-admin");
+    pg.psql("postgres", &format!("CREATE ROLE lessor_admin LOGIN CREATEROLE PASSWORD '{pw}'")).unwrap();
+    pg.psql("app", "ALTER TABLE orders OWNER TO lessor_admin").unwrap();
+    // Another role that could do the job, but is not the one expected.
+    pg.psql("postgres", &format!("CREATE ROLE app_ro LOGIN CREATEROLE PASSWORD '{CANARY}-ro'")).unwrap();
+
+    let iss = Issuer::start().await;
+    let extra = r#"
+[quotas]
+max_active_per_owner = 0
+issues_per_minute_per_owner = 0
+
+[connections.pg]
+plugin = "postgres"
+environment = "production"
+owner = "platform"
+[connections.pg.expected_identity]
+identity = "lessor_admin"
+database = "app"
+[connections.pg.config]
+pool_size = 2
+[connections.pg.roles.app]
+max_ttl = "1h"
+default_ttl = "10m"
+scopes = ["orders.read"]
+default_scopes = ["orders.read"]
+[connections.pg.roles.app.config.grants]
+"orders.read" = ["GRANT SELECT ON orders TO {{name}}"]
+"#;
+    let mut d = Daemon::start_with(crate::support::Opts {
+        issuer_url: iss.url.clone(),
+        extra_toml: extra.into(),
+        policy: PG_POLICY.into(),
+        ..Default::default()
+    })
+    .await;
+    let api = Api { d: &d, seen: Mutex::new(Vec::new()) };
+    let (alice, bob) = (operator(&iss, "alice"), operator(&iss, "bob"));
+    let workload = iss.token();
+    let ok = |v: &Value| v["result"]["ok"].as_bool();
+
+    // Nothing installed yet: issuing says what to do.
+    let (s, v) = api.post("/v1/leases", &workload, json!({"role": "pg/app"})).await;
+    assert_ne!(s, 201, "{v}");
+    assert!(v.to_string().contains("set-secret"), "{v}");
+
+    // v1: the right DSN; verified; approved by bob; activated.
+    let right = pg.dsn("lessor_admin", &pw, "app");
+    assert_eq!(api.set("pg", &alice, &right).await.0, 201);
+    let (s, v) = api.post("/v1/admin/connections/pg/verify", &alice, json!({})).await;
+    assert_eq!((s, ok(&v)), (200, Some(true)), "{v}");
+    assert_eq!(api.post("/v1/admin/connections/pg/approve", &alice, json!({})).await.0, 403, "no self-approval");
+    assert_eq!(api.post("/v1/admin/connections/pg/approve", &bob, json!({})).await.0, 200);
+    assert_eq!(api.post("/v1/admin/connections/pg/activate", &alice, json!({})).await.0, 200);
+    let (lease1, ver) = api.issue_version("pg/app", &workload).await;
+    assert_eq!(ver, Some(1));
+
+    // A wrong password, then the right password of the wrong role: named
+    // precisely, never activatable, production keeps issuing with v1.
+    for (dsn, expect) in [
+        (pg.dsn("lessor_admin", "not-the-password", "app"), "password rejected"),
+        (pg.dsn("app_ro", &format!("{CANARY}-ro"), "app"), "connected as `app_ro`, expected `lessor_admin`"),
+    ] {
+        assert_eq!(api.set("pg", &alice, &dsn).await.0, 201);
+        let (s, v) = api.post("/v1/admin/connections/pg/verify", &alice, json!({})).await;
+        assert_eq!((s, ok(&v)), (200, Some(false)), "{v}");
+        assert!(v["result"]["message"].as_str().unwrap_or_default().contains(expect), "{v}");
+        api.post("/v1/admin/connections/pg/approve", &bob, json!({})).await;
+        assert_eq!(api.post("/v1/admin/connections/pg/activate", &alice, json!({})).await.0, 409);
+        assert_eq!(api.issue_version("pg/app", &workload).await.1, Some(1));
+    }
+
+    // v4: right again; approved; activated: new roles come from it, and the
+    // lease issued under v1 is still revoked (its role dropped).
+    assert_eq!(api.set("pg", &alice, &right).await.0, 201);
+    assert_eq!(api.post("/v1/admin/connections/pg/verify", &alice, json!({})).await.0, 200);
+    assert_eq!(api.post("/v1/admin/connections/pg/approve", &bob, json!({})).await.0, 200);
+    assert_eq!(api.post("/v1/admin/connections/pg/activate", &bob, json!({})).await.0, 200);
+    assert_eq!(api.issue_version("pg/app", &workload).await.1, Some(4));
+    let (s, v) = api.call(reqwest::Method::DELETE, &format!("/v1/leases/{lease1}"), &workload, None).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("revoked")), "{v}");
+    let hex = &lease1[lease1.len() - 32..];
+    let left = pg.psql("postgres", &format!("SELECT count(*) FROM pg_roles WHERE rolname LIKE '%{hex}'")).unwrap();
+    assert_eq!(left, "0", "the v1 lease's role is dropped");
+
+    // Rollback to v1.
+    let (s, v) = api.post("/v1/admin/connections/pg/rollback", &alice, json!({})).await;
+    assert_eq!((s, v["version"].as_i64()), (200, Some(1)), "{v}");
+    assert_eq!(api.issue_version("pg/app", &workload).await.1, Some(1));
+
+    // Rotate: lessor sets a new password at the server and uses it; the old
+    // one stops working; the answer shows no secret.
+    let (s, v) = api.post("/v1/admin/connections/pg/rotate", &bob, json!({})).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("active")), "{v}");
+    let rotated = v["version"].as_i64().unwrap();
+    assert_eq!(api.issue_version("pg/app", &workload).await.1, Some(rotated));
+    assert!(sqlx::PgPool::connect(&right).await.is_err(), "the old admin password still works after rotate");
+    let (_, v) = api.call(reqwest::Method::GET, "/v1/admin/connections/pg", &alice, None).await;
+    assert!(v.to_string().contains("\"set\""), "{v}");
+
+    // The admin password never left the save: not in the store, the audit
+    // log or any answer.
+    let seen = api.seen.lock().unwrap().clone();
+    drop(api);
+    d.stop().await;
+    for body in &seen {
+        assert!(!body.contains(CANARY), "a secret in an API response: {body}");
+    }
+    for f in files_under(&d.dir) {
+        // SQLite may remove its -wal/-shm files as the last connection closes.
+        let Ok(bytes) = std::fs::read(&f) else { continue };
+        assert!(!bytes.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()), "a secret in {}", f.display());
+    }
+    assert!(files_under(&d.dir).iter().any(|f| f.ends_with("lessor.db")), "the store was scanned");
+}
