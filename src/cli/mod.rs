@@ -14,7 +14,7 @@ use crate::config::Config;
 mod audit;
 mod client;
 pub use client::render_status;
-mod connection;
+pub mod connection;
 mod dev;
 
 #[derive(Debug, Parser)]

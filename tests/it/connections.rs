@@ -589,3 +589,54 @@ default_scopes = ["orders.read"]
     }
     assert!(files_under(&d.dir).iter().any(|f| f.ends_with("lessor.db")), "the store was scanned");
 }
+
+/// `lessor rekey` moves every version's data key to a KMS hook (here a
+/// script; a real one calls the KMS): the store's credentials then open
+/// only with the hook, and the old key no longer starts the daemon.
+#[cfg(unix)]
+#[tokio::test]
+async fn rekey_moves_the_credentials_to_a_kms_hook() {
+    use std::os::unix::fs::PermissionsExt;
+    let iss = Issuer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let fakes = Fakes::new();
+    let toml = fake_toml("90d", "2099-01-01");
+    let mut d = start(tmp.path(), &iss.url, &toml, None, &fakes).await.unwrap();
+    let api = Api { d: &d, seen: Mutex::new(Vec::new()) };
+    assert_eq!(api.set("stg", &d.admin, &format!("lessor_admin:app:{CANARY}-kms")).await.0, 201);
+    assert_eq!(api.post("/v1/admin/connections/stg/verify", &d.admin, json!({})).await.0, 200);
+    assert_eq!(api.post("/v1/admin/connections/stg/activate", &d.admin, json!({})).await.0, 200);
+    drop(api);
+    d.stop().await;
+
+    // A stand-in KMS (coreutils only): "wraps" by prefixing a tag, and
+    // unwraps only what carries it.
+    let hook = tmp.path().join("kms-hook");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\nset -e\ncase \"$1\" in\n  wrap) (printf KMS1; base64 -d) | base64 -w0 ;;\n  \
+         unwrap) base64 -d > \"$0.in\"; [ \"$(head -c 4 \"$0.in\")\" = KMS1 ]; tail -c +5 \"$0.in\" | base64 -w0; rm -f \"$0.in\" ;;\n  \
+         *) exit 2 ;;\nesac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = Config::from_toml(&config_text(tmp.path(), &tmp.path().join("policies"), &iss.url, &toml, "")).unwrap();
+    let new = lessor::config::KekConfig {
+        command: Some(vec![hook.display().to_string()]),
+        key_id: Some("kms:test-key".into()),
+        ..Default::default()
+    };
+    lessor::cli::connection::rekey(&cfg, &new).await.unwrap();
+
+    // With the hook: starts, installs v1 (unwrapped through the hook).
+    let with_hook = format!("{toml}\n[kek]\ncommand = [\"{}\"]\nkey_id = \"kms:test-key\"\n", hook.display());
+    let fresh = Fakes::new();
+    let d = start(tmp.path(), &iss.url, &with_hook, None, &fresh).await.unwrap();
+    assert_eq!(*fresh.stg.active.lock().unwrap(), Some(1));
+    assert!(fresh.stg.installed.lock().unwrap()[&1].ends_with(&format!("{CANARY}-kms")), "the hook unwrapped the real secret");
+    let mut d = d;
+    d.stop().await;
+    // With the old key (the seal key, the default): refuses, naming the hook's key id.
+    let err = start(tmp.path(), &iss.url, &toml, None, &Fakes::new()).await.err().expect("the old KEK must not start");
+    assert!(format!("{err:#}").contains("kms:test-key"), "{err:#}");
+}
