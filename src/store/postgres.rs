@@ -15,7 +15,6 @@
 //!
 //! Must not import: http, policy, identity.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -523,17 +522,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(interpret_error)?;
-        rows.iter()
-            .map(|r| {
-                let st: String = r.try_get("state").map_err(interpret_error)?;
-                Ok((
-                    r.try_get("role").map_err(interpret_error)?,
-                    r.try_get("plugin").map_err(interpret_error)?,
-                    LeaseState::from_str(&st).map_err(StoreError::Corrupt)?,
-                    r.try_get("n").map_err(interpret_error)?,
-                ))
-            })
-            .collect()
+        rows.iter().map(super::rows::state_count_row).collect()
     }
 
     async fn expiring(&self, before: OffsetDateTime) -> Result<RoleCounts, StoreError> {
@@ -545,15 +534,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(interpret_error)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("role").map_err(interpret_error)?,
-                    r.try_get("plugin").map_err(interpret_error)?,
-                    r.try_get("n").map_err(interpret_error)?,
-                ))
-            })
-            .collect()
+        rows.iter().map(super::rows::count_row).collect()
     }
 
     async fn max_live_per_owner(&self) -> Result<i64, StoreError> {

@@ -147,3 +147,26 @@ where
 pub(crate) const SECRET_COLUMNS: &str = "connection, version, state, ciphertext, wrapped_dek, kek_id, fingerprint, \
      set_by, reason, set_at, verified_ok, verification, verified_at, approved_by, approved_at, activated_by, \
      activated_at, retiring_until";
+
+/// A `role, plugin, n` count row.
+pub(crate) fn count_row<R>(row: &R) -> Result<(String, String, i64), StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok((get(row, "role")?, get(row, "plugin")?, get(row, "n")?))
+}
+
+/// A `role, plugin, state, n` count row.
+pub(crate) fn state_count_row<R>(row: &R) -> Result<(String, String, LeaseState, i64), StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let st: String = get(row, "state")?;
+    Ok((get(row, "role")?, get(row, "plugin")?, LeaseState::from_str(&st).map_err(StoreError::Corrupt)?, get(row, "n")?))
+}

@@ -631,17 +631,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.read)
         .await
         .map_err(interpret_error)?;
-        rows.iter()
-            .map(|r| {
-                let st: String = r.try_get("state").map_err(interpret_error)?;
-                Ok((
-                    r.try_get("role").map_err(interpret_error)?,
-                    r.try_get("plugin").map_err(interpret_error)?,
-                    LeaseState::from_str(&st).map_err(StoreError::Corrupt)?,
-                    r.try_get("n").map_err(interpret_error)?,
-                ))
-            })
-            .collect()
+        rows.iter().map(super::rows::state_count_row).collect()
     }
 
     async fn expiring(&self, before: OffsetDateTime) -> Result<RoleCounts, StoreError> {
@@ -653,15 +643,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.read)
         .await
         .map_err(interpret_error)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("role").map_err(interpret_error)?,
-                    r.try_get("plugin").map_err(interpret_error)?,
-                    r.try_get("n").map_err(interpret_error)?,
-                ))
-            })
-            .collect()
+        rows.iter().map(super::rows::count_row).collect()
     }
 
     async fn max_live_per_owner(&self) -> Result<i64, StoreError> {
