@@ -170,3 +170,39 @@ where
     let st: String = get(row, "state")?;
     Ok((get(row, "role")?, get(row, "plugin")?, LeaseState::from_str(&st).map_err(StoreError::Corrupt)?, get(row, "n")?))
 }
+
+/// A `jobs` row, its progress not yet counted (see `JobStatus::count`).
+pub(crate) fn job_from_row<R>(row: &R) -> Result<super::JobStatus, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(super::JobStatus {
+        id: get(row, "id")?,
+        kind: get(row, "kind")?,
+        filter: json_col(row, "filter")?,
+        created_by: get(row, "created_by")?,
+        created_at_ms: get(row, "created_at")?,
+        total: get(row, "total")?,
+        done: 0,
+        pending: 0,
+        failing: 0,
+    })
+}
+
+/// Adds a job's `state, n` progress rows to `st`.
+pub(crate) fn count_job_rows<R>(st: &mut super::JobStatus, rows: &[R]) -> Result<(), StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    for r in rows {
+        let state: String = get(r, "state")?;
+        st.count(&state, get(r, "n")?)?;
+    }
+    Ok(())
+}

@@ -239,7 +239,7 @@ impl SqliteStore {
     }
 }
 
-use super::rows::{json_col, lease_from_row, secret_from_row, SECRET_COLUMNS};
+use super::rows::{lease_from_row, secret_from_row, SECRET_COLUMNS};
 use super::{switch_condition, Rewrap, SecretSwitch, SecretVersion};
 
 fn push_filter(qb: &mut QueryBuilder<'_, Sqlite>, f: &LeaseFilter) {
@@ -711,26 +711,13 @@ impl Store for SqliteStore {
         else {
             return Ok(None);
         };
-        let mut st = JobStatus {
-            id: row.try_get("id").map_err(interpret_error)?,
-            kind: row.try_get("kind").map_err(interpret_error)?,
-            filter: json_col(&row, "filter")?,
-            created_by: row.try_get("created_by").map_err(interpret_error)?,
-            created_at_ms: row.try_get("created_at").map_err(interpret_error)?,
-            total: row.try_get("total").map_err(interpret_error)?,
-            done: 0,
-            pending: 0,
-            failing: 0,
-        };
+        let mut st = super::rows::job_from_row(&row)?;
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM leases WHERE job_id = ? GROUP BY state")
             .bind(id)
             .fetch_all(&self.read)
             .await
             .map_err(interpret_error)?;
-        for r in rows {
-            let state: String = r.try_get("state").map_err(interpret_error)?;
-            st.count(&state, r.try_get("n").map_err(interpret_error)?)?;
-        }
+        super::rows::count_job_rows(&mut st, &rows)?;
         Ok(Some(st))
     }
 
