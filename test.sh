@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every lessor test: `./test.sh` (extra arguments go to `cargo test`).
+#
+# The tests start real servers and clients on loopback: throwaway PostgreSQL
+# servers from the system's binaries, promtool on the alert rules, and
+# Schemathesis against the daemon's OpenAPI document. On Debian and Ubuntu this
+# script installs whichever of them is missing (apt-get and pip; sudo when not
+# root), then runs `cargo test --workspace`. Elsewhere, install them yourself:
+# PostgreSQL server binaries (or set LESSOR_PG_BINDIR), Prometheus' promtool,
+# and `pip install schemathesis`; a test whose tool is missing fails naming it.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+updated=""
+apt_install() {
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: missing $*; this is not a Debian/Ubuntu machine, install it yourself" >&2
+    return 0
+  fi
+  [ -n "$updated" ] || { $sudo apt-get update -q; updated=1; }
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@"
+}
+
+# Throwaway PostgreSQL servers (initdb, postgres) for the store, plugin and
+# replica tests.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${LESSOR_PG_BINDIR:-}" ]; then
+  apt_install postgresql
+fi
+# promtool checks and unit-tests examples/observability's alert rules.
+command -v promtool >/dev/null 2>&1 || apt_install prometheus
+# Schemathesis fuzzes the HTTP API against its OpenAPI document.
+if ! command -v schemathesis >/dev/null 2>&1 && ! command -v st >/dev/null 2>&1; then
+  command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || apt_install python3-pip
+  pip=$(command -v pip3 || command -v pip)
+  "$pip" install -q schemathesis || "$pip" install -q --break-system-packages schemathesis
+fi
+
+cargo --version
+exec cargo test --workspace "$@"
