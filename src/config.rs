@@ -323,6 +323,73 @@ pub struct AuditConfig {
     /// as a full disk are reported either way).
     #[serde(default)]
     pub fsync: bool,
+    /// Start a new file when the current one would exceed this size
+    /// (`100MB`, `1GiB`; `0` never). The old one is renamed
+    /// `<file>.<first sequence number>`; the chain continues.
+    #[serde(default = "default_max_file_size")]
+    pub max_file_size: String,
+    /// ...or when the current file is this old (`1d`; `0s` never).
+    #[serde(default = "default_max_file_age", with = "humantime_serde")]
+    pub max_file_age: Duration,
+    /// Rotated files kept; older ones are removed. Unset: all are kept.
+    #[serde(default)]
+    pub keep_files: Option<usize>,
+    /// Rotated files older than this are removed. Unset: kept.
+    #[serde(default, with = "humantime_serde")]
+    pub keep_for: Option<Duration>,
+    /// Entries waiting for the writer at most. Entries that gate access
+    /// wait up to `queue_timeout` for room (then 503); the others are
+    /// dropped and counted.
+    #[serde(default = "default_audit_queue")]
+    pub queue: usize,
+    #[serde(default = "default_audit_queue_timeout", with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    /// Authentication failures: one summary entry per interval (counts by
+    /// configured issuer, reason, source /24 or /64)...
+    #[serde(default = "default_auth_failure_interval", with = "humantime_serde")]
+    pub auth_failure_interval: Duration,
+    /// ...and the first this many of each interval in full.
+    #[serde(default = "default_auth_failures_in_full")]
+    pub auth_failures_in_full: u32,
+}
+
+fn default_max_file_size() -> String {
+    "100MB".into()
+}
+fn default_max_file_age() -> Duration {
+    Duration::from_secs(86_400)
+}
+fn default_audit_queue() -> usize {
+    16_384
+}
+fn default_audit_queue_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_auth_failure_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_auth_failures_in_full() -> u32 {
+    5
+}
+
+/// Parses a size: digits and an optional unit (`B`, `KB`, `MB`, `GB`,
+/// `KiB`, `MiB`, `GiB`), e.g. `100MB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("`{s}` is not a size such as `100MB`"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1_000,
+        "mb" | "m" => 1_000_000,
+        "gb" | "g" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        other => return Err(format!("`{s}`: unknown unit `{other}` (B, KB, MB, GB, KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
 }
 
 fn default_audit_sink() -> String {
@@ -345,6 +412,14 @@ impl Default for AuditConfig {
             checkpoint_every: default_checkpoint_every(),
             checkpoint_interval: default_checkpoint_interval(),
             fsync: false,
+            max_file_size: default_max_file_size(),
+            max_file_age: default_max_file_age(),
+            keep_files: None,
+            keep_for: None,
+            queue: default_audit_queue(),
+            queue_timeout: default_audit_queue_timeout(),
+            auth_failure_interval: default_auth_failure_interval(),
+            auth_failures_in_full: default_auth_failures_in_full(),
         }
     }
 }
@@ -668,6 +743,24 @@ impl Config {
         if a.checkpoint_every == 0 || a.checkpoint_interval.is_zero() {
             return Err(ConfigError::Invalid("audit: checkpoint_every and checkpoint_interval must be greater than zero".into()));
         }
+        let max_size = parse_size(&a.max_file_size).map_err(|m| ConfigError::Invalid(format!("audit.max_file_size: {m}")))?;
+        if max_size != 0 && max_size < 4_000 {
+            return Err(ConfigError::Invalid(format!(
+                "audit.max_file_size: {} is below 4KB (an entry is up to a few KB); use 0 to never rotate by size",
+                a.max_file_size
+            )));
+        }
+        if a.queue == 0 || a.queue > 1 << 24 {
+            return Err(ConfigError::Invalid("audit.queue: must be between 1 and 16777216".into()));
+        }
+        if a.auth_failure_interval.is_zero() {
+            return Err(ConfigError::Invalid("audit.auth_failure_interval: must be greater than zero".into()));
+        }
+        if a.keep_files == Some(0) {
+            return Err(ConfigError::Invalid(
+                "audit.keep_files: 0 would remove every rotated file at once; leave it unset to keep all".into(),
+            ));
+        }
         Ok(Some(crate::audit::Settings {
             file: file.then(|| self.audit_file_path()),
             stdout,
@@ -676,6 +769,16 @@ impl Config {
             signing_key_file: self.audit.signing_key_file.clone().unwrap_or_else(|| self.data_dir.join("audit-signing.key")),
             checkpoint_every: a.checkpoint_every,
             checkpoint_interval: a.checkpoint_interval,
+            rotation: crate::audit::Rotation {
+                max_size: (max_size > 0).then_some(max_size),
+                max_age: (!a.max_file_age.is_zero()).then_some(a.max_file_age),
+                keep_files: a.keep_files,
+                keep_for: a.keep_for,
+            },
+            queue: a.queue,
+            queue_timeout: a.queue_timeout,
+            auth_failure_interval: a.auth_failure_interval,
+            auth_failures_in_full: a.auth_failures_in_full,
         }))
     }
 

@@ -288,6 +288,56 @@ pub fn tail_head(data: &[u8]) -> Result<Option<Head>, String> {
     Ok(Some(Head { seq: l.seq, hash: l.hash }))
 }
 
+/// The first bad line of a series and the file it is in.
+#[derive(Debug, Clone)]
+pub struct SeriesFailure {
+    pub file: std::path::PathBuf,
+    pub failure: Failure,
+}
+
+impl std::fmt::Display for SeriesFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.failure)
+    }
+}
+
+/// Verifies files in chain order (oldest first): each must continue the one
+/// before it. `opts.after` applies to the first file; `opts.head` (the
+/// daemon's head record) to the last, which must be the file it names.
+pub fn verify_series(files: &[std::path::PathBuf], opts: &VerifyOpts) -> Result<Vec<Report>, SeriesFailure> {
+    let mut after = opts.after.clone();
+    let mut reports = Vec::with_capacity(files.len());
+    for (i, file) in files.iter().enumerate() {
+        let last = i + 1 == files.len();
+        let fail = |line: usize, why: String| SeriesFailure { file: file.clone(), failure: Failure { line, why } };
+        let data = std::fs::read(file).map_err(|e| fail(0, format!("cannot read: {e}")))?;
+        let o = VerifyOpts {
+            after: after.clone(),
+            public_key: opts.public_key.clone(),
+            head: if last { opts.head.clone() } else { None },
+        };
+        let r = verify(&data, &o).map_err(|f| SeriesFailure { file: file.clone(), failure: f })?;
+        if last && files.len() > 1 {
+            if let (Some(h), false) = (&opts.head, r.head_checked) {
+                let start = h.value.get("segment_start").and_then(Value::as_u64).unwrap_or(0);
+                return Err(fail(
+                    r.lines + 1,
+                    format!(
+                        "the daemon's head record is for a file starting at sequence {start} (written up to {}), \
+                         but the series ends with this file: later files are missing",
+                        h.seq
+                    ),
+                ));
+            }
+        }
+        if r.last.is_some() {
+            after = r.last.clone();
+        }
+        reports.push(r);
+    }
+    Ok(reports)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,10 @@
 //! thread with its sinks ([`writer`]).
 //!
 //! Fail closed: callers that grant or extend access `record` an entry and
-//! refuse (503) if it cannot be written; sensitive values (tokens,
+//! refuse (503) if it cannot be written (or queued within
+//! [`Settings::queue_timeout`]); the queue is bounded, and entries that gate
+//! nothing (`note`) are dropped and counted when it is full, never waiting.
+//! Authentication failures are aggregated ([`aggregate`]). Sensitive values (tokens,
 //! credentials, free-form client strings) are never written, only their
 //! HMAC ([`Audit::hash`]).
 //!
@@ -23,6 +26,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
+pub mod aggregate;
 pub mod chain;
 pub mod keys;
 pub mod writer;
@@ -51,6 +55,27 @@ pub struct Settings {
     pub signing_key_file: PathBuf,
     pub checkpoint_every: u64,
     pub checkpoint_interval: Duration,
+    pub rotation: Rotation,
+    /// Entries queued for the writer at most.
+    pub queue: usize,
+    /// How long an entry that gates access waits for room in the queue
+    /// before the request fails (503).
+    pub queue_timeout: Duration,
+    /// Authentication failures: one summary per interval...
+    pub auth_failure_interval: Duration,
+    /// ...plus this many written in full.
+    pub auth_failures_in_full: u32,
+}
+
+/// When the writer starts a new file and which old ones it removes.
+#[derive(Debug, Clone, Default)]
+pub struct Rotation {
+    pub max_size: Option<u64>,
+    pub max_age: Option<Duration>,
+    /// Rotated files kept (the oldest beyond this are removed).
+    pub keep_files: Option<usize>,
+    /// Rotated files older than this are removed.
+    pub keep_for: Option<Duration>,
 }
 
 /// Now, as written in entries.
@@ -159,13 +184,25 @@ impl Event {
         }
     }
 
-    /// Stamps request id, source address and latency.
+    /// Stamps request id, source address, latency and (when the entry
+    /// records the request's authentication) the credential's HMAC.
     pub fn request(mut self, meta: Option<&RequestMeta>) -> Event {
         if let Some(m) = meta {
-            self.request_id = Some(m.request_id.clone());
             self.source = Some(m.source.to_string());
-            self.latency_ms = Some((m.started.elapsed().as_secs_f64() * 1e6).round() / 1e3);
+            if let Some(c) = &m.credential {
+                self.details.insert("credential".into(), c.clone().into());
+            }
+            self = self.request_brief(m);
         }
+        self
+    }
+
+    /// Stamps request id and latency only: for the second entry of a
+    /// request whose first one has the rest (`issue ok` after
+    /// `issue pending`).
+    pub fn request_brief(mut self, m: &RequestMeta) -> Event {
+        self.request_id = Some(m.request_id.clone());
+        self.latency_ms = Some((m.started.elapsed().as_secs_f64() * 1e6).round() / 1e3);
         self
     }
 
@@ -192,12 +229,19 @@ pub struct RequestMeta {
     pub request_id: String,
     pub source: IpAddr,
     pub started: Instant,
+    /// HMAC of the bearer credential, set when the request's own entries
+    /// record its authentication (no separate `authenticate ok` entry).
+    pub credential: Option<String>,
 }
 
 impl RequestMeta {
+    pub fn new(request_id: String, source: IpAddr) -> RequestMeta {
+        RequestMeta { request_id, source, started: Instant::now(), credential: None }
+    }
+
     /// For calls that do not come from HTTP (tests, tools).
     pub fn internal() -> RequestMeta {
-        RequestMeta { request_id: new_request_id(), source: IpAddr::from([127, 0, 0, 1]), started: Instant::now() }
+        RequestMeta::new(new_request_id(), IpAddr::from([127, 0, 0, 1]))
     }
 }
 
@@ -217,6 +261,11 @@ pub fn sane_request_id(s: &str) -> bool {
 struct Inner {
     tx: Option<std::sync::Mutex<mpsc::Sender<Msg>>>,
     hmac: ring::hmac::Key,
+    /// One permit per queued entry: the queue's bound.
+    permits: Arc<tokio::sync::Semaphore>,
+    capacity: usize,
+    queue_timeout: Duration,
+    failures: Arc<std::sync::Mutex<aggregate::Aggregator>>,
 }
 
 /// Handle to the audit log; cheap to clone.
@@ -230,20 +279,49 @@ impl Audit {
     pub fn disabled() -> Audit {
         let mut k = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut k);
-        Audit { inner: Arc::new(Inner { tx: None, hmac: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k) }) }
+        Audit {
+            inner: Arc::new(Inner {
+                tx: None,
+                hmac: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k),
+                permits: Arc::new(tokio::sync::Semaphore::new(1)),
+                capacity: 1,
+                queue_timeout: Duration::from_secs(1),
+                failures: Arc::new(std::sync::Mutex::new(aggregate::Aggregator::new(Duration::from_secs(60), 0))),
+            }),
+        }
     }
 
     /// Loads (or creates) the keys, opens the sinks and starts the writer.
     pub fn open(s: &Settings) -> Result<Audit, AuditError> {
+        let stdout: Option<writer::Extra> = if s.stdout { Some(Box::new(std::io::stdout())) } else { None };
+        Self::open_with(s, stdout)
+    }
+
+    /// [`Audit::open`] with the second sink given (tests: a broken pipe).
+    fn open_with(s: &Settings, stdout: Option<writer::Extra>) -> Result<Audit, AuditError> {
         let hmac = keys::load_hmac(&s.hmac_key_file, true)?;
         let signer = keys::load_signer(&s.signing_key_file)?;
-        let w = Writer::open(s.file.clone(), s.stdout, s.fsync, s.checkpoint_every, s.checkpoint_interval, signer)?;
+        let failures = Arc::new(std::sync::Mutex::new(aggregate::Aggregator::new(
+            s.auth_failure_interval,
+            s.auth_failures_in_full,
+        )));
+        let w = Writer::open(s, stdout, signer, failures.clone())?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("lessor-audit".into())
             .spawn(move || w.run(rx))
             .map_err(|e| AuditError::Unavailable(format!("cannot start the audit writer: {e}")))?;
-        Ok(Audit { inner: Arc::new(Inner { tx: Some(std::sync::Mutex::new(tx)), hmac }) })
+        let capacity = s.queue.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        Ok(Audit {
+            inner: Arc::new(Inner {
+                tx: Some(std::sync::Mutex::new(tx)),
+                hmac,
+                permits: Arc::new(tokio::sync::Semaphore::new(capacity)),
+                capacity,
+                queue_timeout: s.queue_timeout,
+                failures,
+            }),
+        })
     }
 
     pub fn enabled(&self) -> bool {
@@ -266,8 +344,21 @@ impl Audit {
         if !self.enabled() {
             return Ok(());
         }
+        let json = Self::encode(&e)?;
+        let t = self.inner.queue_timeout;
+        let permit = match tokio::time::timeout(t, self.inner.permits.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(AuditError::Unavailable("the audit writer has stopped".into())),
+            Err(_) => {
+                crate::telemetry::metrics().audit_write_failures.inc();
+                return Err(AuditError::Unavailable(format!(
+                    "the audit queue has been full for {} ms (the writer is not keeping up)",
+                    t.as_millis()
+                )));
+            }
+        };
         let (reply, rx) = oneshot::channel();
-        self.send(Msg::Entry { json: Self::encode(&e)?, reply: Some(reply) })?;
+        self.send(Msg::Entry { json, reply: Some(reply), permit: Some(permit) })?;
         match rx.await {
             Ok(Ok(_seq)) => Ok(()),
             Ok(Err(m)) => Err(AuditError::Unavailable(m)),
@@ -277,16 +368,51 @@ impl Audit {
 
     /// Queues `e` without waiting; a failure is counted and logged by the
     /// writer. For entries that do not gate anything (denials, reads, the
-    /// expiry worker's outcomes).
+    /// expiry worker's outcomes). When the queue is full the entry is
+    /// dropped and counted (`lessor_audit_write_failures_total`).
     pub fn note(&self, e: Event) {
         if !self.enabled() {
             return;
         }
-        let sent = Self::encode(&e).and_then(|json| self.send(Msg::Entry { json, reply: None }));
+        let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
+            crate::telemetry::metrics().audit_write_failures.inc();
+            tracing::debug!(action = e.action, "audit queue full; entry dropped");
+            return;
+        };
+        self.queue(e, permit);
+    }
+
+    fn queue(&self, e: Event, permit: tokio::sync::OwnedSemaphorePermit) {
+        let sent = Self::encode(&e).and_then(|json| self.send(Msg::Entry { json, reply: None, permit: Some(permit) }));
         if let Err(err) = sent {
             crate::telemetry::metrics().audit_write_failures.inc();
             tracing::error!(error = %err, action = e.action, "audit entry lost");
         }
+    }
+
+    /// A refused authentication: counted in the interval's summary
+    /// (configured issuer or `unknown`, bounded reason, source network);
+    /// `entry` is built and written in full only for the first few of the
+    /// interval, and only while the queue is at most half full. Never
+    /// waits; O(1) per call.
+    pub fn auth_failed(&self, issuer: &str, reason: &'static str, source: IpAddr, entry: impl FnOnce() -> Event) {
+        if !self.enabled() {
+            return;
+        }
+        let Ok(mut agg) = self.inner.failures.lock() else { return };
+        if !agg.count(issuer, reason, source) {
+            return;
+        }
+        if self.inner.permits.available_permits() <= self.inner.capacity / 2 {
+            agg.dropped();
+            return;
+        }
+        let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
+            agg.dropped();
+            return;
+        };
+        drop(agg);
+        self.queue(entry(), permit);
     }
 
     /// `hmac-sha256:<hex>` of a sensitive value, under the deployment's
@@ -339,7 +465,140 @@ mod tests {
             signing_key_file: dir.join("signing.key"),
             checkpoint_every: 3,
             checkpoint_interval: Duration::from_secs(3600),
+            rotation: Rotation::default(),
+            queue: 1024,
+            queue_timeout: Duration::from_secs(2),
+            auth_failure_interval: Duration::from_secs(3600),
+            auth_failures_in_full: 5,
         }
+    }
+
+    /// A second sink that always fails, like a pipe whose reader is gone.
+    struct BrokenPipe;
+    impl std::io::Write for BrokenPipe {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_stdout_beside_a_good_file_does_not_fork_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path());
+        s.stdout = true;
+        let a = Audit::open_with(&s, Some(Box::new(BrokenPipe))).unwrap();
+        for i in 0..5 {
+            // The file has it: the entry is durable, the caller goes ahead.
+            a.record(Event::new("issue", "pending").detail("i", i)).await.unwrap();
+        }
+        a.shutdown().await;
+        let data = std::fs::read(dir.path().join("audit.log")).unwrap();
+        let head = writer::read_head(&writer::head_path(&dir.path().join("audit.log"))).unwrap();
+        let r = chain::verify(&data, &chain::VerifyOpts { head, ..Default::default() })
+            .unwrap_or_else(|f| panic!("{f}\n{}", String::from_utf8_lossy(&data)));
+        assert!(r.head_checked);
+        // open checkpoint, 3 entries, count checkpoint, 2 entries, shutdown checkpoint
+        assert_eq!(r.lines, 8);
+    }
+
+    #[tokio::test]
+    async fn with_stdout_only_a_stdout_failure_refuses_the_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path());
+        s.file = None;
+        s.stdout = true;
+        let a = Audit::open_with(&s, Some(Box::new(BrokenPipe))).unwrap();
+        let err = a.record(Event::new("issue", "pending")).await.unwrap_err().to_string();
+        assert!(err.contains("writing to stdout"), "{err}");
+        a.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_rotated_series_verifies_end_to_end_and_an_edited_middle_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path());
+        s.checkpoint_every = 1000;
+        s.rotation.max_size = Some(4096);
+        s.rotation.keep_files = Some(3);
+        let a = Audit::open(&s).unwrap();
+        for i in 0..60 {
+            a.record(Event::new("issue", "ok").detail("i", i).detail("pad", "x".repeat(100))).await.unwrap();
+        }
+        a.shutdown().await;
+        let current = dir.path().join("audit.log");
+        let rotated = writer::rotated_files(&current);
+        assert_eq!(rotated.len(), 3, "keep_files = 3 removes the older ones: {rotated:?}");
+        let mut files: Vec<PathBuf> = rotated.iter().map(|(_, p)| p.clone()).collect();
+        files.push(current.clone());
+        for f in &files {
+            assert!(std::fs::metadata(f).unwrap().len() <= 4096 + 1024, "{} is too big", f.display());
+        }
+        let public = keys::read_public_key(&keys::public_key_path(&s.signing_key_file)).unwrap();
+        let head = writer::read_head(&writer::head_path(&current)).unwrap();
+        let opts = chain::VerifyOpts { after: None, public_key: Some(public), head };
+        let reports = chain::verify_series(&files, &opts).unwrap_or_else(|f| panic!("{f}"));
+        assert!(reports.last().unwrap().head_checked);
+        assert!(reports[0].first.as_ref().unwrap().seq > 0, "the oldest files were removed");
+
+        // Without the current file, the head record names what is missing.
+        let f = chain::verify_series(&files[..files.len() - 1], &opts).unwrap_err();
+        assert!(f.failure.why.contains("later files are missing"), "{f}");
+
+        // An edited entry in a middle file: that file, that line.
+        let middle = &files[1];
+        let text = std::fs::read_to_string(middle).unwrap();
+        let edited = text.replacen("\"action\":\"issue\"", "\"action\":\"renew\"", 1);
+        assert_ne!(text, edited);
+        std::fs::write(middle, edited).unwrap();
+        let f = chain::verify_series(&files, &opts).unwrap_err();
+        assert_eq!(&f.file, middle, "{f}");
+        assert!(f.failure.why.contains("edited"), "{f}");
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_auth_failures_is_a_few_entries_and_a_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        let a = Audit::open(&s).unwrap();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..10_000 {
+            a.auth_failed("unknown", "malformed", ip, || Event::new("authenticate", "failed"));
+        }
+        a.shutdown().await;
+        let text = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+        let failed = text.lines().filter(|l| l.contains("\"outcome\":\"failed\"")).count();
+        assert_eq!(failed, 5, "{text}");
+        let summary: Vec<serde_json::Value> = text
+            .lines()
+            .filter(|l| l.contains("failed_summary"))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(summary.len(), 1, "{text}");
+        assert_eq!(summary[0]["details"]["failures"], 10_000);
+        assert_eq!(summary[0]["details"]["groups"][0]["network"], "192.0.2.0/24");
+        assert!(text.len() < 8192, "{} bytes", text.len());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_notes_and_times_out_gating_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path());
+        s.queue = 2;
+        s.queue_timeout = Duration::from_millis(50);
+        let a = Audit::open(&s).unwrap();
+        // Hold every permit, as a stuck writer would.
+        let held = a.inner.permits.clone().acquire_many_owned(2).await.unwrap();
+        a.note(Event::new("revoke", "ok"));
+        let err = a.record(Event::new("issue", "pending")).await.unwrap_err().to_string();
+        assert!(err.contains("audit queue has been full"), "{err}");
+        drop(held);
+        a.record(Event::new("issue", "pending")).await.unwrap();
+        a.shutdown().await;
+        let text = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+        assert!(!text.contains("\"revoke\""), "the note was dropped: {text}");
     }
 
     #[tokio::test]

@@ -4,25 +4,38 @@
 //! result. Checkpoints are signed every `checkpoint_every` entries, every
 //! `checkpoint_interval`, at each (re)open and at shutdown; the latest is
 //! also kept in `<file>.head` so a cut tail can be told from a short file.
+//!
+//! The file is the durable sink: once it has a batch the chain moves on,
+//! whatever stdout (with `sink = "both"`) does. The writer also rotates the
+//! file by size and age (`<file>.<first seq>`, the chain continuing in the
+//! new file), removes old rotated files per config, and writes the
+//! authentication-failure summary ([`super::aggregate`]) when it is due.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::chain::{self, make_line, Head, GENESIS};
+use super::aggregate::Aggregator;
 use super::keys::Signer;
-use super::AuditError;
+use super::{AuditError, Rotation};
 use crate::telemetry::metrics;
 
 /// Entries written per `write` at most.
 const MAX_BATCH: usize = 4096;
 
+/// Where a line goes besides the file (stdout; a test's broken pipe).
+pub type Extra = Box<dyn Write + Send>;
+
 pub(super) enum Msg {
-    Entry { json: String, reply: Option<oneshot::Sender<Result<u64, String>>> },
+    /// An entry; `permit` holds its place in the bounded queue until it is
+    /// written.
+    Entry { json: String, reply: Option<oneshot::Sender<Result<u64, String>>>, permit: Option<OwnedSemaphorePermit> },
     Reopen(oneshot::Sender<Result<(), String>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -32,8 +45,18 @@ pub(super) struct Writer {
     file: Option<File>,
     /// Why the file is not open (writes fail with this until a reopen works).
     broken: Option<String>,
-    stdout: bool,
+    stdout: Option<Extra>,
+    /// Whether the last stdout write failed (logged once per outage).
+    stdout_failing: bool,
     fsync: bool,
+    /// Bytes in the current file (rotation by size).
+    file_len: u64,
+    /// Whether the file is a regular file (only those rotate).
+    regular: bool,
+    /// When the current file was started (rotation by age).
+    segment_opened: SystemTime,
+    rotation: Rotation,
+    failures: Arc<Mutex<Aggregator>>,
     next_seq: u64,
     prev: String,
     segment_start: u64,
@@ -74,8 +97,8 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 }
 
 /// The chain position at the end of an existing regular file (reading only
-/// its tail) and the sequence number of its first line.
-fn existing_end(path: &Path) -> Result<Option<(Head, u64)>, AuditError> {
+/// its tail), the sequence number of its first line and that line's time.
+fn existing_end(path: &Path) -> Result<Option<(Head, u64, Option<SystemTime>)>, AuditError> {
     let damaged = |m: String| AuditError::Damaged(format!("audit file {}: {m}", path.display()));
     let mut f = match File::open(path) {
         Ok(f) => f,
@@ -96,11 +119,17 @@ fn existing_end(path: &Path) -> Result<Option<(Head, u64)>, AuditError> {
         first.extend_from_slice(&buf[..n]);
     }
     let first_line = first.split(|b| *b == b'\n').next().unwrap_or_default();
-    let first_seq = std::str::from_utf8(first_line)
+    let first = std::str::from_utf8(first_line)
         .ok()
         .and_then(|t| chain::parse_line(t).ok())
-        .map(|l| l.seq)
         .ok_or_else(|| damaged("its first line is not a valid entry; run `lessor audit verify`".into()))?;
+    let first_seq = first.seq;
+    let first_time = first
+        .value
+        .get("time")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+        .map(SystemTime::from);
     let from = meta.len().saturating_sub(1 << 20);
     f.seek(SeekFrom::Start(from)).map_err(|e| damaged(e.to_string()))?;
     let mut tail = Vec::new();
@@ -110,7 +139,7 @@ fn existing_end(path: &Path) -> Result<Option<(Head, u64)>, AuditError> {
         tail.drain(..start);
     }
     match chain::tail_head(&tail) {
-        Ok(Some(h)) => Ok(Some((h, first_seq))),
+        Ok(Some(h)) => Ok(Some((h, first_seq, first_time))),
         Ok(None) => Ok(None),
         Err(e) => Err(damaged(format!(
             "{e}; it cannot be continued. Check it with `lessor audit verify`, then move it aside (the new file continues the chain)"
@@ -118,36 +147,69 @@ fn existing_end(path: &Path) -> Result<Option<(Head, u64)>, AuditError> {
     }
 }
 
+/// Name a rotated file gets: `<file>.<first sequence number>`, zero-padded
+/// so that names sort in chain order.
+pub fn rotated_path(file: &Path, first_seq: u64) -> PathBuf {
+    let mut s = file.as_os_str().to_owned();
+    s.push(format!(".{first_seq:012}"));
+    PathBuf::from(s)
+}
+
+/// Rotated files of `file` (`<file>.<digits>`), oldest first.
+pub fn rotated_files(file: &Path) -> Vec<(u64, PathBuf)> {
+    let (Some(dir), Some(name)) = (file.parent(), file.file_name().and_then(|n| n.to_str())) else { return Vec::new() };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let prefix = format!("{name}.");
+    let mut v: Vec<(u64, PathBuf)> = rd
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.to_owned();
+            let digits = n.strip_prefix(&prefix)?;
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some((digits.parse().ok()?, e.path()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 impl Writer {
     pub(super) fn open(
-        path: Option<PathBuf>,
-        stdout: bool,
-        fsync: bool,
-        every: u64,
-        interval: Duration,
+        s: &super::Settings,
+        stdout: Option<Extra>,
         signer: Signer,
+        failures: Arc<Mutex<Aggregator>>,
     ) -> Result<Writer, AuditError> {
+        let path = s.file.clone();
         let mut w = Writer {
             path: path.clone(),
             file: None,
             broken: None,
             stdout,
-            fsync,
+            stdout_failing: false,
+            fsync: s.fsync,
+            file_len: 0,
+            regular: false,
+            segment_opened: SystemTime::now(),
+            rotation: s.rotation.clone(),
+            failures,
             next_seq: 0,
             prev: GENESIS.to_owned(),
             segment_start: 0,
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
-            every: every.max(1),
-            interval,
+            every: s.checkpoint_every.max(1),
+            interval: s.checkpoint_interval,
             signer,
         };
         if let Some(p) = &path {
             let head = read_head(&head_path(p)).map_err(AuditError::Damaged)?;
             let end = existing_end(p)?;
             match (end, head) {
-                (Some((e, first)), Some(h)) if e.seq < h.seq => {
-                    let _ = first;
+                (Some((e, _, _)), Some(h)) if e.seq < h.seq => {
                     return Err(AuditError::Damaged(format!(
                         "audit file {} ends at sequence {} but its head record ({}) says the daemon wrote up to {}: \
                          the tail was removed. Keep the file as evidence, move it aside and start again",
@@ -157,10 +219,13 @@ impl Writer {
                         h.seq
                     )));
                 }
-                (Some((e, first)), _) => {
+                (Some((e, first, first_time)), _) => {
                     w.next_seq = e.seq + 1;
                     w.prev = e.hash;
                     w.segment_start = first;
+                    if let Some(t) = first_time {
+                        w.segment_opened = t;
+                    }
                 }
                 (None, Some(h)) => {
                     // The file was rotated away while lessor was stopped: the
@@ -181,10 +246,14 @@ impl Writer {
         let Some(p) = self.path.clone() else { return };
         match open_append(&p) {
             Ok(f) => {
-                let empty = f.metadata().map(|m| !m.is_file() || m.len() == 0).unwrap_or(true);
-                if empty {
+                let meta = f.metadata().ok().filter(|m| m.is_file());
+                let len = meta.as_ref().map(|m| m.len()).unwrap_or(0);
+                if len == 0 {
                     self.segment_start = self.next_seq;
+                    self.segment_opened = SystemTime::now();
                 }
+                self.file_len = len;
+                self.regular = meta.is_some();
                 self.file = Some(f);
                 self.broken = None;
             }
@@ -197,7 +266,10 @@ impl Writer {
         }
     }
 
-    /// Writes `lines` (already chained) to every sink, one write each.
+    /// Writes `buf` (chained lines) to every sink, one write each. The
+    /// result is the durable sink's: the file when there is one, else
+    /// stdout. A stdout failure beside a good file is logged and counted,
+    /// and the chain still moves on (the file has the lines).
     fn write_lines(&mut self, buf: &[u8]) -> Result<(), String> {
         if self.path.is_some() {
             let path = self.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
@@ -213,10 +285,26 @@ impl Writer {
                 }
                 return Err(format!("writing {path}: {e}"));
             }
+            self.file_len = self.file_len.saturating_add(buf.len() as u64);
         }
-        if self.stdout {
-            let mut out = std::io::stdout().lock();
-            out.write_all(buf).and_then(|()| out.flush()).map_err(|e| format!("writing to stdout: {e}"))?;
+        if let Some(out) = self.stdout.as_mut() {
+            let r = out.write_all(buf).and_then(|()| out.flush()).map_err(|e| format!("writing to stdout: {e}"));
+            match r {
+                Err(e) if self.path.is_some() => {
+                    metrics().audit_write_failures.inc();
+                    if !self.stdout_failing {
+                        tracing::error!(error = %e, "audit stdout sink failing; the audit file still has every entry");
+                    }
+                    self.stdout_failing = true;
+                }
+                Err(e) => return Err(e),
+                Ok(()) => {
+                    if self.stdout_failing {
+                        tracing::warn!("audit stdout sink works again");
+                    }
+                    self.stdout_failing = false;
+                }
+            }
         }
         Ok(())
     }
@@ -288,6 +376,118 @@ impl Writer {
         }
     }
 
+    /// Whether the current file is due for rotation before `incoming` more
+    /// bytes are written to it.
+    fn rotation_due(&self, incoming: usize) -> bool {
+        if self.file.is_none() || !self.regular || self.file_len == 0 {
+            return false;
+        }
+        let by_size = self.rotation.max_size.is_some_and(|max| self.file_len.saturating_add(incoming as u64) > max);
+        let by_age = self
+            .rotation
+            .max_age
+            .is_some_and(|max| self.segment_opened.elapsed().map(|a| a >= max).unwrap_or(false));
+        by_size || by_age
+    }
+
+    /// Ends the current file with a `rotate` checkpoint, renames it to
+    /// `<file>.<first seq>`, starts a new file (its `open` checkpoint
+    /// continues the chain) and removes old rotated files per config.
+    fn rotate(&mut self) {
+        let Some(p) = self.path.clone() else { return };
+        if !std::fs::metadata(&p).map(|m| m.is_file()).unwrap_or(false) {
+            return;
+        }
+        let target = rotated_path(&p, self.segment_start);
+        if target.exists() {
+            tracing::error!(path = %target.display(), "cannot rotate the audit file: the target exists; writing on");
+            self.segment_opened = SystemTime::now();
+            return;
+        }
+        self.checkpoint("rotate");
+        if let Err(e) = std::fs::rename(&p, &target) {
+            tracing::error!(path = %p.display(), error = %e, "cannot rotate the audit file; writing on");
+            self.segment_opened = SystemTime::now();
+            return;
+        }
+        tracing::debug!(path = %target.display(), "audit file rotated");
+        self.file = None;
+        self.reopen_file();
+        if self.file.is_some() {
+            self.checkpoint("open");
+        }
+        self.prune();
+    }
+
+    /// Removes rotated files beyond `keep_files` or older than `keep_for`.
+    fn prune(&self) {
+        let Some(p) = &self.path else { return };
+        let files = rotated_files(p);
+        let excess = self.rotation.keep_files.map(|k| files.len().saturating_sub(k)).unwrap_or(0);
+        for (i, (_, f)) in files.iter().enumerate() {
+            let too_old = self.rotation.keep_for.is_some_and(|keep| {
+                std::fs::metadata(f)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > keep)
+            });
+            if i < excess || too_old {
+                match std::fs::remove_file(f) {
+                    Ok(()) => tracing::info!(path = %f.display(), "removed an old audit file (audit.keep_files / keep_for)"),
+                    Err(e) => tracing::warn!(path = %f.display(), error = %e, "cannot remove an old audit file"),
+                }
+            }
+        }
+    }
+
+    /// Writes the authentication-failure summary if its interval is over
+    /// (`force`: now, at shutdown).
+    fn flush_failures(&mut self, force: bool) {
+        let summary = match self.failures.lock() {
+            Ok(mut a) => {
+                if force {
+                    a.take()
+                } else {
+                    a.take_due(Instant::now())
+                }
+            }
+            Err(_) => None,
+        };
+        let Some(event) = summary else { return };
+        let json = match serde_json::to_string(&event) {
+            Ok(j) => j,
+            Err(_) => return,
+        };
+        if self.rotation_due(json.len() + 1) {
+            self.rotate();
+        }
+        match self.write_batch(&[json.as_str()]) {
+            Ok(_) => self.since_checkpoint += 1,
+            Err(e) => {
+                metrics().audit_write_failures.inc();
+                tracing::error!(error = %e, "audit log write failed (authentication failure summary)");
+            }
+        }
+    }
+
+    /// How long the loop may sleep: until the next checkpoint, summary or
+    /// age rotation check.
+    fn wait(&self) -> Duration {
+        let mut wait = if self.since_checkpoint > 0 {
+            self.interval.saturating_sub(self.last_checkpoint.elapsed())
+        } else {
+            self.interval
+        };
+        if let Some(due) = self.failures.lock().ok().and_then(|a| a.next_due()) {
+            wait = wait.min(due.saturating_duration_since(Instant::now()));
+        }
+        if self.rotation.max_age.is_some() {
+            wait = wait.min(Duration::from_secs(1));
+        }
+        wait
+    }
+
     /// The writer loop; returns when every handle is gone or on shutdown.
     pub(super) fn run(mut self, rx: Receiver<Msg>) {
         self.checkpoint("open");
@@ -295,35 +495,35 @@ impl Writer {
         loop {
             let msg = match held.take() {
                 Some(m) => m,
-                None => {
-                    let wait = if self.since_checkpoint > 0 {
-                        self.interval.saturating_sub(self.last_checkpoint.elapsed())
-                    } else {
-                        self.interval
-                    };
-                    match rx.recv_timeout(wait) {
-                        Ok(m) => m,
-                        Err(RecvTimeoutError::Timeout) => {
-                            if self.since_checkpoint > 0 {
+                None => match rx.recv_timeout(self.wait()) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.flush_failures(false);
+                        if self.rotation_due(0) {
+                            self.rotate();
+                        }
+                        if self.since_checkpoint > 0 {
+                            if self.last_checkpoint.elapsed() >= self.interval {
                                 self.checkpoint("interval");
-                            } else {
-                                self.last_checkpoint = Instant::now();
                             }
-                            continue;
+                        } else {
+                            self.last_checkpoint = Instant::now();
                         }
-                        Err(RecvTimeoutError::Disconnected) => {
-                            self.checkpoint("shutdown");
-                            return;
-                        }
+                        continue;
                     }
-                }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        self.flush_failures(true);
+                        self.checkpoint("shutdown");
+                        return;
+                    }
+                },
             };
             match msg {
-                Msg::Entry { json, reply } => {
-                    let mut batch = vec![(json, reply)];
+                Msg::Entry { json, reply, permit } => {
+                    let mut batch = vec![(json, reply, permit)];
                     while batch.len() < MAX_BATCH {
                         match rx.try_recv() {
-                            Ok(Msg::Entry { json, reply }) => batch.push((json, reply)),
+                            Ok(Msg::Entry { json, reply, permit }) => batch.push((json, reply, permit)),
                             Ok(other) => {
                                 held = Some(other);
                                 break;
@@ -331,11 +531,16 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    let events: Vec<&str> = batch.iter().map(|(j, _)| j.as_str()).collect();
+                    self.flush_failures(false);
+                    let events: Vec<&str> = batch.iter().map(|(j, _, _)| j.as_str()).collect();
+                    let size: usize = events.iter().map(|e| e.len() + 200).sum();
+                    if self.rotation_due(size) {
+                        self.rotate();
+                    }
                     match self.write_batch(&events) {
                         Ok(first) => {
                             self.since_checkpoint += batch.len() as u64;
-                            for (i, (_, reply)) in batch.into_iter().enumerate() {
+                            for (i, (_, reply, _)) in batch.into_iter().enumerate() {
                                 if let Some(r) = reply {
                                     let _ = r.send(Ok(first + i as u64));
                                 }
@@ -344,7 +549,7 @@ impl Writer {
                         Err(e) => {
                             metrics().audit_write_failures.inc_by(batch.len() as u64);
                             tracing::error!(error = %e, entries = batch.len(), "audit log write failed");
-                            for (_, reply) in batch {
+                            for (_, reply, _) in batch {
                                 if let Some(r) = reply {
                                     let _ = r.send(Err(e.clone()));
                                 }
@@ -371,6 +576,7 @@ impl Writer {
                     });
                 }
                 Msg::Shutdown(reply) => {
+                    self.flush_failures(true);
                     self.checkpoint("shutdown");
                     if let Some(f) = &self.file {
                         let _ = f.sync_all();

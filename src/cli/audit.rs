@@ -20,9 +20,16 @@ use crate::config::Config;
 pub enum AuditCmd {
     /// Check an audit file: every line's hash, the chain, the sequence, the
     /// signed checkpoints, and (for the current file) the chain head the
-    /// daemon recorded in `<file>.head`. Names the first bad line.
+    /// daemon recorded in `<file>.head`. Names the first bad line. Several
+    /// files (oldest first), or a directory (its `audit.log.<seq>` rotated
+    /// files and `audit.log`), are checked as one series, end to end.
     Verify {
-        file: PathBuf,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// In a directory, the current file's name (rotated files are
+        /// `<name>.<first sequence number>`).
+        #[arg(long, default_value = "audit.log")]
+        name: String,
         /// The file before this one (rotation): this file must continue it.
         #[arg(long)]
         after: Option<PathBuf>,
@@ -76,7 +83,10 @@ pub enum AuditCmd {
 
 pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        AuditCmd::Verify { file, after, public_key, head, no_head } => verify(&file, after.as_deref(), public_key.as_deref(), head, no_head),
+        AuditCmd::Verify { files, name, after, public_key, head, no_head } => {
+            let files = series(&files, &name)?;
+            verify(&files, after.as_deref(), public_key.as_deref(), head, no_head)
+        }
         AuditCmd::Hash { key_file, config } => hash(key_file, &config),
         AuditCmd::Query { files, lease, subject, role, action, request_id, since, until } => {
             let f = Filter {
@@ -93,8 +103,26 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn verify(file: &Path, after: Option<&Path>, public_key: Option<&Path>, head: Option<PathBuf>, no_head: bool) -> anyhow::Result<ExitCode> {
-    let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+/// The files to verify, oldest first: as given, or a directory's series.
+fn series(files: &[PathBuf], name: &str) -> anyhow::Result<Vec<PathBuf>> {
+    match files {
+        [dir] if dir.is_dir() => {
+            let current = dir.join(name);
+            let mut v: Vec<PathBuf> = writer::rotated_files(&current).into_iter().map(|(_, p)| p).collect();
+            if current.is_file() {
+                v.push(current);
+            }
+            if v.is_empty() {
+                return Err(anyhow!("{} holds no `{name}` or `{name}.<seq>` audit files", dir.display()));
+            }
+            Ok(v)
+        }
+        _ => Ok(files.to_vec()),
+    }
+}
+
+fn verify(files: &[PathBuf], after: Option<&Path>, public_key: Option<&Path>, head: Option<PathBuf>, no_head: bool) -> anyhow::Result<ExitCode> {
+    let Some(file) = files.last() else { return Err(anyhow!("no audit file given")) };
     let after = match after {
         Some(p) => Some(chain::last_head(p).map_err(|e| anyhow!(e))?.ok_or_else(|| anyhow!("{} is empty", p.display()))?),
         None => None,
@@ -110,24 +138,30 @@ fn verify(file: &Path, after: Option<&Path>, public_key: Option<&Path>, head: Op
     }
     let pinned = public_key.is_some();
     let opts = VerifyOpts { after, public_key, head };
-    match chain::verify(&data, &opts) {
-        Ok(r) => {
-            let range = match (&r.first, &r.last) {
-                (Some(a), Some(b)) => format!("sequence {}..{}", a.seq, b.seq),
-                _ => "empty".into(),
-            };
-            println!(
-                "ok: {}: {} lines ({range}), {} signed checkpoints{}",
-                file.display(),
-                r.lines,
-                r.checkpoints,
-                r.last_checkpoint_line.map(|l| format!(", the last at line {l}")).unwrap_or_default()
-            );
+    match chain::verify_series(files, &opts) {
+        Ok(reports) => {
+            for (f, r) in files.iter().zip(&reports) {
+                let range = match (&r.first, &r.last) {
+                    (Some(a), Some(b)) => format!("sequence {}..{}", a.seq, b.seq),
+                    _ => "empty".into(),
+                };
+                println!(
+                    "ok: {}: {} lines ({range}), {} signed checkpoints{}",
+                    f.display(),
+                    r.lines,
+                    r.checkpoints,
+                    r.last_checkpoint_line.map(|l| format!(", the last at line {l}")).unwrap_or_default()
+                );
+            }
+            let (Some(first), Some(r)) = (reports.first(), reports.last()) else { return Ok(ExitCode::SUCCESS) };
+            if files.len() > 1 {
+                println!("ok: {} files form one chain", files.len());
+            }
             if r.unsigned_tail > 0 {
                 println!("note: the last {} entries come after the last checkpoint and are not signed yet", r.unsigned_tail);
             }
             if opts.after.is_none() {
-                if let Some(f) = &r.first {
+                if let Some(f) = &first.first {
                     if f.seq > 0 {
                         println!("note: the first line continues a chain from an earlier file; pass --after <that file> to check the link");
                     }
@@ -137,15 +171,17 @@ fn verify(file: &Path, after: Option<&Path>, public_key: Option<&Path>, head: Op
                 println!("ok: the chain head the daemon recorded is in the file");
             }
             if !pinned {
+                let mut ids: Vec<&str> = reports.iter().flat_map(|r| r.key_ids.iter().map(String::as_str)).collect();
+                ids.dedup();
                 println!(
                     "note: signatures were checked with the key named in the file ({}); pin it with --public-key <audit-signing.key.pub>",
-                    if r.key_ids.is_empty() { "none".to_owned() } else { r.key_ids.join(", ") }
+                    if ids.is_empty() { "none".to_owned() } else { ids.join(", ") }
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(f) => {
-            println!("FAIL {}: {f}", file.display());
+            println!("FAIL {f}");
             Ok(ExitCode::FAILURE)
         }
     }

@@ -50,7 +50,7 @@ impl ApiError {
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
-        tracing::info!(reason = e.reason(), error = %e, "workload token refused");
+        tracing::debug!(reason = e.reason(), error = %e, "workload token refused");
         let mut a = ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string());
         if matches!(e, AuthError::KeysUnavailable { .. }) {
             a.status = StatusCode::SERVICE_UNAVAILABLE;

@@ -111,7 +111,7 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     if let Some(v) = &value {
         req.headers_mut().insert(X_REQUEST_ID, v.clone());
     }
-    req.extensions_mut().insert(RequestMeta { request_id: id, source, started: std::time::Instant::now() });
+    req.extensions_mut().insert(RequestMeta::new(id, source));
     let mut resp = next.run(req).await;
     if let Some(v) = value {
         resp.headers_mut().insert(X_REQUEST_ID, v);
@@ -130,11 +130,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Meta {
 }
 
 fn request_meta(parts: &Parts) -> RequestMeta {
-    parts.extensions.get::<RequestMeta>().cloned().unwrap_or_else(|| RequestMeta {
-        request_id: new_request_id(),
-        source: source_ip(parts),
-        started: std::time::Instant::now(),
-    })
+    parts.extensions.get::<RequestMeta>().cloned().unwrap_or_else(|| RequestMeta::new(new_request_id(), source_ip(parts)))
 }
 
 /// JSON body whose rejections become precise `ApiError`s.
@@ -160,6 +156,12 @@ fn bearer(parts: &Parts) -> Result<SecretString, AuthError> {
     Ok(SecretString::from(token.trim().to_owned()))
 }
 
+/// Whether the request is an issue (`POST /v1/leases`), whose audit
+/// entries (`issue pending` and every refusal) record the caller.
+fn issues_a_credential(parts: &Parts) -> bool {
+    parts.method == axum::http::Method::POST && parts.uri.path() == "/v1/leases"
+}
+
 /// SHA-256 of an admin token, as stored (`meta` key `admin_token:<hex>`).
 pub fn admin_token_key(token: &str) -> String {
     format!("admin_token:{}", hex::encode(Sha256::digest(token.as_bytes())))
@@ -181,14 +183,16 @@ impl FromRequestParts<AppState> for Caller {
             Ok(t) => t,
             Err(e) => {
                 count(&e);
-                audit.note(Event::new("authenticate", "failed").request(Some(&meta)).error(e.reason(), "no usable bearer token"));
+                audit.auth_failed(UNKNOWN_ISSUER, e.reason(), meta.source, || {
+                    Event::new("authenticate", "failed").request(Some(&meta)).error(e.reason(), "no usable bearer token")
+                });
                 return Err(e.into());
             }
         };
         // The credential itself never reaches the log; its HMAC lets an
         // investigator find every use of a known (leaked) token.
-        let credential = audit.hash(token.expose_secret().as_bytes());
-        let event = |outcome| Event::new("authenticate", outcome).request(Some(&meta)).detail("credential", credential.clone());
+        let credential = || audit.hash(token.expose_secret().as_bytes());
+        let event = |outcome| Event::new("authenticate", outcome).request(Some(&meta)).detail("credential", credential());
         if token.expose_secret().starts_with(ADMIN_TOKEN_PREFIX) {
             let known = state.store.meta_get(&admin_token_key(token.expose_secret())).await?;
             return match known {
@@ -197,21 +201,31 @@ impl FromRequestParts<AppState> for Caller {
                     Ok(Caller(Actor::Admin { name: "admin-token".into() }))
                 }
                 None => {
-                    audit.note(event("failed").error("unknown_admin_token", "unknown admin token"));
                     let e = AuthError::Malformed("unknown admin token".into());
                     count(&e);
+                    audit.auth_failed("admin-token", "unknown_admin_token", meta.source, || {
+                        event("failed").error("unknown_admin_token", "unknown admin token")
+                    });
                     Err(ApiError::from(e))
                 }
             };
         }
-        match state.verifier.verify(&token).await {
+        match state.verifier.verify_naming_issuer(&token, time::OffsetDateTime::now_utc()).await {
             Ok(w) => {
-                audit.note(event("ok").actor(workload_info(&w)));
+                if issues_a_credential(parts) {
+                    // The issue's own entries carry the actor and the
+                    // credential's HMAC: no separate entry.
+                    if let Some(m) = parts.extensions.get_mut::<RequestMeta>() {
+                        m.credential = Some(credential());
+                    }
+                } else {
+                    audit.note(event("ok").actor(workload_info(&w)));
+                }
                 Ok(Caller(Actor::Workload(w)))
             }
-            Err(e) => {
+            Err((e, issuer)) => {
                 // The reason only: the message may quote the unverified token's claims.
-                audit.note(event("failed").error(e.reason(), e.reason()));
+                audit.auth_failed(issuer, e.reason(), meta.source, || event("failed").error(e.reason(), e.reason()));
                 Err(e.into())
             }
         }

@@ -204,12 +204,24 @@ impl Verifier {
     /// `unknown` when the token names no configured issuer (never the raw
     /// `iss`, which the caller chooses).
     pub async fn verify_at(&self, token: &SecretString, now: OffsetDateTime) -> Result<VerifiedWorkload, AuthError> {
+        self.verify_naming_issuer(token, now).await.map_err(|(e, _)| e)
+    }
+
+    /// [`Verifier::verify_at`], a refusal also naming the configured issuer
+    /// it was counted under (`unknown` when none): the audit log's
+    /// failure summary groups by it.
+    pub async fn verify_naming_issuer(
+        &self,
+        token: &SecretString,
+        now: OffsetDateTime,
+    ) -> Result<VerifiedWorkload, (AuthError, &str)> {
         let mut issuer_name = None;
         let result = self.verify_inner(token, now, &mut issuer_name).await;
-        if let Err(e) = &result {
-            crate::telemetry::metrics().auth_failure(issuer_name.unwrap_or(UNKNOWN_ISSUER), e.reason());
-        }
-        result
+        result.map_err(|e| {
+            let name = issuer_name.unwrap_or(UNKNOWN_ISSUER);
+            crate::telemetry::metrics().auth_failure(name, e.reason());
+            (e, name)
+        })
     }
 
     async fn verify_inner<'a>(

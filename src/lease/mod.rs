@@ -514,12 +514,13 @@ impl LeaseService {
             source_ip: meta.source,
         };
         let decision = self.decide(&principal_of(w), Action::Issue, Some(role), &ctx)?;
-        let mut ev = decision_event(&decision, Action::Issue).request(Some(meta)).actor(workload_info(w));
-        ev.role = Some(role.name.clone());
-        ev.scopes = Some(scopes.clone());
-        ev.ttl_seconds = Some(ttl.as_secs() as i64);
-        self.audit.note(ev);
+        let decided = decision_event(&decision, Action::Issue);
         if !decision.allowed {
+            let mut ev = decided.request(Some(meta)).actor(workload_info(w));
+            ev.role = Some(role.name.clone());
+            ev.scopes = Some(scopes.clone());
+            ev.ttl_seconds = Some(ttl.as_secs() as i64);
+            self.audit.note(ev);
             return Err(LeaseError::Denied(Box::new(decision)));
         }
         self.check_quotas(w, role).await?;
@@ -545,10 +546,13 @@ impl LeaseService {
             ended_at: None,
             root_version: None,
         };
-        // Audit before anything exists: no entry, no credential.
+        // Audit before anything exists: no entry, no credential. The
+        // allowing decision (policies, reasons) is part of this entry.
         let mut ev = with_lease(Event::new("issue", "pending"), &lease).request(Some(meta)).actor(workload_info(w));
         ev.ttl_seconds = Some(ttl.as_secs() as i64);
         ev.policies = Some(lease.policies.clone());
+        ev.reasons = decided.reasons;
+        ev.details.extend(decided.details.into_iter().filter(|(k, _)| k != "policy_action"));
         if !input.params.is_empty() {
             // Free-form client input: correlatable, never readable.
             let params = serde_json::Value::Object(input.params.clone()).to_string();
@@ -565,17 +569,26 @@ impl LeaseService {
         let role = role.clone();
         let workload = w.to_plugin();
         let params = input.params;
+        let requested_ttl = ttl.as_secs() as i64;
         let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
             let (lease, issued) = svc.create_and_activate(role, lease, workload, params).await?;
-            let mut ev = with_lease(Event::new("issue", "ok"), &lease).request(Some(&meta)).actor(actor.clone());
-            ev.ttl_seconds = Some((lease.expires_at - lease.issued_at).whole_seconds());
-            ev.policies = Some(lease.policies.clone());
+            // Who, what and why are in `issue pending` (same request id and
+            // lease id): this entry only says that it happened.
+            let mut ev = Event::new("issue", "ok").request_brief(&meta);
+            ev.lease_id = Some(lease.id.to_string());
+            let ttl_seconds = (lease.expires_at - lease.issued_at).whole_seconds();
+            if ttl_seconds != requested_ttl {
+                // The vendor's credential ends sooner than asked.
+                ev.ttl_seconds = Some(ttl_seconds);
+            }
             if let Err(e) = svc.audit.record(ev).await {
                 // Unaudited access must not stand: take it back.
                 tracing::error!(lease_id = %lease.id, error = %e, "issue outcome not audited; revoking the credential");
                 let _ = svc.revoke_lease_by(&lease, EndReason::Orphaned, actor, Some(&meta)).await;
                 return Err(LeaseError::Audit(e));
             }
+            // The one INFO line per credential; the rest of a request logs at DEBUG.
+            tracing::info!(lease_id = %lease.id, role = %lease.role, ttl_seconds, "credential issued");
             Ok((lease, issued))
         }));
         // (in_current_span: the request's span, and so its request id, stays
@@ -1018,7 +1031,7 @@ impl LeaseService {
                 let ended = self.store.finish(&lease.id, reason, at).await?;
                 labels("ok");
                 lag(ended, at);
-                tracing::info!(lease_id = %lease.id, role = %role.name, reason = reason.as_str(), "lease ended");
+                tracing::debug!(lease_id = %lease.id, role = %role.name, reason = reason.as_str(), "lease ended");
                 Ok((reason.final_state(), None))
             }
             Err(msg) => {

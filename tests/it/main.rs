@@ -5,6 +5,7 @@ mod support;
 mod audit;
 mod connections;
 mod binary;
+mod flood;
 mod flow;
 mod http;
 mod jwt;
