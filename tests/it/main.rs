@@ -7,6 +7,7 @@ mod connections;
 mod binary;
 mod flow;
 mod http;
+mod input;
 mod jwt;
 mod lease;
 mod observability;
