@@ -370,25 +370,35 @@ async fn two_authorization_headers_are_a_400() {
     assert_eq!(s, 200);
 }
 
+type Call = (u16, Value);
+
+async fn call(rb: reqwest::RequestBuilder) -> Call {
+    let r = rb.send().await.unwrap();
+    let s = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (s, serde_json::from_str::<Value>(&text).unwrap_or_else(|_| panic!("{s}: not JSON: {text:?}")))
+}
+
+fn json_error(status: u16, r: &Call, code: &str) {
+    assert_eq!(r.0, status, "{}", r.1);
+    assert_eq!(r.1["error"]["code"], code, "{}", r.1);
+    assert!(r.1["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", r.1);
+}
+
 #[tokio::test]
-async fn every_error_is_json_and_says_what_is_wrong() {
+async fn method_not_allowed_is_json() {
     let iss = Issuer::start().await;
-    let d = Daemon::start_with(Opts { issuer_url: iss.url.clone(), ..Default::default() }).await;
-    let jwt = iss.token();
-    let json_error = |status: u16, r: &(u16, Value), code: &str| {
-        assert_eq!(r.0, status, "{}", r.1);
-        assert_eq!(r.1["error"]["code"], code, "{}", r.1);
-        assert!(r.1["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", r.1);
-    };
-    let call = |rb: reqwest::RequestBuilder| async move {
-        let r = rb.send().await.unwrap();
-        let s = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (s, serde_json::from_str::<Value>(&text).unwrap_or_else(|_| panic!("{s}: not JSON: {text:?}")))
-    };
-    // 405.
-    let r = call(d.http.delete(format!("{}/v1/roles", d.url)).bearer_auth(&jwt)).await;
+    let d = Daemon::start(&iss).await;
+    let r = call(d.http.delete(format!("{}/v1/roles", d.url)).bearer_auth(iss.token())).await;
     json_error(405, &r, "method_not_allowed");
+    let r = call(d.http.put(format!("{}/v1/leases", d.url)).bearer_auth(iss.token())).await;
+    json_error(405, &r, "method_not_allowed");
+}
+
+#[tokio::test]
+async fn body_header_and_query_limits_answer_json() {
+    let iss = Issuer::start().await;
+    let d = Daemon::start(&iss).await;
     // 413 on a raw body (introspection reads bytes, not JSON).
     let r = call(d.http.post(format!("{}/v1/token/introspect", d.url)).body("token=".to_owned() + &"x".repeat(70_000))).await;
     json_error(413, &r, "too_large");
@@ -399,13 +409,22 @@ async fn every_error_is_json_and_says_what_is_wrong() {
     let r = call(d.http.get(format!("{}/v1/admin/leases?limit=lots", d.url)).bearer_auth(&d.admin)).await;
     json_error(400, &r, "invalid_request");
     assert_eq!(r.1["error"]["field"], "limit");
+}
 
-    // Unknown bulk-revoke job: a job, not a lease.
+#[tokio::test]
+async fn an_unknown_job_is_a_job_not_found() {
+    let iss = Issuer::start().await;
+    let d = Daemon::start(&iss).await;
     let (s, v) = d.get("/v1/admin/jobs/job_nope", &d.admin).await;
     assert_eq!(s, 404, "{v}");
     assert_eq!(v["error"]["message"], "job `job_nope` not found");
+}
 
-    // Renewing a revoked lease says it ended, with its state.
+#[tokio::test]
+async fn renewing_a_revoked_lease_says_it_ended_with_its_state() {
+    let iss = Issuer::start().await;
+    let d = Daemon::start(&iss).await;
+    let jwt = iss.token();
     let (s, v) = d.issue(&jwt, json!({"role": "pki/web"})).await;
     assert_eq!(s, 201, "{v}");
     let id = v["lease_id"].as_str().unwrap();
@@ -415,14 +434,50 @@ async fn every_error_is_json_and_says_what_is_wrong() {
     assert_eq!(s, 409, "{v}");
     let m = v["error"]["message"].as_str().unwrap();
     assert!(m.contains("has ended (state `revoked`, reason `revoked`)") && !m.contains("being revoked"), "{m}");
+}
 
-    // An unknown role does not list the configured ones.
-    let (s, v) = d.issue(&jwt, json!({"role": "pki/nope"})).await;
+#[tokio::test]
+async fn an_unknown_role_does_not_list_the_configured_ones() {
+    let iss = Issuer::start().await;
+    let d = Daemon::start(&iss).await;
+    let (s, v) = d.issue(&iss.token(), json!({"role": "pki/nope"})).await;
     assert_eq!(s, 404, "{v}");
     assert_eq!(v["error"]["field"], "role");
     let m = v["error"]["message"].as_str().unwrap();
     assert!(m.contains("role `pki/nope` does not exist"), "{m}");
     assert!(!m.contains("pki/web") && !m.contains("token/orders"), "{m}");
+}
+
+#[tokio::test]
+async fn bulk_revoke_and_explain_refuse_durations_that_overflowed_or_wrapped() {
+    let iss = Issuer::start().await;
+    let policy = r#"
+@id("no-day-long-certs")
+@reason("web certificates last at most a day")
+forbid(principal, action == Lessor::Action::"issue", resource == Lessor::Role::"pki/web")
+when { context.ttl_seconds > 86400 };
+"#;
+    let d = Daemon::start_with(Opts { issuer_url: iss.url.clone(), policy: policy.into(), ..Default::default() }).await;
+    // Was a panic (overflow subtracting 100000 years from now): the
+    // connection dropped.
+    let (s, v) = d.post("/v1/admin/revoke", &d.admin, json!({"issued_within": "100000y"})).await;
+    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("issued_within")), "{v}");
+    let (s, v) = d.post("/v1/admin/revoke", &d.admin, json!({"issued_within": "0s"})).await;
+    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("issued_within")), "{v}");
+    // Was "allowed": 2^63 s wrapped negative, so the forbid did not fire.
+    let case = |ttl: &str| {
+        json!({"role": "pki/web", "ttl": ttl,
+               "principal": {"issuer": iss.url, "subject": "repo:acme/api:ref:refs/heads/main",
+                             "repository_owner": "acme", "ref": "refs/heads/main"}})
+    };
+    let (s, v) = d.post("/v1/policy/explain", &d.admin, case("25h")).await;
+    assert_eq!((s, v["allowed"].as_bool()), (200, Some(false)), "the forbid fires: {v}");
+    for ttl in ["9223372036854775808s", "18446744073709551615s", "100000y"] {
+        let (s, v) = d.post("/v1/policy/explain", &d.admin, case(ttl)).await;
+        assert_eq!((s, v["error"]["field"].as_str()), (400, Some("ttl")), "{ttl}: {v}");
+    }
+    let (s, v) = d.post("/v1/policy/explain", &d.admin, case("5m")).await;
+    assert_eq!((s, v["allowed"].as_bool()), (200, Some(true)), "{v}");
 }
 
 #[tokio::test]
