@@ -190,4 +190,16 @@ mod tests {
         assert!(unix_time(i64::MAX).is_err());
         assert_eq!(unix_time(0).unwrap(), OffsetDateTime::UNIX_EPOCH);
     }
+
+    #[test]
+    fn vendor_expiries_never_exceed_what_was_asked() {
+        let now = OffsetDateTime::now_utc();
+        let asked = now + time::Duration::minutes(10);
+        let far = OffsetDateTime::new_utc(time::Date::MAX, time::Time::MIDNIGHT);
+        assert_eq!(vendor_expiry(far, asked, now, "r"), asked);
+        let sooner = now + time::Duration::minutes(5);
+        assert_eq!(vendor_expiry(sooner, asked, now, "r"), sooner);
+        let past = now - time::Duration::minutes(5);
+        assert_eq!(vendor_expiry(past, asked, now, "r"), past, "kept: the lease falls due at once");
+    }
 }

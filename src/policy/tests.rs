@@ -248,3 +248,37 @@ fn collect_toml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    const ROLE: &str = "[roles.\"pki/web\"]\nplugin = \"pki\"\nmax_ttl = \"1h\"\n";
+    const PRINCIPAL: &str = "principal = { issuer = \"https://i\", subject = \"s\", repository_owner = \"acme\", ref = \"refs/heads/main\" }";
+
+    fn run_file(text: &str) -> Result<Vec<CaseResult>, String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.toml"), text).unwrap();
+        run(dir.path(), &Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &[])
+    }
+
+    #[test]
+    fn absurd_durations_and_times_in_test_files_are_refused_naming_the_field() {
+        let e = run_file("[roles.\"pki/web\"]\nplugin = \"pki\"\nmax_ttl = \"100000y\"\n").unwrap_err();
+        assert!(e.contains("max_ttl") && e.contains("100-year"), "{e}");
+        for (field, value, why) in [
+            ("ttl", "\"100000y\"", "100-year"),
+            ("ttl", "\"9223372036854775808s\"", "100-year"),
+            ("ttl", "\"0s\"", "at least 1s"),
+            ("now", "-1", "between 1970 and 9999"),
+            ("now", "9223372036854775807", "between 1970 and 9999"),
+        ] {
+            let text = format!("{ROLE}[[case]]\nrole = \"pki/web\"\n{PRINCIPAL}\n{field} = {value}\nexpect = \"allow\"\n");
+            let r = run_file(&text).unwrap();
+            assert!(!r[0].passed, "{field} = {value}");
+            assert!(r[0].detail.starts_with(&format!("{field}: ")) && r[0].detail.contains(why), "{}", r[0].detail);
+        }
+        let text = format!("{ROLE}[[case]]\nrole = \"pki/web\"\n{PRINCIPAL}\nttl = \"5m\"\nexpect = \"allow\"\n");
+        assert!(run_file(&text).unwrap()[0].passed);
+    }
+}
