@@ -50,7 +50,7 @@ pub struct Config {
     #[serde(default = "default_policies")]
     pub policies: PathBuf,
     /// How often the policy directory is checked for changes.
-    #[serde(default = "default_policy_poll", with = "humantime_serde")]
+    #[serde(default = "default_policy_poll", with = "crate::duration::serde")]
     pub policy_poll: Duration,
     #[serde(default)]
     pub limits: Limits,
@@ -160,7 +160,7 @@ pub struct TlsSettings {
     #[serde(default)]
     pub admin_requires_client_cert: bool,
     /// How often the files are checked for a renewed certificate.
-    #[serde(default = "default_tls_reload", with = "humantime_serde")]
+    #[serde(default = "default_tls_reload", with = "crate::duration::serde")]
     pub reload_interval: Duration,
 }
 
@@ -218,20 +218,20 @@ pub struct LeaseSettings {
     #[serde(default = "default_batch")]
     pub batch_size: u32,
     /// Longest the expiry worker sleeps between checks.
-    #[serde(default = "default_tick", with = "humantime_serde")]
+    #[serde(default = "default_tick", with = "crate::duration::serde")]
     pub tick: Duration,
     /// A lease still pending after this long is treated as orphaned.
-    #[serde(default = "default_pending_grace", with = "humantime_serde")]
+    #[serde(default = "default_pending_grace", with = "crate::duration::serde")]
     pub pending_grace: Duration,
     /// First retry delay after a failed revocation; doubles each attempt.
-    #[serde(default = "default_retry_base", with = "humantime_serde")]
+    #[serde(default = "default_retry_base", with = "crate::duration::serde")]
     pub retry_base: Duration,
     /// Cap on the retry delay. Retries go on forever.
-    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    #[serde(default = "default_retry_max", with = "crate::duration::serde")]
     pub retry_max: Duration,
     /// Longest one revocation call to a vendor may take; past it the attempt
     /// counts as failed (retryable) and the lease is retried later.
-    #[serde(default = "default_revoke_timeout", with = "humantime_serde")]
+    #[serde(default = "default_revoke_timeout", with = "crate::duration::serde")]
     pub revoke_timeout: Duration,
     /// PostgreSQL store with replicas: how long expiry work a replica took
     /// stays reserved for it after its last heartbeat. A live replica renews
@@ -239,7 +239,7 @@ pub struct LeaseSettings {
     /// replica that dies (`kill -9`, lost network) has its work taken over
     /// by the others after at most this long. Heartbeats also record each
     /// replica's policy version (`GET /v1/admin/replicas`).
-    #[serde(default = "default_claim_timeout", with = "humantime_serde")]
+    #[serde(default = "default_claim_timeout", with = "crate::duration::serde")]
     pub claim_timeout: Duration,
 }
 
@@ -317,7 +317,7 @@ pub struct AuditConfig {
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: u64,
     /// ...or this long after the last one (if anything was written).
-    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    #[serde(default = "default_checkpoint_interval", with = "crate::duration::serde")]
     pub checkpoint_interval: Duration,
     /// fsync the file after each group write (slower; `write` errors such
     /// as a full disk are reported either way).
@@ -494,10 +494,10 @@ pub struct IssuerConfig {
     #[serde(default = "default_algs")]
     pub algorithms: Vec<String>,
     /// Clock-skew leeway for `exp`, `nbf`, `iat`.
-    #[serde(default = "default_leeway", with = "humantime_serde")]
+    #[serde(default = "default_leeway", with = "crate::duration::serde")]
     pub leeway: Duration,
     /// Reject tokens whose `iat` is older than this.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::duration::serde_opt")]
     pub max_token_age: Option<Duration>,
     /// Claim mapping preset: `github-actions`, `kubernetes`, or none.
     #[serde(default)]
@@ -507,10 +507,10 @@ pub struct IssuerConfig {
     #[serde(default)]
     pub claims: BTreeMap<String, String>,
     /// On an unknown `kid`, refetch the key set at most this often.
-    #[serde(default = "default_refetch", with = "humantime_serde")]
+    #[serde(default = "default_refetch", with = "crate::duration::serde")]
     pub min_refetch_interval: Duration,
     /// How long a fetched key set is used before it is refreshed.
-    #[serde(default = "default_jwks_ttl", with = "humantime_serde")]
+    #[serde(default = "default_jwks_ttl", with = "crate::duration::serde")]
     pub jwks_cache_ttl: Duration,
 }
 
@@ -569,11 +569,11 @@ pub struct ConnectionConfig {
     #[serde(default)]
     pub expected_identity: Option<ExpectedIdentity>,
     /// A root credential older than this is stale (a warning).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::duration::serde_opt")]
     pub rotate_after: Option<Duration>,
     /// How long a replaced root credential stays `retiring` (revocation of
     /// leases issued under it, rollback). Longer than the roles' max TTL.
-    #[serde(default = "default_overlap", with = "humantime_serde")]
+    #[serde(default = "default_overlap", with = "crate::duration::serde")]
     pub overlap: Duration,
     /// Plugin-specific connection settings.
     #[serde(default)]
@@ -592,10 +592,10 @@ pub struct RoleConfig {
     #[serde(default)]
     pub description: String,
     /// Longest lifetime of one credential, and of the lease across renewals.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration::serde")]
     pub max_ttl: Duration,
     /// TTL when the request names none.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::duration::serde_opt")]
     pub default_ttl: Option<Duration>,
     /// Scopes this role may grant (from the scope catalogue).
     #[serde(default)]

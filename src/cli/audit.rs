@@ -208,8 +208,8 @@ fn parse_time(s: &str) -> anyhow::Result<OffsetDateTime> {
     if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
         return Ok(t);
     }
-    let d = crate::parse_duration(s).map_err(|_| anyhow!("`{s}` is neither an RFC 3339 time (2024-05-01T12:00:00Z) nor a duration ago (2h)"))?;
-    Ok(OffsetDateTime::now_utc() - d)
+    let d = crate::duration::parse(s).map_err(|_| anyhow!("`{s}` is neither an RFC 3339 time (2024-05-01T12:00:00Z) nor a duration ago (2h)"))?;
+    crate::duration::sub(OffsetDateTime::now_utc(), d).ok_or_else(|| anyhow!("`{s}` ago is before the year -9999"))
 }
 
 struct Filter {

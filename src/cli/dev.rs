@@ -125,7 +125,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
 
 fn token(t: TokenArgs) -> anyhow::Result<ExitCode> {
     let issuer = DevIssuer::load_or_create(&t.data_dir).map_err(|e| anyhow!(e))?;
-    let ttl = crate::parse_duration(&t.ttl).map_err(|e| anyhow!("--ttl: {e}"))?;
+    let ttl = crate::duration::parse(&t.ttl).map_err(|e| anyhow!("--ttl: {e}"))?;
     let claims = match &t.k8s {
         Some(sa) => {
             let (ns, name) = sa.split_once('/').ok_or_else(|| anyhow!("--k8s must be namespace/name"))?;

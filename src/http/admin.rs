@@ -75,8 +75,15 @@ pub async fn revoke_matching(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let issued_after_ms = match &req.issued_within {
         Some(w) => {
-            let d = crate::parse_duration(w).map_err(|m| ApiError::bad_request("issued_within", m))?;
-            Some(crate::store::to_ms(time::OffsetDateTime::now_utc() - d))
+            let d = crate::duration::parse(w).map_err(|m| ApiError::bad_request("issued_within", m))?;
+            if d.is_zero() {
+                return Err(ApiError::bad_request("issued_within", "issued_within must be more than 0s"));
+            }
+            // Bounded to 100 years by the parser, so this cannot underflow;
+            // checked all the same.
+            let since = crate::duration::sub(time::OffsetDateTime::now_utc(), d)
+                .ok_or_else(|| ApiError::bad_request("issued_within", "issued_within reaches before the earliest time lessor can represent"))?;
+            Some(crate::store::to_ms(since))
         }
         None => None,
     };
@@ -212,7 +219,7 @@ pub async fn explain(
     st.leases.audit.note(ev.detail("case", st.leases.audit.hash(text.as_bytes())));
     let roles: BTreeMap<String, crate::policy::RoleInfo> =
         st.leases.catalog.roles.values().map(|r| (r.name.clone(), r.info.clone())).collect();
-    let (principal, action, role, ctx) = case.to_request(&roles).map_err(|m| ApiError::bad_request("case", m))?;
+    let (principal, action, role, ctx) = case.to_request(&roles).map_err(|e| ApiError::bad_request(e.field, e.message))?;
     let d = st
         .leases
         .policy

@@ -87,7 +87,7 @@ impl From<LeaseError> for ApiError {
                 a.details = serde_json::to_value(&*d).ok();
                 a
             }
-            LeaseError::NotFound(_) => ApiError::not_found(e.to_string()),
+            LeaseError::NotFound(_) | LeaseError::JobNotFound(_) => ApiError::not_found(e.to_string()),
             LeaseError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             LeaseError::Plugin { message, error } => match error {
                 PluginError::InvalidRequest(_) => {
@@ -136,6 +136,12 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// The field a framework rejection names (query strings: "Failed to
+/// deserialize query string: limit: invalid digit ..."), if any.
+pub(super) fn field_of_rejection(text: &str) -> Option<String> {
+    field_of(text.strip_prefix("Failed to deserialize query string: ").unwrap_or(text))
+}
+
 /// Pulls the field name out of serde's messages ("missing field `role`",
 /// "unknown field `x`", "ttl: invalid type ...").
 fn field_of(text: &str) -> Option<String> {
@@ -180,12 +186,14 @@ impl IntoResponse for ApiError {
 
 #[cfg(test)]
 mod tests {
-    use super::field_of;
+    use super::{field_of, field_of_rejection};
 
     #[test]
     fn field_names_are_found_in_serde_messages() {
         assert_eq!(field_of("Failed to deserialize the JSON body into the target type: missing field `role` at line 1 column 2").as_deref(), Some("role"));
         assert_eq!(field_of("Failed to deserialize the JSON body into the target type: ttl: invalid type: integer `5`, expected a string at line 1 column 9").as_deref(), Some("ttl"));
         assert_eq!(field_of("Failed to parse the request body as JSON: EOF while parsing").as_deref(), None);
+        assert_eq!(field_of_rejection("Failed to deserialize query string: limit: invalid digit found in string").as_deref(), Some("limit"));
+        assert_eq!(field_of_rejection("Failed to buffer the request body: length limit exceeded").as_deref(), None);
     }
 }

@@ -75,10 +75,91 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/health", get(public::health))
         .route("/metrics", get(public::metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint; the API lives under /v1") })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(json_errors))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .layer(axum::middleware::from_fn(header_limit))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// Largest total size of a request's headers (names + values) answered
+/// normally; above it a JSON 431. (hyper's own limit, about 400 KiB or 100
+/// headers, is far above it and answers with an empty 431.)
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}; see the Allow header", req.method(), req.uri().path()),
+    )
+}
+
+/// Refuses oversized headers with a JSON 431 before anything reads them.
+async fn header_limit(req: Request, next: Next) -> Response {
+    let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if size > MAX_HEADER_BYTES {
+        return axum::response::IntoResponse::into_response(ApiError::new(
+            axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("request headers are {size} bytes; at most {MAX_HEADER_BYTES} are accepted"),
+        ));
+    }
+    next.run(req).await
+}
+
+/// A handler that panicked: logged, answered with the generic 500 body.
+/// (No handler should: every input is bounded. This keeps the connection
+/// and the answer's shape if one ever does.)
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    axum::response::IntoResponse::into_response(ApiError::internal("request handler panicked", "see the panic message above"))
+}
+
+/// Every error the API answers is JSON in the one error shape: extractor
+/// rejections (path, query, body limit) and framework answers (405) that
+/// come as plain text or empty bodies are rewritten here, keeping their
+/// status and headers (`Allow`).
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    // Rejection texts are short; anything longer is cut, never buffered.
+    let text = match axum::body::to_bytes(body, 4096).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { text };
+    let code = match status.as_u16() {
+        400 => "invalid_request",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "timeout",
+        413 => "too_large",
+        415 => "unsupported_media_type",
+        422 => "invalid_request",
+        431 => "headers_too_large",
+        429 => "too_many_requests",
+        503 => "unavailable",
+        _ if status.is_server_error() => "internal",
+        _ => "error",
+    };
+    let mut e = ApiError::new(status, code, message);
+    e.field = error::field_of_rejection(&e.message);
+    let fresh = axum::response::IntoResponse::into_response(e);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, fresh.into_body())
 }
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -146,6 +227,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// More than one `Authorization` header is refused (400) before any is
+/// read: which one a proxy and lessor would each pick may differ.
+fn single_authorization(parts: &Parts) -> Result<(), ApiError> {
+    let n = parts.headers.get_all(header::AUTHORIZATION).iter().count();
+    if n > 1 {
+        return Err(ApiError::bad_request("authorization", format!("send one Authorization header, not {n}")));
+    }
+    Ok(())
+}
+
 fn bearer(parts: &Parts) -> Result<SecretString, AuthError> {
     let v = parts.headers.get(header::AUTHORIZATION).ok_or(AuthError::Missing)?;
     let v = v.to_str().map_err(|_| AuthError::Malformed("Authorization header is not ASCII".into()))?;
@@ -179,6 +270,14 @@ impl FromRequestParts<AppState> for Caller {
         // Refusals before JWT verification name no issuer; the verifier
         // counts its own.
         let count = |e: &AuthError| crate::telemetry::metrics().auth_failure(UNKNOWN_ISSUER, e.reason());
+        if let Err(e) = single_authorization(parts) {
+            audit.note(
+                Event::new("authenticate", "failed")
+                    .request(Some(&meta))
+                    .error("duplicate_authorization", "more than one Authorization header"),
+            );
+            return Err(e);
+        }
         let token = match bearer(parts) {
             Ok(t) => t,
             Err(e) => {

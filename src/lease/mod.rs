@@ -67,14 +67,18 @@ impl Actor {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
-    #[error("role `{role}` does not exist (roles: {known})")]
-    UnknownRole { role: String, known: String },
+    /// The name is the caller's own text; the configured roles are not
+    /// listed (a workload sees those it may request at `GET /v1/roles`).
+    #[error("role `{role}` does not exist; GET /v1/roles lists the roles you may request")]
+    UnknownRole { role: String },
     #[error("{message}")]
     BadRequest { field: &'static str, message: String },
     #[error("{}", .0.message)]
     Denied(Box<Decision>),
     #[error("lease `{0}` not found")]
     NotFound(String),
+    #[error("job `{0}` not found")]
+    JobNotFound(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{message}")]
@@ -99,7 +103,7 @@ impl LeaseError {
             LeaseError::UnknownRole { .. } => ("unknown_role".into(), None),
             LeaseError::BadRequest { field, .. } => (format!("invalid_{field}"), None),
             LeaseError::Denied(_) => ("policy_denied".into(), None),
-            LeaseError::NotFound(_) => ("not_found".into(), None),
+            LeaseError::NotFound(_) | LeaseError::JobNotFound(_) => ("not_found".into(), None),
             LeaseError::Conflict(m) => ("conflict".into(), Some(m.clone())),
             LeaseError::Plugin { message, error } => match error {
                 PluginError::InvalidRequest(_) => ("invalid_params".into(), None),
@@ -118,7 +122,10 @@ impl LeaseError {
     fn outcome(&self) -> &'static str {
         match self {
             LeaseError::Denied(_) => "denied",
-            LeaseError::BadRequest { .. } | LeaseError::UnknownRole { .. } | LeaseError::NotFound(_) => "invalid",
+            LeaseError::BadRequest { .. }
+            | LeaseError::UnknownRole { .. }
+            | LeaseError::NotFound(_)
+            | LeaseError::JobNotFound(_) => "invalid",
             LeaseError::Quota { .. } => "quota",
             _ => "error",
         }
@@ -409,11 +416,10 @@ impl LeaseService {
         Ok(())
     }
 
+    /// A configured role. An unknown name is answered without the list of
+    /// roles: `GET /v1/roles` shows a workload the ones it may request.
     fn role(&self, name: &str) -> Result<Arc<Role>, LeaseError> {
-        self.catalog.role(name).cloned().ok_or_else(|| LeaseError::UnknownRole {
-            role: name.to_owned(),
-            known: self.catalog.roles.keys().cloned().collect::<Vec<_>>().join(", "),
-        })
+        self.catalog.role(name).cloned().ok_or_else(|| LeaseError::UnknownRole { role: name.to_owned() })
     }
 
     /// Evaluates policy, timing it.
@@ -473,24 +479,7 @@ impl LeaseService {
         input: IssueInput,
         meta: &RequestMeta,
     ) -> Result<Issued, LeaseError> {
-        let ttl = match &input.ttl {
-            Some(t) => crate::parse_duration(t).map_err(|m| LeaseError::BadRequest { field: "ttl", message: m })?,
-            None => role.cfg.default_ttl(),
-        };
-        if ttl < Duration::from_secs(1) {
-            return Err(LeaseError::BadRequest { field: "ttl", message: "ttl must be at least 1s".into() });
-        }
-        if ttl > role.max_ttl() {
-            return Err(LeaseError::BadRequest {
-                field: "ttl",
-                message: format!(
-                    "ttl {} exceeds role `{}` max {}",
-                    fmt_duration(ttl),
-                    role.name,
-                    fmt_duration(role.max_ttl())
-                ),
-            });
-        }
+        let ttl = request_ttl(input.ttl.as_deref(), role)?;
         let mut scopes = input.scopes.clone().unwrap_or_else(|| role.cfg.default_scopes.clone());
         scopes.sort();
         scopes.dedup();
@@ -507,8 +496,10 @@ impl LeaseService {
             }
         }
         let now = OffsetDateTime::now_utc();
+        let expires_at = after(now, ttl, "ttl")?;
+        let max_expires_at = after(now, role.max_ttl(), "ttl")?;
         let ctx = RequestContext {
-            ttl_seconds: ttl.as_secs() as i64,
+            ttl_seconds: crate::duration::secs_i64(ttl),
             scopes: scopes.clone(),
             now: now.unix_timestamp(),
             source_ip: meta.source,
@@ -519,12 +510,11 @@ impl LeaseService {
             let mut ev = decided.request(Some(meta)).actor(workload_info(w));
             ev.role = Some(role.name.clone());
             ev.scopes = Some(scopes.clone());
-            ev.ttl_seconds = Some(ttl.as_secs() as i64);
+            ev.ttl_seconds = Some(crate::duration::secs_i64(ttl));
             self.audit.note(ev);
             return Err(LeaseError::Denied(Box::new(decision)));
         }
         self.check_quotas(w, role).await?;
-        let expires_at = now + ttl;
         let lease = Lease {
             id: new_lease_id(),
             role: role.name.clone(),
@@ -537,7 +527,7 @@ impl LeaseService {
             state: LeaseState::Pending,
             issued_at: now,
             expires_at,
-            max_expires_at: now + role.max_ttl(),
+            max_expires_at,
             handle: None,
             attempts: 0,
             last_error: None,
@@ -549,7 +539,7 @@ impl LeaseService {
         // Audit before anything exists: no entry, no credential. The
         // allowing decision (policies, reasons) is part of this entry.
         let mut ev = with_lease(Event::new("issue", "pending"), &lease).request(Some(meta)).actor(workload_info(w));
-        ev.ttl_seconds = Some(ttl.as_secs() as i64);
+        ev.ttl_seconds = Some(crate::duration::secs_i64(ttl));
         ev.policies = Some(lease.policies.clone());
         ev.reasons = decided.reasons;
         ev.details.extend(decided.details.into_iter().filter(|(k, _)| k != "policy_action"));
@@ -569,7 +559,7 @@ impl LeaseService {
         let role = role.clone();
         let workload = w.to_plugin();
         let params = input.params;
-        let requested_ttl = ttl.as_secs() as i64;
+        let requested_ttl = crate::duration::secs_i64(ttl);
         let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
             let (lease, issued) = svc.create_and_activate(role, lease, workload, params).await?;
             // Who, what and why are in `issue pending` (same request id and
@@ -642,7 +632,7 @@ impl LeaseService {
                 return Err(plugin_error(&role.name, e));
             }
         };
-        let expires_at = issued.expires_at.min(lease.expires_at);
+        let expires_at = crate::duration::vendor_expiry(issued.expires_at, lease.expires_at, OffsetDateTime::now_utc(), &role.name);
         match self.store.activate_at_version(&lease.id, &issued.handle, expires_at, issued.root_version).await {
             Ok(true) => {}
             Ok(false) => {
@@ -766,11 +756,21 @@ impl LeaseService {
         ttl: Option<String>,
         meta: &RequestMeta,
     ) -> Result<Lease, LeaseError> {
-        if lease.state != LeaseState::Active || lease.end_reason.is_some() {
+        // The request first: bad input is a 400 naming the field whatever
+        // the lease's state.
+        let ttl = request_ttl(ttl.as_deref(), role)?;
+        if let Some(why) = not_renewable(lease) {
+            return Err(LeaseError::Conflict(format!("lease `{}` {why}; only active leases can be renewed, request a new credential", lease.id)));
+        }
+        let now = OffsetDateTime::now_utc();
+        if lease.expires_at <= now {
+            // Past its expiry, not yet swept by the worker: it is over, and
+            // renewing must not bring it back.
             return Err(LeaseError::Conflict(format!(
-                "lease `{}` is {}; only active leases can be renewed, request a new credential",
+                "lease `{}` expired {} ago ({}) and is being revoked; request a new credential",
                 lease.id,
-                lease.end_reason.map(|r| format!("being {}", r.as_str())).unwrap_or_else(|| lease.state.as_str().to_owned())
+                fmt_duration(Duration::try_from(now - lease.expires_at).unwrap_or_default()),
+                lease.expires_at
             )));
         }
         if !role.plugin.capabilities().can_renew {
@@ -779,19 +779,14 @@ impl LeaseService {
                 role.name, role.kind
             )));
         }
-        let ttl = match ttl {
-            Some(t) => crate::parse_duration(&t).map_err(|m| LeaseError::BadRequest { field: "ttl", message: m })?,
-            None => role.cfg.default_ttl(),
-        };
-        let now = OffsetDateTime::now_utc();
         if lease.expires_at >= lease.max_expires_at {
             return Err(LeaseError::Conflict(format!(
                 "lease `{}` already runs until its max TTL ({}); request a new credential",
                 lease.id, lease.max_expires_at
             )));
         }
-        let new_exp = (now + ttl).min(lease.max_expires_at).max(lease.expires_at);
-        self.check_owner_action(actor, lease, Action::Renew, ttl.as_secs() as i64, meta)?;
+        let new_exp = after(now, ttl, "ttl")?.min(lease.max_expires_at).max(lease.expires_at);
+        self.check_owner_action(actor, lease, Action::Renew, crate::duration::secs_i64(ttl), meta)?;
         // Audit before the vendor extends anything.
         let mut ev = with_lease(Event::new("renew", "pending"), lease).request(Some(meta)).actor(actor.audit_info());
         ev.ttl_seconds = Some((new_exp - now).whole_seconds());
@@ -808,8 +803,12 @@ impl LeaseService {
             .renew(RenewRequest { lease: lref, expires_at: new_exp })
             .await
             .map_err(|e| plugin_error(&role.name, e))?;
-        let new_exp = vendor_exp.min(new_exp);
-        if !self.store.renew(&lease.id, new_exp).await? {
+        let done = OffsetDateTime::now_utc();
+        let new_exp = crate::duration::vendor_expiry(vendor_exp, new_exp, done, &role.name);
+        // Conditional on the lease not having expired meanwhile: one that
+        // ran out during the vendor call stays due (the worker revokes what
+        // the vendor just extended).
+        if !self.store.renew(&lease.id, done, new_exp).await? {
             return Err(LeaseError::Conflict(format!("lease `{}` ended while it was being renewed", lease.id)));
         }
         let mut l = lease.clone();
@@ -932,7 +931,7 @@ impl LeaseService {
 
     /// Admin: a bulk revocation job's progress.
     pub async fn job_status(&self, actor: &Actor, id: &str, meta: &RequestMeta) -> Result<JobStatus, LeaseError> {
-        let r = self.store.job_status(id).await?.ok_or_else(|| LeaseError::NotFound(id.to_owned()));
+        let r = self.store.job_status(id).await?.ok_or_else(|| LeaseError::JobNotFound(id.to_owned()));
         let mut ev = Event::new("admin.job_status", if r.is_ok() { "ok" } else { "invalid" })
             .request(Some(meta))
             .actor(actor.audit_info());
@@ -1079,6 +1078,50 @@ impl LeaseService {
 
     pub fn started_at(&self) -> OffsetDateTime {
         self.started_at
+    }
+}
+
+/// The requested TTL (or the role's default), bounded by 1 s and the
+/// role's `max_ttl`: a 400 naming `ttl` otherwise.
+fn request_ttl(ttl: Option<&str>, role: &Role) -> Result<Duration, LeaseError> {
+    let what = format!("role `{}`", role.name);
+    let checked = match ttl {
+        Some(t) => crate::duration::parse_ttl(t, role.max_ttl(), &what),
+        None => {
+            let d = role.cfg.default_ttl();
+            crate::duration::check_ttl(d, role.max_ttl(), &what).map(|()| d)
+        }
+    };
+    checked.map_err(|message| LeaseError::BadRequest { field: "ttl", message })
+}
+
+/// `t + d` for a bounded request value; a 400 naming `field` if it would
+/// leave the representable range.
+fn after(t: OffsetDateTime, d: Duration, field: &'static str) -> Result<OffsetDateTime, LeaseError> {
+    crate::duration::add(t, d).ok_or_else(|| LeaseError::BadRequest {
+        field,
+        message: format!("{field} {} reaches past the latest time lessor can represent", fmt_duration(d)),
+    })
+}
+
+/// Why a lease cannot be renewed, from its state; `None` for an active
+/// lease not scheduled for revocation.
+fn not_renewable(l: &Lease) -> Option<String> {
+    match (l.state, l.end_reason) {
+        (LeaseState::Active, None) => None,
+        (LeaseState::Active, Some(r)) => {
+            Some(format!("is scheduled for revocation (state `active`, ending as `{}`)", r.as_str()))
+        }
+        (LeaseState::Pending, _) => Some("is still `pending` (its credential is not issued yet)".into()),
+        (LeaseState::RevokeFailed, r) => Some(format!(
+            "is `revoke_failed`: its revocation (as `{}`) is being retried",
+            r.map(|r| r.as_str()).unwrap_or("revoked")
+        )),
+        (state, r) => Some(format!(
+            "has ended (state `{}`{})",
+            state.as_str(),
+            r.map(|r| format!(", reason `{}`", r.as_str())).unwrap_or_default()
+        )),
     }
 }
 

@@ -46,7 +46,7 @@ struct TestRole {
     environment: String,
     #[serde(default)]
     scopes: Vec<String>,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration::serde")]
     max_ttl: Duration,
 }
 
@@ -86,6 +86,23 @@ fn default_action() -> String {
     "issue".into()
 }
 
+/// Why a case is not a valid request, naming the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for CaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+fn case_error(field: &'static str) -> impl Fn(String) -> CaseError {
+    move |message| CaseError { field, message }
+}
+
 /// The outcome of one case.
 #[derive(Debug)]
 pub struct CaseResult {
@@ -97,29 +114,44 @@ pub struct CaseResult {
 
 impl Case {
     /// Builds the policy request this case describes.
-    pub fn to_request(&self, roles: &BTreeMap<String, RoleInfo>) -> Result<(Principal, Action, Option<RoleInfo>, RequestContext), String> {
-        let action: Action = self.action.parse()?;
+    /// Durations and times go through [`crate::duration`]: a `ttl` is at
+    /// most 100 years (so `ttl_seconds` never wraps negative), `now` lies in
+    /// years 1970..=9999.
+    pub fn to_request(
+        &self,
+        roles: &BTreeMap<String, RoleInfo>,
+    ) -> Result<(Principal, Action, Option<RoleInfo>, RequestContext), CaseError> {
+        let action: Action = self.action.parse().map_err(case_error("action"))?;
         let mut attributes = self.principal.clone();
-        let issuer = attributes.remove("issuer").ok_or("principal needs `issuer`")?;
-        let subject = attributes.remove("subject").ok_or("principal needs `subject`")?;
+        let missing = |what: &str| CaseError { field: "principal", message: format!("principal needs `{what}`") };
+        let issuer = attributes.remove("issuer").ok_or_else(|| missing("issuer"))?;
+        let subject = attributes.remove("subject").ok_or_else(|| missing("subject"))?;
         let role = match (&self.role, action) {
             (_, Action::Admin) => None,
-            (Some(r), _) => Some(
-                roles
-                    .get(r)
-                    .cloned()
-                    .ok_or_else(|| format!("role `{r}` is not defined (define it under [roles.\"{r}\"] or pass --config)"))?,
-            ),
-            (None, a) => return Err(format!("action `{}` needs a `role`", a.as_str())),
+            (Some(r), _) => Some(roles.get(r).cloned().ok_or_else(|| CaseError {
+                field: "role",
+                message: format!("role `{r}` is not defined (define it under [roles.\"{r}\"] or pass --config)"),
+            })?),
+            (None, a) => return Err(CaseError { field: "role", message: format!("action `{}` needs a `role`", a.as_str()) }),
         };
-        let ttl = match &self.ttl {
-            Some(t) => crate::parse_duration(t)?,
-            None => role.as_ref().map(|r| Duration::from_secs(r.max_ttl_seconds as u64)).unwrap_or_default(),
+        let ttl_seconds = match &self.ttl {
+            Some(t) => {
+                let d = crate::duration::parse(t).map_err(case_error("ttl"))?;
+                if d < Duration::from_secs(1) {
+                    return Err(CaseError { field: "ttl", message: "ttl must be at least 1s".into() });
+                }
+                crate::duration::secs_i64(d)
+            }
+            None => role.as_ref().map(|r| r.max_ttl_seconds).unwrap_or_default(),
+        };
+        let now = match self.now {
+            Some(n) => crate::duration::unix_time(n).map_err(case_error("now"))?.unix_timestamp(),
+            None => time::OffsetDateTime::now_utc().unix_timestamp(),
         };
         let ctx = RequestContext {
-            ttl_seconds: ttl.as_secs() as i64,
+            ttl_seconds,
             scopes: self.scopes.clone(),
-            now: self.now.unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp()),
+            now,
             source_ip: self.source_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
         };
         Ok((Principal { issuer, subject, attributes }, action, role, ctx))
@@ -173,7 +205,7 @@ pub fn run(dir: &Path, policies_dir: &Path, config_roles: &[RoleInfo]) -> Result
 }
 
 fn run_case(policies: &Policies, roles: &BTreeMap<String, RoleInfo>, case: &Case) -> Result<(), String> {
-    let (principal, action, role, ctx) = case.to_request(roles)?;
+    let (principal, action, role, ctx) = case.to_request(roles).map_err(|e| e.to_string())?;
     let d = policies.decide(&principal, action, role.as_ref(), &ctx).map_err(|e| e.to_string())?;
     let want_allow = match case.expect.as_deref() {
         Some("allow") => true,
@@ -215,4 +247,38 @@ fn collect_toml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    const ROLE: &str = "[roles.\"pki/web\"]\nplugin = \"pki\"\nmax_ttl = \"1h\"\n";
+    const PRINCIPAL: &str = "principal = { issuer = \"https://i\", subject = \"s\", repository_owner = \"acme\", ref = \"refs/heads/main\" }";
+
+    fn run_file(text: &str) -> Result<Vec<CaseResult>, String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.toml"), text).unwrap();
+        run(dir.path(), &Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &[])
+    }
+
+    #[test]
+    fn absurd_durations_and_times_in_test_files_are_refused_naming_the_field() {
+        let e = run_file("[roles.\"pki/web\"]\nplugin = \"pki\"\nmax_ttl = \"100000y\"\n").unwrap_err();
+        assert!(e.contains("max_ttl") && e.contains("100-year"), "{e}");
+        for (field, value, why) in [
+            ("ttl", "\"100000y\"", "100-year"),
+            ("ttl", "\"9223372036854775808s\"", "100-year"),
+            ("ttl", "\"0s\"", "at least 1s"),
+            ("now", "-1", "between 1970 and 9999"),
+            ("now", "9223372036854775807", "between 1970 and 9999"),
+        ] {
+            let text = format!("{ROLE}[[case]]\nrole = \"pki/web\"\n{PRINCIPAL}\n{field} = {value}\nexpect = \"allow\"\n");
+            let r = run_file(&text).unwrap();
+            assert!(!r[0].passed, "{field} = {value}");
+            assert!(r[0].detail.starts_with(&format!("{field}: ")) && r[0].detail.contains(why), "{}", r[0].detail);
+        }
+        let text = format!("{ROLE}[[case]]\nrole = \"pki/web\"\n{PRINCIPAL}\nttl = \"5m\"\nexpect = \"allow\"\n");
+        assert!(run_file(&text).unwrap()[0].passed);
+    }
 }

@@ -437,8 +437,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn list(&self, filter: &LeaseFilter) -> Result<Vec<Lease>, StoreError>;
 
-    /// Sets a new expiry on an `active` lease. False if it was not active.
-    async fn renew(&self, id: &LeaseId, expires_at: OffsetDateTime) -> Result<bool, StoreError>;
+    /// Sets a new expiry on an `active` lease that has not expired by `now`
+    /// (nor been scheduled for revocation). False otherwise: a lease past its
+    /// expiry is over even before the worker sweeps it.
+    async fn renew(&self, id: &LeaseId, now: OffsetDateTime, expires_at: OffsetDateTime) -> Result<bool, StoreError>;
 
     /// A live lease was taken back: moves it to the reason's final state.
     /// False if it had already ended.

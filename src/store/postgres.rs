@@ -414,12 +414,13 @@ impl Store for PgStore {
         rows.iter().map(lease_from_row).collect()
     }
 
-    async fn renew(&self, id: &LeaseId, expires_at: OffsetDateTime) -> Result<bool, StoreError> {
+    async fn renew(&self, id: &LeaseId, now: OffsetDateTime, expires_at: OffsetDateTime) -> Result<bool, StoreError> {
         let n = sqlx::query(
-            "UPDATE leases SET expires_at = $1 WHERE id = $2 AND state = 'active' AND end_reason IS NULL",
+            "UPDATE leases SET expires_at = $1 WHERE id = $2 AND state = 'active' AND end_reason IS NULL AND expires_at > $3",
         )
         .bind(to_ms(expires_at))
         .bind(id.as_str())
+        .bind(to_ms(now))
         .execute(&self.pool)
         .await
         .map_err(interpret_error)?

@@ -499,12 +499,12 @@ impl Store for SqliteStore {
         rows.iter().map(lease_from_row).collect()
     }
 
-    async fn renew(&self, id: &LeaseId, expires_at: OffsetDateTime) -> Result<bool, StoreError> {
+    async fn renew(&self, id: &LeaseId, now: OffsetDateTime, expires_at: OffsetDateTime) -> Result<bool, StoreError> {
         let n = self
             .writer
             .exec(
-                "UPDATE leases SET expires_at = ? WHERE id = ? AND state = 'active' AND end_reason IS NULL",
-                vec![Bind::Int(to_ms(expires_at)), Bind::Text(id.to_string())],
+                "UPDATE leases SET expires_at = ? WHERE id = ? AND state = 'active' AND end_reason IS NULL AND expires_at > ?",
+                vec![Bind::Int(to_ms(expires_at)), Bind::Text(id.to_string()), Bind::Int(to_ms(now))],
             )
             .await?;
         Ok(n == 1)

@@ -24,7 +24,7 @@ async fn malformed_requests_name_the_field_and_change_nothing() {
     }
     let (s, v) = d.issue(&jwt, json!({"role": "pki/nope"})).await;
     assert_eq!(s, 404, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("role `pki/nope` does not exist (roles: pki/web, token/orders)"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("role `pki/nope` does not exist"), "{v}");
 
     // Not JSON at all.
     let r = d.http.post(format!("{}/v1/leases", d.url)).bearer_auth(&jwt).header("content-type", "application/json").body("{").send().await.unwrap();

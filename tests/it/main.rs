@@ -8,6 +8,7 @@ mod binary;
 mod flood;
 mod flow;
 mod http;
+mod input;
 mod jwt;
 mod lease;
 mod observability;

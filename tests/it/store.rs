@@ -44,6 +44,12 @@ pub async fn suite(s: Arc<dyn Store>) {
     assert_eq!(a.state, LeaseState::Active);
     assert_eq!(a.handle, Some(json!({"jti": "a"})));
     assert_eq!(a.claims, json!({"repository": "acme/api"}));
+    // Active but past its expiry (not yet swept): over, not renewable.
+    assert!(
+        !s.renew(&LeaseId::new("a"), now, now + time::Duration::hours(1)).await.unwrap(),
+        "an active lease past its expiry is not renewed"
+    );
+    assert_eq!(s.get(&LeaseId::new("a")).await.unwrap().unwrap().expires_at.unix_timestamp(), (now - time::Duration::seconds(1)).unix_timestamp());
     // Duplicate ids are refused.
     assert!(s.insert_pending(&lease("a", "token/orders", "alice", 10)).await.is_err());
 
@@ -73,14 +79,14 @@ pub async fn suite(s: Arc<dyn Store>) {
     assert!(!s.finish(&LeaseId::new("a"), EndReason::Revoked, now).await.unwrap());
     let a = s.get(&LeaseId::new("a")).await.unwrap().unwrap();
     assert_eq!((a.state, a.end_reason), (LeaseState::Expired, Some(EndReason::Expired)));
-    assert!(!s.renew(&LeaseId::new("a"), now).await.unwrap(), "an ended lease cannot be renewed");
+    assert!(!s.renew(&LeaseId::new("a"), now, now).await.unwrap(), "an ended lease cannot be renewed");
 
     // Bulk scheduling makes matching active leases due now, with reason revoked.
     assert_eq!(s.schedule_revocation(&LeaseFilter { subject: Some("carol".into()), ..Default::default() }, now).await.unwrap(), 1);
     let due = s.due(now, now - time::Duration::hours(1), 100).await.unwrap();
     let f = due.iter().find(|d| d.lease.id.as_str() == "future").expect("scheduled lease is due");
     assert_eq!(f.reason, EndReason::Revoked);
-    assert!(!s.renew(&LeaseId::new("future"), now + time::Duration::hours(1)).await.unwrap(), "a lease being revoked is not renewed");
+    assert!(!s.renew(&LeaseId::new("future"), now, now + time::Duration::hours(1)).await.unwrap(), "a lease being revoked is not renewed");
 
     // Listing with filters, counts.
     let l = s.list(&LeaseFilter { role: Some("token/orders".into()), limit: 10, ..Default::default() }).await.unwrap();
