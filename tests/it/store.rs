@@ -715,3 +715,41 @@ async fn postgres_pending_age_uses_the_database_clock() {
         .collect();
     assert_eq!(got, ["old"], "only the lease older than pending_grace by the database's clock");
 }
+
+/// The heartbeat's claim renewal (`WHERE claimed_by = ?`) and retention
+/// (`WHERE ended_at < ?`) find their rows by index, not by scanning every
+/// lease ever issued (sequential scans disabled: a plan without the index
+/// would still be a `Seq Scan`).
+#[tokio::test]
+async fn postgres_claim_renewal_and_retention_use_indexes() {
+    let (_pg, dsn) = pg_store_db();
+    let _s = lessor::store::postgres::PgStore::open(&dsn).await.unwrap();
+    let pool = sqlx::PgPool::connect(&dsn).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    // A store that has run a while: mostly ended leases, a few old.
+    sqlx::query(
+        "INSERT INTO leases (id, role, plugin, issuer, subject, claims, scopes, policies, state, issued_at, \
+         expires_at, max_expires_at, end_reason, ended_at) \
+         SELECT 'l' || i, 'r', 'p', 'i', 's', '{}', '[]', '[]', CASE WHEN i % 2 = 0 THEN 'revoked' ELSE 'expired' END, \
+         i, i, i, 'expired', 1000 + i FROM generate_series(1, 20000) AS i",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE leases").execute(&mut *conn).await.unwrap();
+    sqlx::query("SET enable_seqscan = off").execute(&mut *conn).await.unwrap();
+    for (sql, index) in [
+        (
+            "EXPLAIN UPDATE leases SET claimed_until = 1 WHERE claimed_by = 'r1' AND state IN ('pending', 'active', 'revoke_failed')",
+            "leases_claimed_by",
+        ),
+        (
+            "EXPLAIN DELETE FROM leases WHERE id IN (SELECT id FROM leases WHERE ended_at < 1100 \
+             AND state IN ('revoked', 'expired') LIMIT 500 FOR UPDATE SKIP LOCKED)",
+            "leases_ended",
+        ),
+    ] {
+        let plan: Vec<String> = sqlx::query_scalar(sql).fetch_all(&mut *conn).await.unwrap();
+        assert!(plan.iter().any(|l| l.contains(index)), "{sql}:\n{}", plan.join("\n"));
+    }
+}
