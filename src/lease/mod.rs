@@ -13,6 +13,11 @@
 //! written; an issue whose outcome entry cannot be written is revoked again.
 //! Revocation is never held back by the audit log (it only removes access).
 //!
+//! One file (over 800 lines) because issue, renew, revoke and the single
+//! revocation attempt they and the worker share use the same audit,
+//! ownership and metric helpers; the loops (expiry, heartbeat, retention)
+//! live in their own files beside it.
+//!
 //! Must not import: http (wire types), sqlx.
 
 use std::collections::BTreeMap;
