@@ -1015,6 +1015,11 @@ impl LeaseService {
         actor: ActorInfo,
         meta: Option<&RequestMeta>,
     ) -> Result<LeaseState, LeaseError> {
+        if reason == EndReason::Orphaned && lease.state == LeaseState::Pending && !self.store.mark_orphaned(&lease.id).await? {
+            // Activated since it was read: an issued credential, not an orphan.
+            tracing::debug!(lease_id = %lease.id, "pending lease was activated before the orphan sweep took it");
+            return Ok(LeaseState::Active);
+        }
         let action = if reason == EndReason::Expired { "expire" } else { "revoke" };
         let audit = |outcome: &'static str| {
             with_lease(Event::new(action, outcome), lease)

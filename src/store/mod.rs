@@ -407,7 +407,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// `pending` -> `active` with the plugin's handle and the root
     /// credential version it issued under. False if the lease was no longer
-    /// pending.
+    /// pending, or the orphan sweep has taken it ([`Store::mark_orphaned`]).
     async fn activate_at_version(
         &self,
         id: &LeaseId,
@@ -467,6 +467,13 @@ pub trait Store: Send + Sync + 'static {
     /// A live lease was taken back: moves it to the reason's final state.
     /// False if it had already ended.
     async fn finish(&self, id: &LeaseId, reason: EndReason, at: OffsetDateTime) -> Result<bool, StoreError>;
+
+    /// The orphan sweep takes a `pending` lease before revoking it
+    /// (`end_reason` = `orphaned`): from then on activation refuses it, so a
+    /// credential the issue creates meanwhile is revoked by the issue, never
+    /// handed out and then revoked under the client. False if the lease is
+    /// no longer pending (activated meanwhile: not an orphan).
+    async fn mark_orphaned(&self, id: &LeaseId) -> Result<bool, StoreError>;
 
     /// A live lease whose plugin cannot revoke was asked to end for `reason`:
     /// state `expired` (it ends by itself), `end_reason` = `reason`, so what

@@ -253,7 +253,8 @@ impl Store for PgStore {
     ) -> Result<bool, StoreError> {
         let n = sqlx::query(
             "UPDATE leases SET state = 'active', handle = $1, expires_at = $2, root_version = $3, \
-             claimed_by = NULL, claimed_until = NULL WHERE id = $4 AND state = 'pending'",
+             claimed_by = NULL, claimed_until = NULL WHERE id = $4 AND state = 'pending' \
+             AND end_reason IS DISTINCT FROM 'orphaned'",
         )
         .bind(to_json(handle)?)
         .bind(to_ms(expires_at))
@@ -491,6 +492,16 @@ impl Store for PgStore {
         .await
         .map_err(interpret_error)?;
         Ok(())
+    }
+
+    async fn mark_orphaned(&self, id: &LeaseId) -> Result<bool, StoreError> {
+        let n = sqlx::query("UPDATE leases SET end_reason = 'orphaned' WHERE id = $1 AND state = 'pending'")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(interpret_error)?
+            .rows_affected();
+        Ok(n == 1)
     }
 
     async fn finish_unrevocable(&self, id: &LeaseId, reason: EndReason, at: OffsetDateTime) -> Result<bool, StoreError> {

@@ -315,7 +315,7 @@ impl Store for SqliteStore {
             .writer
             .exec(
                 "UPDATE leases SET state = 'active', handle = ?, expires_at = ?, root_version = ? \
-                 WHERE id = ? AND state = 'pending'",
+                 WHERE id = ? AND state = 'pending' AND end_reason IS NOT 'orphaned'",
                 vec![
                     Bind::Text(to_json(handle)?),
                     Bind::Int(to_ms(expires_at)),
@@ -556,6 +556,17 @@ impl Store for SqliteStore {
             )
             .await?;
         Ok(())
+    }
+
+    async fn mark_orphaned(&self, id: &LeaseId) -> Result<bool, StoreError> {
+        let n = self
+            .writer
+            .exec(
+                "UPDATE leases SET end_reason = 'orphaned' WHERE id = ? AND state = 'pending'",
+                vec![Bind::Text(id.to_string())],
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     async fn finish_unrevocable(&self, id: &LeaseId, reason: EndReason, at: OffsetDateTime) -> Result<bool, StoreError> {

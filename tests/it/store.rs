@@ -235,6 +235,19 @@ async fn jobs_and_retention(s: &Arc<dyn Store>) {
     assert_eq!(s.count_live(&LeaseFilter::default()).await.unwrap(), live, "live leases were pruned");
     assert!(s.job_status("job_1").await.unwrap().is_none(), "a job with no lease left is pruned");
     assert!(s.get(&LeaseId::new("r-live")).await.unwrap().is_some(), "a live lease was pruned");
+
+    // The orphan sweep and activation race for a pending lease: whichever
+    // comes first wins, the other is refused.
+    s.insert_pending(&lease("o-swept", "ret/r", "o", 60)).await.unwrap();
+    assert!(s.mark_orphaned(&LeaseId::new("o-swept")).await.unwrap());
+    assert!(!s.activate(&LeaseId::new("o-swept"), &json!({}), now).await.unwrap(), "activated after the sweep took it");
+    s.insert_pending(&lease("o-active", "ret/r", "o", 60)).await.unwrap();
+    assert!(s.activate(&LeaseId::new("o-active"), &json!({}), now).await.unwrap());
+    assert!(!s.mark_orphaned(&LeaseId::new("o-active")).await.unwrap(), "an active lease is no orphan");
+    // A pending lease a bulk job tagged still activates (and is then revoked).
+    s.insert_pending(&lease("o-tagged", "ret/tagged", "o", 60)).await.unwrap();
+    assert_eq!(s.start_revoke_job("job_3", &by_role("ret/tagged"), "admin", now).await.unwrap(), 1);
+    assert!(s.activate(&LeaseId::new("o-tagged"), &json!({}), now).await.unwrap());
 }
 
 fn secret(conn: &str, version: i64, by: &str) -> lessor::store::SecretVersion {
