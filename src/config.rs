@@ -241,6 +241,11 @@ pub struct LeaseSettings {
     /// replica's policy version (`GET /v1/admin/replicas`).
     #[serde(default = "default_claim_timeout", with = "crate::duration::serde")]
     pub claim_timeout: Duration,
+    /// Ended leases (revoked, expired) are deleted this long after they
+    /// ended, a small batch at a time (`0s` keeps them forever). The audit
+    /// log keeps the record of every lease.
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 fn default_concurrency() -> usize {
@@ -267,6 +272,9 @@ fn default_revoke_timeout() -> Duration {
 fn default_claim_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_retention() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
 
 impl LeaseSettings {
     /// How often a replica records itself alive and renews its claims.
@@ -286,6 +294,7 @@ impl Default for LeaseSettings {
             retry_max: default_retry_max(),
             revoke_timeout: default_revoke_timeout(),
             claim_timeout: default_claim_timeout(),
+            retention: default_retention(),
         }
     }
 }

@@ -217,6 +217,7 @@ pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Optio
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(expiry::run(leases.clone(), rx.clone())));
     tasks.push(tokio::spawn(heartbeat::run(leases.clone(), rx.clone())));
+    tasks.push(tokio::spawn(crate::lease::retention::run(leases.clone(), rx.clone())));
     tasks.push(tokio::spawn(roots.run(ROOT_POLL, rx.clone())));
     // Register SIGHUP before serving, so a reload signal never meets the
     // default action (terminate).

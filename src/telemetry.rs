@@ -38,6 +38,10 @@ pub struct Metrics {
     pub credential_expiry: IntGaugeVec,
     /// Age of a connection's active root credential, seconds.
     pub connection_credential_age: IntGaugeVec,
+    /// Lease rows the expiry worker could not decode and set aside.
+    pub lease_rows_undecodable: IntCounter,
+    /// Ended leases deleted by retention.
+    pub leases_pruned: IntCounter,
 }
 
 /// Outcomes of issue and renew requests (`outcome` label).
@@ -135,6 +139,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Opts::new("lessor_connection_credential_age_seconds", "Age of a connection's active root credential, by connection"),
         &["connection"],
     )?;
+    let lease_rows_undecodable = IntCounter::new(
+        "lessor_lease_rows_undecodable_total",
+        "Due lease rows that failed to decode (unknown state, corrupt column) and were set aside by id",
+    )?;
+    let leases_pruned =
+        IntCounter::new("lessor_leases_pruned_total", "Ended leases deleted after the retention period")?;
     let build_info = IntGaugeVec::new(Opts::new("lessor_build_info", "Build information"), &["version"])?;
     build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     for c in [
@@ -158,6 +168,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(audit_write_failures.clone()),
         Box::new(credential_expiry.clone()),
         Box::new(connection_credential_age.clone()),
+        Box::new(lease_rows_undecodable.clone()),
+        Box::new(leases_pruned.clone()),
         Box::new(build_info),
     ] {
         registry.register(c)?;
@@ -184,6 +196,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         audit_write_failures,
         credential_expiry,
         connection_credential_age,
+        lease_rows_undecodable,
+        leases_pruned,
     })
 }
 

@@ -115,6 +115,20 @@ pub async fn job(
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let j = st.leases.job_status(&actor, &id, &meta).await?;
+    let rfc = |ms: i64| super::leases::rfc3339(crate::store::from_ms(ms).unwrap_or(time::OffsetDateTime::UNIX_EPOCH));
+    // Leases whose plugin cannot revoke are not "done": their credentials
+    // stay valid until they expire, and the status says until when.
+    let unrevocable = (j.unrevocable > 0).then(|| {
+        let until = j.unrevocable_until_ms.map(rfc).unwrap_or_default();
+        json!({
+            "count": j.unrevocable,
+            "valid_until": until,
+            "message": format!(
+                "{} credential(s) cannot be revoked by their plugin and stay valid until they expire (the last at {until})",
+                j.unrevocable
+            ),
+        })
+    });
     Ok(Json(json!({
         "job_id": j.id,
         "kind": j.kind,
@@ -125,7 +139,12 @@ pub async fn job(
         "done": j.done,
         "pending": j.pending,
         "failing": j.failing,
-        "state": if j.pending + j.failing == 0 { "done" } else { "running" },
+        "unrevocable": unrevocable,
+        "state": match (j.pending + j.failing, j.unrevocable) {
+            (0, 0) => "done",
+            (0, _) => "done_with_unrevocable",
+            _ => "running",
+        },
     })))
 }
 

@@ -63,15 +63,22 @@ pub struct LeaseDto {
     last_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_attempt_at: Option<String>,
+    /// Set while a lease whose plugin cannot revoke was asked to end
+    /// (`state` = `revoke_unsupported`): what is true about its credential.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
 }
 
 impl From<&Lease> for LeaseDto {
     fn from(l: &Lease) -> Self {
+        // Revocation asked, plugin unable: until its expiry the credential
+        // still works, and the state says so (afterwards it is `expired`).
+        let unrevoked = l.unrevocable() && l.expires_at > OffsetDateTime::now_utc();
         LeaseDto {
             lease_id: l.id.to_string(),
             role: l.role.clone(),
             plugin: l.plugin.clone(),
-            state: l.state.as_str(),
+            state: if unrevoked { "revoke_unsupported" } else { l.state.as_str() },
             issuer: l.issuer.clone(),
             subject: l.subject.clone(),
             scopes: l.scopes.clone(),
@@ -85,6 +92,14 @@ impl From<&Lease> for LeaseDto {
             revoke_attempts: l.attempts,
             last_error: l.last_error.clone(),
             next_attempt_at: l.next_attempt_at.map(rfc3339),
+            message: unrevoked.then(|| {
+                format!(
+                    "role `{}` cannot revoke credentials (plugin {}): this one stays valid until {}",
+                    l.role,
+                    l.plugin,
+                    rfc3339(l.expires_at)
+                )
+            }),
         }
     }
 }

@@ -13,6 +13,11 @@
 //! written; an issue whose outcome entry cannot be written is revoked again.
 //! Revocation is never held back by the audit log (it only removes access).
 //!
+//! One file (over 800 lines) because issue, renew, revoke and the single
+//! revocation attempt they and the worker share use the same audit,
+//! ownership and metric helpers; the loops (expiry, heartbeat, retention)
+//! live in their own files beside it.
+//!
 //! Must not import: http (wire types), sqlx.
 
 use std::collections::BTreeMap;
@@ -37,6 +42,7 @@ use crate::telemetry::metrics;
 
 pub mod expiry;
 pub mod heartbeat;
+pub mod retention;
 mod gauges;
 
 /// Who is asking.
@@ -636,10 +642,18 @@ impl LeaseService {
         match self.store.activate_at_version(&lease.id, &issued.handle, expires_at, issued.root_version).await {
             Ok(true) => {}
             Ok(false) => {
+                // The lease ended while the plugin was issuing (an admin
+                // revoked it, or the orphan sweep took it): that revocation
+                // ran before this credential existed. Take it back now.
+                lease.handle = Some(issued.handle.clone());
+                lease.root_version = issued.root_version;
+                lease.expires_at = expires_at;
+                self.revoke_created_after_end(&role, &lease).await;
                 return Err(LeaseError::Conflict(format!(
-                    "lease `{}` was cleaned up before it could be activated; request a new credential",
+                    "lease `{}` was revoked or cleaned up while its credential was being created; the credential \
+                     was taken back, request a new one",
                     lease.id
-                )))
+                )));
             }
             Err(e) => {
                 tracing::warn!(lease_id = %lease.id, error = %e, "activating lease failed; revoking the credential");
@@ -654,6 +668,64 @@ impl LeaseService {
         lease.expires_at = expires_at;
         self.note_expiry(expires_at);
         Ok((lease, issued))
+    }
+
+    /// Revokes a credential the plugin created for a lease that had already
+    /// ended (activation found it no longer pending), and audits it. If the
+    /// vendor fails, the lease becomes `revoke_failed` again with the
+    /// credential's handle, so the worker retries it like any other.
+    async fn revoke_created_after_end(&self, role: &Role, lease: &Lease) {
+        let reason = EndReason::Orphaned;
+        let audit = |outcome: &'static str| {
+            with_lease(Event::new("revoke", outcome), lease)
+                .actor(ActorInfo::system("issue-cleanup"))
+                .detail("end_reason", reason.as_str())
+                .detail("cause", "lease ended while its credential was being created")
+        };
+        let labels = |outcome: &str| {
+            metrics()
+                .revocations
+                .with_label_values(&[role.kind.as_str(), role.name.as_str(), reason.as_str(), outcome])
+                .inc();
+        };
+        if !role.plugin.capabilities().can_revoke {
+            labels("not_revocable");
+            tracing::warn!(lease_id = %lease.id, role = %role.name, valid_until = %lease.expires_at,
+                "credential created for an ended lease cannot be revoked by its plugin; it stays valid until it expires");
+            self.audit.note(audit("revoke_unsupported").detail("valid_until", rfc3339(lease.expires_at)));
+            return;
+        }
+        let lref = LeaseRef {
+            lease_id: lease.id.clone(),
+            role: role.short.clone(),
+            handle: lease.handle.clone(),
+            expires_at: lease.expires_at,
+            root_version: lease.root_version,
+        };
+        let limit = self.settings.revoke_timeout;
+        let outcome = match tokio::time::timeout(limit, role.plugin.revoke(&lref)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("revocation did not finish within {}", crate::fmt_duration(limit))),
+        };
+        match outcome {
+            Ok(()) => {
+                labels("ok");
+                tracing::info!(lease_id = %lease.id, role = %role.name, "credential of an ended lease revoked");
+                self.audit.note(audit("ok").detail("state", lease.state.as_str()));
+            }
+            Err(msg) => {
+                labels("error");
+                tracing::warn!(lease_id = %lease.id, role = %role.name, error = %msg,
+                    "revoking the credential of an ended lease failed, will retry");
+                let at = OffsetDateTime::now_utc() + backoff(self.settings.retry_base, self.settings.retry_max, 0);
+                let handle = lease.handle.clone().unwrap_or_default();
+                if let Err(e) = self.store.record_late_failure(&lease.id, &handle, reason, &msg, at).await {
+                    tracing::error!(lease_id = %lease.id, error = %e, "could not record the failed revocation");
+                }
+                self.audit.note(audit("failed").error("revoke_failed", msg).detail("attempts", 1));
+            }
+        }
+        self.wake.notify_one();
     }
 
     /// Wakes the expiry worker if this lease falls due before it planned to
@@ -955,6 +1027,11 @@ impl LeaseService {
         actor: ActorInfo,
         meta: Option<&RequestMeta>,
     ) -> Result<LeaseState, LeaseError> {
+        if reason == EndReason::Orphaned && lease.state == LeaseState::Pending && !self.store.mark_orphaned(&lease.id).await? {
+            // Activated since it was read: an issued credential, not an orphan.
+            tracing::debug!(lease_id = %lease.id, "pending lease was activated before the orphan sweep took it");
+            return Ok(LeaseState::Active);
+        }
         let action = if reason == EndReason::Expired { "expire" } else { "revoke" };
         let audit = |outcome: &'static str| {
             with_lease(Event::new(action, outcome), lease)
@@ -964,20 +1041,28 @@ impl LeaseService {
         };
         let result = self.revoke_lease_inner(lease, reason).await;
         let ev = match &result {
-            Ok((LeaseState::RevokeFailed, msg)) => audit("failed")
-                .error("revoke_failed", msg.clone().unwrap_or_default())
-                .detail("attempts", lease.attempts + 1),
-            Ok((state, _)) => audit("ok").detail("state", state.as_str()),
+            Ok(Attempt::Failed(msg)) => {
+                audit("failed").error("revoke_failed", msg.clone()).detail("attempts", lease.attempts + 1)
+            }
+            Ok(Attempt::Ended(state)) => audit("ok").detail("state", state.as_str()),
+            // Not "ok": nothing was taken back, the credential lives on.
+            Ok(Attempt::Unsupported) => audit("revoke_unsupported")
+                .detail("state", LeaseState::Expired.as_str())
+                .detail("valid_until", rfc3339(lease.expires_at)),
             Err(e) => {
                 let (kind, text) = e.audit_kind();
                 audit("error").error(&kind, text.unwrap_or_default())
             }
         };
         self.audit.note(ev);
-        result.map(|(s, _)| s)
+        result.map(|a| match a {
+            Attempt::Ended(s) => s,
+            Attempt::Failed(_) => LeaseState::RevokeFailed,
+            Attempt::Unsupported => LeaseState::Expired,
+        })
     }
 
-    async fn revoke_lease_inner(&self, lease: &Lease, reason: EndReason) -> Result<(LeaseState, Option<String>), LeaseError> {
+    async fn revoke_lease_inner(&self, lease: &Lease, reason: EndReason) -> Result<Attempt, LeaseError> {
         let Some(role) = self.catalog.role(&lease.role).cloned() else {
             let msg = format!("role `{}` is no longer configured; add it back so its leases can be revoked", lease.role);
             // Labels from the stored lease: a role that was configured once.
@@ -986,7 +1071,7 @@ impl LeaseService {
                 .with_label_values(&[lease.plugin.as_str(), lease.role.as_str(), reason.as_str(), "error"])
                 .inc();
             self.fail(lease, reason, &msg).await?;
-            return Ok((LeaseState::RevokeFailed, Some(msg)));
+            return Ok(Attempt::Failed(msg));
         };
         let labels = |outcome: &str| {
             metrics()
@@ -1003,11 +1088,19 @@ impl LeaseService {
         };
         let now = OffsetDateTime::now_utc();
         if !role.plugin.capabilities().can_revoke {
-            // Nothing to take back: the credential ends by itself.
-            let ended = self.store.finish(&lease.id, EndReason::Expired, now).await?;
             labels("not_revocable");
-            lag(ended, now);
-            return Ok((LeaseState::Expired, None));
+            if reason == EndReason::Expired || now >= lease.expires_at {
+                // Nothing to take back: the credential ended by itself.
+                let ended = self.store.finish(&lease.id, EndReason::Expired, now).await?;
+                lag(ended, now);
+                return Ok(Attempt::Ended(LeaseState::Expired));
+            }
+            // Asked to revoke what cannot be revoked: say so. The lease is
+            // over for lessor; the credential stays valid until it expires.
+            self.store.finish_unrevocable(&lease.id, reason, now).await?;
+            tracing::warn!(lease_id = %lease.id, role = %role.name, reason = reason.as_str(), valid_until = %lease.expires_at,
+                "revocation asked, but the plugin cannot revoke: the credential stays valid until it expires");
+            return Ok(Attempt::Unsupported);
         }
         let lref = LeaseRef {
             lease_id: lease.id.clone(),
@@ -1031,14 +1124,14 @@ impl LeaseService {
                 labels("ok");
                 lag(ended, at);
                 tracing::debug!(lease_id = %lease.id, role = %role.name, reason = reason.as_str(), "lease ended");
-                Ok((reason.final_state(), None))
+                Ok(Attempt::Ended(reason.final_state()))
             }
             Err(msg) => {
                 labels("error");
                 tracing::warn!(lease_id = %lease.id, role = %role.name, error = %msg, attempts = lease.attempts + 1,
                     "revocation failed, will retry");
                 self.fail(lease, reason, &msg).await?;
-                Ok((LeaseState::RevokeFailed, Some(msg)))
+                Ok(Attempt::Failed(msg))
             }
         }
     }
@@ -1123,6 +1216,22 @@ fn not_renewable(l: &Lease) -> Option<String> {
             r.map(|r| format!(", reason `{}`", r.as_str())).unwrap_or_default()
         )),
     }
+}
+
+/// A time as audit entries and messages write it.
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// What one revocation attempt came to.
+enum Attempt {
+    /// The lease ended in this state.
+    Ended(LeaseState),
+    /// The vendor failed; retried later.
+    Failed(String),
+    /// Its plugin cannot revoke: the lease is over for lessor, the
+    /// credential stays valid until `expires_at` ([`Lease::unrevocable`]).
+    Unsupported,
 }
 
 /// Exponential backoff with ±20% jitter: base * 2^attempts, capped.

@@ -161,6 +161,16 @@ pub struct Lease {
     pub root_version: Option<i64>,
 }
 
+impl Lease {
+    /// Revocation was asked for (owner, admin, bulk job, issue cleanup) but
+    /// the plugin cannot revoke: the lease is over for lessor (state
+    /// `expired`, the asked reason kept in `end_reason`) while its credential
+    /// stays valid until `expires_at`.
+    pub fn unrevocable(&self) -> bool {
+        self.state == LeaseState::Expired && matches!(self.end_reason, Some(EndReason::Revoked | EndReason::Orphaned))
+    }
+}
+
 /// Filter for listing leases (admin).
 #[derive(Debug, Clone, Default)]
 pub struct LeaseFilter {
@@ -231,6 +241,11 @@ pub struct JobStatus {
     pub pending: i64,
     /// Whose revocation failed and is being retried.
     pub failing: i64,
+    /// Ended without being revoked: their plugin cannot revoke, so each
+    /// credential stays valid until its own expiry (not counted in `done`).
+    pub unrevocable: i64,
+    /// The latest expiry among those (unix ms): when the last of them ends.
+    pub unrevocable_until_ms: Option<i64>,
 }
 
 impl JobStatus {
@@ -242,6 +257,13 @@ impl JobStatus {
             LeaseState::RevokeFailed => self.failing += n,
         }
         Ok(())
+    }
+
+    /// Adds `n` of the job's leases that ended unrevoked (see
+    /// [`Lease::unrevocable`]), the latest of them expiring at `until_ms`.
+    pub fn count_unrevocable(&mut self, n: i64, until_ms: Option<i64>) {
+        self.unrevocable += n;
+        self.unrevocable_until_ms = self.unrevocable_until_ms.max(until_ms);
     }
 }
 
@@ -372,7 +394,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Records a new lease in state `pending`.
+    /// Records a new lease in state `pending`. On a shared store (PostgreSQL)
+    /// the row carries this replica's claim, renewed by its heartbeat, so a
+    /// pending lease whose replica died is orphaned once the claim lapses.
     async fn insert_pending(&self, lease: &Lease) -> Result<(), StoreError>;
 
     /// `pending` -> `active` with the plugin's handle. False if the lease was
@@ -383,7 +407,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// `pending` -> `active` with the plugin's handle and the root
     /// credential version it issued under. False if the lease was no longer
-    /// pending.
+    /// pending, or the orphan sweep has taken it ([`Store::mark_orphaned`]).
     async fn activate_at_version(
         &self,
         id: &LeaseId,
@@ -446,6 +470,19 @@ pub trait Store: Send + Sync + 'static {
     /// False if it had already ended.
     async fn finish(&self, id: &LeaseId, reason: EndReason, at: OffsetDateTime) -> Result<bool, StoreError>;
 
+    /// The orphan sweep takes a `pending` lease before revoking it
+    /// (`end_reason` = `orphaned`): from then on activation refuses it, so a
+    /// credential the issue creates meanwhile is revoked by the issue, never
+    /// handed out and then revoked under the client. False if the lease is
+    /// no longer pending (activated meanwhile: not an orphan).
+    async fn mark_orphaned(&self, id: &LeaseId) -> Result<bool, StoreError>;
+
+    /// A live lease whose plugin cannot revoke was asked to end for `reason`:
+    /// state `expired` (it ends by itself), `end_reason` = `reason`, so what
+    /// was asked stays on record ([`Lease::unrevocable`]). False if it had
+    /// already ended.
+    async fn finish_unrevocable(&self, id: &LeaseId, reason: EndReason, at: OffsetDateTime) -> Result<bool, StoreError>;
+
     /// A revocation failed: `revoke_failed`, attempts + 1, retry at `retry_at`.
     async fn record_failure(
         &self,
@@ -455,12 +492,37 @@ pub trait Store: Send + Sync + 'static {
         retry_at: OffsetDateTime,
     ) -> Result<(), StoreError>;
 
+    /// A credential was created for a lease that had already ended (revoked
+    /// or swept while the plugin was issuing) and taking it back failed: the
+    /// lease becomes `revoke_failed` again with the credential's handle, so
+    /// the worker retries it. The one move out of an ended state: the
+    /// record must not say "ended" while a credential lives.
+    async fn record_late_failure(
+        &self,
+        id: &LeaseId,
+        handle: &Handle,
+        reason: EndReason,
+        error: &str,
+        retry_at: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// Retention: deletes at most `limit` ended leases (`revoked`,
+    /// `expired`) that ended before `before`, and then bulk revocation jobs
+    /// created before `before` none of whose leases is left. Returns how
+    /// many leases it deleted. Live leases are never touched. (The one place
+    /// ended leases are deleted: hook here to keep counts of ended rows.)
+    async fn prune_ended(&self, before: OffsetDateTime, limit: u32) -> Result<u64, StoreError>;
+
     /// Asks for a live lease to be revoked as soon as the worker can
     /// (bulk revocation): makes it due now with the given reason.
     async fn schedule_revocation(&self, filter: &LeaseFilter, now: OffsetDateTime) -> Result<u64, StoreError>;
 
     /// Leases that need revoking now, oldest first: active past expiry,
     /// pending created before `pending_cutoff`, failed whose retry is due.
+    /// PostgreSQL measures the pending age (`now - pending_cutoff`) with the
+    /// database's clock, and also hands out at once a pending lease whose
+    /// issuing replica's claim lapsed (the replica is gone). A row that does
+    /// not decode is set aside by id (logged, counted), never failing the batch.
     async fn due(&self, now: OffsetDateTime, pending_cutoff: OffsetDateTime, limit: u32)
         -> Result<Vec<DueLease>, StoreError>;
 

@@ -13,6 +13,11 @@
 //! out, and another replica takes the work. Claims never touch
 //! `next_attempt_at`, which stays what the API shows (the retry time).
 //!
+//! Pending leases are claimed too, by the replica issuing them, from insert
+//! to activation (the heartbeat renews it): a pending lease whose claim
+//! lapsed belongs to a replica that is gone and is orphaned at once; the
+//! `pending_grace` age is measured with the database's clock.
+//!
 //! Must not import: http, policy, identity.
 
 use std::time::Duration;
@@ -24,7 +29,7 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use time::OffsetDateTime;
 
 use super::{
-    from_ms, to_ms, DueLease, EndReason, JobStatus, Lease, LeaseCounts, LeaseFilter, LeaseState, RevokeFilter, RoleCounts,
+    from_ms, to_ms, DueLease, EndReason, JobStatus, Lease, LeaseCounts, LeaseFilter, RevokeFilter, RoleCounts,
     Store, StoreError,
 };
 
@@ -46,19 +51,29 @@ const LIVE: &str = "('pending', 'active', 'revoke_failed')";
 const DB_NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
 
 /// Rows `due()` may hand to this store (`$4` is its claimer id): unclaimed,
-/// claim timed out, or claimed by this store itself.
+/// claim timed out, or claimed by this store itself; never a row set aside
+/// as undecodable (`$6`, an array of ids).
 fn claimable() -> String {
-    format!("(claimed_until IS NULL OR claimed_until <= {DB_NOW_MS} OR claimed_by = $4)")
+    format!("(claimed_until IS NULL OR claimed_until <= {DB_NOW_MS} OR claimed_by = $4) AND NOT (id = ANY($6))")
+}
+
+/// Which claimable `pending` rows are orphaned: older than the pending grace
+/// (`$2`, ms) by the database's clock (one clock for every replica), or at
+/// once when another replica's claim on it lapsed (that replica is gone: its
+/// heartbeat renews the claims of the leases it is issuing).
+fn orphaned_pending() -> String {
+    format!("(issued_at < {DB_NOW_MS} - $2 OR (claimed_by <> $4 AND claimed_until <= {DB_NOW_MS}))")
 }
 
 /// `due()`: the four branches of the SQLite query, each taking (and locking,
 /// skipping rows another replica holds locked) at most `limit` rows in the
 /// order they fell due; then de-duplicated (an active lease can be both
 /// expired and scheduled: it counts from the earlier), ordered, limited and
-/// claimed in the same statement. `$1` now, `$2` pending cutoff, `$3` limit,
-/// `$4` claimer id, `$5` claim timeout in ms.
+/// claimed in the same statement. `$1` now, `$2` pending grace in ms, `$3`
+/// limit, `$4` claimer id, `$5` claim timeout in ms, `$6` ids set aside.
 fn due_sql() -> String {
     let c = claimable();
+    let orphaned = orphaned_pending();
     format!(
         "WITH b1 AS (
            SELECT {LEASE_COLUMNS}, expires_at AS due_at FROM leases
@@ -70,7 +85,7 @@ fn due_sql() -> String {
              ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED
          ), b3 AS (
            SELECT {LEASE_COLUMNS}, issued_at AS due_at FROM leases
-             WHERE state = 'pending' AND issued_at < $2 AND {c}
+             WHERE state = 'pending' AND {orphaned} AND {c}
              ORDER BY issued_at LIMIT $3 FOR UPDATE SKIP LOCKED
          ), b4 AS (
            SELECT {LEASE_COLUMNS}, next_attempt_at AS due_at FROM leases
@@ -97,7 +112,7 @@ fn due_sql() -> String {
 /// the worker's tick bounds how late it notices a claim that timed out.
 /// Each branch is an index-ordered scan that stops at its first row.
 fn next_due_sql() -> String {
-    let c = claimable().replace("$4", "$1");
+    let c = claimable().replace("$4", "$1").replace("$6", "$2");
     format!(
         "SELECT MIN(t) AS t FROM (
            (SELECT expires_at AS t FROM leases WHERE state = 'active' AND {c}
@@ -117,6 +132,8 @@ pub struct PgStore {
     /// This store's id in `claimed_by`: unique per process and open.
     claimer: String,
     claim_timeout: Duration,
+    /// Due rows that did not decode, left out of `due()` by id.
+    quarantine: Quarantine,
 }
 
 fn interpret_error(e: sqlx::Error) -> StoreError {
@@ -145,7 +162,7 @@ impl PgStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("migrations: {e}")))?;
         let claimer = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 8]>()));
-        Ok(PgStore { pool, claimer, claim_timeout: DEFAULT_CLAIM_TIMEOUT })
+        Ok(PgStore { pool, claimer, claim_timeout: DEFAULT_CLAIM_TIMEOUT, quarantine: Quarantine::new() })
     }
 
     /// Sets how long `due()` reserves a lease for this replica
@@ -154,9 +171,13 @@ impl PgStore {
         self.claim_timeout = d;
         self
     }
+
+    fn claim_ms(&self) -> i64 {
+        i64::try_from(self.claim_timeout.as_millis()).unwrap_or(i64::MAX / 2)
+    }
 }
 
-use super::rows::{lease_from_row, secret_from_row, SECRET_COLUMNS};
+use super::rows::{lease_from_row, secret_from_row, Quarantine, JOB_PROGRESS_SQL, SECRET_COLUMNS};
 use super::{switch_condition, Rewrap, SecretSwitch, SecretVersion};
 
 fn push_filter(qb: &mut QueryBuilder<'_, Postgres>, f: &LeaseFilter) {
@@ -196,11 +217,14 @@ impl Store for PgStore {
     }
 
     async fn insert_pending(&self, l: &Lease) -> Result<(), StoreError> {
-        sqlx::query(
+        // Claimed by this replica while it issues (the heartbeat renews it;
+        // activation releases it): if the replica dies, the claim lapses after
+        // `claim_timeout` and another replica revokes the orphan.
+        sqlx::query(&format!(
             "INSERT INTO leases (id, role, plugin, issuer, subject, claims, scopes, policies, state, \
-             issued_at, expires_at, max_expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $11)",
-        )
+             issued_at, expires_at, max_expires_at, claimed_by, claimed_until) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $11, $12, {DB_NOW_MS} + $13)"
+        ))
         .bind(l.id.as_str())
         .bind(&l.role)
         .bind(&l.plugin)
@@ -212,6 +236,8 @@ impl Store for PgStore {
         .bind(to_ms(l.issued_at))
         .bind(to_ms(l.expires_at))
         .bind(to_ms(l.max_expires_at))
+        .bind(&self.claimer)
+        .bind(self.claim_ms())
         .execute(&self.pool)
         .await
         .map_err(interpret_error)?;
@@ -226,8 +252,9 @@ impl Store for PgStore {
         root_version: Option<i64>,
     ) -> Result<bool, StoreError> {
         let n = sqlx::query(
-            "UPDATE leases SET state = 'active', handle = $1, expires_at = $2, root_version = $3 \
-             WHERE id = $4 AND state = 'pending'",
+            "UPDATE leases SET state = 'active', handle = $1, expires_at = $2, root_version = $3, \
+             claimed_by = NULL, claimed_until = NULL WHERE id = $4 AND state = 'pending' \
+             AND end_reason IS DISTINCT FROM 'orphaned'",
         )
         .bind(to_json(handle)?)
         .bind(to_ms(expires_at))
@@ -468,6 +495,78 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn mark_orphaned(&self, id: &LeaseId) -> Result<bool, StoreError> {
+        let n = sqlx::query("UPDATE leases SET end_reason = 'orphaned' WHERE id = $1 AND state = 'pending'")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(interpret_error)?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn finish_unrevocable(&self, id: &LeaseId, reason: EndReason, at: OffsetDateTime) -> Result<bool, StoreError> {
+        let n = sqlx::query(&format!(
+            "UPDATE leases SET state = 'expired', end_reason = $1, ended_at = $2, next_attempt_at = NULL, \
+             claimed_by = NULL, claimed_until = NULL WHERE id = $3 AND state IN {LIVE}"
+        ))
+        .bind(reason.as_str())
+        .bind(to_ms(at))
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(interpret_error)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn record_late_failure(
+        &self,
+        id: &LeaseId,
+        handle: &Handle,
+        reason: EndReason,
+        error: &str,
+        retry_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE leases SET state = 'revoke_failed', handle = $1, end_reason = $2, ended_at = NULL, \
+             attempts = attempts + 1, last_error = $3, next_attempt_at = $4, claimed_by = NULL, claimed_until = NULL \
+             WHERE id = $5 AND state IN ('revoked', 'expired', 'revoke_failed')",
+        )
+        .bind(to_json(handle)?)
+        .bind(reason.as_str())
+        .bind(error)
+        .bind(to_ms(retry_at))
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(interpret_error)?;
+        Ok(())
+    }
+
+    async fn prune_ended(&self, before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
+        // Bounded, and SKIP LOCKED: replicas pruning at once share the work
+        // instead of queueing on each other's rows.
+        let n = sqlx::query(
+            "DELETE FROM leases WHERE id IN (SELECT id FROM leases WHERE ended_at < $1 \
+             AND state IN ('revoked', 'expired') LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(to_ms(before))
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(interpret_error)?
+        .rows_affected();
+        if n < u64::from(limit) {
+            sqlx::query("DELETE FROM jobs WHERE created_at < $1 AND NOT EXISTS (SELECT 1 FROM leases WHERE job_id = jobs.id)")
+                .bind(to_ms(before))
+                .execute(&self.pool)
+                .await
+                .map_err(interpret_error)?;
+        }
+        Ok(n)
+    }
+
     async fn schedule_revocation(&self, f: &LeaseFilter, now: OffsetDateTime) -> Result<u64, StoreError> {
         let mut qb = QueryBuilder::<Postgres>::new("UPDATE leases SET end_reason = 'revoked', next_attempt_at = ");
         qb.push_bind(to_ms(now)).push(" WHERE state = 'active'");
@@ -483,25 +582,30 @@ impl Store for PgStore {
         pending_cutoff: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<DueLease>, StoreError> {
-        let claim_ms = i64::try_from(self.claim_timeout.as_millis()).unwrap_or(i64::MAX / 2);
+        // The worker's pending cutoff as an age, applied to the database's
+        // clock (replicas' clocks need not agree).
+        let grace_ms = (to_ms(now).saturating_sub(to_ms(pending_cutoff))).max(0);
         let rows = sqlx::query(&due_sql())
             .bind(to_ms(now))
-            .bind(to_ms(pending_cutoff))
+            .bind(grace_ms)
             .bind(limit as i64)
             .bind(&self.claimer)
-            .bind(claim_ms)
+            .bind(self.claim_ms())
+            .bind(self.quarantine.ids())
             .fetch_all(&self.pool)
             .await
             .map_err(interpret_error)?;
-        let mut out: Vec<DueLease> = Vec::with_capacity(rows.len());
-        for row in &rows {
-            // Distinct already (DISTINCT ON id in the statement).
-            let lease = lease_from_row(row)?;
-            let reason = match lease.state {
-                LeaseState::Pending => EndReason::Orphaned,
-                _ => lease.end_reason.unwrap_or(EndReason::Expired),
-            };
-            out.push(DueLease { lease, reason });
+        // Distinct already (DISTINCT ON id in the statement).
+        let (out, bad) = self.quarantine.decode_due(&rows, "postgres");
+        if !bad.is_empty() {
+            // Claim only what decodes: a row set aside must not stay claimed
+            // (and renewed by the heartbeat) by this replica.
+            sqlx::query("UPDATE leases SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = $1 AND id = ANY($2)")
+                .bind(&self.claimer)
+                .bind(&bad)
+                .execute(&self.pool)
+                .await
+                .map_err(interpret_error)?;
         }
         Ok(out)
     }
@@ -509,6 +613,7 @@ impl Store for PgStore {
     async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
         let row = sqlx::query(&next_due_sql())
             .bind(&self.claimer)
+            .bind(self.quarantine.ids())
             .fetch_one(&self.pool)
             .await
             .map_err(interpret_error)?;
@@ -605,7 +710,7 @@ impl Store for PgStore {
             return Ok(None);
         };
         let mut st = super::rows::job_from_row(&row)?;
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM leases WHERE job_id = $1 GROUP BY state")
+        let rows = sqlx::query(&JOB_PROGRESS_SQL.replace('?', "$1"))
             .bind(id)
             .fetch_all(&self.pool)
             .await
@@ -732,7 +837,7 @@ impl Store for PgStore {
     }
 
     async fn heartbeat(&self, r: &super::Replica) -> Result<(), StoreError> {
-        let claim_ms = i64::try_from(self.claim_timeout.as_millis()).unwrap_or(i64::MAX / 2);
+        let claim_ms = self.claim_ms();
         let mut tx = self.pool.begin().await.map_err(interpret_error)?;
         sqlx::query(&format!(
             "INSERT INTO replicas (id, host, pid, version, policy_version, started_at, seen_at) \
@@ -748,7 +853,8 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(interpret_error)?;
-        // Keep the work in hand: a live replica's claims never time out.
+        // Keep the work in hand (due leases taken, pending leases being
+        // issued): a live replica's claims never time out.
         sqlx::query(&format!(
             "UPDATE leases SET claimed_until = {DB_NOW_MS} + $2 WHERE claimed_by = $1 AND state IN {LIVE}"
         ))

@@ -189,20 +189,106 @@ where
         done: 0,
         pending: 0,
         failing: 0,
+        unrevocable: 0,
+        unrevocable_until_ms: None,
     })
 }
 
-/// Adds a job's `state, n` progress rows to `st`.
+/// A job's progress by lease state, unrevocable leases apart
+/// ([`super::Lease::unrevocable`]); rows for [`count_job_rows`]. `?` is the
+/// job id (PostgreSQL callers renumber).
+pub(crate) const JOB_PROGRESS_SQL: &str = "SELECT state, \
+     CAST(CASE WHEN state = 'expired' AND end_reason IN ('revoked', 'orphaned') THEN 1 ELSE 0 END AS BIGINT) AS unrev, \
+     COUNT(*) AS n, MAX(expires_at) AS until FROM leases WHERE job_id = ? GROUP BY 1, 2";
+
+/// Adds a job's progress rows ([`JOB_PROGRESS_SQL`]) to `st`.
 pub(crate) fn count_job_rows<R>(st: &mut super::JobStatus, rows: &[R]) -> Result<(), StoreError>
 where
     R: Row,
     for<'a> &'a str: ColumnIndex<R>,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
 {
     for r in rows {
-        let state: String = get(r, "state")?;
-        st.count(&state, get(r, "n")?)?;
+        let n: i64 = get(r, "n")?;
+        if get::<R, i64>(r, "unrev")? == 1 {
+            st.count_unrevocable(n, get(r, "until")?);
+        } else {
+            let state: String = get(r, "state")?;
+            st.count(&state, n)?;
+        }
     }
     Ok(())
+}
+
+/// Due lease rows that failed to decode, set aside by id so one bad row (an
+/// unknown state after a downgrade, a corrupt JSON column) never holds up
+/// the rest of the batch. Each backend excludes these ids from its due
+/// queries. Entries are forgotten after [`Quarantine::RECHECK`], so a row
+/// repaired by hand (or readable again after an upgrade) is picked up.
+pub(crate) struct Quarantine {
+    ids: moka::sync::Cache<String, ()>,
+}
+
+impl Quarantine {
+    /// How long an undecodable row is left out before it is tried again.
+    const RECHECK: std::time::Duration = std::time::Duration::from_secs(600);
+    /// Most rows set aside at once (memory stays bounded).
+    const MAX: u64 = 10_000;
+
+    pub(crate) fn new() -> Quarantine {
+        Quarantine { ids: moka::sync::Cache::builder().max_capacity(Self::MAX).time_to_live(Self::RECHECK).build() }
+    }
+
+    /// The ids set aside now.
+    pub(crate) fn ids(&self) -> Vec<String> {
+        self.ids.iter().map(|(k, ())| (*k).clone()).collect()
+    }
+
+    /// Decodes due rows one by one: what decodes becomes due work (one entry
+    /// per lease, first row wins); what does not is logged, counted and set
+    /// aside. Returns the work and the ids set aside from this batch.
+    pub(crate) fn decode_due<R>(&self, rows: &[R], backend: &str) -> (Vec<super::DueLease>, Vec<String>)
+    where
+        R: Row,
+        for<'a> &'a str: ColumnIndex<R>,
+        for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+        for<'r> Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+        for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+        for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+    {
+        let mut out: Vec<super::DueLease> = Vec::with_capacity(rows.len());
+        let mut bad = Vec::new();
+        for row in rows {
+            match lease_from_row(row) {
+                Ok(lease) => {
+                    // An active lease can match two branches (expired and scheduled).
+                    if out.iter().any(|d| d.lease.id == lease.id) {
+                        continue;
+                    }
+                    let reason = match lease.state {
+                        LeaseState::Pending => EndReason::Orphaned,
+                        _ => lease.end_reason.unwrap_or(EndReason::Expired),
+                    };
+                    out.push(super::DueLease { lease, reason });
+                }
+                Err(e) => {
+                    let Ok(id) = get::<R, String>(row, "id") else {
+                        tracing::warn!(store = backend, error = %e, "a due lease row has no readable id; skipped");
+                        continue;
+                    };
+                    if bad.contains(&id) {
+                        continue;
+                    }
+                    tracing::warn!(store = backend, lease_id = %id, error = %e,
+                        "lease row cannot be decoded; set aside (not revoked) until it is readable, the rest of the batch goes on");
+                    crate::telemetry::metrics().lease_rows_undecodable.inc();
+                    self.ids.insert(id.clone(), ());
+                    bad.push(id);
+                }
+            }
+        }
+        (out, bad)
+    }
 }

@@ -14,7 +14,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use time::OffsetDateTime;
 
 use super::{
-    from_ms, to_ms, DueLease, EndReason, JobStatus, Lease, LeaseCounts, LeaseFilter, LeaseState, RevokeFilter, RoleCounts,
+    from_ms, to_ms, DueLease, EndReason, JobStatus, Lease, LeaseCounts, LeaseFilter, RevokeFilter, RoleCounts,
     Store, StoreError,
 };
 
@@ -166,6 +166,9 @@ const LEASE_COLUMNS: &str = "id, role, plugin, issuer, subject, claims, scopes, 
 
 const LIVE: &str = "('pending', 'active', 'revoke_failed')";
 
+/// Leaves out the due rows set aside as undecodable (`?4`: JSON array of ids).
+const NOT_SET_ASIDE: &str = "id NOT IN (SELECT value FROM json_each(?4))";
+
 pub struct SqliteStore {
     /// Readers (WAL lets them run beside the writer).
     read: SqlitePool,
@@ -179,6 +182,8 @@ pub struct SqliteStore {
     _lock: Option<File>,
     /// This process's replica id (there is only ever one on SQLite).
     id: String,
+    /// Due rows that did not decode, left out of `due()` by id.
+    quarantine: Quarantine,
 }
 
 fn interpret_error(e: sqlx::Error) -> StoreError {
@@ -235,11 +240,11 @@ impl SqliteStore {
         // by an earlier process is stale.
         writer.exec("DELETE FROM replicas", vec![]).await?;
         let id = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 8]>()));
-        Ok(SqliteStore { read, writer, _lock: Some(lock), id })
+        Ok(SqliteStore { read, writer, _lock: Some(lock), id, quarantine: Quarantine::new() })
     }
 }
 
-use super::rows::{lease_from_row, secret_from_row, SECRET_COLUMNS};
+use super::rows::{lease_from_row, secret_from_row, Quarantine, JOB_PROGRESS_SQL, SECRET_COLUMNS};
 use super::{switch_condition, Rewrap, SecretSwitch, SecretVersion};
 
 fn push_filter(qb: &mut QueryBuilder<'_, Sqlite>, f: &LeaseFilter) {
@@ -310,7 +315,7 @@ impl Store for SqliteStore {
             .writer
             .exec(
                 "UPDATE leases SET state = 'active', handle = ?, expires_at = ?, root_version = ? \
-                 WHERE id = ? AND state = 'pending'",
+                 WHERE id = ? AND state = 'pending' AND end_reason IS NOT 'orphaned'",
                 vec![
                     Bind::Text(to_json(handle)?),
                     Bind::Int(to_ms(expires_at)),
@@ -553,6 +558,78 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn mark_orphaned(&self, id: &LeaseId) -> Result<bool, StoreError> {
+        let n = self
+            .writer
+            .exec(
+                "UPDATE leases SET end_reason = 'orphaned' WHERE id = ? AND state = 'pending'",
+                vec![Bind::Text(id.to_string())],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn finish_unrevocable(&self, id: &LeaseId, reason: EndReason, at: OffsetDateTime) -> Result<bool, StoreError> {
+        let n = self
+            .writer
+            .exec(
+                format!(
+                    "UPDATE leases SET state = 'expired', end_reason = ?, ended_at = ?, next_attempt_at = NULL \
+                     WHERE id = ? AND state IN {LIVE}"
+                ),
+                vec![Bind::Text(reason.as_str().into()), Bind::Int(to_ms(at)), Bind::Text(id.to_string())],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn record_late_failure(
+        &self,
+        id: &LeaseId,
+        handle: &Handle,
+        reason: EndReason,
+        error: &str,
+        retry_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .exec(
+                "UPDATE leases SET state = 'revoke_failed', handle = ?, end_reason = ?, ended_at = NULL, \
+                 attempts = attempts + 1, last_error = ?, next_attempt_at = ? \
+                 WHERE id = ? AND state IN ('revoked', 'expired', 'revoke_failed')",
+                vec![
+                    Bind::Text(to_json(handle)?),
+                    Bind::Text(reason.as_str().into()),
+                    Bind::Text(error.to_owned()),
+                    Bind::Int(to_ms(retry_at)),
+                    Bind::Text(id.to_string()),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn prune_ended(&self, before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
+        // One bounded statement per call through the writer (no long hold of
+        // the one write connection); the `leases_ended` index finds the rows.
+        let n = self
+            .writer
+            .exec(
+                "DELETE FROM leases WHERE id IN (SELECT id FROM leases WHERE ended_at < ? \
+                 AND state IN ('revoked', 'expired') LIMIT ?)",
+                vec![Bind::Int(to_ms(before)), Bind::Int(i64::from(limit))],
+            )
+            .await?;
+        if n < u64::from(limit) {
+            self.writer
+                .exec(
+                    "DELETE FROM jobs WHERE created_at < ? AND NOT EXISTS (SELECT 1 FROM leases WHERE job_id = jobs.id)",
+                    vec![Bind::Int(to_ms(before))],
+                )
+                .await?;
+        }
+        Ok(n)
+    }
+
     async fn schedule_revocation(&self, f: &LeaseFilter, now: OffsetDateTime) -> Result<u64, StoreError> {
         let mut sql = String::from("UPDATE leases SET end_reason = 'revoked', next_attempt_at = ? WHERE state = 'active'");
         let mut binds = vec![Bind::Int(to_ms(now))];
@@ -572,50 +649,44 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<DueLease>, StoreError> {
         // Four index-backed branches; each row carries the time it fell due.
+        // `?4`: rows set aside as undecodable (a JSON array of ids).
         let sql = format!(
             "SELECT * FROM (
                SELECT {LEASE_COLUMNS}, expires_at AS due_at FROM leases
-                 WHERE state = 'active' AND expires_at <= ?1
+                 WHERE state = 'active' AND expires_at <= ?1 AND {NOT_SET_ASIDE}
                UNION ALL
                SELECT {LEASE_COLUMNS}, next_attempt_at AS due_at FROM leases
-                 WHERE state = 'active' AND next_attempt_at <= ?1
+                 WHERE state = 'active' AND next_attempt_at <= ?1 AND {NOT_SET_ASIDE}
                UNION ALL
                SELECT {LEASE_COLUMNS}, issued_at AS due_at FROM leases
-                 WHERE state = 'pending' AND issued_at < ?2
+                 WHERE state = 'pending' AND issued_at < ?2 AND {NOT_SET_ASIDE}
                UNION ALL
                SELECT {LEASE_COLUMNS}, next_attempt_at AS due_at FROM leases
-                 WHERE state = 'revoke_failed' AND next_attempt_at <= ?1
+                 WHERE state = 'revoke_failed' AND next_attempt_at <= ?1 AND {NOT_SET_ASIDE}
              ) ORDER BY due_at LIMIT ?3"
         );
         let rows = sqlx::query(&sql)
             .bind(to_ms(now))
             .bind(to_ms(pending_cutoff))
             .bind(limit as i64)
+            .bind(to_json(&self.quarantine.ids())?)
             .fetch_all(&self.read)
             .await
             .map_err(interpret_error)?;
-        let mut out: Vec<DueLease> = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let lease = lease_from_row(row)?;
-            // An active lease can match two branches (expired and scheduled).
-            if out.iter().any(|d| d.lease.id == lease.id) {
-                continue;
-            }
-            let reason = match lease.state {
-                LeaseState::Pending => EndReason::Orphaned,
-                _ => lease.end_reason.unwrap_or(EndReason::Expired),
-            };
-            out.push(DueLease { lease, reason });
-        }
-        Ok(out)
+        Ok(self.quarantine.decode_due(&rows, "sqlite").0)
     }
 
     async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
-        let row = sqlx::query(
+        // Rows set aside are no work: counting them would wake the worker
+        // in a loop for a lease it never gets.
+        let row = sqlx::query(&format!(
             "SELECT MIN(t) AS t FROM (
-               SELECT MIN(expires_at) AS t FROM leases WHERE state = 'active'
-               UNION ALL SELECT MIN(next_attempt_at) FROM leases WHERE state IN ('active', 'revoke_failed'))",
-        )
+               SELECT MIN(expires_at) AS t FROM leases WHERE state = 'active' AND {NOT_SET_ASIDE}
+               UNION ALL SELECT MIN(next_attempt_at) FROM leases
+                 WHERE state IN ('active', 'revoke_failed') AND {NOT_SET_ASIDE})",
+            NOT_SET_ASIDE = NOT_SET_ASIDE.replace("?4", "?1")
+        ))
+        .bind(to_json(&self.quarantine.ids())?)
         .fetch_one(&self.read)
         .await
         .map_err(interpret_error)?;
@@ -686,20 +757,31 @@ impl Store for SqliteStore {
             sql.push_str(" AND issued_at >= ?");
             binds.push(Bind::Int(t));
         }
-        let n = self.writer.exec(sql, binds).await? as i64;
-        self.writer
-            .exec(
-                "INSERT INTO jobs (id, kind, filter, created_by, created_at, total) VALUES (?, 'revoke', ?, ?, ?, ?)",
-                vec![
-                    Bind::Text(id.to_owned()),
-                    Bind::Text(to_json(f)?),
-                    Bind::Text(created_by.to_owned()),
-                    Bind::Int(to_ms(now)),
-                    Bind::Int(n),
-                ],
-            )
-            .await?;
-        Ok(n)
+        // One writer request: the tags and the job row commit together or
+        // not at all (the total is counted from the tags it just wrote).
+        let job = Stmt {
+            sql: "INSERT INTO jobs (id, kind, filter, created_by, created_at, total) \
+                  VALUES (?, 'revoke', ?, ?, ?, (SELECT COUNT(*) FROM leases WHERE job_id = ?))"
+                .into(),
+            binds: vec![
+                Bind::Text(id.to_owned()),
+                Bind::Text(to_json(f)?),
+                Bind::Text(created_by.to_owned()),
+                Bind::Int(to_ms(now)),
+                Bind::Text(id.to_owned()),
+            ],
+            must_affect: true,
+        };
+        let tag = Stmt { sql, binds, must_affect: false };
+        if self.writer.exec_all(vec![tag, job]).await? != 1 {
+            return Err(StoreError::Unavailable(format!("job {id} was not recorded")));
+        }
+        let row = sqlx::query("SELECT total FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_one(&self.read)
+            .await
+            .map_err(interpret_error)?;
+        row.try_get::<i64, _>("total").map_err(interpret_error)
     }
 
     async fn job_status(&self, id: &str) -> Result<Option<JobStatus>, StoreError> {
@@ -712,7 +794,7 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         let mut st = super::rows::job_from_row(&row)?;
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM leases WHERE job_id = ? GROUP BY state")
+        let rows = sqlx::query(JOB_PROGRESS_SQL)
             .bind(id)
             .fetch_all(&self.read)
             .await

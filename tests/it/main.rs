@@ -4,6 +4,7 @@ mod support;
 
 mod audit;
 mod connections;
+mod engine;
 mod binary;
 mod flood;
 mod flow;

@@ -169,6 +169,91 @@ pub async fn suite(s: Arc<dyn Store>) {
     assert!(s.replicas(Duration::from_secs(60)).await.unwrap().is_empty());
 
     secrets(&s).await;
+    jobs_and_retention(&s).await;
+}
+
+/// Bulk revocation jobs are recorded with their tags in one transaction;
+/// unrevocable leases are counted apart; a credential found after its
+/// lease ended makes the lease live again; retention deletes ended leases
+/// only, in bounded batches.
+async fn jobs_and_retention(s: &Arc<dyn Store>) {
+    use lessor::store::{RevokeFilter, StoreError};
+    let now = OffsetDateTime::now_utc();
+    for (id, role) in [("j-a", "job/a"), ("j-b", "job/b")] {
+        s.insert_pending(&lease(id, role, "jobs", 600)).await.unwrap();
+        assert!(s.activate(&LeaseId::new(id), &json!({}), now + time::Duration::minutes(10)).await.unwrap());
+    }
+    let by_role = |r: &str| RevokeFilter { role: Some(r.into()), ..Default::default() };
+    assert_eq!(s.start_revoke_job("job_1", &by_role("job/a"), "admin", now).await.unwrap(), 1);
+    // The same job id again: the job row is refused, so the tags go too.
+    let again = s.start_revoke_job("job_1", &by_role("job/b"), "admin", now).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    let st = s.job_status("job_1").await.unwrap().unwrap();
+    assert_eq!((st.total, st.done + st.pending + st.failing), (1, 1), "leases tagged without their job row: {st:?}");
+
+    // A plugin that cannot revoke: the job says so instead of "done".
+    assert_eq!(s.start_revoke_job("job_2", &by_role("job/b"), "admin", now).await.unwrap(), 1);
+    assert!(s.finish_unrevocable(&LeaseId::new("j-b"), EndReason::Revoked, now).await.unwrap());
+    let b = s.get(&LeaseId::new("j-b")).await.unwrap().unwrap();
+    assert!(b.unrevocable(), "{b:?}");
+    assert_eq!((b.state, b.end_reason), (LeaseState::Expired, Some(EndReason::Revoked)));
+    let st = s.job_status("job_2").await.unwrap().unwrap();
+    assert_eq!((st.done, st.pending, st.unrevocable), (0, 0, 1), "{st:?}");
+    assert_eq!(st.unrevocable_until_ms, Some(lessor::store::to_ms(b.expires_at)));
+
+    // A credential created after its lease ended, whose revocation failed:
+    // live again (revoke_failed, with its handle) so the worker retries it.
+    assert!(s.finish(&LeaseId::new("j-a"), EndReason::Revoked, now).await.unwrap());
+    s.record_late_failure(&LeaseId::new("j-a"), &json!({"late": true}), EndReason::Orphaned, "vendor down", now)
+        .await
+        .unwrap();
+    let a = s.get(&LeaseId::new("j-a")).await.unwrap().unwrap();
+    assert_eq!((a.state, a.handle.clone(), a.ended_at), (LeaseState::RevokeFailed, Some(json!({"late": true})), None));
+    assert!(s.due(now, now - time::Duration::hours(1), 1000).await.unwrap().iter().any(|d| d.lease.id.as_str() == "j-a"));
+    assert!(s.finish(&LeaseId::new("j-a"), EndReason::Orphaned, now).await.unwrap());
+
+    // Retention: ended before the cutoff goes, in batches of `limit`;
+    // live leases and recently ended ones stay.
+    let old = now - time::Duration::hours(2);
+    for id in ["r-1", "r-2", "r-3"] {
+        s.insert_pending(&lease(id, "ret/r", "ret", 60)).await.unwrap();
+        assert!(s.finish(&LeaseId::new(id), EndReason::Expired, old).await.unwrap());
+    }
+    s.insert_pending(&lease("r-live", "ret/r", "ret", 60)).await.unwrap();
+    s.activate(&LeaseId::new("r-live"), &json!({}), now + time::Duration::minutes(1)).await.unwrap();
+    let cutoff = now - time::Duration::hours(1);
+    assert_eq!(s.prune_ended(cutoff, 2).await.unwrap(), 2);
+    assert_eq!(s.prune_ended(cutoff, 2).await.unwrap(), 1);
+    assert_eq!(s.prune_ended(cutoff, 2).await.unwrap(), 0);
+    for id in ["r-1", "r-2", "r-3"] {
+        assert!(s.get(&LeaseId::new(id)).await.unwrap().is_none(), "{id} outlived its retention");
+    }
+    assert!(s.get(&LeaseId::new("r-live")).await.unwrap().is_some(), "a live lease was pruned");
+    assert!(s.get(&LeaseId::new("j-a")).await.unwrap().is_some(), "ended after the cutoff: kept");
+    // Jobs go once their leases are gone and they are older than the cutoff.
+    assert!(s.job_status("job_1").await.unwrap().is_some());
+    let live = s.count_live(&LeaseFilter::default()).await.unwrap();
+    while s.prune_ended(now + time::Duration::hours(1), 1000).await.unwrap() > 0 {}
+    for state in [LeaseState::Revoked, LeaseState::Expired] {
+        let left = s.list(&LeaseFilter { state: Some(state), limit: 10, ..Default::default() }).await.unwrap();
+        assert!(left.is_empty(), "ended leases left: {left:?}");
+    }
+    assert_eq!(s.count_live(&LeaseFilter::default()).await.unwrap(), live, "live leases were pruned");
+    assert!(s.job_status("job_1").await.unwrap().is_none(), "a job with no lease left is pruned");
+    assert!(s.get(&LeaseId::new("r-live")).await.unwrap().is_some(), "a live lease was pruned");
+
+    // The orphan sweep and activation race for a pending lease: whichever
+    // comes first wins, the other is refused.
+    s.insert_pending(&lease("o-swept", "ret/r", "o", 60)).await.unwrap();
+    assert!(s.mark_orphaned(&LeaseId::new("o-swept")).await.unwrap());
+    assert!(!s.activate(&LeaseId::new("o-swept"), &json!({}), now).await.unwrap(), "activated after the sweep took it");
+    s.insert_pending(&lease("o-active", "ret/r", "o", 60)).await.unwrap();
+    assert!(s.activate(&LeaseId::new("o-active"), &json!({}), now).await.unwrap());
+    assert!(!s.mark_orphaned(&LeaseId::new("o-active")).await.unwrap(), "an active lease is no orphan");
+    // A pending lease a bulk job tagged still activates (and is then revoked).
+    s.insert_pending(&lease("o-tagged", "ret/tagged", "o", 60)).await.unwrap();
+    assert_eq!(s.start_revoke_job("job_3", &by_role("ret/tagged"), "admin", now).await.unwrap(), 1);
+    assert!(s.activate(&LeaseId::new("o-tagged"), &json!({}), now).await.unwrap());
 }
 
 fn secret(conn: &str, version: i64, by: &str) -> lessor::store::SecretVersion {
@@ -507,4 +592,183 @@ async fn the_daemon_runs_on_a_postgres_store() {
     .await
     .expect("the job finishes on PostgreSQL");
     assert_eq!((done["total"].as_i64(), done["done"].as_i64()), (Some(3), Some(3)));
+}
+
+/// Corrupts two due leases the way a downgrade or a bad hand edit would.
+const CORRUPT: [&str; 2] = [
+    "UPDATE leases SET claims = '{not json' WHERE id = 'bad-json'",
+    "UPDATE leases SET end_reason = 'vaporized' WHERE id = 'bad-reason'",
+];
+
+/// One undecodable row does not fail the batch: the rest is handed out,
+/// the bad rows are counted and skipped by id (not returned again, not
+/// waking the worker).
+async fn undecodable_rows_are_set_aside(s: &Arc<dyn Store>, raw: impl AsyncFn(&str)) {
+    for id in ["ok-1", "bad-json", "bad-reason", "ok-2"] {
+        insert_expired(s, id).await;
+    }
+    let before = lessor::telemetry::metrics().lease_rows_undecodable.get();
+    for sql in CORRUPT {
+        raw(sql).await;
+    }
+    let now = OffsetDateTime::now_utc();
+    let ids = |d: Vec<lessor::store::DueLease>| d.into_iter().map(|d| d.lease.id.to_string()).collect::<Vec<_>>();
+    let mut got = ids(s.due(now, now - time::Duration::minutes(2), 100).await.expect("a bad row fails the batch"));
+    got.sort();
+    assert_eq!(got, ["ok-1", "ok-2"]);
+    assert!(lessor::telemetry::metrics().lease_rows_undecodable.get() >= before + 2, "the bad rows are counted");
+    // Even when the limit would be filled by bad rows alone.
+    for d in ["ok-1", "ok-2"] {
+        assert!(s.finish(&LeaseId::new(d), EndReason::Expired, now).await.unwrap());
+    }
+    assert!(s.due(now, now - time::Duration::minutes(2), 2).await.unwrap().is_empty(), "set aside by id");
+    assert_eq!(s.next_due().await.unwrap(), None, "the worker is not woken for rows it cannot take");
+}
+
+#[tokio::test]
+async fn sqlite_sets_undecodable_due_rows_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let s = lessor::store::open(&format!("sqlite://{}", path.display())).await.unwrap();
+    let raw = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    undecodable_rows_are_set_aside(&s, async |sql: &str| {
+        sqlx::query(sql).execute(&raw).await.unwrap();
+    })
+    .await;
+}
+
+/// On PostgreSQL the bad rows are not left claimed (a live replica's
+/// heartbeat would renew such claims forever): another replica sees them.
+#[tokio::test]
+async fn postgres_sets_undecodable_due_rows_aside_unclaimed() {
+    use lessor::store::postgres::PgStore;
+    use sqlx::Row;
+    let (_pg, dsn) = pg_store_db();
+    let s: Arc<dyn Store> = Arc::new(PgStore::open(&dsn).await.unwrap());
+    let raw = sqlx::PgPool::connect(&dsn).await.unwrap();
+    undecodable_rows_are_set_aside(&s, async |sql: &str| {
+        sqlx::query(sql).execute(&raw).await.unwrap();
+    })
+    .await;
+    let claimed: Vec<Option<String>> = sqlx::query("SELECT claimed_by FROM leases WHERE id IN ('bad-json', 'bad-reason')")
+        .fetch_all(&raw)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get("claimed_by"))
+        .collect();
+    assert_eq!(claimed, [None, None], "undecodable rows stay unclaimed");
+}
+
+/// A pending lease carries its issuing replica's claim: while that replica
+/// beats, nobody else touches it (however long the issue takes); once it is
+/// gone, another replica orphans it after `claim_timeout`, not after
+/// `pending_grace`.
+#[tokio::test]
+async fn postgres_pending_leases_of_a_dead_replica_are_orphaned_after_claim_timeout() {
+    use lessor::store::postgres::PgStore;
+    let (_pg, dsn) = pg_store_db();
+    let timeout = Duration::from_millis(900);
+    let a: Arc<dyn Store> = Arc::new(PgStore::open(&dsn).await.unwrap().with_claim_timeout(timeout));
+    let b: Arc<dyn Store> = Arc::new(PgStore::open(&dsn).await.unwrap().with_claim_timeout(timeout));
+    a.insert_pending(&lease("issuing", "token/orders", "alice", 600)).await.unwrap();
+    let me = lessor::store::Replica {
+        id: String::new(),
+        host: "a".into(),
+        pid: 1,
+        version: "0".into(),
+        policy_version: "v".into(),
+        started_at_ms: 0,
+        seen_at_ms: 0,
+    };
+    // pending_grace is two minutes here, as by default.
+    let due = |s: Arc<dyn Store>| async move {
+        let now = OffsetDateTime::now_utc();
+        s.due(now, now - time::Duration::minutes(2), 100).await.unwrap()
+    };
+    for _ in 0..6 {
+        tokio::time::sleep(timeout / 3).await;
+        a.heartbeat(&me).await.unwrap();
+        assert!(due(b.clone()).await.is_empty(), "a live replica's issue in progress was taken");
+    }
+    // A is gone (no more heartbeats): its claim lapses, B orphans the lease.
+    drop(a);
+    let started = std::time::Instant::now();
+    let got = crate::support::Daemon::eventually(Duration::from_secs(10), || {
+        let b = b.clone();
+        async move { Some(due(b).await).filter(|d| !d.is_empty()) }
+    })
+    .await
+    .expect("the dead replica's pending lease is orphaned");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert_eq!((got[0].lease.id.as_str(), got[0].reason), ("issuing", EndReason::Orphaned));
+    // Activation releases the claim: an active lease is not tied to its issuer.
+    let c: Arc<dyn Store> = Arc::new(PgStore::open(&dsn).await.unwrap().with_claim_timeout(timeout));
+    c.insert_pending(&lease("done", "token/orders", "alice", -1)).await.unwrap();
+    assert!(c.activate(&LeaseId::new("done"), &json!({}), OffsetDateTime::now_utc()).await.unwrap());
+    assert!(due(b.clone()).await.iter().any(|d| d.lease.id.as_str() == "done"), "an activated lease stays claimed");
+}
+
+/// The orphan sweep's age is measured by the database's clock: a replica
+/// whose clock runs an hour ahead does not orphan a fresh pending lease.
+#[tokio::test]
+async fn postgres_pending_age_uses_the_database_clock() {
+    use lessor::store::postgres::PgStore;
+    let (_pg, dsn) = pg_store_db();
+    let a: Arc<dyn Store> = Arc::new(PgStore::open(&dsn).await.unwrap());
+    a.insert_pending(&lease("fresh", "token/orders", "alice", 600)).await.unwrap();
+    let mut old = lease("old", "token/orders", "alice", 600);
+    old.issued_at = OffsetDateTime::now_utc() - time::Duration::minutes(10);
+    a.insert_pending(&old).await.unwrap();
+    // Written by a replica from before pending claims: no claim at all.
+    let raw = sqlx::PgPool::connect(&dsn).await.unwrap();
+    sqlx::query("UPDATE leases SET claimed_by = NULL, claimed_until = NULL").execute(&raw).await.unwrap();
+    let b: Arc<dyn Store> = Arc::new(PgStore::open(&dsn).await.unwrap());
+    let ahead = OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let got: Vec<String> = b
+        .due(ahead, ahead - time::Duration::minutes(2), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.lease.id.to_string())
+        .collect();
+    assert_eq!(got, ["old"], "only the lease older than pending_grace by the database's clock");
+}
+
+/// The heartbeat's claim renewal (`WHERE claimed_by = ?`) and retention
+/// (`WHERE ended_at < ?`) find their rows by index, not by scanning every
+/// lease ever issued (sequential scans disabled: a plan without the index
+/// would still be a `Seq Scan`).
+#[tokio::test]
+async fn postgres_claim_renewal_and_retention_use_indexes() {
+    let (_pg, dsn) = pg_store_db();
+    let _s = lessor::store::postgres::PgStore::open(&dsn).await.unwrap();
+    let pool = sqlx::PgPool::connect(&dsn).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    // A store that has run a while: mostly ended leases, a few old.
+    sqlx::query(
+        "INSERT INTO leases (id, role, plugin, issuer, subject, claims, scopes, policies, state, issued_at, \
+         expires_at, max_expires_at, end_reason, ended_at) \
+         SELECT 'l' || i, 'r', 'p', 'i', 's', '{}', '[]', '[]', CASE WHEN i % 2 = 0 THEN 'revoked' ELSE 'expired' END, \
+         i, i, i, 'expired', 1000 + i FROM generate_series(1, 20000) AS i",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE leases").execute(&mut *conn).await.unwrap();
+    sqlx::query("SET enable_seqscan = off").execute(&mut *conn).await.unwrap();
+    for (sql, index) in [
+        (
+            "EXPLAIN UPDATE leases SET claimed_until = 1 WHERE claimed_by = 'r1' AND state IN ('pending', 'active', 'revoke_failed')",
+            "leases_claimed_by",
+        ),
+        (
+            "EXPLAIN DELETE FROM leases WHERE id IN (SELECT id FROM leases WHERE ended_at < 1100 \
+             AND state IN ('revoked', 'expired') LIMIT 500 FOR UPDATE SKIP LOCKED)",
+            "leases_ended",
+        ),
+    ] {
+        let plan: Vec<String> = sqlx::query_scalar(sql).fetch_all(&mut *conn).await.unwrap();
+        assert!(plan.iter().any(|l| l.contains(index)), "{sql}:\n{}", plan.join("\n"));
+    }
 }
