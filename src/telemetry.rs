@@ -38,6 +38,8 @@ pub struct Metrics {
     pub credential_expiry: IntGaugeVec,
     /// Age of a connection's active root credential, seconds.
     pub connection_credential_age: IntGaugeVec,
+    /// 1 while a connection's revocation circuit breaker is open.
+    pub connection_breaker_open: IntGaugeVec,
 }
 
 /// Outcomes of issue and renew requests (`outcome` label).
@@ -135,6 +137,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Opts::new("lessor_connection_credential_age_seconds", "Age of a connection's active root credential, by connection"),
         &["connection"],
     )?;
+    let connection_breaker_open = IntGaugeVec::new(
+        Opts::new(
+            "lessor_connection_breaker_open",
+            "1 while a connection's revocation circuit breaker is open (its vendor is not called; its due leases wait for the probe)",
+        ),
+        &["connection"],
+    )?;
     let build_info = IntGaugeVec::new(Opts::new("lessor_build_info", "Build information"), &["version"])?;
     build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     for c in [
@@ -158,6 +167,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(audit_write_failures.clone()),
         Box::new(credential_expiry.clone()),
         Box::new(connection_credential_age.clone()),
+        Box::new(connection_breaker_open.clone()),
         Box::new(build_info),
     ] {
         registry.register(c)?;
@@ -184,6 +194,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         audit_write_failures,
         credential_expiry,
         connection_credential_age,
+        connection_breaker_open,
     })
 }
 

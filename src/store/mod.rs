@@ -457,8 +457,12 @@ pub trait Store: Send + Sync + 'static {
     /// (bulk revocation): makes it due now with the given reason.
     async fn schedule_revocation(&self, filter: &LeaseFilter, now: OffsetDateTime) -> Result<u64, StoreError>;
 
-    /// Leases that need revoking now, oldest first: active past expiry,
-    /// pending created before `pending_cutoff`, failed whose retry is due.
+    /// Leases that need revoking now: active past expiry, pending created
+    /// before `pending_cutoff`, failed whose retry is due. At most `limit`
+    /// per connection (the role's part before `/`), oldest first within
+    /// each, round-robin across connections (each connection's oldest, then
+    /// each one's second, ...): one connection's backlog never keeps
+    /// another's due leases out.
     async fn due(&self, now: OffsetDateTime, pending_cutoff: OffsetDateTime, limit: u32)
         -> Result<Vec<DueLease>, StoreError>;
 

@@ -51,42 +51,52 @@ fn claimable() -> String {
     format!("(claimed_until IS NULL OR claimed_until <= {DB_NOW_MS} OR claimed_by = $4)")
 }
 
-/// `due()`: the four branches of the SQLite query, each taking (and locking,
-/// skipping rows another replica holds locked) at most `limit` rows in the
-/// order they fell due; then de-duplicated (an active lease can be both
-/// expired and scheduled: it counts from the earlier), ordered, limited and
-/// claimed in the same statement. `$1` now, `$2` pending cutoff, `$3` limit,
-/// `$4` claimer id, `$5` claim timeout in ms.
+/// `due()`: the four branches of the SQLite query over the rows this store
+/// may claim, reading only `(id, role, due_at)`; de-duplicated (an active
+/// lease can be both expired and scheduled: it counts from the earlier);
+/// then at most `limit` per connection (the role's part before `/`),
+/// round-robin across connections, so one connection's backlog never keeps
+/// another's due leases out. Only those candidates are locked (`FOR UPDATE
+/// SKIP LOCKED`, skipping rows another replica holds), checked again (still
+/// live, due and claimable once locked) and claimed, in the same statement.
+/// `$1` now, `$2` pending cutoff, `$3` limit per connection, `$4` claimer
+/// id, `$5` claim timeout in ms.
 fn due_sql() -> String {
     let c = claimable();
     format!(
-        "WITH b1 AS (
-           SELECT {LEASE_COLUMNS}, expires_at AS due_at FROM leases
+        "WITH u AS (
+           SELECT id, role, expires_at AS due_at FROM leases
              WHERE state = 'active' AND expires_at <= $1 AND {c}
-             ORDER BY expires_at LIMIT $3 FOR UPDATE SKIP LOCKED
-         ), b2 AS (
-           SELECT {LEASE_COLUMNS}, next_attempt_at AS due_at FROM leases
+           UNION ALL
+           SELECT id, role, next_attempt_at FROM leases
              WHERE state = 'active' AND next_attempt_at <= $1 AND {c}
-             ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED
-         ), b3 AS (
-           SELECT {LEASE_COLUMNS}, issued_at AS due_at FROM leases
+           UNION ALL
+           SELECT id, role, issued_at FROM leases
              WHERE state = 'pending' AND issued_at < $2 AND {c}
-             ORDER BY issued_at LIMIT $3 FOR UPDATE SKIP LOCKED
-         ), b4 AS (
-           SELECT {LEASE_COLUMNS}, next_attempt_at AS due_at FROM leases
+           UNION ALL
+           SELECT id, role, next_attempt_at FROM leases
              WHERE state = 'revoke_failed' AND next_attempt_at <= $1 AND {c}
-             ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED
+         ), d AS (
+           SELECT id, MIN(role) AS role, MIN(due_at) AS due_at FROM u GROUP BY id
+         ), candidates AS (
+           SELECT id, due_at, turn FROM (
+             SELECT id, due_at,
+                    ROW_NUMBER() OVER (PARTITION BY split_part(role, '/', 1) ORDER BY due_at, id) AS turn
+               FROM d
+           ) r WHERE turn <= $3
          ), picked AS MATERIALIZED (
-           SELECT * FROM (
-             SELECT DISTINCT ON (id) * FROM (
-               SELECT * FROM b1 UNION ALL SELECT * FROM b2 UNION ALL SELECT * FROM b3 UNION ALL SELECT * FROM b4
-             ) u ORDER BY id, due_at
-           ) d ORDER BY due_at, id LIMIT $3
+           SELECT {LEASE_COLUMNS}, candidates.due_at, candidates.turn
+             FROM leases JOIN candidates USING (id)
+             WHERE ((state = 'active' AND (expires_at <= $1 OR next_attempt_at <= $1))
+                    OR (state = 'pending' AND issued_at < $2)
+                    OR (state = 'revoke_failed' AND next_attempt_at <= $1))
+               AND {c}
+             FOR UPDATE OF leases SKIP LOCKED
          ), claimed AS (
            UPDATE leases SET claimed_by = $4, claimed_until = {DB_NOW_MS} + $5
              WHERE id IN (SELECT id FROM picked) RETURNING id
          )
-         SELECT picked.* FROM picked JOIN claimed USING (id) ORDER BY due_at, id"
+         SELECT picked.* FROM picked JOIN claimed USING (id) ORDER BY turn, due_at, id"
     )
 }
 

@@ -572,8 +572,12 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<DueLease>, StoreError> {
         // Four index-backed branches; each row carries the time it fell due.
+        // An active lease can match two branches (expired and scheduled): it
+        // counts from the earlier. Then at most `limit` per connection (the
+        // role's part before `/`), taken round-robin: one connection's
+        // backlog never keeps another's due leases out of the batch.
         let sql = format!(
-            "SELECT * FROM (
+            "WITH u AS (
                SELECT {LEASE_COLUMNS}, expires_at AS due_at FROM leases
                  WHERE state = 'active' AND expires_at <= ?1
                UNION ALL
@@ -585,7 +589,15 @@ impl Store for SqliteStore {
                UNION ALL
                SELECT {LEASE_COLUMNS}, next_attempt_at AS due_at FROM leases
                  WHERE state = 'revoke_failed' AND next_attempt_at <= ?1
-             ) ORDER BY due_at LIMIT ?3"
+             ), d AS (
+               SELECT *, ROW_NUMBER() OVER (PARTITION BY id ORDER BY due_at) AS dup FROM u
+             ), r AS (
+               SELECT *, ROW_NUMBER() OVER (
+                   PARTITION BY substr(role, 1, instr(role || '/', '/') - 1) ORDER BY due_at, id
+                 ) AS turn
+                 FROM d WHERE dup = 1
+             )
+             SELECT {LEASE_COLUMNS}, due_at FROM r WHERE turn <= ?3 ORDER BY turn, due_at, id"
         );
         let rows = sqlx::query(&sql)
             .bind(to_ms(now))

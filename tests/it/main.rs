@@ -4,6 +4,7 @@ mod support;
 
 mod audit;
 mod connections;
+mod dead_vendor;
 mod binary;
 mod flow;
 mod http;
