@@ -50,7 +50,11 @@ pub async fn run(svc: LeaseService, mut shutdown: watch::Receiver<bool>) {
         if exclusive {
             cutoff = cutoff.max(svc.started_at());
         }
-        let due = match svc.store.due(now, cutoff, svc.settings.batch_size).await {
+        // Busy lanes' leases stay due in the store until recorded: leave
+        // their connections out rather than read (or, on PostgreSQL, lock
+        // and claim) them again.
+        let busy: Vec<String> = lanes.1.values().cloned().collect();
+        let due = match svc.store.due_except(now, cutoff, svc.settings.batch_size, &busy).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(error = %e, "expiry worker cannot read due leases; retrying");
@@ -61,9 +65,8 @@ pub async fn run(svc: LeaseService, mut shutdown: watch::Receiver<bool>) {
             }
         };
         let wait = if !due.is_empty() {
-            // Each connection's share goes to its own lane, unless its lane
-            // still works on what it was given (those leases stay due in the
-            // store until recorded, so they come back here; skip them).
+            // Each connection's share goes to its own lane (a lane that
+            // finished since the query above may see some again: skip).
             let mut groups: BTreeMap<String, Vec<DueLease>> = BTreeMap::new();
             for d in due {
                 let c = connection_of(&d.lease.role);
@@ -80,6 +83,9 @@ pub async fn run(svc: LeaseService, mut shutdown: watch::Receiver<bool>) {
             svc.settings.tick
         } else {
             match svc.store.next_due().await {
+                // Past: a busy lane's leases (left out above); a lane that
+                // finishes wakes the loop.
+                Ok(Some(t)) if t <= OffsetDateTime::now_utc() && !lanes.0.is_empty() => svc.settings.tick,
                 Ok(Some(t)) => {
                     let until = t - OffsetDateTime::now_utc();
                     Duration::try_from(until).unwrap_or(Duration::ZERO).min(svc.settings.tick)

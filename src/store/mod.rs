@@ -464,7 +464,20 @@ pub trait Store: Send + Sync + 'static {
     /// each one's second, ...): one connection's backlog never keeps
     /// another's due leases out.
     async fn due(&self, now: OffsetDateTime, pending_cutoff: OffsetDateTime, limit: u32)
-        -> Result<Vec<DueLease>, StoreError>;
+        -> Result<Vec<DueLease>, StoreError> {
+        self.due_except(now, pending_cutoff, limit, &[]).await
+    }
+
+    /// [`Store::due`] leaving out the connections in `skip` (the expiry
+    /// worker's busy lanes): nothing of theirs is returned, locked or
+    /// claimed again while their work is in hand.
+    async fn due_except(
+        &self,
+        now: OffsetDateTime,
+        pending_cutoff: OffsetDateTime,
+        limit: u32,
+        skip: &[String],
+    ) -> Result<Vec<DueLease>, StoreError>;
 
     /// When the next lease falls due (expiry or retry), if any.
     async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError>;

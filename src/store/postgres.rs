@@ -53,14 +53,15 @@ fn claimable() -> String {
 
 /// `due()`: the four branches of the SQLite query over the rows this store
 /// may claim, reading only `(id, role, due_at)`; de-duplicated (an active
-/// lease can be both expired and scheduled: it counts from the earlier);
-/// then at most `limit` per connection (the role's part before `/`),
-/// round-robin across connections, so one connection's backlog never keeps
-/// another's due leases out. Only those candidates are locked (`FOR UPDATE
-/// SKIP LOCKED`, skipping rows another replica holds), checked again (still
-/// live, due and claimable once locked) and claimed, in the same statement.
-/// `$1` now, `$2` pending cutoff, `$3` limit per connection, `$4` claimer
-/// id, `$5` claim timeout in ms.
+/// lease can be both expired and scheduled: it counts from the earlier).
+/// Then, for each connection (the role's part before `/`) not in `$6`, its
+/// oldest `limit` are locked `FOR UPDATE SKIP LOCKED` (skipping rows another
+/// replica's `due()` holds, so concurrent replicas take different rows),
+/// checked again (still live, due and claimable), claimed and returned
+/// round-robin across connections: one connection's backlog never keeps
+/// another's due leases out. One statement. `$1` now, `$2` pending cutoff,
+/// `$3` limit per connection, `$4` claimer id, `$5` claim timeout in ms,
+/// `$6` connections to leave out (text[]).
 fn due_sql() -> String {
     let c = claimable();
     format!(
@@ -76,22 +77,25 @@ fn due_sql() -> String {
            UNION ALL
            SELECT id, role, next_attempt_at FROM leases
              WHERE state = 'revoke_failed' AND next_attempt_at <= $1 AND {c}
-         ), d AS (
-           SELECT id, MIN(role) AS role, MIN(due_at) AS due_at FROM u GROUP BY id
-         ), candidates AS (
-           SELECT id, due_at, turn FROM (
-             SELECT id, due_at,
-                    ROW_NUMBER() OVER (PARTITION BY split_part(role, '/', 1) ORDER BY due_at, id) AS turn
-               FROM d
-           ) r WHERE turn <= $3
+         ), d AS MATERIALIZED (
+           SELECT id, split_part(MIN(role), '/', 1) AS conn, MIN(due_at) AS due_at FROM u GROUP BY id
+         ), conns AS (
+           SELECT DISTINCT conn FROM d WHERE conn <> ALL($6)
+         ), locked AS MATERIALIZED (
+           SELECT x.id, x.conn, x.due_at FROM conns, LATERAL (
+             SELECT leases.id, d.conn, d.due_at FROM d JOIN leases ON leases.id = d.id
+               WHERE d.conn = conns.conn
+                 AND ((state = 'active' AND (expires_at <= $1 OR next_attempt_at <= $1))
+                      OR (state = 'pending' AND issued_at < $2)
+                      OR (state = 'revoke_failed' AND next_attempt_at <= $1))
+                 AND {c}
+               ORDER BY d.due_at, d.id LIMIT $3
+               FOR UPDATE OF leases SKIP LOCKED
+           ) x
+         ), ranked AS (
+           SELECT id, due_at, ROW_NUMBER() OVER (PARTITION BY conn ORDER BY due_at, id) AS turn FROM locked
          ), picked AS MATERIALIZED (
-           SELECT {LEASE_COLUMNS}, candidates.due_at, candidates.turn
-             FROM leases JOIN candidates USING (id)
-             WHERE ((state = 'active' AND (expires_at <= $1 OR next_attempt_at <= $1))
-                    OR (state = 'pending' AND issued_at < $2)
-                    OR (state = 'revoke_failed' AND next_attempt_at <= $1))
-               AND {c}
-             FOR UPDATE OF leases SKIP LOCKED
+           SELECT {LEASE_COLUMNS}, ranked.due_at, ranked.turn FROM leases JOIN ranked USING (id)
          ), claimed AS (
            UPDATE leases SET claimed_by = $4, claimed_until = {DB_NOW_MS} + $5
              WHERE id IN (SELECT id FROM picked) RETURNING id
@@ -486,11 +490,12 @@ impl Store for PgStore {
         Ok(done.rows_affected())
     }
 
-    async fn due(
+    async fn due_except(
         &self,
         now: OffsetDateTime,
         pending_cutoff: OffsetDateTime,
         limit: u32,
+        skip: &[String],
     ) -> Result<Vec<DueLease>, StoreError> {
         let claim_ms = i64::try_from(self.claim_timeout.as_millis()).unwrap_or(i64::MAX / 2);
         let rows = sqlx::query(&due_sql())
@@ -499,6 +504,7 @@ impl Store for PgStore {
             .bind(limit as i64)
             .bind(&self.claimer)
             .bind(claim_ms)
+            .bind(skip)
             .fetch_all(&self.pool)
             .await
             .map_err(interpret_error)?;

@@ -565,44 +565,57 @@ impl Store for SqliteStore {
         self.writer.exec(sql, binds).await
     }
 
-    async fn due(
+    async fn due_except(
         &self,
         now: OffsetDateTime,
         pending_cutoff: OffsetDateTime,
         limit: u32,
+        skip: &[String],
     ) -> Result<Vec<DueLease>, StoreError> {
+        // Connections to leave out: ?4, ?5, ...
+        let skip_sql = if skip.is_empty() {
+            String::new()
+        } else {
+            let marks: Vec<String> = (0..skip.len()).map(|i| format!("?{}", i + 4)).collect();
+            format!("WHERE substr(role, 1, instr(role || '/', '/') - 1) NOT IN ({})", marks.join(", "))
+        };
         // Four index-backed branches; each row carries the time it fell due.
         // An active lease can match two branches (expired and scheduled): it
         // counts from the earlier. Then at most `limit` per connection (the
         // role's part before `/`), taken round-robin: one connection's
         // backlog never keeps another's due leases out of the batch.
+        // Ranked over narrow rows, then only the chosen ones read in full.
         let sql = format!(
             "WITH u AS (
-               SELECT {LEASE_COLUMNS}, expires_at AS due_at FROM leases
+               SELECT id, role, expires_at AS due_at FROM leases
                  WHERE state = 'active' AND expires_at <= ?1
                UNION ALL
-               SELECT {LEASE_COLUMNS}, next_attempt_at AS due_at FROM leases
+               SELECT id, role, next_attempt_at FROM leases
                  WHERE state = 'active' AND next_attempt_at <= ?1
                UNION ALL
-               SELECT {LEASE_COLUMNS}, issued_at AS due_at FROM leases
+               SELECT id, role, issued_at FROM leases
                  WHERE state = 'pending' AND issued_at < ?2
                UNION ALL
-               SELECT {LEASE_COLUMNS}, next_attempt_at AS due_at FROM leases
+               SELECT id, role, next_attempt_at FROM leases
                  WHERE state = 'revoke_failed' AND next_attempt_at <= ?1
              ), d AS (
-               SELECT *, ROW_NUMBER() OVER (PARTITION BY id ORDER BY due_at) AS dup FROM u
+               SELECT id, MIN(role) AS role, MIN(due_at) AS due_at FROM u GROUP BY id
+             ), kept AS (
+               SELECT * FROM d {skip_sql}
              ), r AS (
-               SELECT *, ROW_NUMBER() OVER (
+               SELECT id AS rid, due_at, ROW_NUMBER() OVER (
                    PARTITION BY substr(role, 1, instr(role || '/', '/') - 1) ORDER BY due_at, id
                  ) AS turn
-                 FROM d WHERE dup = 1
+                 FROM kept
              )
-             SELECT {LEASE_COLUMNS}, due_at FROM r WHERE turn <= ?3 ORDER BY turn, due_at, id"
+             SELECT {LEASE_COLUMNS}, r.due_at FROM r JOIN leases ON leases.id = r.rid
+               WHERE r.turn <= ?3 ORDER BY r.turn, r.due_at, r.rid"
         );
-        let rows = sqlx::query(&sql)
-            .bind(to_ms(now))
-            .bind(to_ms(pending_cutoff))
-            .bind(limit as i64)
+        let mut q = sqlx::query(&sql).bind(to_ms(now)).bind(to_ms(pending_cutoff)).bind(limit as i64);
+        for c in skip {
+            q = q.bind(c.as_str());
+        }
+        let rows = q
             .fetch_all(&self.read)
             .await
             .map_err(interpret_error)?;

@@ -3,9 +3,19 @@
 //! a bulk revocation job keeps moving for the token connection; once
 //! PostgreSQL is back, its leases are all revoked (roles gone).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
+use lessor::config::{LeaseSettings, RoleConfig};
+use lessor::lease::{expiry, LeaseService};
+use lessor::plugins::{Catalog, Role};
+use lessor::policy::{PolicyEngine, RoleInfo};
+use lessor::store::{Lease, LeaseState, Store};
+use lessor_plugin::{Capabilities, IssueRequest, Issued, LeaseId, LeaseRef, Plugin, PluginError, RenewRequest, Validation};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -185,4 +195,178 @@ async fn a_stopped_postgres_delays_no_other_connection() {
     assert_eq!(out.trim(), "0", "roles left at PostgreSQL");
     let (_, st) = d.get("/v1/admin/status", &d.admin).await;
     assert_eq!(st["breakers"], json!([]), "{st}");
+}
+
+/// A vendor whose revocations hang (`hang`) or succeed at once, counting calls.
+struct Vendor {
+    hang: bool,
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl Plugin for Vendor {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { can_renew: false, can_revoke: true }
+    }
+    async fn validate(&self) -> Result<Validation, PluginError> {
+        Ok(Validation { identity: "fake".into(), details: BTreeMap::new(), warnings: vec![] })
+    }
+    async fn issue(&self, _: IssueRequest) -> Result<Issued, PluginError> {
+        Err(PluginError::Unsupported("issue"))
+    }
+    async fn renew(&self, _: RenewRequest) -> Result<OffsetDateTime, PluginError> {
+        Err(PluginError::Unsupported("renew"))
+    }
+    async fn revoke(&self, _: &LeaseRef) -> Result<(), PluginError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+fn role(connection: &str, plugin: Arc<Vendor>) -> (RoleInfo, Role) {
+    let info = RoleInfo {
+        name: format!("{connection}/r"),
+        connection: connection.into(),
+        plugin: "fake".into(),
+        environment: "staging".into(),
+        scopes: vec![],
+        max_ttl_seconds: 3600,
+    };
+    let cfg: RoleConfig = toml::from_str("max_ttl = \"1h\"").unwrap();
+    let role = Role {
+        name: info.name.clone(),
+        connection: connection.into(),
+        short: "r".into(),
+        kind: "fake".into(),
+        plugin,
+        cfg,
+        info: info.clone(),
+    };
+    (info, role)
+}
+
+async fn active_lease(store: &Arc<dyn Store>, id: &str, role: &str, expires_at: OffsetDateTime) {
+    let now = OffsetDateTime::now_utc();
+    let l = Lease {
+        id: LeaseId::new(id),
+        role: role.into(),
+        plugin: "fake".into(),
+        issuer: "i".into(),
+        subject: "s".into(),
+        claims: json!({}),
+        scopes: vec![],
+        policies: vec![],
+        state: LeaseState::Pending,
+        issued_at: now,
+        expires_at,
+        max_expires_at: now + time::Duration::hours(1),
+        handle: None,
+        attempts: 0,
+        last_error: None,
+        next_attempt_at: None,
+        end_reason: None,
+        ended_at: None,
+        root_version: None,
+    };
+    store.insert_pending(&l).await.unwrap();
+    assert!(store.activate(&l.id, &json!({}), expires_at).await.unwrap());
+}
+
+/// A vendor that hangs (every call cut at `revoke_timeout`) holds only its
+/// own connection's lane: another connection's leases expiring meanwhile end
+/// on time, and once the breaker opens the hanging vendor is not called for
+/// the rest of its backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_vendor_holds_only_its_own_leases() {
+    let slow = Arc::new(Vendor { hang: true, calls: AtomicUsize::new(0) });
+    let fast = Arc::new(Vendor { hang: false, calls: AtomicUsize::new(0) });
+    let (slow_info, slow_role) = role("slow", slow.clone());
+    let (fast_info, fast_role) = role("fast", fast.clone());
+    let catalog = Catalog {
+        roles: BTreeMap::from([
+            ("slow/r".to_string(), Arc::new(slow_role)),
+            ("fast/r".to_string(), Arc::new(fast_role)),
+        ]),
+        connections: BTreeMap::from([
+            ("slow".to_string(), slow.clone() as Arc<dyn Plugin>),
+            ("fast".to_string(), fast.clone() as Arc<dyn Plugin>),
+        ]),
+        scopes: BTreeMap::new(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = lessor::store::open(&format!("sqlite://{}", dir.path().join("l.db").display())).await.unwrap();
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let engine = PolicyEngine::load(&policies, vec![slow_info, fast_info]).unwrap();
+    let settings = LeaseSettings {
+        tick: Duration::from_millis(50),
+        revoke_timeout: Duration::from_secs(2),
+        revoke_concurrency: 4,
+        breaker_threshold: 3,
+        breaker_base: Duration::from_secs(30),
+        breaker_max: Duration::from_secs(30),
+        ..LeaseSettings::default()
+    };
+    let svc = LeaseService::new(store.clone(), Arc::new(catalog), Arc::new(engine), settings);
+
+    let now = OffsetDateTime::now_utc();
+    for i in 0..100 {
+        active_lease(&store, &format!("slow{i:03}"), "slow/r", now - time::Duration::minutes(1)).await;
+    }
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(expiry::run(svc.clone(), rx));
+    // Fast leases expiring over the next 3 s, while the slow vendor hangs.
+    let mut fast_ids = Vec::new();
+    for i in 0..12i64 {
+        let id = format!("fast{i:02}");
+        active_lease(&store, &id, "fast/r", now + time::Duration::milliseconds(300 + 250 * i)).await;
+        fast_ids.push(id);
+    }
+    let ended = Daemon::eventually(Duration::from_secs(15), || async {
+        let mut out = Vec::new();
+        for id in &fast_ids {
+            let l = store.get(&LeaseId::new(id)).await.unwrap().unwrap();
+            out.push((l.ended_at?, l.expires_at));
+        }
+        Some(out)
+    })
+    .await
+    .expect("the fast connection's leases end");
+    let worst = ended.iter().map(|(e, x)| (*e - *x).as_seconds_f64()).fold(0.0, f64::max);
+    assert!(worst < 1.0, "a fast lease ended {worst:.3}s after its expiry");
+
+    // The slow backlog: the first calls hung until revoke_timeout, then the
+    // breaker opened and the rest were recorded without calling the vendor.
+    let failing = Daemon::eventually(Duration::from_secs(15), || async {
+        let l = store
+            .list(&lessor::store::LeaseFilter { state: Some(LeaseState::RevokeFailed), limit: 1000, ..Default::default() })
+            .await
+            .unwrap();
+        (l.len() == 100).then_some(l)
+    })
+    .await
+    .expect("every slow lease shows revoke_failed");
+    let deferred: Vec<&Lease> = failing
+        .iter()
+        .filter(|l| l.last_error.as_deref().unwrap_or("").starts_with("connection `slow` unreachable since "))
+        .collect();
+    assert!(deferred.len() >= 90, "{} of 100 name the open breaker", deferred.len());
+    assert!(
+        deferred.iter().all(|l| l.next_attempt_at.unwrap() > now + time::Duration::seconds(20)),
+        "deferred leases are retried after the breaker's probe"
+    );
+    // The first wave (its concurrency, 4) and what started while the
+    // failures were still under the threshold; never the whole backlog.
+    let calls = slow.calls.load(Ordering::SeqCst);
+    assert!((4..=6).contains(&calls), "the hanging vendor was called {calls} times");
+    assert_eq!(fast.calls.load(Ordering::SeqCst), 12);
+    assert_eq!(svc.breakers.open().iter().map(|b| b.connection.as_str()).collect::<Vec<_>>(), ["slow"]);
+
+    tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), worker).await.expect("the worker stops").unwrap();
 }

@@ -531,6 +531,10 @@ async fn due_is_fair_across_connections(s: Arc<dyn Store>) {
     let due = ids(s.due(now, now - time::Duration::hours(2), 100).await.unwrap());
     assert_eq!(due.len(), 44, "{due:?}");
     assert_eq!(&due[..3], ["pg00", "pki1", "tok0"]);
+    // A busy connection is left out (nothing of it read, locked or claimed).
+    let skip = ["pg".to_string(), "pki".to_string()];
+    let due = ids(s.due_except(now, now - time::Duration::hours(2), 100, &skip).await.unwrap());
+    assert_eq!(due, ["tok0", "tok1", "tok2"]);
 }
 
 #[tokio::test]
