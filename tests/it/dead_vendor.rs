@@ -107,10 +107,10 @@ async fn a_stopped_postgres_delays_no_other_connection() {
     let (s, pg_job) = d.post("/v1/admin/revoke", &d.admin, json!({"role": "pg/app"})).await;
     assert_eq!(s, 202, "{pg_job}");
     assert_eq!(pg_job["scheduled"], PG_LEASES);
-    // ... and token leases expire a second later, behind that backlog.
+    // ... and token leases expire two seconds later, behind that backlog.
     let mut token_ids = BTreeSet::new();
     for _ in 0..TOKEN_LEASES {
-        let (s, v) = d.issue(&jwt, json!({"role": "token/orders", "ttl": "1s"})).await;
+        let (s, v) = d.issue(&jwt, json!({"role": "token/orders", "ttl": "2s"})).await;
         assert_eq!(s, 201, "{v}");
         token_ids.insert(v["lease_id"].as_str().unwrap().to_owned());
     }
@@ -177,6 +177,17 @@ async fn a_stopped_postgres_delays_no_other_connection() {
     let b = &st["breakers"][0];
     assert_eq!(b["connection"], "pg", "{st}");
     assert!(b["last_error"].as_str().unwrap_or("").contains("cannot reach PostgreSQL"), "{st}");
+    // `lessor status` (the real binary) names it too.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lessor"))
+        .args(["status", "--addr", &d.url])
+        .env("LESSOR_ADMIN_TOKEN", &d.admin)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("OPEN CIRCUIT BREAKERS"), "{text}");
+    assert!(text.lines().any(|l| l.trim_start().starts_with("pg since ")), "{text}");
 
     let pg_status = pg_job["status"].as_str().unwrap().to_owned();
     let (_, j) = d.get(&pg_status, &d.admin).await;
