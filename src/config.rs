@@ -211,12 +211,23 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseSettings {
-    /// Leases revoked concurrently by the expiry worker.
+    /// Revocations in flight per connection (each connection has its own;
+    /// `[connections.<name>] revoke_concurrency` overrides it).
     #[serde(default = "default_concurrency")]
     pub revoke_concurrency: usize,
-    /// Leases loaded per expiry batch.
+    /// Due leases loaded per connection per expiry round.
     #[serde(default = "default_batch")]
     pub batch_size: u32,
+    /// Circuit breaker: after this many consecutive retryable revocation
+    /// failures on one connection, stop calling its vendor for a while.
+    #[serde(default = "default_breaker_threshold")]
+    pub breaker_threshold: u32,
+    /// First pause of an open breaker; doubles each failed probe.
+    #[serde(default = "default_breaker_base", with = "humantime_serde")]
+    pub breaker_base: Duration,
+    /// Cap on an open breaker's pause.
+    #[serde(default = "default_breaker_max", with = "humantime_serde")]
+    pub breaker_max: Duration,
     /// Longest the expiry worker sleeps between checks.
     #[serde(default = "default_tick", with = "crate::duration::serde")]
     pub tick: Duration,
@@ -254,6 +265,15 @@ fn default_concurrency() -> usize {
 fn default_batch() -> u32 {
     256
 }
+fn default_breaker_threshold() -> u32 {
+    5
+}
+fn default_breaker_base() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_breaker_max() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_tick() -> Duration {
     Duration::from_millis(500)
 }
@@ -288,6 +308,9 @@ impl Default for LeaseSettings {
         LeaseSettings {
             revoke_concurrency: default_concurrency(),
             batch_size: default_batch(),
+            breaker_threshold: default_breaker_threshold(),
+            breaker_base: default_breaker_base(),
+            breaker_max: default_breaker_max(),
             tick: default_tick(),
             pending_grace: default_pending_grace(),
             retry_base: default_retry_base(),
@@ -584,6 +607,10 @@ pub struct ConnectionConfig {
     /// leases issued under it, rollback). Longer than the roles' max TTL.
     #[serde(default = "default_overlap", with = "crate::duration::serde")]
     pub overlap: Duration,
+    /// Revocations in flight for this connection (default
+    /// `leases.revoke_concurrency`).
+    #[serde(default)]
+    pub revoke_concurrency: Option<usize>,
     /// Plugin-specific connection settings.
     #[serde(default)]
     pub config: toml::Table,
@@ -895,6 +922,21 @@ impl Config {
         self.audit_settings()?;
         if self.leases.revoke_concurrency == 0 || self.leases.batch_size == 0 {
             return bad("leases: revoke_concurrency and batch_size must be at least 1".into());
+        }
+        if self.leases.breaker_threshold == 0 || self.leases.breaker_base.is_zero() {
+            return bad("leases: breaker_threshold and breaker_base must be more than 0".into());
+        }
+        if self.leases.breaker_max < self.leases.breaker_base {
+            return bad(format!(
+                "leases.breaker_max ({}) must be at least leases.breaker_base ({})",
+                crate::fmt_duration(self.leases.breaker_max),
+                crate::fmt_duration(self.leases.breaker_base)
+            ));
+        }
+        for (cname, conn) in &self.connections {
+            if conn.revoke_concurrency == Some(0) {
+                return bad(format!("connection `{cname}`: revoke_concurrency must be at least 1"));
+            }
         }
         if self.leases.revoke_timeout.is_zero() {
             return bad("leases.revoke_timeout must be more than 0".into());

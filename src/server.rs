@@ -197,7 +197,11 @@ pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Optio
     roots.start().await.context("root credentials")?;
     let leases = LeaseService::new(store.clone(), catalog, policy.clone(), cfg.leases.clone()).with_quotas(cfg.quotas.clone())
         .with_audit(audit.clone())
-        .with_roots(roots.clone());
+        .with_roots(roots.clone())
+        .with_breakers(crate::lease::breaker::Breakers::new(
+            &cfg.leases,
+            cfg.connections.iter().map(|(name, c)| (name.as_str(), c.revoke_concurrency)),
+        ));
     leases.init_metrics();
     let started = Event::new("service.start", "ok")
         .actor(ActorInfo::system("lessor"))

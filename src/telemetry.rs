@@ -42,6 +42,8 @@ pub struct Metrics {
     pub lease_rows_undecodable: IntCounter,
     /// Ended leases deleted by retention.
     pub leases_pruned: IntCounter,
+    /// 1 while a connection's revocation circuit breaker is open.
+    pub connection_breaker_open: IntGaugeVec,
 }
 
 /// Outcomes of issue and renew requests (`outcome` label).
@@ -145,6 +147,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
     )?;
     let leases_pruned =
         IntCounter::new("lessor_leases_pruned_total", "Ended leases deleted after the retention period")?;
+    let connection_breaker_open = IntGaugeVec::new(
+        Opts::new(
+            "lessor_connection_breaker_open",
+            "1 while a connection's revocation circuit breaker is open (its vendor is not called; its due leases wait for the probe)",
+        ),
+        &["connection"],
+    )?;
     let build_info = IntGaugeVec::new(Opts::new("lessor_build_info", "Build information"), &["version"])?;
     build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     for c in [
@@ -170,6 +179,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(connection_credential_age.clone()),
         Box::new(lease_rows_undecodable.clone()),
         Box::new(leases_pruned.clone()),
+        Box::new(connection_breaker_open.clone()),
         Box::new(build_info),
     ] {
         registry.register(c)?;
@@ -198,6 +208,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         connection_credential_age,
         lease_rows_undecodable,
         leases_pruned,
+        connection_breaker_open,
     })
 }
 

@@ -293,6 +293,21 @@ pub fn render_status(base: &str, v: &Value) -> String {
         }
     }
 
+    let breakers = v["breakers"].as_array().cloned().unwrap_or_default();
+    if !breakers.is_empty() {
+        let _ = writeln!(out, "\nOPEN CIRCUIT BREAKERS (vendor not called until the probe): {}", breakers.len());
+        for b in &breakers {
+            let _ = writeln!(
+                out,
+                "  {} since {} next probe {}: {}",
+                s(b, "connection"),
+                s(b, "since"),
+                s(b, "next_probe_at"),
+                s(b, "last_error")
+            );
+        }
+    }
+
     let failing = v["failing"].as_array().cloned().unwrap_or_default();
     let _ = writeln!(out, "\nFAILING REVOCATIONS: {}", if failing.is_empty() { "none".to_string() } else { failing.len().to_string() });
     for f in &failing {

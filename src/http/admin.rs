@@ -184,9 +184,19 @@ pub async fn status(State(st): State<AppState>, AdminCaller(_): AdminCaller) -> 
         Some(r) => r.views().await?.into_iter().flat_map(|v| v.warnings).collect(),
         None => Vec::new(),
     };
+    // This replica's open revocation circuit breakers (each replica learns
+    // for itself).
+    let breakers: Vec<Value> = st
+        .leases
+        .breakers
+        .open()
+        .into_iter()
+        .map(|b| json!({"connection": b.connection, "since": rfc(b.since), "next_probe_at": rfc(b.until), "last_error": b.last_error}))
+        .collect();
     Ok(Json(json!({
         "time": rfc(s.now),
         "connection_warnings": connection_warnings,
+        "breakers": breakers,
         "leases": counts,
         "oldest_overdue": overdue,
         "failing": failing,

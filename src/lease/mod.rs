@@ -40,6 +40,7 @@ use crate::policy::{Action, Decision, PolicyEngine, PolicyError, Principal, Requ
 use crate::store::{EndReason, JobStatus, Lease, LeaseFilter, LeaseState, RevokeFilter, Store, StoreError};
 use crate::telemetry::metrics;
 
+pub mod breaker;
 pub mod expiry;
 pub mod heartbeat;
 pub mod retention;
@@ -248,6 +249,8 @@ pub struct LeaseService {
     /// Managed root credentials: checked before each issue so the plugin
     /// uses the store's active version.
     pub roots: Option<Arc<crate::connections::RootCredentials>>,
+    /// Per-connection revocation concurrency and circuit breakers.
+    pub breakers: breaker::Breakers,
 }
 
 /// What `LeaseService::status` reports.
@@ -306,7 +309,9 @@ fn plugin_error(role: &str, e: PluginError) -> LeaseError {
 
 impl LeaseService {
     pub fn new(store: Arc<dyn Store>, catalog: Arc<Catalog>, policy: Arc<PolicyEngine>, settings: LeaseSettings) -> Self {
+        let breakers = breaker::Breakers::new(&settings, catalog.connections.keys().map(|c| (c.as_str(), None)));
         LeaseService {
+            breakers,
             store,
             catalog,
             policy,
@@ -1113,10 +1118,17 @@ impl LeaseService {
         // replicas, this replica's claim) forever: past the timeout the
         // attempt is a failure like any other and is retried later.
         let limit = self.settings.revoke_timeout;
-        let outcome = match tokio::time::timeout(limit, role.plugin.revoke(&lref)).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("revocation did not finish within {}", crate::fmt_duration(limit))),
+        let (outcome, seen) = match tokio::time::timeout(limit, role.plugin.revoke(&lref)).await {
+            Ok(Ok(())) => (Ok(()), breaker::Observed::Answered),
+            Ok(Err(e @ PluginError::Retryable(_))) => (Err(e.to_string()), breaker::Observed::Retryable),
+            Ok(Err(e)) => (Err(e.to_string()), breaker::Observed::Answered),
+            Err(_) => (
+                Err(format!("revocation did not finish within {}", crate::fmt_duration(limit))),
+                breaker::Observed::Retryable,
+            ),
         };
+        let error = outcome.as_ref().err().map_or("", String::as_str);
+        self.breakers.get(&role.connection).observe(seen, error, OffsetDateTime::now_utc());
         match outcome {
             Ok(()) => {
                 let at = OffsetDateTime::now_utc();

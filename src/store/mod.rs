@@ -517,14 +517,31 @@ pub trait Store: Send + Sync + 'static {
     /// (bulk revocation): makes it due now with the given reason.
     async fn schedule_revocation(&self, filter: &LeaseFilter, now: OffsetDateTime) -> Result<u64, StoreError>;
 
-    /// Leases that need revoking now, oldest first: active past expiry,
-    /// pending created before `pending_cutoff`, failed whose retry is due.
-    /// PostgreSQL measures the pending age (`now - pending_cutoff`) with the
-    /// database's clock, and also hands out at once a pending lease whose
-    /// issuing replica's claim lapsed (the replica is gone). A row that does
-    /// not decode is set aside by id (logged, counted), never failing the batch.
+    /// Leases that need revoking now: active past expiry, pending created
+    /// before `pending_cutoff`, failed whose retry is due. At most `limit`
+    /// per connection (the role's part before `/`), oldest first within
+    /// each, round-robin across connections (each connection's oldest, then
+    /// each one's second, ...): one connection's backlog never keeps
+    /// another's due leases out. PostgreSQL measures the pending age (`now -
+    /// pending_cutoff`) with the database's clock, and also hands out at once
+    /// a pending lease whose issuing replica's claim lapsed (the replica is
+    /// gone). A row that does not decode is set aside by id (logged,
+    /// counted), never failing the batch.
     async fn due(&self, now: OffsetDateTime, pending_cutoff: OffsetDateTime, limit: u32)
-        -> Result<Vec<DueLease>, StoreError>;
+        -> Result<Vec<DueLease>, StoreError> {
+        self.due_except(now, pending_cutoff, limit, &[]).await
+    }
+
+    /// [`Store::due`] leaving out the connections in `skip` (the expiry
+    /// worker's busy lanes): nothing of theirs is returned, locked or
+    /// claimed again while their work is in hand.
+    async fn due_except(
+        &self,
+        now: OffsetDateTime,
+        pending_cutoff: OffsetDateTime,
+        limit: u32,
+        skip: &[String],
+    ) -> Result<Vec<DueLease>, StoreError>;
 
     /// When the next lease falls due (expiry or retry), if any.
     async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError>;

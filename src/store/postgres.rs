@@ -65,43 +65,57 @@ fn orphaned_pending() -> String {
     format!("(issued_at < {DB_NOW_MS} - $2 OR (claimed_by <> $4 AND claimed_until <= {DB_NOW_MS}))")
 }
 
-/// `due()`: the four branches of the SQLite query, each taking (and locking,
-/// skipping rows another replica holds locked) at most `limit` rows in the
-/// order they fell due; then de-duplicated (an active lease can be both
-/// expired and scheduled: it counts from the earlier), ordered, limited and
-/// claimed in the same statement. `$1` now, `$2` pending grace in ms, `$3`
-/// limit, `$4` claimer id, `$5` claim timeout in ms, `$6` ids set aside.
+/// `due()`: the four branches of the SQLite query over the rows this store
+/// may claim, reading only `(id, role, due_at)`; de-duplicated (an active
+/// lease can be both expired and scheduled: it counts from the earlier).
+/// Then, for each connection (the role's part before `/`) not in `$7`, its
+/// oldest `limit` are locked `FOR UPDATE SKIP LOCKED` (skipping rows another
+/// replica's `due()` holds, so concurrent replicas take different rows),
+/// checked again (still live, due and claimable), claimed and returned
+/// round-robin across connections: one connection's backlog never keeps
+/// another's due leases out. One statement. `$1` now, `$2` pending grace in ms (pending leases orphaned by [`orphaned_pending`]),
+/// `$3` limit per connection, `$4` claimer id, `$5` claim timeout in ms,
+/// `$6` ids set aside as undecodable, `$7` connections to leave out (text[]).
 fn due_sql() -> String {
     let c = claimable();
     let orphaned = orphaned_pending();
     format!(
-        "WITH b1 AS (
-           SELECT {LEASE_COLUMNS}, expires_at AS due_at FROM leases
+        "WITH u AS (
+           SELECT id, role, expires_at AS due_at FROM leases
              WHERE state = 'active' AND expires_at <= $1 AND {c}
-             ORDER BY expires_at LIMIT $3 FOR UPDATE SKIP LOCKED
-         ), b2 AS (
-           SELECT {LEASE_COLUMNS}, next_attempt_at AS due_at FROM leases
+           UNION ALL
+           SELECT id, role, next_attempt_at FROM leases
              WHERE state = 'active' AND next_attempt_at <= $1 AND {c}
-             ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED
-         ), b3 AS (
-           SELECT {LEASE_COLUMNS}, issued_at AS due_at FROM leases
+           UNION ALL
+           SELECT id, role, issued_at FROM leases
              WHERE state = 'pending' AND {orphaned} AND {c}
-             ORDER BY issued_at LIMIT $3 FOR UPDATE SKIP LOCKED
-         ), b4 AS (
-           SELECT {LEASE_COLUMNS}, next_attempt_at AS due_at FROM leases
+           UNION ALL
+           SELECT id, role, next_attempt_at FROM leases
              WHERE state = 'revoke_failed' AND next_attempt_at <= $1 AND {c}
-             ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED
+         ), d AS MATERIALIZED (
+           SELECT id, split_part(MIN(role), '/', 1) AS conn, MIN(due_at) AS due_at FROM u GROUP BY id
+         ), conns AS (
+           SELECT DISTINCT conn FROM d WHERE conn <> ALL($7)
+         ), locked AS MATERIALIZED (
+           SELECT x.id, x.conn, x.due_at FROM conns, LATERAL (
+             SELECT leases.id, d.conn, d.due_at FROM d JOIN leases ON leases.id = d.id
+               WHERE d.conn = conns.conn
+                 AND ((state = 'active' AND (expires_at <= $1 OR next_attempt_at <= $1))
+                      OR (state = 'pending' AND {orphaned})
+                      OR (state = 'revoke_failed' AND next_attempt_at <= $1))
+                 AND {c}
+               ORDER BY d.due_at, d.id LIMIT $3
+               FOR UPDATE OF leases SKIP LOCKED
+           ) x
+         ), ranked AS (
+           SELECT id, due_at, ROW_NUMBER() OVER (PARTITION BY conn ORDER BY due_at, id) AS turn FROM locked
          ), picked AS MATERIALIZED (
-           SELECT * FROM (
-             SELECT DISTINCT ON (id) * FROM (
-               SELECT * FROM b1 UNION ALL SELECT * FROM b2 UNION ALL SELECT * FROM b3 UNION ALL SELECT * FROM b4
-             ) u ORDER BY id, due_at
-           ) d ORDER BY due_at, id LIMIT $3
+           SELECT {LEASE_COLUMNS}, ranked.due_at, ranked.turn FROM leases JOIN ranked USING (id)
          ), claimed AS (
            UPDATE leases SET claimed_by = $4, claimed_until = {DB_NOW_MS} + $5
              WHERE id IN (SELECT id FROM picked) RETURNING id
          )
-         SELECT picked.* FROM picked JOIN claimed USING (id) ORDER BY due_at, id"
+         SELECT picked.* FROM picked JOIN claimed USING (id) ORDER BY turn, due_at, id"
     )
 }
 
@@ -576,11 +590,12 @@ impl Store for PgStore {
         Ok(done.rows_affected())
     }
 
-    async fn due(
+    async fn due_except(
         &self,
         now: OffsetDateTime,
         pending_cutoff: OffsetDateTime,
         limit: u32,
+        skip: &[String],
     ) -> Result<Vec<DueLease>, StoreError> {
         // The worker's pending cutoff as an age, applied to the database's
         // clock (replicas' clocks need not agree).
@@ -592,6 +607,7 @@ impl Store for PgStore {
             .bind(&self.claimer)
             .bind(self.claim_ms())
             .bind(self.quarantine.ids())
+            .bind(skip)
             .fetch_all(&self.pool)
             .await
             .map_err(interpret_error)?;

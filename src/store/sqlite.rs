@@ -642,34 +642,62 @@ impl Store for SqliteStore {
         self.writer.exec(sql, binds).await
     }
 
-    async fn due(
+    async fn due_except(
         &self,
         now: OffsetDateTime,
         pending_cutoff: OffsetDateTime,
         limit: u32,
+        skip: &[String],
     ) -> Result<Vec<DueLease>, StoreError> {
+        // Connections to leave out: ?5, ?6, ...
+        let skip_sql = if skip.is_empty() {
+            String::new()
+        } else {
+            let marks: Vec<String> = (0..skip.len()).map(|i| format!("?{}", i + 5)).collect();
+            format!("WHERE substr(role, 1, instr(role || '/', '/') - 1) NOT IN ({})", marks.join(", "))
+        };
         // Four index-backed branches; each row carries the time it fell due.
-        // `?4`: rows set aside as undecodable (a JSON array of ids).
+        // An active lease can match two branches (expired and scheduled): it
+        // counts from the earlier. Then at most `limit` per connection (the
+        // role's part before `/`), taken round-robin: one connection's
+        // backlog never keeps another's due leases out of the batch.
+        // Ranked over narrow rows, then only the chosen ones read in full.
         let sql = format!(
-            "SELECT * FROM (
-               SELECT {LEASE_COLUMNS}, expires_at AS due_at FROM leases
+            "WITH u AS (
+               SELECT id, role, expires_at AS due_at FROM leases
                  WHERE state = 'active' AND expires_at <= ?1 AND {NOT_SET_ASIDE}
                UNION ALL
-               SELECT {LEASE_COLUMNS}, next_attempt_at AS due_at FROM leases
+               SELECT id, role, next_attempt_at FROM leases
                  WHERE state = 'active' AND next_attempt_at <= ?1 AND {NOT_SET_ASIDE}
                UNION ALL
-               SELECT {LEASE_COLUMNS}, issued_at AS due_at FROM leases
+               SELECT id, role, issued_at FROM leases
                  WHERE state = 'pending' AND issued_at < ?2 AND {NOT_SET_ASIDE}
                UNION ALL
-               SELECT {LEASE_COLUMNS}, next_attempt_at AS due_at FROM leases
+               SELECT id, role, next_attempt_at FROM leases
                  WHERE state = 'revoke_failed' AND next_attempt_at <= ?1 AND {NOT_SET_ASIDE}
-             ) ORDER BY due_at LIMIT ?3"
+             ), d AS (
+               SELECT id, MIN(role) AS role, MIN(due_at) AS due_at FROM u GROUP BY id
+             ), kept AS (
+               SELECT * FROM d {skip_sql}
+             ), r AS (
+               SELECT id AS rid, due_at, ROW_NUMBER() OVER (
+                   PARTITION BY substr(role, 1, instr(role || '/', '/') - 1) ORDER BY due_at, id
+                 ) AS turn
+                 FROM kept
+             )
+             SELECT {LEASE_COLUMNS}, r.due_at FROM r JOIN leases ON leases.id = r.rid
+               WHERE r.turn <= ?3 ORDER BY r.turn, r.due_at, r.rid"
         );
-        let rows = sqlx::query(&sql)
+        // `?4`: rows set aside as undecodable (a JSON array of ids).
+        let mut q = sqlx::query(&sql)
             .bind(to_ms(now))
             .bind(to_ms(pending_cutoff))
             .bind(limit as i64)
-            .bind(to_json(&self.quarantine.ids())?)
+            .bind(to_json(&self.quarantine.ids())?);
+        for c in skip {
+            q = q.bind(c.as_str());
+        }
+        let rows = q
             .fetch_all(&self.read)
             .await
             .map_err(interpret_error)?;

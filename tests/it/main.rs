@@ -5,6 +5,7 @@ mod support;
 mod audit;
 mod connections;
 mod engine;
+mod dead_vendor;
 mod binary;
 mod flood;
 mod flow;

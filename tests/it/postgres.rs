@@ -159,7 +159,7 @@ async fn clients_that_disconnect_mid_request_leave_no_role_without_a_lease() {
 async fn postgres_down_at_expiry_is_retried_and_nothing_is_marked_revoked_early() {
     let iss = Issuer::start().await;
     let mut pg = start_pg();
-    let (d, _aux) = pg_daemon(&iss, &pg, "retry_max = \"1s\"").await;
+    let (d, _aux) = pg_daemon(&iss, &pg, "retry_max = \"1s\"\nbreaker_base = \"1s\"\nbreaker_max = \"1s\"").await;
     let jwt = iss.token();
     let mut ids = Vec::new();
     for _ in 0..3 {

@@ -772,3 +772,51 @@ async fn postgres_claim_renewal_and_retention_use_indexes() {
         assert!(plan.iter().any(|l| l.contains(index)), "{sql}:\n{}", plan.join("\n"));
     }
 }
+
+/// Due work is handed out fairly: at most `limit` per connection,
+/// round-robin, so a backlog on one connection (`pg`, due for an hour) never
+/// keeps another's (`token`, due a second ago) out of the batch. A lease
+/// both expired and scheduled comes once.
+async fn due_is_fair_across_connections(s: Arc<dyn Store>) {
+    let now = OffsetDateTime::now_utc();
+    for i in 0..40 {
+        let id = format!("pg{i:02}");
+        s.insert_pending(&lease(&id, "pg/app", "alice", -3600)).await.unwrap();
+        let exp = now - time::Duration::minutes(60) + time::Duration::seconds(i);
+        assert!(s.activate(&LeaseId::new(&id), &json!({}), exp).await.unwrap());
+    }
+    for i in 0..3 {
+        let id = format!("tok{i}");
+        s.insert_pending(&lease(&id, "token/orders", "bob", -1)).await.unwrap();
+        assert!(s.activate(&LeaseId::new(&id), &json!({}), now - time::Duration::seconds(1)).await.unwrap());
+    }
+    s.insert_pending(&lease("pki1", "pki/web", "carol", -1)).await.unwrap();
+    assert!(s.activate(&LeaseId::new("pki1"), &json!({}), now - time::Duration::seconds(2)).await.unwrap());
+    // Expired and scheduled by a bulk revoke: one entry, from the earlier.
+    assert_eq!(s.schedule_revocation(&LeaseFilter { subject: Some("carol".into()), ..Default::default() }, now).await.unwrap(), 1);
+
+    let ids = |d: Vec<lessor::store::DueLease>| d.into_iter().map(|d| d.lease.id.to_string()).collect::<Vec<_>>();
+    let due = ids(s.due(now, now - time::Duration::hours(2), 2).await.unwrap());
+    assert_eq!(due, ["pg00", "pki1", "tok0", "pg01", "tok1"], "round-robin, at most 2 per connection");
+    let due = ids(s.due(now, now - time::Duration::hours(2), 100).await.unwrap());
+    assert_eq!(due.len(), 44, "{due:?}");
+    assert_eq!(&due[..3], ["pg00", "pki1", "tok0"]);
+    // A busy connection is left out (nothing of it read, locked or claimed).
+    let skip = ["pg".to_string(), "pki".to_string()];
+    let due = ids(s.due_except(now, now - time::Duration::hours(2), 100, &skip).await.unwrap());
+    assert_eq!(due, ["tok0", "tok1", "tok2"]);
+}
+
+#[tokio::test]
+async fn sqlite_hands_out_due_work_fairly() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = lessor::store::open(&format!("sqlite://{}", dir.path().join("s.db").display())).await.unwrap();
+    due_is_fair_across_connections(s).await;
+}
+
+#[tokio::test]
+async fn postgres_hands_out_due_work_fairly() {
+    let (_pg, dsn) = pg_store_db();
+    let s: Arc<dyn Store> = Arc::new(lessor::store::postgres::PgStore::open(&dsn).await.unwrap());
+    due_is_fair_across_connections(s).await;
+}

@@ -790,6 +790,42 @@ impl PostgresPlugin {
         PluginError::Permanent(format!("connection `{}`: no pool for database `{db}`", self.connection))
     }
 
+    /// Fails fast when the server refuses connections. sqlx's pool retries
+    /// a refused connect (with backoff) until `connect_timeout`, so with no
+    /// idle connection to hand out (acquiring means connecting), the
+    /// server's port is tried first: "connection refused" (or nothing
+    /// answering within `connect_timeout`) is a retryable error at once.
+    /// PostgreSQL does not log a connection that sends nothing.
+    async fn refused(&self, root: &Root, pool: &PgPool, db: &str) -> Option<PluginError> {
+        if pool.num_idle() > 0 {
+            return None;
+        }
+        let t = &root.target;
+        let limit = self.config.connect_timeout;
+        let probe = async {
+            if t.socket {
+                #[cfg(unix)]
+                {
+                    let path = std::path::Path::new(&t.host).join(format!(".s.PGSQL.{}", t.port));
+                    return tokio::net::UnixStream::connect(path).await.map(drop);
+                }
+                #[cfg(not(unix))]
+                return Ok(());
+            }
+            tokio::net::TcpStream::connect((t.host.as_str(), t.port)).await.map(drop)
+        };
+        let reason = match tokio::time::timeout(limit, probe).await {
+            Ok(Ok(())) => return None,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no TCP connection within {}", humantime::format_duration(limit)),
+        };
+        let at = t.at(db);
+        Some(scrub_error(
+            &root.never_show,
+            PluginError::Retryable(format!("cannot reach PostgreSQL at {at}: {reason}")),
+        ))
+    }
+
     async fn acquire(
         &self,
         root: &Root,
@@ -798,6 +834,9 @@ impl PostgresPlugin {
         let Some(pool) = root.pools.get(db) else {
             return Err(self.no_pool(db));
         };
+        if let Some(e) = self.refused(root, pool, db).await {
+            return Err(e);
+        }
         match pool.acquire().await {
             Ok(c) => Ok(c),
             Err(e) => Err(self.fail(root, e, db, "connecting").await),
@@ -817,6 +856,9 @@ impl PostgresPlugin {
         let Some(pool) = root.pools.get(db) else {
             return Err(self.no_pool(db));
         };
+        if let Some(e) = self.refused(&root, pool, db).await {
+            return Err(e);
+        }
         let e = match pool.acquire().await {
             Ok(c) => return Ok((root, c)),
             Err(e) => e,

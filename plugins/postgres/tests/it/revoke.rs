@@ -88,6 +88,35 @@ async fn revoke_is_retryable_while_the_server_is_down() {
     assert!(!pg.role_exists(&username(&issued)));
 }
 
+/// "Connection refused" answers at once: the pool would retry the connect
+/// until `connect_timeout` (5 s here) before giving up.
+#[tokio::test]
+async fn a_refused_connection_fails_at_once_not_after_connect_timeout() {
+    let mut pg = Pg::start();
+    let p = pg.plugin(json!({"connect_timeout": "5s"})).await;
+    let id = lease_id();
+    pg.pg.stop().unwrap();
+    // Nothing listens on the port now, and the pool has no connection yet.
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let m = retryable(p.revoke(&lease(&id, "orders", None)).await.unwrap_err());
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(500), "took {took:?}: {m}");
+        assert!(m.starts_with("cannot reach PostgreSQL at 127.0.0.1:"), "{m}");
+        assert!(m.to_lowercase().contains("refused"), "{m}");
+        assert!(!m.contains(pg.pg.superuser_password()), "{m}");
+    }
+    let started = std::time::Instant::now();
+    let m = retryable(p.issue(request(&lease_id(), "plain", &[], Duration::from_secs(60))).await.unwrap_err());
+    assert!(started.elapsed() < Duration::from_millis(500), "issue took {:?}: {m}", started.elapsed());
+
+    // Back up: the same plugin connects and revokes.
+    pg.pg.restart().unwrap();
+    let issued = issue(p.as_ref(), &id, "orders", &["orders.read"]).await;
+    p.revoke(&lease(&id, "orders", Some(&issued))).await.unwrap();
+    assert!(!pg.role_exists(&username(&issued)));
+}
+
 #[tokio::test]
 async fn revoke_by_lease_id_alone() {
     let mut pg = Pg::start();
