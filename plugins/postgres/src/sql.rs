@@ -89,6 +89,22 @@ pub enum TemplateError {
     BadClaim(String),
     #[error("the template is empty")]
     Empty,
+    #[error("`{placeholder}` at byte {byte} is inside {context}; placeholders must be at top level, where their quoting holds (there the value would be pasted as raw SQL)")]
+    NotTopLevel {
+        placeholder: String,
+        byte: usize,
+        context: Context,
+    },
+    #[error("`{placeholder}` at byte {byte} touches `{neighbour}`; put a space between a placeholder and a quote, `$`, `&`, a name or another placeholder")]
+    Glued {
+        placeholder: String,
+        byte: usize,
+        neighbour: String,
+    },
+    #[error("the template ends inside {context} opened at byte {byte}")]
+    Unterminated { context: Context, byte: usize },
+    #[error("{0}")]
+    Scan(ScanError),
 }
 
 fn valid_attr(a: &str) -> bool {
@@ -135,6 +151,7 @@ impl Template {
         let mut text = String::new();
         let mut rest = source;
         let mut offset = 0;
+        let mut slot_at = Vec::new();
         loop {
             let open = rest.find("{{");
             let close = rest.find("}}");
@@ -159,6 +176,7 @@ impl Template {
                     }
                     pieces.push(Piece::Slot(parse_slot(inner)?));
                     let consumed = o + 2 + end + 2;
+                    slot_at.push((offset + o, offset + consumed));
                     offset += consumed;
                     rest = &rest[consumed..];
                 }
@@ -168,6 +186,7 @@ impl Template {
         if !text.is_empty() {
             pieces.push(Piece::Text(text));
         }
+        check_structure(&pieces, &slot_at)?;
         Ok(Template {
             source: source.to_owned(),
             pieces,
@@ -188,88 +207,368 @@ impl Template {
     }
 
     /// Renders the template. Every value is quoted; nothing is pasted raw.
+    /// The result is scanned again: each value must be exactly one string
+    /// literal or quoted identifier, at top level (what config validation
+    /// promised; this keeps the promise if that validation has a gap).
     pub fn render(&self, vars: &Vars<'_>) -> Result<String, RenderError> {
         let mut out = String::with_capacity(self.source.len() + 64);
+        let mut values = Vec::new();
         for piece in &self.pieces {
             match piece {
                 Piece::Text(t) => out.push_str(t),
-                Piece::Slot(p) => out.push_str(&vars.value(p)?),
+                Piece::Slot(p) => {
+                    let start = out.len();
+                    out.push_str(&vars.value(p)?);
+                    values.push((p, start, out.len()));
+                }
+            }
+        }
+        let scan = scan(&out).ok();
+        for (p, start, end) in values {
+            if !scan.as_ref().is_some_and(|s| s.is_one_token(start, end)) {
+                return Err(RenderError::NotOneToken(p.to_string()));
             }
         }
         Ok(out)
     }
 }
 
-/// Counts `;` outside string literals, quoted identifiers, dollar-quoted
-/// strings and comments: the statements a piece of SQL holds, minus one.
-pub fn top_level_semicolons(sql: &str) -> usize {
+/// Why a template's placeholders are where quoting can hold: each at top
+/// level (not in a comment, literal, quoted identifier or dollar quote, where
+/// a quoted value would be pasted as raw text), none glued to a quote, `$`,
+/// `&` or name (`E{{claim:x}}` would make an escape string, `{{a}}{{b}}` one
+/// identifier), and the template ends at top level or in a `--` comment.
+fn check_structure(pieces: &[Piece], slot_at: &[(usize, usize)]) -> Result<(), TemplateError> {
+    // The template with each placeholder as one space, and where each byte
+    // came from in the source.
+    let mut skeleton = String::new();
+    let mut source_of = Vec::new();
+    let mut slots = Vec::new();
+    let mut src = 0;
+    let mut next_slot = slot_at.iter();
+    for (i, piece) in pieces.iter().enumerate() {
+        match piece {
+            Piece::Text(t) => {
+                skeleton.push_str(t);
+                source_of.extend(src..src + t.len());
+                src += t.len();
+            }
+            Piece::Slot(p) => {
+                let (at, end) = next_slot.next().copied().unwrap_or((src, src));
+                let glued_to_slot = matches!(pieces.get(i + 1), Some(Piece::Slot(_)));
+                slots.push((p, skeleton.len(), at, glued_to_slot));
+                skeleton.push(' ');
+                source_of.push(at);
+                src = end;
+            }
+        }
+    }
+    let to_source = |i: usize| source_of.get(i).copied().unwrap_or(src);
+    let scan = scan(&skeleton).map_err(|e| {
+        TemplateError::Scan(match e {
+            ScanError::DollarAfterNumber(i) => ScanError::DollarAfterNumber(to_source(i)),
+            ScanError::BackslashInString(i) => ScanError::BackslashInString(to_source(i)),
+        })
+    })?;
+    let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '$' || !c.is_ascii();
+    for (p, at, source_at, glued_to_slot) in slots {
+        let context = scan.context_at(at);
+        if context != Context::Code {
+            return Err(TemplateError::NotTopLevel {
+                placeholder: p.to_string(),
+                byte: source_at,
+                context,
+            });
+        }
+        let before = skeleton.get(..at).and_then(|t| t.chars().next_back());
+        let after = skeleton.get(at + 1..).and_then(|t| t.chars().next());
+        let glued = before.filter(|&c| name_char(c) || matches!(c, '\'' | '"' | '&'));
+        let glued = glued.or(after.filter(|&c| matches!(c, '\'' | '"' | '$')));
+        if let Some(c) = glued {
+            return Err(TemplateError::Glued {
+                placeholder: p.to_string(),
+                byte: source_at,
+                neighbour: c.to_string(),
+            });
+        }
+        if glued_to_slot {
+            return Err(TemplateError::Glued {
+                placeholder: p.to_string(),
+                byte: source_at,
+                neighbour: "another placeholder".into(),
+            });
+        }
+    }
+    if let Some(open) = scan.unterminated.filter(|s| s.context != Context::LineComment) {
+        return Err(TemplateError::Unterminated {
+            context: open.context,
+            byte: to_source(open.start),
+        });
+    }
+    Ok(())
+}
+
+/// Where a byte of SQL text is, as PostgreSQL's scanner sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Context {
+    /// Top level: keywords, names, operators, `;`.
+    Code,
+    /// `-- ...` up to a newline (`\n` or `\r`).
+    LineComment,
+    /// `/* ... */`, nested.
+    BlockComment,
+    /// `'...'`, `E'...'` and the other prefixed string literals.
+    String,
+    /// `"..."`.
+    QuotedIdent,
+    /// `$$...$$` or `$tag$...$tag$`.
+    DollarQuoted,
+}
+
+impl fmt::Display for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Context::Code => "top-level SQL",
+            Context::LineComment => "a `--` comment",
+            Context::BlockComment => "a `/* */` comment",
+            Context::String => "a string literal",
+            Context::QuotedIdent => "a quoted identifier",
+            Context::DollarQuoted => "a dollar-quoted string",
+        })
+    }
+}
+
+/// SQL that cannot be scanned without guessing how the server reads it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScanError {
+    #[error("the `$` at byte {0} follows a number directly, which PostgreSQL versions read differently (a dollar quote or not); put a space before it")]
+    DollarAfterNumber(usize),
+    #[error("the string literal at byte {0} holds a backslash, whose meaning depends on `standard_conforming_strings`; write it as E'...' (backslash escapes) instead")]
+    BackslashInString(usize),
+}
+
+/// One span of SQL text that is not top-level code: a literal, a quoted
+/// identifier, a comment. `start..end` includes its delimiters (and a
+/// string's `E`/`U&`/`B`/`X`/`N` prefix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+    pub context: Context,
+}
+
+/// The lexical structure of a piece of SQL: every span that is not code, in
+/// order. A span that runs to the end of the text without being closed is
+/// `unterminated`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scan {
+    pub spans: Vec<Span>,
+    pub unterminated: Option<Span>,
+}
+
+impl Scan {
+    /// The context of byte `at`.
+    pub fn context_at(&self, at: usize) -> Context {
+        let i = self.spans.partition_point(|s| s.end <= at);
+        match (self.spans.get(i), &self.unterminated) {
+            (Some(s), _) if s.start <= at => s.context,
+            (_, Some(open)) if open.start <= at => open.context,
+            _ => Context::Code,
+        }
+    }
+
+    /// Whether `start..end` is exactly one whole string literal or quoted
+    /// identifier (what a quoted value must scan as).
+    fn is_one_token(&self, start: usize, end: usize) -> bool {
+        let i = self.spans.partition_point(|s| s.end <= start);
+        self.spans.get(i).is_some_and(|s| {
+            s.start == start
+                && s.end == end
+                && matches!(s.context, Context::String | Context::QuotedIdent)
+        })
+    }
+}
+
+/// Bytes that continue a name (PostgreSQL's `ident_cont`).
+fn ident_cont(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+}
+
+/// Bytes that start a name or a dollar-quote tag.
+fn ident_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+}
+
+/// Scans `sql` the way PostgreSQL's lexer does (scan.l) for what matters to
+/// quoting: comments (`--` to `\n`/`\r`, nested `/* */`), string literals
+/// (`''` doubling; backslash escapes only in `E'...'`), quoted identifiers,
+/// dollar quotes (`$tag$`, but not a `$` inside a name such as `a$b$`), and
+/// names (a string prefix letter glued to a longer name is part of the name:
+/// `fooE'x'` is the name `fooE` and a standard string). Where versions or
+/// settings would read the text differently it refuses instead of guessing.
+pub fn scan(sql: &str) -> Result<Scan, ScanError> {
     let b = sql.as_bytes();
-    let (mut i, mut n) = (0, 0);
+    let mut out = Scan::default();
+    let mut i = 0;
+    let push = |out: &mut Scan, start: usize, end: Option<usize>, context: Context| match end {
+        Some(end) => out.spans.push(Span { start, end, context }),
+        None => {
+            out.unterminated = Some(Span { start, end: b.len(), context });
+        }
+    };
     while i < b.len() {
-        match b[i] {
-            b';' => {
-                n += 1;
-                i += 1;
-            }
-            q @ (b'\'' | b'"') => {
-                // E'..' strings allow backslash escapes.
-                let escapes = q == b'\'' && i > 0 && (b[i - 1] == b'E' || b[i - 1] == b'e');
-                i += 1;
-                while i < b.len() {
-                    if escapes && b[i] == b'\\' {
-                        i += 2;
-                        continue;
-                    }
-                    if b[i] == q {
-                        if i + 1 < b.len() && b[i + 1] == q {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                i += 1;
-            }
+        let c = b[i];
+        match c {
             b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
+                let end = b[i..].iter().position(|&c| c == b'\n' || c == b'\r').map(|p| i + p);
+                push(&mut out, i, end, Context::LineComment);
+                i = end.unwrap_or(b.len());
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
-                let mut depth = 0;
-                while i < b.len() {
-                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                let (mut j, mut depth) = (i + 2, 1usize);
+                while j < b.len() && depth > 0 {
+                    if b[j] == b'/' && b.get(j + 1) == Some(&b'*') {
                         depth += 1;
-                        i += 2;
-                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        j += 2;
+                    } else if b[j] == b'*' && b.get(j + 1) == Some(&b'/') {
                         depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
+                        j += 2;
                     } else {
-                        i += 1;
+                        j += 1;
                     }
                 }
+                let end = (depth == 0).then_some(j);
+                push(&mut out, i, end, Context::BlockComment);
+                i = end.unwrap_or(b.len());
             }
-            b'$' => {
-                // $tag$ ... $tag$ (tag: letters, digits, underscores; not $1).
-                let rest = &sql[i + 1..];
-                let tag_len = rest.find('$').filter(|&l| {
-                    rest[..l].bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
-                        && !rest[..l].starts_with(|c: char| c.is_ascii_digit())
-                });
-                match tag_len {
-                    Some(l) => {
-                        let tag = &sql[i..i + l + 2];
-                        let body = i + l + 2;
-                        i = sql[body..].find(tag).map(|e| body + e + tag.len()).unwrap_or(b.len());
+            b'\'' => {
+                let end = quoted_end(b, i, b'\'', false);
+                if b[i..end.unwrap_or(b.len())].contains(&b'\\') {
+                    return Err(ScanError::BackslashInString(i));
+                }
+                push(&mut out, i, end, Context::String);
+                i = end.unwrap_or(b.len());
+            }
+            b'"' => {
+                let end = quoted_end(b, i, b'"', false);
+                push(&mut out, i, end, Context::QuotedIdent);
+                i = end.unwrap_or(b.len());
+            }
+            b'$' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                // A parameter, `$1`.
+                i += 1;
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+            }
+            b'$' => match dollar_tag(b, i) {
+                Some(tag_end) => {
+                    let tag = &b[i..tag_end];
+                    let end = b[tag_end..]
+                        .windows(tag.len())
+                        .position(|w| w == tag)
+                        .map(|p| tag_end + p + tag.len());
+                    push(&mut out, i, end, Context::DollarQuoted);
+                    i = end.unwrap_or(b.len());
+                }
+                None => i += 1,
+            },
+            c if c.is_ascii_digit() => {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.') {
+                    i += 1;
+                }
+                if b.get(i) == Some(&b'$') {
+                    return Err(ScanError::DollarAfterNumber(i));
+                }
+            }
+            c if ident_start(c) => {
+                let start = i;
+                while i < b.len() && ident_cont(b[i]) {
+                    i += 1;
+                }
+                let word = &b[start..i];
+                let next = b.get(i).copied();
+                let escapes = word.eq_ignore_ascii_case(b"e");
+                let prefix = escapes
+                    || word.eq_ignore_ascii_case(b"b")
+                    || word.eq_ignore_ascii_case(b"x")
+                    || word.eq_ignore_ascii_case(b"n");
+                if next == Some(b'\'') && prefix {
+                    let end = quoted_end(b, i, b'\'', escapes);
+                    if !escapes && b[i..end.unwrap_or(b.len())].contains(&b'\\') {
+                        return Err(ScanError::BackslashInString(i));
                     }
-                    None => i += 1,
+                    push(&mut out, start, end, Context::String);
+                    i = end.unwrap_or(b.len());
+                } else if word.eq_ignore_ascii_case(b"u")
+                    && next == Some(b'&')
+                    && matches!(b.get(i + 1), Some(b'\'' | b'"'))
+                {
+                    let q = b[i + 1];
+                    let end = quoted_end(b, i + 1, q, false);
+                    let context = if q == b'"' { Context::QuotedIdent } else { Context::String };
+                    push(&mut out, start, end, context);
+                    i = end.unwrap_or(b.len());
                 }
             }
             _ => i += 1,
+        }
+    }
+    Ok(out)
+}
+
+/// The end (exclusive) of the quoted token opening at `open` with `q`, or
+/// `None` when it is never closed. `q` inside is doubled; with `escapes` a
+/// backslash also escapes the next byte.
+fn quoted_end(b: &[u8], open: usize, q: u8, escapes: bool) -> Option<usize> {
+    let mut j = open + 1;
+    while j < b.len() {
+        if escapes && b[j] == b'\\' {
+            j += 2;
+        } else if b[j] == q {
+            if b.get(j + 1) == Some(&q) {
+                j += 2;
+            } else {
+                return Some(j + 1);
+            }
+        } else {
+            j += 1;
+        }
+    }
+    None
+}
+
+/// The end of the dollar-quote tag (`$$`, `$tag$`) starting at `i`, if one
+/// starts there. A `$` that continues a name never gets here.
+fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    if b.get(j) == Some(&b'$') {
+        return Some(j + 1);
+    }
+    if !b.get(j).copied().is_some_and(ident_start) {
+        return None;
+    }
+    while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] >= 0x80) {
+        j += 1;
+    }
+    (b.get(j) == Some(&b'$')).then_some(j + 1)
+}
+
+/// Counts `;` outside string literals, quoted identifiers, dollar-quoted
+/// strings and comments: the statements a piece of SQL holds, minus one.
+/// SQL that cannot be scanned without guessing counts as more than one.
+pub fn top_level_semicolons(sql: &str) -> usize {
+    let Ok(scan) = scan(sql) else {
+        return 1;
+    };
+    let mut spans = scan.spans.iter().chain(scan.unterminated.iter()).peekable();
+    let mut n = 0;
+    for (i, c) in sql.bytes().enumerate() {
+        while spans.peek().is_some_and(|s| s.end <= i) {
+            spans.next();
+        }
+        if c == b';' && !spans.peek().is_some_and(|s| s.start <= i) {
+            n += 1;
         }
     }
     n
@@ -298,6 +597,8 @@ pub enum RenderError {
     Quote(#[from] QuoteError),
     #[error("{0} is not available in this statement")]
     Unavailable(String),
+    #[error("{0} did not render as one quoted token at top level")]
+    NotOneToken(String),
 }
 
 impl Vars<'_> {
@@ -316,7 +617,13 @@ impl Vars<'_> {
             let w = self
                 .workload
                 .ok_or_else(|| RenderError::Unavailable(p.to_string()))?;
-            Self::claim(w, attr).ok_or_else(|| RenderError::MissingClaim(attr.to_owned()))
+            let v = Self::claim(w, attr).ok_or_else(|| RenderError::MissingClaim(attr.to_owned()))?;
+            // A newline would end a `--` comment, and none belongs in a
+            // name or a label: refuse every control character.
+            match v.chars().find(|c| c.is_control()) {
+                Some(c) => Err(RenderError::Quote(QuoteError::Control(format!("claim `{attr}`"), u32::from(c)))),
+                None => Ok(v),
+            }
         };
         Ok(match p {
             Placeholder::Name => quote_ident(self.name)?,
@@ -342,6 +649,8 @@ pub enum QuoteError {
     EmptyIdent(String),
     #[error("{0} is {1} bytes long; PostgreSQL identifiers are at most 63")]
     TooLong(String, usize),
+    #[error("{0} contains the control character U+{1:04X}; values used in SQL statements must not")]
+    Control(String, u32),
 }
 
 impl QuoteError {
@@ -351,6 +660,7 @@ impl QuoteError {
             QuoteError::Nul(_) => QuoteError::Nul(what),
             QuoteError::EmptyIdent(_) => QuoteError::EmptyIdent(what),
             QuoteError::TooLong(_, n) => QuoteError::TooLong(what, n),
+            QuoteError::Control(_, c) => QuoteError::Control(what, c),
         }
     }
 }
@@ -442,23 +752,202 @@ mod tests {
     #[test]
     fn renders_every_placeholder_quoted() {
         let t = Template::parse(
-            "CREATE ROLE {{name}} LOGIN PASSWORD {{password}} VALID UNTIL {{expiry}} IN ROLE {{ admin }} -- {{database}} {{claim:repository}} {{claim_ident:subject}} {{claim:issuer}}",
+            "CREATE ROLE {{name}} LOGIN PASSWORD {{password}} VALID UNTIL {{expiry}} IN ROLE {{ admin }}, {{database}}, {{claim_ident:subject}} ADMIN {{claim_ident:repository}} -- a comment without placeholders",
         )
         .unwrap();
         let w = workload();
         assert_eq!(
             t.render(&vars(&w)).unwrap(),
-            "CREATE ROLE \"lessor_app_0123\" LOGIN PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$a:b' VALID UNTIL '2030-01-02T03:04:05Z' IN ROLE \"lessor_admin\" -- \"app\" 'shop/api' \"repo:shop/api\" 'https://ci.example'"
+            "CREATE ROLE \"lessor_app_0123\" LOGIN PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$a:b' VALID UNTIL '2030-01-02T03:04:05Z' IN ROLE \"lessor_admin\", \"app\", \"repo:shop/api\" ADMIN \"shop/api\" -- a comment without placeholders"
         );
+        let t = Template::parse("COMMENT ON ROLE {{name}} IS {{claim:repository}}").unwrap();
+        assert_eq!(t.render(&vars(&w)).unwrap(), "COMMENT ON ROLE \"lessor_app_0123\" IS 'shop/api'");
+        let t = Template::parse("SELECT ({{claim:issuer}})").unwrap();
+        assert_eq!(t.render(&vars(&w)).unwrap(), "SELECT ('https://ci.example')");
     }
 
     #[test]
     fn single_braces_are_sql() {
-        let t = Template::parse("SELECT '{}'::jsonb, '{a}'::text[] -- {{name}}").unwrap();
+        let t = Template::parse("SELECT '{}'::jsonb, '{a}'::text[], {{name}}").unwrap();
         let w = workload();
         assert_eq!(
             t.render(&vars(&w)).unwrap(),
-            "SELECT '{}'::jsonb, '{a}'::text[] -- \"lessor_app_0123\""
+            "SELECT '{}'::jsonb, '{a}'::text[], \"lessor_app_0123\""
+        );
+    }
+
+    fn not_top_level(source: &str) -> (String, usize, Context) {
+        match Template::parse(source) {
+            Err(TemplateError::NotTopLevel { placeholder, byte, context }) => (placeholder, byte, context),
+            other => panic!("{source}: expected NotTopLevel, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn placeholders_only_at_top_level() {
+        // The issue's example: before, the newline in the claim ended the
+        // comment and `WITH ADMIN OPTION` ran as SQL.
+        let src = "GRANT app_owner TO {{name}} -- {{claim:workflow}}";
+        assert_eq!(
+            not_top_level(src),
+            ("{{claim:workflow}}".into(), 31, Context::LineComment)
+        );
+        let e = Template::parse(src).unwrap_err().to_string();
+        assert!(e.contains("`{{claim:workflow}}` at byte 31 is inside a `--` comment"), "{e}");
+        let cases = [
+            ("GRANT app TO {{name}} /* by {{claim:subject}} */", Context::BlockComment),
+            ("GRANT app TO {{name}} /* /* nested */ {{claim:subject}} */", Context::BlockComment),
+            ("COMMENT ON ROLE {{name}} IS 'team {{claim_ident:team}}'", Context::String),
+            ("COMMENT ON ROLE {{name}} IS E'it\\'s {{claim:team}}'", Context::String),
+            ("COMMENT ON ROLE {{name}} IS U&'{{claim:team}}'", Context::String),
+            ("CREATE SCHEMA \"app_{{claim:team}}\"", Context::QuotedIdent),
+            ("DO $$ BEGIN PERFORM {{claim:team}}; END $$", Context::DollarQuoted),
+            ("DO $body$ BEGIN RAISE NOTICE {{claim:team}}; END $body$", Context::DollarQuoted),
+            ("SELECT 1 -- note\r {{name}} -- {{claim:team}}", Context::LineComment),
+            // `a$b$` is one name in PostgreSQL, not a dollar quote: the
+            // comment after it is real and hides the placeholder.
+            ("SELECT a$b$ -- $b$ {{claim:team}}", Context::LineComment),
+        ];
+        for (src, context) in cases {
+            assert_eq!(not_top_level(src).2, context, "{src}");
+        }
+        // Code after a closed comment or literal is top level again.
+        for ok in [
+            "GRANT app TO {{name}} /* c */ ",
+            "COMMENT ON ROLE {{name}} IS {{claim:team}} -- why",
+            "SELECT '--', \"/*\", $$ ' $$, {{claim:team}}",
+            "SELECT 1 -- note\n, {{claim:team}}",
+        ] {
+            Template::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
+    fn placeholders_must_not_touch_quotes_names_or_each_other() {
+        for (src, neighbour) in [
+            ("COMMENT ON ROLE {{name}} IS E{{claim:team}}", "E"),
+            ("COMMENT ON ROLE {{name}} IS U&{{claim:team}}", "&"),
+            ("COMMENT ON ROLE {{name}} IS 'a'{{claim:team}}", "'"),
+            ("COMMENT ON ROLE {{name}} IS {{claim:team}}'b'", "'"),
+            ("GRANT app TO x{{name}}", "x"),
+            ("GRANT app TO {{name}}{{claim_ident:team}}", "another placeholder"),
+            ("SELECT {{claim:team}}$$x$$", "$"),
+        ] {
+            match Template::parse(src) {
+                Err(TemplateError::Glued { neighbour: n, .. }) => assert_eq!(n, neighbour, "{src}"),
+                other => panic!("{src}: expected Glued, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn templates_end_at_top_level() {
+        for (src, context, byte) in [
+            ("COMMENT ON ROLE {{name}} IS 'open", Context::String, 28),
+            ("GRANT app TO {{name}} /* open", Context::BlockComment, 22),
+            ("SELECT $x$ open", Context::DollarQuoted, 7),
+            ("SELECT \"open", Context::QuotedIdent, 7),
+        ] {
+            assert_eq!(
+                Template::parse(src),
+                Err(TemplateError::Unterminated { context, byte }),
+                "{src}"
+            );
+        }
+        // A trailing `--` comment is fine: statements are joined on new lines.
+        Template::parse("GRANT app TO {{name}} -- done").unwrap();
+    }
+
+    #[test]
+    fn ambiguous_sql_is_refused() {
+        assert_eq!(
+            Template::parse("COMMENT ON ROLE {{name}} IS 'a\\b'"),
+            Err(TemplateError::Scan(ScanError::BackslashInString(28)))
+        );
+        // `fooE'...'` is the name `fooE` and a standard string.
+        assert!(matches!(
+            Template::parse("SELECT fooE'a\\' , {{name}}"),
+            Err(TemplateError::Scan(ScanError::BackslashInString(_)))
+        ));
+        assert_eq!(
+            Template::parse("SELECT 1$$ {{claim:team}}"),
+            Err(TemplateError::Scan(ScanError::DollarAfterNumber(8)))
+        );
+        // Byte offsets are in the template as written.
+        assert_eq!(
+            Template::parse("SELECT {{name}}, 1$$"),
+            Err(TemplateError::Scan(ScanError::DollarAfterNumber(18)))
+        );
+        Template::parse("COMMENT ON ROLE {{name}} IS E'a\\\\b'").unwrap();
+    }
+
+    #[test]
+    fn scanner_follows_postgresql() {
+        let ctx = |sql: &str, at: &str| scan(sql).unwrap().context_at(sql.find(at).unwrap());
+        assert_eq!(ctx("SELECT E'a\\' x' , y", "y"), Context::Code);
+        assert_eq!(ctx("SELECT E'a\\' x' , y", "x"), Context::String);
+        assert_eq!(ctx("SELECT 'a''b' , y", "b"), Context::String);
+        assert_eq!(ctx("SELECT \"a\"\"b\" , y", "y"), Context::Code);
+        assert_eq!(ctx("SELECT $1, y", "y"), Context::Code);
+        assert_eq!(ctx("SELECT a$b$ + y", "y"), Context::Code);
+        assert_eq!(ctx("SELECT $b$ y $b$", "y"), Context::DollarQuoted);
+        assert_eq!(ctx("SELECT $b$ $c$ y $b$ , z", "z"), Context::Code);
+        assert_eq!(ctx("SELECT 1 --x\ry", "y"), Context::Code);
+        assert_eq!(ctx("SELECT 1 */ y", "y"), Context::Code);
+        assert_eq!(ctx("SELECT U&\"a\" y", "y"), Context::Code);
+        assert_eq!(ctx("SELECT X'1f' y", "f"), Context::String);
+        assert_eq!(ctx("SELECT éE'x' y", "x"), Context::String);
+        assert_eq!(scan("SELECT éE'\\'"), Err(ScanError::BackslashInString(10)));
+    }
+
+    #[test]
+    fn a_value_that_would_not_be_one_token_is_not_rendered() {
+        // Built by hand: parse refuses it. Render-time scanning still does.
+        let t = Template {
+            source: "SELECT 'a {{claim:repository}}'".into(),
+            pieces: vec![
+                Piece::Text("SELECT 'a ".into()),
+                Piece::Slot(Placeholder::Claim("repository".into())),
+                Piece::Text("'".into()),
+            ],
+        };
+        let w = workload();
+        assert_eq!(
+            t.render(&vars(&w)),
+            Err(RenderError::NotOneToken("{{claim:repository}}".into()))
+        );
+    }
+
+    #[test]
+    fn control_characters_in_claims_are_refused_by_name() {
+        let t = Template::parse("COMMENT ON ROLE {{name}} IS {{claim:workflow}}").unwrap();
+        let ti = Template::parse("GRANT {{claim_ident:workflow}} TO {{name}}").unwrap();
+        for (value, code) in [
+            ("ci\nWITH ADMIN OPTION --", 0x0a),
+            ("ci\r--", 0x0d),
+            ("a\tb", 0x09),
+            ("nul\0", 0x00),
+            ("del\u{7f}", 0x7f),
+            ("nel\u{85}", 0x85),
+        ] {
+            let mut w = workload();
+            w.attributes.insert("workflow".into(), value.into());
+            for t in [&t, &ti] {
+                let e = t.render(&vars(&w)).unwrap_err();
+                assert_eq!(
+                    e,
+                    RenderError::Quote(QuoteError::Control("claim `workflow`".into(), code)),
+                    "{value:?}"
+                );
+                let m = e.to_string();
+                assert!(m.starts_with("claim `workflow` contains the control character U+00"), "{m}");
+            }
+        }
+        let mut w = workload();
+        w.attributes.insert("workflow".into(), "ci — déploiement".into());
+        assert_eq!(
+            t.render(&vars(&w)).unwrap(),
+            "COMMENT ON ROLE \"lessor_app_0123\" IS 'ci — déploiement'"
         );
     }
 
