@@ -10,6 +10,7 @@ mod http;
 mod jwt;
 mod lease;
 mod observability;
+mod pki;
 mod policy;
 mod postgres;
 mod replicas;
