@@ -11,14 +11,14 @@ use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
 
-/// `GET /v1/pki/{role}/{ca|crl}`; `role` is `connection/role`, or the role's
-/// short name when it is unique among pki connections.
+/// `GET /v1/pki/{role}/{ca|ca.der|crl}`; `role` is `connection/role`, or the
+/// role's short name when it is unique among pki connections.
 pub async fn pki_document(State(st): State<AppState>, Path(rest): Path<String>) -> Result<Response, ApiError> {
     let (role_name, doc) = rest
         .rsplit_once('/')
-        .ok_or_else(|| ApiError::not_found("use /v1/pki/{role}/ca or /v1/pki/{role}/crl"))?;
-    if doc != "ca" && doc != "crl" {
-        return Err(ApiError::not_found(format!("unknown document `{doc}`; use `ca` or `crl`")));
+        .ok_or_else(|| ApiError::not_found("use /v1/pki/{role}/ca, /v1/pki/{role}/ca.der or /v1/pki/{role}/crl"))?;
+    if !matches!(doc, "ca" | "ca.der" | "crl") {
+        return Err(ApiError::not_found(format!("unknown document `{doc}`; use `ca`, `ca.der` or `crl`")));
     }
     let role = st
         .leases

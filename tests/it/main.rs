@@ -14,6 +14,7 @@ mod input;
 mod jwt;
 mod lease;
 mod observability;
+mod pki;
 mod policy;
 mod postgres;
 mod replicas;

@@ -13,6 +13,15 @@ use serde::{Deserialize, Deserializer};
 /// `not_after`, when `crl_retention` is not set.
 pub const DEFAULT_CRL_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// How often a replica checks whether another one revoked something, when
+/// `crl_refresh` is not set.
+pub const DEFAULT_CRL_REFRESH: Duration = Duration::from_secs(5);
+
+/// Bounds of `crl_refresh`: often enough to matter, rare enough not to be a
+/// store load.
+const CRL_REFRESH_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(600);
+
 /// Connection-level settings (`[connections.<name>]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,18 +33,32 @@ pub struct ConnectionConfig {
         deserialize_with = "humantime_duration"
     )]
     pub crl_retention: Duration,
+    /// How stale a replica's CRL may be about revocations made on other
+    /// replicas (humantime, 100ms to 10m): each replica compares the
+    /// store's CRL generation at most this often (its own revocations show
+    /// at once).
+    #[serde(
+        default = "default_crl_refresh",
+        deserialize_with = "humantime_duration"
+    )]
+    pub crl_refresh: Duration,
 }
 
 impl Default for ConnectionConfig {
     fn default() -> Self {
         ConnectionConfig {
             crl_retention: DEFAULT_CRL_RETENTION,
+            crl_refresh: DEFAULT_CRL_REFRESH,
         }
     }
 }
 
 fn default_crl_retention() -> Duration {
     DEFAULT_CRL_RETENTION
+}
+
+fn default_crl_refresh() -> Duration {
+    DEFAULT_CRL_REFRESH
 }
 
 fn humantime_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -168,8 +191,15 @@ pub fn parse_connection(value: serde_json::Value) -> Result<ConnectionConfig, Pl
     if value.is_null() {
         return Ok(ConnectionConfig::default());
     }
-    serde_json::from_value(value)
-        .map_err(|e| PluginError::Misconfigured(format!("pki connection config: {e}")))
+    let c: ConnectionConfig = serde_json::from_value(value)
+        .map_err(|e| PluginError::Misconfigured(format!("pki connection config: {e}")))?;
+    if !CRL_REFRESH_RANGE.contains(&c.crl_refresh) {
+        return Err(PluginError::Misconfigured(format!(
+            "pki connection config: `crl_refresh` = {} must be between 100ms and 10m",
+            humantime::format_duration(c.crl_refresh)
+        )));
+    }
+    Ok(c)
 }
 
 /// Parses one role's table; `role` names the role in errors.
@@ -211,6 +241,17 @@ mod tests {
         assert!(m.contains("soon"), "{m}");
         let m = misconfigured(parse_connection(json!({"crl_retension": "1h"})));
         assert!(m.contains("unknown field `crl_retension`"), "{m}");
+    }
+
+    #[test]
+    fn crl_refresh_default_and_bounds() {
+        assert_eq!(parse_connection(json!({})).unwrap().crl_refresh, DEFAULT_CRL_REFRESH);
+        let c = parse_connection(json!({"crl_refresh": "30s"})).unwrap();
+        assert_eq!(c.crl_refresh, Duration::from_secs(30));
+        for bad in ["0s", "10ms", "1h"] {
+            let m = misconfigured(parse_connection(json!({ "crl_refresh": bad })));
+            assert!(m.contains("`crl_refresh`") && m.contains("between 100ms and 10m"), "{bad}: {m}");
+        }
     }
 
     #[test]

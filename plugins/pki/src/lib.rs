@@ -9,15 +9,21 @@
 //!
 //! - Serial numbers derive from the lease id, so a lease left pending by a
 //!   crash can be revoked from its id alone.
-//! - Revoke puts the serial on the role's CRL (kept in state until the
-//!   certificate's `not_after` + `crl_retention`); renew is unsupported.
-//! - Documents per role: `ca` (PEM chain) and `crl` (DER, signed by the CA).
+//! - Revoke before the certificate's `notAfter` puts the serial on the
+//!   role's CRL (kept in state until `notAfter` + `crl_retention`, then
+//!   deleted); revoke at or after `notAfter` (the lease simply expired) lists
+//!   nothing. Renew is unsupported.
+//! - Documents per role: `ca` (PEM chain), `ca.der` (the CA certificate,
+//!   DER) and `crl` (DER, signed by the CA, served from memory; see
+//!   `crl.rs`). Every leaf names the `crl` and `ca.der` URLs under the
+//!   server's `public_url` (CRL distribution point, AIA caIssuers).
 //!
 //! This crate sees only its config, its [`lessor_plugin::StateStore`] and the
 //! request: never the core's store, HTTP layer or policy engine.
 
 mod ca;
 mod config;
+mod crl;
 mod names;
 mod plugin;
 
@@ -25,4 +31,7 @@ pub use config::{
     CaConfig, CaKeyType, CaSource, ConnectionConfig, GenerateCa, KeyType, RoleConfig,
     DEFAULT_CRL_RETENTION,
 };
-pub use plugin::{build, PkiPlugin, CA_CONTENT_TYPE, CRL_CONTENT_TYPE};
+pub use crl::{system_clock, Clock};
+pub use plugin::{
+    build, build_with_clock, PkiPlugin, CA_CONTENT_TYPE, CA_DER_CONTENT_TYPE, CRL_CONTENT_TYPE,
+};

@@ -3,8 +3,12 @@
 //! CRL as documents.
 //!
 //! Must not know about the core's store, HTTP layer or policy engine; all it
-//! keeps lives in [`lessor_plugin::StateStore`] under `ca/<role>/…` and
-//! `crl/<role>/<serial>`.
+//! keeps lives in [`lessor_plugin::StateStore`] under `ca/<role>/…`,
+//! `crl/<role>/<serial>` and `crl-generation/<role>`.
+//!
+//! Over 800 lines: issuing (names, CSR checks, extensions) and the
+//! [`Plugin`] methods share the role and CA types and read as one piece; the
+//! CRL lives in `crl.rs`, names in `names.rs`, the CA in `ca.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -19,16 +23,15 @@ use lessor_plugin::{
 };
 use rcgen::string::Ia5String;
 use rcgen::{
-    CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PublicKeyData, RevokedCertParams,
-    SanType, SerialNumber, SignatureAlgorithm,
+    CertificateParams, CrlDistributionPoint, CustomExtension, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
+    SerialNumber, SignatureAlgorithm,
 };
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime, UtcOffset};
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::error::X509Error;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
@@ -40,14 +43,13 @@ use x509_parser::x509::SubjectPublicKeyInfo;
 
 use crate::ca::{self, Ca};
 use crate::config::{self, KeyType};
+use crate::crl::{self, Clock, CrlCache, Revoked};
 use crate::names::{self, Kind, Template};
 
 /// Slack on top of a role's `max_ttl` (the core caps, clocks differ a little).
 const TTL_SLACK: Duration = Duration::seconds(5);
 /// Issued certificates start this much in the past, for clock skew.
 const BACKDATE: Duration = Duration::seconds(30);
-/// A CRL's `nextUpdate` is this far after its `thisUpdate`.
-const CRL_VALIDITY: Duration = Duration::hours(1);
 /// `validate` warns when a CA ends within this.
 const CA_EXPIRY_WARNING: Duration = Duration::days(30);
 
@@ -55,16 +57,35 @@ const CA_EXPIRY_WARNING: Duration = Duration::days(30);
 pub const CA_CONTENT_TYPE: &str = "application/pem-certificate-chain";
 /// Content type of the `crl` document.
 pub const CRL_CONTENT_TYPE: &str = "application/pkix-crl";
+/// Content type of the `ca.der` document (the issuing CA certificate alone,
+/// DER, as RFC 5280 wants behind an AIA `caIssuers` URL).
+pub const CA_DER_CONTENT_TYPE: &str = "application/pkix-cert";
+
+/// `id-pe-authorityInfoAccess`.
+const OID_AUTHORITY_INFO_ACCESS: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 1, 1];
+/// `id-ad-caIssuers`.
+const OID_CA_ISSUERS: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 48, 2];
 
 /// Builds the `pki` plugin for one connection: parses the connection and role
 /// config and loads (or, on first start, generates and stores) every role's CA.
-#[instrument(skip_all, fields(connection = %ctx.connection))]
 pub async fn build(
     ctx: PluginContext,
     connection: serde_json::Value,
     roles: Vec<RoleSpec>,
 ) -> Result<Arc<dyn Plugin>, PluginError> {
+    build_with_clock(ctx, connection, roles, crl::system_clock()).await
+}
+
+/// [`build`] with a clock of the caller's (tests move time with it).
+#[instrument(skip_all, fields(connection = %ctx.connection))]
+pub async fn build_with_clock(
+    ctx: PluginContext,
+    connection: serde_json::Value,
+    roles: Vec<RoleSpec>,
+    clock: Clock,
+) -> Result<Arc<dyn Plugin>, PluginError> {
     let conn = config::parse_connection(connection)?;
+    let base = public_base(&ctx.public_url)?;
     let mut seen = BTreeSet::new();
     let mut built = Vec::with_capacity(roles.len());
     for spec in roles {
@@ -109,21 +130,86 @@ pub async fn build(
             .transpose()?;
         let source = cfg.ca.source(&name)?;
         let ca = ca::load(&ctx, &name, &source).await?;
+        let doc_url = |doc: &str| {
+            format!(
+                "{base}/v1/pki/{}/{}/{doc}",
+                path_segment(&ctx.connection),
+                path_segment(&name)
+            )
+        };
+        let ca_pem_doc = ca.chain_pem.concat().into_bytes();
+        let ca_der_doc = ca.chain_pem.first().map(|p| pem_der(p)).transpose()?.unwrap_or_default();
         built.push(Role {
+            crl_url: doc_url("crl"),
+            ca_url: doc_url("ca.der"),
             name,
             max_ttl: spec.max_ttl,
             key_type: cfg.key_type,
             allowed,
             common_name,
             ca,
+            ca_pem_doc,
+            ca_der_doc,
+            crl: CrlCache::new(),
         });
     }
     Ok(Arc::new(PkiPlugin {
         connection: ctx.connection,
         state: ctx.state,
         crl_retention: conn.crl_retention,
+        crl_refresh: conn.crl_refresh,
+        clock,
         roles: built,
     }))
+}
+
+/// `public_url` without a trailing `/`, checked: certificates carry URLs
+/// built on it, which must be ASCII http(s) URLs.
+fn public_base(public_url: &str) -> Result<String, PluginError> {
+    let base = public_url.trim_end_matches('/');
+    let scheme_ok = base.starts_with("http://") || base.starts_with("https://");
+    if !scheme_ok || !base.is_ascii() || base.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(PluginError::Misconfigured(format!(
+            "`public_url` `{}` must be an http:// or https:// URL in ASCII: certificates name their CRL and CA under it",
+            public_url.escape_debug()
+        )));
+    }
+    Ok(base.to_owned())
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved bytes.
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn pem_der(text: &str) -> Result<Vec<u8>, PluginError> {
+    pem::parse(text)
+        .map(pem::Pem::into_contents)
+        .map_err(|e| PluginError::Permanent(format!("the CA certificate PEM does not parse: {e}")))
+}
+
+/// The AuthorityInfoAccess extension with one `caIssuers` URL.
+fn authority_info_access(url: &str) -> CustomExtension {
+    let der = yasna::construct_der(|w| {
+        w.write_sequence(|w| {
+            w.next().write_sequence(|w| {
+                w.next()
+                    .write_oid(&yasna::models::ObjectIdentifier::from_slice(OID_CA_ISSUERS));
+                // GeneralName uniformResourceIdentifier: [6] IMPLICIT IA5String.
+                w.next()
+                    .write_tagged_implicit(yasna::Tag::context(6), |w| w.write_ia5_string(url));
+            });
+        });
+    });
+    CustomExtension::from_oid_content(OID_AUTHORITY_INFO_ACCESS, der)
 }
 
 /// The serial number of the certificate issued for `lease`: the first 16
@@ -151,6 +237,14 @@ struct Role {
     allowed: Vec<Template>,
     common_name: Option<Template>,
     ca: Ca,
+    /// The `ca` document (PEM chain) and the `ca.der` one (the CA alone).
+    ca_pem_doc: Vec<u8>,
+    ca_der_doc: Vec<u8>,
+    /// Where relying parties find the CRL and the issuer: every leaf
+    /// certificate names them (CRL distribution point, AIA caIssuers).
+    crl_url: String,
+    ca_url: String,
+    crl: CrlCache,
 }
 
 /// The `pki` plugin of one connection.
@@ -158,6 +252,8 @@ pub struct PkiPlugin {
     connection: String,
     state: Arc<dyn StateStore>,
     crl_retention: StdDuration,
+    crl_refresh: StdDuration,
+    clock: Clock,
     roles: Vec<Role>,
 }
 
@@ -166,16 +262,10 @@ impl fmt::Debug for PkiPlugin {
         f.debug_struct("PkiPlugin")
             .field("connection", &self.connection)
             .field("crl_retention", &self.crl_retention)
+            .field("crl_refresh", &self.crl_refresh)
             .field("roles", &self.roles)
             .finish_non_exhaustive()
     }
-}
-
-/// What `crl/<role>/<serial>` holds.
-#[derive(Debug, Serialize, Deserialize)]
-struct Revoked {
-    revoked_at: i64,
-    not_after: i64,
 }
 
 /// The issue parameters this plugin understands.
@@ -513,66 +603,15 @@ impl PkiPlugin {
         Ok(())
     }
 
-    /// Signs a CRL for `role` listing every revoked serial still within
-    /// `not_after + crl_retention`.
-    async fn crl(&self, role: &Role) -> Result<Vec<u8>, PluginError> {
-        let now = OffsetDateTime::now_utc();
-        let retention = i64::try_from(self.crl_retention.as_secs()).unwrap_or(i64::MAX);
-        let mut revoked = Vec::new();
-        for (key, value) in self.state.list(&format!("crl/{}/", role.name)).await? {
-            let serial_hex = key.rsplit('/').next().unwrap_or_default();
-            let Some(serial) = hex::decode(serial_hex)
-                .ok()
-                .filter(|b| !b.is_empty() && b.len() <= 20)
-            else {
-                warn!(role = %role.name, key = %key, "ignoring a CRL entry whose key is not a serial number");
-                continue;
-            };
-            let revocation_time = match serde_json::from_slice::<Revoked>(&value) {
-                Ok(entry) => {
-                    if entry.not_after.saturating_add(retention) <= now.unix_timestamp() {
-                        continue;
-                    }
-                    OffsetDateTime::from_unix_timestamp(entry.revoked_at).unwrap_or(now)
-                }
-                Err(e) => {
-                    // Keep listing it: dropping a revoked serial is the unsafe way to fail.
-                    warn!(role = %role.name, key = %key, error = %e, "CRL entry is unreadable; listing the serial anyway");
-                    now
-                }
-            };
-            revoked.push(RevokedCertParams {
-                serial_number: SerialNumber::from_slice(&serial),
-                revocation_time,
-                reason_code: None,
-                invalidity_date: None,
-            });
+    fn crl_source<'a>(&'a self, role: &'a Role) -> crl::Source<'a> {
+        crl::Source {
+            role: &role.name,
+            ca: &role.ca,
+            state: self.state.as_ref(),
+            retention: self.crl_retention,
+            refresh: self.crl_refresh,
+            clock: &self.clock,
         }
-        self.sign_crl(role, now, revoked)
-    }
-
-    fn sign_crl(
-        &self,
-        role: &Role,
-        now: OffsetDateTime,
-        revoked: Vec<RevokedCertParams>,
-    ) -> Result<Vec<u8>, PluginError> {
-        let crl_number = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-        let params = CertificateRevocationListParams {
-            this_update: now,
-            next_update: now + CRL_VALIDITY,
-            crl_number: SerialNumber::from(crl_number),
-            issuing_distribution_point: None,
-            revoked_certs: revoked,
-            key_identifier_method: role.ca.crl_key_id.clone(),
-        };
-        let crl = params.signed_by(&role.ca.issuer).map_err(|e| {
-            PluginError::Permanent(format!(
-                "signing the CRL of role `{}` failed: {e}",
-                role.name
-            ))
-        })?;
-        Ok(crl.der().to_vec())
     }
 }
 
@@ -590,12 +629,12 @@ impl Plugin for PkiPlugin {
     }
 
     async fn validate(&self) -> Result<Validation, PluginError> {
-        let now = OffsetDateTime::now_utc();
+        let now = (self.clock)();
         let mut details = BTreeMap::new();
         let mut warnings = Vec::new();
         for role in &self.roles {
             // Proves the CA key and certificate still sign together.
-            self.sign_crl(role, now, Vec::new())?;
+            crl::sign(&role.name, &role.ca, now, Vec::new())?;
             let ca = &role.ca;
             details.insert(format!("role.{}.ca", role.name), ca.subject_cn.clone());
             details.insert(
@@ -658,7 +697,7 @@ impl Plugin for PkiPlugin {
                 req.role, self.connection
             ))
         })?;
-        let now = OffsetDateTime::now_utc();
+        let now = (self.clock)();
         let expires_at = req.expires_at.to_offset(UtcOffset::UTC);
         Self::check_expiry(role, now, expires_at)?;
         let params = Params::parse(&req.params)?;
@@ -743,6 +782,10 @@ impl Plugin for PkiPlugin {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
+        params.crl_distribution_points = vec![CrlDistributionPoint {
+            uris: vec![role.crl_url.clone()],
+        }];
+        params.custom_extensions = vec![authority_info_access(&role.ca_url)];
 
         let signed = match &subject_key {
             SubjectKey::Generated(key) => params.signed_by(key.as_ref(), &role.ca.issuer),
@@ -806,33 +849,51 @@ impl Plugin for PkiPlugin {
                 lease.role.escape_debug()
             )));
         }
-        if self.role(&lease.role).is_none() {
+        let now = (self.clock)();
+        if now >= lease.expires_at {
+            // The certificate reached its notAfter (the lease's end): it is
+            // expired, not revoked, and a CRL does not list it.
+            debug!(serial = %serial, "certificate expired; nothing to list on the CRL");
+            return Ok(());
+        }
+        let role = self.role(&lease.role);
+        if role.is_none() {
             warn!(serial = %serial, "revoking for a role this connection does not have; no CRL will list it until the role is back");
         }
-        let key = format!("crl/{}/{serial}", lease.role);
-        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let key = crl::entry_key(&lease.role, &serial);
+        let now = now.unix_timestamp();
         let not_after = lease.expires_at.unix_timestamp();
         let entry = match self.state.get(&key).await? {
-            None => Revoked {
+            None => Some(Revoked {
                 revoked_at: now,
                 not_after,
-            },
+            }),
             Some(bytes) => match serde_json::from_slice::<Revoked>(&bytes) {
-                Ok(old) if old.not_after >= not_after => return Ok(()),
-                Ok(old) => Revoked {
+                Ok(old) if old.not_after >= not_after => None,
+                Ok(old) => Some(Revoked {
                     revoked_at: old.revoked_at,
                     not_after,
-                },
-                Err(_) => Revoked {
+                }),
+                Err(_) => Some(Revoked {
                     revoked_at: now,
                     not_after,
-                },
+                }),
             },
         };
-        let value = serde_json::to_vec(&entry)
-            .map_err(|e| PluginError::Permanent(format!("cannot encode the CRL entry: {e}")))?;
-        self.state.put(&key, &value).await?;
-        info!(serial = %serial, "revoked certificate");
+        if let Some(entry) = entry {
+            let value = serde_json::to_vec(&entry)
+                .map_err(|e| PluginError::Permanent(format!("cannot encode the CRL entry: {e}")))?;
+            self.state.put(&key, &value).await?;
+        }
+        // Also when the entry was there already: a retry after a failed
+        // generation write must still tell the other replicas.
+        self.state
+            .put(&crl::generation_key(&lease.role), &crl::new_generation())
+            .await?;
+        if let Some(role) = role {
+            role.crl.changed();
+        }
+        info!(serial = %serial, "revoked certificate before its notAfter; listed on the CRL");
         Ok(())
     }
 
@@ -847,11 +908,15 @@ impl Plugin for PkiPlugin {
         match name {
             "ca" => Ok(Some(Document {
                 content_type: CA_CONTENT_TYPE,
-                body: role.ca.chain_pem.concat().into_bytes(),
+                body: role.ca_pem_doc.clone(),
+            })),
+            "ca.der" => Ok(Some(Document {
+                content_type: CA_DER_CONTENT_TYPE,
+                body: role.ca_der_doc.clone(),
             })),
             "crl" => Ok(Some(Document {
                 content_type: CRL_CONTENT_TYPE,
-                body: self.crl(role).await?,
+                body: role.crl.document(&self.crl_source(role)).await?,
             })),
             _ => Ok(None),
         }

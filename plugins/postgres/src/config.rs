@@ -502,6 +502,21 @@ mod tests {
             (vec!["a"], json!({"grants": {"a": ["GRANT {{password}}"]}}), "`grants.\"a\"[0]` uses {{password}}"),
             (vec![], json!({"database": ""}), "`database` = ``"),
             (vec![], json!({"databse": "x"}), "unknown field `databse`"),
+            (
+                vec![],
+                json!({"creation": ["CREATE ROLE {{name}} LOGIN", "GRANT app TO {{name}} -- {{claim:workflow}}"]}),
+                "`creation[1]`: `{{claim:workflow}}` at byte 25 is inside a `--` comment",
+            ),
+            (
+                vec!["a"],
+                json!({"grants": {"a": ["COMMENT ON ROLE {{name}} IS 'team {{claim_ident:team}}'"]}}),
+                "`grants.\"a\"[0]`: `{{claim_ident:team}}` at byte 34 is inside a string literal",
+            ),
+            (
+                vec![],
+                json!({"creation": ["CREATE ROLE {{name}} /* {{claim:x}} */"]}),
+                "`creation[0]`: `{{claim:x}}` at byte 24 is inside a `/* */` comment",
+            ),
         ];
         for (scopes, v, want) in cases {
             let m = msg(RoleConfig::from_json("pg", &spec(&scopes, v.clone())).unwrap_err());

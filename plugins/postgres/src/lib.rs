@@ -102,6 +102,7 @@
 
 pub mod config;
 mod plugin;
+pub mod scan;
 pub mod scram;
 pub mod sql;
 

@@ -904,6 +904,10 @@ impl PostgresPlugin {
                 "role `{}/{role}`: {p} is not available in this statement",
                 self.connection
             )),
+            RenderError::NotOneToken(p) => PluginError::Misconfigured(format!(
+                "role `{}/{role}`: {p} did not render as one quoted token at top level; refusing to run the statement",
+                self.connection
+            )),
         }
     }
 

@@ -1,14 +1,17 @@
 //! Statement templates and SQL quoting.
 //!
 //! Owns the template language (`{{name}}`, `{{password}}`, `{{expiry}}`,
-//! `{{database}}`, `{{admin}}`, `{{claim:ATTR}}`, `{{claim_ident:ATTR}}`) and
-//! the only two ways a value enters SQL text: [`quote_ident`] and
-//! [`quote_literal`]. Knows nothing of connections or roles; never sees a
+//! `{{database}}`, `{{admin}}`, `{{claim:ATTR}}`, `{{claim_ident:ATTR}}`),
+//! where placeholders may stand (top level only, checked with
+//! [`crate::scan`]), and the only two ways a value enters SQL text:
+//! [`quote_ident`] and [`quote_literal`]. Knows nothing of connections or roles; never sees a
 //! plaintext password (`{{password}}` is the SCRAM verifier).
 
 use std::fmt;
 
 use lessor_plugin::Workload;
+
+pub use crate::scan::{scan, top_level_semicolons, Context, Scan, ScanError, Span};
 
 /// PostgreSQL's identifier limit (`NAMEDATALEN - 1`); longer ones are
 /// silently truncated by the server, so we refuse them.
@@ -89,6 +92,22 @@ pub enum TemplateError {
     BadClaim(String),
     #[error("the template is empty")]
     Empty,
+    #[error("`{placeholder}` at byte {byte} is inside {context}; placeholders must be at top level, where their quoting holds (there the value would be pasted as raw SQL)")]
+    NotTopLevel {
+        placeholder: String,
+        byte: usize,
+        context: Context,
+    },
+    #[error("`{placeholder}` at byte {byte} touches `{neighbour}`; put a space between a placeholder and a quote, `$`, `&`, a name or another placeholder")]
+    Glued {
+        placeholder: String,
+        byte: usize,
+        neighbour: String,
+    },
+    #[error("the template ends inside {context} opened at byte {byte}")]
+    Unterminated { context: Context, byte: usize },
+    #[error("{0}")]
+    Scan(ScanError),
 }
 
 fn valid_attr(a: &str) -> bool {
@@ -135,6 +154,7 @@ impl Template {
         let mut text = String::new();
         let mut rest = source;
         let mut offset = 0;
+        let mut slot_at = Vec::new();
         loop {
             let open = rest.find("{{");
             let close = rest.find("}}");
@@ -159,6 +179,7 @@ impl Template {
                     }
                     pieces.push(Piece::Slot(parse_slot(inner)?));
                     let consumed = o + 2 + end + 2;
+                    slot_at.push((offset + o, offset + consumed));
                     offset += consumed;
                     rest = &rest[consumed..];
                 }
@@ -168,6 +189,7 @@ impl Template {
         if !text.is_empty() {
             pieces.push(Piece::Text(text));
         }
+        check_structure(&pieces, &slot_at)?;
         Ok(Template {
             source: source.to_owned(),
             pieces,
@@ -188,91 +210,105 @@ impl Template {
     }
 
     /// Renders the template. Every value is quoted; nothing is pasted raw.
+    /// The result is scanned again: each value must be exactly one string
+    /// literal or quoted identifier, at top level (what config validation
+    /// promised; this keeps the promise if that validation has a gap).
     pub fn render(&self, vars: &Vars<'_>) -> Result<String, RenderError> {
         let mut out = String::with_capacity(self.source.len() + 64);
+        let mut values = Vec::new();
         for piece in &self.pieces {
             match piece {
                 Piece::Text(t) => out.push_str(t),
-                Piece::Slot(p) => out.push_str(&vars.value(p)?),
+                Piece::Slot(p) => {
+                    let start = out.len();
+                    out.push_str(&vars.value(p)?);
+                    values.push((p, start, out.len()));
+                }
+            }
+        }
+        let scan = scan(&out).ok();
+        for (p, start, end) in values {
+            if !scan.as_ref().is_some_and(|s| s.is_one_token(start, end)) {
+                return Err(RenderError::NotOneToken(p.to_string()));
             }
         }
         Ok(out)
     }
 }
 
-/// Counts `;` outside string literals, quoted identifiers, dollar-quoted
-/// strings and comments: the statements a piece of SQL holds, minus one.
-pub fn top_level_semicolons(sql: &str) -> usize {
-    let b = sql.as_bytes();
-    let (mut i, mut n) = (0, 0);
-    while i < b.len() {
-        match b[i] {
-            b';' => {
-                n += 1;
-                i += 1;
+/// Why a template's placeholders are where quoting can hold: each at top
+/// level (not in a comment, literal, quoted identifier or dollar quote, where
+/// a quoted value would be pasted as raw text), none glued to a quote, `$`,
+/// `&` or name (`E{{claim:x}}` would make an escape string, `{{a}}{{b}}` one
+/// identifier), and the template ends at top level or in a `--` comment.
+fn check_structure(pieces: &[Piece], slot_at: &[(usize, usize)]) -> Result<(), TemplateError> {
+    // The template with each placeholder as one space, and where each byte
+    // came from in the source.
+    let mut skeleton = String::new();
+    let mut source_of = Vec::new();
+    let mut slots = Vec::new();
+    let mut src = 0;
+    let mut next_slot = slot_at.iter();
+    for (i, piece) in pieces.iter().enumerate() {
+        match piece {
+            Piece::Text(t) => {
+                skeleton.push_str(t);
+                source_of.extend(src..src + t.len());
+                src += t.len();
             }
-            q @ (b'\'' | b'"') => {
-                // E'..' strings allow backslash escapes.
-                let escapes = q == b'\'' && i > 0 && (b[i - 1] == b'E' || b[i - 1] == b'e');
-                i += 1;
-                while i < b.len() {
-                    if escapes && b[i] == b'\\' {
-                        i += 2;
-                        continue;
-                    }
-                    if b[i] == q {
-                        if i + 1 < b.len() && b[i + 1] == q {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                i += 1;
+            Piece::Slot(p) => {
+                let (at, end) = next_slot.next().copied().unwrap_or((src, src));
+                let glued_to_slot = matches!(pieces.get(i + 1), Some(Piece::Slot(_)));
+                slots.push((p, skeleton.len(), at, glued_to_slot));
+                skeleton.push(' ');
+                source_of.push(at);
+                src = end;
             }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                let mut depth = 0;
-                while i < b.len() {
-                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                        depth += 1;
-                        i += 2;
-                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
-            b'$' => {
-                // $tag$ ... $tag$ (tag: letters, digits, underscores; not $1).
-                let rest = &sql[i + 1..];
-                let tag_len = rest.find('$').filter(|&l| {
-                    rest[..l].bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
-                        && !rest[..l].starts_with(|c: char| c.is_ascii_digit())
-                });
-                match tag_len {
-                    Some(l) => {
-                        let tag = &sql[i..i + l + 2];
-                        let body = i + l + 2;
-                        i = sql[body..].find(tag).map(|e| body + e + tag.len()).unwrap_or(b.len());
-                    }
-                    None => i += 1,
-                }
-            }
-            _ => i += 1,
         }
     }
-    n
+    let to_source = |i: usize| source_of.get(i).copied().unwrap_or(src);
+    let scan = scan(&skeleton).map_err(|e| {
+        TemplateError::Scan(match e {
+            ScanError::DollarAfterNumber(i) => ScanError::DollarAfterNumber(to_source(i)),
+            ScanError::BackslashInString(i) => ScanError::BackslashInString(to_source(i)),
+        })
+    })?;
+    let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '$' || !c.is_ascii();
+    for (p, at, source_at, glued_to_slot) in slots {
+        let context = scan.context_at(at);
+        if context != Context::Code {
+            return Err(TemplateError::NotTopLevel {
+                placeholder: p.to_string(),
+                byte: source_at,
+                context,
+            });
+        }
+        let before = skeleton.get(..at).and_then(|t| t.chars().next_back());
+        let after = skeleton.get(at + 1..).and_then(|t| t.chars().next());
+        let glued = before.filter(|&c| name_char(c) || matches!(c, '\'' | '"' | '&'));
+        let glued = glued.or(after.filter(|&c| matches!(c, '\'' | '"' | '$')));
+        if let Some(c) = glued {
+            return Err(TemplateError::Glued {
+                placeholder: p.to_string(),
+                byte: source_at,
+                neighbour: c.to_string(),
+            });
+        }
+        if glued_to_slot {
+            return Err(TemplateError::Glued {
+                placeholder: p.to_string(),
+                byte: source_at,
+                neighbour: "another placeholder".into(),
+            });
+        }
+    }
+    if let Some(open) = scan.unterminated.filter(|s| s.context != Context::LineComment) {
+        return Err(TemplateError::Unterminated {
+            context: open.context,
+            byte: to_source(open.start),
+        });
+    }
+    Ok(())
 }
 
 /// The values a template may use. `None` means "not available here"
@@ -298,6 +334,8 @@ pub enum RenderError {
     Quote(#[from] QuoteError),
     #[error("{0} is not available in this statement")]
     Unavailable(String),
+    #[error("{0} did not render as one quoted token at top level")]
+    NotOneToken(String),
 }
 
 impl Vars<'_> {
@@ -316,7 +354,13 @@ impl Vars<'_> {
             let w = self
                 .workload
                 .ok_or_else(|| RenderError::Unavailable(p.to_string()))?;
-            Self::claim(w, attr).ok_or_else(|| RenderError::MissingClaim(attr.to_owned()))
+            let v = Self::claim(w, attr).ok_or_else(|| RenderError::MissingClaim(attr.to_owned()))?;
+            // A newline would end a `--` comment, and none belongs in a
+            // name or a label: refuse every control character.
+            match v.chars().find(|c| c.is_control()) {
+                Some(c) => Err(RenderError::Quote(QuoteError::Control(format!("claim `{attr}`"), u32::from(c)))),
+                None => Ok(v),
+            }
         };
         Ok(match p {
             Placeholder::Name => quote_ident(self.name)?,
@@ -342,6 +386,8 @@ pub enum QuoteError {
     EmptyIdent(String),
     #[error("{0} is {1} bytes long; PostgreSQL identifiers are at most 63")]
     TooLong(String, usize),
+    #[error("{0} contains the control character U+{1:04X}; values used in SQL statements must not")]
+    Control(String, u32),
 }
 
 impl QuoteError {
@@ -351,6 +397,7 @@ impl QuoteError {
             QuoteError::Nul(_) => QuoteError::Nul(what),
             QuoteError::EmptyIdent(_) => QuoteError::EmptyIdent(what),
             QuoteError::TooLong(_, n) => QuoteError::TooLong(what, n),
+            QuoteError::Control(_, c) => QuoteError::Control(what, c),
         }
     }
 }
@@ -426,39 +473,185 @@ mod tests {
     }
 
     #[test]
-    fn counts_statements_outside_quotes_comments_and_dollar_quotes() {
-        assert_eq!(top_level_semicolons("CREATE ROLE \"a;b\" PASSWORD 'x;''y'"), 0);
-        assert_eq!(top_level_semicolons("SELECT 1; SELECT 2"), 1);
-        assert_eq!(top_level_semicolons("SELECT 1 -- ; comment\n"), 0);
-        assert_eq!(top_level_semicolons("SELECT /* ; /* nested ; */ */ 1"), 0);
-        assert_eq!(top_level_semicolons("DO $x$ BEGIN PERFORM 1; END $x$"), 0);
-        assert_eq!(top_level_semicolons("SELECT E'a\\';' ; SELECT 1"), 1);
-        assert_eq!(top_level_semicolons("SELECT $1; SELECT 2"), 1);
-        // A claim value cannot end its literal: quoting doubles the quote.
-        let v = quote_literal("x'; DROP ROLE postgres; --").unwrap();
-        assert_eq!(top_level_semicolons(&format!("COMMENT ON ROLE r IS {v}")), 0);
-    }
-
-    #[test]
     fn renders_every_placeholder_quoted() {
         let t = Template::parse(
-            "CREATE ROLE {{name}} LOGIN PASSWORD {{password}} VALID UNTIL {{expiry}} IN ROLE {{ admin }} -- {{database}} {{claim:repository}} {{claim_ident:subject}} {{claim:issuer}}",
+            "CREATE ROLE {{name}} LOGIN PASSWORD {{password}} VALID UNTIL {{expiry}} IN ROLE {{ admin }}, {{database}}, {{claim_ident:subject}} ADMIN {{claim_ident:repository}} -- a comment without placeholders",
         )
         .unwrap();
         let w = workload();
         assert_eq!(
             t.render(&vars(&w)).unwrap(),
-            "CREATE ROLE \"lessor_app_0123\" LOGIN PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$a:b' VALID UNTIL '2030-01-02T03:04:05Z' IN ROLE \"lessor_admin\" -- \"app\" 'shop/api' \"repo:shop/api\" 'https://ci.example'"
+            "CREATE ROLE \"lessor_app_0123\" LOGIN PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$a:b' VALID UNTIL '2030-01-02T03:04:05Z' IN ROLE \"lessor_admin\", \"app\", \"repo:shop/api\" ADMIN \"shop/api\" -- a comment without placeholders"
         );
+        let t = Template::parse("COMMENT ON ROLE {{name}} IS {{claim:repository}}").unwrap();
+        assert_eq!(t.render(&vars(&w)).unwrap(), "COMMENT ON ROLE \"lessor_app_0123\" IS 'shop/api'");
+        let t = Template::parse("SELECT ({{claim:issuer}})").unwrap();
+        assert_eq!(t.render(&vars(&w)).unwrap(), "SELECT ('https://ci.example')");
     }
 
     #[test]
     fn single_braces_are_sql() {
-        let t = Template::parse("SELECT '{}'::jsonb, '{a}'::text[] -- {{name}}").unwrap();
+        let t = Template::parse("SELECT '{}'::jsonb, '{a}'::text[], {{name}}").unwrap();
         let w = workload();
         assert_eq!(
             t.render(&vars(&w)).unwrap(),
-            "SELECT '{}'::jsonb, '{a}'::text[] -- \"lessor_app_0123\""
+            "SELECT '{}'::jsonb, '{a}'::text[], \"lessor_app_0123\""
+        );
+    }
+
+    fn not_top_level(source: &str) -> (String, usize, Context) {
+        match Template::parse(source) {
+            Err(TemplateError::NotTopLevel { placeholder, byte, context }) => (placeholder, byte, context),
+            other => panic!("{source}: expected NotTopLevel, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn placeholders_only_at_top_level() {
+        // The issue's example: before, the newline in the claim ended the
+        // comment and `WITH ADMIN OPTION` ran as SQL.
+        let src = "GRANT app_owner TO {{name}} -- {{claim:workflow}}";
+        assert_eq!(
+            not_top_level(src),
+            ("{{claim:workflow}}".into(), 31, Context::LineComment)
+        );
+        let e = Template::parse(src).unwrap_err().to_string();
+        assert!(e.contains("`{{claim:workflow}}` at byte 31 is inside a `--` comment"), "{e}");
+        let cases = [
+            ("GRANT app TO {{name}} /* by {{claim:subject}} */", Context::BlockComment),
+            ("GRANT app TO {{name}} /* /* nested */ {{claim:subject}} */", Context::BlockComment),
+            ("COMMENT ON ROLE {{name}} IS 'team {{claim_ident:team}}'", Context::String),
+            ("COMMENT ON ROLE {{name}} IS E'it\\'s {{claim:team}}'", Context::String),
+            ("COMMENT ON ROLE {{name}} IS U&'{{claim:team}}'", Context::String),
+            ("CREATE SCHEMA \"app_{{claim:team}}\"", Context::QuotedIdent),
+            ("DO $$ BEGIN PERFORM {{claim:team}}; END $$", Context::DollarQuoted),
+            ("DO $body$ BEGIN RAISE NOTICE {{claim:team}}; END $body$", Context::DollarQuoted),
+            ("SELECT 1 -- note\r {{name}} -- {{claim:team}}", Context::LineComment),
+            // `a$b$` is one name in PostgreSQL, not a dollar quote: the
+            // comment after it is real and hides the placeholder.
+            ("SELECT a$b$ -- $b$ {{claim:team}}", Context::LineComment),
+        ];
+        for (src, context) in cases {
+            assert_eq!(not_top_level(src).2, context, "{src}");
+        }
+        // Code after a closed comment or literal is top level again.
+        for ok in [
+            "GRANT app TO {{name}} /* c */ ",
+            "COMMENT ON ROLE {{name}} IS {{claim:team}} -- why",
+            "SELECT '--', \"/*\", $$ ' $$, {{claim:team}}",
+            "SELECT 1 -- note\n, {{claim:team}}",
+        ] {
+            Template::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
+    fn placeholders_must_not_touch_quotes_names_or_each_other() {
+        for (src, neighbour) in [
+            ("COMMENT ON ROLE {{name}} IS E{{claim:team}}", "E"),
+            ("COMMENT ON ROLE {{name}} IS U&{{claim:team}}", "&"),
+            ("COMMENT ON ROLE {{name}} IS 'a'{{claim:team}}", "'"),
+            ("COMMENT ON ROLE {{name}} IS {{claim:team}}'b'", "'"),
+            ("GRANT app TO x{{name}}", "x"),
+            ("GRANT app TO {{name}}{{claim_ident:team}}", "another placeholder"),
+            ("SELECT {{claim:team}}$$x$$", "$"),
+        ] {
+            match Template::parse(src) {
+                Err(TemplateError::Glued { neighbour: n, .. }) => assert_eq!(n, neighbour, "{src}"),
+                other => panic!("{src}: expected Glued, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn templates_end_at_top_level() {
+        for (src, context, byte) in [
+            ("COMMENT ON ROLE {{name}} IS 'open", Context::String, 28),
+            ("GRANT app TO {{name}} /* open", Context::BlockComment, 22),
+            ("SELECT $x$ open", Context::DollarQuoted, 7),
+            ("SELECT \"open", Context::QuotedIdent, 7),
+        ] {
+            assert_eq!(
+                Template::parse(src),
+                Err(TemplateError::Unterminated { context, byte }),
+                "{src}"
+            );
+        }
+        // A trailing `--` comment is fine: statements are joined on new lines.
+        Template::parse("GRANT app TO {{name}} -- done").unwrap();
+    }
+
+    #[test]
+    fn ambiguous_sql_is_refused() {
+        assert_eq!(
+            Template::parse("COMMENT ON ROLE {{name}} IS 'a\\b'"),
+            Err(TemplateError::Scan(ScanError::BackslashInString(28)))
+        );
+        // `fooE'...'` is the name `fooE` and a standard string.
+        assert!(matches!(
+            Template::parse("SELECT fooE'a\\' , {{name}}"),
+            Err(TemplateError::Scan(ScanError::BackslashInString(_)))
+        ));
+        assert_eq!(
+            Template::parse("SELECT 1$$ {{claim:team}}"),
+            Err(TemplateError::Scan(ScanError::DollarAfterNumber(8)))
+        );
+        // Byte offsets are in the template as written.
+        assert_eq!(
+            Template::parse("SELECT {{name}}, 1$$"),
+            Err(TemplateError::Scan(ScanError::DollarAfterNumber(18)))
+        );
+        Template::parse("COMMENT ON ROLE {{name}} IS E'a\\\\b'").unwrap();
+    }
+
+    #[test]
+    fn a_value_that_would_not_be_one_token_is_not_rendered() {
+        // Built by hand: parse refuses it. Render-time scanning still does.
+        let t = Template {
+            source: "SELECT 'a {{claim:repository}}'".into(),
+            pieces: vec![
+                Piece::Text("SELECT 'a ".into()),
+                Piece::Slot(Placeholder::Claim("repository".into())),
+                Piece::Text("'".into()),
+            ],
+        };
+        let w = workload();
+        assert_eq!(
+            t.render(&vars(&w)),
+            Err(RenderError::NotOneToken("{{claim:repository}}".into()))
+        );
+    }
+
+    #[test]
+    fn control_characters_in_claims_are_refused_by_name() {
+        let t = Template::parse("COMMENT ON ROLE {{name}} IS {{claim:workflow}}").unwrap();
+        let ti = Template::parse("GRANT {{claim_ident:workflow}} TO {{name}}").unwrap();
+        for (value, code) in [
+            ("ci\nWITH ADMIN OPTION --", 0x0a),
+            ("ci\r--", 0x0d),
+            ("a\tb", 0x09),
+            ("nul\0", 0x00),
+            ("del\u{7f}", 0x7f),
+            ("nel\u{85}", 0x85),
+        ] {
+            let mut w = workload();
+            w.attributes.insert("workflow".into(), value.into());
+            for t in [&t, &ti] {
+                let e = t.render(&vars(&w)).unwrap_err();
+                assert_eq!(
+                    e,
+                    RenderError::Quote(QuoteError::Control("claim `workflow`".into(), code)),
+                    "{value:?}"
+                );
+                let m = e.to_string();
+                assert!(m.starts_with("claim `workflow` contains the control character U+00"), "{m}");
+            }
+        }
+        let mut w = workload();
+        w.attributes.insert("workflow".into(), "ci — déploiement".into());
+        assert_eq!(
+            t.render(&vars(&w)).unwrap(),
+            "COMMENT ON ROLE \"lessor_app_0123\" IS 'ci — déploiement'"
         );
     }
 

@@ -5,6 +5,7 @@ mod config;
 mod conformance;
 mod crl;
 mod csr;
+mod extensions;
 mod issue;
 mod names;
 mod support;

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lessor_plugin::conformance::Probe;
-use lessor_plugin::secrecy::SecretString;
+use lessor_plugin::secrecy::{SecretBox, SecretString};
 use lessor_plugin::{
     Handle, IssueRequest, Issued, LeaseId, MemoryState, Plugin, PluginContext, PluginError,
-    RoleSpec, Workload,
+    RoleSpec, StateError, StateStore, Workload,
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -235,4 +235,148 @@ impl Probe for CrlProbe {
             .await
             .contains(&serial))
     }
+}
+
+/// A clock tests move by hand, starting now (on a whole second).
+#[derive(Clone)]
+pub struct TestClock(Arc<std::sync::Mutex<OffsetDateTime>>);
+
+impl TestClock {
+    pub fn new() -> Self {
+        let now = OffsetDateTime::now_utc();
+        let whole = now - time::Duration::nanoseconds(i64::from(now.nanosecond()));
+        TestClock(Arc::new(std::sync::Mutex::new(whole)))
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        *self.0.lock().unwrap()
+    }
+
+    pub fn set(&self, t: OffsetDateTime) {
+        *self.0.lock().unwrap() = t;
+    }
+
+    pub fn advance(&self, d: time::Duration) {
+        let t = self.now() + d;
+        self.set(t);
+    }
+
+    pub fn clock(&self) -> lessor_pki::Clock {
+        let me = self.clone();
+        Arc::new(move || me.now())
+    }
+}
+
+/// A [`MemoryState`] that counts reads and can be made to fail.
+#[derive(Default)]
+pub struct CountingState {
+    inner: MemoryState,
+    reads: AtomicU64,
+    lists: AtomicU64,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl CountingState {
+    /// Every `get`, `get_secret` and `list` so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::SeqCst)
+    }
+
+    pub fn lists(&self) -> u64 {
+        self.lists.load(Ordering::SeqCst)
+    }
+
+    pub fn fail(&self, on: bool) {
+        self.failing.store(on, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), StateError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StateError("the store is down (test)".into()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StateStore for CountingState {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.check()?;
+        self.inner.get(key).await
+    }
+
+    async fn put(&self, key: &str, value: &[u8]) -> Result<(), StateError> {
+        self.check()?;
+        self.inner.put(key, value).await
+    }
+
+    async fn put_if_absent(&self, key: &str, value: &[u8]) -> Result<bool, StateError> {
+        self.check()?;
+        self.inner.put_if_absent(key, value).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        self.check()?;
+        self.inner.list(prefix).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StateError> {
+        self.check()?;
+        self.inner.delete(key).await
+    }
+
+    async fn get_secret(&self, key: &str) -> Result<Option<SecretBox<Vec<u8>>>, StateError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.check()?;
+        self.inner.get_secret(key).await
+    }
+
+    async fn put_secret_if_absent(&self, key: &str, value: &SecretBox<Vec<u8>>) -> Result<bool, StateError> {
+        self.check()?;
+        self.inner.put_secret_if_absent(key, value).await
+    }
+}
+
+/// URIs of the certificate's CRL distribution points.
+pub fn crl_urls(cert: &X509Certificate<'_>) -> Vec<String> {
+    use x509_parser::extensions::{DistributionPointName, ParsedExtension};
+    let mut out = Vec::new();
+    for ext in cert.extensions() {
+        if let ParsedExtension::CRLDistributionPoints(points) = ext.parsed_extension() {
+            assert!(!ext.critical);
+            for p in points.iter() {
+                if let Some(DistributionPointName::FullName(names)) = &p.distribution_point {
+                    for n in names {
+                        if let GeneralName::URI(u) = n {
+                            out.push(u.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// URIs of the certificate's AIA `caIssuers` entries (and panics on any
+/// other access method: lessor writes none).
+pub fn ca_issuers(cert: &X509Certificate<'_>) -> Vec<String> {
+    use x509_parser::extensions::ParsedExtension;
+    let mut out = Vec::new();
+    for ext in cert.extensions() {
+        if let ParsedExtension::AuthorityInfoAccess(aia) = ext.parsed_extension() {
+            assert!(!ext.critical);
+            for d in aia.iter() {
+                assert_eq!(d.access_method.to_id_string(), "1.3.6.1.5.5.7.48.2");
+                match &d.access_location {
+                    GeneralName::URI(u) => out.push(u.to_string()),
+                    other => panic!("caIssuers location {other:?}"),
+                }
+            }
+        }
+    }
+    out
 }

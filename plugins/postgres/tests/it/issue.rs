@@ -179,7 +179,56 @@ async fn claims_cannot_inject_sql() {
     );
     req.workload.attributes.insert("team".into(), "a\0b".into());
     let e = p.issue(req).await.unwrap_err();
-    assert!(matches!(&e, PluginError::InvalidRequest(m) if m.contains("NUL")), "{e:?}");
+    assert!(
+        matches!(&e, PluginError::InvalidRequest(m) if m.contains("claim `team` contains the control character U+0000")),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn claims_in_comments_are_refused_at_load_and_newlines_at_issue() {
+    let mut pg = Pg::start();
+    // The issue's example: a newline in the claim would end the comment and
+    // `WITH ADMIN OPTION` would run. Refused when the config loads.
+    let creation = json!([
+        "CREATE ROLE {{name}} LOGIN PASSWORD {{password}} VALID UNTIL {{expiry}}",
+        "GRANT orders_reader TO {{name}} -- {{claim:workflow}}",
+    ]);
+    let c = pg.connection(&pg.admin_dsn(), json!({}));
+    let e = build(c, vec![role("r", &[], json!({ "creation": creation }))]).await.err().expect("refused");
+    assert!(
+        matches!(&e, PluginError::Misconfigured(m) if m.contains("`creation[1]`: `{{claim:workflow}}` at byte 35 is inside a `--` comment")),
+        "{e:?}"
+    );
+    for (statement, inside) in [
+        ("GRANT orders_reader TO {{name}} /* {{claim:workflow}} */", "`/* */` comment"),
+        ("COMMENT ON ROLE {{name}} IS 'by {{claim_ident:workflow}}'", "string literal"),
+        ("DO $$ BEGIN RAISE NOTICE '%', {{claim:workflow}}; END $$", "dollar-quoted string"),
+    ] {
+        let c = pg.connection(&pg.admin_dsn(), json!({}));
+        let cfg = json!({ "creation": ["CREATE ROLE {{name}} LOGIN PASSWORD {{password}}", statement] });
+        let e = build(c, vec![role("r", &[], cfg)]).await.err().expect("refused");
+        assert!(matches!(&e, PluginError::Misconfigured(m) if m.contains(inside)), "{statement}: {e:?}");
+    }
+
+    // At top level a claim is quoted; a control character in it is refused
+    // by name before any SQL runs.
+    let creation = json!([
+        "CREATE ROLE {{name}} LOGIN PASSWORD {{password}} VALID UNTIL {{expiry}}",
+        "COMMENT ON ROLE {{name}} IS {{claim:workflow}}",
+    ]);
+    let c = pg.connection(&pg.admin_dsn(), json!({}));
+    let p = build(c, vec![role("r", &[], json!({ "creation": creation }))]).await.unwrap();
+    let id = lease_id();
+    let mut req = request(&id, "r", &[], Duration::from_secs(600));
+    req.workload.attributes.insert("workflow".into(), "ci\nWITH ADMIN OPTION --".into());
+    let e = p.issue(req).await.unwrap_err();
+    assert!(
+        matches!(&e, PluginError::InvalidRequest(m)
+            if m.contains("`pg/r`") && m.contains("claim `workflow` contains the control character U+000A")),
+        "{e:?}"
+    );
+    assert!(pg.roles_ending(&hex_of(&id)).is_empty(), "nothing created");
 }
 
 #[tokio::test]
