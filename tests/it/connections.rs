@@ -466,6 +466,8 @@ async fn replicas_on_one_store_switch_together() {
     let (f1, f2) = (Fakes::new(), Fakes::new());
     let d1 = start(t1.path(), &iss.url, &toml, Some(&dsn), &f1).await.unwrap();
     std::fs::copy(t1.path().join("seal.key"), t2.path().join("seal.key")).unwrap();
+    // Replicas share the admin token file too (each file replaces `bootstrap`).
+    std::fs::copy(t1.path().join("admin.token"), t2.path().join("admin.token")).unwrap();
     let d2 = start(t2.path(), &iss.url, &toml, Some(&dsn), &f2).await.unwrap();
     let a1 = Api { d: &d1, seen: Mutex::new(Vec::new()) };
     let a2 = Api { d: &d2, seen: Mutex::new(Vec::new()) };
