@@ -151,10 +151,22 @@ pub struct TlsSettings {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
     /// PEM CA certificates. When set, a client certificate that chains to
-    /// them authenticates its holder as an admin (named by its CN) on the
-    /// admin endpoints; workloads still use their JWT.
+    /// them, is not on a CRL of `client_crl_files`, and whose subject CN or
+    /// a SAN is in `admin_subjects` authenticates its holder as an admin
+    /// (named by its CN) on the admin endpoints; workloads still use their
+    /// JWT. Must not be (or chain to) a CA of lessor's own pki connections.
     #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
+    /// Subject CNs or SANs (DNS name, email, URI) of the client
+    /// certificates that are admins. Required with `client_ca_file`.
+    #[serde(default)]
+    pub admin_subjects: Vec<String>,
+    /// CRLs (PEM or DER) of the client CA(s), reloaded like the
+    /// certificates; a client certificate they list is refused at the
+    /// handshake. With CRLs, a client certificate whose issuer has none
+    /// is refused too.
+    #[serde(default)]
+    pub client_crl_files: Vec<PathBuf>,
     /// Admin endpoints accept only a client certificate (no admin token or
     /// operator JWT). Needs `client_ca_file`.
     #[serde(default)]
@@ -842,6 +854,14 @@ impl Config {
                 return bad("tls.admin_requires_client_cert needs tls.client_ca_file".into())
             }
             Some(t) if t.reload_interval.is_zero() => return bad("tls.reload_interval must be more than 0".into()),
+            Some(t) if t.client_ca_file.is_some() && t.admin_subjects.iter().all(|s| s.trim().is_empty()) => {
+                return bad("tls.client_ca_file needs tls.admin_subjects: the subject CNs or SANs of the admins' client \
+                            certificates (any certificate the CA signs would otherwise be an admin)"
+                    .into())
+            }
+            Some(t) if t.client_ca_file.is_none() && !(t.admin_subjects.is_empty() && t.client_crl_files.is_empty()) => {
+                return bad("tls.admin_subjects and tls.client_crl_files need tls.client_ca_file".into())
+            }
             _ => {}
         }
         for (name, iss) in &self.issuers {

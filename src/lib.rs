@@ -5,6 +5,7 @@
 //! short-lived credential; the lease is recorded before anything is created
 //! and revoked when it expires ([`lease`], [`store`]). See ARCHITECTURE.md.
 
+pub mod admin_tokens;
 pub mod audit;
 pub mod cli;
 pub mod config;

@@ -134,6 +134,18 @@ impl Catalog {
         Ok(Catalog { roles, connections, scopes: cfg.scopes.clone() })
     }
 
+    /// Each pki role's CA chain (PEM), by role: what a client CA must not be.
+    pub async fn pki_cas(&self) -> Result<Vec<(String, String)>, String> {
+        let mut out = Vec::new();
+        for r in self.roles.values().filter(|r| r.kind == "pki") {
+            let doc = r.plugin.document(Some(r.short.as_str()), "ca").await.map_err(|e| format!("role `{}`: CA: {e}", r.name))?;
+            if let Some(d) = doc {
+                out.push((r.name.clone(), String::from_utf8_lossy(&d.body).into_owned()));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn role(&self, name: &str) -> Option<&Arc<Role>> {
         self.roles.get(name)
     }

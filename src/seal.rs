@@ -105,6 +105,15 @@ impl Seal {
         out
     }
 
+    /// An HMAC-SHA256 key for `purpose`, derived from the seal key (so every
+    /// replica given the seal key derives the same one, and it is as secret
+    /// as the seal key).
+    pub fn derive_hmac_key(&self, purpose: &str) -> ring::hmac::Key {
+        let root = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.key.expose_secret());
+        let derived = ring::hmac::sign(&root, format!("lessor-derive:{purpose}").as_bytes());
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref())
+    }
+
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<SecretBox<Vec<u8>>, SealError> {
         if sealed.len() < 1 + 8 + 12 + 16 || sealed[0] != VERSION {
             return Err(SealError::Corrupt);

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use base64::Engine;
-use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -24,12 +23,12 @@ use crate::audit::{ActorInfo, Audit, Event};
 use crate::config::Config;
 use crate::connections::kek::Kek;
 use crate::connections::{ConnectionMeta, RootCredentials};
-use crate::http::{admin_token_key, router, AppState, ADMIN_TOKEN_PREFIX};
+use crate::http::{router, AppState};
 use crate::identity::Verifier;
 use crate::lease::{expiry, heartbeat, LeaseService};
 use crate::plugins::{role_infos, Catalog};
 use crate::policy::PolicyEngine;
-use crate::seal::{write_private_file, Seal};
+use crate::seal::Seal;
 use crate::store::Store;
 
 const SEAL_CHECK_KEY: &str = "seal_check";
@@ -105,28 +104,10 @@ pub async fn open_seal(cfg: &Config, store: &Arc<dyn Store>) -> anyhow::Result<A
     Ok(Arc::new(seal))
 }
 
-/// Makes sure an admin token exists: reads the token file, or creates one
-/// (0600) on first start, and records its hash in the store.
+/// Makes sure the admin token file holds the stored `bootstrap` admin
+/// token (see [`crate::admin_tokens::ensure_file_token`]).
 pub async fn ensure_admin_token(path: &Path, store: &Arc<dyn Store>) -> anyhow::Result<()> {
-    let token = match std::fs::read_to_string(path) {
-        Ok(t) => t.trim().to_owned(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut b = [0u8; 32];
-            rand::rng().fill_bytes(&mut b);
-            let t = format!("{ADMIN_TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b));
-            write_private_file(path, t.as_bytes()).with_context(|| format!("writing admin token {}", path.display()))?;
-            tracing::info!(path = %path.display(), "generated admin token");
-            t
-        }
-        Err(e) => return Err(anyhow!("reading admin token {}: {e}", path.display())),
-    };
-    if !token.starts_with(ADMIN_TOKEN_PREFIX) {
-        return Err(anyhow!("admin token in {} must start with {ADMIN_TOKEN_PREFIX}", path.display()));
-    }
-    store
-        .meta_put_if_absent(&admin_token_key(&token), &time::OffsetDateTime::now_utc().unix_timestamp().to_string())
-        .await?;
-    Ok(())
+    Ok(crate::admin_tokens::ensure_file_token(path, store.as_ref()).await?)
 }
 
 /// The HTTP client plugins and JWKS fetches share.
@@ -181,7 +162,15 @@ pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Optio
         Some(x) => x.clone(),
         None => Arc::new(Catalog::build(&cfg, store.clone(), seal.clone()).await.map_err(|e| anyhow!(e))?),
     };
+    // A client CA that is one of lessor's own pki CAs would make every
+    // workload that can get a certificate an admin.
+    if let Some(t) = &tls {
+        t.refuse_own_cas(&catalog.pki_cas().await.map_err(|e| anyhow!(e))?)?;
+    }
     let policy = Arc::new(PolicyEngine::load(&cfg.policies, role_infos(&cfg))?);
+    for w in policy.current().warnings() {
+        tracing::warn!(warning = %w, "policy warning");
+    }
     let verifier = Arc::new(Verifier::new(&cfg, http_client()?).map_err(|e| anyhow!(e))?);
     // Root credentials before anything is served: a store written under
     // another key-encryption key stops the start here, issuing nothing.
@@ -193,6 +182,7 @@ pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Optio
         ConnectionMeta::all(&cfg),
         policy.clone(),
         audit.clone(),
+        seal.derive_hmac_key(crate::connections::FINGERPRINT_KEY_PURPOSE),
     ));
     roots.start().await.context("root credentials")?;
     let leases = LeaseService::new(store.clone(), catalog, policy.clone(), cfg.leases.clone()).with_quotas(cfg.quotas.clone())

@@ -90,7 +90,7 @@ fn s(v: &Value, k: &str) -> String {
 
 fn print_version(v: &Value) {
     println!(
-        "  v{:<4} {:<10} secret set (fingerprint …{}) by {} at {}; reason: {}",
+        "  v{:<4} {:<10} secret set (fingerprint {}) by {} at {}; reason: {}",
         s(v, "version"),
         s(v, "state"),
         s(v, "fingerprint"),
@@ -185,7 +185,7 @@ pub async fn run(c: ConnArgs, cmd: ConnectionCmd) -> anyhow::Result<ExitCode> {
             let body = json!({ "secret": secrecy::ExposeSecret::expose_secret(&secret), "reason": reason });
             let v = call(Method::PUT, format!("{base}/{name}/secret"), &token, Some(body)).await?;
             println!(
-                "stored candidate v{} for `{name}` (fingerprint …{}); next: lessor connection verify {name}",
+                "stored candidate v{} for `{name}` (fingerprint {}); next: lessor connection verify {name}",
                 s(&v, "version"),
                 s(&v, "fingerprint")
             );

@@ -1,6 +1,6 @@
 //! The command line (clap): the daemon (`serve`, `dev`), offline checks
 //! (`check`, `policy test`), the audit tools (`audit verify|hash|query`)
-//! and the client (`creds`, `lease ...`).
+//! and the client (`creds`, `lease ...`, `admin-token ...`).
 //! Errors print one clear line and exit non-zero.
 
 use std::path::PathBuf;
@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 
+mod admin_token;
 mod audit;
 mod client;
 pub use client::render_status;
@@ -80,6 +81,13 @@ enum Command {
         conn: client::ConnArgs,
         #[command(subcommand)]
         cmd: connection::ConnectionCmd,
+    },
+    /// Admin tokens: create (shown once), list, revoke.
+    AdminToken {
+        #[command(flatten)]
+        conn: client::ConnArgs,
+        #[command(subcommand)]
+        cmd: admin_token::AdminTokenCmd,
     },
     /// Re-wrap every root credential's data key under a new key-encryption
     /// key (the configured one must still open them).
@@ -168,6 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             connection::rekey(&cfg, &new).await
         }
         Command::Status { conn, json } => client::status(conn, json).await,
+        Command::AdminToken { conn, cmd } => admin_token::run(conn, cmd).await,
     }
 }
 
@@ -201,6 +210,23 @@ async fn check(path: &std::path::Path, connections: bool) -> anyhow::Result<Exit
         p.version,
         cfg.policies.display()
     );
+    for w in p.warnings() {
+        println!("warning: {w}");
+    }
+    if let Some(t) = &cfg.tls {
+        // CAs from files; generated pki CAs are compared at start.
+        let mut own = Vec::new();
+        for (cname, conn) in cfg.connections.iter().filter(|(_, c)| c.plugin == "pki") {
+            for (rname, role) in &conn.roles {
+                let file = role.config.get("ca").and_then(|c| c.get("cert_file")).and_then(|f| f.as_str());
+                if let Some(f) = file {
+                    let pem = std::fs::read_to_string(f).with_context(|| format!("role `{cname}/{rname}`: reading ca.cert_file {f}"))?;
+                    own.push((format!("{cname}/{rname}"), pem));
+                }
+            }
+        }
+        crate::tls::check_client_ca(t, &own)?;
+    }
     if !connections {
         return Ok(ExitCode::SUCCESS);
     }

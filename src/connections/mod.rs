@@ -12,7 +12,9 @@
 //! overlap ended.
 //!
 //! After it is saved a secret is never returned: views carry its version,
-//! fingerprint (last 4 characters), who set it and when.
+//! fingerprint (the first 8 hex digits of HMAC-SHA256 under a key derived
+//! from the seal key: it tells versions apart and matches a secret one
+//! holds, and reveals no character of it), who set it and when.
 //!
 //! Must not import: http, sqlx.
 
@@ -161,14 +163,20 @@ pub struct RootCredentials {
     meta: BTreeMap<String, ConnectionMeta>,
     policy: Arc<PolicyEngine>,
     audit: Audit,
+    fingerprint_key: ring::hmac::Key,
     installed: std::sync::Mutex<HashMap<String, Installed>>,
     /// Serializes installs per process (they are rare).
     sync_lock: tokio::sync::Mutex<()>,
 }
 
-fn fingerprint(secret: &str) -> String {
-    let chars: Vec<char> = secret.chars().collect();
-    chars[chars.len().saturating_sub(4)..].iter().collect()
+/// Purpose label of the fingerprint key ([`crate::seal::Seal::derive_hmac_key`]).
+pub const FINGERPRINT_KEY_PURPOSE: &str = "root-secret-fingerprint-v1";
+
+/// A root secret's fingerprint: the first 8 hex digits of its HMAC-SHA256
+/// under the deployment's fingerprint key. Never a character of the secret.
+pub fn fingerprint(key: &ring::hmac::Key, secret: &str) -> String {
+    let tag = ring::hmac::sign(key, secret.as_bytes());
+    hex::encode(&tag.as_ref()[..4])
 }
 
 fn plugin_msg(e: &PluginError) -> String {
@@ -223,6 +231,7 @@ impl RootCredentials {
         meta: BTreeMap<String, ConnectionMeta>,
         policy: Arc<PolicyEngine>,
         audit: Audit,
+        fingerprint_key: ring::hmac::Key,
     ) -> RootCredentials {
         RootCredentials {
             store,
@@ -231,6 +240,7 @@ impl RootCredentials {
             meta,
             policy,
             audit,
+            fingerprint_key,
             installed: std::sync::Mutex::new(HashMap::new()),
             sync_lock: tokio::sync::Mutex::new(()),
         }
@@ -501,7 +511,7 @@ impl RootCredentials {
         actor: &Actor,
         action: &'static str,
     ) -> Result<SecretVersion, ConnError> {
-        let fp = fingerprint(secret.expose_secret());
+        let fp = fingerprint(&self.fingerprint_key, secret.expose_secret());
         for _ in 0..5 {
             let next = self.store.secret_versions(Some(conn)).await?.iter().map(|v| v.version).max().unwrap_or(0) + 1;
             let sealed = kek::encrypt(&self.kek, conn, next, &secret).await?;
@@ -824,4 +834,28 @@ pub fn warnings(m: &ConnectionMeta, versions: &[SecretVersion], now: OffsetDateT
         }
     }
     out
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_are_keyed_and_hold_no_part_of_the_secret() {
+        let seal = crate::seal::Seal::from_bytes([7; 32]);
+        let key = seal.derive_hmac_key(FINGERPRINT_KEY_PURPOSE);
+        let secret = "postgres://lessor:pa55w0rd@db.internal:5432/app?password=s3cr3tXYZ";
+        let fp = fingerprint(&key, secret);
+        assert!(fp.len() == 8 && fp.chars().all(|c| c.is_ascii_hexdigit()), "{fp}");
+        let chars: Vec<char> = secret.chars().collect();
+        for w in chars.windows(4) {
+            assert!(!fp.contains(&w.iter().collect::<String>()), "{fp} holds part of the secret");
+        }
+        // Same deployment, same fingerprint; another deployment's key, or
+        // another secret, gives another.
+        assert_eq!(fp, fingerprint(&seal.derive_hmac_key(FINGERPRINT_KEY_PURPOSE), secret));
+        let other = crate::seal::Seal::from_bytes([8; 32]).derive_hmac_key(FINGERPRINT_KEY_PURPOSE);
+        assert_ne!(fp, fingerprint(&other, secret));
+        assert_ne!(fp, fingerprint(&key, "postgres://lessor:pa55w0rd@db.internal:5432/app?password=s3cr3tXYz"));
+    }
 }

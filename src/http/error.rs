@@ -37,6 +37,13 @@ impl ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
+    /// 401 with a `WWW-Authenticate: Bearer` challenge.
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> ApiError {
+        let mut a = ApiError::new(StatusCode::UNAUTHORIZED, code, message);
+        a.auth_challenge = true;
+        a
+    }
+
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }

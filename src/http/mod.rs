@@ -16,7 +16,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 use tower_http::trace::TraceLayer;
 
 use crate::audit::{new_request_id, sane_request_id, ActorInfo, Event, RequestMeta};
@@ -26,6 +25,7 @@ use crate::policy::{Action, Principal, RequestContext};
 use crate::store::Store;
 
 mod admin;
+mod admin_tokens;
 mod connections;
 mod error;
 mod leases;
@@ -33,9 +33,8 @@ mod public;
 
 pub use error::ApiError;
 
-/// Prefix of admin tokens, so they are told apart from JWTs at a glance
-/// (and by secret scanners).
-pub const ADMIN_TOKEN_PREFIX: &str = "lsr_admin_";
+/// Prefix of admin tokens (see [`crate::admin_tokens`]).
+pub const ADMIN_TOKEN_PREFIX: &str = crate::admin_tokens::PREFIX;
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -60,6 +59,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/admin/jobs/{id}", get(admin::job))
         .route("/v1/admin/replicas", get(admin::replicas))
         .route("/v1/admin/status", get(admin::status))
+        .route("/v1/admin/tokens", get(admin_tokens::list).post(admin_tokens::create))
+        .route("/v1/admin/tokens/{name}", axum::routing::delete(admin_tokens::revoke))
         .route("/v1/admin/connections", get(connections::list))
         .route("/v1/admin/connections/{name}", get(connections::show))
         .route("/v1/admin/connections/{name}/secret", axum::routing::put(connections::set_secret))
@@ -253,11 +254,6 @@ fn issues_a_credential(parts: &Parts) -> bool {
     parts.method == axum::http::Method::POST && parts.uri.path() == "/v1/leases"
 }
 
-/// SHA-256 of an admin token, as stored (`meta` key `admin_token:<hex>`).
-pub fn admin_token_key(token: &str) -> String {
-    format!("admin_token:{}", hex::encode(Sha256::digest(token.as_bytes())))
-}
-
 /// The caller: a verified workload, or an admin token holder.
 pub struct Caller(pub Actor);
 
@@ -278,6 +274,11 @@ impl FromRequestParts<AppState> for Caller {
             );
             return Err(e);
         }
+        if !parts.headers.contains_key(header::AUTHORIZATION) {
+            if let Some(actor) = cert_admin(parts)? {
+                return Ok(Caller(actor));
+            }
+        }
         let token = match bearer(parts) {
             Ok(t) => t,
             Err(e) => {
@@ -292,20 +293,32 @@ impl FromRequestParts<AppState> for Caller {
         // investigator find every use of a known (leaked) token.
         let credential = || audit.hash(token.expose_secret().as_bytes());
         let event = |outcome| Event::new("authenticate", outcome).request(Some(&meta)).detail("credential", credential());
-        if token.expose_secret().starts_with(ADMIN_TOKEN_PREFIX) {
-            let known = state.store.meta_get(&admin_token_key(token.expose_secret())).await?;
-            return match known {
-                Some(_) => {
-                    audit.note(event("ok").actor(ActorInfo::admin("admin-token")));
-                    Ok(Caller(Actor::Admin { name: "admin-token".into() }))
+        if crate::admin_tokens::looks_like_admin_token(token.expose_secret()) {
+            if state.admin_requires_client_cert {
+                audit.note(event("failed").error("client_certificate_required", "admin token refused: admin needs a client certificate"));
+                return Err(client_cert_required());
+            }
+            let now = time::OffsetDateTime::now_utc();
+            return match crate::admin_tokens::authenticate(state.store.as_ref(), &token, now).await? {
+                Ok(name) => {
+                    let name = format!("token:{name}");
+                    audit.note(event("ok").actor(ActorInfo::admin(&name)).detail("admin_token", name.clone()));
+                    Ok(Caller(Actor::Admin { name }))
                 }
-                None => {
-                    let e = AuthError::Malformed("unknown admin token".into());
-                    count(&e);
-                    audit.auth_failed("admin-token", "unknown_admin_token", meta.source, || {
-                        event("failed").error("unknown_admin_token", "unknown admin token")
+                Err(refusal) => {
+                    // Counted under the reason refused admin tokens always had.
+                    count(&AuthError::Malformed(String::new()));
+                    // Aggregated like every refused credential: a flood of
+                    // made-up admin tokens is a summary line, not a line each.
+                    audit.auth_failed("admin-token", refusal.reason(), meta.source, || {
+                        let mut ev = event("failed").error(refusal.reason(), crate::admin_tokens::REFUSED_MESSAGE);
+                        if let Some(n) = refusal.name() {
+                            ev = ev.detail("admin_token", format!("token:{n}"));
+                        }
+                        ev
                     });
-                    Err(ApiError::from(e))
+                    tracing::debug!(reason = refusal.reason(), "admin token refused");
+                    Err(ApiError::unauthorized("invalid_token", crate::admin_tokens::REFUSED_MESSAGE))
                 }
             };
         }
@@ -337,17 +350,11 @@ pub struct AdminCaller(pub Actor);
 impl FromRequestParts<AppState> for AdminCaller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        // A client certificate the TLS listener verified against the
-        // configured client CA.
-        if let Some(c) = parts.extensions.get::<crate::tls::ClientCert>() {
-            return Ok(AdminCaller(Actor::Admin { name: format!("cert:{}", c.subject) }));
+        if let Some(actor) = cert_admin(parts)? {
+            return Ok(AdminCaller(actor));
         }
         if state.admin_requires_client_cert {
-            return Err(ApiError::new(
-                axum::http::StatusCode::UNAUTHORIZED,
-                "client_certificate_required",
-                "admin endpoints need a client certificate from the configured client CA (tls.admin_requires_client_cert)",
-            ));
+            return Err(client_cert_required());
         }
         let Caller(actor) = Caller::from_request_parts(parts, state).await?;
         match actor {
@@ -388,19 +395,43 @@ pub struct OperatorCaller(pub Actor);
 impl FromRequestParts<AppState> for OperatorCaller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if let Some(c) = parts.extensions.get::<crate::tls::ClientCert>() {
-            return Ok(OperatorCaller(Actor::Admin { name: format!("cert:{}", c.subject) }));
+        if let Some(actor) = cert_admin(parts)? {
+            return Ok(OperatorCaller(actor));
         }
         if state.admin_requires_client_cert {
-            return Err(ApiError::new(
-                axum::http::StatusCode::UNAUTHORIZED,
-                "client_certificate_required",
-                "admin endpoints need a client certificate from the configured client CA (tls.admin_requires_client_cert)",
-            ));
+            return Err(client_cert_required());
         }
         let Caller(actor) = Caller::from_request_parts(parts, state).await?;
         Ok(OperatorCaller(actor))
     }
+}
+
+/// An admin by client certificate: one the TLS listener verified against
+/// `tls.client_ca_file` (and its CRLs) whose subject is on
+/// `tls.admin_subjects`. A verified certificate not on the list is no
+/// credential: refused (403) when the request carries no other one.
+fn cert_admin(parts: &Parts) -> Result<Option<Actor>, ApiError> {
+    let Some(c) = parts.extensions.get::<crate::tls::ClientCert>() else {
+        return Ok(None);
+    };
+    if !c.allowed {
+        if parts.headers.contains_key(header::AUTHORIZATION) {
+            return Ok(None);
+        }
+        return Err(ApiError::forbidden(format!(
+            "client certificate `{}` is not an admin: neither its subject CN nor a SAN is in tls.admin_subjects",
+            c.subject
+        )));
+    }
+    Ok(Some(Actor::Admin { name: format!("cert:{}", c.subject) }))
+}
+
+fn client_cert_required() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::UNAUTHORIZED,
+        "client_certificate_required",
+        "admin access needs a client certificate from the configured client CA (tls.admin_requires_client_cert); admin tokens are refused",
+    )
 }
 
 fn source_ip(parts: &Parts) -> std::net::IpAddr {

@@ -6,7 +6,10 @@
 //! the (action, role) slices its scope can apply to, and a decision evaluates
 //! only its slice. A policy whose resource scope is unconstrained (or an
 //! entity type) lands in every role's slice; the slices are exact, never a
-//! guess, because roles have no parents. Within a slice, policies whose
+//! guess, because roles have no parents; a policy on an action group lands
+//! in the slices of every action in the group (transitively), and
+//! decisions carry the schema's action entities so Cedar sees the groups.
+//! Within a slice, policies whose
 //! `when` requires `principal.<attr> == "<literal>"` (for the attribute most
 //! of the slice's policies test that way, e.g. `repository`) are indexed by
 //! that literal: a workload is evaluated against the policies for its own
@@ -276,6 +279,40 @@ fn equality_conjuncts(p: &Policy) -> Vec<(String, String)> {
     out
 }
 
+/// Whether a `when` clause of `p` requires, as a top-level conjunct,
+/// `principal.issuer == "<literal>"` or `["<literal>", ...].contains(principal.issuer)`.
+fn pins_issuer(p: &Policy) -> bool {
+    fn is_issuer(e: &serde_json::Value) -> bool {
+        e.get(".").is_some_and(|d| {
+            d.get("left").and_then(|l| l.get("Var")).and_then(|v| v.as_str()) == Some("principal")
+                && d.get("attr").and_then(|a| a.as_str()) == Some("issuer")
+        })
+    }
+    fn literal_set(e: &serde_json::Value) -> bool {
+        e.get("Set").and_then(|s| s.as_array()).is_some_and(|items| {
+            !items.is_empty() && items.iter().all(|i| i.get("Value").is_some_and(|v| v.is_string()))
+        })
+    }
+    fn walk(e: &serde_json::Value) -> bool {
+        if let Some(and) = e.get("&&") {
+            return ["left", "right"].iter().any(|side| and.get(*side).is_some_and(walk));
+        }
+        if let Some(eq) = e.get("==") {
+            let (Some(l), Some(r)) = (eq.get("left"), eq.get("right")) else { return false };
+            return (is_issuer(l) && r.get("Value").is_some_and(|v| v.is_string()))
+                || (is_issuer(r) && l.get("Value").is_some_and(|v| v.is_string()));
+        }
+        if let Some(c) = e.get("contains") {
+            return c.get("left").is_some_and(literal_set) && c.get("right").is_some_and(is_issuer);
+        }
+        false
+    }
+    let Ok(json) = p.to_json() else { return false };
+    json.get("conditions").and_then(|c| c.as_array()).into_iter().flatten().any(|c| {
+        c.get("kind").and_then(|k| k.as_str()) == Some("when") && c.get("body").is_some_and(walk)
+    })
+}
+
 fn build_slice(policies: Vec<Policy>) -> Result<Slice, PolicyError> {
     let set = |ps: &mut dyn Iterator<Item = Policy>| {
         PolicySet::from_policies(ps).map_err(|e| PolicyError::Request(e.to_string()))
@@ -322,6 +359,12 @@ pub struct Policies {
     all: Vec<Policy>,
     slices: HashMap<(Action, String), Slice>,
     full: PolicySet,
+    /// The schema's action entities with their (transitive) groups; empty
+    /// when the schema declares no action groups (then `action in X` is
+    /// `action == X` and no entity is needed).
+    actions: Entities,
+    /// The same, as entities to add to each decision's entity set.
+    action_entities: Vec<Entity>,
     /// A fingerprint of the files it was loaded from.
     pub version: String,
     pub files: Vec<PathBuf>,
@@ -456,6 +499,15 @@ impl Policies {
                 return Err(PolicyError::Schema { file: schema_file, line, message: diag_message(&e) });
             }
         };
+        // Action groups: a decision needs the action entities (with their
+        // parents) for `action in <group>`, and slicing needs each action's
+        // ancestors.
+        let actions = if schema.action_groups().next().is_some() {
+            schema.action_entities().map_err(|e| PolicyError::Schema { file: schema_file.clone(), line: 1, message: e.to_string() })?
+        } else {
+            Entities::empty()
+        };
+        let action_entities: Vec<Entity> = actions.iter().cloned().collect();
         let validator = Validator::new(schema.clone());
         let mut meta: HashMap<PolicyId, Meta> = HashMap::new();
         let mut all = Vec::new();
@@ -518,6 +570,8 @@ impl Policies {
             all,
             slices: HashMap::new(),
             full,
+            actions,
+            action_entities,
             version: version_of(sources),
             files: sources.iter().map(|(n, _)| PathBuf::from(n)).collect(),
         };
@@ -528,6 +582,8 @@ impl Policies {
     fn build_slices(&mut self, roles: &[RoleInfo]) -> Result<(), PolicyError> {
         for action in Action::ALL {
             let auid = action.uid()?;
+            // The groups `action` is in, directly or through other groups.
+            let groups: Vec<EntityUid> = self.actions.ancestors(&auid).map(|a| a.cloned().collect()).unwrap_or_default();
             let resources: Vec<(String, EntityUid)> = if action == Action::Admin {
                 vec![("lessor".into(), entity_uid("Lessor::System", "lessor")?)]
             } else {
@@ -538,7 +594,7 @@ impl Policies {
                     let action_ok = match p.action_constraint() {
                         ActionConstraint::Any => true,
                         ActionConstraint::Eq(a) => a == auid,
-                        ActionConstraint::In(v) => v.contains(&auid),
+                        ActionConstraint::In(v) => v.iter().any(|a| *a == auid || groups.contains(a)),
                     };
                     let resource_ok = match p.resource_constraint() {
                         ResourceConstraint::Any => true,
@@ -557,6 +613,51 @@ impl Policies {
 
     pub fn len(&self) -> usize {
         self.all.len()
+    }
+
+    /// Whether `p`'s action scope takes `action` (directly or through a
+    /// group).
+    fn covers(&self, p: &Policy, action: Action) -> bool {
+        let Ok(auid) = action.uid() else { return false };
+        match p.action_constraint() {
+            ActionConstraint::Any => true,
+            ActionConstraint::Eq(a) => a == auid,
+            ActionConstraint::In(v) => {
+                let groups: Vec<EntityUid> = self.actions.ancestors(&auid).map(|a| a.cloned().collect()).unwrap_or_default();
+                v.iter().any(|a| *a == auid || groups.contains(a))
+            }
+        }
+    }
+
+    /// Problems that do not stop the policies from loading (printed by
+    /// `lessor check`, logged at start): a permit that grants both
+    /// `connection_set_secret` and `connection_approve`, so that one
+    /// principal could set and approve a production root credential alone
+    /// (lessor compares `issuer#subject`, and one person can hold several);
+    /// a permit that does not pin `principal.issuer`, so any configured
+    /// issuer whose tokens carry the claims it tests is admitted.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let permits = self.all.iter().filter(|p| p.effect() == cedar_policy::Effect::Permit);
+        for p in permits.filter(|p| !p.id().to_string().starts_with("lessor:")) {
+            if !pins_issuer(p) {
+                let m = self.deciding(p.id());
+                out.push(format!(
+                    "{}: policy `{}` does not pin principal.issuer (`principal.issuer == \"...\"` or \
+                     `[...].contains(principal.issuer)`): any configured issuer whose tokens carry the claims it tests is admitted",
+                    m.location, m.id
+                ));
+            }
+            if self.covers(p, Action::ConnectionSetSecret) && self.covers(p, Action::ConnectionApprove) {
+                let m = self.deciding(p.id());
+                out.push(format!(
+                    "{}: policy `{}` permits both connection_set_secret and connection_approve: the same principals could \
+                     set and approve a production root credential alone; give approval to other principals",
+                    m.location, m.id
+                ));
+            }
+        }
+        out
     }
 
     pub fn is_empty(&self) -> bool {
@@ -648,7 +749,8 @@ impl Policies {
         // again per request would only cost time.
         let request = Request::new(puid, action.uid()?, ruid, context, None)
             .map_err(|e| PolicyError::Request(e.to_string()))?;
-        let entities = Entities::from_entities([pent, rent], None).map_err(|e| PolicyError::Request(e.to_string()))?;
+        let entities = Entities::from_entities(self.action_entities.iter().cloned().chain([pent, rent]), None)
+            .map_err(|e| PolicyError::Request(e.to_string()))?;
         let slice = self.slices.get(&slice_key);
         let set = slice.map(|s| s.for_principal(principal)).unwrap_or(&self.full);
         let response = Authorizer::new().is_authorized(&request, set, &entities);
@@ -852,5 +954,69 @@ mod index_tests {
                 }
             }
         }
+    }
+
+    /// Policies on action groups (`action in Lessor::Action::"write"`) are
+    /// in the slices of every action of the group, transitively, and Cedar
+    /// sees the groups: sliced and full evaluation agree, and both apply
+    /// the group policies.
+    #[test]
+    fn action_groups_are_sliced_and_decided_like_full_evaluation() {
+        let schema = SCHEMA.replace(
+            "  action issue, renew, revoke, read appliesTo {",
+            "  action everything;\n  action write in [everything];\n  \
+             action revoke, read appliesTo { principal: Workload, resource: Role, context: RequestContext };\n  \
+             action issue, renew in [write] appliesTo {",
+        );
+        assert_ne!(schema, SCHEMA, "the schema's action declaration moved; update this test");
+        let text = r#"
+@id("write-for-a") permit(principal, action in Lessor::Action::"write", resource == Lessor::Role::"c/r")
+  when { principal has repository && principal.repository == "acme/a" };
+@id("issue-or-revoke-on-main") permit(principal, action in [Lessor::Action::"issue", Lessor::Action::"revoke"], resource)
+  when { principal has ref && principal.ref == "refs/heads/main" };
+@id("no-write-for-x") forbid(principal, action in Lessor::Action::"write", resource) when { principal.subject == "x" };
+@id("nothing-for-b") forbid(principal, action in Lessor::Action::"everything", resource == Lessor::Role::"c/r")
+  when { principal has repository && principal.repository == "acme/b" };
+"#;
+        let src = vec![("s.cedarschema".to_string(), schema), ("p.cedar".to_string(), text.to_string())];
+        let roles = vec![role("c/r")];
+        let sliced = Policies::from_sources(&src, &roles).unwrap();
+        let full = Policies::from_sources(&src, &[]).unwrap();
+        let issue_slice = &sliced.slices[&(Action::Issue, "c/r".to_string())];
+        let ids: Vec<String> = issue_slice.all.policies().map(|p| p.id().to_string()).collect();
+        for id in ["write-for-a", "no-write-for-x", "nothing-for-b"] {
+            assert!(ids.contains(&id.to_string()), "{id} must be in the issue slice: {ids:?}");
+        }
+        let ctx = RequestContext { ttl_seconds: 300, scopes: vec![], now: 0, source_ip: IpAddr::from([127, 0, 0, 1]) };
+        let decide = |p: &Policies, subject: &str, repo: Option<&str>, r: Option<&str>, action: Action| {
+            let mut attributes = BTreeMap::new();
+            if let Some(v) = repo {
+                attributes.insert("repository".to_string(), v.to_string());
+            }
+            if let Some(v) = r {
+                attributes.insert("ref".to_string(), v.to_string());
+            }
+            let pr = Principal { issuer: "i".into(), subject: subject.into(), attributes };
+            let d = p.decide(&pr, action, Some(&roles[0]), &ctx).unwrap();
+            (d.allowed, d.policy_ids())
+        };
+        for action in [Action::Issue, Action::Renew, Action::Revoke, Action::Read] {
+            for subject in ["s", "x"] {
+                for repo in [None, Some("acme/a"), Some("acme/b")] {
+                    for r in [None, Some("refs/heads/main")] {
+                        let a = decide(&sliced, subject, repo, r, action);
+                        let b = decide(&full, subject, repo, r, action);
+                        assert_eq!(a, b, "{action:?} {subject} {repo:?} {r:?}");
+                    }
+                }
+            }
+        }
+        // The group policies apply: a permit through `write`, a forbid
+        // through `write`, a forbid through `everything` (two levels up).
+        assert_eq!(decide(&sliced, "s", Some("acme/a"), None, Action::Renew), (true, vec!["write-for-a".to_string()]));
+        assert_eq!(decide(&sliced, "x", Some("acme/a"), None, Action::Issue), (false, vec!["no-write-for-x".to_string()]));
+        assert_eq!(decide(&sliced, "s", Some("acme/b"), Some("refs/heads/main"), Action::Issue), (false, vec!["nothing-for-b".to_string()]));
+        // `revoke` is in no group: the write forbid does not touch it.
+        assert!(decide(&sliced, "x", None, Some("refs/heads/main"), Action::Revoke).0);
     }
 }

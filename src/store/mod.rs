@@ -21,10 +21,13 @@ use lessor_plugin::{Handle, LeaseId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+pub mod admin_tokens;
 pub mod sqlite;
 pub mod postgres;
 mod rows;
 pub mod state;
+
+pub use admin_tokens::{AdminToken, AdminTokenStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -323,7 +326,8 @@ pub struct SecretVersion {
     /// The data key, wrapped by the key-encryption key `kek_id`.
     pub wrapped_dek: Vec<u8>,
     pub kek_id: String,
-    /// The last 4 characters of the secret.
+    /// A keyed hash prefix of the secret (8 hex digits; empty for versions
+    /// stored before fingerprints were keyed).
     pub fingerprint: String,
     pub set_by: String,
     pub reason: String,
@@ -383,8 +387,10 @@ pub type LeaseCounts = Vec<(String, String, LeaseState, i64)>;
 /// Counts for metrics: (role, plugin) -> n.
 pub type RoleCounts = Vec<(String, String, i64)>;
 
+/// Everything lessor keeps. Admin tokens are a separate trait
+/// ([`AdminTokenStore`]) every store implements.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: AdminTokenStore + Send + Sync + 'static {
     /// Short backend name for logs (`sqlite`, `postgres`).
     fn backend(&self) -> &'static str;
 
@@ -607,7 +613,7 @@ pub trait Store: Send + Sync + 'static {
     /// Removes this replica's row (clean shutdown).
     async fn remove_replica(&self) -> Result<(), StoreError>;
 
-    // Small shared metadata (admin token hashes, seal check).
+    // Small shared metadata (seal check).
     async fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError>;
     async fn meta_put_if_absent(&self, key: &str, value: &str) -> Result<bool, StoreError>;
 }

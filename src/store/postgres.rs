@@ -33,6 +33,8 @@ use super::{
     Store, StoreError,
 };
 
+mod admin_tokens;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");
 
 /// How long a lease handed out by `due()` stays reserved for this replica

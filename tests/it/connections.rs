@@ -104,6 +104,11 @@ const POLICY: &str = r#"
 @id("test-fake-issue")
 permit(principal, action == Lessor::Action::"issue", resource is Lessor::Role)
 when { resource.plugin == "fake" && principal has repository && principal.repository == "acme/api" };
+// The example policies never let one principal set and approve; this one
+// does, for alice, so lessor's own refusal of self-approval is exercised.
+@id("test-alice-may-also-approve")
+permit(principal, action == Lessor::Action::"connection_approve", resource is Lessor::Connection)
+when { principal.subject == "alice" };
 "#;
 
 fn fake_toml(rotate_after: &str, review_by: &str) -> String {
@@ -197,6 +202,14 @@ fn operator(iss: &Issuer, who: &str) -> String {
     iss.sign(&c)
 }
 
+/// An approver's JWT (acme/lessor-approvals main, named by `who`): the
+/// example policies let approvers approve, and only them.
+fn approver(iss: &Issuer, who: &str) -> String {
+    let mut c = iss.gh_claims("acme/lessor-approvals", "refs/heads/main");
+    c.insert("sub".into(), json!(who));
+    iss.sign(&c)
+}
+
 /// Calls the API and keeps every response body for the canary scan.
 struct Api<'a> {
     d: &'a Daemon,
@@ -275,7 +288,7 @@ async fn production_needs_a_verified_secret_and_a_second_person_and_switches_iss
     let fakes = Fakes::new();
     let d = start(tmp.path(), &iss.url, &fake_toml("1ms", &review_by), None, &fakes).await.unwrap();
     let api = Api { d: &d, seen: Mutex::new(Vec::new()) };
-    let (alice, bob) = (operator(&iss, "alice"), operator(&iss, "bob"));
+    let (alice, bob) = (operator(&iss, "alice"), approver(&iss, "bob"));
     let alice_name = format!("{}#alice", iss.url);
     let workload = iss.token();
     let good1 = format!("lessor_admin:app:{CANARY}-one");
@@ -283,7 +296,15 @@ async fn production_needs_a_verified_secret_and_a_second_person_and_switches_iss
     // v1: set by alice, verified; activation needs someone else's approval.
     let (s, v) = api.set("prod", &alice, &good1).await;
     assert_eq!(s, 201, "{v}");
-    assert_eq!((v["version"].as_i64(), v["secret"].as_str(), v["fingerprint"].as_str()), (Some(1), Some("set"), Some("-one")));
+    assert_eq!((v["version"].as_i64(), v["secret"].as_str()), (Some(1), Some("set")), "{v}");
+    // The fingerprint is a keyed hash prefix: 8 hex digits, no 4 characters
+    // of the secret (its last 4 were shown before).
+    let fp = v["fingerprint"].as_str().unwrap().to_owned();
+    assert!(fp.len() == 8 && fp.chars().all(|c| c.is_ascii_hexdigit()), "{fp}");
+    let chars: Vec<char> = good1.chars().collect();
+    for w in chars.windows(4) {
+        assert!(!fp.contains(&w.iter().collect::<String>()), "fingerprint {fp} holds part of the secret");
+    }
     assert_eq!(v["set_by"], alice_name.as_str());
     let (s, v) = api.post("/v1/admin/connections/prod/verify", &alice, json!({})).await;
     assert_eq!((s, v["result"]["ok"].as_bool()), (200, Some(true)), "{v}");
@@ -325,9 +346,9 @@ async fn production_needs_a_verified_secret_and_a_second_person_and_switches_iss
     // under v1 is revoked with v1 (still retiring).
     let (s, v) = api.set("prod", &alice, &format!("lessor_admin:app:{CANARY}-five")).await;
     assert_eq!((s, v["version"].as_i64()), (201, Some(5)), "{v}");
-    assert_eq!(api.post("/v1/admin/connections/prod/verify", &bob, json!({})).await.0, 200);
+    assert_eq!(api.post("/v1/admin/connections/prod/verify", &alice, json!({})).await.0, 200);
     assert_eq!(api.post("/v1/admin/connections/prod/approve", &bob, json!({})).await.0, 200);
-    assert_eq!(api.post("/v1/admin/connections/prod/activate", &bob, json!({})).await.0, 200);
+    assert_eq!(api.post("/v1/admin/connections/prod/activate", &alice, json!({})).await.0, 200);
     assert_eq!(api.issue_version("prod/app", &workload).await.1, Some(5));
     let (s, v) = api.call(reqwest::Method::DELETE, &format!("/v1/leases/{lease1}"), &workload, None).await;
     assert_eq!(s, 200, "{v}");
@@ -339,7 +360,7 @@ async fn production_needs_a_verified_secret_and_a_second_person_and_switches_iss
     assert_eq!(api.issue_version("prod/app", &workload).await.1, Some(1));
 
     // Rotate: the plugin makes one, lessor verifies and activates it.
-    let (s, v) = api.post("/v1/admin/connections/prod/rotate", &bob, json!({})).await;
+    let (s, v) = api.post("/v1/admin/connections/prod/rotate", &alice, json!({})).await;
     assert_eq!((s, v["version"].as_i64(), v["state"].as_str()), (200, Some(6), Some("active")), "{v}");
     assert_eq!(*fakes.prod.rotations.lock().unwrap(), 1);
     assert_eq!(api.issue_version("prod/app", &workload).await.1, Some(6));
@@ -445,6 +466,8 @@ async fn replicas_on_one_store_switch_together() {
     let (f1, f2) = (Fakes::new(), Fakes::new());
     let d1 = start(t1.path(), &iss.url, &toml, Some(&dsn), &f1).await.unwrap();
     std::fs::copy(t1.path().join("seal.key"), t2.path().join("seal.key")).unwrap();
+    // Replicas share the admin token file too (each file replaces `bootstrap`).
+    std::fs::copy(t1.path().join("admin.token"), t2.path().join("admin.token")).unwrap();
     let d2 = start(t2.path(), &iss.url, &toml, Some(&dsn), &f2).await.unwrap();
     let a1 = Api { d: &d1, seen: Mutex::new(Vec::new()) };
     let a2 = Api { d: &d2, seen: Mutex::new(Vec::new()) };
@@ -511,7 +534,7 @@ default_scopes = ["orders.read"]
     })
     .await;
     let api = Api { d: &d, seen: Mutex::new(Vec::new()) };
-    let (alice, bob) = (operator(&iss, "alice"), operator(&iss, "bob"));
+    let (alice, bob) = (operator(&iss, "alice"), approver(&iss, "bob"));
     let workload = iss.token();
     let ok = |v: &Value| v["result"]["ok"].as_bool();
 
@@ -551,7 +574,7 @@ default_scopes = ["orders.read"]
     assert_eq!(api.set("pg", &alice, &right).await.0, 201);
     assert_eq!(api.post("/v1/admin/connections/pg/verify", &alice, json!({})).await.0, 200);
     assert_eq!(api.post("/v1/admin/connections/pg/approve", &bob, json!({})).await.0, 200);
-    assert_eq!(api.post("/v1/admin/connections/pg/activate", &bob, json!({})).await.0, 200);
+    assert_eq!(api.post("/v1/admin/connections/pg/activate", &alice, json!({})).await.0, 200);
     assert_eq!(api.issue_version("pg/app", &workload).await.1, Some(4));
     let (s, v) = api.call(reqwest::Method::DELETE, &format!("/v1/leases/{lease1}"), &workload, None).await;
     assert_eq!((s, v["state"].as_str()), (200, Some("revoked")), "{v}");
@@ -566,7 +589,7 @@ default_scopes = ["orders.read"]
 
     // Rotate: lessor sets a new password at the server and uses it; the old
     // one stops working; the answer shows no secret.
-    let (s, v) = api.post("/v1/admin/connections/pg/rotate", &bob, json!({})).await;
+    let (s, v) = api.post("/v1/admin/connections/pg/rotate", &alice, json!({})).await;
     assert_eq!((s, v["state"].as_str()), (200, Some("active")), "{v}");
     let rotated = v["version"].as_i64().unwrap();
     assert_eq!(api.issue_version("pg/app", &workload).await.1, Some(rotated));

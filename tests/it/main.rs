@@ -2,6 +2,7 @@
 
 mod support;
 
+mod admin_tokens;
 mod audit;
 mod connections;
 mod engine;

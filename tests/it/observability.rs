@@ -74,6 +74,10 @@ impl Lessor {
         if !policy.is_empty() {
             std::fs::write(dir.join("policies/test-extra.cedar"), policy).unwrap();
         }
+        // The policies were copied after `config_text`: admit its issuer now.
+        if let Some(url) = config.lines().find_map(|l| l.strip_prefix("issuer = \"")).and_then(|r| r.strip_suffix('"')) {
+            crate::support::admit_test_issuer(&dir.join("policies"), url);
+        }
         std::fs::write(dir.join("lessor.toml"), config).unwrap();
         let (child, url) =
             spawn_until(&["serve", "--config", "lessor.toml"], dir, &[], &dir.join("lessor.log"), "lessor listening on ");

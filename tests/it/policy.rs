@@ -124,3 +124,95 @@ async fn explain_answers_for_one_case_and_needs_admin() {
     let (s, _) = d.post("/v1/policy/explain", &iss.token(), case).await;
     assert_eq!(s, 403);
 }
+
+/// The shipped policies: every permit pins `principal.issuer`, none grants
+/// both `connection_set_secret` and `connection_approve` (`lessor check`
+/// has nothing to warn about), and the principals who may set a root
+/// credential are not those who may approve one.
+#[test]
+fn shipped_policies_pin_the_issuer_and_keep_setting_and_approving_apart() {
+    use lessor::policy::{Action, ConnectionInfo, Policies, Principal, RequestContext, Target};
+    use std::collections::BTreeMap;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let p = Policies::load(&dir, &[]).unwrap();
+    assert_eq!(p.warnings(), Vec::<String>::new());
+    let conn = ConnectionInfo { name: "pg".into(), plugin: "postgres".into(), environment: "production".into(), owner: "payments".into() };
+    let ctx = RequestContext { ttl_seconds: 0, scopes: vec![], now: 0, source_ip: std::net::IpAddr::from([127, 0, 0, 1]) };
+    let gh = "https://token.actions.githubusercontent.com";
+    let who = |issuer: &str, repo: &str, team: Option<&str>| {
+        let mut attributes = BTreeMap::from([
+            ("repository".to_string(), repo.to_string()),
+            ("repository_owner".to_string(), "acme".to_string()),
+            ("ref".to_string(), "refs/heads/main".to_string()),
+        ]);
+        if let Some(t) = team {
+            attributes.insert("team".into(), t.into());
+        }
+        Principal { issuer: issuer.into(), subject: format!("repo:{repo}:ref:refs/heads/main"), attributes }
+    };
+    let may = |pr: &Principal, a: Action| p.decide_on(pr, a, Target::Connection(&conn), &ctx).unwrap().allowed;
+    let principals = [
+        who(gh, "acme/lessor-ops", None),
+        who(gh, "acme/lessor-approvals", None),
+        who(gh, "acme/lessor-approvals", Some("payments")),
+        who(gh, "acme/payments", Some("payments")),
+        who(gh, "acme/lessor-ops", Some("payments")),
+    ];
+    for pr in &principals {
+        assert!(
+            !(may(pr, Action::ConnectionSetSecret) && may(pr, Action::ConnectionApprove)),
+            "{pr:?} may both set and approve"
+        );
+    }
+    assert!(may(&principals[0], Action::ConnectionSetSecret) && may(&principals[0], Action::ConnectionActivate));
+    assert!(may(&principals[1], Action::ConnectionApprove));
+    assert!(may(&principals[3], Action::ConnectionSetSecret));
+    // Another configured issuer whose tokens carry the same claims gets nothing.
+    let other = who("https://ci.other.example", "acme/lessor-ops", None);
+    for a in Action::CONNECTION {
+        assert!(!may(&other, a), "{a:?} for another issuer");
+    }
+    let web = lessor::policy::RoleInfo {
+        name: "pki/web".into(),
+        connection: "pki".into(),
+        plugin: "pki".into(),
+        environment: "staging".into(),
+        scopes: vec![],
+        max_ttl_seconds: 3600,
+    };
+    assert!(p.decide(&who(gh, "acme/api", None), Action::Issue, Some(&web), &ctx).unwrap().allowed);
+    assert!(!p.decide(&other, Action::Issue, Some(&web), &ctx).unwrap().allowed);
+    assert!(!p.decide(&other, Action::Admin, None, &ctx).unwrap().allowed);
+}
+
+/// `lessor check` warns about a permit that grants both set-secret and
+/// approve, and about one that does not pin the issuer.
+#[test]
+fn check_warns_about_a_policy_granting_set_secret_and_approve() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    crate::support::copy_dir(&repo.join("policies"), &dir.join("policies"));
+    std::fs::write(
+        dir.join("policies/both.cedar"),
+        r#"@id("one-person-does-it-all")
+permit(principal, action in [Lessor::Action::"connection_set_secret", Lessor::Action::"connection_approve"], resource)
+when { principal.issuer == "https://token.actions.githubusercontent.com" && principal has repository && principal.repository == "acme/x" };
+@id("any-issuer")
+permit(principal, action == Lessor::Action::"read", resource) when { principal has repository && principal.repository == "acme/x" };
+"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("lessor.toml"), crate::support::config_text(dir, &dir.join("policies"), "https://issuer.example", "", "")).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_lessor"))
+        .args(["check", "--config", "lessor.toml"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 2, "{out}");
+    assert!(warnings.iter().any(|w| w.contains("both.cedar:1") && w.contains("`one-person-does-it-all` permits both connection_set_secret and connection_approve")), "{out}");
+    assert!(warnings.iter().any(|w| w.contains("`any-issuer` does not pin principal.issuer")), "{out}");
+}

@@ -305,6 +305,8 @@ async fn replicas_on_one_store_report_whether_their_policies_agree() {
     let tmp2 = tempfile::tempdir().unwrap();
     crate::support::copy_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &tmp2.path().join("policies"));
     std::fs::copy(d1.dir.join("seal.key"), tmp2.path().join("seal.key")).unwrap();
+    // And the admin token file: each replica's file replaces `bootstrap`.
+    std::fs::copy(d1.dir.join("admin.token"), tmp2.path().join("admin.token")).unwrap();
     let d2 = crate::support::Daemon::start_in(tmp2.path(), &opts).await;
     let view = |d: &crate::support::Daemon| {
         let (url, admin, http) = (d.url.clone(), d.admin.clone(), d.http.clone());

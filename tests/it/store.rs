@@ -328,6 +328,7 @@ async fn secrets(s: &Arc<dyn Store>) {
     s.insert_pending(&lease("rv", "c/r", "s", 60)).await.unwrap();
     assert!(s.activate_at_version(&LeaseId::new("rv"), &json!({}), now + time::Duration::minutes(1), Some(2)).await.unwrap());
     assert_eq!(s.get(&LeaseId::new("rv")).await.unwrap().unwrap().root_version, Some(2));
+    crate::admin_tokens::store_suite(&s).await;
 }
 
 #[tokio::test]

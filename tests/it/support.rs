@@ -161,7 +161,31 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// `lessor dev`'s issuer, which the example policies admit beside the real
+/// ones (`principal.issuer` is pinned in every example permit).
+pub const DEV_ISSUER: &str = "https://dev-issuer.lessor.localhost";
+
+/// Lets the test issuer stand in for the dev issuer in the example policies
+/// copied to `policies` (every `*.cedar` file under it).
+pub fn admit_test_issuer(policies: &Path, issuer_url: &str) {
+    let Ok(entries) = std::fs::read_dir(policies) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            admit_test_issuer(&p, issuer_url);
+        } else if p.extension().is_some_and(|x| x == "cedar") {
+            let text = std::fs::read_to_string(&p).unwrap();
+            if text.contains(DEV_ISSUER) {
+                std::fs::write(&p, text.replace(DEV_ISSUER, issuer_url)).unwrap();
+            }
+        }
+    }
+}
+
+/// A daemon config on `dir` for the test issuer; the policies already in
+/// `policies` admit that issuer from here on ([`admit_test_issuer`]).
 pub fn config_text(dir: &Path, policies: &Path, issuer_url: &str, extra: &str, leases: &str) -> String {
+    admit_test_issuer(policies, issuer_url);
     format!(
         r#"
 listen = "127.0.0.1:0"

@@ -124,6 +124,52 @@ async fn tls_clients_connect_plain_http_is_refused_and_a_rotated_certificate_is_
     d.stop().await;
 }
 
+/// A CRL of `ca` listing `serials`.
+fn crl(ca: &Ca, serials: &[u64]) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::minutes(1),
+        next_update: now + time::Duration::days(1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .map(|s| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(*s),
+                revocation_time: now - time::Duration::minutes(1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    params.signed_by(&ca.issuer).unwrap().pem().unwrap()
+}
+
+/// A client leaf with common name `cn`, serial `serial` and SANs `names`.
+fn client_leaf(ca: &Ca, cn: &str, serial: u64, names: &[&str]) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.serial_number = Some(rcgen::SerialNumber::from(serial));
+    let cert = p.signed_by(&key, &ca.issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+async fn status_of(c: reqwest::Client, method: reqwest::Method, url: String, token: Option<String>) -> Result<(u16, Value), String> {
+    let mut req = c.request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.map_err(|e| format!("{e:?}"))?;
+    let s = r.status().as_u16();
+    Ok((s, r.json::<Value>().await.unwrap_or_default()))
+}
+
+/// A client certificate is an admin credential only when it chains to the
+/// client CA, is not on its CRL and names an allowed subject; with
+/// `admin_requires_client_cert`, the admin token is refused everywhere,
+/// `/v1/leases/{id}` included.
 #[tokio::test]
 async fn a_client_certificate_from_the_client_ca_is_an_admin_credential() {
     let iss = JwtIssuer::start().await;
@@ -131,38 +177,106 @@ async fn a_client_certificate_from_the_client_ca_is_an_admin_credential() {
     let ca = new_ca("server CA");
     let admins = new_ca("admin CA");
     std::fs::write(tmp.path().join("admins.pem"), &admins.cert_pem).unwrap();
+    std::fs::write(tmp.path().join("admins.crl"), crl(&admins, &[66])).unwrap();
     let extra = format!(
-        "client_ca_file = \"{}\"\nadmin_requires_client_cert = true\n",
-        tmp.path().join("admins.pem").display()
+        "client_ca_file = \"{}\"\nadmin_subjects = [\"alice-sre\", \"carol@sre.example\"]\nclient_crl_files = [\"{}\"]\nadmin_requires_client_cert = true\n",
+        tmp.path().join("admins.pem").display(),
+        tmp.path().join("admins.crl").display()
     );
     let mut d = tls_daemon(tmp.path(), &iss, &ca, &extra).await;
-    let list = |c: reqwest::Client, token: Option<String>| {
-        let url = format!("{}/v1/admin/leases", d.url);
-        async move {
-            let mut req = c.get(url);
-            if let Some(t) = token {
-                req = req.bearer_auth(t);
-            }
-            let r = req.send().await.unwrap();
-            let s = r.status().as_u16();
-            (s, r.json::<Value>().await.unwrap_or_default())
-        }
-    };
+    let get = reqwest::Method::GET;
+    let list = format!("{}/v1/admin/leases", d.url);
     // The admin token alone is not enough here.
-    let (s, v) = list(client(&ca, None), Some(d.admin.clone())).await;
+    let (s, v) = status_of(client(&ca, None), get.clone(), list.clone(), Some(d.admin.clone())).await.unwrap();
     assert_eq!(s, 401, "{v}");
     assert!(v.to_string().contains("client certificate"), "{v}");
-    // An admin's certificate is.
-    let (s, v) = list(client(&ca, Some(leaf(&admins, "alice-sre", &[]))), None).await;
+    // An allowed admin's certificate is, by CN or by SAN.
+    let alice = client_leaf(&admins, "alice-sre", 10, &[]);
+    let (s, v) = status_of(client(&ca, Some(alice.clone())), get.clone(), list.clone(), None).await.unwrap();
     assert_eq!(s, 200, "{v}");
+    let carol = {
+        // An email SAN (rcgen reads "x@y" in `new` as a DNS name).
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "carol");
+        p.subject_alt_names = vec![rcgen::SanType::Rfc822Name("carol@sre.example".try_into().unwrap())];
+        p.serial_number = Some(rcgen::SerialNumber::from(11u64));
+        (p.signed_by(&key, &admins.issuer).unwrap().pem(), key.serialize_pem())
+    };
+    let (s, v) = status_of(client(&ca, Some(carol)), get.clone(), list.clone(), None).await.unwrap();
+    assert_eq!(s, 200, "{v}");
+    // A certificate from the same CA with another subject is not.
+    let bob = client_leaf(&admins, "bob-dev", 12, &["bob.dev.example"]);
+    let (s, v) = status_of(client(&ca, Some(bob)), get.clone(), list.clone(), None).await.unwrap();
+    assert_eq!(s, 403, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("`bob-dev` is not an admin"), "{v}");
+    // A revoked one (on the CRL) fails the handshake, allowed name or not.
+    let revoked = client_leaf(&admins, "alice-sre", 66, &[]);
+    let r = status_of(client(&ca, Some(revoked)), get.clone(), list.clone(), None).await;
+    assert!(!matches!(r, Ok((200, _))), "a revoked client certificate must not pass: {r:?}");
     // A certificate from another CA fails the handshake.
-    let stranger = leaf(&ca, "mallory", &[]);
-    let r = client(&ca, Some(stranger)).get(format!("{}/v1/admin/leases", d.url)).send().await;
-    assert!(r.is_err() || r.unwrap().status() != 200, "a foreign client certificate must not pass");
-    // Workloads still come with their JWT and no certificate.
+    let stranger = leaf(&ca, "alice-sre", &[]);
+    let r = status_of(client(&ca, Some(stranger)), get.clone(), list.clone(), None).await;
+    assert!(!matches!(r, Ok((200, _))), "a foreign client certificate must not pass: {r:?}");
+
+    // Workloads still come with their JWT and no certificate, and own their
+    // leases; the admin token cannot read, renew or revoke them.
     let (s, v) = d.issue(&iss.token(), serde_json::json!({"role": "token/orders"})).await;
     assert_eq!(s, 201, "{v}");
+    let lease = format!("{}/v1/leases/{}", d.url, v["lease_id"].as_str().unwrap());
+    for (method, url) in [
+        (reqwest::Method::GET, lease.clone()),
+        (reqwest::Method::POST, format!("{lease}/renew")),
+        (reqwest::Method::DELETE, lease.clone()),
+    ] {
+        let (s, v) = status_of(client(&ca, None), method.clone(), url, Some(d.admin.clone())).await.unwrap();
+        assert_eq!(s, 401, "{method} with the admin token: {v}");
+        assert_eq!(v["error"]["code"], "client_certificate_required", "{v}");
+    }
+    let (s, v) = status_of(client(&ca, None), get.clone(), lease.clone(), Some(iss.token())).await.unwrap();
+    assert_eq!((s, v["state"].as_str()), (200, Some("active")), "the owner: {v}");
+    // The admin's certificate reads and revokes it.
+    let (s, v) = status_of(client(&ca, Some(alice.clone())), get.clone(), lease.clone(), None).await.unwrap();
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = status_of(client(&ca, Some(alice)), reqwest::Method::DELETE, lease, None).await.unwrap();
+    assert_eq!(s, 200, "{v}");
     d.stop().await;
+}
+
+/// A client CA that is one of lessor's own pki CAs (whose certificates
+/// every workload with a pki role can get, with clientAuth) is refused at
+/// start and on reload.
+#[tokio::test]
+async fn lessors_own_pki_ca_is_refused_as_the_client_ca() {
+    let iss = JwtIssuer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = new_ca("server CA");
+    let admins = new_ca("admin CA");
+    std::fs::write(tmp.path().join("admins.pem"), &admins.cert_pem).unwrap();
+    let extra = format!("client_ca_file = \"{}\"\nadmin_subjects = [\"alice-sre\"]\n", tmp.path().join("admins.pem").display());
+    let mut d = tls_daemon(tmp.path(), &iss, &ca, &extra).await;
+    let pki_ca = d.http.get(format!("{}/v1/pki/pki/web/ca", d.url)).send().await.unwrap().text().await.unwrap();
+    assert!(pki_ca.contains("BEGIN CERTIFICATE"), "{pki_ca}");
+    // A workload's certificate from the pki role, CN = an allowed admin name
+    // would be the attack; the CA swap is refused and it stays a stranger.
+    std::fs::write(tmp.path().join("admins.pem"), &pki_ca).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let alice = client_leaf(&admins, "alice-sre", 10, &[]);
+    let (s, v) = status_of(client(&ca, Some(alice)), reqwest::Method::GET, format!("{}/v1/admin/leases", d.url), None).await.unwrap();
+    assert_eq!(s, 200, "the old client CA stays in use: {v}");
+    d.stop().await;
+
+    // At start: refused, naming the role.
+    let text = config_text(tmp.path(), &tmp.path().join("policies"), &iss.url, "", "");
+    let tls = format!(
+        "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n{extra}",
+        tmp.path().join("tls.crt").display(),
+        tmp.path().join("tls.key").display()
+    );
+    let cfg = lessor::config::Config::from_toml(&format!("{text}\n{tls}")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = lessor::server::start(cfg, listener).await.err().expect("start must fail").to_string();
+    assert!(err.contains("pki role `pki/web`") && err.contains("admins.pem"), "{err}");
 }
 
 #[tokio::test]
