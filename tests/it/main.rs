@@ -17,3 +17,4 @@ mod retry;
 mod scale;
 mod store;
 mod tls;
+mod unauth;
