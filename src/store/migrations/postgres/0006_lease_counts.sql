@@ -3,7 +3,8 @@
 -- rows, never the leases themselves, and every replica reads the same numbers.
 -- Hot rows: a lease's counter row is one of 16 shards chosen from its id
 -- (the same shard on increment and decrement, so each shard row is an exact
--- count and is deleted when it reaches 0); readers sum the shards.
+-- count); readers sum the shards. Expiry-minute and owner rows are deleted
+-- when they reach 0 (their keys never end); state rows stay (bounded).
 -- lease_counts: live leases by role, plugin and state.
 -- lease_expiry_counts: active leases by role, plugin and expiry minute
 --   (unix ms / 60000).
@@ -53,13 +54,13 @@ DECLARE
     same_owner BOOLEAN := TG_OP = 'UPDATE' AND OLD.issuer = NEW.issuer AND OLD.subject = NEW.subject;
     same_minute BOOLEAN := TG_OP = 'UPDATE' AND OLD.expires_at / 60000 = NEW.expires_at / 60000
                            AND OLD.role = NEW.role AND OLD.plugin = NEW.plugin;
+    left_n BIGINT;
 BEGIN
     -- By state.
     IF old_live AND NOT (new_live AND same_state) THEN
+        -- Bounded keys (roles x states x shards): rows at 0 stay.
         UPDATE lease_counts SET n = n - 1
             WHERE role = OLD.role AND plugin = OLD.plugin AND state = OLD.state AND shard = hashtext(OLD.id) & 15;
-        DELETE FROM lease_counts
-            WHERE role = OLD.role AND plugin = OLD.plugin AND state = OLD.state AND shard = hashtext(OLD.id) & 15 AND n <= 0;
     END IF;
     IF new_live AND NOT (old_live AND same_state) THEN
         INSERT INTO lease_counts (role, plugin, state, shard, n)
@@ -69,10 +70,13 @@ BEGIN
     -- Active leases by expiry minute.
     IF old_active AND NOT (new_active AND same_minute) THEN
         UPDATE lease_expiry_counts SET n = n - 1
-            WHERE minute = OLD.expires_at / 60000 AND role = OLD.role AND plugin = OLD.plugin AND shard = hashtext(OLD.id) & 15;
-        DELETE FROM lease_expiry_counts
             WHERE minute = OLD.expires_at / 60000 AND role = OLD.role AND plugin = OLD.plugin AND shard = hashtext(OLD.id) & 15
-              AND n <= 0;
+            RETURNING n INTO left_n;
+        IF left_n <= 0 THEN
+            DELETE FROM lease_expiry_counts
+                WHERE minute = OLD.expires_at / 60000 AND role = OLD.role AND plugin = OLD.plugin
+                  AND shard = hashtext(OLD.id) & 15 AND n <= 0;
+        END IF;
     END IF;
     IF new_active AND NOT (old_active AND same_minute) THEN
         INSERT INTO lease_expiry_counts (minute, role, plugin, shard, n)
@@ -81,8 +85,11 @@ BEGIN
     END IF;
     -- Live leases per workload.
     IF old_live AND NOT (new_live AND same_owner) THEN
-        UPDATE owner_counts SET n = n - 1 WHERE issuer = OLD.issuer AND subject = OLD.subject;
-        DELETE FROM owner_counts WHERE issuer = OLD.issuer AND subject = OLD.subject AND n <= 0;
+        UPDATE owner_counts SET n = n - 1 WHERE issuer = OLD.issuer AND subject = OLD.subject
+            RETURNING n INTO left_n;
+        IF left_n <= 0 THEN
+            DELETE FROM owner_counts WHERE issuer = OLD.issuer AND subject = OLD.subject AND n <= 0;
+        END IF;
     END IF;
     IF new_live AND NOT (old_live AND same_owner) THEN
         INSERT INTO owner_counts (issuer, subject, n) VALUES (NEW.issuer, NEW.subject, 1)
