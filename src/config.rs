@@ -205,6 +205,30 @@ pub struct Limits {
     /// Largest workload JWT accepted.
     #[serde(default = "default_jwt")]
     pub max_jwt_bytes: usize,
+    /// Longest any request may take (reading its body included); then it is
+    /// answered 408 `request_timeout`.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests served at once by each unauthenticated route (`/metrics`,
+    /// `/.well-known/jwks.json`, `/v1/token/introspect`, `/v1/pki/...`,
+    /// `/v1/health`); more are answered 503 `overloaded` at once.
+    #[serde(default = "default_unauth_route")]
+    pub unauthenticated_route_concurrency: usize,
+    /// Requests served at once by all unauthenticated routes together, so
+    /// they can never hold more than this many store connections (below
+    /// the smallest store pool, 8 SQLite readers) and starve issuance or expiry.
+    #[serde(default = "default_unauth_total")]
+    pub unauthenticated_concurrency: usize,
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_unauth_route() -> usize {
+    2
+}
+fn default_unauth_total() -> usize {
+    4
 }
 
 fn default_body() -> usize {
@@ -216,7 +240,13 @@ fn default_jwt() -> usize {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body_bytes: default_body(), max_jwt_bytes: default_jwt() }
+        Limits {
+            max_body_bytes: default_body(),
+            max_jwt_bytes: default_jwt(),
+            request_timeout: default_request_timeout(),
+            unauthenticated_route_concurrency: default_unauth_route(),
+            unauthenticated_concurrency: default_unauth_total(),
+        }
     }
 }
 
@@ -556,6 +586,14 @@ pub struct IssuerConfig {
     /// How long a fetched key set is used before it is refreshed.
     #[serde(default = "default_jwks_ttl", with = "crate::duration::serde")]
     pub jwks_cache_ttl: Duration,
+    /// After a failed key set fetch, no new fetch for this long (requests
+    /// use the last good set, or are refused, meanwhile).
+    #[serde(default = "default_jwks_failure_cache", with = "humantime_serde")]
+    pub jwks_failure_cache: Duration,
+    /// While the issuer is unreachable, the last good key set is used for
+    /// at most this long after it was fetched; then tokens are refused.
+    #[serde(default = "default_jwks_max_stale", with = "humantime_serde")]
+    pub jwks_max_stale: Duration,
 }
 
 fn default_algs() -> Vec<String> {
@@ -569,6 +607,12 @@ fn default_refetch() -> Duration {
 }
 fn default_jwks_ttl() -> Duration {
     Duration::from_secs(600)
+}
+fn default_jwks_failure_cache() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_jwks_max_stale() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 impl IssuerConfig {
@@ -864,6 +908,15 @@ impl Config {
             }
             _ => {}
         }
+        if self.limits.request_timeout.is_zero() {
+            return bad("limits.request_timeout must be more than 0".into());
+        }
+        if self.limits.unauthenticated_route_concurrency == 0 || self.limits.unauthenticated_concurrency == 0 {
+            return bad(
+                "limits.unauthenticated_route_concurrency and limits.unauthenticated_concurrency must be at least 1"
+                    .into(),
+            );
+        }
         for (name, iss) in &self.issuers {
             iss.key_source(name)?;
             if iss.audiences.is_empty() {
@@ -871,6 +924,11 @@ impl Config {
             }
             if iss.algorithms.is_empty() {
                 return bad(format!("issuer `{name}`: algorithms must not be empty"));
+            }
+            if iss.jwks_max_stale < iss.jwks_cache_ttl {
+                return bad(format!(
+                    "issuer `{name}`: jwks_max_stale must be at least jwks_cache_ttl (a cached key set is used that long)"
+                ));
             }
             for alg in &iss.algorithms {
                 crate::identity::parse_allowed_alg(alg)

@@ -223,7 +223,7 @@ pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Optio
 
     let admin_requires_client_cert = cfg.tls.as_ref().is_some_and(|t| t.admin_requires_client_cert);
     let state = AppState { leases: leases.clone(), verifier, store: store.clone(), admin_requires_client_cert };
-    let app = router(state, cfg.limits.max_body_bytes);
+    let app = router(state, &cfg.limits);
     let addr = listener.local_addr()?;
     match (tls, &cfg.tls) {
         (Some(tls), Some(settings)) => {

@@ -19,7 +19,7 @@ pub struct ApiError {
     pub field: Option<String>,
     pub details: Option<serde_json::Value>,
     auth_challenge: bool,
-    retry_after: Option<u64>,
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl ApiError {

@@ -48,7 +48,22 @@ pub struct AppState {
 }
 
 /// Builds the router for `/v1` and the well-known endpoints.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+///
+/// Every request is bounded by `limits.request_timeout` (408). Each
+/// unauthenticated route serves at most `unauthenticated_route_concurrency`
+/// requests at once, and all of them together `unauthenticated_concurrency`;
+/// excess requests are refused at once (503 `overloaded`), never queued, so
+/// anonymous traffic cannot hold the store connections issuance and expiry need.
+pub fn router(state: AppState, limits: &crate::config::Limits) -> Router {
+    let shared = Arc::new(tokio::sync::Semaphore::new(limits.unauthenticated_concurrency));
+    let per_route = limits.unauthenticated_route_concurrency;
+    let public = || {
+        tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(overloaded))
+            .load_shed()
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(shared.clone()))
+            .concurrency_limit(per_route)
+    };
     Router::new()
         .route("/v1/leases", post(leases::issue))
         .route("/v1/leases/{id}", get(leases::show).delete(leases::revoke))
@@ -70,14 +85,19 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/admin/connections/{name}/rollback", post(connections::rollback))
         .route("/v1/admin/connections/{name}/rotate", post(connections::rotate))
         .route("/v1/policy/explain", post(admin::explain))
-        .route("/v1/pki/{*rest}", get(public::pki_document))
-        .route("/v1/token/introspect", post(public::introspect))
-        .route("/.well-known/jwks.json", get(public::jwks))
-        .route("/v1/health", get(public::health))
-        .route("/metrics", get(public::metrics))
+        .route("/v1/pki/{*rest}", get(public::pki_document).layer(public()))
+        .route("/v1/token/introspect", post(public::introspect).layer(public()))
+        .route("/.well-known/jwks.json", get(public::jwks).layer(public()))
+        .route("/v1/health", get(public::health).layer(public()))
+        .route("/metrics", get(public::metrics).layer(public()))
         .fallback(|| async { ApiError::not_found("no such endpoint; the API lives under /v1") })
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(timed_out))
+                .timeout(limits.request_timeout),
+        )
         .layer(axum::middleware::from_fn(json_errors))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(axum::middleware::from_fn(header_limit))
@@ -161,6 +181,33 @@ async fn json_errors(req: Request, next: Next) -> Response {
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Response::from_parts(parts, fresh.into_body())
+}
+
+/// The answer to a request refused by an unauthenticated route's
+/// concurrency limit.
+async fn overloaded(e: tower::BoxError) -> ApiError {
+    if e.is::<tower::load_shed::error::Overloaded>() {
+        let mut a = ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests to this endpoint at once; try again shortly",
+        );
+        a.retry_after = Some(1);
+        return a;
+    }
+    ApiError::internal("unauthenticated route layer", e)
+}
+
+/// The answer to a request that outlived `limits.request_timeout`.
+async fn timed_out(e: tower::BoxError) -> ApiError {
+    if e.is::<tower::timeout::error::Elapsed>() {
+        return ApiError::new(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request took longer than the server's request timeout (limits.request_timeout)",
+        );
+    }
+    ApiError::internal("request layer", e)
 }
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

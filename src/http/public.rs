@@ -100,7 +100,8 @@ pub async fn health(State(st): State<AppState>) -> Response {
 }
 
 /// Prometheus metrics; the store-backed gauges (leases by state, expiring,
-/// quota use) are read at scrape time, so they are right on every replica
+/// quota use) are read at scrape time from the store's counts tables
+/// (O(roles x states), not O(leases)), so they are right on every replica
 /// and after restarts.
 pub async fn metrics(State(st): State<AppState>) -> Response {
     st.leases.refresh_gauges().await;

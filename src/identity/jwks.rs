@@ -1,7 +1,14 @@
 //! An issuer's signing keys: fetched (discovery, JWKS URL or file), cached
 //! with moka (one fetch in flight per issuer, however many requests wait),
 //! refetched on an unknown `kid` at most once per `min_refetch_interval`, and
-//! kept as "last good" when the issuer is down.
+//! kept as "last good" when the issuer is down, for at most
+//! `jwks_max_stale` after it was fetched (then keys are refused: a key the
+//! issuer rotated out must not stay valid forever while it is unreachable).
+//! A failed fetch is remembered for `jwks_failure_cache`: until then no
+//! request, however many name the issuer, triggers another fetch.
+//!
+//! What a failure says to a client is generic ([`KeyLookup::Unavailable`]);
+//! the fetch error (URLs, status, transport detail) goes to the log only.
 //!
 //! Keys come only from the configured source: a token's `jku`, `x5u` or
 //! embedded `jwk` header is never followed.
@@ -56,6 +63,20 @@ impl KeySet {
     }
 }
 
+/// How long fetched, failed and stale key sets are used.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyTimes {
+    /// A fetched key set is used this long before it is refreshed.
+    pub ttl: Duration,
+    /// On an unknown `kid`, refetch at most this often.
+    pub min_refetch: Duration,
+    /// After a failed fetch, no new fetch for this long.
+    pub failure_cache: Duration,
+    /// The last good key set is used while the issuer is unreachable for at
+    /// most this long after it was fetched.
+    pub max_stale: Duration,
+}
+
 /// Where and how one issuer's keys are fetched.
 pub struct IssuerKeys {
     /// The issuer's name in the config (the metric label).
@@ -64,28 +85,25 @@ pub struct IssuerKeys {
     source: KeySource,
     http: reqwest::Client,
     cache: moka::future::Cache<(), Arc<KeySet>>,
-    last_good: Mutex<Option<Arc<KeySet>>>,
+    /// The last key set fetched, and when.
+    last_good: Mutex<Option<(Arc<KeySet>, Instant)>>,
+    /// When the last fetch failed (cleared by a success).
+    last_failure: Mutex<Option<Instant>>,
     last_forced: Mutex<Option<Instant>>,
-    min_refetch: Duration,
+    times: KeyTimes,
 }
 
 /// Outcome of a key lookup.
 pub enum KeyLookup {
     Found(Arc<DecodingKey>),
     UnknownKid,
+    /// A reason safe for any client (no URL, status or transport detail).
     Unavailable(String),
 }
 
 impl IssuerKeys {
     /// Keys of the issuer configured as `name` with exact `iss` `issuer`.
-    pub fn new(
-        name: &str,
-        issuer: &str,
-        source: KeySource,
-        http: reqwest::Client,
-        ttl: Duration,
-        min_refetch: Duration,
-    ) -> Self {
+    pub fn new(name: &str, issuer: &str, source: KeySource, http: reqwest::Client, times: KeyTimes) -> Self {
         let m = crate::telemetry::metrics();
         for outcome in ["ok", "error"] {
             m.jwks_refreshes.with_label_values(&[name, outcome]);
@@ -95,40 +113,81 @@ impl IssuerKeys {
             issuer: issuer.trim_end_matches('/').to_owned(),
             source,
             http,
-            cache: moka::future::Cache::builder().max_capacity(1).time_to_live(ttl).build(),
+            cache: moka::future::Cache::builder().max_capacity(1).time_to_live(times.ttl).build(),
             last_good: Mutex::new(None),
+            last_failure: Mutex::new(None),
             last_forced: Mutex::new(None),
-            min_refetch,
+            times,
         }
     }
 
+    /// The key set to use now: the cached one, else a fetch (one in flight
+    /// however many wait) unless one failed within `failure_cache`, else the
+    /// last good set while it is younger than `max_stale`.
     async fn current(&self) -> Result<Arc<KeySet>, String> {
+        if let Some(ks) = self.cache.get(&()).await {
+            return Ok(ks);
+        }
+        let failed_recently = self
+            .last_failure
+            .lock()
+            .ok()
+            .and_then(|g| *g)
+            .is_some_and(|t| t.elapsed() < self.times.failure_cache);
+        if failed_recently {
+            return self.fallback();
+        }
         let fetched = self
             .cache
             .try_get_with((), async {
-                let ks = Arc::new(self.fetch().await?);
-                crate::telemetry::metrics().jwks_refresh(&self.name, "ok");
-                Ok::<_, String>(ks)
+                match self.fetch().await {
+                    Ok(ks) => {
+                        crate::telemetry::metrics().jwks_refresh(&self.name, "ok");
+                        Ok(Arc::new(ks))
+                    }
+                    Err(e) => {
+                        // The detail is for operators only.
+                        crate::telemetry::metrics().jwks_refresh(&self.name, "error");
+                        tracing::warn!(issuer = %self.issuer, error = %e, "key set fetch failed");
+                        if let Ok(mut g) = self.last_failure.lock() {
+                            *g = Some(Instant::now());
+                        }
+                        Err(e)
+                    }
+                }
             })
             .await;
         match fetched {
             Ok(ks) => {
                 if let Ok(mut g) = self.last_good.lock() {
-                    *g = Some(ks.clone());
+                    // A waiter of the same fetch must not reset the age.
+                    if !g.as_ref().is_some_and(|(old, _)| Arc::ptr_eq(old, &ks)) {
+                        *g = Some((ks.clone(), Instant::now()));
+                    }
+                }
+                if let Ok(mut g) = self.last_failure.lock() {
+                    *g = None;
                 }
                 Ok(ks)
             }
-            Err(e) => {
-                crate::telemetry::metrics().jwks_refresh(&self.name, "error");
-                let last = self.last_good.lock().ok().and_then(|g| g.clone());
-                match last {
-                    Some(ks) => {
-                        tracing::warn!(issuer = %self.issuer, error = %e, "key refresh failed; using last good key set");
-                        Ok(ks)
-                    }
-                    None => Err(e.to_string()),
-                }
+            Err(_) => self.fallback(),
+        }
+    }
+
+    /// The last good key set while it is young enough, else a client-safe
+    /// reason.
+    fn fallback(&self) -> Result<Arc<KeySet>, String> {
+        let last = self.last_good.lock().ok().and_then(|g| g.clone());
+        match last {
+            Some((ks, at)) if at.elapsed() <= self.times.max_stale => {
+                tracing::debug!(issuer = %self.issuer, "key refresh failed; using last good key set");
+                Ok(ks)
             }
+            Some(_) => Err(format!(
+                "the issuer's key set could not be refreshed for more than {} (jwks_max_stale); keys that old are not trusted",
+                crate::fmt_duration(self.times.max_stale)
+            )),
+            None => Err("the issuer's key set could not be fetched; try again later".into()),
         }
     }
 
@@ -143,7 +202,7 @@ impl IssuerKeys {
         }
         let may_refetch = match self.last_forced.lock() {
             Ok(mut g) => {
-                let ok = g.is_none_or(|t| t.elapsed() >= self.min_refetch);
+                let ok = g.is_none_or(|t| t.elapsed() >= self.times.min_refetch);
                 if ok {
                     *g = Some(Instant::now());
                 }

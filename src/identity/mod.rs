@@ -26,6 +26,7 @@ pub mod jwks;
 pub mod mapping;
 
 use jwks::{IssuerKeys, KeyLookup};
+pub use jwks::KeyTimes;
 use mapping::ClaimMapping;
 
 /// Why a workload JWT was refused. Messages are safe to return to the caller.
@@ -151,11 +152,21 @@ pub struct Verifier {
     max_jwt_bytes: usize,
 }
 
+/// Decodes one JWT segment exactly as `jsonwebtoken` does: base64url
+/// without padding (padding, `+` and `/` are refused), then JSON. The only
+/// hand decoding left is the unverified payload peek for `iss` (and the
+/// `alg: none` message); the header is read with `jsonwebtoken::decode_header`,
+/// so no token means one thing here and another to the library.
 fn b64_json(segment: &str, what: &str) -> Result<Value, AuthError> {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(segment.trim_end_matches('='))
-        .map_err(|_| AuthError::Malformed(format!("{what} is not base64url")))?;
+        .decode(segment)
+        .map_err(|_| AuthError::Malformed(format!("{what} is not unpadded base64url")))?;
     serde_json::from_slice(&raw).map_err(|_| AuthError::Malformed(format!("{what} is not JSON")))
+}
+
+/// The name of an algorithm as JOSE spells it (`RS256`, `EdDSA`).
+fn alg_name(a: Algorithm) -> String {
+    format!("{a:?}")
 }
 
 fn ago(secs: i64) -> String {
@@ -178,7 +189,18 @@ impl Verifier {
                 name: name.clone(),
                 algorithms,
                 mapping: ClaimMapping::new(ic.preset.as_deref(), &ic.claims),
-                keys: IssuerKeys::new(name, &iss, source, http.clone(), ic.jwks_cache_ttl, ic.min_refetch_interval),
+                keys: IssuerKeys::new(
+                    name,
+                    &iss,
+                    source,
+                    http.clone(),
+                    jwks::KeyTimes {
+                        ttl: ic.jwks_cache_ttl,
+                        min_refetch: ic.min_refetch_interval,
+                        failure_cache: ic.jwks_failure_cache,
+                        max_stale: ic.jwks_max_stale,
+                    },
+                ),
                 cfg: ic.clone(),
             };
             by_iss.insert(iss, Arc::new(issuer));
@@ -244,25 +266,32 @@ impl Verifier {
                 parts.len()
             )));
         }
-        let header = b64_json(parts[0], "header")?;
-        let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
-        if alg.eq_ignore_ascii_case("none") {
-            return Err(AuthError::AlgNone);
-        }
+        let header = match jsonwebtoken::decode_header(t) {
+            Ok(h) => h,
+            Err(e) => {
+                // Only to name `alg: none` precisely; refused either way.
+                let peek = b64_json(parts[0], "header")?;
+                if peek.get("alg").and_then(Value::as_str).is_some_and(|a| a.eq_ignore_ascii_case("none")) {
+                    return Err(AuthError::AlgNone);
+                }
+                return Err(AuthError::Malformed(match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::Base64(_) => "header is not unpadded base64url".to_owned(),
+                    _ => "header is not a JOSE header with a supported `alg`".to_owned(),
+                }));
+            }
+        };
+        let alg = alg_name(header.alg);
         let unverified = b64_json(parts[1], "payload")?;
         let iss = unverified.get("iss").and_then(Value::as_str).ok_or(AuthError::NoIssuer)?;
         let issuer = self.by_iss.get(iss).ok_or_else(|| AuthError::UnknownIssuer(iss.to_owned()))?;
         *issuer_name = Some(issuer.name.as_str());
 
         let allowed = || issuer.cfg.algorithms.join(", ");
-        let alg_parsed = parse_allowed_alg(alg).ok().filter(|a| issuer.algorithms.contains(a));
-        let Some(alg_parsed) = alg_parsed else {
-            return Err(AuthError::AlgNotAllowed { alg: alg.to_owned(), issuer: iss.to_owned(), allowed: allowed() });
-        };
-        let kid = header
-            .get("kid")
-            .and_then(Value::as_str)
-            .ok_or_else(|| AuthError::NoKid(iss.to_owned()))?;
+        if !issuer.algorithms.contains(&header.alg) {
+            return Err(AuthError::AlgNotAllowed { alg, issuer: iss.to_owned(), allowed: allowed() });
+        }
+        let alg_parsed = header.alg;
+        let kid = header.kid.as_deref().ok_or_else(|| AuthError::NoKid(iss.to_owned()))?;
         let key = match issuer.keys.key(kid).await {
             KeyLookup::Found(k) => k,
             KeyLookup::UnknownKid => {
@@ -283,7 +312,7 @@ impl Verifier {
         let data = jsonwebtoken::decode::<Value>(t, &key, &v).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::InvalidSignature => AuthError::BadSignature,
             jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => AuthError::AlgNotAllowed {
-                alg: alg.to_owned(),
+                alg: alg.clone(),
                 issuer: iss.to_owned(),
                 allowed: format!("{} (and the key's type)", allowed()),
             },

@@ -170,45 +170,37 @@ fn with_lease(mut e: Event, l: &Lease) -> Event {
     e
 }
 
-/// Tokens left and when they were last counted.
-type Bucket = Arc<std::sync::Mutex<(f64, Instant)>>;
-
-/// Per-owner token buckets for the issue rate limit (per replica).
+/// Per-owner issue rate limit (per replica): a keyed GCRA limiter
+/// (`governor`) with a burst of `per_minute` that refills at `per_minute` a
+/// minute, the same semantics as a token bucket of that size.
 struct RateLimiter {
-    per_minute: u32,
-    buckets: moka::sync::Cache<(String, String), Bucket>,
+    limiter: Option<governor::DefaultKeyedRateLimiter<(String, String)>>,
 }
+
+/// Keys kept before idle ones (back at a full burst) are dropped.
+const RATE_KEYS_SOFT_CAP: usize = 100_000;
 
 impl RateLimiter {
     fn new(per_minute: u32) -> RateLimiter {
-        RateLimiter {
-            per_minute,
-            buckets: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_idle(Duration::from_secs(600))
-                .build(),
-        }
+        let limiter = std::num::NonZeroU32::new(per_minute)
+            .map(|n| governor::RateLimiter::keyed(governor::Quota::per_minute(n)));
+        RateLimiter { limiter }
     }
 
-    /// Takes one token; `Err(seconds until one is back)` when none is left.
+    /// Takes one issue; `Err(seconds until one is allowed)` when none is left.
     fn take(&self, issuer: &str, subject: &str) -> Result<(), u64> {
-        if self.per_minute == 0 {
-            return Ok(());
+        use governor::clock::Clock as _;
+        let Some(l) = &self.limiter else { return Ok(()) };
+        if l.len() > RATE_KEYS_SOFT_CAP {
+            // Workloads whose bucket is full again carry no state worth keeping.
+            l.retain_recent();
         }
-        let cap = self.per_minute as f64;
-        let b = self
-            .buckets
-            .get_with((issuer.to_owned(), subject.to_owned()), || Arc::new(std::sync::Mutex::new((cap, Instant::now()))));
-        let Ok(mut g) = b.lock() else { return Ok(()) };
-        let now = Instant::now();
-        let refill = now.duration_since(g.1).as_secs_f64() * cap / 60.0;
-        g.0 = (g.0 + refill).min(cap);
-        g.1 = now;
-        if g.0 >= 1.0 {
-            g.0 -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - g.0) * 60.0 / cap).ceil() as u64)
+        match l.check_key(&(issuer.to_owned(), subject.to_owned())) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                Err(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+            }
         }
     }
 }
@@ -243,9 +235,6 @@ pub struct LeaseService {
     started_at: OffsetDateTime,
     quotas: Quotas,
     rate: Arc<RateLimiter>,
-    /// Live-lease counts per role ("" = all), reused for a second: counting
-    /// a large role on every issue would cost more than the issue.
-    counts: moka::sync::Cache<String, i64>,
     /// Managed root credentials: checked before each issue so the plugin
     /// uses the store's active version.
     pub roots: Option<Arc<crate::connections::RootCredentials>>,
@@ -322,7 +311,6 @@ impl LeaseService {
             started_at: OffsetDateTime::now_utc(),
             rate: Arc::new(RateLimiter::new(Quotas::default().issues_per_minute_per_owner)),
             quotas: Quotas::default(),
-            counts: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(1)).build(),
             roots: None,
         }
     }
@@ -333,19 +321,10 @@ impl LeaseService {
         self
     }
 
-    /// Live leases of `role` (all when `None`). A count well under `limit`
-    /// (by a tenth of it, and at least 100) may be reused for a second; near
-    /// the limit it is exact.
-    async fn cached_count(&self, role: Option<&str>, limit: u64) -> Result<i64, LeaseError> {
-        let key = role.unwrap_or("").to_owned();
-        if let Some(n) = self.counts.get(&key) {
-            if n as u64 + (limit / 10).max(100) < limit {
-                return Ok(n);
-            }
-        }
-        let n = self.store.count_live(&LeaseFilter { role: role.map(str::to_owned), ..Default::default() }).await?;
-        self.counts.insert(key, n);
-        Ok(n)
+    /// Live leases of `role` (all when `None`), from the store's counts
+    /// table: O(states x shards), exact, the same on every replica.
+    async fn live_count(&self, role: Option<&str>) -> Result<i64, LeaseError> {
+        Ok(self.store.count_live(&LeaseFilter { role: role.map(str::to_owned), ..Default::default() }).await?)
     }
 
     /// Writes audit entries to `audit` (the default writes none).
@@ -372,9 +351,8 @@ impl LeaseService {
     }
 
     /// Refuses an issue that would exceed a quota. Checked before anything
-    /// is written. The owner count is exact; role and total counts below 90%
-    /// of their limit may be a second old (counting a large role on every
-    /// issue would cost more than the issue). Concurrent issues can overshoot
+    /// is written. Counts are exact reads of the store's counts tables
+    /// (O(1) in the number of leases). Concurrent issues can overshoot
     /// a limit by the number in flight.
     async fn check_quotas(&self, w: &VerifiedWorkload, role: &Role) -> Result<(), LeaseError> {
         let reject = |quota: &'static str, message: String, retry_after: Option<u64>| {
@@ -408,7 +386,7 @@ impl LeaseService {
         }
         let per_role = role.cfg.max_active.unwrap_or(self.quotas.max_active_per_role);
         if per_role > 0 {
-            let n = self.cached_count(Some(&role.name), per_role).await?;
+            let n = self.live_count(Some(&role.name)).await?;
             if n as u64 >= per_role {
                 return Err(reject(
                     "role",
@@ -419,7 +397,7 @@ impl LeaseService {
         }
         let total = self.quotas.max_active_total;
         if total > 0 {
-            let n = self.cached_count(None, total).await?;
+            let n = self.live_count(None).await?;
             if n as u64 >= total {
                 return Err(reject("total", format!("quota: lessor holds {n} live leases (limit {total} in all)"), None));
             }
@@ -1256,6 +1234,23 @@ pub fn backoff(base: Duration, max: Duration, attempts: i64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rate_limit_allows_a_burst_per_workload_then_says_when_to_retry() {
+        let r = RateLimiter::new(3);
+        for _ in 0..3 {
+            assert_eq!(r.take("iss", "a"), Ok(()));
+        }
+        // One issue comes back every 20 s.
+        let wait = r.take("iss", "a").expect_err("the fourth issue within a minute is refused");
+        assert!((19..=20).contains(&wait), "retry after {wait}s");
+        assert_eq!(r.take("iss", "b"), Ok(()), "the limit is per workload");
+        assert_eq!(r.take("other-iss", "a"), Ok(()), "the workload is issuer and subject");
+        let off = RateLimiter::new(0);
+        for _ in 0..1000 {
+            assert_eq!(off.take("iss", "a"), Ok(()), "0 turns the limit off");
+        }
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

@@ -552,11 +552,13 @@ pub trait Store: AdminTokenStore + Send + Sync + 'static {
     /// When the next lease falls due (expiry or retry), if any.
     async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError>;
 
+    /// Live leases by role, plugin and state, from the counts table the
+    /// store keeps in the same transaction as each lease change.
     async fn counts(&self) -> Result<LeaseCounts, StoreError>;
 
-    /// Active leases whose expiry is at or before `before` (due ones not yet
-    /// revoked included), by role and plugin. Uses the `(state, expires_at)`
-    /// index.
+    /// Active leases whose expiry is at or before `before`, to the minute
+    /// (due ones not yet revoked included), by role and plugin. Reads the
+    /// per-minute counts table, O(roles x minutes in the window).
     async fn expiring(&self, before: OffsetDateTime) -> Result<RoleCounts, StoreError>;
 
     /// The most live leases any one workload (issuer + subject) holds; 0
@@ -621,6 +623,51 @@ pub trait Store: AdminTokenStore + Send + Sync + 'static {
 /// The extra condition on the version a [`SecretSwitch`] makes active, with
 /// its `?`/`$n`-free integer parameters appended in order: the SQL uses `?`;
 /// PostgreSQL callers renumber.
+/// Live leases by role, plugin and state from the trigger-kept
+/// `lease_counts` table (migration 0006): O(roles x states x shards) rows,
+/// whatever the number of leases. Same SQL on both backends.
+pub(crate) const COUNTS_SQL: &str = "SELECT role, plugin, state, CAST(SUM(n) AS BIGINT) AS n FROM lease_counts \
+     GROUP BY role, plugin, state HAVING SUM(n) <> 0";
+
+/// The most live leases one workload holds, from `owner_counts` (indexed on `n`).
+pub(crate) const MAX_OWNER_SQL: &str = "SELECT COALESCE(MAX(n), 0) AS n FROM owner_counts";
+
+/// Active leases by role whose expiry minute is at or before the bound
+/// (placeholder `ph`), from `lease_expiry_counts`.
+pub(crate) fn expiring_sql(ph: &str) -> String {
+    format!(
+        "SELECT role, plugin, CAST(SUM(n) AS BIGINT) AS n FROM lease_expiry_counts \
+         WHERE minute <= {ph} GROUP BY role, plugin HAVING SUM(n) <> 0"
+    )
+}
+
+/// The `lease_expiry_counts` bucket of an instant (unix ms / 60000).
+pub(crate) fn expiry_minute(t: OffsetDateTime) -> i64 {
+    to_ms(t).div_euclid(60_000)
+}
+
+/// SQL (and text binds) answering `count_live` from the counts tables when
+/// the filter is by role only, by owner only, or empty; `None` otherwise.
+/// `ph1`/`ph2` are the backend's first two placeholders.
+pub(crate) fn fast_count_sql(f: &LeaseFilter, ph1: &str, ph2: &str) -> Option<(String, Vec<String>)> {
+    match (&f.role, &f.issuer, &f.subject) {
+        (None, None, None) => {
+            Some(("SELECT COALESCE(CAST(SUM(n) AS BIGINT), 0) AS n FROM lease_counts".into(), vec![]))
+        }
+        (Some(role), None, None) => Some((
+            format!("SELECT COALESCE(CAST(SUM(n) AS BIGINT), 0) AS n FROM lease_counts WHERE role = {ph1}"),
+            vec![role.clone()],
+        )),
+        (None, Some(issuer), Some(subject)) => Some((
+            format!(
+                "SELECT COALESCE(MAX(n), 0) AS n FROM owner_counts WHERE issuer = {ph1} AND subject = {ph2}"
+            ),
+            vec![issuer.clone(), subject.clone()],
+        )),
+        _ => None,
+    }
+}
+
 pub(crate) fn switch_condition(s: &SecretSwitch) -> (String, Vec<i64>) {
     match s.from {
         SecretState::Retiring => ("AND retiring_until > ?".into(), vec![to_ms(s.at)]),

@@ -640,35 +640,22 @@ impl Store for PgStore {
     }
 
     async fn counts(&self) -> Result<LeaseCounts, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT role, plugin, state, COUNT(*) AS n FROM leases WHERE state IN {LIVE} GROUP BY role, plugin, state"
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(interpret_error)?;
+        // The trigger-kept counts table (migration 0006), not the leases.
+        let rows = sqlx::query(super::COUNTS_SQL).fetch_all(&self.pool).await.map_err(interpret_error)?;
         rows.iter().map(super::rows::state_count_row).collect()
     }
 
     async fn expiring(&self, before: OffsetDateTime) -> Result<RoleCounts, StoreError> {
-        let rows = sqlx::query(
-            "SELECT role, plugin, COUNT(*) AS n FROM leases \
-             WHERE state = 'active' AND expires_at <= $1 GROUP BY role, plugin",
-        )
-        .bind(to_ms(before))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(interpret_error)?;
+        let rows = sqlx::query(&super::expiring_sql("$1"))
+            .bind(super::expiry_minute(before))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(interpret_error)?;
         rows.iter().map(super::rows::count_row).collect()
     }
 
     async fn max_live_per_owner(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT COALESCE(MAX(n), 0) AS n FROM \
-             (SELECT COUNT(*) AS n FROM leases WHERE state IN {LIVE} GROUP BY issuer, subject) AS owners"
-        ))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(interpret_error)?;
+        let row = sqlx::query(super::MAX_OWNER_SQL).fetch_one(&self.pool).await.map_err(interpret_error)?;
         row.try_get("n").map_err(interpret_error)
     }
 
@@ -738,6 +725,16 @@ impl Store for PgStore {
     }
 
     async fn count_live(&self, f: &LeaseFilter) -> Result<i64, StoreError> {
+        // Role-only, owner-only and unfiltered counts come from the counts
+        // tables (what the quotas ask on every issue); anything else counts rows.
+        if let Some((sql, binds)) = super::fast_count_sql(f, "$1", "$2") {
+            let mut q = sqlx::query(&sql);
+            for b in binds {
+                q = q.bind(b);
+            }
+            let row = q.fetch_one(&self.pool).await.map_err(interpret_error)?;
+            return row.try_get::<i64, _>("n").map_err(interpret_error);
+        }
         let mut qb = QueryBuilder::<Postgres>::new(format!("SELECT COUNT(*) FROM leases WHERE state IN {LIVE}"));
         push_filter(&mut qb, &LeaseFilter { state: None, ..f.clone() });
         let row = qb.build().fetch_one(&self.pool).await.map_err(interpret_error)?;

@@ -23,3 +23,4 @@ mod retry;
 mod scale;
 mod store;
 mod tls;
+mod unauth;

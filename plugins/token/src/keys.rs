@@ -40,6 +40,20 @@ const SECRET_PREFIX: &str = "keys/";
 /// it again. Another replica may have rotated in the meantime.
 pub const INDEX_REFRESH: Duration = Duration::from_secs(30);
 
+/// The JWKS is served from memory; the index is read again for it at most
+/// this often (per replica, concurrent callers sharing one read), so JWKS
+/// requests cost no state read each. A key another replica just created
+/// shows in this replica's JWKS within this.
+pub const RELOAD_MIN: Duration = Duration::from_secs(1);
+
+/// Index reads for kids the cache does not know (a key another replica just
+/// created, or junk): a burst of this many, then [`UNKNOWN_KID_READS_PER_SEC`].
+/// Beyond that an unknown kid is answered "not ours" from memory, so tokens
+/// naming random kids cannot turn into a state read each.
+pub const UNKNOWN_KID_READ_BURST: u32 = 3;
+/// See [`UNKNOWN_KID_READ_BURST`].
+pub const UNKNOWN_KID_READS_PER_SEC: u32 = 1;
+
 /// Added to an old key's JWKS retention, on top of the longest role TTL: covers
 /// [`INDEX_REFRESH`] (a replica may sign with the old key that long after the
 /// rotation) and clock skew between replicas.
@@ -252,6 +266,10 @@ pub struct KeyRing {
     cache: RwLock<Cache>,
     /// One rotation at a time within this process (replicas use `rotations/`).
     rotating: tokio::sync::Mutex<()>,
+    /// One index read at a time for [`KeyRing::recent`] and [`KeyRing::find`].
+    reloading: tokio::sync::Mutex<()>,
+    /// Limits index reads caused by unknown kids.
+    unknown_kid_reads: governor::DefaultDirectRateLimiter,
 }
 
 impl KeyRing {
@@ -272,6 +290,11 @@ impl KeyRing {
             retention: longest_ttl + JWKS_GRACE,
             cache: RwLock::new(Cache::default()),
             rotating: tokio::sync::Mutex::new(()),
+            reloading: tokio::sync::Mutex::new(()),
+            unknown_kid_reads: governor::RateLimiter::direct(
+                governor::Quota::per_second(nonzero(UNKNOWN_KID_READS_PER_SEC))
+                    .allow_burst(nonzero(UNKNOWN_KID_READ_BURST)),
+            ),
         };
         ring.rotate_if(|newest, ring| match newest {
             None => true,
@@ -292,6 +315,29 @@ impl KeyRing {
 
     fn is_due(&self, key: &PublicKey) -> bool {
         self.clock.now() - key.created_at >= self.rotate_every
+    }
+
+    /// The cached keys when they were read less than [`RELOAD_MIN`] ago.
+    fn cached_if_recent(&self) -> Option<Vec<Arc<PublicKey>>> {
+        let now = self.clock.now();
+        let cache = self.read_cache();
+        let recent = cache
+            .loaded_at
+            .is_some_and(|t| now - t < RELOAD_MIN && now >= t);
+        recent.then(|| cache.keys.clone())
+    }
+
+    /// The keys, oldest first, read again only when the cache is older than
+    /// [`RELOAD_MIN`]; concurrent callers wait for one read.
+    async fn recent(&self) -> Result<Vec<Arc<PublicKey>>, PluginError> {
+        if let Some(keys) = self.cached_if_recent() {
+            return Ok(keys);
+        }
+        let _guard = self.reloading.lock().await;
+        if let Some(keys) = self.cached_if_recent() {
+            return Ok(keys);
+        }
+        self.reload().await
     }
 
     /// Reads the index again and returns the keys, oldest first.
@@ -456,8 +502,10 @@ impl KeyRing {
         Ok(signer)
     }
 
-    /// A key of this connection by kid, reading the index again once if the
-    /// cache does not know it (another replica may have rotated).
+    /// A key of this connection by kid, reading the index again if the cache
+    /// does not know it (another replica may have rotated), within the
+    /// unknown-kid read limit ([`UNKNOWN_KID_READ_BURST`]); beyond it an
+    /// unknown kid is answered from memory.
     pub async fn find(&self, kid: &str) -> Result<Option<Arc<PublicKey>>, PluginError> {
         if !looks_like_kid(kid) {
             return Ok(None);
@@ -471,19 +519,26 @@ impl KeyRing {
         if cached.is_some() {
             return Ok(cached);
         }
-        Ok(self
-            .reload()
-            .await?
-            .into_iter()
-            .find(|k| k.entry.kid == kid))
+        if self.unknown_kid_reads.check().is_err() {
+            tracing::debug!(kid = %kid, "unknown key id; index read limit reached, answered from memory");
+            return Ok(None);
+        }
+        let _guard = self.reloading.lock().await;
+        let find = |keys: &[Arc<PublicKey>]| keys.iter().find(|k| k.entry.kid == kid).cloned();
+        // A concurrent caller may have read the index meanwhile.
+        if let Some(k) = find(&self.read_cache().keys) {
+            return Ok(Some(k));
+        }
+        Ok(find(&self.reload().await?))
     }
 
     /// The keys to publish: the current one, and each older one until its
     /// successor has existed for the retention (the longest token lifetime
-    /// plus [`JWKS_GRACE`]). Reads the index first: this is what resource
-    /// servers fetch when they meet an unknown kid.
+    /// plus [`JWKS_GRACE`]). Served from memory, the index read again at most
+    /// once per [`RELOAD_MIN`]: this is what resource servers fetch when they
+    /// meet an unknown kid, and anyone may fetch it.
     pub async fn published(&self) -> Result<Vec<Jwk>, PluginError> {
-        let keys = self.reload().await?;
+        let keys = self.recent().await?;
         let now = self.clock.now();
         let mut out = Vec::new();
         for (i, key) in keys.iter().enumerate() {
@@ -521,6 +576,10 @@ impl KeyRing {
             warnings,
         })
     }
+}
+
+fn nonzero(n: u32) -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN)
 }
 
 fn no_key() -> PluginError {

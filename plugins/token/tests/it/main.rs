@@ -2,6 +2,7 @@
 
 mod conformance;
 mod keys;
+mod reads;
 mod replicas;
 mod support;
 mod tokens;
