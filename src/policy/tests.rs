@@ -254,7 +254,7 @@ mod unit {
     use super::*;
 
     const ROLE: &str = "[roles.\"pki/web\"]\nplugin = \"pki\"\nmax_ttl = \"1h\"\n";
-    const PRINCIPAL: &str = "principal = { issuer = \"https://i\", subject = \"s\", repository_owner = \"acme\", ref = \"refs/heads/main\" }";
+    const PRINCIPAL: &str = "principal = { issuer = \"https://token.actions.githubusercontent.com\", subject = \"s\", repository_owner = \"acme\", ref = \"refs/heads/main\" }";
 
     fn run_file(text: &str) -> Result<Vec<CaseResult>, String> {
         let dir = tempfile::tempdir().unwrap();

@@ -56,7 +56,7 @@ const DB_NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT"
 /// claim timed out, or claimed by this store itself; never a row set aside
 /// as undecodable (`$6`, an array of ids).
 fn claimable() -> String {
-    format!("(claimed_until IS NULL OR claimed_until <= {DB_NOW_MS} OR claimed_by = $4) AND NOT (id = ANY($6))")
+    format!("(claimed_until IS NULL OR claimed_until <= {DB_NOW_MS} OR claimed_by = $4) AND NOT (leases.id = ANY($6))")
 }
 
 /// Which claimable `pending` rows are orphaned: older than the pending grace

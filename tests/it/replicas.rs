@@ -39,7 +39,7 @@ fn replica_dir(root: &Path, name: &str, iss: &Issuer, pg_conn: &str, store: &str
 }
 
 fn spawn(dir: &Path) -> Replica {
-    let (child, url) = spawn_until(&["serve", "--config", "lessor.toml"], dir, &[], &dir.join("lessor.log"), "lessor listening on ");
+    let (child, url) = spawn_until(&["serve", "--config", "lessor.toml"], dir, &[("RUST_LOG", "info,lessor_postgres=debug")], &dir.join("lessor.log"), "lessor listening on ");
     Replica { pid: child.id(), child: Some(child), url }
 }
 

@@ -813,7 +813,7 @@ impl Plugin for PkiPlugin {
                 SecretString::from(key.serialize_pem()),
             );
         }
-        info!(serial = %serial_hex, names = names.len(), csr = matches!(subject_key, SubjectKey::Csr(_)), "issued certificate");
+        debug!(serial = %serial_hex, names = names.len(), csr = matches!(subject_key, SubjectKey::Csr(_)), "issued certificate");
         Ok(Issued {
             handle: json!({ "serial": serial_hex }),
             public,

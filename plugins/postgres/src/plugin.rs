@@ -1268,7 +1268,7 @@ impl Plugin for PostgresPlugin {
                 r => break r?,
             }
         }
-        tracing::info!(pg_role = %name, scopes = scopes.len(), root_version = ?root.version, "role created");
+        tracing::debug!(pg_role = %name, scopes = scopes.len(), root_version = ?root.version, "role created");
 
         let mut public = Map::new();
         public.insert("username".into(), json!(name));
@@ -1363,7 +1363,7 @@ impl Plugin for PostgresPlugin {
         if let Err(e) = tx.commit().await {
             return Err(fail(e).await);
         }
-        tracing::info!(roles = found.len(), "role renewed");
+        tracing::debug!(roles = found.len(), "role renewed");
         Ok(expires_at)
     }
 
@@ -1420,7 +1420,7 @@ impl Plugin for PostgresPlugin {
         for (name, oid) in &found {
             match terminate_sessions(&mut conn, *oid).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(pg_role = %name, sessions = n, "sessions terminated"),
+                Ok(n) => tracing::debug!(pg_role = %name, sessions = n, "sessions terminated"),
                 Err(e) => {
                     return Err(self.fail(&root, e, db, &format!("ending the sessions of `{name}`")).await)
                 }
@@ -1442,7 +1442,7 @@ impl Plugin for PostgresPlugin {
                     r => break r?,
                 }
             }
-            tracing::info!(pg_role = %name, "role dropped");
+            tracing::debug!(pg_role = %name, "role dropped");
         }
         Ok(())
     }

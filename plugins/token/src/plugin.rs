@@ -297,7 +297,7 @@ impl Plugin for TokenPlugin {
                 .collect(),
         };
         let token = signer.sign(&claims)?;
-        tracing::info!(kid = %signer.kid, "token issued");
+        tracing::debug!(kid = %signer.kid, "token issued");
 
         let mut public = Map::new();
         public.insert("scopes".into(), json!(req.scopes));
@@ -340,7 +340,7 @@ impl Plugin for TokenPlugin {
             .put_if_absent(&format!("{REVOKED_PREFIX}{jti}"), &bytes)
             .await?
         {
-            tracing::info!("token revoked");
+            tracing::debug!("token revoked");
         }
         self.prune_revoked(now).await;
         Ok(())
