@@ -207,7 +207,7 @@ pub struct Limits {
     pub max_jwt_bytes: usize,
     /// Longest any request may take (reading its body included); then it is
     /// answered 408 `request_timeout`.
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[serde(default = "default_request_timeout", with = "crate::duration::serde")]
     pub request_timeout: Duration,
     /// Requests served at once by each unauthenticated route (`/metrics`,
     /// `/.well-known/jwks.json`, `/v1/token/introspect`, `/v1/pki/...`,
@@ -219,6 +219,22 @@ pub struct Limits {
     /// the smallest store pool, 8 SQLite readers) and starve issuance or expiry.
     #[serde(default = "default_unauth_total")]
     pub unauthenticated_concurrency: usize,
+    /// Refused authentications a source network (IPv4 /24, IPv6 /64) may
+    /// have per second (and in a burst) before each further refusal is
+    /// answered `auth_failure_delay` late; 0 turns this off. Successful
+    /// authentications are never delayed.
+    #[serde(default = "default_auth_failures_per_second")]
+    pub auth_failures_per_second: u32,
+    /// How late an over-budget refusal is answered (at most 10 s).
+    #[serde(default = "default_auth_failure_delay", with = "crate::duration::serde")]
+    pub auth_failure_delay: Duration,
+}
+
+fn default_auth_failures_per_second() -> u32 {
+    20
+}
+fn default_auth_failure_delay() -> Duration {
+    Duration::from_millis(500)
 }
 
 fn default_request_timeout() -> Duration {
@@ -246,6 +262,8 @@ impl Default for Limits {
             request_timeout: default_request_timeout(),
             unauthenticated_route_concurrency: default_unauth_route(),
             unauthenticated_concurrency: default_unauth_total(),
+            auth_failures_per_second: default_auth_failures_per_second(),
+            auth_failure_delay: default_auth_failure_delay(),
         }
     }
 }
@@ -265,10 +283,10 @@ pub struct LeaseSettings {
     #[serde(default = "default_breaker_threshold")]
     pub breaker_threshold: u32,
     /// First pause of an open breaker; doubles each failed probe.
-    #[serde(default = "default_breaker_base", with = "humantime_serde")]
+    #[serde(default = "default_breaker_base", with = "crate::duration::serde")]
     pub breaker_base: Duration,
     /// Cap on an open breaker's pause.
-    #[serde(default = "default_breaker_max", with = "humantime_serde")]
+    #[serde(default = "default_breaker_max", with = "crate::duration::serde")]
     pub breaker_max: Duration,
     /// Longest the expiry worker sleeps between checks.
     #[serde(default = "default_tick", with = "crate::duration::serde")]
@@ -297,7 +315,7 @@ pub struct LeaseSettings {
     /// Ended leases (revoked, expired) are deleted this long after they
     /// ended, a small batch at a time (`0s` keeps them forever). The audit
     /// log keeps the record of every lease.
-    #[serde(default = "default_retention", with = "humantime_serde")]
+    #[serde(default = "default_retention", with = "crate::duration::serde")]
     pub retention: Duration,
 }
 
@@ -403,24 +421,24 @@ pub struct AuditConfig {
     #[serde(default = "default_max_file_size")]
     pub max_file_size: String,
     /// ...or when the current file is this old (`1d`; `0s` never).
-    #[serde(default = "default_max_file_age", with = "humantime_serde")]
+    #[serde(default = "default_max_file_age", with = "crate::duration::serde")]
     pub max_file_age: Duration,
     /// Rotated files kept; older ones are removed. Unset: all are kept.
     #[serde(default)]
     pub keep_files: Option<usize>,
     /// Rotated files older than this are removed. Unset: kept.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::duration::serde_opt")]
     pub keep_for: Option<Duration>,
     /// Entries waiting for the writer at most. Entries that gate access
     /// wait up to `queue_timeout` for room (then 503); the others are
     /// dropped and counted.
     #[serde(default = "default_audit_queue")]
     pub queue: usize,
-    #[serde(default = "default_audit_queue_timeout", with = "humantime_serde")]
+    #[serde(default = "default_audit_queue_timeout", with = "crate::duration::serde")]
     pub queue_timeout: Duration,
     /// Authentication failures: one summary entry per interval (counts by
     /// configured issuer, reason, source /24 or /64)...
-    #[serde(default = "default_auth_failure_interval", with = "humantime_serde")]
+    #[serde(default = "default_auth_failure_interval", with = "crate::duration::serde")]
     pub auth_failure_interval: Duration,
     /// ...and the first this many of each interval in full.
     #[serde(default = "default_auth_failures_in_full")]
@@ -588,11 +606,11 @@ pub struct IssuerConfig {
     pub jwks_cache_ttl: Duration,
     /// After a failed key set fetch, no new fetch for this long (requests
     /// use the last good set, or are refused, meanwhile).
-    #[serde(default = "default_jwks_failure_cache", with = "humantime_serde")]
+    #[serde(default = "default_jwks_failure_cache", with = "crate::duration::serde")]
     pub jwks_failure_cache: Duration,
     /// While the issuer is unreachable, the last good key set is used for
     /// at most this long after it was fetched; then tokens are refused.
-    #[serde(default = "default_jwks_max_stale", with = "humantime_serde")]
+    #[serde(default = "default_jwks_max_stale", with = "crate::duration::serde")]
     pub jwks_max_stale: Duration,
 }
 
@@ -916,6 +934,9 @@ impl Config {
                 "limits.unauthenticated_route_concurrency and limits.unauthenticated_concurrency must be at least 1"
                     .into(),
             );
+        }
+        if self.limits.auth_failure_delay > Duration::from_secs(10) {
+            return bad("limits.auth_failure_delay is at most 10s".into());
         }
         for (name, iss) in &self.issuers {
             iss.key_source(name)?;

@@ -222,7 +222,11 @@ pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Optio
     tasks.push(tokio::spawn(watch_policies(policy, audit, cfg.policy_poll, hup, rx.clone())));
 
     let admin_requires_client_cert = cfg.tls.as_ref().is_some_and(|t| t.admin_requires_client_cert);
-    let state = AppState { leases: leases.clone(), verifier, store: store.clone(), admin_requires_client_cert };
+    let brake = Arc::new(crate::http::brake::AuthBrake::new(
+        cfg.limits.auth_failures_per_second,
+        cfg.limits.auth_failure_delay,
+    ));
+    let state = AppState { leases: leases.clone(), verifier, store: store.clone(), admin_requires_client_cert, brake };
     let app = router(state, &cfg.limits);
     let addr = listener.local_addr()?;
     match (tls, &cfg.tls) {

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub issue_seconds: HistogramVec,
     pub policy_seconds: HistogramVec,
     pub auth_failures: IntCounterVec,
+    /// Refused authentications answered late (their network was over its budget).
+    pub auth_failures_delayed: IntCounter,
     pub policy_denials: IntCounterVec,
     pub jwks_refreshes: IntCounterVec,
     pub policy_reloads: IntCounterVec,
@@ -76,6 +78,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         HistogramOpts::new("lessor_policy_evaluation_seconds", "Time to evaluate policy, by action")
             .buckets(vec![0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005]),
         &["action"],
+    )?;
+    let auth_failures_delayed = IntCounter::new(
+        "lessor_auth_failures_delayed_total",
+        "Refused authentications answered late because their source network (/24, /64) was over limits.auth_failures_per_second",
     )?;
     let auth_failures = IntCounterVec::new(
         Opts::new(
@@ -164,6 +170,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(issue_seconds.clone()),
         Box::new(policy_seconds.clone()),
         Box::new(auth_failures.clone()),
+        Box::new(auth_failures_delayed.clone()),
         Box::new(policy_denials.clone()),
         Box::new(jwks_refreshes.clone()),
         Box::new(policy_reloads.clone()),
@@ -193,6 +200,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         issue_seconds,
         policy_seconds,
         auth_failures,
+        auth_failures_delayed,
         policy_denials,
         jwks_refreshes,
         policy_reloads,

@@ -26,6 +26,7 @@ use crate::store::Store;
 
 mod admin;
 mod admin_tokens;
+pub mod brake;
 mod connections;
 mod error;
 mod leases;
@@ -45,6 +46,8 @@ pub struct AppState {
     /// `tls.admin_requires_client_cert`: admin endpoints take only a
     /// verified client certificate.
     pub admin_requires_client_cert: bool,
+    /// Delays refused authentications from networks that keep failing.
+    pub brake: Arc<brake::AuthBrake>,
 }
 
 /// Builds the router for `/v1` and the well-known endpoints.
@@ -330,6 +333,7 @@ impl FromRequestParts<AppState> for Caller {
             Ok(t) => t,
             Err(e) => {
                 count(&e);
+                state.brake.refused(meta.source).await;
                 audit.auth_failed(UNKNOWN_ISSUER, e.reason(), meta.source, || {
                     Event::new("authenticate", "failed").request(Some(&meta)).error(e.reason(), "no usable bearer token")
                 });
@@ -357,6 +361,7 @@ impl FromRequestParts<AppState> for Caller {
                     count(&AuthError::Malformed(String::new()));
                     // Aggregated like every refused credential: a flood of
                     // made-up admin tokens is a summary line, not a line each.
+                    state.brake.refused(meta.source).await;
                     audit.auth_failed("admin-token", refusal.reason(), meta.source, || {
                         let mut ev = event("failed").error(refusal.reason(), crate::admin_tokens::REFUSED_MESSAGE);
                         if let Some(n) = refusal.name() {
@@ -384,6 +389,7 @@ impl FromRequestParts<AppState> for Caller {
             }
             Err((e, issuer)) => {
                 // The reason only: the message may quote the unverified token's claims.
+                state.brake.refused(meta.source).await;
                 audit.auth_failed(issuer, e.reason(), meta.source, || event("failed").error(e.reason(), e.reason()));
                 Err(e.into())
             }

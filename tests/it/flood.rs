@@ -57,7 +57,11 @@ async fn a_flood_of_bad_tokens_costs_a_few_kb_of_audit_and_issuance_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &dir.join("policies"));
-    let extra = "[quotas]\nmax_active_per_owner = 0\nissues_per_minute_per_owner = 0\n";
+    // The brake on refused authentications is off here: this is the worst
+    // case, a flood answered as fast as the machine can (the brake's own
+    // test is `a_network_that_keeps_failing_is_answered_late`).
+    let extra = "[quotas]\nmax_active_per_owner = 0\nissues_per_minute_per_owner = 0\n\
+                 [limits]\nauth_failures_per_second = 0\n";
     std::fs::write(dir.join("lessor.toml"), config_text(dir, &dir.join("policies"), &iss.url, extra, "")).unwrap();
     let log = dir.join("lessor.log");
     let (child, url) =
@@ -93,15 +97,21 @@ async fn a_flood_of_bad_tokens_costs_a_few_kb_of_audit_and_issuance_goes_on() {
     // The flood, and a workload issuing credentials all the while.
     let started = Instant::now();
     let flooding = Arc::new(AtomicBool::new(true));
+    // The workload is another program: its client runs on its own thread
+    // and runtime, not queued behind the flood's tasks in this process.
     let workload = {
-        let (http, url, jwt, flooding) = (http.clone(), url.clone(), jwt.clone(), flooding.clone());
-        tokio::spawn(async move {
-            let mut lat = Vec::new();
-            while flooding.load(Ordering::SeqCst) || lat.len() < 20 {
-                lat.push(issue(http.clone(), url.clone(), jwt.clone()).await);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            lat
+        let (url, jwt, flooding) = (url.clone(), jwt.clone(), flooding.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let http = reqwest::Client::new();
+                let mut lat = Vec::new();
+                while flooding.load(Ordering::SeqCst) || lat.len() < 20 {
+                    lat.push(issue(http.clone(), url.clone(), jwt.clone()).await);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                lat
+            })
         })
     };
     let clients: Vec<_> =
@@ -112,7 +122,7 @@ async fn a_flood_of_bad_tokens_costs_a_few_kb_of_audit_and_issuance_goes_on() {
     }
     let flood_time = started.elapsed();
     flooding.store(false, Ordering::SeqCst);
-    let mut lat = workload.await.unwrap();
+    let mut lat = workload.join().unwrap();
     let rss_after = vm_rss_kb(pid);
     let (s, metrics) = {
         let r = http.get(format!("{url}/metrics")).send().await.unwrap();
@@ -162,11 +172,7 @@ async fn a_flood_of_bad_tokens_costs_a_few_kb_of_audit_and_issuance_goes_on() {
     assert!(issued_lines >= lat.len(), "one INFO line per credential: {issued_lines} for {} issues", lat.len());
     assert!(other.len() < 20, "INFO lines during the flood besides issues:\n{}", other.join("\n"));
 
-    // A workload still got its credentials during the flood. The target
-    // is p99 < 100 ms; what bounds it is CPU share, which the per-route
-    // concurrency limits and the keyed rate limiter (a separate change)
-    // take from the flood. Until those are in, this asserts every issue
-    // succeeded (above) within 1 s and prints the figures.
+    // A workload still got its credentials during the flood, quickly.
     lat.sort();
     let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)];
     eprintln!(
@@ -176,5 +182,5 @@ async fn a_flood_of_bad_tokens_costs_a_few_kb_of_audit_and_issuance_goes_on() {
         quiet[quiet.len() / 2],
         quiet[quiet.len() - 1]
     );
-    assert!(p99 < Duration::from_secs(1), "issue p99 {p99:?} during the flood ({} issues)", lat.len());
+    assert!(p99 < Duration::from_millis(100), "issue p99 {p99:?} during the flood ({} issues)", lat.len());
 }
