@@ -9,6 +9,8 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod connections;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod identity;
 pub mod lease;

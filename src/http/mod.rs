@@ -29,9 +29,11 @@ mod admin;
 mod connections;
 mod error;
 mod leases;
+mod openapi;
 mod public;
 
 pub use error::ApiError;
+pub use openapi::document as openapi_document;
 
 /// Prefix of admin tokens, so they are told apart from JWTs at a glance
 /// (and by secret scanners).
@@ -74,6 +76,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/.well-known/jwks.json", get(public::jwks))
         .route("/v1/health", get(public::health))
         .route("/metrics", get(public::metrics))
+        .route("/v1/openapi.json", get(openapi::serve))
         .fallback(|| async { ApiError::not_found("no such endpoint; the API lives under /v1") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
@@ -145,6 +148,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(r) => Err(r.into()),
+        }
+    }
+}
+
+/// Query string whose rejections become precise `ApiError`s (a JSON 400
+/// naming the parameter, like every other error).
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
             Err(r) => Err(r.into()),
         }
     }
