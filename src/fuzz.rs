@@ -175,7 +175,7 @@ fn csr_fixture() -> &'static CsrFixture {
             name: "web".into(),
             scopes: vec![],
             max_ttl: std::time::Duration::from_secs(3600),
-            config: json!({"allowed_names": ["{{repository_owner}}.svc.lessor.test", "spiffe://lessor.test/gh/{{repository}}"]}),
+            config: json!({"allowed_names": ["{repository_owner}.svc.lessor.test", "spiffe://lessor.test/gh/{repository}"]}),
         };
         let plugin = runtime().block_on(lessor_pki::build(ctx, json!({}), vec![role])).expect("fuzz pki plugin");
         CsrFixture { plugin }

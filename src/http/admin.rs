@@ -23,7 +23,8 @@ pub struct ListQuery {
     subject: Option<String>,
     /// `pending`, `active`, `revoking`, `revoke_failed`, `revoked`, `expired`, ...
     state: Option<String>,
-    /// 1-10000, default 100.
+    /// Default 100; clamped to 1-10000.
+    #[param(minimum = 0, maximum = 4294967295_i64, value_type = Option<i64>)]
     limit: Option<u32>,
 }
 

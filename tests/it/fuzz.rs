@@ -149,25 +149,25 @@ fn run(name: &str, iterations: u64) {
 
 #[test]
 fn fuzz_jwt() {
-    run("jwt", 4_000);
+    run("jwt", 60_000);
 }
 
 #[test]
 fn fuzz_csr() {
-    run("csr", 4_000);
+    run("csr", 80_000);
 }
 
 #[test]
 fn fuzz_pg_template() {
-    run("pg_template", 20_000);
+    run("pg_template", 400_000);
 }
 
 #[test]
 fn fuzz_cedar_context() {
-    run("cedar_context", 4_000);
+    run("cedar_context", 60_000);
 }
 
 #[test]
 fn fuzz_config() {
-    run("config", 10_000);
+    run("config", 300_000);
 }

@@ -116,8 +116,8 @@ async fn schemathesis_finds_no_server_error_panic_or_nonconforming_response() {
     assert!(stdout.contains("passed") || stdout.contains("Passed"), "{stdout}");
 }
 
-/// Found by Schemathesis: a query string that does not deserialize was a
-/// plain-text 400, contradicting the document (every error is JSON).
+/// A query string that does not deserialize was axum's plain-text 400,
+/// contradicting the document (every error is JSON, naming the field).
 #[tokio::test]
 async fn a_bad_query_string_is_a_json_error_naming_the_parameter() {
     let iss = Issuer::start().await;
