@@ -11,6 +11,8 @@ pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod duration;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod identity;
 pub mod lease;

@@ -2,33 +2,43 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::leases::LeaseDto;
-use super::{AdminCaller, ApiError, ApiJson, AppState, Meta};
+use super::{AdminCaller, ApiError, ApiJson, ApiQuery, AppState, Meta};
 use crate::audit::Event;
 use crate::policy::tests::Case;
 use crate::store::{LeaseFilter, LeaseState, RevokeFilter};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     role: Option<String>,
     issuer: Option<String>,
     subject: Option<String>,
+    /// `pending`, `active`, `revoking`, `revoke_failed`, `revoked`, `expired`, ...
     state: Option<String>,
+    /// Default 100; clamped to 1-10000.
+    #[param(minimum = 0, maximum = 4294967295_i64, value_type = Option<i64>)]
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/admin/leases", tag = "admin", operation_id = "list_leases",
+    params(ListQuery),
+    responses((status = 200, description = "Leases matching the filter, newest first.", body = super::openapi::wire::Leases)),
+    security(("admin_token" = []), ("client_cert" = []), ("workload_jwt" = [])),
+)]
 pub async fn list(
     State(st): State<AppState>,
     AdminCaller(actor): AdminCaller,
     Meta(meta): Meta,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let state = q
         .state
@@ -48,7 +58,7 @@ pub async fn list(
     Ok(Json(json!({ "leases": dtos })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeReq {
     role: Option<String>,
@@ -67,6 +77,12 @@ pub struct RevokeReq {
 /// Starts a bulk revocation job (incident response: "revoke everything
 /// repo acme/api got in the last hour"). Answers at once with the job; the
 /// expiry worker does the work; `GET /v1/admin/jobs/{id}` shows progress.
+#[utoipa::path(
+    post, path = "/v1/admin/revoke", tag = "admin", operation_id = "revoke_matching",
+    request_body = RevokeReq,
+    responses((status = 202, description = "Job started.", body = super::openapi::wire::JobStarted)),
+    security(("admin_token" = []), ("client_cert" = []), ("workload_jwt" = [])),
+)]
 pub async fn revoke_matching(
     State(st): State<AppState>,
     AdminCaller(actor): AdminCaller,
@@ -108,6 +124,12 @@ pub async fn revoke_matching(
 }
 
 /// A bulk revocation job's progress.
+#[utoipa::path(
+    get, path = "/v1/admin/jobs/{id}", tag = "admin", operation_id = "show_job",
+    params(("id" = String, Path, description = "Job id.")),
+    responses((status = 200, description = "The job's progress.", body = super::openapi::wire::Job)),
+    security(("admin_token" = []), ("client_cert" = []), ("workload_jwt" = [])),
+)]
 pub async fn job(
     State(st): State<AppState>,
     AdminCaller(actor): AdminCaller,
@@ -149,6 +171,11 @@ pub async fn job(
 }
 
 /// `GET /v1/admin/status`: what `lessor status` prints.
+#[utoipa::path(
+    get, path = "/v1/admin/status", tag = "admin", operation_id = "status",
+    responses((status = 200, description = "Lease counts, overdue and failing revocations, quotas, replicas.", body = super::openapi::wire::Status)),
+    security(("admin_token" = []), ("client_cert" = []), ("workload_jwt" = [])),
+)]
 pub async fn status(State(st): State<AppState>, AdminCaller(_): AdminCaller) -> Result<Json<Value>, ApiError> {
     let s = st.leases.status().await?;
     let rfc = super::leases::rfc3339;
@@ -209,6 +236,11 @@ pub async fn status(State(st): State<AppState>, AdminCaller(_): AdminCaller) -> 
 
 /// `GET /v1/admin/replicas`: the lessor processes alive on this store, the
 /// policy version each decides with, and whether they agree.
+#[utoipa::path(
+    get, path = "/v1/admin/replicas", tag = "admin", operation_id = "list_replicas",
+    responses((status = 200, description = "Live replicas and their policy versions.", body = super::openapi::wire::Replicas)),
+    security(("admin_token" = []), ("client_cert" = []), ("workload_jwt" = [])),
+)]
 pub async fn replicas(State(st): State<AppState>, AdminCaller(_): AdminCaller) -> Result<Json<Value>, ApiError> {
     let live = st.leases.replicas().await?;
     let versions: std::collections::BTreeSet<&str> = live.iter().map(|r| r.policy_version.as_str()).collect();
@@ -236,6 +268,12 @@ pub async fn replicas(State(st): State<AppState>, AdminCaller(_): AdminCaller) -
 }
 
 /// Explains one decision (a policy test case) against the live policies.
+#[utoipa::path(
+    post, path = "/v1/policy/explain", tag = "admin", operation_id = "explain_policy",
+    request_body = super::openapi::wire::ExplainCase,
+    responses((status = 200, description = "The decision with its explanation.", body = super::openapi::wire::Decision)),
+    security(("admin_token" = []), ("client_cert" = []), ("workload_jwt" = [])),
+)]
 pub async fn explain(
     State(st): State<AppState>,
     AdminCaller(actor): AdminCaller,

@@ -26,7 +26,7 @@ impl From<AdminTokenError> for ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateReq {
     name: String,
@@ -55,6 +55,12 @@ fn dto(t: &AdminToken, now: time::OffsetDateTime) -> Value {
 }
 
 /// `POST /v1/admin/tokens`: 201 with the token, shown this once.
+#[utoipa::path(
+    post, path = "/v1/admin/tokens", tag = "admin", operation_id = "create_admin_token",
+    request_body = CreateReq,
+    responses((status = 201, description = "The admin token, shown this once, and its dates.", body = super::openapi::wire::CreatedAdminToken)),
+    security(("admin_token" = []), ("client_cert" = []), ("workload_jwt" = [])),
+)]
 pub async fn create(
     State(st): State<AppState>,
     AdminCaller(actor): AdminCaller,
@@ -69,6 +75,11 @@ pub async fn create(
 }
 
 /// `GET /v1/admin/tokens`: every token's name and dates, never a token.
+#[utoipa::path(
+    get, path = "/v1/admin/tokens", tag = "admin", operation_id = "list_admin_tokens",
+    responses((status = 200, description = "Every admin token's name, state and dates (never a token).", body = super::openapi::wire::AdminTokens)),
+    security(("admin_token" = []), ("client_cert" = []), ("workload_jwt" = [])),
+)]
 pub async fn list(State(st): State<AppState>, AdminCaller(_): AdminCaller) -> Result<Json<Value>, ApiError> {
     let now = time::OffsetDateTime::now_utc();
     let tokens: Vec<Value> = admin_tokens::list(st.store.as_ref()).await?.iter().map(|t| dto(t, now)).collect();
@@ -77,6 +88,12 @@ pub async fn list(State(st): State<AppState>, AdminCaller(_): AdminCaller) -> Re
 
 /// `DELETE /v1/admin/tokens/{name}`: refused from the next request on, on
 /// every replica.
+#[utoipa::path(
+    delete, path = "/v1/admin/tokens/{name}", tag = "admin", operation_id = "revoke_admin_token",
+    params(("name" = String, Path, description = "The admin token's name.")),
+    responses((status = 200, description = "Revoked: refused from the next request on, on every replica.", body = super::openapi::wire::RevokedAdminToken)),
+    security(("admin_token" = []), ("client_cert" = []), ("workload_jwt" = [])),
+)]
 pub async fn revoke(
     State(st): State<AppState>,
     AdminCaller(actor): AdminCaller,

@@ -87,12 +87,23 @@ impl From<ConnError> for ApiError {
     }
 }
 
+#[utoipa::path(
+    get, path = "/v1/admin/connections", tag = "connections", operation_id = "list_connections",
+    responses((status = 200, description = "Connections with their versions.", body = super::openapi::wire::Connections)),
+    security(("admin_token" = []), ("client_cert" = []), ("workload_jwt" = [])),
+)]
 pub async fn list(State(st): State<AppState>, OperatorCaller(actor): OperatorCaller, Meta(meta): Meta) -> Result<Json<Value>, ApiError> {
     let views = roots(&st).ok_or_else(disabled)?.list(&actor, &meta).await?;
     let now = OffsetDateTime::now_utc();
     Ok(Json(json!({ "connections": views.iter().map(|v| view_json(v, now)).collect::<Vec<_>>() })))
 }
 
+#[utoipa::path(
+    get, path = "/v1/admin/connections/{name}", tag = "connections", operation_id = "show_connection",
+    params(("name" = String, Path, description = "Connection name.")),
+    responses((status = 200, description = "The connection.", body = super::openapi::wire::ConnectionView)),
+    security(("admin_token" = []), ("client_cert" = []), ("workload_jwt" = [])),
+)]
 pub async fn show(
     State(st): State<AppState>,
     OperatorCaller(actor): OperatorCaller,
@@ -103,13 +114,22 @@ pub async fn show(
     Ok(Json(view_json(&v, OffsetDateTime::now_utc())))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetSecretReq {
+    /// The root credential (e.g. a DSN); never returned.
+    #[schema(value_type = String, format = Password)]
     secret: SecretString,
     reason: String,
 }
 
+#[utoipa::path(
+    put, path = "/v1/admin/connections/{name}/secret", tag = "connections", operation_id = "set_connection_secret",
+    params(("name" = String, Path, description = "Connection name.")),
+    request_body = SetSecretReq,
+    responses((status = 201, description = "A new pending version.", body = super::openapi::wire::SecretVersionView)),
+    security(("admin_token" = []), ("client_cert" = []), ("workload_jwt" = [])),
+)]
 pub async fn set_secret(
     State(st): State<AppState>,
     OperatorCaller(actor): OperatorCaller,
@@ -121,13 +141,21 @@ pub async fn set_secret(
     Ok((StatusCode::CREATED, Json(version_json(&v))))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VersionReq {
+    /// Default: the newest version.
     #[serde(default)]
     version: Option<i64>,
 }
 
+#[utoipa::path(
+    post, path = "/v1/admin/connections/{name}/verify", tag = "connections", operation_id = "verify_connection",
+    params(("name" = String, Path, description = "Connection name.")),
+    request_body = VersionReq,
+    responses((status = 200, description = "The verification result.", body = super::openapi::wire::Verified)),
+    security(("admin_token" = []), ("client_cert" = []), ("workload_jwt" = [])),
+)]
 pub async fn verify(
     State(st): State<AppState>,
     OperatorCaller(actor): OperatorCaller,
@@ -139,6 +167,13 @@ pub async fn verify(
     Ok(Json(json!({ "version": version, "result": result })))
 }
 
+#[utoipa::path(
+    post, path = "/v1/admin/connections/{name}/approve", tag = "connections", operation_id = "approve_connection",
+    params(("name" = String, Path, description = "Connection name.")),
+    request_body = VersionReq,
+    responses((status = 200, description = "The approved version.", body = super::openapi::wire::SecretVersionView)),
+    security(("admin_token" = []), ("client_cert" = []), ("workload_jwt" = [])),
+)]
 pub async fn approve(
     State(st): State<AppState>,
     OperatorCaller(actor): OperatorCaller,
@@ -150,6 +185,13 @@ pub async fn approve(
     Ok(Json(version_json(&v)))
 }
 
+#[utoipa::path(
+    post, path = "/v1/admin/connections/{name}/activate", tag = "connections", operation_id = "activate_connection",
+    params(("name" = String, Path, description = "Connection name.")),
+    request_body = VersionReq,
+    responses((status = 200, description = "The now active version.", body = super::openapi::wire::SecretVersionView)),
+    security(("admin_token" = []), ("client_cert" = []), ("workload_jwt" = [])),
+)]
 pub async fn activate(
     State(st): State<AppState>,
     OperatorCaller(actor): OperatorCaller,
@@ -161,6 +203,12 @@ pub async fn activate(
     Ok(Json(version_json(&v)))
 }
 
+#[utoipa::path(
+    post, path = "/v1/admin/connections/{name}/rollback", tag = "connections", operation_id = "rollback_connection",
+    params(("name" = String, Path, description = "Connection name.")),
+    responses((status = 200, description = "The version active again.", body = super::openapi::wire::SecretVersionView)),
+    security(("admin_token" = []), ("client_cert" = []), ("workload_jwt" = [])),
+)]
 pub async fn rollback(
     State(st): State<AppState>,
     OperatorCaller(actor): OperatorCaller,
@@ -171,6 +219,12 @@ pub async fn rollback(
     Ok(Json(version_json(&v)))
 }
 
+#[utoipa::path(
+    post, path = "/v1/admin/connections/{name}/rotate", tag = "connections", operation_id = "rotate_connection",
+    params(("name" = String, Path, description = "Connection name.")),
+    responses((status = 200, description = "The new version lessor rotated to.", body = super::openapi::wire::SecretVersionView)),
+    security(("admin_token" = []), ("client_cert" = []), ("workload_jwt" = [])),
+)]
 pub async fn rotate(
     State(st): State<AppState>,
     OperatorCaller(actor): OperatorCaller,

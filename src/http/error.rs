@@ -1,7 +1,7 @@
 //! The one API error type. Every variant has an explicit status; internal
 //! errors get a generic body and the real error goes to the log.
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use lessor_plugin::PluginError;
@@ -147,6 +147,16 @@ impl From<JsonRejection> for ApiError {
 /// deserialize query string: limit: invalid digit ..."), if any.
 pub(super) fn field_of_rejection(text: &str) -> Option<String> {
     field_of(text.strip_prefix("Failed to deserialize query string: ").unwrap_or(text))
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        let text = r.body_text();
+        let detail = text.split_once("query string: ").map_or(text.as_str(), |(_, d)| d);
+        let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", text.clone());
+        e.field = field_of(detail);
+        e
+    }
 }
 
 /// Pulls the field name out of serde's messages ("missing field `role`",

@@ -16,21 +16,28 @@ use crate::lease::{Actor, IssueInput};
 use crate::policy::{Action, Principal, RequestContext};
 use crate::store::Lease;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssueReq {
+    /// `connection/role`, or the role's short name when unique.
+    #[schema(example = "token/orders")]
     role: String,
+    /// e.g. `15m`; default the role's `default_ttl`, at most its `max_ttl`.
     #[serde(default)]
     ttl: Option<String>,
+    /// Scopes to request; default the role's `default_scopes`.
     #[serde(default)]
     scopes: Option<Vec<String>>,
+    /// Plugin-specific parameters (e.g. pki `names`, `csr`).
     #[serde(default)]
+    #[schema(value_type = Object)]
     params: serde_json::Map<String, Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenewReq {
+    /// e.g. `15m`; default the role's `default_ttl`.
     #[serde(default)]
     ttl: Option<String>,
 }
@@ -40,11 +47,12 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 /// A lease on the wire: metadata only, never the secret.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LeaseDto {
     lease_id: String,
     role: String,
     plugin: String,
+    #[schema(value_type = String)]
     state: &'static str,
     issuer: String,
     subject: String,
@@ -55,6 +63,7 @@ pub struct LeaseDto {
     max_expires_at: String,
     ttl_seconds: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     end_reason: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ended_at: Option<String>,
@@ -104,6 +113,12 @@ impl From<&Lease> for LeaseDto {
     }
 }
 
+#[utoipa::path(
+    post, path = "/v1/leases", tag = "leases", operation_id = "issue_lease",
+    request_body = IssueReq,
+    responses((status = 201, description = "Issued: the credential (returned only here) and its lease.", body = super::openapi::wire::Issued)),
+    security(("workload_jwt" = [])),
+)]
 pub async fn issue(
     State(st): State<AppState>,
     Caller(actor): Caller,
@@ -135,6 +150,12 @@ pub async fn issue(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
+#[utoipa::path(
+    get, path = "/v1/leases/{id}", tag = "leases", operation_id = "show_lease",
+    params(("id" = String, Path, description = "Lease id (`lse_...`).")),
+    responses((status = 200, description = "The lease (never the secret).", body = LeaseDto)),
+    security(("workload_jwt" = []), ("admin_token" = []), ("client_cert" = [])),
+)]
 pub async fn show(
     State(st): State<AppState>,
     Caller(actor): Caller,
@@ -145,6 +166,13 @@ pub async fn show(
     Ok(Json(LeaseDto::from(&l)))
 }
 
+#[utoipa::path(
+    post, path = "/v1/leases/{id}/renew", tag = "leases", operation_id = "renew_lease",
+    params(("id" = String, Path, description = "Lease id (`lse_...`).")),
+    request_body = RenewReq,
+    responses((status = 200, description = "Renewed.", body = LeaseDto)),
+    security(("workload_jwt" = []), ("admin_token" = []), ("client_cert" = [])),
+)]
 pub async fn renew(
     State(st): State<AppState>,
     Caller(actor): Caller,
@@ -156,6 +184,12 @@ pub async fn renew(
     Ok(Json(LeaseDto::from(&l)))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/leases/{id}", tag = "leases", operation_id = "revoke_lease",
+    params(("id" = String, Path, description = "Lease id (`lse_...`).")),
+    responses((status = 200, description = "Revoked (idempotent).", body = LeaseDto)),
+    security(("workload_jwt" = []), ("admin_token" = []), ("client_cert" = [])),
+)]
 pub async fn revoke(
     State(st): State<AppState>,
     Caller(actor): Caller,
@@ -168,6 +202,11 @@ pub async fn revoke(
 
 /// Roles the caller may request (all roles for an admin), with scopes,
 /// their plain-language descriptions, and TTL limits.
+#[utoipa::path(
+    get, path = "/v1/roles", tag = "leases", operation_id = "list_roles",
+    responses((status = 200, description = "Roles the caller may request.", body = super::openapi::wire::Roles)),
+    security(("workload_jwt" = []), ("admin_token" = []), ("client_cert" = [])),
+)]
 pub async fn roles(
     State(st): State<AppState>,
     Caller(actor): Caller,

@@ -30,9 +30,11 @@ pub mod brake;
 mod connections;
 mod error;
 mod leases;
+mod openapi;
 mod public;
 
 pub use error::ApiError;
+pub use openapi::document as openapi_document;
 
 /// Prefix of admin tokens (see [`crate::admin_tokens`]).
 pub const ADMIN_TOKEN_PREFIX: &str = crate::admin_tokens::PREFIX;
@@ -93,6 +95,7 @@ pub fn router(state: AppState, limits: &crate::config::Limits) -> Router {
         .route("/.well-known/jwks.json", get(public::jwks).layer(public()))
         .route("/v1/health", get(public::health).layer(public()))
         .route("/metrics", get(public::metrics).layer(public()))
+        .route("/v1/openapi.json", get(openapi::serve).layer(public()))
         .fallback(|| async { ApiError::not_found("no such endpoint; the API lives under /v1") })
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
@@ -286,6 +289,20 @@ fn single_authorization(parts: &Parts) -> Result<(), ApiError> {
         return Err(ApiError::bad_request("authorization", format!("send one Authorization header, not {n}")));
     }
     Ok(())
+}
+
+/// Query string whose rejections become precise `ApiError`s (a JSON 400
+/// naming the parameter, like every other error).
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(r) => Err(r.into()),
+        }
+    }
 }
 
 fn bearer(parts: &Parts) -> Result<SecretString, AuthError> {

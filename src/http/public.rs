@@ -13,6 +13,14 @@ use super::{ApiError, AppState};
 
 /// `GET /v1/pki/{role}/{ca|ca.der|crl}`; `role` is `connection/role`, or the
 /// role's short name when it is unique among pki connections.
+#[utoipa::path(
+    get, path = "/v1/pki/{role}/{document}", tag = "public", operation_id = "pki_document",
+    params(
+        ("role" = String, Path, description = "`connection/role` (URL-encoded), or the short name when unique among pki connections."),
+        ("document" = String, Path, description = "`ca` (PEM chain), `ca.der` (the CA certificate, DER) or `crl` (DER)."),
+    ),
+    responses((status = 200, description = "The CA chain (`application/pem-certificate-chain`), the CA certificate (`application/pkix-cert`) or the CRL (`application/pkix-crl`).")),
+)]
 pub async fn pki_document(State(st): State<AppState>, Path(rest): Path<String>) -> Result<Response, ApiError> {
     let (role_name, doc) = rest
         .rsplit_once('/')
@@ -35,6 +43,10 @@ pub async fn pki_document(State(st): State<AppState>, Path(rest): Path<String>) 
 }
 
 /// The JWKS of every token connection, merged.
+#[utoipa::path(
+    get, path = "/.well-known/jwks.json", tag = "public", operation_id = "jwks",
+    responses((status = 200, description = "Public keys of every token connection.", body = super::openapi::wire::Jwks)),
+)]
 pub async fn jwks(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut keys = Vec::new();
     for (name, plugin) in &st.leases.catalog.connections {
@@ -53,6 +65,11 @@ pub async fn jwks(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
 
 /// RFC 7662 token introspection. Accepts `application/x-www-form-urlencoded`
 /// (`token=...`) as the RFC says, or JSON `{"token": ...}`.
+#[utoipa::path(
+    post, path = "/v1/token/introspect", tag = "public", operation_id = "introspect",
+    request_body(content = super::openapi::wire::IntrospectReq, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "RFC 7662: `active` and, when active, the token's claims.", body = super::openapi::wire::Introspection)),
+)]
 pub async fn introspect(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -83,6 +100,13 @@ pub async fn introspect(State(st): State<AppState>, headers: HeaderMap, body: By
     Ok(Json(json!({ "active": false })))
 }
 
+#[utoipa::path(
+    get, path = "/v1/health", tag = "public", operation_id = "health",
+    responses(
+        (status = 200, description = "Live and ready.", body = super::openapi::wire::Health),
+        (status = 503, description = "Live, not ready: the store is unreachable.", body = super::openapi::wire::Health),
+    ),
+)]
 pub async fn health(State(st): State<AppState>) -> Response {
     let store_ok = st.store.ping().await;
     let policies = st.leases.policy.current();
@@ -103,6 +127,10 @@ pub async fn health(State(st): State<AppState>) -> Response {
 /// quota use) are read at scrape time from the store's counts tables
 /// (O(roles x states), not O(leases)), so they are right on every replica
 /// and after restarts.
+#[utoipa::path(
+    get, path = "/metrics", tag = "public", operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text exposition.", content_type = "text/plain", body = String)),
+)]
 pub async fn metrics(State(st): State<AppState>) -> Response {
     st.leases.refresh_gauges().await;
     let body = crate::telemetry::metrics().render();

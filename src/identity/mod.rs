@@ -349,25 +349,26 @@ impl Verifier {
             }
         };
         let exp = num("exp")?.ok_or(AuthError::MissingClaim("exp"))?;
-        if now_s > exp + leeway {
-            return Err(AuthError::Expired(ago(now_s - exp)));
+        // Claims are the issuer's numbers: saturating, never overflowing (found by fuzz_jwt).
+        if now_s > exp.saturating_add(leeway) {
+            return Err(AuthError::Expired(ago(now_s.saturating_sub(exp))));
         }
         if let Some(nbf) = num("nbf")? {
-            if nbf - leeway > now_s {
-                return Err(AuthError::NotYetValid(ago(nbf - now_s)));
+            if nbf.saturating_sub(leeway) > now_s {
+                return Err(AuthError::NotYetValid(ago(nbf.saturating_sub(now_s))));
             }
         }
         let iat = num("iat")?;
         if let Some(iat) = iat {
-            if iat - leeway > now_s {
-                return Err(AuthError::IssuedInFuture(ago(iat - now_s)));
+            if iat.saturating_sub(leeway) > now_s {
+                return Err(AuthError::IssuedInFuture(ago(iat.saturating_sub(now_s))));
             }
         }
         if let Some(max) = issuer.cfg.max_token_age {
             let iat = iat.ok_or(AuthError::MissingClaim("iat"))?;
-            if now_s - iat > max.as_secs() as i64 + leeway {
+            if now_s.saturating_sub(iat) > (max.as_secs() as i64).saturating_add(leeway) {
                 return Err(AuthError::TooOld {
-                    age: ago(now_s - iat),
+                    age: ago(now_s.saturating_sub(iat)),
                     max: fmt_duration(max),
                     issuer: issuer.cfg.issuer.clone(),
                 });
