@@ -153,7 +153,7 @@ impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
         let text = r.body_text();
         let detail = text.split_once("query string: ").map_or(text.as_str(), |(_, d)| d);
-        let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", text.clone());
+        let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", text.clone());
         e.field = field_of(detail);
         e
     }

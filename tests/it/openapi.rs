@@ -129,7 +129,7 @@ async fn a_bad_query_string_is_a_json_error_naming_the_parameter() {
     for (query, field) in [("limit=abc", "limit"), ("colour=red", "colour"), ("limit=-1", "limit")] {
         let (s, v) = d.get(&format!("/v1/admin/leases?{query}"), &d.admin).await;
         assert_eq!(s, 400, "{query}: {v}");
-        assert_eq!(v["error"]["code"], "invalid_query", "{query}: {v}");
+        assert_eq!(v["error"]["code"], "invalid_request", "{query}: {v}");
         assert_eq!(v["error"]["field"], field, "{query}: {v}");
     }
 }
