@@ -62,6 +62,7 @@ async fn breaker_gauge(d: &Daemon) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_postgres_delays_no_other_connection() {
+    let _heavy = crate::support::heavy().await;
     let iss = Issuer::start().await;
     let mut pg = start_pg();
     // The plugin's default connect_timeout (5s) stays: refused connections

@@ -53,6 +53,7 @@ async fn flood_client(url: String, n: usize, forged: String) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_of_bad_tokens_costs_a_few_kb_of_audit_and_issuance_goes_on() {
+    let _heavy = crate::support::heavy().await;
     let iss = Issuer::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

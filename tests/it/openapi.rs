@@ -62,6 +62,7 @@ fn schemathesis() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error_panic_or_nonconforming_response() {
+    let _heavy = crate::support::heavy().await;
     let st = schemathesis();
     let iss = Issuer::start().await;
     let tmp = tempfile::tempdir().unwrap();

@@ -100,6 +100,7 @@ fn lease_of(role: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_one_killed_mid_burst_revoke_each_lease_once_and_on_time() {
+    let _heavy = crate::support::heavy().await;
     let iss = Issuer::start().await;
     let pg = start_pg();
     pg.psql("postgres", "CREATE DATABASE lessor").unwrap();

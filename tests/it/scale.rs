@@ -28,6 +28,7 @@ async fn seed(db: &std::path::Path, n: i64, expires_at_ms: i64, tag: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_leases_expiring_together_are_revoked_promptly_while_the_api_answers() {
+    let _heavy = crate::support::heavy().await;
     let iss = Issuer::start().await;
     let opts = Opts {
         issuer_url: iss.url.clone(),
@@ -98,6 +99,7 @@ async fn a_restart_with_100k_leases_serves_its_first_request_within_a_second() {
 /// The same mass expiry on the PostgreSQL store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_leases_expiring_together_on_postgres() {
+    let _heavy = crate::support::heavy().await;
     let pg = lessor_postgres::testkit::TempPostgres::start().unwrap_or_else(|e| panic!("{e}"));
     pg.psql("postgres", "CREATE DATABASE lessor").unwrap();
     let iss = Issuer::start().await;

@@ -120,6 +120,15 @@ impl Issuer {
     }
 }
 
+/// Tests that load the machine (floods, mass expiry, Schemathesis) or
+/// measure latency under a load of their own take this lock, so that on a
+/// 2-core machine one's figures are not another's noise. Other tests still
+/// run beside them.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
 pub fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
