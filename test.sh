@@ -5,7 +5,7 @@
 # servers from the system's binaries, promtool on the alert rules, and
 # Schemathesis against the daemon's OpenAPI document. On Debian and Ubuntu this
 # script installs whichever of them is missing (apt-get and pip; sudo when not
-# root), then runs `cargo test --workspace`. Elsewhere, install them yourself:
+# root), then runs `cargo test --workspace` (the flood test alone, last). Elsewhere, install them yourself:
 # PostgreSQL server binaries (or set LESSOR_PG_BINDIR), Prometheus' promtool,
 # and `pip install schemathesis`; a test whose tool is missing fails naming it.
 set -euo pipefail
@@ -38,4 +38,11 @@ if ! command -v schemathesis >/dev/null 2>&1 && ! command -v st >/dev/null 2>&1;
 fi
 
 cargo --version
-exec cargo test --workspace "$@"
+if [ $# -gt 0 ]; then
+  exec cargo test --workspace "$@"
+fi
+# The flood test measures issuance latency during its own flood of bad
+# tokens; it runs alone, after everything else, so that the other tests'
+# load (PostgreSQL initdb, Schemathesis, mass expiry) is not in its figures.
+cargo test --workspace -- --skip flood::
+cargo test -p lessor --test it -- flood::

@@ -214,9 +214,8 @@ pub mod wire {
         /// On `policy_denied`: the decision with its explanation.
         #[schema(value_type = Option<Object>)]
         pub decision: Option<Value>,
-        /// On `quota_exceeded`: the quota's name.
-        #[schema(value_type = Option<Object>)]
-        pub quota: Option<Value>,
+        /// On `quota_exceeded`: which quota (`owner`, `role`, `total`, `rate`).
+        pub quota: Option<String>,
     }
 
     /// An admin token's record (never the token itself).

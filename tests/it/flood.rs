@@ -1,7 +1,8 @@
 //! Unauthenticated traffic is not a lever: 50,000 requests with bad JWTs
 //! against the real binary leave a few KB of audit log (the first few
 //! failures in full, one summary), a flat RSS, a quiet INFO log, and a
-//! workload keeps getting credentials meanwhile.
+//! workload keeps getting credentials meanwhile (p99 < 100 ms). It measures
+//! latency, so `./test.sh` runs it alone after the rest of the suite.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
