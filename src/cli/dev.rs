@@ -271,7 +271,9 @@ Get a credential, in another terminal:
   {exe} creds token/orders --scope orders.read     # a scoped API token
   {exe} lease list                                 # every lease and its state{pg_line}
 
-In 2 minutes the certificate's lease turns `expired` and its serial is on the CRL:
+In 2 minutes the certificate's lease turns `expired` (its certificate has reached notAfter).
+Revoke one early and its serial is on the CRL until then:
+  {exe} lease revoke <lease id>
   curl -s http://{addr}/v1/pki/pki/web/crl | openssl crl -inform DER -noout -text
 "#,
         dir = dir.display(),
