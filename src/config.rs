@@ -3,6 +3,10 @@
 //!
 //! Must not import: http, store, policy (they consume the config, not the
 //! other way round).
+//!
+//! Why one file: every section's serde struct with the cross-checks between
+//! sections, which need them all; the issuer section moves to `identity/` when
+//! that module owns its config (issue 12).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -17,6 +17,10 @@
 //! holds, and reveals no character of it), who set it and when.
 //!
 //! Must not import: http, sqlx.
+//!
+//! Why one file: set, verify, approve, activate, rollback, rotate and install
+//! are one state machine over the same version records and plugin handles; the
+//! key handling is apart (`kek.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

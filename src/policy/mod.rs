@@ -17,6 +17,11 @@
 //! or an evaluation error for that workload, so the decision is the same.
 //!
 //! Must not import: http, store, plugins.
+//!
+//! Why one file: loading, validation, the slice index and decisions share the
+//! private representation of the loaded policy set; split apart, that
+//! representation would have to become an internal API (the policy test runner
+//! is apart, in `tests.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

@@ -19,6 +19,10 @@
 //! `pending_grace` age is measured with the database's clock.
 //!
 //! Must not import: http, policy, identity.
+//!
+//! Why one file: it implements the whole `Store` trait in PostgreSQL's dialect;
+//! it splits along with the trait (leases, jobs, secrets, plugin state,
+//! cluster: issue 12).
 
 use std::time::Duration;
 

@@ -1,6 +1,10 @@
 //! SQLite backend (the embedded default): WAL, `synchronous = FULL` so an
 //! acknowledged lease survives `kill -9` and power loss, and an exclusive
 //! lock file so two processes never share one database file.
+//!
+//! Why one file: it implements the whole `Store` trait in SQLite's dialect,
+//! next to its writer task; it splits along with the trait (leases, jobs,
+//! secrets, plugin state, cluster: issue 12).
 
 use std::fs::File;
 use std::path::Path;

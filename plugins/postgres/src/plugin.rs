@@ -6,6 +6,10 @@
 //! issue/renew/revoke transactions, root validation and rotation, and the
 //! mapping of sqlx errors to [`PluginError`]. Never logs or returns an admin
 //! DSN's password, a generated password or a statement's text.
+//!
+//! Why one file: issue, renew, revoke, reconnect and root-credential versions
+//! share the per-version pools and the statement helpers; SQL rendering
+//! (`sql.rs`), the scanner (`scan.rs`) and config (`config.rs`) are apart.
 
 use std::collections::BTreeMap;
 use std::fmt;
