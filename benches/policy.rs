@@ -54,7 +54,7 @@ fn measure(p: &Policies, roles: &[RoleInfo], iters: usize) -> (f64, f64) {
             ("event_name".to_string(), "push".to_string()),
         ]),
     };
-    let ctx = RequestContext { ttl_seconds: 600, scopes: vec!["read".into()], now: 1_700_000_000, source_ip: IpAddr::from([10, 0, 0, 1]) };
+    let ctx = RequestContext { ttl_seconds: 600, scopes: vec!["read".into()], now: 1_700_000_000, source_ip: IpAddr::from([10, 0, 0, 1]), vault_role: None };
     let mut samples = Vec::with_capacity(iters);
     let mut allowed = 0;
     for i in 0..iters {

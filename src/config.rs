@@ -87,6 +87,9 @@ pub struct Config {
     /// seal key file).
     #[serde(default)]
     pub kek: KekConfig,
+    /// The Vault-compatible API (off unless this section is present).
+    #[serde(default)]
+    pub vault_api: Option<crate::vault::VaultApiConfig>,
 }
 
 /// `[kek]`: where the key-encryption key of root credentials comes from.
@@ -1040,6 +1043,10 @@ impl Config {
             if conn.revoke_concurrency == Some(0) {
                 return bad(format!("connection `{cname}`: revoke_concurrency must be at least 1"));
             }
+        }
+        if let Some(v) = &self.vault_api {
+            v.validate(|c| self.connections.get(c).map(|c| c.plugin.clone()), |i| self.issuers.contains_key(i))
+                .map_err(ConfigError::Invalid)?;
         }
         if self.leases.revoke_timeout.is_zero() {
             return bad("leases.revoke_timeout must be more than 0".into());

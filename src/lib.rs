@@ -23,6 +23,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod vault;
 
 use std::time::Duration;
 

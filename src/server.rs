@@ -226,7 +226,11 @@ pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Optio
         cfg.limits.auth_failures_per_second,
         cfg.limits.auth_failure_delay,
     ));
-    let state = AppState { leases: leases.clone(), verifier, store: store.clone(), admin_requires_client_cert, brake };
+    let vault = cfg.vault_api.clone().map(|v| {
+        let kinds = cfg.connections.iter().map(|(n, c)| (n.clone(), c.plugin.clone())).collect();
+        Arc::new(crate::http::vault::VaultState::new(v, &kinds, cfg.limits.max_body_bytes))
+    });
+    let state = AppState { leases: leases.clone(), verifier, store: store.clone(), admin_requires_client_cert, brake, vault };
     let app = router(state, &cfg.limits);
     let addr = listener.local_addr()?;
     match (tls, &cfg.tls) {

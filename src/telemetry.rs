@@ -58,12 +58,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["plugin", "role", "state"],
     )?;
     let issued = IntCounterVec::new(
-        Opts::new("lessor_issued_total", "Issue requests by plugin, role and outcome"),
-        &["plugin", "role", "outcome"],
+        Opts::new("lessor_issued_total", "Issue requests by plugin, role, outcome and API (native, vault)"),
+        &["plugin", "role", "outcome", "api"],
     )?;
     let renewed = IntCounterVec::new(
-        Opts::new("lessor_renewed_total", "Renew requests by plugin, role and outcome"),
-        &["plugin", "role", "outcome"],
+        Opts::new("lessor_renewed_total", "Renew requests by plugin, role, outcome and API (native, vault)"),
+        &["plugin", "role", "outcome", "api"],
     )?;
     let revocations = IntCounterVec::new(
         Opts::new("lessor_revocations_total", "Revocation attempts by plugin, role, reason and outcome"),
@@ -263,8 +263,8 @@ mod tests {
     #[test]
     fn metrics_build() {
         let m = super::build().unwrap();
-        m.issued.with_label_values(&["pki", "pki/web", "ok"]).inc();
-        assert!(m.render().contains("lessor_issued_total{outcome=\"ok\",plugin=\"pki\",role=\"pki/web\"} 1"));
+        m.issued.with_label_values(&["pki", "pki/web", "ok", "native"]).inc();
+        assert!(m.render().contains("lessor_issued_total{api=\"native\",outcome=\"ok\",plugin=\"pki\",role=\"pki/web\"} 1"));
         assert!(m.render().contains("lessor_audit_write_failures_total 0"), "a plain counter is exported from the start");
     }
 }

@@ -192,6 +192,12 @@ impl Event {
             if let Some(c) = &m.credential {
                 self.details.insert("credential".into(), c.clone().into());
             }
+            if m.api != "native" {
+                self.details.insert("api".into(), m.api.into());
+            }
+            if let Some(r) = &m.vault_role {
+                self.details.insert("vault_role".into(), r.clone().into());
+            }
             self = self.request_brief(m);
         }
         self
@@ -232,11 +238,20 @@ pub struct RequestMeta {
     /// HMAC of the bearer credential, set when the request's own entries
     /// record its authentication (no separate `authenticate ok` entry).
     pub credential: Option<String>,
+    /// Which API the request came through: `native` or `vault` (one of
+    /// [`APIS`]); a metric label and, for `vault`, an audit field.
+    pub api: &'static str,
+    /// The Vault `role` of the session a Vault API request was made with
+    /// (Cedar's `context.vault_role`).
+    pub vault_role: Option<String>,
 }
+
+/// The APIs a request can come through.
+pub const APIS: [&str; 2] = ["native", "vault"];
 
 impl RequestMeta {
     pub fn new(request_id: String, source: IpAddr) -> RequestMeta {
-        RequestMeta { request_id, source, started: Instant::now(), credential: None }
+        RequestMeta { request_id, source, started: Instant::now(), credential: None, api: "native", vault_role: None }
     }
 
     /// For calls that do not come from HTTP (tests, tools).

@@ -211,6 +211,18 @@ max_ttl = "1h"
 default_ttl = "5m"
 scopes = ["orders.read", "orders.write", "invoices.send"]
 default_scopes = ["orders.read"]
+
+# The Vault-compatible API: VAULT_ADDR=http://{listen} and the bao/vault
+# CLI, hvac or Vault Agent log in at auth/jwt and read pki/issue/web,
+# token/creds/orders (and database/creds/readonly with --postgres).
+[vault_api]
+session_ttl = "1h"
+[vault_api.auth.jwt]
+issuers = ["dev"]
+[vault_api.mounts.pki]
+connection = "pki"
+[vault_api.mounts.token]
+connection = "token"
 "#,
         store = toml_str(Path::new(&store)),
         data_dir = toml_str(dir),
@@ -242,6 +254,9 @@ scopes = ["db.read"]
 default_scopes = ["db.read"]
 [connections.pg.roles.readonly.config.grants]
 "db.read" = ["GRANT pg_read_all_data TO {{{{name}}}}"]
+
+[vault_api.mounts.database]
+connection = "pg"
 "#,
         dsn = toml_str(dsn_file)
     )
@@ -271,6 +286,11 @@ Get a credential, in another terminal:
   {exe} creds token/orders --scope orders.read     # a scoped API token
   {exe} lease list                                 # every lease and its state{pg_line}
 
+Or with the Vault/OpenBao tools you already use (bao, vault, hvac, Vault Agent):
+  export VAULT_ADDR=http://{addr}
+  export VAULT_TOKEN=$(bao write -field=token auth/jwt/login role=dev jwt=$LESSOR_JWT)
+  bao write pki/issue/web common_name=acme.svc.lessor.dev{pg_vault_line}
+
 In 2 minutes the certificate's lease turns `expired` (its certificate has reached notAfter).
 Revoke one early and its serial is on the CRL until then:
   {exe} lease revoke <lease id>
@@ -279,6 +299,7 @@ Revoke one early and its serial is on the CRL until then:
         dir = dir.display(),
         cfg = cfg.display(),
         policies = policies.display(),
+        pg_vault_line = if pg { "\n  bao read database/creds/readonly" } else { "" },
         pg_line = if pg {
             format!("\n  {exe} creds pg/readonly --ttl 10m               # a PostgreSQL login that can read the database")
         } else {
@@ -297,5 +318,8 @@ mod tests {
         let cfg = Config::from_toml(&text).unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.connections.len(), 2);
+        let vault = cfg.vault_api.as_ref().unwrap();
+        assert_eq!(vault.mounts.keys().collect::<Vec<_>>(), ["pki", "token"]);
+        assert!(vault.auth.contains_key("jwt"));
     }
 }

@@ -399,6 +399,7 @@ impl RootCredentials {
                     scopes: vec![],
                     now: OffsetDateTime::now_utc().unix_timestamp(),
                     source_ip: meta.source,
+                    vault_role: meta.vault_role.clone(),
                 };
                 let d = self.policy.current().decide_on(&p, action, Target::Connection(&conn.info), &ctx)?;
                 let mut ev = Event::new("decide", if d.allowed { "allow" } else { "deny" })

@@ -221,6 +221,7 @@ pub async fn roles(
                 scopes: role.cfg.default_scopes.clone(),
                 now: OffsetDateTime::now_utc().unix_timestamp(),
                 source_ip: peer.ip(),
+                vault_role: None,
             };
             let p = Principal { issuer: w.issuer.clone(), subject: w.subject.clone(), attributes: w.attributes.clone() };
             if !st.leases.decide(&p, Action::Issue, Some(role), &ctx)?.allowed {

@@ -12,7 +12,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{any, get, on, post, MethodFilter};
 use axum::Router;
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
@@ -32,8 +32,10 @@ mod error;
 mod leases;
 mod openapi;
 mod public;
+pub mod vault;
 
 pub use error::ApiError;
+pub(crate) use leases::rfc3339 as leases_rfc3339;
 pub use openapi::document as openapi_document;
 
 /// Prefix of admin tokens (see [`crate::admin_tokens`]).
@@ -50,6 +52,8 @@ pub struct AppState {
     pub admin_requires_client_cert: bool,
     /// Delays refused authentications from networks that keep failing.
     pub brake: Arc<brake::AuthBrake>,
+    /// The Vault-compatible API, when `[vault_api]` is configured.
+    pub vault: Option<Arc<vault::VaultState>>,
 }
 
 /// Builds the router for `/v1` and the well-known endpoints.
@@ -69,7 +73,8 @@ pub fn router(state: AppState, limits: &crate::config::Limits) -> Router {
             .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(shared.clone()))
             .concurrency_limit(per_route)
     };
-    Router::new()
+    let vault_on = state.vault.is_some();
+    let router = Router::new()
         .route("/v1/leases", post(leases::issue))
         .route("/v1/leases/{id}", get(leases::show).delete(leases::revoke))
         .route("/v1/leases/{id}/renew", post(leases::renew))
@@ -95,8 +100,25 @@ pub fn router(state: AppState, limits: &crate::config::Limits) -> Router {
         .route("/.well-known/jwks.json", get(public::jwks).layer(public()))
         .route("/v1/health", get(public::health).layer(public()))
         .route("/metrics", get(public::metrics).layer(public()))
-        .route("/v1/openapi.json", get(openapi::serve).layer(public()))
-        .fallback(|| async { ApiError::not_found("no such endpoint; the API lives under /v1") })
+        .route("/v1/openapi.json", get(openapi::serve).layer(public()));
+    // The Vault-compatible API (documented by Vault, not in openapi.json):
+    // its unauthenticated paths are shed like lessor's own; every other
+    // path under /v1 that no route above serves is a Vault path.
+    let router = if vault_on {
+        router
+            .route("/v1/sys/health", any(vault::health).layer(public()))
+            .route("/v1/sys/seal-status", any(vault::seal_status).layer(public()))
+            .route("/v1/sys/leader", any(vault::leader).layer(public()))
+            .route("/v1/sys/{*rest}", any(vault::dispatch))
+            .route("/v1/auth/{*rest}", any(vault::dispatch))
+            // A Vault pki mount named `pki` (`pki/issue/<role>`) beside
+            // lessor's own GET documents there.
+            .route("/v1/pki/{*rest}", on(MethodFilter::POST.or(MethodFilter::PUT), vault::dispatch))
+    } else {
+        router
+    };
+    router
+        .fallback(vault::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(
@@ -436,6 +458,7 @@ impl FromRequestParts<AppState> for AdminCaller {
                     scopes: vec![],
                     now: time::OffsetDateTime::now_utc().unix_timestamp(),
                     source_ip: ip,
+                    vault_role: None,
                 };
                 let p = Principal { issuer: w.issuer.clone(), subject: w.subject.clone(), attributes: w.attributes.clone() };
                 let d = state.leases.decide(&p, Action::Admin, None, &ctx)?;

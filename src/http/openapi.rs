@@ -558,7 +558,7 @@ mod tests {
         let body = src.split("pub fn router(").nth(1).and_then(|s| s.split("\n}\n").next()).unwrap_or("");
         let mut out = BTreeSet::new();
         for chunk in body.split(".route(").skip(1) {
-            let Some(path) = chunk.strip_prefix('"').and_then(|s| s.split('"').next()) else { continue };
+            let Some(path) = chunk.trim_start().strip_prefix('"').and_then(|s| s.split('"').next()) else { continue };
             let handlers = chunk.split_once(',').map(|(_, h)| h).unwrap_or("");
             // `get(x).delete(y)` or `axum::routing::put(z)`: the method names.
             for m in ["get", "post", "put", "delete", "patch"] {

@@ -24,8 +24,10 @@ impl LeaseService {
         for role in self.catalog.roles.values() {
             let (plugin, name) = (role.kind.as_str(), role.name.as_str());
             for o in REQUEST_OUTCOMES {
-                m.issued.with_label_values(&[plugin, name, o]);
-                m.renewed.with_label_values(&[plugin, name, o]);
+                for api in crate::audit::APIS {
+                    m.issued.with_label_values(&[plugin, name, o, api]);
+                    m.renewed.with_label_values(&[plugin, name, o, api]);
+                }
             }
             let outcomes: &[&str] =
                 if role.plugin.capabilities().can_revoke { &["ok", "error"] } else { &["not_revocable"] };

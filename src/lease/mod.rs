@@ -214,6 +214,21 @@ pub struct Issued {
     pub decision: Decision,
 }
 
+/// What a renewal returns: the lease, whether it runs for less than was
+/// asked (cut at the role's or lease's max), and what was asked.
+pub struct Renewed {
+    pub lease: Lease,
+    pub capped: bool,
+    pub asked: Duration,
+}
+
+/// A renewal's TTL: as the native API takes it (text, refused over the
+/// role's max) or as Vault's (seconds, cut at the max).
+enum RenewTtl {
+    Strict(Option<String>),
+    Capped(Option<Duration>),
+}
+
 /// An issue request, after the wire format.
 #[derive(Debug, Clone, Default)]
 pub struct IssueInput {
@@ -454,7 +469,7 @@ impl LeaseService {
                 self.audit.note(ev);
             }
         }
-        metrics().issued.with_label_values(&[role.kind.as_str(), role.name.as_str(), outcome(&result)]).inc();
+        metrics().issued.with_label_values(&[role.kind.as_str(), role.name.as_str(), outcome(&result), meta.api]).inc();
         if result.is_ok() {
             metrics().issue_seconds.with_label_values(&[role.kind.as_str()]).observe(started.elapsed().as_secs_f64());
         }
@@ -492,6 +507,7 @@ impl LeaseService {
             scopes: scopes.clone(),
             now: now.unix_timestamp(),
             source_ip: meta.source,
+            vault_role: meta.vault_role.clone(),
         };
         let decision = self.decide(&principal_of(w), Action::Issue, Some(role), &ctx)?;
         let decided = decision_event(&decision, Action::Issue);
@@ -752,6 +768,7 @@ impl LeaseService {
             scopes: lease.scopes.clone(),
             now: OffsetDateTime::now_utc().unix_timestamp(),
             source_ip: meta.source,
+            vault_role: meta.vault_role.clone(),
         };
         let d = self.decide(&principal_of(w), action, Some(role), &ctx)?;
         let mut ev = with_lease(decision_event(&d, action), lease).request(Some(meta)).actor(workload_info(w));
@@ -767,6 +784,18 @@ impl LeaseService {
 
     /// Extends a lease (never past its max).
     pub async fn renew(&self, actor: &Actor, id: &str, ttl: Option<String>, meta: &RequestMeta) -> Result<Lease, LeaseError> {
+        self.renew_with(actor, id, RenewTtl::Strict(ttl), meta).await.map(|r| r.lease)
+    }
+
+    /// Vault's renewal: a TTL over the role's max is cut to it, and a lease
+    /// already at its max answers its remaining time rather than a
+    /// conflict; `capped` says the lease runs for less than was asked (so a
+    /// client such as Vault Agent fetches a new credential in time).
+    pub async fn renew_capped(&self, actor: &Actor, id: &str, ttl: Option<Duration>, meta: &RequestMeta) -> Result<Renewed, LeaseError> {
+        self.renew_with(actor, id, RenewTtl::Capped(ttl), meta).await
+    }
+
+    async fn renew_with(&self, actor: &Actor, id: &str, ttl: RenewTtl, meta: &RequestMeta) -> Result<Renewed, LeaseError> {
         let lease = match self.owned(actor, id).await {
             Ok(l) => l,
             Err(e) => {
@@ -782,11 +811,11 @@ impl LeaseService {
         let role = self.role(&lease.role)?;
         let result = self.renew_inner(actor, &lease, &role, ttl, meta).await;
         match &result {
-            Ok(l) => {
+            Ok(Renewed { lease: l, .. }) => {
                 let mut ev = with_lease(Event::new("renew", "ok"), l).request(Some(meta)).actor(actor.audit_info());
                 ev.ttl_seconds = Some((l.expires_at - OffsetDateTime::now_utc()).whole_seconds().max(0));
                 if let Err(e) = self.audit.record(ev).await {
-                    metrics().renewed.with_label_values(&[role.kind.as_str(), role.name.as_str(), "error"]).inc();
+                    metrics().renewed.with_label_values(&[role.kind.as_str(), role.name.as_str(), "error", meta.api]).inc();
                     return Err(e.into());
                 }
             }
@@ -799,7 +828,7 @@ impl LeaseService {
                 self.audit.note(ev);
             }
         }
-        metrics().renewed.with_label_values(&[role.kind.as_str(), role.name.as_str(), outcome(&result)]).inc();
+        metrics().renewed.with_label_values(&[role.kind.as_str(), role.name.as_str(), outcome(&result), meta.api]).inc();
         result
     }
 
@@ -808,12 +837,19 @@ impl LeaseService {
         actor: &Actor,
         lease: &Lease,
         role: &Arc<Role>,
-        ttl: Option<String>,
+        ttl: RenewTtl,
         meta: &RequestMeta,
-    ) -> Result<Lease, LeaseError> {
+    ) -> Result<Renewed, LeaseError> {
         // The request first: bad input is a 400 naming the field whatever
         // the lease's state.
-        let ttl = request_ttl(ttl.as_deref(), role)?;
+        let (ttl, capped_mode) = match ttl {
+            RenewTtl::Strict(t) => (request_ttl(t.as_deref(), role)?, false),
+            RenewTtl::Capped(t) => {
+                (t.unwrap_or_else(|| role.cfg.default_ttl()).max(Duration::from_secs(1)), true)
+            }
+        };
+        let asked = ttl;
+        let ttl = ttl.min(role.max_ttl());
         if let Some(why) = not_renewable(lease) {
             return Err(LeaseError::Conflict(format!("lease `{}` {why}; only active leases can be renewed, request a new credential", lease.id)));
         }
@@ -833,6 +869,11 @@ impl LeaseService {
                 "role `{}` cannot be renewed: its plugin ({}) issues credentials with a fixed lifetime; request a new one",
                 role.name, role.kind
             )));
+        }
+        if lease.expires_at >= lease.max_expires_at && capped_mode {
+            // At its max: nothing to extend. Vault answers the time left.
+            self.check_owner_action(actor, lease, Action::Renew, crate::duration::secs_i64(ttl), meta)?;
+            return Ok(Renewed { lease: lease.clone(), capped: true, asked });
         }
         if lease.expires_at >= lease.max_expires_at {
             return Err(LeaseError::Conflict(format!(
@@ -868,7 +909,8 @@ impl LeaseService {
         }
         let mut l = lease.clone();
         l.expires_at = new_exp;
-        Ok(l)
+        let capped = new_exp - done < time::Duration::try_from(asked).unwrap_or(time::Duration::MAX) - time::Duration::seconds(1);
+        Ok(Renewed { lease: l, capped, asked })
     }
 
     /// Revokes a lease now (owner or admin). Revoking an ended lease returns

@@ -181,6 +181,9 @@ pub struct RequestContext {
     /// Unix seconds.
     pub now: i64,
     pub source_ip: IpAddr,
+    /// The Vault `role` a Vault API client logged in with (None for native
+    /// requests): `context.vault_role`.
+    pub vault_role: Option<String>,
 }
 
 /// A policy that took part in a decision.
@@ -743,12 +746,16 @@ impl Policies {
                 (ruid, e, (action, format!("connection:{}", c.name)))
             }
         };
-        let context = Context::from_pairs([
+        let mut pairs = vec![
             ("ttl_seconds".to_string(), RestrictedExpression::new_long(ctx.ttl_seconds)),
             ("scopes".to_string(), RestrictedExpression::new_set(ctx.scopes.iter().cloned().map(s))),
             ("now".to_string(), RestrictedExpression::new_long(ctx.now)),
             ("source_ip".to_string(), RestrictedExpression::new_ip(ctx.source_ip.to_string())),
-        ])
+        ];
+        if let Some(r) = &ctx.vault_role {
+            pairs.push(("vault_role".to_string(), s(r.clone())));
+        }
+        let context = Context::from_pairs(pairs)
         .map_err(|e| PolicyError::Request(e.to_string()))?;
         // The context is built here with the schema's types; validating it
         // again per request would only cost time.
@@ -916,6 +923,30 @@ mod index_tests {
     }
 
     #[test]
+    fn the_vault_role_reaches_cedar_only_from_the_vault_api() {
+        let text = r#"
+@id("deploy-only") permit(principal, action == Lessor::Action::"issue", resource == Lessor::Role::"c/r")
+  when { context has vault_role && context.vault_role == "deploy" };
+"#;
+        let src = vec![("s.cedarschema".to_string(), SCHEMA.to_string()), ("p.cedar".to_string(), text.to_string())];
+        let p = Policies::from_sources(&src, &[role("c/r")]).unwrap();
+        let principal = Principal { issuer: "i".into(), subject: "s".into(), attributes: BTreeMap::new() };
+        let decide = |vault_role: Option<&str>| {
+            let ctx = RequestContext {
+                ttl_seconds: 60,
+                scopes: vec![],
+                now: 0,
+                source_ip: IpAddr::from([127, 0, 0, 1]),
+                vault_role: vault_role.map(str::to_owned),
+            };
+            p.decide(&principal, Action::Issue, Some(&role("c/r")), &ctx).unwrap().allowed
+        };
+        assert!(decide(Some("deploy")));
+        assert!(!decide(Some("ci")));
+        assert!(!decide(None), "a native request has no vault_role");
+    }
+
+    #[test]
     fn indexed_decisions_equal_full_evaluation() {
         let text = r#"
 @id("a") permit(principal, action == Lessor::Action::"issue", resource == Lessor::Role::"c/r")
@@ -939,7 +970,7 @@ mod index_tests {
         assert_eq!(slice.attr.as_deref(), Some("repository"));
         assert!(slice.by_value.contains_key("acme/a") && slice.by_value.contains_key("acme/b"));
         let full = Policies::from_sources(&src, &[]).unwrap();
-        let ctx = RequestContext { ttl_seconds: 300, scopes: vec![], now: 0, source_ip: IpAddr::from([127, 0, 0, 1]) };
+        let ctx = RequestContext { ttl_seconds: 300, scopes: vec![], now: 0, source_ip: IpAddr::from([127, 0, 0, 1]), vault_role: None };
         let repos = [None, Some("acme/a"), Some("acme/b"), Some("acme/c"), Some("p"), Some("zzz")];
         let refs = [None, Some("refs/heads/main"), Some("x")];
         for repo in repos {
@@ -992,7 +1023,7 @@ mod index_tests {
         for id in ["write-for-a", "no-write-for-x", "nothing-for-b"] {
             assert!(ids.contains(&id.to_string()), "{id} must be in the issue slice: {ids:?}");
         }
-        let ctx = RequestContext { ttl_seconds: 300, scopes: vec![], now: 0, source_ip: IpAddr::from([127, 0, 0, 1]) };
+        let ctx = RequestContext { ttl_seconds: 300, scopes: vec![], now: 0, source_ip: IpAddr::from([127, 0, 0, 1]), vault_role: None };
         let decide = |p: &Policies, subject: &str, repo: Option<&str>, r: Option<&str>, action: Action| {
             let mut attributes = BTreeMap::new();
             if let Some(v) = repo {

@@ -76,6 +76,10 @@ pub struct Case {
     /// Unix seconds; defaults to now.
     #[serde(default)]
     pub now: Option<i64>,
+    /// The Vault `role` of a request through the Vault-compatible API
+    /// (`context.vault_role`); absent for a native request.
+    #[serde(default)]
+    pub vault_role: Option<String>,
     #[serde(default)]
     pub expect: Option<String>,
     #[serde(default)]
@@ -153,6 +157,7 @@ impl Case {
             scopes: self.scopes.clone(),
             now,
             source_ip: self.source_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            vault_role: self.vault_role.clone(),
         };
         Ok((Principal { issuer, subject, attributes }, action, role, ctx))
     }

@@ -22,12 +22,14 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 pub mod admin_tokens;
+pub mod sessions;
 pub mod sqlite;
 pub mod postgres;
 mod rows;
 pub mod state;
 
 pub use admin_tokens::{AdminToken, AdminTokenStore};
+pub use sessions::{Session, SessionStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -387,10 +389,11 @@ pub type LeaseCounts = Vec<(String, String, LeaseState, i64)>;
 /// Counts for metrics: (role, plugin) -> n.
 pub type RoleCounts = Vec<(String, String, i64)>;
 
-/// Everything lessor keeps. Admin tokens are a separate trait
-/// ([`AdminTokenStore`]) every store implements.
+/// Everything lessor keeps. Admin tokens and Vault API sessions are
+/// separate traits ([`AdminTokenStore`], [`SessionStore`]) every store
+/// implements.
 #[async_trait]
-pub trait Store: AdminTokenStore + Send + Sync + 'static {
+pub trait Store: AdminTokenStore + SessionStore + Send + Sync + 'static {
     /// Short backend name for logs (`sqlite`, `postgres`).
     fn backend(&self) -> &'static str;
 

@@ -38,6 +38,7 @@ use super::{
 };
 
 mod admin_tokens;
+mod sessions;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");
 

@@ -164,6 +164,7 @@ impl Writer {
 }
 
 mod admin_tokens;
+mod sessions;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
 

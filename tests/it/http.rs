@@ -50,7 +50,7 @@ async fn health_and_metrics_answer() {
     assert_eq!(h["store_backend"], "sqlite");
     let m = d.http.get(format!("{}/metrics", d.url)).send().await.unwrap().text().await.unwrap();
     assert!(m.contains("lessor_leases{plugin=\"token\",role=\"token/orders\",state=\"active\"}"), "{m}");
-    assert!(m.contains("lessor_issued_total{outcome=\"ok\",plugin=\"token\",role=\"token/orders\"}"), "{m}");
+    assert!(m.contains("lessor_issued_total{api=\"native\",outcome=\"ok\",plugin=\"token\",role=\"token/orders\"}"), "{m}");
     assert!(m.contains("lessor_issue_duration_seconds_bucket{plugin=\"token\""), "{m}");
     assert!(!m.contains("lse_"), "no lease ids in metric labels");
 }

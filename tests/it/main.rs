@@ -26,3 +26,4 @@ mod scale;
 mod store;
 mod tls;
 mod unauth;
+mod vault;

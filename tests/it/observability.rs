@@ -203,8 +203,8 @@ fn lag_of(lease: &Value) -> f64 {
     (t("ended_at") - t("expires_at")).as_seconds_f64()
 }
 
-fn issued(plugin: &'static str, role: &'static str, outcome: &'static str) -> [(&'static str, &'static str); 3] {
-    [("outcome", outcome), ("plugin", plugin), ("role", role)]
+fn issued(plugin: &'static str, role: &'static str, outcome: &'static str) -> [(&'static str, &'static str); 4] {
+    [("api", "native"), ("outcome", outcome), ("plugin", plugin), ("role", role)]
 }
 
 #[tokio::test]

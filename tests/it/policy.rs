@@ -137,7 +137,7 @@ fn shipped_policies_pin_the_issuer_and_keep_setting_and_approving_apart() {
     let p = Policies::load(&dir, &[]).unwrap();
     assert_eq!(p.warnings(), Vec::<String>::new());
     let conn = ConnectionInfo { name: "pg".into(), plugin: "postgres".into(), environment: "production".into(), owner: "payments".into() };
-    let ctx = RequestContext { ttl_seconds: 0, scopes: vec![], now: 0, source_ip: std::net::IpAddr::from([127, 0, 0, 1]) };
+    let ctx = RequestContext { ttl_seconds: 0, scopes: vec![], now: 0, source_ip: std::net::IpAddr::from([127, 0, 0, 1]), vault_role: None };
     let gh = "https://token.actions.githubusercontent.com";
     let who = |issuer: &str, repo: &str, team: Option<&str>| {
         let mut attributes = BTreeMap::from([

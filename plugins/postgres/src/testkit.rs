@@ -204,14 +204,20 @@ impl TempPostgres {
 
     /// Runs SQL as the superuser through psql (setup for tests).
     pub fn psql(&self, db: &str, sql: &str) -> Result<String, String> {
+        self.psql_as("postgres", &self.password, db, sql)
+    }
+
+    /// Runs SQL through psql, logged in as `user` with `password` (what a
+    /// workload does with the login lessor issued it).
+    pub fn psql_as(&self, user: &str, password: &str, db: &str, sql: &str) -> Result<String, String> {
         let psql = self.bindir.join("psql");
         let out = Command::new(&psql)
-            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", db])
+            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", user, "-d", db])
             .arg("-p")
             .arg(self.port.to_string())
             .arg("-c")
             .arg(sql)
-            .env("PGPASSWORD", &self.password)
+            .env("PGPASSWORD", password)
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("running {}: {e}", psql.display()))?;
