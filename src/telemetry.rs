@@ -103,7 +103,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["outcome"],
     )?;
     let quota_rejections = IntCounterVec::new(
-        Opts::new("lessor_quota_rejections_total", "Issue requests refused by a quota or rate limit, by which"),
+        Opts::new("lessor_quota_rejections_total", "Issue requests (and Vault API logins, `vault_login`) refused by a quota or rate limit, by which"),
         &["quota"],
     )?;
     let replicas = IntGauge::new("lessor_replicas", "lessor processes alive on this store (heartbeat within claim_timeout)")?;

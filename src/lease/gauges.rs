@@ -47,7 +47,7 @@ impl LeaseService {
         }
         // Decisions about no role (admin) are labelled `lessor`.
         m.policy_denials.with_label_values(&[Action::Admin.as_str(), "lessor"]);
-        for q in ["owner", "role", "total", "rate"] {
+        for q in ["owner", "role", "total", "rate", "vault_login"] {
             m.quota_rejections.with_label_values(&[q]);
         }
         for o in ["ok", "error"] {

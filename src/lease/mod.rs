@@ -173,7 +173,7 @@ fn with_lease(mut e: Event, l: &Lease) -> Event {
 /// Per-owner issue rate limit (per replica): a keyed GCRA limiter
 /// (`governor`) with a burst of `per_minute` that refills at `per_minute` a
 /// minute, the same semantics as a token bucket of that size.
-struct RateLimiter {
+pub struct RateLimiter {
     limiter: Option<governor::DefaultKeyedRateLimiter<(String, String)>>,
 }
 
@@ -181,14 +181,15 @@ struct RateLimiter {
 const RATE_KEYS_SOFT_CAP: usize = 100_000;
 
 impl RateLimiter {
-    fn new(per_minute: u32) -> RateLimiter {
+    /// `per_minute` 0 = no limit.
+    pub fn new(per_minute: u32) -> RateLimiter {
         let limiter = std::num::NonZeroU32::new(per_minute)
             .map(|n| governor::RateLimiter::keyed(governor::Quota::per_minute(n)));
         RateLimiter { limiter }
     }
 
     /// Takes one issue; `Err(seconds until one is allowed)` when none is left.
-    fn take(&self, issuer: &str, subject: &str) -> Result<(), u64> {
+    pub fn take(&self, issuer: &str, subject: &str) -> Result<(), u64> {
         use governor::clock::Clock as _;
         let Some(l) = &self.limiter else { return Ok(()) };
         if l.len() > RATE_KEYS_SOFT_CAP {

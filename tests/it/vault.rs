@@ -292,6 +292,19 @@ async fn the_bao_cli_logs_in_reads_database_logins_and_certificates_and_manages_
     assert_eq!(admin_lease(&d, lessor_id(agent_creds["lease_id"].as_str().unwrap())).await["state"], "active");
     assert!(pg_role_exists(&pg, agent_creds["data"]["username"].as_str().unwrap()));
 
+    // Logins are rate-limited per workload (vault_api.logins_per_minute,
+    // default 30): each is a store write.
+    let flood_jwt = iss.sign(&iss.gh_claims("acme/flood", "refs/heads/main"));
+    let mut statuses = Vec::new();
+    for _ in 0..31 {
+        let r = d.http.put(format!("{}/v1/auth/jwt/login", d.url)).json(&json!({"role": "ci", "jwt": flood_jwt})).send().await.unwrap();
+        let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        statuses.push((r.status().as_u16(), retry));
+    }
+    assert!(statuses[..30].iter().all(|(s, _)| *s == 200), "{statuses:?}");
+    assert_eq!(statuses[30].0, 429, "{statuses:?}");
+    assert!(statuses[30].1.as_deref().is_some_and(|s| s.parse::<u64>().unwrap() >= 1), "{statuses:?}");
+
     // The token plugin through a `creds` read; metrics count it under
     // api="vault" (only this test asks for token/orders that way; the
     // registry is shared by every test in this process).
