@@ -213,7 +213,7 @@ async fn json_logs_carry_the_request_id_and_no_secret() {
     }
 }
 
-fn run(args: &[&str], cwd: &Path, envs: &[(&str, &str)]) -> (i32, String, String) {
+pub fn run(args: &[&str], cwd: &Path, envs: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(BIN);
     cmd.args(args).current_dir(cwd).stdin(Stdio::null());
     for (k, v) in envs {

@@ -20,6 +20,7 @@ mod openapi;
 mod pki;
 mod policy;
 mod postgres;
+mod redis_users;
 mod replicas;
 mod retry;
 mod scale;

@@ -7,6 +7,7 @@
 //! made again after an I/O error; each connect and each command is bounded
 //! by the connection's `timeout`. Knows nothing of leases or scopes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -72,6 +73,10 @@ pub struct Node {
     /// Whether `ACL SAVE` follows changes here (decided once).
     save: OnceCell<bool>,
     acl_save: AclSave,
+    /// Changes made here, numbered; see [`Node::save_acl`].
+    changes: AtomicU64,
+    /// The highest change number a finished `ACL SAVE` covers.
+    saved: Mutex<u64>,
 }
 
 impl std::fmt::Debug for Node {
@@ -105,6 +110,8 @@ impl Node {
             conn: Mutex::new(None),
             save: OnceCell::new(),
             acl_save: cfg.acl_save,
+            changes: AtomicU64::new(0),
+            saved: Mutex::new(0),
         })
     }
 
@@ -158,11 +165,25 @@ impl Node {
         }
     }
 
-    /// `ACL SAVE` when this node keeps an ACL file (see [`Node::save_decision`]).
+    /// `ACL SAVE` when this node keeps an ACL file (see
+    /// [`Node::save_decision`]), after a change this task finished.
+    ///
+    /// `ACL SAVE` rewrites the whole file, so concurrent callers share one:
+    /// each numbers its change, then waits its turn; a save that started
+    /// after its change finished covers it. Every change numbered up to
+    /// `target` had finished before `target` was read.
     pub async fn save_acl(&self) -> Result<(), NodeError> {
-        if self.save_decision().await? {
-            self.run(redis::cmd("ACL").arg("SAVE")).await?;
+        if !self.save_decision().await? {
+            return Ok(());
         }
+        let mine = self.changes.fetch_add(1, Ordering::SeqCst).saturating_add(1);
+        let mut saved = self.saved.lock().await;
+        if *saved >= mine {
+            return Ok(());
+        }
+        let target = self.changes.load(Ordering::SeqCst);
+        self.run(redis::cmd("ACL").arg("SAVE")).await?;
+        *saved = target;
         Ok(())
     }
 }

@@ -93,9 +93,14 @@ fn check_expiry(expires_at: OffsetDateTime, max_ttl: Duration) -> Result<(), Plu
     Ok(())
 }
 
+/// Characters left as they are in the issued URL's user and password (RFC
+/// 3986 unreserved).
+const URL_KEEP: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// `redis[s]://user:password@host:port` with user and password encoded.
 fn user_url(node: &crate::config::NodeUrl, user: &str, password: &SecretString) -> SecretString {
-    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, URL_KEEP).to_string();
     let scheme = if node.tls { "rediss" } else { "redis" };
     SecretString::from(format!("{scheme}://{}:{}@{node}", enc(user), enc(password.expose_secret())))
 }
@@ -565,8 +570,8 @@ mod tests {
     #[test]
     fn user_urls_encode_and_keep_tls() {
         let n = crate::config::parse_node("rediss://h:7000").unwrap();
-        let u = user_url(&n, "a b", &SecretString::from("p@ss/w"));
-        assert_eq!(u.expose_secret(), "rediss://a%20b:p%40ss%2Fw@h:7000");
+        let u = user_url(&n, "lessor_a b", &SecretString::from("p@ss/w"));
+        assert_eq!(u.expose_secret(), "rediss://lessor_a%20b:p%40ss%2Fw@h:7000");
     }
 
     #[test]

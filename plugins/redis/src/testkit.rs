@@ -19,6 +19,8 @@ pub struct TempRedis {
     dir: tempfile::TempDir,
     port: u16,
     password: String,
+    /// Serves TLS only (`rediss://`), with `tls.crt` / `tls.key` in `dir`.
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -54,6 +56,17 @@ impl TempRedis {
     /// Starts a server whose admin user `default` has `password` (another
     /// node of the same deployment).
     pub fn start_with_password(password: &str) -> Result<TempRedis, String> {
+        TempRedis::launch(password, None)
+    }
+
+    /// Starts a server that speaks TLS only, with this server certificate
+    /// and key (PEM), a random admin password and no client certificates.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Result<TempRedis, String> {
+        let password = format!("adm{}", hex::encode(rand::random::<[u8; 12]>()));
+        TempRedis::launch(&password, Some((cert_pem, key_pem)))
+    }
+
+    fn launch(password: &str, tls: Option<(&str, &str)>) -> Result<TempRedis, String> {
         if password.is_empty() || !password.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err("the test admin password must be letters and digits".into());
         }
@@ -62,7 +75,11 @@ impl TempRedis {
         let password = password.to_owned();
         std::fs::write(dir.path().join("users.acl"), format!("user default on >{password} ~* &* +@all\n"))
             .map_err(|e| e.to_string())?;
-        let mut r = TempRedis { exe, dir, port: free_port()?, password, child: None };
+        if let Some((cert, key)) = tls {
+            std::fs::write(dir.path().join("tls.crt"), cert).map_err(|e| e.to_string())?;
+            std::fs::write(dir.path().join("tls.key"), key).map_err(|e| e.to_string())?;
+        }
+        let mut r = TempRedis { exe, dir, port: free_port()?, password, tls: tls.is_some(), child: None };
         r.restart()?;
         Ok(r)
     }
@@ -73,9 +90,19 @@ impl TempRedis {
             return Ok(());
         }
         let log = std::fs::File::create(self.dir.path().join("server.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(&self.exe)
-            .args(["--bind", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["--bind", "127.0.0.1"]);
+        if self.tls {
+            cmd.args(["--port", "0", "--tls-auth-clients", "no", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(self.dir.path().join("tls.crt"))
+                .arg("--tls-key-file")
+                .arg(self.dir.path().join("tls.key"));
+        } else {
+            cmd.arg("--port").arg(self.port.to_string());
+        }
+        let child = cmd
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -108,6 +135,10 @@ impl TempRedis {
 
     fn ping(&self) -> bool {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        if self.tls {
+            // Listening is enough: the server accepts only once it is ready.
+            return true;
+        }
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         if s.write_all(b"PING\r\n").is_err() {
             return false;
@@ -128,9 +159,11 @@ impl TempRedis {
         self.port
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>` (`rediss://` with TLS: the certificate
+    /// must name IP 127.0.0.1).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The password of the admin user `default`.

@@ -7,3 +7,4 @@ mod lifecycle;
 mod nodes;
 mod root;
 mod support;
+mod tls;
