@@ -534,16 +534,16 @@ impl Plugin for RedisPlugin {
         let add = acl::password_hash(&password);
         let undo = acl::password_unhash(&password);
         let old = acl::password_unhash(&root.password);
-        let added = set_admin_rule(&root.nodes, &user, &add).await;
+        let added = set_admin_rule(&root.nodes, user, &add).await;
         if let Some(f) = failures(&added) {
-            let _ = set_admin_rule(&root.nodes, &user, &undo).await;
+            let _ = set_admin_rule(&root.nodes, user, &undo).await;
             return Err(PluginError::Retryable(format!(
                 "connection `{}`: adding the new password of `{user}` failed on {f}; the old one still works everywhere",
                 self.connection
             )));
         }
         if old != undo {
-            let removed = set_admin_rule(&root.nodes, &user, &old).await;
+            let removed = set_admin_rule(&root.nodes, user, &old).await;
             if let Some(f) = failures(&removed) {
                 tracing::warn!(nodes = %f, "the previous admin password still works on these nodes");
             }
