@@ -90,6 +90,48 @@ pub struct Config {
     /// The Vault-compatible API (off unless this section is present).
     #[serde(default)]
     pub vault_api: Option<crate::vault::VaultApiConfig>,
+    /// The reconciler: vendor objects against leases (`lease/reconcile.rs`).
+    #[serde(default)]
+    pub reconcile: ReconcileSettings,
+}
+
+/// `[reconcile]`: how often each vendor's objects are compared with the
+/// leases, and how long a stray may wait before it is revoked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSettings {
+    /// Time between scheduled passes (`0s`: only `lessor reconcile` runs one).
+    #[serde(default = "default_reconcile_interval", with = "crate::duration::serde")]
+    pub interval: Duration,
+    /// A vendor object without a live lease is revoked only once it has
+    /// been a stray this long: its lease ended at least `grace` ago, or (no
+    /// lease row at all) this replica first saw it at least `grace` ago.
+    #[serde(default = "default_reconcile_grace", with = "crate::duration::serde")]
+    pub grace: Duration,
+    /// Most strays revoked per connection per pass (the rest wait for the
+    /// next pass).
+    #[serde(default = "default_reconcile_revocations")]
+    pub max_revocations: u32,
+}
+
+fn default_reconcile_interval() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_reconcile_grace() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_reconcile_revocations() -> u32 {
+    100
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        ReconcileSettings {
+            interval: default_reconcile_interval(),
+            grace: default_reconcile_grace(),
+            max_revocations: default_reconcile_revocations(),
+        }
+    }
 }
 
 /// `[kek]`: where the key-encryption key of root credentials comes from.
@@ -935,6 +977,15 @@ impl Config {
         }
         if self.limits.request_timeout.is_zero() {
             return bad("limits.request_timeout must be more than 0".into());
+        }
+        if self.reconcile.max_revocations == 0 || self.reconcile.max_revocations > 10_000 {
+            return bad(format!(
+                "reconcile.max_revocations is {}; it must be between 1 and 10000",
+                self.reconcile.max_revocations
+            ));
+        }
+        if !self.reconcile.interval.is_zero() && self.reconcile.interval < Duration::from_secs(1) {
+            return bad("reconcile.interval must be at least 1s (or 0s: no scheduled passes)".into());
         }
         if self.limits.unauthenticated_route_concurrency == 0 || self.limits.unauthenticated_concurrency == 0 {
             return bad(
