@@ -183,6 +183,16 @@ impl Reconciler {
         settings: ReconcileSettings,
         call_timeout: Duration,
     ) -> Reconciler {
+        // Label sets at zero from the start, so the first stray shows in
+        // `increase()`. Connections whose plugin keeps no vendor objects
+        // keep their zeros: nothing there can be stray.
+        let m = metrics();
+        for name in catalog.connections.keys() {
+            for o in STRAY_OUTCOMES {
+                m.reconcile_strays.with_label_values(&[name.as_str(), o]);
+            }
+            m.reconcile_missing.with_label_values(&[name.as_str()]);
+        }
         Reconciler {
             store,
             catalog,
@@ -281,9 +291,6 @@ impl Reconciler {
             }
         };
         let m = metrics();
-        for o in STRAY_OUTCOMES {
-            m.reconcile_strays.with_label_values(&[name, o]);
-        }
         rep.objects = objects.len();
         rep.truncated = truncated;
         match self.compare(name, plugin, objects, t0, trigger, &mut rep).await {
