@@ -1117,6 +1117,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reconcile_settings_default_and_are_checked() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!((c.reconcile.interval, c.reconcile.grace, c.reconcile.max_revocations), (Duration::from_secs(600), Duration::from_secs(300), 100));
+        let c = Config::from_toml("[reconcile]\ninterval = \"0s\"\ngrace = \"1h\"").unwrap();
+        c.validate().unwrap();
+        assert!(c.reconcile.interval.is_zero());
+        for (toml, want) in [
+            ("[reconcile]\nmax_revocations = 0", "reconcile.max_revocations is 0"),
+            ("[reconcile]\ninterval = \"100ms\"", "reconcile.interval must be at least 1s"),
+        ] {
+            let err = Config::from_toml(toml).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(want), "{toml}: {err}");
+        }
+        let err = Config::from_toml("[reconcile]\ngrase = \"1m\"").unwrap_err().to_string();
+        assert!(err.contains("grase"), "{err}");
+        let err = Config::from_toml("[reconcile]\ngrace = \"soon\"").unwrap_err().to_string();
+        assert!(err.contains("grace") || err.contains("soon"), "{err}");
+    }
+
+    #[test]
     fn claim_and_revoke_timeouts_are_checked() {
         let mut c = Config::from_toml("").unwrap();
         assert_eq!((c.leases.claim_timeout, c.leases.heartbeat()), (Duration::from_secs(30), Duration::from_secs(10)));

@@ -314,7 +314,14 @@ pub async fn reconcile(
 ) -> Result<Json<Value>, ApiError> {
     use crate::lease::reconcile::{ReconcileError, StrayOutcome, Trigger};
     let rfc = super::leases::rfc3339;
-    let report = match st.reconciler.pass(Trigger::Admin(actor.audit_info())).await {
+    // Its own task: a client that hangs up (or the request timeout) does
+    // not cut the pass between a revocation and its audit entry.
+    let rec = st.reconciler.clone();
+    let trigger = Trigger::Admin(actor.audit_info());
+    let run = tokio::spawn(async move { rec.pass(trigger).await })
+        .await
+        .map_err(|e| ApiError::internal("reconcile pass task", e))?;
+    let report = match run {
         Ok(r) => r,
         Err(ReconcileError::Busy) => {
             return Err(ApiError::new(StatusCode::CONFLICT, "conflict", ReconcileError::Busy.to_string()))
