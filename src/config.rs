@@ -90,6 +90,48 @@ pub struct Config {
     /// The Vault-compatible API (off unless this section is present).
     #[serde(default)]
     pub vault_api: Option<crate::vault::VaultApiConfig>,
+    /// The reconciler: vendor objects against leases (`lease/reconcile.rs`).
+    #[serde(default)]
+    pub reconcile: ReconcileSettings,
+}
+
+/// `[reconcile]`: how often each vendor's objects are compared with the
+/// leases, and how long a stray may wait before it is revoked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSettings {
+    /// Time between scheduled passes (`0s`: only `lessor reconcile` runs one).
+    #[serde(default = "default_reconcile_interval", with = "crate::duration::serde")]
+    pub interval: Duration,
+    /// A vendor object without a live lease is revoked only once it has
+    /// been a stray this long: its lease ended at least `grace` ago, or (no
+    /// lease row at all) this replica first saw it at least `grace` ago.
+    #[serde(default = "default_reconcile_grace", with = "crate::duration::serde")]
+    pub grace: Duration,
+    /// Most strays revoked per connection per pass (the rest wait for the
+    /// next pass).
+    #[serde(default = "default_reconcile_revocations")]
+    pub max_revocations: u32,
+}
+
+fn default_reconcile_interval() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_reconcile_grace() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_reconcile_revocations() -> u32 {
+    100
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        ReconcileSettings {
+            interval: default_reconcile_interval(),
+            grace: default_reconcile_grace(),
+            max_revocations: default_reconcile_revocations(),
+        }
+    }
 }
 
 /// `[kek]`: where the key-encryption key of root credentials comes from.
@@ -936,6 +978,15 @@ impl Config {
         if self.limits.request_timeout.is_zero() {
             return bad("limits.request_timeout must be more than 0".into());
         }
+        if self.reconcile.max_revocations == 0 || self.reconcile.max_revocations > 10_000 {
+            return bad(format!(
+                "reconcile.max_revocations is {}; it must be between 1 and 10000",
+                self.reconcile.max_revocations
+            ));
+        }
+        if !self.reconcile.interval.is_zero() && self.reconcile.interval < Duration::from_secs(1) {
+            return bad("reconcile.interval must be at least 1s (or 0s: no scheduled passes)".into());
+        }
         if self.limits.unauthenticated_route_concurrency == 0 || self.limits.unauthenticated_concurrency == 0 {
             return bad(
                 "limits.unauthenticated_route_concurrency and limits.unauthenticated_concurrency must be at least 1"
@@ -1064,6 +1115,26 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconcile_settings_default_and_are_checked() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!((c.reconcile.interval, c.reconcile.grace, c.reconcile.max_revocations), (Duration::from_secs(600), Duration::from_secs(300), 100));
+        let c = Config::from_toml("[reconcile]\ninterval = \"0s\"\ngrace = \"1h\"").unwrap();
+        c.validate().unwrap();
+        assert!(c.reconcile.interval.is_zero());
+        for (toml, want) in [
+            ("[reconcile]\nmax_revocations = 0", "reconcile.max_revocations is 0"),
+            ("[reconcile]\ninterval = \"100ms\"", "reconcile.interval must be at least 1s"),
+        ] {
+            let err = Config::from_toml(toml).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(want), "{toml}: {err}");
+        }
+        let err = Config::from_toml("[reconcile]\ngrase = \"1m\"").unwrap_err().to_string();
+        assert!(err.contains("grase"), "{err}");
+        let err = Config::from_toml("[reconcile]\ngrace = \"soon\"").unwrap_err().to_string();
+        assert!(err.contains("grace") || err.contains("soon"), "{err}");
+    }
 
     #[test]
     fn claim_and_revoke_timeouts_are_checked() {

@@ -14,7 +14,7 @@ use crate::config::Config;
 mod admin_token;
 mod audit;
 mod client;
-pub use client::render_status;
+pub use client::{render_reconcile, render_status};
 pub mod connection;
 mod dev;
 
@@ -68,6 +68,17 @@ enum Command {
     /// One screen for an SRE: leases by role and state, the oldest overdue
     /// revocation, failing revocations, quota use (admin).
     Status {
+        #[command(flatten)]
+        conn: client::ConnArgs,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one reconcile pass now (admin): every vendor object lessor made
+    /// must belong to a live lease; strays past the grace period are
+    /// revoked, leases whose object is missing are reported. Exits 1
+    /// unless the result is clean.
+    Reconcile {
         #[command(flatten)]
         conn: client::ConnArgs,
         /// Print the raw JSON.
@@ -176,6 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             connection::rekey(&cfg, &new).await
         }
         Command::Status { conn, json } => client::status(conn, json).await,
+        Command::Reconcile { conn, json } => client::reconcile(conn, json).await,
         Command::AdminToken { conn, cmd } => admin_token::run(conn, cmd).await,
     }
 }

@@ -295,3 +295,90 @@ pub async fn explain(
         .map_err(|e| ApiError::bad_request("case", e.to_string()))?;
     Ok(Json(serde_json::to_value(&d).map_err(|e| ApiError::internal("serializing decision", e))?))
 }
+
+/// `POST /v1/admin/reconcile` (`lessor reconcile`): runs one reconcile pass
+/// now and answers with its report: per connection, the vendor objects
+/// listed, the strays found (object name, lease id, why, what was done)
+/// and the active leases whose object is missing.
+#[utoipa::path(
+    post, path = "/v1/admin/reconcile", tag = "admin", operation_id = "reconcile",
+    responses(
+        (status = 200, description = "The pass's report.", body = super::openapi::wire::ReconcileReport),
+    ),
+    security(("admin_token" = []), ("client_cert" = []), ("workload_jwt" = [])),
+)]
+pub async fn reconcile(
+    State(st): State<AppState>,
+    AdminCaller(actor): AdminCaller,
+    Meta(meta): Meta,
+) -> Result<Json<Value>, ApiError> {
+    use crate::lease::reconcile::{ReconcileError, StrayOutcome, Trigger};
+    let rfc = super::leases::rfc3339;
+    // Its own task: a client that hangs up (or the request timeout) does
+    // not cut the pass between a revocation and its audit entry.
+    let rec = st.reconciler.clone();
+    let trigger = Trigger::Admin(actor.audit_info());
+    let run = tokio::spawn(async move { rec.pass(trigger).await })
+        .await
+        .map_err(|e| ApiError::internal("reconcile pass task", e))?;
+    let report = match run {
+        Ok(r) => r,
+        Err(ReconcileError::Busy) => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "conflict", ReconcileError::Busy.to_string()))
+        }
+        Err(ReconcileError::Store(e)) => return Err(e.into()),
+    };
+    let mut strays_total = 0usize;
+    let mut missing_total = 0usize;
+    let connections: Vec<Value> = report
+        .connections
+        .iter()
+        .map(|c| {
+            strays_total += c.strays.len();
+            missing_total += c.missing_count;
+            let strays: Vec<Value> = c
+                .strays
+                .iter()
+                .map(|s| {
+                    let (revoke_after, error) = match &s.outcome {
+                        StrayOutcome::Waiting(t) => (Some(rfc(*t)), None),
+                        StrayOutcome::Failed(e) => (None, Some(e.clone())),
+                        _ => (None, None),
+                    };
+                    json!({
+                        "object": s.name,
+                        "lease_id": s.lease_id.as_ref().map(|l| l.to_string()),
+                        "reason": s.kind.as_str(),
+                        "outcome": s.outcome.as_str(),
+                        "revoke_after": revoke_after,
+                        "error": error,
+                    })
+                })
+                .collect();
+            json!({
+                "connection": c.connection,
+                "plugin": c.plugin,
+                "status": c.status,
+                "error": c.error,
+                "objects": c.objects,
+                "strays": strays,
+                "missing_count": c.missing_count,
+                "missing": c.missing.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+                "truncated": c.truncated,
+            })
+        })
+        .collect();
+    let ev = Event::new("admin.reconcile", "ok")
+        .request(Some(&meta))
+        .actor(actor.audit_info())
+        .detail("strays", strays_total)
+        .detail("missing", missing_total);
+    st.leases.audit.note(ev);
+    Ok(Json(json!({
+        "started_at": rfc(report.started_at),
+        "finished_at": rfc(report.finished_at),
+        "grace_seconds": report.grace.as_secs(),
+        "clean": report.clean(),
+        "connections": connections,
+    })))
+}

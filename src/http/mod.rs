@@ -54,6 +54,8 @@ pub struct AppState {
     pub brake: Arc<brake::AuthBrake>,
     /// The Vault-compatible API, when `[vault_api]` is configured.
     pub vault: Option<Arc<vault::VaultState>>,
+    /// Runs `POST /v1/admin/reconcile` passes.
+    pub reconciler: Arc<crate::lease::reconcile::Reconciler>,
 }
 
 /// Builds the router for `/v1` and the well-known endpoints.
@@ -84,6 +86,7 @@ pub fn router(state: AppState, limits: &crate::config::Limits) -> Router {
         .route("/v1/admin/jobs/{id}", get(admin::job))
         .route("/v1/admin/replicas", get(admin::replicas))
         .route("/v1/admin/status", get(admin::status))
+        .route("/v1/admin/reconcile", post(admin::reconcile))
         .route("/v1/admin/tokens", get(admin_tokens::list).post(admin_tokens::create))
         .route("/v1/admin/tokens/{name}", axum::routing::delete(admin_tokens::revoke))
         .route("/v1/admin/connections", get(connections::list))

@@ -44,6 +44,7 @@ pub const CLIENT_CERT: &str = "client_cert";
         admin::job,
         admin::replicas,
         admin::status,
+        admin::reconcile,
         admin::explain,
         admin_tokens::create,
         admin_tokens::list,
@@ -66,7 +67,7 @@ pub const CLIENT_CERT: &str = "client_cert";
     components(schemas(wire::ErrorBody)),
     tags(
         (name = "leases", description = "Workload credentials: issue, show, renew, revoke."),
-        (name = "admin", description = "Operators: list and bulk-revoke leases, jobs, replicas, status, policy explain."),
+        (name = "admin", description = "Operators: list and bulk-revoke leases, jobs, replicas, status, reconcile, policy explain."),
         (name = "connections", description = "Root credentials of vendor connections: set, verify, approve, activate, roll back, rotate."),
         (name = "public", description = "Unauthenticated: PKI CA chains and CRLs, the token JWKS, introspection, health, metrics, this document."),
     ),
@@ -90,6 +91,7 @@ pub const ERRORS: &[(&str, &str, &[u16])] = &[
     ("get", "/v1/admin/jobs/{id}", &[400, 401, 403, 404, 500, 503]),
     ("get", "/v1/admin/replicas", &[400, 401, 403, 500, 503]),
     ("get", "/v1/admin/status", &[400, 401, 403, 500, 503]),
+    ("post", "/v1/admin/reconcile", &[400, 401, 403, 409, 500, 503]),
     ("post", "/v1/policy/explain", &[400, 401, 403, 413, 500, 503]),
     ("post", "/v1/admin/tokens", &[400, 401, 403, 409, 413, 500, 503]),
     ("get", "/v1/admin/tokens", &[400, 401, 403, 500, 503]),
@@ -394,6 +396,52 @@ pub mod wire {
         pub replicas: i64,
         pub policy_versions_agree: bool,
         pub audit_write_failures: u64,
+    }
+
+    /// `POST /v1/admin/reconcile`: one reconcile pass.
+    #[derive(ToSchema)]
+    pub struct ReconcileReport {
+        pub started_at: String,
+        pub finished_at: String,
+        /// `reconcile.grace`: how long a stray waits before it is revoked.
+        pub grace_seconds: u64,
+        /// No stray left unrevoked, no lease missing its object, no
+        /// connection that could not be checked.
+        pub clean: bool,
+        pub connections: Vec<ReconcileConnection>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ReconcileConnection {
+        pub connection: String,
+        pub plugin: String,
+        /// `checked`, `unsupported` (no objects at a vendor: pki, token) or `error`.
+        #[schema(example = "checked")]
+        pub status: String,
+        pub error: Option<String>,
+        /// Vendor objects listed.
+        pub objects: u64,
+        pub strays: Vec<ReconcileStray>,
+        /// Active leases whose vendor object is missing (reported, not revoked)...
+        pub missing_count: u64,
+        /// ...and the first 100 of their ids.
+        pub missing: Vec<String>,
+        /// A per-pass bound was hit; the next pass goes on.
+        pub truncated: bool,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ReconcileStray {
+        /// The vendor object's name (e.g. a PostgreSQL role).
+        pub object: String,
+        pub lease_id: Option<String>,
+        /// `no_lease`, `lease_ended` or `unmapped`.
+        pub reason: String,
+        /// `revoked`, `failed`, `waiting` (grace), `deferred` (budget) or `reported`.
+        pub outcome: String,
+        /// When a waiting stray becomes due.
+        pub revoke_after: Option<String>,
+        pub error: Option<String>,
     }
 
     /// `POST /v1/policy/explain`: one policy test case (mirrors

@@ -43,6 +43,7 @@ use crate::telemetry::metrics;
 pub mod breaker;
 pub mod expiry;
 pub mod heartbeat;
+pub mod reconcile;
 pub mod retention;
 mod gauges;
 

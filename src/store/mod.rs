@@ -383,6 +383,38 @@ pub struct Rewrap {
     pub kek_id: String,
 }
 
+/// A store-wide lock held for one pass of work that no two replicas may do
+/// at once ([`Store::try_lock`]). Give it back with [`StoreLock::release`];
+/// dropped instead (a panic, a cancelled task) it is released as the
+/// backend can (PostgreSQL: the transaction holding it rolls back when its
+/// connection is next used or closed; a dead process's session ends).
+pub struct StoreLock {
+    held: Option<Box<dyn LockHolder>>,
+}
+
+/// What a backend keeps while a [`StoreLock`] is held.
+#[async_trait]
+pub trait LockHolder: Send {
+    async fn release(self: Box<Self>);
+}
+
+impl StoreLock {
+    /// A lock that needs nothing from the store (a store one process owns).
+    pub fn local() -> StoreLock {
+        StoreLock { held: None }
+    }
+
+    pub(crate) fn held(h: Box<dyn LockHolder>) -> StoreLock {
+        StoreLock { held: Some(h) }
+    }
+
+    pub async fn release(mut self) {
+        if let Some(h) = self.held.take() {
+            h.release().await;
+        }
+    }
+}
+
 /// Counts for metrics: (role, plugin, state) -> n.
 pub type LeaseCounts = Vec<(String, String, LeaseState, i64)>;
 
@@ -617,6 +649,14 @@ pub trait Store: AdminTokenStore + SessionStore + Send + Sync + 'static {
 
     /// Removes this replica's row (clean shutdown).
     async fn remove_replica(&self) -> Result<(), StoreError>;
+
+    /// Takes the store-wide lock `name` without waiting (`None`: another
+    /// replica holds it), for work one replica at a time must do (the
+    /// reconciler's pass). SQLite: this process is the store's only user,
+    /// so it is always taken (callers serialize within the process).
+    /// PostgreSQL: a transaction-scoped advisory lock, held by one pooled
+    /// connection until released, and by nobody once that session ends.
+    async fn try_lock(&self, name: &str) -> Result<Option<StoreLock>, StoreError>;
 
     // Small shared metadata (seal check).
     async fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError>;

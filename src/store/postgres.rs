@@ -157,6 +157,22 @@ pub struct PgStore {
     quarantine: Quarantine,
 }
 
+/// The class id of lessor's advisory locks (`lsr` in ASCII).
+const LOCK_CLASS: i32 = 0x006c_7372;
+
+/// A held [`Store::try_lock`]: the transaction that took the advisory lock.
+struct PgLock(sqlx::Transaction<'static, Postgres>);
+
+#[async_trait]
+impl super::LockHolder for PgLock {
+    async fn release(self: Box<Self>) {
+        if let Err(e) = self.0.rollback().await {
+            // The connection is broken: its session, and the lock, end with it.
+            tracing::debug!(error = %e, "releasing a store lock failed");
+        }
+    }
+}
+
 fn interpret_error(e: sqlx::Error) -> StoreError {
     match e {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(db.message().to_owned()),
@@ -235,6 +251,23 @@ impl Store for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(interpret_error)?;
         Ok(())
+    }
+
+    async fn try_lock(&self, name: &str) -> Result<Option<super::StoreLock>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(interpret_error)?;
+        // Two-key form: lessor's class id, the name's hash (so lessor's
+        // locks never meet another application's single-key locks).
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, hashtext($2))")
+            .bind(LOCK_CLASS)
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(interpret_error)?;
+        if !got {
+            let _ = tx.rollback().await;
+            return Ok(None);
+        }
+        Ok(Some(super::StoreLock::held(Box::new(PgLock(tx)))))
     }
 
     async fn insert_pending(&self, l: &Lease) -> Result<(), StoreError> {

@@ -283,6 +283,11 @@ impl Store for SqliteStore {
         true
     }
 
+    async fn try_lock(&self, _name: &str) -> Result<Option<super::StoreLock>, StoreError> {
+        // The lock file makes this process the store's only user.
+        Ok(Some(super::StoreLock::local()))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.read).await.map_err(interpret_error)?;
         Ok(())

@@ -18,6 +18,7 @@ mod lease;
 mod observability;
 mod openapi;
 mod pki;
+mod reconcile;
 mod policy;
 mod postgres;
 mod replicas;

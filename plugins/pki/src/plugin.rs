@@ -683,6 +683,16 @@ impl Plugin for PkiPlugin {
         })
     }
 
+    /// Not applicable: a certificate is not an object at a vendor. Once
+    /// signed it lives with the workload (lessor keeps no copy), ends by
+    /// itself at `notAfter` (at most the lease's expiry), and the only
+    /// state kept is the CRL's entries for early revocations: there is
+    /// nothing that could outlive its lease unseen, so there is nothing to
+    /// list or reconcile.
+    async fn list_objects(&self, _after: Option<&str>, _limit: u32) -> Result<Vec<lessor_plugin::VendorObject>, PluginError> {
+        Err(PluginError::Unsupported("listing vendor objects (certificates are not objects at a vendor)"))
+    }
+
     /// The earliest `notAfter` among the roles' CA certificates: past it,
     /// that role can issue nothing.
     async fn credential_expiry(&self) -> Result<Option<OffsetDateTime>, PluginError> {

@@ -22,7 +22,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use lessor_plugin::{
     Capabilities, IssueRequest, Issued, LeaseId, LeaseRef, Plugin, PluginContext, PluginError,
-    RenewRequest, RoleSpec, RootSecretSpec, Validation, Workload,
+    RenewRequest, RoleSpec, RootSecretSpec, Validation, VendorObject, Workload,
 };
 use rand::TryRngCore;
 use secrecy::{ExposeSecret, SecretString};
@@ -359,6 +359,34 @@ pub fn role_name(prefix: &str, role: &str, workload: &Workload, hex: &str) -> St
     let readable = readable.trim_end_matches('_');
     let readable = if readable.is_empty() { "x" } else { readable };
     format!("{prefix}_{readable}_{hex}")
+}
+
+/// The core's lease ids are `lse_` and 32 lowercase hex digits
+/// (`lessor::lease::new_lease_id`), so a role name's `_<32 hex>` suffix is
+/// the whole id's letters and digits ([`lease_hex`]) and maps back to it.
+const CORE_LEASE_ID_PREFIX: &str = "lse_";
+
+/// A regular expression matching exactly the names [`role_name`] makes
+/// from the core's lease ids under `prefix`: `<prefix>_<readable>_<32 hex>`.
+/// The admin role (`lessor_admin`) and anything else merely starting with
+/// the prefix does not match, so the reconciler can never take it.
+fn owned_regex(prefix: &str) -> String {
+    let mut p = String::from("^");
+    for c in prefix.chars() {
+        if !c.is_ascii_alphanumeric() {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push_str(&format!("_.+_[0-9a-f]{{{LEASE_HEX_LEN}}}$"));
+    p
+}
+
+/// The lease id a listed role name derives from (see [`owned_regex`]).
+fn lease_of(name: &str) -> Option<LeaseId> {
+    let (_, hex) = name.rsplit_once('_')?;
+    let ok = hex.len() == LEASE_HEX_LEN && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    ok.then(|| LeaseId::new(format!("{CORE_LEASE_ID_PREFIX}{hex}")))
 }
 
 /// `LIKE` pattern matching every role name this connection could have made
@@ -1451,6 +1479,40 @@ impl Plugin for PostgresPlugin {
         Ok(())
     }
 
+    /// Roles named like this connection's leases (`<prefix>_<readable>_<32
+    /// hex>`, see [`owned_regex`]), read from `pg_roles` with the active
+    /// root credential. Superusers are never listed: lessor never makes
+    /// one, and must not be the one to drop one.
+    #[instrument(skip_all, fields(connection = %self.connection))]
+    async fn list_objects(&self, after: Option<&str>, limit: u32) -> Result<Vec<VendorObject>, PluginError> {
+        let root = self.active_root()?;
+        let db = root.target.database.as_str();
+        let mut conn = self.acquire(&root, db).await?;
+        let rows = sqlx::query(
+            "SELECT rolname::text FROM pg_roles \
+             WHERE rolname LIKE $1 AND rolname ~ $2 AND rolname::text COLLATE \"C\" > $3 AND NOT rolsuper AND rolname <> current_user \
+             ORDER BY rolname::text COLLATE \"C\" LIMIT $4",
+        )
+        .bind(format!("{}\\_%", like_escape(&self.config.role_prefix)))
+        .bind(owned_regex(&self.config.role_prefix))
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await;
+        let rows = match rows {
+            Ok(r) => r,
+            Err(e) => return Err(self.fail(&root, e, db, "listing roles").await),
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let name: String = r
+                .try_get(0)
+                .map_err(|e| PluginError::Permanent(format!("listing roles: {e}")))?;
+            out.push(VendorObject { lease_id: lease_of(&name), name });
+        }
+        Ok(out)
+    }
+
     fn root_secret_spec(&self) -> Option<RootSecretSpec> {
         Some(RootSecretSpec {
             describes: "the admin DSN, postgres://user:password@host:port/database",
@@ -1653,6 +1715,18 @@ impl Plugin for PostgresPlugin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listed_names_map_back_to_core_lease_ids() {
+        let id = LeaseId::new("lse_0123456789abcdef0123456789abcdef");
+        let w = Workload::default();
+        let name = role_name("lessor", "app", &w, &lease_hex(&id).unwrap());
+        assert_eq!(lease_of(&name), Some(id));
+        assert_eq!(owned_regex("lessor"), "^lessor_.+_[0-9a-f]{32}$");
+        assert_eq!(owned_regex("jit_1"), "^jit\\_1_.+_[0-9a-f]{32}$");
+        assert_eq!(lease_of("lessor_admin"), None);
+        assert_eq!(lease_of("lessor_app_0123456789ABCDEF0123456789abcdef"), None);
+    }
 
     #[test]
     fn lease_hex_takes_the_tail() {

@@ -181,6 +181,16 @@ pub struct Document {
     pub body: Vec<u8>,
 }
 
+/// Something lessor created at a vendor (a database role, an ACL user), as
+/// [`Plugin::list_objects`] finds it: its vendor-side name and the lease id
+/// that name derives from (`None` when the name has lessor's shape but no
+/// lease id can be read back from it). Names are not secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VendorObject {
+    pub name: String,
+    pub lease_id: Option<LeaseId>,
+}
+
 /// The RFC 7662 view of a token a plugin issued.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Introspection {
@@ -338,6 +348,18 @@ pub trait Plugin: Send + Sync + 'static {
     /// new one straight away.
     async fn rotate_root(&self) -> Result<SecretString, PluginError> {
         Err(PluginError::Unsupported("rotate"))
+    }
+
+    /// Lists what this connection created at its vendor, found by the name
+    /// shape it derives from lease ids (never anything else: not the admin
+    /// account, not objects without lessor's prefix and lease suffix), in
+    /// name order, at most `limit` of them after name `after`. The core's
+    /// reconciler compares the list with its leases: an object without a
+    /// live lease is revoked (by its lease id, as a pending lease would be),
+    /// a live lease without its object is reported. Plugins whose
+    /// credentials are not objects at a vendor keep the default.
+    async fn list_objects(&self, _after: Option<&str>, _limit: u32) -> Result<Vec<VendorObject>, PluginError> {
+        Err(PluginError::Unsupported("listing vendor objects"))
     }
 
     /// When the root credential this connection depends on stops working

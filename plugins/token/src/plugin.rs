@@ -346,6 +346,14 @@ impl Plugin for TokenPlugin {
         Ok(())
     }
 
+    /// Not applicable: a token is a signed JWT held by the workload, not an
+    /// object at a vendor. It ends by itself at `exp` (the lease's expiry);
+    /// the only state kept is the revoked-`jti` list, which holds
+    /// revocations, not credentials. Nothing can outlive its lease unseen.
+    async fn list_objects(&self, _after: Option<&str>, _limit: u32) -> Result<Vec<lessor_plugin::VendorObject>, PluginError> {
+        Err(PluginError::Unsupported("listing vendor objects (tokens are not objects at a vendor)"))
+    }
+
     async fn document(
         &self,
         role: Option<&str>,
