@@ -1,0 +1,49 @@
+//! The replicas sharing a store (heartbeats, their expiry-work claims) and
+//! small shared metadata (the seal check). [`ClusterStore`] is the cluster
+//! part of every [`Store`](super::Store).
+//!
+//! Must not import: http, policy, identity.
+
+use async_trait::async_trait;
+
+use super::StoreError;
+
+/// A lessor process on this store, as its last heartbeat recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    /// The store's id for the process (`ClusterStore::replica_id`).
+    pub id: String,
+    pub host: String,
+    pub pid: i64,
+    /// lessor version.
+    pub version: String,
+    /// Version (content hash) of the policy set it decides with.
+    pub policy_version: String,
+    pub started_at_ms: i64,
+    /// Last heartbeat, unix ms by the store's clock (the database's for
+    /// PostgreSQL, so replicas' clocks never need to agree).
+    pub seen_at_ms: i64,
+}
+
+/// Replicas and shared metadata.
+#[async_trait]
+pub trait ClusterStore: Send + Sync {
+    /// This process's id among the replicas on the store (its heartbeat
+    /// row, and on PostgreSQL its expiry-work claims).
+    fn replica_id(&self) -> &str;
+
+    /// Records this replica as alive with what it runs (`seen_at_ms` is set
+    /// by the store), and extends the expiry-work claims it holds, so work in
+    /// hand is never taken over while the process lives, however slow.
+    async fn heartbeat(&self, r: &Replica) -> Result<(), StoreError>;
+
+    /// Replicas whose last heartbeat is at most `within` old, by id.
+    async fn replicas(&self, within: std::time::Duration) -> Result<Vec<Replica>, StoreError>;
+
+    /// Removes this replica's row (clean shutdown).
+    async fn remove_replica(&self) -> Result<(), StoreError>;
+
+    async fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    async fn meta_put_if_absent(&self, key: &str, value: &str) -> Result<bool, StoreError>;
+}
