@@ -15,7 +15,8 @@
 //!   actors racing on one lease cannot move it backwards.
 //! - No issued secret is ever stored; plugin secrets arrive here sealed.
 //!
-//! Must not import: http, policy, identity.
+//! Must not import: http, policy, identity, lease, connections, audit, config,
+//! principal (everything above keeps its data here, not the other way round).
 
 use async_trait::async_trait;
 use time::OffsetDateTime;

@@ -77,7 +77,7 @@ pub async fn login(st: &AppState, vs: &VaultState, r: &mut VaultRequest, mount: 
         audit.note(
             Event::new("authenticate", "failed")
                 .request(Some(&meta))
-                .actor(crate::lease::workload_info(&w))
+                .actor(crate::audit::workload_info(&w))
                 .error("issuer_not_allowed", format!("issuer `{}` may not log in at auth/{mount}", w.issuer_name)),
         );
         return Err(VaultError::denied_because(format!(
