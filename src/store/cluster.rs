@@ -2,6 +2,12 @@
 //! small shared metadata (the seal check). [`ClusterStore`] is the cluster
 //! part of every [`Store`](super::Store).
 //!
+//! Which clock decides: `heartbeat` (`seen_at`, claim extension) and
+//! `replicas` (`within`) use the database's clock on both backends (SQLite's
+//! `'now'`, PostgreSQL's `clock_timestamp()`), so a replica with a skewed
+//! clock is neither listed as gone nor kept alive by it; the others read no
+//! clock.
+//!
 //! Must not import: http, policy, identity.
 
 use async_trait::async_trait;
@@ -20,8 +26,8 @@ pub struct Replica {
     /// Version (content hash) of the policy set it decides with.
     pub policy_version: String,
     pub started_at_ms: i64,
-    /// Last heartbeat, unix ms by the store's clock (the database's for
-    /// PostgreSQL, so replicas' clocks never need to agree).
+    /// Last heartbeat, unix ms by the database's clock (SQLite's or
+    /// PostgreSQL's), so replicas' clocks never need to agree.
     pub seen_at_ms: i64,
 }
 

@@ -2,6 +2,10 @@
 //! the leases the job took. [`JobStore`] is the job part of every
 //! [`Store`](super::Store).
 //!
+//! Which clock decides: the caller's `now` (`start_revoke_job` makes the
+//! job's leases due at `now` and records `created_at`); the store reads
+//! no clock.
+//!
 //! Must not import: http, policy, identity.
 
 use std::collections::BTreeMap;

@@ -2,8 +2,20 @@
 //! the counts metrics read. [`LeaseStore`] is the lease part of every
 //! [`Store`](super::Store); both backends implement it in `leases.rs`.
 //!
-//! Clocks: a method that takes `now`/`at` decides with the caller's clock
-//! (the engine's [`Clock`](crate::clock)); the one exception is said on it.
+//! Which clock decides, per method (both backends agree; the conformance
+//! suite in tests/it/store/leases.rs checks it):
+//! - the caller's `now`/`at`: `renew` (expired by `now`?), `finish`,
+//!   `finish_unrevocable` (`ended_at`), `record_failure` and
+//!   `record_late_failure` (`retry_at`), `prune_ended` (`before`),
+//!   `schedule_revocation`, `due`/`due_except` for expiry and retries
+//!   (`<= now`), `oldest_overdue`, `expiring` (`before`); `insert_pending`
+//!   and `activate` store the lease's own `issued_at`/`expires_at`.
+//! - the database's: the pending age in `due`/`due_except` (`now -
+//!   pending_cutoff`, measured back from the database's clock, so replicas'
+//!   clocks never need to agree), and on PostgreSQL the claims
+//!   (`claimed_until`) `insert_pending` and `due` write.
+//! - none: `get`, `list`, `mark_orphaned`, `next_due`, `counts`,
+//!   `max_live_per_owner`, `count_live`.
 //!
 //! Must not import: http, policy, identity.
 
@@ -262,10 +274,11 @@ pub trait LeaseStore: Send + Sync {
     /// per connection (the role's part before `/`), oldest first within
     /// each, round-robin across connections (each connection's oldest, then
     /// each one's second, ...): one connection's backlog never keeps
-    /// another's due leases out. PostgreSQL measures the pending age (`now -
-    /// pending_cutoff`) with the database's clock, and also hands out at once
-    /// a pending lease whose issuing replica's claim lapsed (the replica is
-    /// gone). A row that does not decode is set aside by id (logged,
+    /// another's due leases out. Expiry and retries are due by the caller's
+    /// `now`; the pending age (`now - pending_cutoff`) is measured back from
+    /// the database's clock (both backends). PostgreSQL also hands out at
+    /// once a pending lease whose issuing replica's claim lapsed (the
+    /// replica is gone). A row that does not decode is set aside by id (logged,
     /// counted), never failing the batch.
     async fn due(&self, now: OffsetDateTime, pending_cutoff: OffsetDateTime, limit: u32)
         -> Result<Vec<DueLease>, StoreError> {

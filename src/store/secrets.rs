@@ -3,6 +3,10 @@
 //! their life (candidate, active, retiring, retired). [`SecretStore`] is
 //! the root-credential part of every [`Store`](super::Store).
 //!
+//! Which clock decides: always the caller's (`at` in `secret_verified`,
+//! `secret_approve`, [`SecretSwitch::at`] and `retiring_until`, `now` in
+//! `secret_retire_due`); the store reads no clock.
+//!
 //! Must not import: http, policy, identity.
 
 use std::str::FromStr;

@@ -182,6 +182,11 @@ const LEASE_COLUMNS: &str = "id, role, plugin, issuer, subject, claims, scopes, 
 
 const LIVE: &str = "('pending', 'active', 'revoke_failed')";
 
+/// The database's clock, unix ms (SQLite's `'now'`, fixed for the whole
+/// statement): what PostgreSQL's `DB_NOW_MS` is there, so the methods whose
+/// time the store decides (heartbeats, replicas' age, pending age) agree.
+const DB_NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+
 /// Leaves out the due rows set aside as undecodable (`?4`: JSON array of ids).
 const NOT_SET_ASIDE: &str = "id NOT IN (SELECT value FROM json_each(?4))";
 

@@ -20,7 +20,7 @@ impl PluginStateStore for PgStore {
         .transpose()
     }
 
-    async fn state_put(&self, conn: &str, key: &str, value: &[u8], sealed: bool) -> Result<(), StoreError> {
+    async fn state_put(&self, conn: &str, key: &str, value: &[u8], sealed: bool, at: OffsetDateTime) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO plugin_state (connection, key, value, sealed, updated_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (connection, key) DO UPDATE SET value = excluded.value, sealed = excluded.sealed, \
@@ -30,14 +30,14 @@ impl PluginStateStore for PgStore {
         .bind(key)
         .bind(value)
         .bind(sealed)
-        .bind(to_ms(OffsetDateTime::now_utc()))
+        .bind(to_ms(at))
         .execute(&self.pool)
         .await
         .map_err(interpret_error)?;
         Ok(())
     }
 
-    async fn state_put_if_absent(&self, conn: &str, key: &str, value: &[u8], sealed: bool) -> Result<bool, StoreError> {
+    async fn state_put_if_absent(&self, conn: &str, key: &str, value: &[u8], sealed: bool, at: OffsetDateTime) -> Result<bool, StoreError> {
         let n = sqlx::query(
             "INSERT INTO plugin_state (connection, key, value, sealed, updated_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (connection, key) DO NOTHING",
@@ -46,7 +46,7 @@ impl PluginStateStore for PgStore {
         .bind(key)
         .bind(value)
         .bind(sealed)
-        .bind(to_ms(OffsetDateTime::now_utc()))
+        .bind(to_ms(at))
         .execute(&self.pool)
         .await
         .map_err(interpret_error)?

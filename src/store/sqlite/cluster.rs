@@ -31,9 +31,12 @@ impl ClusterStore for SqliteStore {
     async fn heartbeat(&self, r: &crate::store::Replica) -> Result<(), StoreError> {
         self.writer
             .exec(
-                "INSERT INTO replicas (id, host, pid, version, policy_version, started_at, seen_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET \
-                 policy_version = excluded.policy_version, seen_at = excluded.seen_at",
+                // seen_at: the database's clock, as on PostgreSQL.
+                format!(
+                    "INSERT INTO replicas (id, host, pid, version, policy_version, started_at, seen_at) \
+                     VALUES (?, ?, ?, ?, ?, ?, {DB_NOW_MS}) ON CONFLICT (id) DO UPDATE SET \
+                     policy_version = excluded.policy_version, seen_at = excluded.seen_at"
+                ),
                 vec![
                     Bind::Text(self.id.clone()),
                     Bind::Text(r.host.clone()),
@@ -41,7 +44,6 @@ impl ClusterStore for SqliteStore {
                     Bind::Text(r.version.clone()),
                     Bind::Text(r.policy_version.clone()),
                     Bind::Int(r.started_at_ms),
-                    Bind::Int(super::to_ms(OffsetDateTime::now_utc())),
                 ],
             )
             .await?;
@@ -49,11 +51,11 @@ impl ClusterStore for SqliteStore {
     }
 
     async fn replicas(&self, within: Duration) -> Result<Vec<crate::store::Replica>, StoreError> {
-        let since = super::to_ms(OffsetDateTime::now_utc()) - i64::try_from(within.as_millis()).unwrap_or(i64::MAX / 2);
-        let rows = sqlx::query(
-            "SELECT id, host, pid, version, policy_version, started_at, seen_at FROM replicas WHERE seen_at >= ? ORDER BY id",
-        )
-        .bind(since)
+        let rows = sqlx::query(&format!(
+            "SELECT id, host, pid, version, policy_version, started_at, seen_at FROM replicas \
+             WHERE seen_at >= {DB_NOW_MS} - ? ORDER BY id"
+        ))
+        .bind(i64::try_from(within.as_millis()).unwrap_or(i64::MAX / 2))
         .fetch_all(&self.read)
         .await
         .map_err(interpret_error)?;

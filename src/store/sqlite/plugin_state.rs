@@ -20,7 +20,7 @@ impl PluginStateStore for SqliteStore {
         .transpose()
     }
 
-    async fn state_put(&self, conn: &str, key: &str, value: &[u8], sealed: bool) -> Result<(), StoreError> {
+    async fn state_put(&self, conn: &str, key: &str, value: &[u8], sealed: bool, at: OffsetDateTime) -> Result<(), StoreError> {
         self.writer
             .exec(
                 "INSERT INTO plugin_state (connection, key, value, sealed, updated_at) VALUES (?, ?, ?, ?, ?) \
@@ -31,14 +31,14 @@ impl PluginStateStore for SqliteStore {
                     Bind::Text(key.into()),
                     Bind::Blob(value.to_vec()),
                     Bind::Bool(sealed),
-                    Bind::Int(to_ms(OffsetDateTime::now_utc())),
+                    Bind::Int(to_ms(at)),
                 ],
             )
             .await?;
         Ok(())
     }
 
-    async fn state_put_if_absent(&self, conn: &str, key: &str, value: &[u8], sealed: bool) -> Result<bool, StoreError> {
+    async fn state_put_if_absent(&self, conn: &str, key: &str, value: &[u8], sealed: bool, at: OffsetDateTime) -> Result<bool, StoreError> {
         let n = self
             .writer
             .exec(
@@ -49,7 +49,7 @@ impl PluginStateStore for SqliteStore {
                     Bind::Text(key.into()),
                     Bind::Blob(value.to_vec()),
                     Bind::Bool(sealed),
-                    Bind::Int(to_ms(OffsetDateTime::now_utc())),
+                    Bind::Int(to_ms(at)),
                 ],
             )
             .await?;
