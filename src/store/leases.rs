@@ -10,10 +10,13 @@
 //!   `schedule_revocation`, `due`/`due_except` for expiry and retries
 //!   (`<= now`), `oldest_overdue`, `expiring` (`before`); `insert_pending`
 //!   and `activate` store the lease's own `issued_at`/`expires_at`.
-//! - the database's: the pending age in `due`/`due_except` (`now -
-//!   pending_cutoff`, measured back from the database's clock, so replicas'
-//!   clocks never need to agree), and on PostgreSQL the claims
-//!   (`claimed_until`) `insert_pending` and `due` write.
+//! - both: `due`/`due_except` orphan a pending lease only when it was
+//!   issued before `pending_cutoff` (the caller's instant; the process start
+//!   on SQLite) and is older than `now - pending_cutoff` by the database's
+//!   clock, so a caller whose clock runs ahead orphans nothing early, nor
+//!   one whose clock runs behind.
+//! - the database's: on PostgreSQL the claims (`claimed_until`)
+//!   `insert_pending` and `due` write and compare.
 //! - none: `get`, `list`, `mark_orphaned`, `next_due`, `counts`,
 //!   `max_live_per_owner`, `count_live`.
 //!
@@ -275,8 +278,8 @@ pub trait LeaseStore: Send + Sync {
     /// each, round-robin across connections (each connection's oldest, then
     /// each one's second, ...): one connection's backlog never keeps
     /// another's due leases out. Expiry and retries are due by the caller's
-    /// `now`; the pending age (`now - pending_cutoff`) is measured back from
-    /// the database's clock (both backends). PostgreSQL also hands out at
+    /// `now`; a pending lease is orphaned once older than `now -
+    /// pending_cutoff` by both the caller's clock and the database's. PostgreSQL also hands out at
     /// once a pending lease whose issuing replica's claim lapsed (the
     /// replica is gone). A row that does not decode is set aside by id (logged,
     /// counted), never failing the batch.

@@ -71,12 +71,15 @@ fn claimable() -> String {
     format!("(claimed_until IS NULL OR claimed_until <= {DB_NOW_MS} OR claimed_by = $4) AND NOT (leases.id = ANY($6))")
 }
 
-/// Which claimable `pending` rows are orphaned: older than the pending grace
-/// (`$2`, ms) by the database's clock (one clock for every replica), or at
+/// Which claimable `pending` rows are orphaned: issued more than the pending
+/// grace (`$2` = `now - pending_cutoff`, ms) before the earlier of the
+/// caller's `now` (`$1`) and the database's clock, i.e. older than the
+/// grace by both clocks (SQLite's rule too: a replica whose clock runs
+/// ahead orphans nothing early, nor one whose clock runs behind); or at
 /// once when another replica's claim on it lapsed (that replica is gone: its
 /// heartbeat renews the claims of the leases it is issuing).
 fn orphaned_pending() -> String {
-    format!("(issued_at < {DB_NOW_MS} - $2 OR (claimed_by <> $4 AND claimed_until <= {DB_NOW_MS}))")
+    format!("(issued_at < LEAST($1, {DB_NOW_MS}) - $2 OR (claimed_by <> $4 AND claimed_until <= {DB_NOW_MS}))")
 }
 
 /// `due()`: the four branches of the SQLite query over the rows this store

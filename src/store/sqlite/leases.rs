@@ -220,8 +220,10 @@ impl LeaseStore for SqliteStore {
             let marks: Vec<String> = (0..skip.len()).map(|i| format!("?{}", i + 5)).collect();
             format!("WHERE substr(role, 1, instr(role || '/', '/') - 1) NOT IN ({})", marks.join(", "))
         };
-        // The pending age (`now - pending_cutoff`) is measured with the
-        // database's clock, as on PostgreSQL.
+        // A pending lease is orphaned when issued before `pending_cutoff`
+        // (`?2`, an instant on the caller's clock: also the process start)
+        // and older than `now - pending_cutoff` by the database's clock,
+        // as on PostgreSQL: whichever clock is behind decides.
         // Four index-backed branches; each row carries the time it fell due.
         // An active lease can match two branches (expired and scheduled): it
         // counts from the earlier. Then at most `limit` per connection (the
@@ -237,7 +239,7 @@ impl LeaseStore for SqliteStore {
                  WHERE state = 'active' AND next_attempt_at <= ?1 AND {NOT_SET_ASIDE}
                UNION ALL
                SELECT id, role, issued_at FROM leases
-                 WHERE state = 'pending' AND issued_at < {DB_NOW_MS} - (?1 - ?2) AND {NOT_SET_ASIDE}
+                 WHERE state = 'pending' AND issued_at < MIN(?2, {DB_NOW_MS} - (?1 - ?2)) AND {NOT_SET_ASIDE}
                UNION ALL
                SELECT id, role, next_attempt_at FROM leases
                  WHERE state = 'revoke_failed' AND next_attempt_at <= ?1 AND {NOT_SET_ASIDE}

@@ -168,9 +168,10 @@ async fn concurrent_transitions(s: &Arc<dyn Store>) {
 }
 
 /// Which clock decides (see `lessor::store::leases`): expiry and renewal
-/// by the caller's `now`, the pending age by the database's clock. The
-/// backends disagreed on the latter: SQLite compared `issued_at` with the
-/// caller's `pending_cutoff`, PostgreSQL measured the age from its clock.
+/// by the caller's `now`; a pending lease is orphaned only when older than
+/// the grace by both the caller's clock and the database's. The backends
+/// disagreed: SQLite compared `issued_at` with the caller's
+/// `pending_cutoff` alone, PostgreSQL measured the age by its clock alone.
 async fn clock_rules(s: &Arc<dyn Store>) {
     let real = OffsetDateTime::now_utc();
     let later = real + time::Duration::minutes(11);
@@ -206,9 +207,9 @@ async fn clock_rules(s: &Arc<dyn Store>) {
     let l = s.get(&LeaseId::new("ck-exp")).await.unwrap().unwrap();
     assert_eq!(lessor::store::to_ms(l.ended_at.unwrap()), lessor::store::to_ms(later), "ended_at is the caller's `at`");
 
-    // Pending age: `now - pending_cutoff` (5 min) measured back from the
-    // database's clock. A caller an hour ahead does not orphan a lease
-    // issued a moment ago; one issued 10 minutes ago is orphaned.
+    // Pending age: `now - pending_cutoff` (5 min), by both clocks. A caller
+    // an hour ahead does not orphan a lease issued a moment ago (the
+    // database's clock says it is young); one issued 10 minutes ago is.
     s.insert_pending(&lease("ck-fresh", "clock/r", "clock", 600)).await.unwrap();
     let mut old = lease("ck-old", "clock/r", "clock", 600);
     old.issued_at = real - time::Duration::minutes(10);
@@ -218,6 +219,15 @@ async fn clock_rules(s: &Arc<dyn Store>) {
         ids(s.due(ahead, ahead - time::Duration::minutes(5), 100).await.unwrap()),
         vec![("ck-old".to_owned(), EndReason::Orphaned)],
         "the pending age is the database's: a fresh pending lease is not orphaned by a caller's clock ahead"
+    );
+    // A caller an hour behind orphans nothing it still sees as young: the
+    // lease issued 10 minutes ago is in its future (PostgreSQL used to
+    // orphan it by its own clock alone).
+    let behind = real - time::Duration::hours(1);
+    assert_eq!(
+        ids(s.due(behind, behind - time::Duration::minutes(5), 100).await.unwrap()),
+        vec![],
+        "older than the grace by both clocks, not just the database's"
     );
     for id in ["ck-fresh", "ck-old"] {
         assert!(s.finish(&LeaseId::new(id), EndReason::Orphaned, real).await.unwrap());
