@@ -144,7 +144,7 @@ async fn racing_jobs_and_the_callers_clock(s: &Arc<dyn Store>) {
     assert!(ours(s.due(real, real - time::Duration::hours(1), 100).await.unwrap()).is_empty(), "due at the caller's `now`, not before");
     assert_eq!(ours(s.due(at, real - time::Duration::hours(1), 100).await.unwrap()), vec![EndReason::Revoked; 5]);
     for i in 0..5 {
-        assert!(s.finish(&LeaseId::new(&format!("rj-{i}")), EndReason::Revoked, at).await.unwrap());
+        assert!(s.finish(&LeaseId::new(format!("rj-{i}")), EndReason::Revoked, at).await.unwrap());
     }
     let st = s.job_status("job_race").await.unwrap().unwrap();
     assert_eq!((st.total, st.done, st.pending), (5, 5, 0), "{st:?}");
