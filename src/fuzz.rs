@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 
 use crate::config::Config;
 use crate::identity::Verifier;
-use crate::policy::tests::Case;
+use crate::policy::casefile::Case;
 use crate::policy::{Policies, RoleInfo};
 
 /// The fuzz targets, by name.
@@ -102,7 +102,7 @@ fn jwt_fixture() -> &'static JwtFixture {
             jwks = jwks_file.display(),
         );
         let cfg = Config::from_toml(&text).expect("fuzz issuer config");
-        let verifier = Verifier::new(&cfg, reqwest::Client::new()).expect("fuzz verifier");
+        let verifier = Verifier::new(&cfg.issuers, cfg.limits.max_jwt_bytes, reqwest::Client::new()).expect("fuzz verifier");
         let key = jsonwebtoken::EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).expect("fuzz encoding key");
         JwtFixture { verifier, key, kid }
     })

@@ -2,7 +2,7 @@
 //! `Arc<dyn Plugin>` and lists its roles. Plugins are linked in at compile
 //! time; a connection naming an unknown plugin kind is a config error.
 //!
-//! Must not import: http.
+//! Must not import: http, lease, connections (the engine calls plugins).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -174,7 +174,7 @@ pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Optio
     for w in policy.current().warnings() {
         tracing::warn!(warning = %w, "policy warning");
     }
-    let verifier = Arc::new(Verifier::new(&cfg, http_client()?).map_err(|e| anyhow!(e))?);
+    let verifier = Arc::new(Verifier::new(&cfg.issuers, cfg.limits.max_jwt_bytes, http_client()?).map_err(|e| anyhow!(e))?);
     // Root credentials before anything is served: a store written under
     // another key-encryption key stops the start here, issuing nothing.
     let kek = open_kek(&cfg, &seal)?;

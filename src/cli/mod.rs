@@ -212,7 +212,7 @@ async fn check(path: &std::path::Path, connections: bool) -> anyhow::Result<Exit
     let cfg = Config::load(path)?;
     let roles = crate::plugins::role_infos(&cfg);
     let p = crate::policy::Policies::load(&cfg.policies, &roles)?;
-    crate::identity::Verifier::new(&cfg, crate::server::http_client()?).map_err(|e| anyhow!(e))?;
+    crate::identity::Verifier::new(&cfg.issuers, cfg.limits.max_jwt_bytes, crate::server::http_client()?).map_err(|e| anyhow!(e))?;
     println!(
         "ok: {} issuer(s), {} connection(s), {} role(s), {} policies (version {}) from {}",
         cfg.issuers.len(),
@@ -269,7 +269,7 @@ fn policy_test(dir: &std::path::Path, policies: &std::path::Path, config: Option
         Some(c) => crate::plugins::role_infos(&Config::load(c)?),
         None => Vec::new(),
     };
-    let results = crate::policy::tests::run(dir, policies, &roles).map_err(|e| anyhow!(e))?;
+    let results = crate::policy::casefile::run(dir, policies, &roles).map_err(|e| anyhow!(e))?;
     let failed = results.iter().filter(|r| !r.passed).count();
     for r in &results {
         if r.passed {

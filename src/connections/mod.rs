@@ -16,7 +16,8 @@
 //! from the seal key: it tells versions apart and matches a secret one
 //! holds, and reveals no character of it), who set it and when.
 //!
-//! Must not import: http, sqlx.
+//! Must not import: http, lease, sqlx (the lease engine follows root
+//! credentials, not the other way round).
 //!
 //! Why one file: set, verify, approve, activate, rollback, rotate and install
 //! are one state machine over the same version records and plugin handles; the
@@ -31,10 +32,10 @@ use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::audit::{Audit, AuditError, Event, RequestMeta};
+use crate::audit::{Audit, AuditError, Event};
 use crate::config::{Config, ExpectedIdentity};
-use crate::lease::Actor;
 use crate::policy::{Action, ConnectionInfo, PolicyEngine, PolicyError, Principal, RequestContext, Target};
+use crate::principal::{Actor, RequestMeta};
 use crate::store::{SecretState, SecretSwitch, SecretVersion, Store, StoreError};
 use crate::telemetry::metrics;
 

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::leases::LeaseDto;
 use super::{AdminCaller, ApiError, ApiJson, ApiQuery, AppState, Meta};
 use crate::audit::Event;
-use crate::policy::tests::Case;
+use crate::policy::casefile::Case;
 use crate::store::{LeaseFilter, LeaseState, RevokeFilter};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

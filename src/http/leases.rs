@@ -12,8 +12,9 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::{ApiError, ApiJson, AppState, Caller, Meta};
-use crate::lease::{Actor, IssueInput};
+use crate::lease::IssueInput;
 use crate::policy::{Action, Principal, RequestContext};
+use crate::principal::Actor;
 use crate::store::Lease;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -18,10 +18,12 @@ use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use tower_http::trace::TraceLayer;
 
-use crate::audit::{new_request_id, sane_request_id, ActorInfo, Event, RequestMeta};
+use crate::audit::workload_info;
+use crate::audit::{ActorInfo, Event};
 use crate::identity::{AuthError, Verifier, UNKNOWN_ISSUER};
-use crate::lease::{workload_info, Actor, LeaseService};
+use crate::lease::LeaseService;
 use crate::policy::{Action, Principal, RequestContext};
+use crate::principal::{new_request_id, sane_request_id, Actor, RequestMeta};
 use crate::store::Store;
 
 mod admin;

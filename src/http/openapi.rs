@@ -445,7 +445,7 @@ pub mod wire {
     }
 
     /// `POST /v1/policy/explain`: one policy test case (mirrors
-    /// `policy::tests::Case`, which stays free of wire concerns).
+    /// `policy::casefile::Case`, which stays free of wire concerns).
     #[derive(ToSchema, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct ExplainCase {

@@ -24,7 +24,7 @@ impl LeaseService {
         for role in self.catalog.roles.values() {
             let (plugin, name) = (role.kind.as_str(), role.name.as_str());
             for o in REQUEST_OUTCOMES {
-                for api in crate::audit::APIS {
+                for api in crate::principal::APIS {
                     m.issued.with_label_values(&[plugin, name, o, api]);
                     m.renewed.with_label_values(&[plugin, name, o, api]);
                 }

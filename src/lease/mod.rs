@@ -18,7 +18,7 @@
 //! ownership and metric helpers; the loops (expiry, heartbeat, retention)
 //! live in their own files beside it.
 //!
-//! Must not import: http (wire types), sqlx.
+//! Must not import: http (wire types), sqlx, server, cli.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -31,12 +31,13 @@ use secrecy::SecretString;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
-use crate::audit::{ActorInfo, Audit, AuditError, Event, RequestMeta};
+use crate::audit::{workload_info, ActorInfo, Audit, AuditError, Event};
 use crate::config::{LeaseSettings, Quotas};
 use crate::fmt_duration;
 use crate::identity::VerifiedWorkload;
 use crate::plugins::{Catalog, Role};
 use crate::policy::{Action, Decision, PolicyEngine, PolicyError, Principal, RequestContext};
+use crate::principal::{Actor, RequestMeta};
 use crate::store::{EndReason, JobStatus, Lease, LeaseFilter, LeaseState, RevokeFilter, Store, StoreError};
 use crate::telemetry::metrics;
 
@@ -46,32 +47,6 @@ pub mod heartbeat;
 pub mod reconcile;
 pub mod retention;
 mod gauges;
-
-/// Who is asking.
-#[derive(Debug, Clone)]
-pub enum Actor {
-    Workload(VerifiedWorkload),
-    /// Holder of an admin credential (admin token or an operator JWT that
-    /// policy allows `admin`).
-    Admin { name: String },
-}
-
-impl Actor {
-    /// The actor as the audit log records it.
-    pub fn audit_info(&self) -> ActorInfo {
-        match self {
-            Actor::Workload(w) => workload_info(w),
-            Actor::Admin { name } => ActorInfo::admin(name),
-        }
-    }
-
-    fn owns(&self, lease: &Lease) -> bool {
-        match self {
-            Actor::Admin { .. } => true,
-            Actor::Workload(w) => w.issuer == lease.issuer && w.subject == lease.subject,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -138,11 +113,6 @@ impl LeaseError {
             _ => "error",
         }
     }
-}
-
-/// A workload as the audit log records it.
-pub fn workload_info(w: &VerifiedWorkload) -> ActorInfo {
-    ActorInfo::workload(&w.issuer_name, &w.issuer, &w.subject)
 }
 
 /// A decision as an audit entry: the deciding policies and their reasons.

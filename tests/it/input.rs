@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use lessor::audit::RequestMeta;
 use lessor::config::{Config, LeaseSettings, RoleConfig};
-use lessor::lease::{Actor, LeaseError, LeaseService};
+use lessor::lease::{LeaseError, LeaseService};
 use lessor::plugins::{Catalog, Role};
 use lessor::policy::{PolicyEngine, RoleInfo};
+use lessor::principal::{Actor, RequestMeta};
 use lessor::store::{EndReason, Lease, LeaseState};
 use lessor_plugin::{Capabilities, IssueRequest, Issued, LeaseId, LeaseRef, Plugin, PluginError, RenewRequest, Validation};
 use serde_json::{json, Value};
