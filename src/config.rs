@@ -311,6 +311,12 @@ pub struct LeaseSettings {
     /// counts as failed (retryable) and the lease is retried later.
     #[serde(default = "default_revoke_timeout", with = "crate::duration::serde")]
     pub revoke_timeout: Duration,
+    /// Longest one `issue`, `renew` or `validate` call to a plugin may take;
+    /// past it the call is cancelled and fails as retryable (an issue's
+    /// pending lease is then revoked). Must be shorter than `pending_grace`,
+    /// so an issue still running is never taken for an orphan.
+    #[serde(default = "default_call_timeout", with = "crate::duration::serde")]
+    pub call_timeout: Duration,
     /// PostgreSQL store with replicas: how long expiry work a replica took
     /// stays reserved for it after its last heartbeat. A live replica renews
     /// its claims every `claim_timeout / 3`, so a slow batch keeps them; a
@@ -356,6 +362,9 @@ fn default_retry_max() -> Duration {
 fn default_revoke_timeout() -> Duration {
     Duration::from_secs(60)
 }
+fn default_call_timeout() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_claim_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -383,6 +392,7 @@ impl Default for LeaseSettings {
             retry_base: default_retry_base(),
             retry_max: default_retry_max(),
             revoke_timeout: default_revoke_timeout(),
+            call_timeout: default_call_timeout(),
             claim_timeout: default_claim_timeout(),
             retention: default_retention(),
         }
@@ -1051,6 +1061,13 @@ impl Config {
         if self.leases.revoke_timeout.is_zero() {
             return bad("leases.revoke_timeout must be more than 0".into());
         }
+        if self.leases.call_timeout.is_zero() || self.leases.call_timeout >= self.leases.pending_grace {
+            return bad(format!(
+                "leases.call_timeout is {}; it must be more than 0 and less than leases.pending_grace ({})",
+                crate::fmt_duration(self.leases.call_timeout),
+                crate::fmt_duration(self.leases.pending_grace)
+            ));
+        }
         if self.leases.claim_timeout < Duration::from_millis(300) {
             return bad(format!(
                 "leases.claim_timeout is {}; it must be at least 300ms (heartbeats renew claims every claim_timeout / 3)",
@@ -1075,6 +1092,13 @@ mod tests {
         c.leases.claim_timeout = Duration::from_secs(5);
         c.leases.revoke_timeout = Duration::ZERO;
         assert!(c.validate().unwrap_err().to_string().contains("leases.revoke_timeout"));
+        c.leases.revoke_timeout = Duration::from_secs(60);
+        assert_eq!(c.leases.call_timeout, Duration::from_secs(30));
+        c.leases.call_timeout = c.leases.pending_grace;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("leases.call_timeout is 2m") && err.contains("pending_grace (2m)"), "{err}");
+        c.leases.call_timeout = Duration::from_secs(10);
+        c.validate().unwrap();
     }
 
     #[test]

@@ -15,7 +15,7 @@ use lessor::config::Config;
 use lessor::plugins::{role_infos, Catalog, Role};
 use lessor::store::{EndReason, LeaseState};
 use lessor_plugin::secrecy::SecretString;
-use lessor_plugin::{Capabilities, IssueRequest, Issued, LeaseId, LeaseRef, Plugin, PluginError, RenewRequest, Validation};
+use lessor_plugin::{Capabilities, Revocation, IssueRequest, Issued, LeaseId, LeaseRef, Plugin, PluginError, RenewRequest, Validation};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
@@ -56,11 +56,11 @@ impl Slow {
 
 #[async_trait]
 impl Plugin for Slow {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> &str {
         "slow"
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities { can_renew: false, can_revoke: self.can_revoke }
+        Capabilities { can_renew: false, revocation: if self.can_revoke { Revocation::Immediate } else { Revocation::AtExpiry } }
     }
     async fn validate(&self) -> Result<Validation, PluginError> {
         Ok(Validation { identity: "slow".into(), details: BTreeMap::new(), warnings: vec![] })
@@ -79,7 +79,7 @@ impl Plugin for Slow {
         })
     }
     async fn renew(&self, _: RenewRequest) -> Result<OffsetDateTime, PluginError> {
-        Err(PluginError::Unsupported("renew"))
+        Err(PluginError::Unsupported("renew".into()))
     }
     async fn revoke(&self, lease: &LeaseRef) -> Result<(), PluginError> {
         let fail = self.fail_revokes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();

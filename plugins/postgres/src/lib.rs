@@ -110,4 +110,7 @@ pub mod sql;
 pub mod testkit;
 
 pub use config::{ConnectionConfig, DsnSource, OwnedObjects, RoleConfig, Tls};
-pub use plugin::{build, lease_hex, role_name, PostgresPlugin, LEASE_HEX_LEN, MAX_NAME_BYTES, MIN_LEASE_HEX_LEN};
+pub use plugin::{
+    build, lease_hex, registration, role_name, validate_config, PostgresPlugin, KIND, LEASE_HEX_LEN, MAX_NAME_BYTES,
+    MIN_LEASE_HEX_LEN,
+};
