@@ -365,3 +365,24 @@ async fn ended_leases_are_pruned_after_retention_on_postgres() {
     let (_pg, dsn) = crate::store::pg_store_db();
     ended_leases_are_pruned(Some(&dsn)).await;
 }
+
+/// Every plugin call is bounded by the core: an issue that outlives
+/// `leases.call_timeout` is cancelled, answered 503 naming the timeout, and
+/// its pending lease is revoked through the plugin (from its id alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issue_past_the_call_timeout_is_cancelled_and_its_lease_revoked() {
+    let iss = Issuer::start().await;
+    let (plugin, mut started) = Slow::new(true, true);
+    let d = start(&iss, plugin.clone(), "call_timeout = \"300ms\"", None).await;
+    let t0 = std::time::Instant::now();
+    let (s, v) = d.issue(&iss.token(), json!({"role": "slow/app"})).await;
+    let took = t0.elapsed();
+    assert_eq!(s, 503, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("did not finish issuing within 300ms"), "{v}");
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(10), "took {took:?}");
+    let id = started.recv().await.unwrap();
+    assert_eq!(plugin.revoked(), [(id.clone(), None)], "the cancelled issue's lease was not revoked");
+    let l = d.running().store.get(&LeaseId::new(&id)).await.unwrap().unwrap();
+    assert_eq!(l.state, LeaseState::Revoked);
+}

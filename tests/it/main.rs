@@ -18,6 +18,7 @@ mod lease;
 mod observability;
 mod openapi;
 mod pki;
+mod plugins;
 mod policy;
 mod postgres;
 mod replicas;
