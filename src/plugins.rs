@@ -151,7 +151,7 @@ impl Catalog {
                 public_url: cfg.public_url(),
                 http: http.clone(),
                 clock: lessor_plugin::system_clock(),
-                call_timeout: cfg.leases.call_timeout,
+                call_timeout: cfg.leases.call_timeout(),
             };
             let specs = role_specs(conn)?;
             let connection_cfg = to_json(&conn.config)?;

@@ -232,7 +232,7 @@ async fn check(path: &std::path::Path, connections: bool) -> anyhow::Result<Exit
         .map_err(|e| anyhow!(e))?;
     let mut failed = 0;
     for (name, plugin) in &catalog.connections {
-        let limit = cfg.leases.call_timeout;
+        let limit = cfg.leases.call_timeout();
         let checked = tokio::time::timeout(limit, plugin.validate()).await.unwrap_or_else(|_| {
             Err(lessor_plugin::PluginError::Retryable(format!("no answer within {} (leases.call_timeout)", crate::fmt_duration(limit))))
         });

@@ -629,7 +629,7 @@ impl LeaseService {
         };
         // Bounded: past the call timeout the issue is cancelled and its
         // pending lease revoked below, like any failed issue.
-        let limit = self.settings.call_timeout;
+        let limit = self.settings.call_timeout();
         let issued = match tokio::time::timeout(limit, role.plugin.issue(req)).await.unwrap_or_else(|_| {
             Err(PluginError::Retryable(format!("the plugin did not finish issuing within {}", crate::fmt_duration(limit))))
         }) {
@@ -899,7 +899,7 @@ impl LeaseService {
             expires_at: lease.expires_at,
             root_version: lease.root_version,
         };
-        let limit = self.settings.call_timeout;
+        let limit = self.settings.call_timeout();
         let vendor_exp = tokio::time::timeout(limit, role.plugin.renew(RenewRequest { lease: lref, expires_at: new_exp }))
             .await
             .unwrap_or_else(|_| {

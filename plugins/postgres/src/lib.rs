@@ -66,7 +66,7 @@
 //!
 //! # Root credentials
 //! The admin DSN is the connection's root credential
-//! ([`lessor_plugin::Plugin::root_secret_spec`]). The core may manage it in
+//! ([`lessor_plugin::RootCredentials`], returned by `Plugin::root_credentials`). The core may manage it in
 //! versions:
 //! - **validate_root** checks a candidate DSN on its own short-lived
 //!   connections (no installed pool is touched, nothing is written): login,

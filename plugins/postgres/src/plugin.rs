@@ -1598,7 +1598,7 @@ impl RootCredentials for PostgresPlugin {
     /// Builds (lazy) pools for `secret`, keyed by `version`. `active`: new
     /// issuance uses it from now on, replacing the previously active one
     /// (a `dsn_file` / `dsn_env` DSN included); the previous managed version
-    /// stays installed to revoke its leases until [`Plugin::remove_root`].
+    /// stays installed to revoke its leases until [`RootCredentials::remove_root`].
     /// Installing the active version with `active = false` leaves no active
     /// one (issuance then fails, retryably, until one is activated).
     /// Installing an installed version with the same DSN keeps its pools.
