@@ -355,6 +355,14 @@ pub struct LeaseSettings {
     /// counts as failed (retryable) and the lease is retried later.
     #[serde(default = "default_revoke_timeout", with = "crate::duration::serde")]
     pub revoke_timeout: Duration,
+    /// Longest one `issue`, `renew` or `validate` call to a plugin may take;
+    /// past it the call is cancelled and fails as retryable (an issue's
+    /// pending lease is then revoked). Must be shorter than `pending_grace`,
+    /// so an issue still running is never taken for an orphan. Unset: 30 s,
+    /// or half of `pending_grace` when that is shorter (see
+    /// [`LeaseSettings::call_timeout`]).
+    #[serde(default, rename = "call_timeout", with = "crate::duration::serde_opt")]
+    pub call_timeout_set: Option<Duration>,
     /// PostgreSQL store with replicas: how long expiry work a replica took
     /// stays reserved for it after its last heartbeat. A live replica renews
     /// its claims every `claim_timeout / 3`, so a slow batch keeps them; a
@@ -408,6 +416,12 @@ fn default_retention() -> Duration {
 }
 
 impl LeaseSettings {
+    /// The bound on one `issue`, `renew` or `validate` call: `call_timeout`
+    /// when set, else 30 s or half of `pending_grace`, whichever is shorter.
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout_set.unwrap_or_else(|| Duration::from_secs(30).min(self.pending_grace / 2))
+    }
+
     /// How often a replica records itself alive and renews its claims.
     pub fn heartbeat(&self) -> Duration {
         self.claim_timeout / 3
@@ -427,6 +441,7 @@ impl Default for LeaseSettings {
             retry_base: default_retry_base(),
             retry_max: default_retry_max(),
             revoke_timeout: default_revoke_timeout(),
+            call_timeout_set: None,
             claim_timeout: default_claim_timeout(),
             retention: default_retention(),
         }
@@ -1017,6 +1032,13 @@ impl Config {
         if self.leases.revoke_timeout.is_zero() {
             return bad("leases.revoke_timeout must be more than 0".into());
         }
+        if let Some(t) = self.leases.call_timeout_set.filter(|t| t.is_zero() || *t >= self.leases.pending_grace) {
+            return bad(format!(
+                "leases.call_timeout is {}; it must be more than 0 and less than leases.pending_grace ({})",
+                crate::fmt_duration(t),
+                crate::fmt_duration(self.leases.pending_grace)
+            ));
+        }
         if self.leases.claim_timeout < Duration::from_millis(300) {
             return bad(format!(
                 "leases.claim_timeout is {}; it must be at least 300ms (heartbeats renew claims every claim_timeout / 3)",
@@ -1061,6 +1083,19 @@ mod tests {
         c.leases.claim_timeout = Duration::from_secs(5);
         c.leases.revoke_timeout = Duration::ZERO;
         assert!(c.validate().unwrap_err().to_string().contains("leases.revoke_timeout"));
+        c.leases.revoke_timeout = Duration::from_secs(60);
+        assert_eq!(c.leases.call_timeout(), Duration::from_secs(30));
+        c.leases.call_timeout_set = Some(c.leases.pending_grace);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("leases.call_timeout is 2m") && err.contains("pending_grace (2m)"), "{err}");
+        c.leases.call_timeout_set = Some(Duration::from_secs(10));
+        c.validate().unwrap();
+        assert_eq!(c.leases.call_timeout(), Duration::from_secs(10));
+        // Unset, it stays below a short pending_grace.
+        c.leases.call_timeout_set = None;
+        c.leases.pending_grace = Duration::from_secs(3);
+        c.validate().unwrap();
+        assert_eq!(c.leases.call_timeout(), Duration::from_millis(1500));
     }
 
     #[test]

@@ -166,11 +166,7 @@ struct CsrFixture {
 fn csr_fixture() -> &'static CsrFixture {
     static F: OnceLock<CsrFixture> = OnceLock::new();
     F.get_or_init(|| {
-        let ctx = lessor_plugin::PluginContext {
-            connection: "pki".into(),
-            state: Arc::new(lessor_plugin::MemoryState::new()),
-            public_url: "http://127.0.0.1:8200".into(),
-        };
+        let ctx = lessor_plugin::PluginContext::for_tests("pki", "http://127.0.0.1:8200");
         let role = lessor_plugin::RoleSpec {
             name: "web".into(),
             scopes: vec![],

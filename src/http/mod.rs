@@ -100,6 +100,8 @@ pub fn router(state: AppState, limits: &crate::config::Limits) -> Router {
         .route("/v1/admin/connections/{name}/rollback", post(connections::rollback))
         .route("/v1/admin/connections/{name}/rotate", post(connections::rotate))
         .route("/v1/policy/explain", post(admin::explain))
+        .route("/v1/plugins/{connection}/{document}", get(public::connection_document).layer(public()))
+        .route("/v1/plugins/{connection}/{role}/{document}", get(public::role_document).layer(public()))
         .route("/v1/pki/{*rest}", get(public::pki_document).layer(public()))
         .route("/v1/token/introspect", post(public::introspect).layer(public()))
         .route("/.well-known/jwks.json", get(public::jwks).layer(public()))

@@ -30,7 +30,7 @@ impl LeaseService {
                 }
             }
             let outcomes: &[&str] =
-                if role.plugin.capabilities().can_revoke { &["ok", "error"] } else { &["not_revocable"] };
+                if role.plugin.capabilities().can_revoke() { &["ok", "error"] } else { &["not_revocable"] };
             for reason in [EndReason::Expired, EndReason::Revoked, EndReason::Orphaned] {
                 for o in outcomes {
                     m.revocations.with_label_values(&[plugin, name, reason.as_str(), o]);
