@@ -45,6 +45,10 @@
 //!   configured. "No such user" counts as done; the revocation is done only
 //!   when every node confirmed, else retryable with the nodes that failed.
 //!
+//! - **list_objects** (for the core's reconciler): users named like a
+//!   lease of this connection on any node, mapped back to their lease id,
+//!   in name order; never the admin user. Every node must answer.
+//!
 //! # Root credentials
 //! The admin password is the connection's root credential; the core may
 //! manage it in versions. **validate_root** authenticates on every node and
@@ -65,4 +69,4 @@ mod plugin;
 pub mod testkit;
 
 pub use config::{AclSave, ConnectionConfig, NodeUrl, RoleConfig};
-pub use plugin::{build, RedisPlugin};
+pub use plugin::{build, registration, validate_config, RedisPlugin, KIND};

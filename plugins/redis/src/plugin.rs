@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lessor_plugin::{
-    Capabilities, IssueRequest, Issued, LeaseRef, Plugin, PluginContext, PluginError, RenewRequest, RoleSpec,
-    RootSecretSpec, Validation,
+    Capabilities, IssueRequest, Issued, LeaseId, LeaseRef, Plugin, PluginContext, PluginError, Registration,
+    RenewRequest, RoleSpec, RootCredentials, RootSecretSpec, Validation, VendorObject,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
@@ -27,6 +27,64 @@ use crate::nodes::{as_int, as_string, as_strings, failures, on_all, Node, NodeEr
 /// Slack allowed between the lease's TTL and the role's max (clock skew
 /// between the core computing `expires_at` and this check).
 const TTL_SLACK: Duration = Duration::from_secs(5);
+
+/// The plugin kind in config (`plugin = "redis"`).
+pub const KIND: &str = "redis";
+
+/// How the core knows this plugin (see [`lessor_plugin::Registration`]).
+pub fn registration() -> Registration {
+    Registration {
+        kind: KIND,
+        sdk_version: lessor_plugin::SDK_VERSION,
+        build: |ctx, connection, roles| Box::pin(build(ctx, connection, roles)),
+        validate_config,
+        ca_files: lessor_plugin::no_ca_files,
+    }
+}
+
+/// Checks the connection and role tables as [`build`] does, without
+/// reading `password_file`, `password_env` or `tls_ca_file` (they may exist
+/// only where lessor runs) and without connecting.
+pub fn validate_config(connection: &Value, roles: &[RoleSpec]) -> Result<(), String> {
+    let mut connection = connection.clone();
+    let mut has_ca_file = false;
+    if let Some(t) = connection.as_object_mut() {
+        if t.contains_key("password_file") && t.contains_key("password_env") {
+            return Err("set either `password_file` or `password_env`, not both".into());
+        }
+        t.remove("password_file");
+        t.remove("password_env");
+        has_ca_file = t.remove("tls_ca_file").is_some();
+    }
+    let config = ConnectionConfig::from_json("", connection).map_err(|e| e.to_string())?;
+    if has_ca_file && !config.nodes.iter().any(|n| n.tls) {
+        return Err("`tls_ca_file` is set but no node is `rediss://`".into());
+    }
+    for spec in roles {
+        RoleConfig::from_json("", spec).map_err(|e| e.to_string())?;
+        if spec.max_ttl.is_zero() {
+            return Err(format!("role `{}`: `max_ttl` is zero", spec.name));
+        }
+    }
+    Ok(())
+}
+
+/// The core's lease ids are `lse_` and 32 lowercase hex digits
+/// (`lessor::lease::new_lease_id`), so a user name's `_<32 hex>` suffix is
+/// the whole id's letters and digits ([`acl::lease_hex`]) and maps back to it.
+const CORE_LEASE_ID_PREFIX: &str = "lse_";
+
+/// The lease id a user name of this connection derives from: `<prefix>_<readable>_<32
+/// lowercase hex>` ([`acl::user_name`] from a core lease id), else `None`
+/// (the admin, or anything else merely starting with the prefix).
+fn lease_of(prefix: &str, name: &str) -> Option<LeaseId> {
+    if !acl::is_ours(prefix, name) {
+        return None;
+    }
+    let (_, hex) = name.rsplit_once('_')?;
+    let ok = hex.len() == acl::LEASE_HEX_LEN && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    ok.then(|| LeaseId::new(format!("{CORE_LEASE_ID_PREFIX}{hex}")))
+}
 
 /// Builds the plugin for one connection. Does not connect: lessor starts
 /// while Redis is down ([`Plugin::validate`] reports that).
@@ -288,16 +346,20 @@ impl RedisPlugin {
             .filter(|n| acl::is_lease_user(&self.config.user_prefix, hex, n))
     }
 
-    /// Every user this connection made, per node (for tests and a future
-    /// reconciler): `(node, users)`.
+    /// Every user this connection made, per node (for tests and
+    /// [`Plugin::list_objects`]): `(node, users)`. Never the admin user.
     pub async fn list_users(&self) -> Result<Vec<(String, Vec<String>)>, PluginError> {
         let root = self.active_root()?;
         let prefix = self.config.user_prefix.clone();
+        let admin = self.config.username.as_str();
         let results = on_all(&root.nodes, |n| {
             let prefix = prefix.clone();
             async move {
                 let all = n.run(redis::cmd("ACL").arg("USERS")).await?;
-                Ok(as_strings(&all).into_iter().filter(|u| acl::is_ours(&prefix, u)).collect::<Vec<_>>())
+                Ok(as_strings(&all)
+                    .into_iter()
+                    .filter(|u| acl::is_ours(&prefix, u) && *u != admin)
+                    .collect::<Vec<_>>())
             }
         })
         .await;
@@ -310,12 +372,14 @@ impl RedisPlugin {
 
 #[async_trait]
 impl Plugin for RedisPlugin {
-    fn kind(&self) -> &'static str {
-        "redis"
+    fn kind(&self) -> &str {
+        KIND
     }
 
+    /// Revoking deletes the ACL user on every node (its connections end
+    /// with it): it stops working when `revoke` returns.
     fn capabilities(&self) -> Capabilities {
-        Capabilities { can_renew: true, can_revoke: true }
+        Capabilities { can_renew: true, revocation: lessor_plugin::Revocation::Immediate }
     }
 
     #[instrument(skip_all, fields(connection = %self.connection))]
@@ -478,11 +542,42 @@ impl Plugin for RedisPlugin {
         Ok(())
     }
 
-    fn root_secret_spec(&self) -> Option<RootSecretSpec> {
-        Some(RootSecretSpec {
-            describes: "the password of the connection's admin ACL user (`username`), the same on every node",
+    /// Users named like this connection's leases (`<prefix>_<readable>_<32
+    /// hex>`, see [`lease_of`]) on any node, each mapped back to its lease
+    /// id, in name order (byte order), at most `limit` after `after`. A user
+    /// present on only some nodes is listed (revoking it deletes it
+    /// everywhere). Every node must answer: a node that cannot be read
+    /// fails the listing (retryable), since a user there would be missed.
+    #[instrument(skip_all, fields(connection = %self.connection))]
+    async fn list_objects(&self, after: Option<&str>, limit: u32) -> Result<Vec<VendorObject>, PluginError> {
+        let prefix = self.config.user_prefix.as_str();
+        let names: std::collections::BTreeSet<String> = self
+            .list_users()
+            .await?
+            .into_iter()
+            .flat_map(|(_, users)| users)
+            .filter(|u| after.is_none_or(|a| u.as_str() > a))
+            .collect();
+        Ok(names
+            .into_iter()
+            .filter_map(|name| lease_of(prefix, &name).map(|id| VendorObject { lease_id: Some(id), name }))
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect())
+    }
+
+    fn root_credentials(&self) -> Option<&dyn RootCredentials> {
+        Some(self)
+    }
+}
+
+/// The admin password is managed by the core (see the crate docs).
+#[async_trait]
+impl RootCredentials for RedisPlugin {
+    fn spec(&self) -> RootSecretSpec {
+        RootSecretSpec {
+            describes: "the password of the connection's admin ACL user (`username`), the same on every node".into(),
             can_rotate: true,
-        })
+        }
     }
 
     #[instrument(skip_all, fields(connection = %self.connection))]
@@ -566,6 +661,18 @@ async fn set_admin_rule<'a>(nodes: &'a [Node], user: &'a str, rule: &'a str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listed_names_map_back_to_core_lease_ids() {
+        let id = LeaseId::new("lse_0123456789abcdef0123456789abcdef");
+        let w = lessor_plugin::Workload::default();
+        let name = acl::user_name("lessor", "app", &w, &acl::lease_hex(&id).unwrap());
+        assert_eq!(lease_of("lessor", &name), Some(id));
+        assert_eq!(lease_of("lessor", "lessor_admin"), None);
+        assert_eq!(lease_of("other", &name), None);
+        assert_eq!(lease_of("lessor", "lessor_app_0123456789ABCDEF0123456789abcdef"), None);
+        assert_eq!(lease_of("lessor", "lessor_app_0123abcd"), None);
+    }
 
     #[test]
     fn user_urls_encode_and_keep_tls() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lessor_plugin::conformance::{run, Case, Probe};
 use lessor_plugin::secrecy::{ExposeSecret, SecretString};
-use lessor_plugin::{Handle, Plugin};
+use lessor_plugin::{Handle, Plugin, RootCredentials};
 use lessor_redis::testkit::TempRedis;
 use serde_json::{json, Map, Value};
 

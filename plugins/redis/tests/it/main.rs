@@ -4,6 +4,7 @@
 
 mod conformance;
 mod lifecycle;
+mod list;
 mod nodes;
 mod root;
 mod support;

@@ -1,7 +1,7 @@
 //! The admin password as a root credential: validation on every node,
 //! precise refusals, rotation.
 
-use lessor_plugin::{Plugin, PluginError};
+use lessor_plugin::{Plugin, PluginError, RootCredentials};
 
 use crate::support::{code, connect, issue, lease, lease_id, roles, secret, Pair};
 

@@ -3,11 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::Arc;
 use std::time::Duration;
 
 use lessor_plugin::secrecy::{ExposeSecret, SecretString};
-use lessor_plugin::{IssueRequest, Issued, LeaseId, LeaseRef, MemoryState, PluginContext, PluginError, RoleSpec, Workload};
+use lessor_plugin::{IssueRequest, Issued, LeaseId, LeaseRef, PluginContext, PluginError, RoleSpec, Workload};
 use lessor_redis::testkit::TempRedis;
 use lessor_redis::RedisPlugin;
 use serde_json::{json, Map, Value};
@@ -59,7 +58,7 @@ impl Pair {
 }
 
 pub fn ctx() -> PluginContext {
-    PluginContext { connection: "cache".into(), state: Arc::new(MemoryState::new()), public_url: "https://lessor.test".into() }
+    PluginContext::for_tests("cache", "https://lessor.test")
 }
 
 pub fn role(name: &str, scopes: &[&str], config: Value) -> RoleSpec {
