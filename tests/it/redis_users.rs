@@ -336,3 +336,64 @@ async fn dev_mode_serves_redis_users_with_one_flag() {
     assert!(!cfg.contains(r.admin_password()), "the password is in a private file, not the config");
     stop(child);
 }
+
+/// The reconciler on two Redis nodes: a user made behind lessor's back in
+/// lessor's shape (on one node only) and one whose lease row was deleted by
+/// hand are found, left alone within the grace, then deleted on every node;
+/// the live lease's user and users that only share the prefix stay.
+#[tokio::test]
+async fn redis_strays_are_deleted_on_every_node_after_the_grace() {
+    use sqlx::Connection;
+    let iss = Issuer::start().await;
+    let n = start_nodes().await;
+    let aux = tempfile::tempdir().unwrap();
+    let d = Daemon::start_with(Opts {
+        issuer_url: iss.url.clone(),
+        extra_toml: format!("{}\n[reconcile]\ninterval = \"0s\"\ngrace = \"2s\"\n", redis_toml(&n, aux.path())),
+        policy: REDIS_POLICY.into(),
+        ..Default::default()
+    })
+    .await;
+    let issue = || async {
+        let (s, v) = d.issue(&iss.token(), json!({"role": "cache/app", "ttl": "10m"})).await;
+        assert_eq!(s, 201, "{v}");
+        (v["lease_id"].as_str().unwrap().to_owned(), v["credential"]["username"].as_str().unwrap().to_owned())
+    };
+    let (kept, kept_user) = issue().await;
+    let (deleted, deleted_user) = issue().await;
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", d.dir.join("lessor.db").display())).await.unwrap();
+    sqlx::query("DELETE FROM leases WHERE id = ?").bind(&deleted).execute(&mut db).await.unwrap();
+    let sneaky = format!("lessor_app_sneaky_{}", hex::encode(rand::random::<[u8; 16]>()));
+    let mut on_b = connect(&n.b, "default", &n.password).await.unwrap();
+    let _: () = redis::cmd("ACL").arg(&[ "SETUSER", sneaky.as_str(), "on", ">pw", "allkeys", "+@read"][..]).query_async(&mut on_b).await.unwrap();
+    for r in [&n.a, &n.b] {
+        let mut c = connect(r, "default", &n.password).await.unwrap();
+        let _: () = redis::cmd("ACL").arg(&["SETUSER", "lessor_admin", "on", ">pw"][..]).query_async(&mut c).await.unwrap();
+    }
+    let pass = || async {
+        let (s, v) = d.post("/v1/admin/reconcile", &d.admin, json!({})).await;
+        assert_eq!(s, 200, "{v}");
+        v["connections"].as_array().unwrap().iter().find(|c| c["connection"] == "cache").cloned().unwrap_or_else(|| panic!("cache in {v}"))
+    };
+
+    let c = pass().await;
+    assert_eq!((c["status"].as_str(), c["objects"].as_u64()), (Some("checked"), Some(3)), "kept, deleted, sneaky: {c}");
+    let strays = c["strays"].as_array().unwrap();
+    let objects: BTreeSet<&str> = strays.iter().map(|s| s["object"].as_str().unwrap()).collect();
+    assert_eq!(objects, [deleted_user.as_str(), sneaky.as_str()].into_iter().collect(), "{c}");
+    assert!(strays.iter().all(|s| s["outcome"] == "waiting" && s["reason"] == "no_lease"), "{c}");
+    let (on_a, on_b_users) = n.per_node().await;
+    assert!(on_a.contains(&deleted_user) && on_b_users.contains(&deleted_user) && on_b_users.contains(&sneaky), "untouched within the grace");
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let c = pass().await;
+    let strays = c["strays"].as_array().unwrap();
+    assert_eq!(strays.len(), 2, "{c}");
+    assert!(strays.iter().all(|s| s["outcome"] == "revoked"), "{c}");
+    let (on_a, on_b_users) = n.per_node().await;
+    let want: BTreeSet<String> = [kept_user.clone(), "lessor_admin".to_owned()].into_iter().collect();
+    assert_eq!((on_a, on_b_users), (want.clone(), want), "strays deleted on every node; the live user and the prefix-only user stay");
+    assert_eq!(d.lease_state(&kept).await, "active");
+    let c = pass().await;
+    assert_eq!((c["objects"].as_u64(), c["strays"].as_array().unwrap().len()), (Some(1), 0), "{c}");
+}
