@@ -301,7 +301,7 @@ default_scopes = ["cache.read"]
 [connections.cache.roles.readonly.config.scopes]
 "cache.read" = ["~cache:*", "+@read", "+@connection"]
 "#,
-        node = node.replace('\\', "").replace('"', ""),
+        node = node.replace(['\\', '"'], ""),
         user = user.replace('\\', "\\\\").replace('"', "\\\""),
         pw = toml_str(password_file)
     )
