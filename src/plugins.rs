@@ -23,7 +23,7 @@ use crate::store::Store;
 /// the core changes. (A link-time registry such as `inventory` would save
 /// this line but not the dependency, and hides the list from readers.)
 pub fn registrations() -> Vec<Registration> {
-    vec![lessor_pki::registration(), lessor_token::registration(), lessor_postgres::registration()]
+    vec![lessor_pki::registration(), lessor_token::registration(), lessor_postgres::registration(), lessor_redis::registration()]
 }
 
 /// The registration of plugin `kind`, or a precise error listing the known

@@ -38,6 +38,12 @@ pub struct DevArgs {
     /// refers to that file.
     #[arg(long, env = "LESSOR_DEV_POSTGRES", value_name = "DSN")]
     postgres: Option<String>,
+    /// Also serve Redis / Valkey ACL users (`cache/readonly`, keys
+    /// `cache:*`), given the URL of an admin user that may run ACL SETUSER,
+    /// e.g. redis://default:pw@127.0.0.1:6379. The password is written to
+    /// <data-dir>/redis.password (0600); the generated config refers to it.
+    #[arg(long, env = "LESSOR_DEV_REDIS", value_name = "URL")]
+    redis: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,6 +117,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         crate::seal::write_private_file(&f, dsn.trim().as_bytes()).with_context(|| format!("writing {}", f.display()))?;
         text.push_str(&postgres_text(&f));
     }
+    if let Some(url) = &args.redis {
+        let (node, user, password) =
+            lessor_redis::config::split_credentials(url.trim()).map_err(|e| anyhow!("--redis: {e}"))?;
+        let f = dir.join("redis.password");
+        let _ = std::fs::remove_file(&f);
+        crate::seal::write_private_file(&f, password.expose_secret().as_bytes())
+            .with_context(|| format!("writing {}", f.display()))?;
+        text.push_str(&redis_text(&node.url, &user, &f));
+    }
     let cfg_path = dir.join("lessor.toml");
     std::fs::write(&cfg_path, &text).with_context(|| format!("writing {}", cfg_path.display()))?;
     let cfg = Config::from_toml(&text).map_err(|e| anyhow!("generated dev config: {e}"))?;
@@ -118,7 +133,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {} (is another lessor running? try --listen 127.0.0.1:8201)", cfg.listen))?;
     let running = crate::server::start(cfg, listener).await?;
-    print_intro(&running.addr.to_string(), dir, &cfg_path, &policies, args.postgres.is_some());
+    print_intro(&running.addr.to_string(), dir, &cfg_path, &policies, args.postgres.is_some(), args.redis.is_some());
     running.run_until_signal().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -262,7 +277,37 @@ connection = "pg"
     )
 }
 
-fn print_intro(addr: &str, dir: &Path, cfg: &Path, policies: &Path, pg: bool) {
+/// The dev config's Redis / Valkey connection (`lessor dev --redis URL`).
+pub fn redis_text(node: &str, user: &str, password_file: &Path) -> String {
+    format!(
+        r#"
+[scopes."cache.read"]
+allows = "Read keys under `cache:` (GET, MGET, SCAN, TTL...)."
+denies = "Cannot write or delete keys, read other keys, or run admin commands."
+
+[connections.cache]
+plugin = "redis"
+environment = "development"
+[connections.cache.config]
+nodes = ["{node}"]
+username = "{user}"
+password_file = {pw}
+[connections.cache.roles.readonly]
+description = "A Redis ACL user that can read keys under cache:, for the lease's lifetime."
+max_ttl = "1h"
+default_ttl = "10m"
+scopes = ["cache.read"]
+default_scopes = ["cache.read"]
+[connections.cache.roles.readonly.config.scopes]
+"cache.read" = ["~cache:*", "+@read", "+@connection"]
+"#,
+        node = node.replace(['\\', '"'], ""),
+        user = user.replace('\\', "\\\\").replace('"', "\\\""),
+        pw = toml_str(password_file)
+    )
+}
+
+fn print_intro(addr: &str, dir: &Path, cfg: &Path, policies: &Path, pg: bool, redis: bool) {
     let exe = std::env::current_exe()
         .ok()
         .and_then(|p| {
@@ -284,7 +329,7 @@ Get a credential, in another terminal:
   {addr_env}export LESSOR_JWT=$({exe} dev token --repo acme/api)
   {exe} creds pki/web --ttl 2m --out ./creds      # certificate + key, leased for 2 minutes
   {exe} creds token/orders --scope orders.read     # a scoped API token
-  {exe} lease list                                 # every lease and its state{pg_line}
+  {exe} lease list                                 # every lease and its state{pg_line}{redis_line}
 
 Or with the Vault/OpenBao tools you already use (bao, vault, hvac, Vault Agent):
   export VAULT_ADDR=http://{addr}
@@ -299,6 +344,11 @@ Revoke one early and its serial is on the CRL until then:
         dir = dir.display(),
         cfg = cfg.display(),
         policies = policies.display(),
+        redis_line = if redis {
+            format!("\n  {exe} creds cache/readonly --ttl 10m           # a Redis ACL user that can read cache:* keys")
+        } else {
+            String::new()
+        },
         pg_vault_line = if pg { "\n  bao read database/creds/readonly" } else { "" },
         pg_line = if pg {
             format!("\n  {exe} creds pg/readonly --ttl 10m               # a PostgreSQL login that can read the database")
@@ -321,5 +371,14 @@ mod tests {
         let vault = cfg.vault_api.as_ref().unwrap();
         assert_eq!(vault.mounts.keys().collect::<Vec<_>>(), ["pki", "token"]);
         assert!(vault.auth.contains_key("jwt"));
+    }
+
+    #[test]
+    fn dev_config_with_redis_is_valid() {
+        let mut text = config_text(Path::new(".lessor-dev"), Path::new("policies"), "127.0.0.1:8200".parse().unwrap());
+        text.push_str(&redis_text("redis://127.0.0.1:6379", "default", Path::new(".lessor-dev/redis.password")));
+        let cfg = Config::from_toml(&text).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.connections["cache"].plugin, "redis");
     }
 }

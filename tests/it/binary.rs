@@ -213,7 +213,7 @@ async fn json_logs_carry_the_request_id_and_no_secret() {
     }
 }
 
-fn run(args: &[&str], cwd: &Path, envs: &[(&str, &str)]) -> (i32, String, String) {
+pub fn run(args: &[&str], cwd: &Path, envs: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(BIN);
     cmd.args(args).current_dir(cwd).stdin(Stdio::null());
     for (k, v) in envs {
@@ -283,7 +283,7 @@ fn check_and_policy_test_report_precisely() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (code, out, err) = run(&["policy", "test", "policies/tests"], repo, &[]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("14 passed, 0 failed"), "{out}");
+    assert!(out.contains("16 passed, 0 failed"), "{out}");
 
     let tmp = tempfile::tempdir().unwrap();
     let bad = tmp.path().join("bad.toml");

@@ -22,6 +22,7 @@ mod plugins;
 mod reconcile;
 mod policy;
 mod postgres;
+mod redis_users;
 mod replicas;
 mod retry;
 mod scale;
