@@ -54,6 +54,8 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        // Nothing calls a plugin any more: stop their processes.
+        self.leases.catalog.shutdown().await;
         let audit = &self.leases.audit;
         audit.note(Event::new("service.stop", "ok").actor(ActorInfo::system("lessor")));
         audit.shutdown().await;

@@ -301,6 +301,11 @@ pub trait Plugin: Send + Sync + 'static {
     /// is `Ok(())`.
     async fn revoke(&self, lease: &LeaseRef) -> Result<(), PluginError>;
 
+    /// Stops what the plugin runs in the background (a child process, a
+    /// pool) when lessor shuts down; calls after it may fail. The core calls
+    /// it once per connection, after its own tasks have stopped.
+    async fn shutdown(&self) {}
+
     /// A public document this plugin serves for a role (`ca`, `crl`) or for
     /// the whole connection when `role` is `None` (`jwks`).
     async fn document(&self, _role: Option<&str>, _name: &str) -> Result<Option<Document>, PluginError> {
