@@ -357,17 +357,21 @@ async fn kill_9_of_lessor_mid_issue_leaves_no_account_without_a_live_lease() {
     let cfg = config_text(dir, &dir.join("policies"), &iss.url, &accounts_toml(dir), "");
     std::fs::write(dir.join("lessor.toml"), cfg).unwrap();
     let db = dir.join("accounts.db");
-    let (mut child, url) = spawn_until(&["serve", "--config", "lessor.toml"], dir, &[], &dir.join("a.log"), "lessor listening on ");
+    let (mut child, url) =
+        spawn_until(&["serve", "--config", "lessor.toml"], dir, &[("RUST_LOG", "debug")], &dir.join("a.log"), "lessor listening on ");
     let http = reqwest::Client::new();
     let jwt = iss.token();
     let issue = |http: reqwest::Client, url: String, jwt: String| async move {
         http.post(format!("{url}/v1/leases")).bearer_auth(jwt).json(&json!({"role": "accounts/app"})).send().await
     };
     let mut kept = BTreeSet::new();
+    let mut passwords = Vec::new();
     for _ in 0..3 {
         let r = issue(http.clone(), url.clone(), jwt.clone()).await.unwrap();
         assert_eq!(r.status(), 201);
-        kept.insert(r.json::<Value>().await.unwrap()["lease_id"].as_str().unwrap().to_owned());
+        let v = r.json::<Value>().await.unwrap();
+        kept.insert(v["lease_id"].as_str().unwrap().to_owned());
+        passwords.push(v["credential"]["password"].as_str().unwrap().to_owned());
     }
     let old_plugin = plugin_pids(dir);
     assert_eq!(old_plugin.len(), 1);
@@ -414,5 +418,11 @@ async fn kill_9_of_lessor_mid_issue_leaves_no_account_without_a_live_lease() {
     assert_eq!(account_leases(&db).await, list("active").await, "every account belongs to an active lease");
     assert_eq!(list("active").await, kept);
     stop(child2);
+    // The plugin's stderr reached lessor's debug log; its passwords did not.
+    let logs = std::fs::read_to_string(dir.join("a.log")).unwrap() + &std::fs::read_to_string(dir.join("b.log")).unwrap();
+    assert!(logs.contains("plugin stderr") && logs.contains("created account lessor_lse_"), "stderr is forwarded at DEBUG");
+    for pw in &passwords {
+        assert!(!logs.contains(pw.as_str()), "an issued password appears in the debug log");
+    }
     let _ = tmp;
 }
