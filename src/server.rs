@@ -4,7 +4,8 @@
 //! Start order: store -> seal key check -> admin token -> audit log ->
 //! plugins -> policies -> verifier -> expiry worker + replica heartbeat +
 //! policy watcher -> HTTP. Shutdown stops the HTTP listener (in-flight
-//! requests finish), then the background tasks, then the audit log (a final
+//! requests finish), then the background tasks, then the plugins (external
+//! plugin processes get `shutdown`), then the audit log (a final
 //! signed checkpoint). SIGHUP reloads policies and reopens the audit file
 //! (log rotation).
 

@@ -80,7 +80,7 @@ pub enum Incoming {
 pub fn clean(s: &str, max: usize) -> String {
     let mut out: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).take(max).collect();
     if s.chars().count() > max {
-        out.push_str("…");
+        out.push('…');
     }
     out
 }

@@ -33,6 +33,9 @@ pub enum CallError {
 
 type Reply = Result<Value, CallError>;
 
+/// Calls waiting for an answer, by id; `None` once the process is gone.
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Reply>>>>>;
+
 enum ToWriter {
     /// A request line; zeroed after it is written (it may hold a secret).
     Line(Zeroizing<Vec<u8>>),
@@ -45,7 +48,7 @@ pub struct Session {
     pub pid: u32,
     tx: mpsc::Sender<ToWriter>,
     /// `None` once the process is gone: new calls fail at once.
-    pending: Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Reply>>>>>,
+    pending: Pending,
     next_id: AtomicU64,
     /// Asks the supervisor to kill this process (protocol violation, an
     /// `issue` that timed out).
@@ -184,7 +187,7 @@ async fn write_loop(mut stdin: ChildStdin, mut rx: mpsc::Receiver<ToWriter>) {
 async fn read_loop(
     connection: String,
     stdout: ChildStdout,
-    pending: Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Reply>>>>>,
+    pending: Pending,
     kill: Arc<Notify>,
     kill_reason: Arc<Mutex<Option<String>>>,
 ) {

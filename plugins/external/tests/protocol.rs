@@ -104,7 +104,8 @@ async fn a_plugin_that_ignores_shutdown_is_killed_after_the_grace_period() {
 #[tokio::test]
 async fn error_codes_map_to_error_classes() {
     let p = start("errors", json!({})).await.unwrap();
-    let cases: [(i64, fn(&PluginError) -> bool); 7] = [
+    type Check = fn(&PluginError) -> bool;
+    let cases: [(i64, Check); 7] = [
         (-32001, |e| matches!(e, PluginError::Retryable(m) if m == "refused by code-32001")),
         (-32002, |e| matches!(e, PluginError::Permanent(m) if m == "refused by code-32002")),
         (-32003, |e| matches!(e, PluginError::InvalidRequest(_))),
