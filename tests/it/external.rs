@@ -178,7 +178,7 @@ async fn the_conformance_kit_passes_against_the_python_sqlite_plugin() {
     };
     let issued = p.issue(req).await.unwrap();
     assert_eq!(issued.public["username"], "lessor_lse_0123abcd");
-    let listed = p.list().await.unwrap();
+    let listed = p.list_objects(None, 100).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].name.as_str(), listed[0].lease_id.as_ref().map(|l| l.as_str())), ("lessor_lse_0123abcd", Some("lse_0123abcd")));
     let v = p.validate().await.unwrap();
@@ -205,6 +205,16 @@ async fn the_conformance_kit_passes_against_the_python_sqlite_plugin() {
     assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().filter_map(|r| r.as_ref().err()).collect::<Vec<_>>());
     println!("32 concurrent issues through one python3 process: {:?}", started.elapsed());
     assert_eq!(account_leases(&db).await.len(), 33);
+    // `list` pages in name order.
+    let (mut after, mut seen) = (None::<String>, Vec::new());
+    loop {
+        let page = p.list_objects(after.as_deref(), 10).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.name.clone());
+        seen.extend(page.into_iter().map(|o| o.lease_id.unwrap().as_str().to_owned()));
+    }
+    assert_eq!(seen.iter().cloned().collect::<BTreeSet<_>>(), account_leases(&db).await);
+    assert_eq!(seen.len(), 33);
 
     // Shutdown: the process exits (it answered `shutdown`), calls then fail retryably.
     let pid = p.pid().unwrap();
@@ -425,4 +435,57 @@ async fn kill_9_of_lessor_mid_issue_leaves_no_account_without_a_live_lease() {
         assert!(!logs.contains(pw.as_str()), "an issued password appears in the debug log");
     }
     let _ = tmp;
+}
+
+/// The reconciler through the external plugin's `list`: an account made
+/// behind lessor's back in lessor's shape is revoked after the grace, the
+/// live lease's account stays, a name with the prefix but no lease id is
+/// never touched, and the next pass is clean.
+#[tokio::test]
+async fn the_reconciler_finds_and_revokes_a_stray_account() {
+    let iss = Issuer::start().await;
+    let aux = tempfile::tempdir().unwrap();
+    let d = Daemon::start_with(Opts {
+        issuer_url: iss.url.clone(),
+        extra_toml: format!("{}\n[reconcile]\ninterval = \"0s\"\ngrace = \"1s\"\n", accounts_toml(aux.path())),
+        policy: ACCOUNTS_POLICY.into(),
+        ..Default::default()
+    })
+    .await;
+    let db = aux.path().join("accounts.db");
+    let (s, v) = d.issue(&iss.token(), json!({"role": "accounts/app"})).await;
+    assert_eq!(s, 201, "{v}");
+    let kept = v["lease_id"].as_str().unwrap().to_owned();
+    let stray = format!("lse_{}", hex::encode(rand::random::<[u8; 16]>()));
+    let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    for name in [format!("lessor_{stray}"), "lessor_not a lease".to_owned()] {
+        sqlx::query("INSERT INTO accounts VALUES (?, x'00', x'00', 1000, 'app', '', '2999-01-01T00:00:00Z', '')")
+            .bind(name)
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let pass = || async {
+        let (s, v) = d.post("/v1/admin/reconcile", &d.admin, json!({})).await;
+        assert_eq!(s, 200, "{v}");
+        v["connections"].as_array().unwrap().iter().find(|c| c["connection"] == "accounts").cloned().unwrap_or_else(|| panic!("{v}"))
+    };
+    let r = pass().await;
+    assert_eq!(r["status"], "checked", "{r}");
+    let outcome = |r: &Value, name: &str| {
+        r["strays"].as_array().unwrap().iter().find(|s| s["object"] == name).map(|s| (s["reason"].clone(), s["outcome"].clone()))
+    };
+    let stray_name = format!("lessor_{stray}");
+    assert_eq!(r["strays"].as_array().map(Vec::len), Some(2), "{r}");
+    assert_eq!(outcome(&r, &stray_name), Some((json!("no_lease"), json!("waiting"))), "{r}");
+    assert_eq!(outcome(&r, "lessor_not a lease"), Some((json!("unmapped"), json!("reported"))), "{r}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = pass().await;
+    assert_eq!(outcome(&r, &stray_name), Some((json!("no_lease"), json!("revoked"))), "{r}");
+    let left = account_leases(&db).await;
+    assert!(left.contains(&kept) && !left.contains(&stray), "{left:?}");
+    assert!(left.contains("not a lease"), "a prefixed name without a lease id is not lessor's to delete");
+    let r = pass().await;
+    assert_eq!(r["strays"].as_array().map(Vec::len), Some(1), "only the unmapped name is left, reported: {r}");
+    assert_eq!(r["objects"], 2, "{r}");
 }

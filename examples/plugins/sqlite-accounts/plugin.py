@@ -193,14 +193,26 @@ class Accounts:
             log(f"deleted account {name}")
         return {}
 
-    def list(self, _p):
+    def list(self, p):
+        # One page, names ascending (SQLite's BINARY collation: byte order).
+        after, limit = p.get("after") or "", p.get("limit", 1000)
+        if not isinstance(after, str) or not isinstance(limit, int) or limit < 0:
+            raise PluginError(INVALID_PARAMS, "`after` must be a string or null and `limit` a non-negative integer")
         try:
             db = self.connect()
-            rows = db.execute("SELECT name FROM accounts WHERE substr(name, 1, ?) = ? ORDER BY name", (len(self.prefix), self.prefix)).fetchall()
+            rows = db.execute(
+                "SELECT name FROM accounts WHERE substr(name, 1, ?) = ? AND name > ? ORDER BY name LIMIT ?",
+                (len(self.prefix), self.prefix, after, limit),
+            ).fetchall()
             db.close()
         except sqlite3.OperationalError as e:
             raise PluginError(RETRYABLE, f"{self.path}: {e}")
-        return {"objects": [{"name": n, "lease_id": n[len(self.prefix):]} for (n,) in rows]}
+        return {"objects": [{"name": n, "lease_id": lease_of(n[len(self.prefix):])} for (n,) in rows]}
+
+
+def lease_of(rest):
+    ok = 0 < len(rest) <= 64 and all(c.isalnum() or c in "_-" for c in rest)
+    return rest if ok else None
 
 
 def parse_time(value, field):

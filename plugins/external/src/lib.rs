@@ -32,4 +32,4 @@ mod session;
 
 pub use config::ExternalConfig;
 pub use plugin::{build, ExternalPlugin, MAX_BACKOFF, MIN_BACKOFF};
-pub use protocol::{code, Handshake, Listed, Revocation, MAX_LINE_BYTES, PROTOCOL_VERSION};
+pub use protocol::{code, Handshake, Revocation, MAX_LINE_BYTES, PROTOCOL_VERSION};

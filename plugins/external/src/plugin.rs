@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use lessor_plugin::secrecy::{ExposeSecret, SecretString};
 use lessor_plugin::{
     Capabilities, IssueRequest, Issued, LeaseRef, Plugin, PluginContext, PluginError, RenewRequest, RoleSpec,
-    RootSecretSpec, Validation,
+    RootSecretSpec, Validation, VendorObject,
 };
 use serde_json::{json, Value};
 use time::OffsetDateTime;
@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ExternalConfig;
-use crate::protocol::{self, Handshake, Listed, RoleWire, PROTOCOL_VERSION};
+use crate::protocol::{self, Handshake, RoleWire, PROTOCOL_VERSION};
 use crate::session::{CallError, Session};
 
 /// First restart delay; doubled per failed start, up to [`MAX_BACKOFF`].
@@ -300,16 +300,6 @@ impl ExternalPlugin {
         }
     }
 
-    /// What the plugin created at its vendor (by its name prefix), each
-    /// mapped back to its lease id. `Unsupported` unless the handshake said
-    /// `can_list`.
-    pub async fn list(&self) -> Result<Vec<Listed>, PluginError> {
-        if !self.inner.handshake.can_list {
-            return Err(PluginError::Unsupported("list"));
-        }
-        protocol::listed(self.inner.call("list", json!({})).await?)
-    }
-
     /// Sends `shutdown`, waits up to `shutdown_grace` for the process to
     /// exit, then kills it. Calls after this fail `Retryable`.
     pub async fn stop(&self) {
@@ -364,6 +354,16 @@ impl Plugin for ExternalPlugin {
 
     async fn revoke(&self, lease: &LeaseRef) -> Result<(), PluginError> {
         self.inner.call("revoke", protocol::lease_params(lease)?).await.map(|_| ())
+    }
+
+    /// `list`: what the plugin created at its vendor (by its name prefix),
+    /// each mapped back to its lease id, checked to be a page in name order.
+    async fn list_objects(&self, after: Option<&str>, limit: u32) -> Result<Vec<VendorObject>, PluginError> {
+        if !self.inner.handshake.can_list {
+            return Err(PluginError::Unsupported("listing vendor objects"));
+        }
+        let v = self.inner.call("list", json!({"after": after, "limit": limit})).await?;
+        protocol::listed(v, after, limit)
     }
 
     fn root_secret_spec(&self) -> Option<RootSecretSpec> {

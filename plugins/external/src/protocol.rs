@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use lessor_plugin::secrecy::SecretString;
-use lessor_plugin::{Handle, IssueRequest, Issued, LeaseRef, PluginError, Validation};
+use lessor_plugin::{Handle, IssueRequest, Issued, LeaseRef, PluginError, Validation, VendorObject};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use time::format_description::well_known::Rfc3339;
@@ -296,24 +296,19 @@ pub fn validation(method: &'static str, v: Value) -> Result<Validation, PluginEr
     Ok(Validation { identity, details, warnings })
 }
 
-/// An object the plugin created at its vendor, from `list`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listed {
-    /// The vendor-side name (it starts with the plugin's prefix).
-    pub name: String,
-    /// The lease it belongs to, derived from the name; `None` when the name
-    /// has the prefix but no lease id can be read from it.
-    pub lease_id: Option<lessor_plugin::LeaseId>,
-}
-
-/// `list`'s result: `{objects: [{name, lease_id}]}`.
-pub fn listed(v: Value) -> Result<Vec<Listed>, PluginError> {
+/// `list`'s result: `{objects: [{name, lease_id}]}`, at most `limit`
+/// objects, names ascending (byte order) and after `after`.
+pub fn listed(v: Value, after: Option<&str>, limit: u32) -> Result<Vec<VendorObject>, PluginError> {
     const M: &str = "list";
     let o = obj(M, &v)?;
     let Some(Value::Array(a)) = o.get("objects") else {
         return Err(bad(M, "`objects` is missing or not an array".into()));
     };
-    a.iter()
+    if a.len() > limit as usize {
+        return Err(bad(M, format!("{} objects, more than the `limit` of {limit}", a.len())));
+    }
+    let objects = a
+        .iter()
         .enumerate()
         .map(|(i, x)| {
             let name = x.get("name").and_then(Value::as_str).ok_or_else(|| bad(M, format!("`objects[{i}].name` is not a string")))?;
@@ -322,9 +317,17 @@ pub fn listed(v: Value) -> Result<Vec<Listed>, PluginError> {
                 Some(Value::String(s)) => Some(lessor_plugin::LeaseId::new(s.clone())),
                 Some(_) => return Err(bad(M, format!("`objects[{i}].lease_id` is not a string"))),
             };
-            Ok(Listed { name: name.to_owned(), lease_id })
+            Ok(VendorObject { name: name.to_owned(), lease_id })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut prev = after.unwrap_or("");
+    for (i, x) in objects.iter().enumerate() {
+        if x.name.as_str() <= prev {
+            return Err(bad(M, format!("`objects[{i}].name` is not after the one before it (or after `after`): names must ascend")));
+        }
+        prev = &x.name;
+    }
+    Ok(objects)
 }
 
 /// What revocation means at this plugin's vendor.
@@ -431,7 +434,11 @@ mod tests {
         assert_eq!(ok.root_version, Some(2));
         assert!(!format!("{ok:?}").contains("hunter2"));
         assert!(validation("validate", json!({"identity": " "})).unwrap_err().to_string().contains("`identity` is empty"));
-        assert!(listed(json!({"objects": [{"name": 1}]})).unwrap_err().to_string().contains("`objects[0].name`"));
+        assert!(listed(json!({"objects": [{"name": 1}]}), None, 10).unwrap_err().to_string().contains("`objects[0].name`"));
+        let two = json!({"objects": [{"name": "a_1", "lease_id": "1"}, {"name": "a_2"}]});
+        assert_eq!(listed(two.clone(), None, 10).unwrap()[1].lease_id, None);
+        assert!(listed(two.clone(), None, 1).unwrap_err().to_string().contains("more than the `limit` of 1"));
+        assert!(listed(two, Some("a_1"), 10).unwrap_err().to_string().contains("names must ascend"));
     }
 
     #[test]
