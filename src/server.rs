@@ -164,20 +164,22 @@ pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Optio
             Audit::disabled()
         }
     };
+    // One HTTP client for plugins and JWKS fetches alike.
+    let http = http_client()?;
     let catalog = match &extra {
         Some(x) => x.clone(),
-        None => Arc::new(Catalog::build(&cfg, store.clone(), seal.clone()).await.map_err(|e| anyhow!(e))?),
+        None => Arc::new(Catalog::build(&cfg, store.clone(), seal.clone(), http.clone()).await.map_err(|e| anyhow!(e))?),
     };
     // A client CA that is one of lessor's own pki CAs would make every
     // workload that can get a certificate an admin.
     if let Some(t) = &tls {
-        t.refuse_own_cas(&catalog.pki_cas().await.map_err(|e| anyhow!(e))?)?;
+        t.refuse_own_cas(&catalog.own_cas().await.map_err(|e| anyhow!(e))?)?;
     }
     let policy = Arc::new(PolicyEngine::load(&cfg.policies, role_infos(&cfg))?);
     for w in policy.current().warnings() {
         tracing::warn!(warning = %w, "policy warning");
     }
-    let verifier = Arc::new(Verifier::new(&cfg, http_client()?).map_err(|e| anyhow!(e))?);
+    let verifier = Arc::new(Verifier::new(&cfg.issuers, cfg.limits.max_jwt_bytes, http.clone()).map_err(|e| anyhow!(e))?);
     // Root credentials before anything is served: a store written under
     // another key-encryption key stops the start here, issuing nothing.
     let kek = open_kek(&cfg, &seal)?;

@@ -3,6 +3,9 @@
 //!
 //! Labels never carry lease ids, subjects, claims or anything a caller
 //! chooses freely; role and issuer labels come from the config.
+//!
+//! Must not import: store, lease, http, audit, config, policy (every layer
+//! reports here).
 
 use std::sync::OnceLock;
 

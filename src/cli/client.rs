@@ -346,6 +346,16 @@ pub fn render_status(base: &str, v: &Value) -> String {
         }
     }
 
+    // Only where revoking is not immediate: what a revoked credential still does.
+    let lagging: Vec<&Value> =
+        v["revocation"].as_array().into_iter().flatten().filter(|r| r["mode"].as_str() != Some("immediate")).collect();
+    if !lagging.is_empty() {
+        let _ = writeln!(out, "\nREVOCATION IS NOT IMMEDIATE FOR");
+        for r in lagging {
+            let _ = writeln!(out, "  {} ({}): {}", s(r, "connection"), s(r, "plugin"), s(r, "description"));
+        }
+    }
+
     let breakers = v["breakers"].as_array().cloned().unwrap_or_default();
     if !breakers.is_empty() {
         let _ = writeln!(out, "\nOPEN CIRCUIT BREAKERS (vendor not called until the probe): {}", breakers.len());

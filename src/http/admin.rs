@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::leases::LeaseDto;
 use super::{AdminCaller, ApiError, ApiJson, ApiQuery, AppState, Meta};
 use crate::audit::Event;
-use crate::policy::tests::Case;
+use crate::policy::casefile::Case;
 use crate::store::{LeaseFilter, LeaseState, RevokeFilter};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -54,7 +54,7 @@ pub async fn list(
         limit: q.limit.unwrap_or(100).clamp(1, 10_000),
     };
     let leases = st.leases.list(&actor, &filter, &meta).await?;
-    let dtos: Vec<LeaseDto> = leases.iter().map(LeaseDto::from).collect();
+    let dtos: Vec<LeaseDto> = leases.iter().map(|l| LeaseDto::of(l, &st.leases.catalog)).collect();
     Ok(Json(json!({ "leases": dtos })))
 }
 
@@ -220,8 +220,21 @@ pub async fn status(State(st): State<AppState>, AdminCaller(_): AdminCaller) -> 
         .into_iter()
         .map(|b| json!({"connection": b.connection, "since": rfc(b.since), "next_probe_at": rfc(b.until), "last_error": b.last_error}))
         .collect();
+    // What revoking means per vendor, so nobody reads `revoked` as "stopped
+    // working everywhere" where it is only published.
+    let revocation: Vec<Value> = st
+        .leases
+        .catalog
+        .connections
+        .iter()
+        .map(|(name, p)| {
+            let r = p.capabilities().revocation;
+            json!({"connection": name, "plugin": p.kind(), "mode": r.mode(), "description": r.describe()})
+        })
+        .collect();
     Ok(Json(json!({
         "time": rfc(s.now),
+        "revocation": revocation,
         "connection_warnings": connection_warnings,
         "breakers": breakers,
         "leases": counts,

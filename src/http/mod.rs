@@ -18,10 +18,12 @@ use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use tower_http::trace::TraceLayer;
 
-use crate::audit::{new_request_id, sane_request_id, ActorInfo, Event, RequestMeta};
+use crate::audit::workload_info;
+use crate::audit::{ActorInfo, Event};
 use crate::identity::{AuthError, Verifier, UNKNOWN_ISSUER};
-use crate::lease::{workload_info, Actor, LeaseService};
+use crate::lease::LeaseService;
 use crate::policy::{Action, Principal, RequestContext};
+use crate::principal::{new_request_id, sane_request_id, Actor, RequestMeta};
 use crate::store::Store;
 
 mod admin;
@@ -98,6 +100,8 @@ pub fn router(state: AppState, limits: &crate::config::Limits) -> Router {
         .route("/v1/admin/connections/{name}/rollback", post(connections::rollback))
         .route("/v1/admin/connections/{name}/rotate", post(connections::rotate))
         .route("/v1/policy/explain", post(admin::explain))
+        .route("/v1/plugins/{connection}/{document}", get(public::connection_document).layer(public()))
+        .route("/v1/plugins/{connection}/{role}/{document}", get(public::role_document).layer(public()))
         .route("/v1/pki/{*rest}", get(public::pki_document).layer(public()))
         .route("/v1/token/introspect", post(public::introspect).layer(public()))
         .route("/.well-known/jwks.json", get(public::jwks).layer(public()))

@@ -57,6 +57,8 @@ pub const CLIENT_CERT: &str = "client_cert";
         connections::activate,
         connections::rollback,
         connections::rotate,
+        public::connection_document,
+        public::role_document,
         public::pki_document,
         public::jwks,
         public::introspect,
@@ -104,6 +106,8 @@ pub const ERRORS: &[(&str, &str, &[u16])] = &[
     ("post", "/v1/admin/connections/{name}/activate", &[400, 401, 403, 404, 409, 413, 500, 502, 503]),
     ("post", "/v1/admin/connections/{name}/rollback", &[400, 401, 403, 404, 409, 500, 502, 503]),
     ("post", "/v1/admin/connections/{name}/rotate", &[400, 401, 403, 404, 409, 500, 502, 503]),
+    ("get", "/v1/plugins/{connection}/{document}", &[404, 500, 503]),
+    ("get", "/v1/plugins/{connection}/{role}/{document}", &[404, 500, 503]),
     ("get", "/v1/pki/{role}/{document}", &[404, 500, 503]),
     ("get", "/.well-known/jwks.json", &[500, 503]),
     ("post", "/v1/token/introspect", &[400, 413, 500, 503]),
@@ -282,6 +286,17 @@ pub mod wire {
         pub denies: String,
     }
 
+    /// What revoking means at a role's vendor.
+    #[derive(ToSchema)]
+    pub struct RevocationView {
+        /// `immediate` (stops at the vendor at once), `published` (a CRL or
+        /// introspection: relying parties that check see it) or `at_expiry`
+        /// (cannot be revoked).
+        pub mode: String,
+        /// One sentence for people.
+        pub description: String,
+    }
+
     #[derive(ToSchema)]
     pub struct RoleView {
         pub role: String,
@@ -291,6 +306,7 @@ pub mod wire {
         pub max_ttl_seconds: u64,
         pub default_ttl_seconds: u64,
         pub renewable: bool,
+        pub revocation: RevocationView,
         pub scopes: Vec<ScopeInfo>,
         pub default_scopes: Vec<String>,
     }
@@ -396,6 +412,17 @@ pub mod wire {
         pub replicas: i64,
         pub policy_versions_agree: bool,
         pub audit_write_failures: u64,
+        /// What revoking means at each connection's vendor.
+        pub revocation: Vec<ConnectionRevocation>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ConnectionRevocation {
+        pub connection: String,
+        pub plugin: String,
+        /// `immediate`, `published` or `at_expiry`.
+        pub mode: String,
+        pub description: String,
     }
 
     /// `POST /v1/admin/reconcile`: one reconcile pass.
@@ -445,7 +472,7 @@ pub mod wire {
     }
 
     /// `POST /v1/policy/explain`: one policy test case (mirrors
-    /// `policy::tests::Case`, which stays free of wire concerns).
+    /// `policy::casefile::Case`, which stays free of wire concerns).
     #[derive(ToSchema, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct ExplainCase {

@@ -18,7 +18,7 @@
 //!
 //! Passes run every `reconcile.interval` and on `POST /v1/admin/reconcile`
 //! (`lessor reconcile`), one at a time in a process and, on a shared
-//! PostgreSQL store, across replicas ([`Store::try_lock`]). Work per pass
+//! PostgreSQL store, across replicas ([`crate::store::ClusterStore::try_lock`]). Work per pass
 //! is bounded: [`MAX_OBJECTS`] listed, [`MAX_LEASES`] loaded per role,
 //! [`MAX_LOOKUPS`] single reads and `max_revocations` revocations per
 //! connection; what is left waits for the next pass (`truncated`).

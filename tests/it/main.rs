@@ -19,6 +19,7 @@ mod lease;
 mod observability;
 mod openapi;
 mod pki;
+mod plugins;
 mod reconcile;
 mod policy;
 mod postgres;

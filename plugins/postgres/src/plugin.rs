@@ -22,7 +22,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use lessor_plugin::{
     Capabilities, IssueRequest, Issued, LeaseId, LeaseRef, Plugin, PluginContext, PluginError,
-    RenewRequest, RoleSpec, RootSecretSpec, Validation, VendorObject, Workload,
+    Registration, RenewRequest, RoleSpec, RootCredentials, RootSecretSpec, Validation, VendorObject,
+    Workload,
 };
 use rand::TryRngCore;
 use secrecy::{ExposeSecret, SecretString};
@@ -79,6 +80,42 @@ const DSN_PARAMS: &[&str] = &[
     "application_name",
     "options",
 ];
+
+/// The plugin kind in config (`plugin = "postgres"`).
+pub const KIND: &str = "postgres";
+
+/// How the core knows this plugin (see [`lessor_plugin::Registration`]).
+pub fn registration() -> Registration {
+    Registration {
+        kind: KIND,
+        sdk_version: lessor_plugin::SDK_VERSION,
+        build: |ctx, connection, roles| Box::pin(build(ctx, connection, roles)),
+        validate_config,
+        ca_files: lessor_plugin::no_ca_files,
+    }
+}
+
+/// Checks the connection and role tables as [`build`] does, without
+/// reading `dsn_file` or `dsn_env` (they may exist only where lessor runs)
+/// and without connecting.
+pub fn validate_config(connection: &Value, roles: &[RoleSpec]) -> Result<(), String> {
+    let mut connection = connection.clone();
+    if let Some(t) = connection.as_object_mut() {
+        if t.contains_key("dsn_file") && t.contains_key("dsn_env") {
+            return Err("set either `dsn_file` or `dsn_env`, not both".into());
+        }
+        t.remove("dsn_file");
+        t.remove("dsn_env");
+    }
+    ConnectionConfig::from_json("", connection).map_err(|e| e.to_string())?;
+    for spec in roles {
+        RoleConfig::from_json("", spec).map_err(|e| e.to_string())?;
+        if spec.max_ttl.is_zero() {
+            return Err(format!("role `{}`: `max_ttl` is zero", spec.name));
+        }
+    }
+    Ok(())
+}
 
 /// Builds the PostgreSQL plugin for one connection. The core calls this.
 ///
@@ -1150,14 +1187,16 @@ impl PostgresPlugin {
 
 #[async_trait]
 impl Plugin for PostgresPlugin {
-    fn kind(&self) -> &'static str {
-        "postgres"
+    fn kind(&self) -> &str {
+        KIND
     }
 
+    /// Revoking drops the login role (after ending its sessions): it stops
+    /// working when `revoke` returns.
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             can_renew: true,
-            can_revoke: true,
+            revocation: lessor_plugin::Revocation::Immediate,
         }
     }
 
@@ -1513,11 +1552,19 @@ impl Plugin for PostgresPlugin {
         Ok(out)
     }
 
-    fn root_secret_spec(&self) -> Option<RootSecretSpec> {
-        Some(RootSecretSpec {
-            describes: "the admin DSN, postgres://user:password@host:port/database",
+    fn root_credentials(&self) -> Option<&dyn RootCredentials> {
+        Some(self)
+    }
+}
+
+/// The admin DSN is managed by the core (see the crate docs).
+#[async_trait]
+impl RootCredentials for PostgresPlugin {
+    fn spec(&self) -> RootSecretSpec {
+        RootSecretSpec {
+            describes: "the admin DSN, postgres://user:password@host:port/database".into(),
             can_rotate: true,
-        })
+        }
     }
 
     /// Connects with the candidate alone (its own short-lived connections,
@@ -1613,7 +1660,7 @@ impl Plugin for PostgresPlugin {
     /// Builds (lazy) pools for `secret`, keyed by `version`. `active`: new
     /// issuance uses it from now on, replacing the previously active one
     /// (a `dsn_file` / `dsn_env` DSN included); the previous managed version
-    /// stays installed to revoke its leases until [`Plugin::remove_root`].
+    /// stays installed to revoke its leases until [`RootCredentials::remove_root`].
     /// Installing the active version with `active = false` leaves no active
     /// one (issuance then fails, retryably, until one is activated).
     /// Installing an installed version with the same DSN keeps its pools.
@@ -1802,11 +1849,7 @@ mod tests {
     #[tokio::test]
     async fn the_root_password_never_shows() {
         const CANARY: &str = "Canary-Zq7xW9";
-        let ctx = PluginContext {
-            connection: "pg".into(),
-            state: Arc::new(lessor_plugin::MemoryState::new()),
-            public_url: "https://lessor.test".into(),
-        };
+        let ctx = PluginContext::for_tests("pg", "https://lessor.test");
         let role = RoleSpec {
             name: "app".into(),
             scopes: vec![],

@@ -78,7 +78,7 @@ pub async fn login(st: &AppState, vs: &VaultState, r: &mut VaultRequest, mount: 
         audit.note(
             Event::new("vault.login", "quota")
                 .request(Some(&meta))
-                .actor(crate::lease::workload_info(&w))
+                .actor(crate::audit::workload_info(&w))
                 .error("quota_vault_login", "vault_api.logins_per_minute reached"),
         );
         return Err(VaultError::too_many(
@@ -94,7 +94,7 @@ pub async fn login(st: &AppState, vs: &VaultState, r: &mut VaultRequest, mount: 
         audit.note(
             Event::new("authenticate", "failed")
                 .request(Some(&meta))
-                .actor(crate::lease::workload_info(&w))
+                .actor(crate::audit::workload_info(&w))
                 .error("issuer_not_allowed", format!("issuer `{}` may not log in at auth/{mount}", w.issuer_name)),
         );
         return Err(VaultError::denied_because(format!(

@@ -27,7 +27,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
 
 use super::{ApiError, AppState, Meta};
-use crate::audit::{Event, RequestMeta};
+use crate::audit::Event;
+use crate::principal::RequestMeta;
 use crate::store::Session;
 use crate::vault::VaultApiConfig;
 
