@@ -8,7 +8,6 @@ use lessor_plugin::PluginError;
 use serde::Deserialize;
 use serde_json::Value;
 
-pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -37,8 +36,9 @@ pub struct ExternalConfig {
     pub command: Vec<String>,
     /// Extra environment for the plugin.
     pub env: BTreeMap<String, String>,
-    /// Longest one call may take (not `initialize`, see `start_timeout`).
-    pub call_timeout: Duration,
+    /// Longest one call may take (not `initialize`, see `start_timeout`),
+    /// when set for this connection; see [`ExternalConfig::call_timeout`].
+    pub call_timeout: Option<Duration>,
     /// Longest spawn + `initialize` + the first `validate` may take.
     pub start_timeout: Duration,
     /// How long a plugin gets to exit after `shutdown` before it is killed.
@@ -58,6 +58,14 @@ fn duration(field: &str, v: Option<String>, default: Duration) -> Result<Duratio
 }
 
 impl ExternalConfig {
+    /// The timeout of one call to the plugin: this connection's
+    /// `call_timeout` when set (it is the more specific setting), but never
+    /// longer than the core's (`leases.call_timeout`, `core`), which cancels
+    /// a call past it anyway; unset, the core's.
+    pub fn call_timeout(&self, core: Duration) -> Duration {
+        self.call_timeout.map_or(core, |own| own.min(core))
+    }
+
     pub fn parse(v: Value) -> Result<ExternalConfig, PluginError> {
         let v = if v.is_null() { Value::Object(Default::default()) } else { v };
         let raw: Raw = serde_json::from_value(v).map_err(|e| PluginError::Misconfigured(e.to_string()))?;
@@ -89,7 +97,10 @@ impl ExternalConfig {
         Ok(ExternalConfig {
             command,
             env: raw.env,
-            call_timeout: duration("call_timeout", raw.call_timeout, DEFAULT_CALL_TIMEOUT)?,
+            call_timeout: match raw.call_timeout {
+                None => None,
+                s @ Some(_) => Some(duration("call_timeout", s, Duration::ZERO)?),
+            },
             start_timeout: duration("start_timeout", raw.start_timeout, DEFAULT_START_TIMEOUT)?,
             shutdown_grace: duration("shutdown_grace", raw.shutdown_grace, DEFAULT_SHUTDOWN_GRACE)?,
             config,
@@ -116,6 +127,11 @@ mod tests {
         assert!(err(json!({"command": ["x"], "config": 3})).contains("`config` must be a table"));
         assert!(err(json!({"command": ["x"], "comand": 1})).contains("unknown field `comand`"));
         let c = ExternalConfig::parse(json!({"command": ["python3", "p.py"], "call_timeout": "2s", "config": {"a": 1}})).unwrap();
-        assert_eq!((c.call_timeout, c.start_timeout, c.config), (Duration::from_secs(2), DEFAULT_START_TIMEOUT, json!({"a": 1})));
+        assert_eq!((c.call_timeout, c.start_timeout, c.config.clone()), (Some(Duration::from_secs(2)), DEFAULT_START_TIMEOUT, json!({"a": 1})));
+        // The connection's own timeout wins when it is shorter; the core's caps it.
+        assert_eq!(c.call_timeout(Duration::from_secs(30)), Duration::from_secs(2));
+        assert_eq!(c.call_timeout(Duration::from_secs(1)), Duration::from_secs(1));
+        let unset = ExternalConfig::parse(json!({"command": ["x"]})).unwrap();
+        assert_eq!(unset.call_timeout(Duration::from_secs(7)), Duration::from_secs(7));
     }
 }

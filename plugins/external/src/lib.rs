@@ -31,5 +31,5 @@ mod protocol;
 mod session;
 
 pub use config::ExternalConfig;
-pub use plugin::{build, ExternalPlugin, MAX_BACKOFF, MIN_BACKOFF};
-pub use protocol::{code, Handshake, Revocation, MAX_LINE_BYTES, PROTOCOL_VERSION};
+pub use plugin::{build, registration, ExternalPlugin, MAX_BACKOFF, MIN_BACKOFF};
+pub use protocol::{code, Handshake, MAX_LINE_BYTES, PROTOCOL_VERSION};

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use lessor_plugin::secrecy::{ExposeSecret, SecretString};
 use lessor_plugin::{
-    Capabilities, IssueRequest, Issued, LeaseRef, Plugin, PluginContext, PluginError, RenewRequest, RoleSpec,
-    RootSecretSpec, Validation, VendorObject,
+    Capabilities, IssueRequest, Issued, LeaseRef, Plugin, PluginContext, PluginError, Registration, RenewRequest,
+    RoleSpec, RootCredentials, RootSecretSpec, Validation, VendorObject,
 };
 use serde_json::{json, Value};
 use time::OffsetDateTime;
@@ -40,6 +40,9 @@ enum State {
 struct Inner {
     connection: String,
     cfg: ExternalConfig,
+    /// Timeout of one call: [`ExternalConfig::call_timeout`] against the
+    /// core's `PluginContext::call_timeout`.
+    call_timeout: Duration,
     /// `initialize` params, the same at every start.
     init: Value,
     /// The first start's handshake; later starts must answer the same.
@@ -63,6 +66,32 @@ pub struct ExternalPlugin {
 /// start with the reason.
 pub async fn build(ctx: PluginContext, connection: Value, roles: Vec<RoleSpec>) -> Result<Arc<dyn Plugin>, PluginError> {
     Ok(ExternalPlugin::start(ctx, connection, roles).await?)
+}
+
+/// The `external` kind for the core's registry. `lessor check` parses the
+/// connection config (`command`, `env`, timeouts, `config`) and starts
+/// nothing; whether the program runs is learned at start.
+pub fn registration() -> Registration {
+    Registration {
+        kind: "external",
+        sdk_version: lessor_plugin::SDK_VERSION,
+        build: |ctx, cfg, roles| Box::pin(build(ctx, cfg, roles)),
+        validate_config: |cfg, _roles| ExternalConfig::parse(cfg.clone()).map(|_| ()).map_err(|e| e.to_string()),
+        ca_files: lessor_plugin::no_ca_files,
+    }
+}
+
+/// Kills the process when an `issue` call is dropped before its answer (the
+/// core cancelled it past its deadline): the plugin might otherwise create
+/// the credential after the core has revoked the pending lease.
+struct IssueGuard<'a>(Option<&'a Session>);
+
+impl Drop for IssueGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.request_kill("`issue` was cancelled by lessor before the plugin answered".into());
+        }
+    }
 }
 
 fn gone(connection: &str, method: &str, e: CallError) -> PluginError {
@@ -92,17 +121,20 @@ impl Inner {
 
     async fn call(&self, method: &'static str, params: Value) -> Result<Value, PluginError> {
         let s = self.session(method)?;
-        self.call_on(&s, method, params, self.cfg.call_timeout).await
+        self.call_on(&s, method, params, self.call_timeout).await
     }
 
     async fn call_on(&self, s: &Session, method: &'static str, params: Value, timeout: Duration) -> Result<Value, PluginError> {
-        match s.call(method, params, timeout).await {
+        let mut guard = IssueGuard((method == "issue").then_some(s));
+        let answer = s.call(method, params, timeout).await;
+        guard.0 = None;
+        match answer {
             Ok(v) => Ok(v),
             Err(CallError::Rpc(r)) => Err(r.into_plugin_error(method)),
             Err(e @ CallError::Timeout(_)) if method == "issue" => {
                 // An issue still running in the plugin could create the
                 // credential after the core cleaned the lease up: end it.
-                s.request_kill(format!("`issue` did not answer within {}", humantime::format_duration(self.cfg.call_timeout)));
+                s.request_kill(format!("`issue` did not answer within {}", humantime::format_duration(timeout)));
                 Err(gone(&self.connection, method, e))
             }
             Err(e) => Err(gone(&self.connection, method, e)),
@@ -256,8 +288,10 @@ impl ExternalPlugin {
             "roles": roles,
             "public_url": ctx.public_url,
         });
+        let call_timeout = cfg.call_timeout(ctx.call_timeout);
         let mut inner = Inner {
             connection: ctx.connection.clone(),
+            call_timeout,
             cfg,
             init,
             handshake: Handshake {
@@ -265,9 +299,10 @@ impl ExternalPlugin {
                 kind: String::new(),
                 can_renew: false,
                 can_revoke: false,
-                revocation: protocol::Revocation::AtExpiry,
+                revocation: lessor_plugin::Revocation::AtExpiry,
                 can_list: false,
                 manages_root: false,
+                root_describes: None,
             },
             state: RwLock::new(State::Down("starting".into())),
             roots: Mutex::new(BTreeMap::new()),
@@ -313,12 +348,12 @@ impl ExternalPlugin {
 
 #[async_trait]
 impl Plugin for ExternalPlugin {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> &str {
         "external"
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { can_renew: self.inner.handshake.can_renew, can_revoke: self.inner.handshake.can_revoke }
+        Capabilities { can_renew: self.inner.handshake.can_renew, revocation: self.inner.handshake.revocation.clone() }
     }
 
     async fn validate(&self) -> Result<Validation, PluginError> {
@@ -346,9 +381,9 @@ impl Plugin for ExternalPlugin {
 
     async fn renew(&self, req: RenewRequest) -> Result<OffsetDateTime, PluginError> {
         if !self.inner.handshake.can_renew {
-            return Err(PluginError::Unsupported("renew"));
+            return Err(PluginError::Unsupported("renew".into()));
         }
-        let params = protocol::renew_params(&req.lease, req.expires_at)?;
+        let params = protocol::renew_params(&req)?;
         protocol::renewed(self.inner.call("renew", params).await?)
     }
 
@@ -360,31 +395,39 @@ impl Plugin for ExternalPlugin {
     /// each mapped back to its lease id, checked to be a page in name order.
     async fn list_objects(&self, after: Option<&str>, limit: u32) -> Result<Vec<VendorObject>, PluginError> {
         if !self.inner.handshake.can_list {
-            return Err(PluginError::Unsupported("listing vendor objects"));
+            return Err(PluginError::Unsupported("listing vendor objects".into()));
         }
         let v = self.inner.call("list", json!({"after": after, "limit": limit})).await?;
         protocol::listed(v, after, limit)
     }
 
-    fn root_secret_spec(&self) -> Option<RootSecretSpec> {
-        self.inner.handshake.manages_root.then_some(RootSecretSpec {
-            describes: "the root credential this external plugin uses at its vendor (see the plugin's README)",
-            can_rotate: false,
-        })
+    fn root_credentials(&self) -> Option<&dyn RootCredentials> {
+        self.inner.handshake.manages_root.then_some(self as &dyn RootCredentials)
+    }
+
+    async fn shutdown(&self) {
+        self.stop().await;
+    }
+}
+
+/// Offered (through [`Plugin::root_credentials`]) only when the handshake
+/// says `manages_root`. Versions are kept here too and replayed into every
+/// restarted process.
+#[async_trait]
+impl RootCredentials for ExternalPlugin {
+    fn spec(&self) -> RootSecretSpec {
+        let describes = self.inner.handshake.root_describes.clone().unwrap_or_else(|| {
+            format!("the root credential the external plugin `{}` uses at its vendor (see its README)", self.inner.handshake.kind)
+        });
+        RootSecretSpec { describes, can_rotate: false }
     }
 
     async fn validate_root(&self, candidate: &SecretString) -> Result<Validation, PluginError> {
-        if !self.inner.handshake.manages_root {
-            return Err(PluginError::Unsupported("managed root credentials"));
-        }
         let v = self.inner.call("validate_root", json!({"secret": candidate.expose_secret()})).await?;
         protocol::validation("validate_root", v)
     }
 
     async fn install_root(&self, version: i64, secret: SecretString, active: bool) -> Result<(), PluginError> {
-        if !self.inner.handshake.manages_root {
-            return Err(PluginError::Unsupported("managed root credentials"));
-        }
         let params = json!({"root_version": version, "secret": secret.expose_secret(), "active": active});
         self.inner.call("install_root", params).await?;
         if let Ok(mut g) = self.inner.roots.lock() {
@@ -399,16 +442,9 @@ impl Plugin for ExternalPlugin {
     }
 
     async fn remove_root(&self, version: i64) -> Result<(), PluginError> {
-        if !self.inner.handshake.manages_root {
-            return Ok(());
-        }
         if let Ok(mut g) = self.inner.roots.lock() {
             g.remove(&version);
         }
         self.inner.call("remove_root", json!({"root_version": version})).await.map(|_| ())
-    }
-
-    async fn shutdown(&self) {
-        self.stop().await;
     }
 }

@@ -1,12 +1,16 @@
 //! The wire: JSON-RPC 2.0 messages, one per line, as plugins/PROTOCOL.md
-//! describes them. Request params are serialized from the SDK's field names;
-//! results are checked field by field here, so an error names the field and
-//! never quotes a value (a malformed `secret` must not end up in a log).
+//! describes them. Request params are the SDK's serde wire types
+//! (`IssueRequest`, `LeaseRef`, `RenewRequest`) serialized as they are, and
+//! the handshake's `revocation` is the SDK's `Revocation`. Results are
+//! checked field by field here rather than deserialized into `Issued`:
+//! serde's messages quote the offending value (a malformed `secret` must not
+//! end up in a log), and the checks here go further (years bounded, a field
+//! both public and secret refused).
 
 use std::collections::BTreeMap;
 
 use lessor_plugin::secrecy::SecretString;
-use lessor_plugin::{Handle, IssueRequest, Issued, LeaseRef, PluginError, Validation, VendorObject};
+use lessor_plugin::{Handle, IssueRequest, Issued, LeaseRef, PluginError, RenewRequest, Revocation, Validation, VendorObject};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use time::format_description::well_known::Rfc3339;
@@ -57,7 +61,7 @@ impl RpcError {
             code::PERMANENT => PluginError::Permanent(m),
             code::INVALID => PluginError::InvalidRequest(m),
             code::MISCONFIGURED => PluginError::Misconfigured(m),
-            code::UNSUPPORTED | code::METHOD_NOT_FOUND => PluginError::Unsupported(method),
+            code::UNSUPPORTED | code::METHOD_NOT_FOUND => PluginError::Unsupported(method.to_owned()),
             code::INVALID_PARAMS => {
                 PluginError::Permanent(format!("the plugin refused lessor's `{method}` params (protocol mismatch?): {m}"))
             }
@@ -168,10 +172,6 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R, max: usize) -> std::i
 
 // ---- params ---------------------------------------------------------------
 
-fn rfc3339(t: OffsetDateTime) -> Result<String, PluginError> {
-    t.format(&Rfc3339).map_err(|e| PluginError::InvalidRequest(format!("time {t} cannot be written as RFC 3339: {e}")))
-}
-
 /// `initialize` params (everything but the per-start fields).
 #[derive(Serialize)]
 pub struct RoleWire {
@@ -181,29 +181,21 @@ pub struct RoleWire {
     pub config: Value,
 }
 
+/// A wire type's JSON (the SDK's serde types: stable names, RFC 3339 times).
+fn wire<T: Serialize>(what: &str, v: &T) -> Result<Value, PluginError> {
+    serde_json::to_value(v).map_err(|e| PluginError::InvalidRequest(format!("cannot write the `{what}` params: {e}")))
+}
+
 pub fn issue_params(req: &IssueRequest) -> Result<Value, PluginError> {
-    Ok(json!({
-        "lease_id": req.lease_id.as_str(),
-        "role": req.role,
-        "workload": req.workload,
-        "scopes": req.scopes,
-        "expires_at": rfc3339(req.expires_at)?,
-        "params": req.params,
-    }))
+    wire("issue", req)
 }
 
 pub fn lease_params(l: &LeaseRef) -> Result<Value, PluginError> {
-    Ok(json!({
-        "lease_id": l.lease_id.as_str(),
-        "role": l.role,
-        "handle": l.handle,
-        "expires_at": rfc3339(l.expires_at)?,
-        "root_version": l.root_version,
-    }))
+    wire("revoke", l)
 }
 
-pub fn renew_params(lease: &LeaseRef, expires_at: OffsetDateTime) -> Result<Value, PluginError> {
-    Ok(json!({"lease": lease_params(lease)?, "expires_at": rfc3339(expires_at)?}))
+pub fn renew_params(req: &RenewRequest) -> Result<Value, PluginError> {
+    wire("renew", req)
 }
 
 // ---- results --------------------------------------------------------------
@@ -330,16 +322,6 @@ pub fn listed(v: Value, after: Option<&str>, limit: u32) -> Result<Vec<VendorObj
     Ok(objects)
 }
 
-/// What revocation means at this plugin's vendor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Revocation {
-    Immediate,
-    /// Published (a list relying parties check): seen within
-    /// `max_delay_seconds` by those that check.
-    Delayed { via: String, max_delay_seconds: Option<u64> },
-    AtExpiry,
-}
-
 /// The plugin's half of the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handshake {
@@ -352,6 +334,9 @@ pub struct Handshake {
     pub revocation: Revocation,
     pub can_list: bool,
     pub manages_root: bool,
+    /// What the managed root credential is, for its owner
+    /// (`capabilities.root_describes`); `None` when the plugin did not say.
+    pub root_describes: Option<String>,
 }
 
 /// `initialize`'s result.
@@ -381,21 +366,33 @@ pub fn handshake(v: Value) -> Result<Handshake, PluginError> {
     let can_list = flag("can_list", false)?;
     let manages_root = flag("manages_root", false)?;
     let rev = caps.get("revocation").and_then(Value::as_object).ok_or_else(|| mis("`capabilities.revocation` is missing or not an object".into()))?;
+    // The SDK's `Revocation`, checked here so a message names the field.
     let revocation = match rev.get("mode").and_then(Value::as_str) {
         Some("immediate") => Revocation::Immediate,
         Some("at_expiry") => Revocation::AtExpiry,
-        Some("delayed") => Revocation::Delayed {
-            via: rev.get("via").and_then(Value::as_str).map(|s| clean(s, 64)).unwrap_or_default(),
-            max_delay_seconds: rev.get("max_delay_seconds").and_then(Value::as_u64),
+        Some("published") => Revocation::Published {
+            via: match rev.get("via") {
+                Some(Value::String(v)) if !v.trim().is_empty() => clean(v, 64),
+                _ => return Err(mis("`capabilities.revocation.via` (how it is published, e.g. \"CRL\") is missing or empty".into())),
+            },
+            max_delay_seconds: match rev.get("max_delay_seconds") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_u64().ok_or_else(|| mis("`capabilities.revocation.max_delay_seconds` is not a non-negative integer".into()))?),
+            },
         },
-        _ => return Err(mis("`capabilities.revocation.mode` must be `immediate`, `delayed` or `at_expiry`".into())),
+        _ => return Err(mis("`capabilities.revocation.mode` must be `immediate`, `published` or `at_expiry`".into())),
+    };
+    let root_describes = match caps.get("root_describes") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(d)) if !d.trim().is_empty() => Some(clean(d, 256)),
+        Some(_) => return Err(mis("`capabilities.root_describes` is not a non-empty string".into())),
     };
     if can_revoke == (revocation == Revocation::AtExpiry) {
         return Err(mis(format!(
             "`capabilities.can_revoke` = {can_revoke} contradicts `revocation.mode` (`at_expiry` means can_revoke = false)"
         )));
     }
-    Ok(Handshake { protocol_version: PROTOCOL_VERSION, kind, can_renew, can_revoke, revocation, can_list, manages_root })
+    Ok(Handshake { protocol_version: PROTOCOL_VERSION, kind, can_renew, can_revoke, revocation, can_list, manages_root, root_describes })
 }
 
 #[cfg(test)]
@@ -452,9 +449,20 @@ mod tests {
         let mut c = base.clone();
         c["capabilities"]["revocation"]["mode"] = json!("at_expiry");
         assert!(handshake(c).unwrap_err().to_string().contains("contradicts"));
-        let mut k = base;
+        let mut k = base.clone();
         k["kind"] = json!("a b");
         assert!(handshake(k).unwrap_err().to_string().contains("`kind`"));
+        let mut p = base.clone();
+        p["capabilities"]["revocation"] = json!({"mode": "published", "via": "CRL", "max_delay_seconds": 60});
+        p["capabilities"]["root_describes"] = json!("the admin password");
+        let h = handshake(p.clone()).unwrap();
+        assert_eq!(h.revocation, Revocation::Published { via: "CRL".into(), max_delay_seconds: Some(60) });
+        assert_eq!(h.root_describes.as_deref(), Some("the admin password"));
+        p["capabilities"]["revocation"] = json!({"mode": "published"});
+        assert!(handshake(p).unwrap_err().to_string().contains("`capabilities.revocation.via`"));
+        let mut d = base;
+        d["capabilities"]["revocation"]["mode"] = json!("delayed");
+        assert!(handshake(d).unwrap_err().to_string().contains("`immediate`, `published` or `at_expiry`"));
     }
 
     #[tokio::test]

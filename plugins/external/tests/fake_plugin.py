@@ -28,8 +28,11 @@ for line in sys.stdin:
         answer(rid, {
             "protocol_version": 2 if mode == "v2" else 1,
             "kind": "fake",
-            "capabilities": {"can_renew": False, "can_revoke": True, "revocation": {"mode": "immediate"},
-                             "manages_root": mode == "root"},
+            "capabilities": {"can_renew": False, "can_revoke": True,
+                             "revocation": {"mode": "published", "via": "a test list", "max_delay_seconds": 5}
+                             if mode == "root" else {"mode": "immediate"},
+                             "manages_root": mode == "root",
+                             **({"root_describes": "the fake vendor's admin password"} if mode == "root" else {})},
         })
     elif method == "validate":
         answer(rid, {"identity": f"fake pid {os.getpid()}"})

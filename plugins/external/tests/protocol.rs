@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 use lessor_external::ExternalPlugin;
 use lessor_plugin::secrecy::SecretString;
-use lessor_plugin::{IssueRequest, LeaseId, MemoryState, Plugin, PluginContext, PluginError, RoleSpec, Workload};
+use lessor_plugin::{IssueRequest, LeaseId, Plugin, PluginContext, PluginError, Revocation, RoleSpec, Workload};
 use serde_json::json;
 
 async fn start(mode: &str, extra: serde_json::Value) -> Result<Arc<ExternalPlugin>, PluginError> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_plugin.py");
-    let ctx = PluginContext { connection: format!("fake-{mode}"), state: Arc::new(MemoryState::new()), public_url: "http://x".into() };
+    // The core's call timeout (30 s here) caps the connection's own 1 s.
+    let ctx = PluginContext::for_tests(&format!("fake-{mode}"), "http://x");
     let mut cfg = json!({"command": ["python3", script, mode], "call_timeout": "1s", "shutdown_grace": "500ms"});
     if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
         c.extend(e.clone());
@@ -88,6 +89,42 @@ async fn a_hung_issue_times_out_and_its_process_is_replaced() {
 }
 
 #[tokio::test]
+async fn an_issue_the_core_cancels_ends_its_process_too() {
+    // The core drops an `issue` future past `leases.call_timeout`; the
+    // plugin must not go on to create the credential after the core has
+    // revoked the pending lease.
+    let p = start("slow", json!({"call_timeout": "20s"})).await.unwrap();
+    let pid = p.pid().unwrap();
+    let cancelled = tokio::time::timeout(Duration::from_millis(300), p.issue(req("app"))).await;
+    assert!(cancelled.is_err(), "the slow issue answered: {cancelled:?}");
+    restarted(&p, pid).await;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(stat.is_empty() || stat.contains(") Z"), "process {pid} still runs: {stat}");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_plugin_without_managed_roots_offers_no_root_capability() {
+    let p = start("errors", json!({})).await.unwrap();
+    assert!(p.root_credentials().is_none());
+    assert_eq!((p.kind(), p.capabilities().revocation), ("external", Revocation::Immediate));
+    p.stop().await;
+}
+
+#[test]
+fn the_registration_checks_config_without_starting_anything() {
+    let r = lessor_external::registration();
+    assert_eq!((r.kind, r.sdk_version), ("external", lessor_plugin::SDK_VERSION));
+    // A program that does not exist passes: nothing is started or read.
+    assert_eq!((r.validate_config)(&json!({"command": ["/nonexistent/plugin"]}), &[]), Ok(()));
+    let e = (r.validate_config)(&json!({"command": []}), &[]).unwrap_err();
+    assert!(e.contains("`command` is empty"), "{e}");
+    let e = (r.validate_config)(&json!({"command": ["x"], "start_timeout": "1h"}), &[]).unwrap_err();
+    assert!(e.contains("`start_timeout`"), "{e}");
+    assert!((r.ca_files)(&json!({"command": ["x"]}), &[]).is_empty());
+}
+
+#[tokio::test]
 async fn a_plugin_that_ignores_shutdown_is_killed_after_the_grace_period() {
     let p = start("deaf", json!({})).await.unwrap();
     let pid = p.pid().unwrap();
@@ -110,8 +147,8 @@ async fn error_codes_map_to_error_classes() {
         (-32002, |e| matches!(e, PluginError::Permanent(m) if m == "refused by code-32002")),
         (-32003, |e| matches!(e, PluginError::InvalidRequest(_))),
         (-32004, |e| matches!(e, PluginError::Misconfigured(_))),
-        (-32005, |e| matches!(e, PluginError::Unsupported("issue"))),
-        (-32601, |e| matches!(e, PluginError::Unsupported("issue"))),
+        (-32005, |e| matches!(e, PluginError::Unsupported(m) if m == "issue")),
+        (-32601, |e| matches!(e, PluginError::Unsupported(m) if m == "issue")),
         (-32099, |e| matches!(e, PluginError::Permanent(m) if m.contains("unknown error code -32099"))),
     ];
     for (code, ok) in cases {
@@ -125,7 +162,7 @@ async fn error_codes_map_to_error_classes() {
     // can_renew = false: renew is refused without a call.
     let lease = lessor_plugin::LeaseRef { lease_id: LeaseId::new("lse_1"), role: "app".into(), handle: None, expires_at: time::OffsetDateTime::now_utc(), root_version: None };
     let e = p.renew(lessor_plugin::RenewRequest { lease, expires_at: time::OffsetDateTime::now_utc() }).await.unwrap_err();
-    assert!(matches!(e, PluginError::Unsupported("renew")), "{e:?}");
+    assert!(matches!(&e, PluginError::Unsupported(m) if m == "renew"), "{e:?}");
     p.stop().await;
 }
 
@@ -142,9 +179,18 @@ async fn root_credentials_are_installed_again_into_a_restarted_process() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("roots");
     let p = start("root", json!({"env": {"FAKE_ROOT_LOG": log}})).await.unwrap();
-    assert!(p.root_secret_spec().is_some());
-    p.install_root(1, SecretString::from("root-one"), true).await.unwrap();
-    p.install_root(2, SecretString::from("root-two"), true).await.unwrap();
+    // The handshake's capabilities: published revocation, a managed root
+    // credential described by the plugin.
+    assert_eq!(
+        p.capabilities().revocation,
+        Revocation::Published { via: "a test list".into(), max_delay_seconds: Some(5) }
+    );
+    assert!(p.capabilities().can_revoke());
+    let roots = p.root_credentials().expect("manages_root offers RootCredentials");
+    assert_eq!(roots.spec().describes, "the fake vendor's admin password");
+    assert!(!roots.spec().can_rotate);
+    roots.install_root(1, SecretString::from("root-one"), true).await.unwrap();
+    roots.install_root(2, SecretString::from("root-two"), true).await.unwrap();
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "1 true\n2 true\n");
     let pid = p.pid().unwrap();
     assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
