@@ -15,9 +15,11 @@
 //!   `["python3", "examples/plugins/sqlite-accounts/plugin.py"]`.
 //! - `env`: extra environment variables. The plugin gets only these and
 //!   `PATH`, `HOME`, `LANG`, `LC_ALL`, `TZ`, `TMPDIR` from lessor's own.
-//! - `call_timeout` (default `"30s"`), `start_timeout` (spawn, handshake and
-//!   first `validate`, default `"10s"`), `shutdown_grace` (default `"5s"`):
-//!   100ms to 10m.
+//! - `call_timeout` (default: the core's `leases.call_timeout`, from
+//!   `PluginContext`; when set, the shorter of the two wins, since the core
+//!   cancels a call past its own anyway), `start_timeout` (spawn, handshake
+//!   and first `validate`, default `"10s"`), `shutdown_grace` (default
+//!   `"5s"`): 100ms to 10m.
 //! - `config`: a table handed to the plugin unchanged in `initialize`.
 //!
 //! Role tables (`[connections.x.roles.r.config]`) are handed over unchanged
