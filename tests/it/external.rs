@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use lessor_external::ExternalPlugin;
 use lessor_plugin::conformance::{self, Case, Probe};
 use lessor_plugin::secrecy::{ExposeSecret, SecretString};
-use lessor_plugin::{MemoryState, Plugin, PluginContext, RoleSpec, Workload};
+use lessor_plugin::{Plugin, PluginContext, RoleSpec, Workload};
 use serde_json::{json, Map, Value};
 use sqlx::{Connection, Row};
 
@@ -130,11 +130,7 @@ impl Probe for AccountProbe {
 
 async fn start_plugin(dir: &Path) -> Arc<ExternalPlugin> {
     let plugin = install_plugin(dir);
-    let ctx = PluginContext {
-        connection: "accounts".into(),
-        state: Arc::new(MemoryState::new()),
-        public_url: "http://127.0.0.1:1".into(),
-    };
+    let ctx = PluginContext::for_tests("accounts", "http://127.0.0.1:1");
     let cfg = json!({
         "command": ["python3", plugin],
         "call_timeout": "5s",
@@ -488,4 +484,26 @@ async fn the_reconciler_finds_and_revokes_a_stray_account() {
     let r = pass().await;
     assert_eq!(r["strays"].as_array().map(Vec::len), Some(1), "only the unmapped name is left, reported: {r}");
     assert_eq!(r["objects"], 2, "{r}");
+}
+
+#[test]
+fn lessor_check_validates_an_external_connection_without_starting_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = |extra: &str| {
+        let text = config_text(dir, &dir.join("policies"), "https://issuer.test", extra, "");
+        lessor::config::Config::from_toml(&text).unwrap()
+    };
+    // The example's connection passes; so does a program that does not
+    // exist: the check starts nothing.
+    lessor::plugins::check_config(&cfg(&accounts_toml(dir))).unwrap();
+    let conn = "[connections.ext]\nplugin = \"external\"\nenvironment = \"staging\"\n[connections.ext.config]\n";
+    lessor::plugins::check_config(&cfg(&format!("{conn}command = [\"/nonexistent/plugin\"]\n"))).unwrap();
+    let bad = |extra: &str, needle: &str| {
+        let e = lessor::plugins::check_config(&cfg(&format!("{conn}{extra}"))).unwrap_err();
+        assert!(e.contains(needle), "{e}");
+    };
+    bad("", "connection `ext` (external): misconfigured: `command` is required");
+    bad("command = [\"x\"]\ncall_timeout = \"1ms\"\n", "`call_timeout` = `1ms` must be between 100ms and 10m");
+    bad("command = [\"x\"]\ncomand = 1\n", "unknown field `comand`");
 }
