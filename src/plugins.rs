@@ -23,7 +23,13 @@ use crate::store::Store;
 /// the core changes. (A link-time registry such as `inventory` would save
 /// this line but not the dependency, and hides the list from readers.)
 pub fn registrations() -> Vec<Registration> {
-    vec![lessor_pki::registration(), lessor_token::registration(), lessor_postgres::registration(), lessor_redis::registration()]
+    vec![
+        lessor_pki::registration(),
+        lessor_token::registration(),
+        lessor_postgres::registration(),
+        lessor_redis::registration(),
+        lessor_external::registration(),
+    ]
 }
 
 /// The registration of plugin `kind`, or a precise error listing the known
@@ -195,6 +201,12 @@ impl Catalog {
             }
         }
         Ok(out)
+    }
+
+    /// Stops every connection's background work (external plugin
+    /// processes); called once, at shutdown.
+    pub async fn shutdown(&self) {
+        futures::future::join_all(self.connections.values().map(|p| p.shutdown())).await;
     }
 
     pub fn role(&self, name: &str) -> Option<&Arc<Role>> {

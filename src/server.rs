@@ -4,7 +4,8 @@
 //! Start order: store -> seal key check -> admin token -> audit log ->
 //! plugins -> policies -> verifier -> expiry worker + replica heartbeat +
 //! policy watcher -> HTTP. Shutdown stops the HTTP listener (in-flight
-//! requests finish), then the background tasks, then the audit log (a final
+//! requests finish), then the background tasks, then the plugins (external
+//! plugin processes get `shutdown`), then the audit log (a final
 //! signed checkpoint). SIGHUP reloads policies and reopens the audit file
 //! (log rotation).
 
@@ -54,6 +55,8 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        // Nothing calls a plugin any more: stop their processes.
+        self.leases.catalog.shutdown().await;
         let audit = &self.leases.audit;
         audit.note(Event::new("service.stop", "ok").actor(ActorInfo::system("lessor")));
         audit.shutdown().await;

@@ -262,6 +262,7 @@ async fn check(path: &std::path::Path, connections: bool) -> anyhow::Result<Exit
             }
         }
     }
+    catalog.shutdown().await;
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 

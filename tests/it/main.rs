@@ -6,6 +6,7 @@ mod admin_tokens;
 mod audit;
 mod connections;
 mod engine;
+mod external;
 mod dead_vendor;
 mod binary;
 mod flood;

@@ -498,6 +498,11 @@ pub trait Plugin: Send + Sync + 'static {
     /// is `Ok(())`.
     async fn revoke(&self, lease: &LeaseRef) -> Result<(), PluginError>;
 
+    /// Stops what the plugin runs in the background (a child process, a
+    /// pool) when lessor shuts down; calls after it may fail. The core calls
+    /// it once per connection, after its own tasks have stopped.
+    async fn shutdown(&self) {}
+
     /// The public documents this plugin serves (see [`DocumentSpec`]).
     fn documents(&self) -> Vec<DocumentSpec> {
         Vec::new()
