@@ -436,6 +436,29 @@ impl MysqlPlugin {
             .ok_or_else(|| self.no_root())
     }
 
+    /// A connection for renewing or revoking `lease`: from the root it was
+    /// issued under while that one is installed; from the active root when
+    /// that one no longer logs in (its password was rotated away).
+    async fn lease_conn(&self, lease: &LeaseRef) -> Result<(Arc<Root>, sqlx::pool::PoolConnection<sqlx::MySql>), PluginError> {
+        let root = self.root_for(lease)?;
+        if let Some(e) = self.refused(&root).await {
+            return Err(e);
+        }
+        match root.pool.acquire().await {
+            Ok(c) => Ok((root, c)),
+            Err(e) if db_number(&e) == Some(er::ACCESS_DENIED) => {
+                let active = self.active_root()?;
+                if Arc::ptr_eq(&active, &root) {
+                    return Err(self.fail(&root, e, "connecting"));
+                }
+                tracing::info!(root_version = ?root.version, "the lease's root credential no longer logs in; using the active one");
+                let c = self.acquire(&active).await?;
+                Ok((active, c))
+            }
+            Err(e) => Err(self.fail(&root, e, "connecting")),
+        }
+    }
+
     fn role(&self, name: &str) -> Result<&Role, PluginError> {
         self.roles.get(name).ok_or_else(|| {
             PluginError::InvalidRequest(format!(
@@ -483,23 +506,27 @@ impl MysqlPlugin {
     /// tried first so "connection refused" is a retryable error at once
     /// (the pool would retry until `connect_timeout`).
     async fn acquire(&self, root: &Root) -> Result<sqlx::pool::PoolConnection<sqlx::MySql>, PluginError> {
-        if root.pool.num_idle() == 0 && root.options.get_socket().is_none() {
-            let t = &root.target;
-            let probe = tokio::time::timeout(
-                self.config.connect_timeout,
-                tokio::net::TcpStream::connect((t.host.as_str(), t.port)),
-            )
-            .await;
-            let reason = match probe {
-                Ok(Ok(_)) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!("no TCP connection within {}", humantime::format_duration(self.config.connect_timeout))),
-            };
-            if let Some(reason) = reason {
-                return Err(PluginError::Retryable(format!("cannot reach MySQL/MariaDB at {}: {reason}", t.addr())));
-            }
+        if let Some(e) = self.refused(root).await {
+            return Err(e);
         }
         root.pool.acquire().await.map_err(|e| self.fail(root, e, "connecting"))
+    }
+
+    /// With nothing idle in the pool, tries the server's port first, so
+    /// "connection refused" is a retryable error at once (the pool would
+    /// retry until `connect_timeout`).
+    async fn refused(&self, root: &Root) -> Option<PluginError> {
+        if root.pool.num_idle() > 0 || root.options.get_socket().is_some() {
+            return None;
+        }
+        let t = &root.target;
+        let limit = self.config.connect_timeout;
+        let reason = match tokio::time::timeout(limit, tokio::net::TcpStream::connect((t.host.as_str(), t.port))).await {
+            Ok(Ok(_)) => return None,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no TCP connection within {}", humantime::format_duration(limit)),
+        };
+        Some(PluginError::Retryable(format!("cannot reach MySQL/MariaDB at {}: {reason}", t.addr())))
     }
 
     fn render_err(&self, role: &str, e: crate::sql::RenderError) -> PluginError {
@@ -571,8 +598,18 @@ impl MysqlPlugin {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| PluginError::Misconfigured(e.to_string()))?
                 .join(", ");
-            if let Err(e) = exec(conn, &format!("GRANT {list} TO {acct}")).await {
-                return Err(self.fail(root, e, &format!("granting roles {}", server_roles.join(", "))));
+            // One role per GRANT: MariaDB's syntax takes one.
+            for r in server_roles {
+                let q = quote_ident(r).map_err(|e| PluginError::Misconfigured(e.to_string()))?;
+                if let Err(e) = exec(conn, &format!("GRANT {q} TO {acct}")).await {
+                    let err = self.fail(root, e, &format!("granting role {r}"));
+                    return Err(match err {
+                        PluginError::Permanent(m) => PluginError::Permanent(format!(
+                            "{m} (the admin account needs each role WITH ADMIN OPTION, or ROLE_ADMIN on MySQL)"
+                        )),
+                        other => other,
+                    });
+                }
             }
             let default = match sess.flavor {
                 Flavor::MySql => format!("SET DEFAULT ROLE ALL TO {acct}"),
@@ -756,8 +793,7 @@ impl Plugin for MysqlPlugin {
     async fn renew(&self, req: RenewRequest) -> Result<OffsetDateTime, PluginError> {
         let role = self.role(&req.lease.role)?;
         check_expiry(req.expires_at, role.max_ttl)?;
-        let root = self.root_for(&req.lease)?;
-        let mut conn = self.acquire(&root).await?;
+        let (root, mut conn) = self.lease_conn(&req.lease).await?;
         let hex = lease_hex(&req.lease.lease_id).unwrap_or_default();
         let prefix = &self.config.user_prefix;
         let pattern = format!("{}!_%{}", like_escape(prefix), like_escape(&lease_suffix(prefix, &hex)));
@@ -774,8 +810,7 @@ impl Plugin for MysqlPlugin {
 
     #[instrument(skip_all, fields(connection = %self.connection, role = %lease.role, lease_id = %lease.lease_id))]
     async fn revoke(&self, lease: &LeaseRef) -> Result<(), PluginError> {
-        let root = self.root_for(lease)?;
-        let mut conn = self.acquire(&root).await?;
+        let (root, mut conn) = self.lease_conn(lease).await?;
         let (dropped, killed) = self.drop_accounts(&root, &mut conn, lease).await?;
         if dropped > 0 {
             tracing::debug!(accounts = dropped, sessions_ended = killed, "lease accounts dropped");

@@ -71,13 +71,17 @@ impl TempMariadb {
         let as_mysql = is_root();
         let dir = tempfile::Builder::new().prefix("lessor-my-").tempdir().map_err(|e| e.to_string())?;
         let password = format!("pw{}", hex::encode(rand::random::<[u8; 12]>()));
+        // Its own tmpdir: concurrent servers' temporary tables in a shared
+        // /tmp collide during bootstrap.
+        std::fs::create_dir(dir.path().join("tmp")).map_err(|e| e.to_string())?;
         if as_mysql {
-            output(Command::new("chown").arg("mysql:mysql").arg(dir.path()), "chown (does the `mysql` user exist?)")?;
+            output(Command::new("chown").args(["-R", "mysql:mysql"]).arg(dir.path()), "chown (does the `mysql` user exist?)")?;
         }
         let mut install_cmd = Command::new(&install);
         install_cmd
             .arg("--no-defaults")
             .arg(format!("--datadir={}", dir.path().join("data").display()))
+            .arg(format!("--tmpdir={}", dir.path().join("tmp").display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve"]);
         if as_mysql {
             install_cmd.arg("--user=mysql");
@@ -107,6 +111,7 @@ impl TempMariadb {
             .arg(format!("--socket={}", self.socket().display()))
             .arg(format!("--pid-file={}", self.dir.path().join("pid").display()))
             .arg(format!("--log-error={}", self.dir.path().join("error.log").display()))
+            .arg(format!("--tmpdir={}", self.dir.path().join("tmp").display()))
             .arg(format!("--port={}", self.port))
             .args([
                 "--bind-address=127.0.0.1",
@@ -208,7 +213,7 @@ impl TempMariadb {
         output(
             Command::new("mariadb")
                 .args(["--no-defaults", "-N", "-B", "--protocol=TCP", "-h", "127.0.0.1"])
-                .arg(format!("--port={}", self.port))
+            .arg(format!("--port={}", self.port))
                 .arg(format!("--user={user}"))
                 .arg("-e")
                 .arg(sql)
