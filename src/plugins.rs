@@ -17,7 +17,7 @@ use crate::store::state::ConnectionState;
 use crate::store::Store;
 
 /// Plugin kinds this build knows.
-pub const KINDS: &[&str] = &["pki", "token", "postgres"];
+pub const KINDS: &[&str] = &["pki", "token", "postgres", "mysql"];
 
 /// One requestable role.
 pub struct Role {
@@ -105,6 +105,7 @@ impl Catalog {
                 "pki" => lessor_pki::build(ctx, connection_cfg, specs).await,
                 "token" => lessor_token::build(ctx, connection_cfg, specs).await,
                 "postgres" => lessor_postgres::build(ctx, connection_cfg, specs).await,
+                "mysql" => lessor_mysql::build(ctx, connection_cfg, specs).await,
                 other => {
                     return Err(format!(
                         "connection `{cname}`: unknown plugin `{other}` (this build has: {})",

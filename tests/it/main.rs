@@ -19,6 +19,7 @@ mod observability;
 mod openapi;
 mod pki;
 mod policy;
+mod mysql;
 mod postgres;
 mod replicas;
 mod retry;
