@@ -134,6 +134,17 @@ struct Session {
     backslash: Backslash,
 }
 
+/// What one issue creates at the server.
+#[derive(Clone, Copy)]
+struct Creation<'a> {
+    /// `'user'@'host'`, quoted.
+    acct: &'a str,
+    password: &'a SecretString,
+    server_roles: &'a [String],
+    /// (label, rendered statement)
+    grants: &'a [(String, String)],
+}
+
 /// Just-in-time MySQL / MariaDB users. See the crate docs.
 pub struct MysqlPlugin {
     connection: String,
@@ -536,16 +547,8 @@ impl MysqlPlugin {
     /// Creates the account, grants its roles and runs the grant templates.
     /// MySQL and MariaDB commit every account statement at once (no
     /// transactional DDL), so a failure part way drops the account again.
-    async fn create(
-        &self,
-        root: &Root,
-        conn: &mut MySqlConnection,
-        sess: Session,
-        acct: &str,
-        password: &SecretString,
-        server_roles: &[String],
-        grants: &[(String, String)],
-    ) -> Result<(), PluginError> {
+    async fn create(&self, root: &Root, conn: &mut MySqlConnection, sess: Session, job: &Creation<'_>) -> Result<(), PluginError> {
+        let Creation { acct, password, server_roles, grants } = *job;
         let hash = native_hash(password);
         let create = Zeroizing::new(match sess.flavor {
             // The authentication string, not the password, reaches the server.
@@ -752,7 +755,8 @@ impl Plugin for MysqlPlugin {
         }
         let acct = account(&user, host, sess.backslash).map_err(|e| PluginError::Permanent(e.to_string()))?;
         let password = new_password()?;
-        self.create(&root, &mut conn, sess, &acct, &password, &server_roles, &grants).await?;
+        let job = Creation { acct: &acct, password: &password, server_roles: &server_roles, grants: &grants };
+        self.create(&root, &mut conn, sess, &job).await?;
         tracing::debug!(mysql_user = %user, scopes = scopes.len(), root_version = ?root.version, "account created");
 
         let mut public = Map::new();
