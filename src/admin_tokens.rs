@@ -12,7 +12,7 @@
 //! ("unknown, revoked or expired"), whichever it was; the audit entry says
 //! which, naming the token by its name, never by its value.
 //!
-//! Must not import: http, sqlx, policy.
+//! Must not import: http, sqlx, policy, lease.
 
 use std::time::Duration;
 
@@ -23,8 +23,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
-use crate::audit::{Audit, AuditError, Event, RequestMeta};
-use crate::lease::Actor;
+use crate::audit::{Audit, AuditError, Event};
+use crate::principal::{Actor, RequestMeta};
 use crate::store::{AdminToken, Store, StoreError};
 
 /// Prefix of admin tokens, so they are told apart from JWTs at a glance

@@ -1,7 +1,7 @@
 //! Configuration: serde structs read from one TOML file, then environment
 //! overrides. Built once in `main` and passed down; there is no global.
 //!
-//! Must not import: http, store, policy (they consume the config, not the
+//! Must not import: http, store, policy, lease, connections, plugins (they consume the config, not the
 //! other way round).
 //!
 //! Why one file: every section's serde struct with the cross-checks between
@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+pub use crate::identity::config::{IssuerConfig, KeySource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -90,6 +92,48 @@ pub struct Config {
     /// The Vault-compatible API (off unless this section is present).
     #[serde(default)]
     pub vault_api: Option<crate::vault::VaultApiConfig>,
+    /// The reconciler: vendor objects against leases (`lease/reconcile.rs`).
+    #[serde(default)]
+    pub reconcile: ReconcileSettings,
+}
+
+/// `[reconcile]`: how often each vendor's objects are compared with the
+/// leases, and how long a stray may wait before it is revoked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSettings {
+    /// Time between scheduled passes (`0s`: only `lessor reconcile` runs one).
+    #[serde(default = "default_reconcile_interval", with = "crate::duration::serde")]
+    pub interval: Duration,
+    /// A vendor object without a live lease is revoked only once it has
+    /// been a stray this long: its lease ended at least `grace` ago, or (no
+    /// lease row at all) this replica first saw it at least `grace` ago.
+    #[serde(default = "default_reconcile_grace", with = "crate::duration::serde")]
+    pub grace: Duration,
+    /// Most strays revoked per connection per pass (the rest wait for the
+    /// next pass).
+    #[serde(default = "default_reconcile_revocations")]
+    pub max_revocations: u32,
+}
+
+fn default_reconcile_interval() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_reconcile_grace() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_reconcile_revocations() -> u32 {
+    100
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        ReconcileSettings {
+            interval: default_reconcile_interval(),
+            grace: default_reconcile_grace(),
+            max_revocations: default_reconcile_revocations(),
+        }
+    }
 }
 
 /// `[kek]`: where the key-encryption key of root credentials comes from.
@@ -311,6 +355,14 @@ pub struct LeaseSettings {
     /// counts as failed (retryable) and the lease is retried later.
     #[serde(default = "default_revoke_timeout", with = "crate::duration::serde")]
     pub revoke_timeout: Duration,
+    /// Longest one `issue`, `renew` or `validate` call to a plugin may take;
+    /// past it the call is cancelled and fails as retryable (an issue's
+    /// pending lease is then revoked). Must be shorter than `pending_grace`,
+    /// so an issue still running is never taken for an orphan. Unset: 30 s,
+    /// or half of `pending_grace` when that is shorter (see
+    /// [`LeaseSettings::call_timeout`]).
+    #[serde(default, rename = "call_timeout", with = "crate::duration::serde_opt")]
+    pub call_timeout_set: Option<Duration>,
     /// PostgreSQL store with replicas: how long expiry work a replica took
     /// stays reserved for it after its last heartbeat. A live replica renews
     /// its claims every `claim_timeout / 3`, so a slow batch keeps them; a
@@ -364,6 +416,12 @@ fn default_retention() -> Duration {
 }
 
 impl LeaseSettings {
+    /// The bound on one `issue`, `renew` or `validate` call: `call_timeout`
+    /// when set, else 30 s or half of `pending_grace`, whichever is shorter.
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout_set.unwrap_or_else(|| Duration::from_secs(30).min(self.pending_grace / 2))
+    }
+
     /// How often a replica records itself alive and renews its claims.
     pub fn heartbeat(&self) -> Duration {
         self.claim_timeout / 3
@@ -383,6 +441,7 @@ impl Default for LeaseSettings {
             retry_base: default_retry_base(),
             retry_max: default_retry_max(),
             revoke_timeout: default_revoke_timeout(),
+            call_timeout_set: None,
             claim_timeout: default_claim_timeout(),
             retention: default_retention(),
         }
@@ -562,93 +621,6 @@ impl Default for Quotas {
             max_active_per_role: default_per_role(),
             max_active_total: default_total(),
             issues_per_minute_per_owner: default_rate(),
-        }
-    }
-}
-
-/// Where an issuer's signing keys come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// `<issuer>/.well-known/openid-configuration` -> `jwks_uri`.
-    Discovery,
-    JwksUrl(String),
-    JwksFile(PathBuf),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IssuerConfig {
-    /// Exact `iss` value.
-    pub issuer: String,
-    /// Use OIDC discovery (the default when no jwks_url/jwks_file is set).
-    #[serde(default)]
-    pub discovery: bool,
-    #[serde(default)]
-    pub jwks_url: Option<String>,
-    #[serde(default)]
-    pub jwks_file: Option<PathBuf>,
-    /// Accepted audiences; the token's `aud` must contain one.
-    pub audiences: Vec<String>,
-    /// Allowed signing algorithms (asymmetric only).
-    #[serde(default = "default_algs")]
-    pub algorithms: Vec<String>,
-    /// Clock-skew leeway for `exp`, `nbf`, `iat`.
-    #[serde(default = "default_leeway", with = "crate::duration::serde")]
-    pub leeway: Duration,
-    /// Reject tokens whose `iat` is older than this.
-    #[serde(default, with = "crate::duration::serde_opt")]
-    pub max_token_age: Option<Duration>,
-    /// Claim mapping preset: `github-actions`, `kubernetes`, or none.
-    #[serde(default)]
-    pub preset: Option<String>,
-    /// Extra mappings: principal attribute -> claim path (`a.b.c`, or a JSON
-    /// pointer `/kubernetes.io/namespace`).
-    #[serde(default)]
-    pub claims: BTreeMap<String, String>,
-    /// On an unknown `kid`, refetch the key set at most this often.
-    #[serde(default = "default_refetch", with = "crate::duration::serde")]
-    pub min_refetch_interval: Duration,
-    /// How long a fetched key set is used before it is refreshed.
-    #[serde(default = "default_jwks_ttl", with = "crate::duration::serde")]
-    pub jwks_cache_ttl: Duration,
-    /// After a failed key set fetch, no new fetch for this long (requests
-    /// use the last good set, or are refused, meanwhile).
-    #[serde(default = "default_jwks_failure_cache", with = "crate::duration::serde")]
-    pub jwks_failure_cache: Duration,
-    /// While the issuer is unreachable, the last good key set is used for
-    /// at most this long after it was fetched; then tokens are refused.
-    #[serde(default = "default_jwks_max_stale", with = "crate::duration::serde")]
-    pub jwks_max_stale: Duration,
-}
-
-fn default_algs() -> Vec<String> {
-    vec!["RS256".into(), "ES256".into()]
-}
-fn default_leeway() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_refetch() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_jwks_ttl() -> Duration {
-    Duration::from_secs(600)
-}
-fn default_jwks_failure_cache() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_jwks_max_stale() -> Duration {
-    Duration::from_secs(24 * 3600)
-}
-
-impl IssuerConfig {
-    pub fn key_source(&self, name: &str) -> Result<KeySource, ConfigError> {
-        match (&self.jwks_url, &self.jwks_file, self.discovery) {
-            (Some(_), Some(_), _) | (Some(_), _, true) | (_, Some(_), true) => Err(ConfigError::Invalid(format!(
-                "issuer `{name}`: set only one of discovery, jwks_url, jwks_file"
-            ))),
-            (Some(u), None, false) => Ok(KeySource::JwksUrl(u.clone())),
-            (None, Some(f), false) => Ok(KeySource::JwksFile(f.clone())),
-            (None, None, _) => Ok(KeySource::Discovery),
         }
     }
 }
@@ -936,6 +908,15 @@ impl Config {
         if self.limits.request_timeout.is_zero() {
             return bad("limits.request_timeout must be more than 0".into());
         }
+        if self.reconcile.max_revocations == 0 || self.reconcile.max_revocations > 10_000 {
+            return bad(format!(
+                "reconcile.max_revocations is {}; it must be between 1 and 10000",
+                self.reconcile.max_revocations
+            ));
+        }
+        if !self.reconcile.interval.is_zero() && self.reconcile.interval < Duration::from_secs(1) {
+            return bad("reconcile.interval must be at least 1s (or 0s: no scheduled passes)".into());
+        }
         if self.limits.unauthenticated_route_concurrency == 0 || self.limits.unauthenticated_concurrency == 0 {
             return bad(
                 "limits.unauthenticated_route_concurrency and limits.unauthenticated_concurrency must be at least 1"
@@ -946,7 +927,7 @@ impl Config {
             return bad("limits.auth_failure_delay is at most 10s".into());
         }
         for (name, iss) in &self.issuers {
-            iss.key_source(name)?;
+            iss.key_source(name).map_err(ConfigError::Invalid)?;
             if iss.audiences.is_empty() {
                 return bad(format!("issuer `{name}`: audiences must name at least one audience"));
             }
@@ -1051,6 +1032,13 @@ impl Config {
         if self.leases.revoke_timeout.is_zero() {
             return bad("leases.revoke_timeout must be more than 0".into());
         }
+        if let Some(t) = self.leases.call_timeout_set.filter(|t| t.is_zero() || *t >= self.leases.pending_grace) {
+            return bad(format!(
+                "leases.call_timeout is {}; it must be more than 0 and less than leases.pending_grace ({})",
+                crate::fmt_duration(t),
+                crate::fmt_duration(self.leases.pending_grace)
+            ));
+        }
         if self.leases.claim_timeout < Duration::from_millis(300) {
             return bad(format!(
                 "leases.claim_timeout is {}; it must be at least 300ms (heartbeats renew claims every claim_timeout / 3)",
@@ -1066,6 +1054,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reconcile_settings_default_and_are_checked() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!((c.reconcile.interval, c.reconcile.grace, c.reconcile.max_revocations), (Duration::from_secs(600), Duration::from_secs(300), 100));
+        let c = Config::from_toml("[reconcile]\ninterval = \"0s\"\ngrace = \"1h\"").unwrap();
+        c.validate().unwrap();
+        assert!(c.reconcile.interval.is_zero());
+        for (toml, want) in [
+            ("[reconcile]\nmax_revocations = 0", "reconcile.max_revocations is 0"),
+            ("[reconcile]\ninterval = \"100ms\"", "reconcile.interval must be at least 1s"),
+        ] {
+            let err = Config::from_toml(toml).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(want), "{toml}: {err}");
+        }
+        let err = Config::from_toml("[reconcile]\ngrase = \"1m\"").unwrap_err().to_string();
+        assert!(err.contains("grase"), "{err}");
+        let err = Config::from_toml("[reconcile]\ngrace = \"soon\"").unwrap_err().to_string();
+        assert!(err.contains("grace") || err.contains("soon"), "{err}");
+    }
+
+    #[test]
     fn claim_and_revoke_timeouts_are_checked() {
         let mut c = Config::from_toml("").unwrap();
         assert_eq!((c.leases.claim_timeout, c.leases.heartbeat()), (Duration::from_secs(30), Duration::from_secs(10)));
@@ -1075,6 +1083,19 @@ mod tests {
         c.leases.claim_timeout = Duration::from_secs(5);
         c.leases.revoke_timeout = Duration::ZERO;
         assert!(c.validate().unwrap_err().to_string().contains("leases.revoke_timeout"));
+        c.leases.revoke_timeout = Duration::from_secs(60);
+        assert_eq!(c.leases.call_timeout(), Duration::from_secs(30));
+        c.leases.call_timeout_set = Some(c.leases.pending_grace);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("leases.call_timeout is 2m") && err.contains("pending_grace (2m)"), "{err}");
+        c.leases.call_timeout_set = Some(Duration::from_secs(10));
+        c.validate().unwrap();
+        assert_eq!(c.leases.call_timeout(), Duration::from_secs(10));
+        // Unset, it stays below a short pending_grace.
+        c.leases.call_timeout_set = None;
+        c.leases.pending_grace = Duration::from_secs(3);
+        c.validate().unwrap();
+        assert_eq!(c.leases.call_timeout(), Duration::from_millis(1500));
     }
 
     #[test]

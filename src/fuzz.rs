@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 
 use crate::config::Config;
 use crate::identity::Verifier;
-use crate::policy::tests::Case;
+use crate::policy::casefile::Case;
 use crate::policy::{Policies, RoleInfo};
 
 /// The fuzz targets, by name.
@@ -102,7 +102,7 @@ fn jwt_fixture() -> &'static JwtFixture {
             jwks = jwks_file.display(),
         );
         let cfg = Config::from_toml(&text).expect("fuzz issuer config");
-        let verifier = Verifier::new(&cfg, reqwest::Client::new()).expect("fuzz verifier");
+        let verifier = Verifier::new(&cfg.issuers, cfg.limits.max_jwt_bytes, reqwest::Client::new()).expect("fuzz verifier");
         let key = jsonwebtoken::EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).expect("fuzz encoding key");
         JwtFixture { verifier, key, kid }
     })
@@ -166,11 +166,7 @@ struct CsrFixture {
 fn csr_fixture() -> &'static CsrFixture {
     static F: OnceLock<CsrFixture> = OnceLock::new();
     F.get_or_init(|| {
-        let ctx = lessor_plugin::PluginContext {
-            connection: "pki".into(),
-            state: Arc::new(lessor_plugin::MemoryState::new()),
-            public_url: "http://127.0.0.1:8200".into(),
-        };
+        let ctx = lessor_plugin::PluginContext::for_tests("pki", "http://127.0.0.1:8200");
         let role = lessor_plugin::RoleSpec {
             name: "web".into(),
             scopes: vec![],

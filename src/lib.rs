@@ -18,12 +18,16 @@ pub mod identity;
 pub mod lease;
 pub mod plugins;
 pub mod policy;
+pub mod principal;
 pub mod seal;
 pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod vault;
+
+#[cfg(test)]
+mod layering;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! ciphertext copied to another row does not decrypt. The key id lets a wrong
 //! seal key be named as such rather than reported as corruption.
 //!
-//! Must not import: http, policy, plugins.
+//! Must not import: http, policy, plugins, store, lease, config.
 
 use std::io::Write;
 use std::path::Path;

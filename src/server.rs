@@ -25,6 +25,7 @@ use crate::connections::kek::Kek;
 use crate::connections::{ConnectionMeta, RootCredentials};
 use crate::http::{router, AppState};
 use crate::identity::Verifier;
+use crate::lease::reconcile::Reconciler;
 use crate::lease::{expiry, heartbeat, LeaseService};
 use crate::plugins::{role_infos, Catalog};
 use crate::policy::PolicyEngine;
@@ -39,6 +40,8 @@ pub struct Running {
     pub addr: SocketAddr,
     pub store: Arc<dyn Store>,
     pub leases: LeaseService,
+    /// Vendor objects against leases (`lessor reconcile`, scheduled passes).
+    pub reconciler: Arc<Reconciler>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -158,20 +161,22 @@ pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Optio
             Audit::disabled()
         }
     };
+    // One HTTP client for plugins and JWKS fetches alike.
+    let http = http_client()?;
     let catalog = match &extra {
         Some(x) => x.clone(),
-        None => Arc::new(Catalog::build(&cfg, store.clone(), seal.clone()).await.map_err(|e| anyhow!(e))?),
+        None => Arc::new(Catalog::build(&cfg, store.clone(), seal.clone(), http.clone()).await.map_err(|e| anyhow!(e))?),
     };
     // A client CA that is one of lessor's own pki CAs would make every
     // workload that can get a certificate an admin.
     if let Some(t) = &tls {
-        t.refuse_own_cas(&catalog.pki_cas().await.map_err(|e| anyhow!(e))?)?;
+        t.refuse_own_cas(&catalog.own_cas().await.map_err(|e| anyhow!(e))?)?;
     }
     let policy = Arc::new(PolicyEngine::load(&cfg.policies, role_infos(&cfg))?);
     for w in policy.current().warnings() {
         tracing::warn!(warning = %w, "policy warning");
     }
-    let verifier = Arc::new(Verifier::new(&cfg, http_client()?).map_err(|e| anyhow!(e))?);
+    let verifier = Arc::new(Verifier::new(&cfg.issuers, cfg.limits.max_jwt_bytes, http.clone()).map_err(|e| anyhow!(e))?);
     // Root credentials before anything is served: a store written under
     // another key-encryption key stops the start here, issuing nothing.
     let kek = open_kek(&cfg, &seal)?;
@@ -213,6 +218,14 @@ pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Optio
     tasks.push(tokio::spawn(heartbeat::run(leases.clone(), rx.clone())));
     tasks.push(tokio::spawn(crate::lease::retention::run(leases.clone(), rx.clone())));
     tasks.push(tokio::spawn(roots.run(ROOT_POLL, rx.clone())));
+    let reconciler = Arc::new(Reconciler::new(
+        store.clone(),
+        leases.catalog.clone(),
+        audit.clone(),
+        cfg.reconcile.clone(),
+        cfg.leases.revoke_timeout,
+    ));
+    tasks.push(tokio::spawn(reconciler.clone().run(rx.clone())));
     // Register SIGHUP before serving, so a reload signal never meets the
     // default action (terminate).
     #[cfg(unix)]
@@ -230,7 +243,15 @@ pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Optio
         let kinds = cfg.connections.iter().map(|(n, c)| (n.clone(), c.plugin.clone())).collect();
         Arc::new(crate::http::vault::VaultState::new(v, &kinds, cfg.limits.max_body_bytes))
     });
-    let state = AppState { leases: leases.clone(), verifier, store: store.clone(), admin_requires_client_cert, brake, vault };
+    let state = AppState {
+        leases: leases.clone(),
+        verifier,
+        store: store.clone(),
+        admin_requires_client_cert,
+        brake,
+        vault,
+        reconciler: reconciler.clone(),
+    };
     let app = router(state, &cfg.limits);
     let addr = listener.local_addr()?;
     match (tls, &cfg.tls) {
@@ -253,7 +274,7 @@ pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Optio
         }
     }
     tracing::info!(%addr, store = store.backend(), policies = policy_count(&leases), "lessor is serving");
-    Ok(Running { addr, store, leases, shutdown, tasks })
+    Ok(Running { addr, store, leases, reconciler, shutdown, tasks })
 }
 
 fn policy_count(l: &LeaseService) -> usize {

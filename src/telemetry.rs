@@ -3,6 +3,9 @@
 //!
 //! Labels never carry lease ids, subjects, claims or anything a caller
 //! chooses freely; role and issuer labels come from the config.
+//!
+//! Must not import: store, lease, http, audit, config, policy (every layer
+//! reports here).
 
 use std::sync::OnceLock;
 
@@ -46,6 +49,10 @@ pub struct Metrics {
     pub leases_pruned: IntCounter,
     /// 1 while a connection's revocation circuit breaker is open.
     pub connection_breaker_open: IntGaugeVec,
+    /// Vendor objects without a live lease the reconciler revoked (or failed to).
+    pub reconcile_strays: IntCounterVec,
+    /// Active leases whose vendor object the last reconcile pass did not find.
+    pub reconcile_missing: IntGaugeVec,
 }
 
 /// Outcomes of issue and renew requests (`outcome` label).
@@ -103,7 +110,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["outcome"],
     )?;
     let quota_rejections = IntCounterVec::new(
-        Opts::new("lessor_quota_rejections_total", "Issue requests refused by a quota or rate limit, by which"),
+        Opts::new("lessor_quota_rejections_total", "Issue requests (and Vault API logins, `vault_login`) refused by a quota or rate limit, by which"),
         &["quota"],
     )?;
     let replicas = IntGauge::new("lessor_replicas", "lessor processes alive on this store (heartbeat within claim_timeout)")?;
@@ -160,6 +167,20 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["connection"],
     )?;
+    let reconcile_strays = IntCounterVec::new(
+        Opts::new(
+            "lessor_reconcile_strays_total",
+            "Vendor objects without a live lease (lease ended, or no lease row) the reconciler revoked (outcome revoked) or failed to revoke (failed), by connection",
+        ),
+        &["connection", "outcome"],
+    )?;
+    let reconcile_missing = IntGaugeVec::new(
+        Opts::new(
+            "lessor_reconcile_missing",
+            "Active leases whose vendor object the last reconcile pass did not find (reported, not revoked), by connection",
+        ),
+        &["connection"],
+    )?;
     let build_info = IntGaugeVec::new(Opts::new("lessor_build_info", "Build information"), &["version"])?;
     build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     for c in [
@@ -187,6 +208,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(lease_rows_undecodable.clone()),
         Box::new(leases_pruned.clone()),
         Box::new(connection_breaker_open.clone()),
+        Box::new(reconcile_strays.clone()),
+        Box::new(reconcile_missing.clone()),
         Box::new(build_info),
     ] {
         registry.register(c)?;
@@ -217,6 +240,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         lease_rows_undecodable,
         leases_pruned,
         connection_breaker_open,
+        reconcile_strays,
+        reconcile_missing,
     })
 }
 

@@ -12,14 +12,14 @@
 //! credentials, free-form client strings) are never written, only their
 //! HMAC ([`Audit::hash`]).
 //!
-//! Must not import: http, lease, store, policy (they call the audit log, not
+//! Must not import: http, lease, store, policy, connections, config, vault (they call the audit log, not
 //! the other way round).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
@@ -32,6 +32,9 @@ pub mod keys;
 pub mod writer;
 
 use writer::{Msg, Writer};
+
+use crate::identity::VerifiedWorkload;
+use crate::principal::{Actor, RequestMeta};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -229,49 +232,6 @@ impl Event {
     }
 }
 
-/// What an entry needs from the request that caused it.
-#[derive(Debug, Clone)]
-pub struct RequestMeta {
-    pub request_id: String,
-    pub source: IpAddr,
-    pub started: Instant,
-    /// HMAC of the bearer credential, set when the request's own entries
-    /// record its authentication (no separate `authenticate ok` entry).
-    pub credential: Option<String>,
-    /// Which API the request came through: `native` or `vault` (one of
-    /// [`APIS`]); a metric label and, for `vault`, an audit field.
-    pub api: &'static str,
-    /// The Vault `role` of the session a Vault API request was made with
-    /// (Cedar's `context.vault_role`).
-    pub vault_role: Option<String>,
-}
-
-/// The APIs a request can come through.
-pub const APIS: [&str; 2] = ["native", "vault"];
-
-impl RequestMeta {
-    pub fn new(request_id: String, source: IpAddr) -> RequestMeta {
-        RequestMeta { request_id, source, started: Instant::now(), credential: None, api: "native", vault_role: None }
-    }
-
-    /// For calls that do not come from HTTP (tests, tools).
-    pub fn internal() -> RequestMeta {
-        RequestMeta::new(new_request_id(), IpAddr::from([127, 0, 0, 1]))
-    }
-}
-
-/// A fresh request id: `req_` and 16 random hex digits.
-pub fn new_request_id() -> String {
-    use rand::Rng;
-    let b: [u8; 8] = rand::rng().random();
-    format!("req_{}", hex::encode(b))
-}
-
-/// Whether a client-sent request id may be used as is: 1 to 64 of
-/// `A-Z a-z 0-9 - _ . :`.
-pub fn sane_request_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-}
 
 struct Inner {
     tx: Option<std::sync::Mutex<mpsc::Sender<Msg>>>,
@@ -458,18 +418,26 @@ impl Audit {
     }
 }
 
+/// A workload as the audit log records it.
+pub fn workload_info(w: &VerifiedWorkload) -> ActorInfo {
+    ActorInfo::workload(&w.issuer_name, &w.issuer, &w.subject)
+}
+
+// The principal types live in `crate::principal` (below audit, so both
+// audit and its users import them); how the log records one is audit's.
+impl Actor {
+    /// The actor as the audit log records it.
+    pub fn audit_info(&self) -> ActorInfo {
+        match self {
+            Actor::Workload(w) => workload_info(w),
+            Actor::Admin { name } => ActorInfo::admin(name),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn request_ids_are_checked() {
-        assert!(sane_request_id("abc-123_x.y:z"));
-        assert!(!sane_request_id(""));
-        assert!(!sane_request_id("a b"));
-        assert!(!sane_request_id(&"a".repeat(65)));
-        assert!(sane_request_id(&new_request_id()));
-    }
 
     fn settings(dir: &std::path::Path) -> Settings {
         Settings {

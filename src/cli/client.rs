@@ -252,6 +252,59 @@ pub async fn status(c: ConnArgs, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn reconcile(c: ConnArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let base = c.addr.addr.trim_end_matches('/').to_owned();
+    let token = admin_token(c.admin_token_file.as_deref())
+        .ok_or_else(|| anyhow!("reconcile needs an admin token: pass --admin-token-file or set LESSOR_ADMIN_TOKEN"))?;
+    let v = call(reqwest::Method::POST, format!("{base}/v1/admin/reconcile"), &token, Some(json!({}))).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", render_reconcile(&v));
+    }
+    Ok(if v["clean"].as_bool() == Some(true) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The text `lessor reconcile` prints for a `/v1/admin/reconcile` answer.
+pub fn render_reconcile(v: &Value) -> String {
+    use std::fmt::Write;
+    let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_owned();
+    let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
+    let mut out = String::new();
+    let verdict = if v["clean"].as_bool() == Some(true) { "clean" } else { "NOT CLEAN" };
+    let _ = writeln!(out, "reconcile pass {} .. {}: {verdict} (grace {}s)", s(v, "started_at"), s(v, "finished_at"), n(v, "grace_seconds"));
+    for c in v["connections"].as_array().into_iter().flatten() {
+        let name = s(c, "connection");
+        match c["status"].as_str() {
+            Some("unsupported") => {
+                let _ = writeln!(out, "  {name:<20} ({}) not applicable: no objects at a vendor", s(c, "plugin"));
+                continue;
+            }
+            Some("error") => {
+                let _ = writeln!(out, "  {name:<20} ({}) ERROR: {}", s(c, "plugin"), s(c, "error"));
+                continue;
+            }
+            _ => {}
+        }
+        let strays = c["strays"].as_array().map_or(0, Vec::len);
+        let trunc = if c["truncated"].as_bool() == Some(true) { " (truncated: more next pass)" } else { "" };
+        let _ = writeln!(out, "  {name:<20} ({}) {} objects, {strays} strays, {} missing{trunc}", s(c, "plugin"), n(c, "objects"), n(c, "missing_count"));
+        for st in c["strays"].as_array().into_iter().flatten() {
+            let extra = match st["outcome"].as_str() {
+                Some("waiting") => format!(" until {}", s(st, "revoke_after")),
+                Some("failed") => format!(": {}", s(st, "error")),
+                _ => String::new(),
+            };
+            let lease = st["lease_id"].as_str().unwrap_or("-");
+            let _ = writeln!(out, "    stray {} (lease {lease}, {}): {}{extra}", s(st, "object"), s(st, "reason"), s(st, "outcome"));
+        }
+        for id in c["missing"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "    missing: lease {} has no vendor object", id.as_str().unwrap_or(""));
+        }
+    }
+    out
+}
+
 /// The text `lessor status` prints for a `/v1/admin/status` answer.
 pub fn render_status(base: &str, v: &Value) -> String {
     use std::collections::BTreeMap;
@@ -290,6 +343,16 @@ pub fn render_status(base: &str, v: &Value) -> String {
                 let _ = write!(out, ", {} attempts, last error: {}", n(o, "attempts"), s(o, "last_error"));
             }
             let _ = writeln!(out);
+        }
+    }
+
+    // Only where revoking is not immediate: what a revoked credential still does.
+    let lagging: Vec<&Value> =
+        v["revocation"].as_array().into_iter().flatten().filter(|r| r["mode"].as_str() != Some("immediate")).collect();
+    if !lagging.is_empty() {
+        let _ = writeln!(out, "\nREVOCATION IS NOT IMMEDIATE FOR");
+        for r in lagging {
+            let _ = writeln!(out, "  {} ({}): {}", s(r, "connection"), s(r, "plugin"), s(r, "description"));
         }
     }
 

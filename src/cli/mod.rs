@@ -14,7 +14,7 @@ use crate::config::Config;
 mod admin_token;
 mod audit;
 mod client;
-pub use client::render_status;
+pub use client::{render_reconcile, render_status};
 pub mod connection;
 mod dev;
 
@@ -68,6 +68,17 @@ enum Command {
     /// One screen for an SRE: leases by role and state, the oldest overdue
     /// revocation, failing revocations, quota use (admin).
     Status {
+        #[command(flatten)]
+        conn: client::ConnArgs,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one reconcile pass now (admin): every vendor object lessor made
+    /// must belong to a live lease; strays past the grace period are
+    /// revoked, leases whose object is missing are reported. Exits 1
+    /// unless the result is clean.
+    Reconcile {
         #[command(flatten)]
         conn: client::ConnArgs,
         /// Print the raw JSON.
@@ -176,6 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             connection::rekey(&cfg, &new).await
         }
         Command::Status { conn, json } => client::status(conn, json).await,
+        Command::Reconcile { conn, json } => client::reconcile(conn, json).await,
         Command::AdminToken { conn, cmd } => admin_token::run(conn, cmd).await,
     }
 }
@@ -199,8 +211,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
 async fn check(path: &std::path::Path, connections: bool) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(path)?;
     let roles = crate::plugins::role_infos(&cfg);
+    crate::plugins::check_config(&cfg).map_err(|e| anyhow!(e))?;
     let p = crate::policy::Policies::load(&cfg.policies, &roles)?;
-    crate::identity::Verifier::new(&cfg, crate::server::http_client()?).map_err(|e| anyhow!(e))?;
+    crate::identity::Verifier::new(&cfg.issuers, cfg.limits.max_jwt_bytes, crate::server::http_client()?).map_err(|e| anyhow!(e))?;
     println!(
         "ok: {} issuer(s), {} connection(s), {} role(s), {} policies (version {}) from {}",
         cfg.issuers.len(),
@@ -216,26 +229,26 @@ async fn check(path: &std::path::Path, connections: bool) -> anyhow::Result<Exit
     if let Some(t) = &cfg.tls {
         // CAs from files; generated pki CAs are compared at start.
         let mut own = Vec::new();
-        for (cname, conn) in cfg.connections.iter().filter(|(_, c)| c.plugin == "pki") {
-            for (rname, role) in &conn.roles {
-                let file = role.config.get("ca").and_then(|c| c.get("cert_file")).and_then(|f| f.as_str());
-                if let Some(f) = file {
-                    let pem = std::fs::read_to_string(f).with_context(|| format!("role `{cname}/{rname}`: reading ca.cert_file {f}"))?;
-                    own.push((format!("{cname}/{rname}"), pem));
-                }
-            }
+        for (role, f) in crate::plugins::ca_files(&cfg).map_err(|e| anyhow!(e))? {
+            let pem = std::fs::read_to_string(&f).with_context(|| format!("role `{role}`: reading ca.cert_file {f}"))?;
+            own.push((role, pem));
         }
         crate::tls::check_client_ca(t, &own)?;
     }
     if !connections {
         return Ok(ExitCode::SUCCESS);
     }
-    let catalog = crate::plugins::Catalog::build_with(&cfg, |_| std::sync::Arc::new(lessor_plugin::MemoryState::new()))
+    let http = crate::server::http_client()?;
+    let catalog = crate::plugins::Catalog::build_with(&cfg, http, |_| std::sync::Arc::new(lessor_plugin::MemoryState::new()))
         .await
         .map_err(|e| anyhow!(e))?;
     let mut failed = 0;
     for (name, plugin) in &catalog.connections {
-        match plugin.validate().await {
+        let limit = cfg.leases.call_timeout();
+        let checked = tokio::time::timeout(limit, plugin.validate()).await.unwrap_or_else(|_| {
+            Err(lessor_plugin::PluginError::Retryable(format!("no answer within {} (leases.call_timeout)", crate::fmt_duration(limit))))
+        });
+        match checked {
             Ok(v) => {
                 let details: Vec<String> = v.details.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!("ok    connection `{name}` ({}): connected as {} [{}]", plugin.kind(), v.identity, details.join(", "));
@@ -257,7 +270,7 @@ fn policy_test(dir: &std::path::Path, policies: &std::path::Path, config: Option
         Some(c) => crate::plugins::role_infos(&Config::load(c)?),
         None => Vec::new(),
     };
-    let results = crate::policy::tests::run(dir, policies, &roles).map_err(|e| anyhow!(e))?;
+    let results = crate::policy::casefile::run(dir, policies, &roles).map_err(|e| anyhow!(e))?;
     let failed = results.iter().filter(|r| !r.passed).count();
     for r in &results {
         if r.passed {

@@ -16,7 +16,8 @@
 //! from the seal key: it tells versions apart and matches a secret one
 //! holds, and reveals no character of it), who set it and when.
 //!
-//! Must not import: http, sqlx.
+//! Must not import: http, lease, sqlx (the lease engine follows root
+//! credentials, not the other way round).
 //!
 //! Why one file: set, verify, approve, activate, rollback, rotate and install
 //! are one state machine over the same version records and plugin handles; the
@@ -31,10 +32,10 @@ use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::audit::{Audit, AuditError, Event, RequestMeta};
+use crate::audit::{Audit, AuditError, Event};
 use crate::config::{Config, ExpectedIdentity};
-use crate::lease::Actor;
 use crate::policy::{Action, ConnectionInfo, PolicyEngine, PolicyError, Principal, RequestContext, Target};
+use crate::principal::{Actor, RequestMeta};
 use crate::store::{SecretState, SecretSwitch, SecretVersion, Store, StoreError};
 use crate::telemetry::metrics;
 
@@ -274,11 +275,11 @@ impl RootCredentials {
 
     /// Connections whose plugin takes a managed root credential.
     pub fn managed(&self) -> Vec<String> {
-        self.plugins.iter().filter(|(_, p)| p.root_secret_spec().is_some()).map(|(n, _)| n.clone()).collect()
+        self.plugins.iter().filter(|(_, p)| p.root_credentials().is_some()).map(|(n, _)| n.clone()).collect()
     }
 
     fn is_managed(&self, conn: &str) -> bool {
-        self.plugins.get(conn).is_some_and(|p| p.root_secret_spec().is_some())
+        self.plugins.get(conn).is_some_and(|p| p.root_credentials().is_some())
     }
 
     fn installed(&self, conn: &str) -> Installed {
@@ -302,6 +303,7 @@ impl RootCredentials {
     /// rest out.
     pub async fn sync(&self, conn: &str) -> Result<(), ConnError> {
         let Some(plugin) = self.plugins.get(conn).cloned() else { return Ok(()) };
+        let Some(plugin) = plugin.root_credentials() else { return Ok(()) };
         let _g = self.sync_lock.lock().await;
         let versions = self.store.secret_versions(Some(conn)).await?;
         let mut now = self.installed(conn);
@@ -424,13 +426,13 @@ impl RootCredentials {
 
     async fn view(&self, conn: &str, versions: Vec<SecretVersion>) -> Result<ConnectionView, ConnError> {
         let meta = self.meta(conn)?.clone();
-        let spec = self.plugins.get(conn).and_then(|p| p.root_secret_spec());
+        let spec = self.plugins.get(conn).and_then(|p| p.root_credentials().map(|r| r.spec()));
         let warnings = warnings(&meta, &versions, OffsetDateTime::now_utc());
         Ok(ConnectionView {
             meta,
             managed: spec.is_some(),
             can_rotate: spec.as_ref().is_some_and(|s| s.can_rotate),
-            describes: spec.map(|s| s.describes.to_owned()),
+            describes: spec.map(|s| s.describes),
             versions,
             warnings,
         })
@@ -596,7 +598,11 @@ impl RootCredentials {
     async fn check(&self, conn: &str, m: &ConnectionMeta, v: &SecretVersion) -> Result<Verification, ConnError> {
         let plugin = self.plugins.get(conn).cloned().ok_or_else(|| ConnError::NotFound(conn.to_owned()))?;
         let secret = kek::decrypt(&self.kek, conn, v.version, &v.ciphertext, &v.wrapped_dek, &v.kek_id).await?;
-        let result = match plugin.validate_root(&secret).await {
+        let validated = match plugin.root_credentials() {
+            Some(root) => root.validate_root(&secret).await,
+            None => Err(PluginError::Unsupported("managed root credentials".into())),
+        };
+        let result = match validated {
             Ok(val) => check_identity(m.expected.as_ref(), &val),
             Err(e) => Verification {
                 ok: false,
@@ -754,14 +760,14 @@ impl RootCredentials {
         let m = self.managed_meta(conn)?;
         let by = self.authorize(actor, Action::ConnectionRotate, &m, meta)?;
         let plugin = self.plugins.get(conn).cloned().ok_or_else(|| ConnError::NotFound(conn.to_owned()))?;
-        if !plugin.root_secret_spec().is_some_and(|s| s.can_rotate) {
+        let Some(root) = plugin.root_credentials().filter(|r| r.spec().can_rotate) else {
             return Err(ConnError::Conflict(format!("connection `{conn}`: its plugin ({}) cannot rotate its root credential", plugin.kind())));
-        }
+        };
         if self.store.secret_active_version(conn).await?.is_none() {
             return Err(ConnError::Conflict(format!("connection `{conn}` has no active root credential to rotate from")));
         }
         self.ensure_current(conn).await?;
-        let secret = match plugin.rotate_root().await {
+        let secret = match root.rotate_root().await {
             Ok(s) => s,
             Err(e) => {
                 let e = ConnError::Plugin { connection: conn.into(), message: plugin_msg(&e) };

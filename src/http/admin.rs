@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::leases::LeaseDto;
 use super::{AdminCaller, ApiError, ApiJson, ApiQuery, AppState, Meta};
 use crate::audit::Event;
-use crate::policy::tests::Case;
+use crate::policy::casefile::Case;
 use crate::store::{LeaseFilter, LeaseState, RevokeFilter};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -54,7 +54,7 @@ pub async fn list(
         limit: q.limit.unwrap_or(100).clamp(1, 10_000),
     };
     let leases = st.leases.list(&actor, &filter, &meta).await?;
-    let dtos: Vec<LeaseDto> = leases.iter().map(LeaseDto::from).collect();
+    let dtos: Vec<LeaseDto> = leases.iter().map(|l| LeaseDto::of(l, &st.leases.catalog)).collect();
     Ok(Json(json!({ "leases": dtos })))
 }
 
@@ -220,8 +220,21 @@ pub async fn status(State(st): State<AppState>, AdminCaller(_): AdminCaller) -> 
         .into_iter()
         .map(|b| json!({"connection": b.connection, "since": rfc(b.since), "next_probe_at": rfc(b.until), "last_error": b.last_error}))
         .collect();
+    // What revoking means per vendor, so nobody reads `revoked` as "stopped
+    // working everywhere" where it is only published.
+    let revocation: Vec<Value> = st
+        .leases
+        .catalog
+        .connections
+        .iter()
+        .map(|(name, p)| {
+            let r = p.capabilities().revocation;
+            json!({"connection": name, "plugin": p.kind(), "mode": r.mode(), "description": r.describe()})
+        })
+        .collect();
     Ok(Json(json!({
         "time": rfc(s.now),
+        "revocation": revocation,
         "connection_warnings": connection_warnings,
         "breakers": breakers,
         "leases": counts,
@@ -294,4 +307,91 @@ pub async fn explain(
         .decide(&principal, action, role.as_ref(), &ctx)
         .map_err(|e| ApiError::bad_request("case", e.to_string()))?;
     Ok(Json(serde_json::to_value(&d).map_err(|e| ApiError::internal("serializing decision", e))?))
+}
+
+/// `POST /v1/admin/reconcile` (`lessor reconcile`): runs one reconcile pass
+/// now and answers with its report: per connection, the vendor objects
+/// listed, the strays found (object name, lease id, why, what was done)
+/// and the active leases whose object is missing.
+#[utoipa::path(
+    post, path = "/v1/admin/reconcile", tag = "admin", operation_id = "reconcile",
+    responses(
+        (status = 200, description = "The pass's report.", body = super::openapi::wire::ReconcileReport),
+    ),
+    security(("admin_token" = []), ("client_cert" = []), ("workload_jwt" = [])),
+)]
+pub async fn reconcile(
+    State(st): State<AppState>,
+    AdminCaller(actor): AdminCaller,
+    Meta(meta): Meta,
+) -> Result<Json<Value>, ApiError> {
+    use crate::lease::reconcile::{ReconcileError, StrayOutcome, Trigger};
+    let rfc = super::leases::rfc3339;
+    // Its own task: a client that hangs up (or the request timeout) does
+    // not cut the pass between a revocation and its audit entry.
+    let rec = st.reconciler.clone();
+    let trigger = Trigger::Admin(actor.audit_info());
+    let run = tokio::spawn(async move { rec.pass(trigger).await })
+        .await
+        .map_err(|e| ApiError::internal("reconcile pass task", e))?;
+    let report = match run {
+        Ok(r) => r,
+        Err(ReconcileError::Busy) => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "conflict", ReconcileError::Busy.to_string()))
+        }
+        Err(ReconcileError::Store(e)) => return Err(e.into()),
+    };
+    let mut strays_total = 0usize;
+    let mut missing_total = 0usize;
+    let connections: Vec<Value> = report
+        .connections
+        .iter()
+        .map(|c| {
+            strays_total += c.strays.len();
+            missing_total += c.missing_count;
+            let strays: Vec<Value> = c
+                .strays
+                .iter()
+                .map(|s| {
+                    let (revoke_after, error) = match &s.outcome {
+                        StrayOutcome::Waiting(t) => (Some(rfc(*t)), None),
+                        StrayOutcome::Failed(e) => (None, Some(e.clone())),
+                        _ => (None, None),
+                    };
+                    json!({
+                        "object": s.name,
+                        "lease_id": s.lease_id.as_ref().map(|l| l.to_string()),
+                        "reason": s.kind.as_str(),
+                        "outcome": s.outcome.as_str(),
+                        "revoke_after": revoke_after,
+                        "error": error,
+                    })
+                })
+                .collect();
+            json!({
+                "connection": c.connection,
+                "plugin": c.plugin,
+                "status": c.status,
+                "error": c.error,
+                "objects": c.objects,
+                "strays": strays,
+                "missing_count": c.missing_count,
+                "missing": c.missing.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+                "truncated": c.truncated,
+            })
+        })
+        .collect();
+    let ev = Event::new("admin.reconcile", "ok")
+        .request(Some(&meta))
+        .actor(actor.audit_info())
+        .detail("strays", strays_total)
+        .detail("missing", missing_total);
+    st.leases.audit.note(ev);
+    Ok(Json(json!({
+        "started_at": rfc(report.started_at),
+        "finished_at": rfc(report.finished_at),
+        "grace_seconds": report.grace.as_secs(),
+        "clean": report.clean(),
+        "connections": connections,
+    })))
 }

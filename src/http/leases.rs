@@ -12,8 +12,9 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::{ApiError, ApiJson, AppState, Caller, Meta};
-use crate::lease::{Actor, IssueInput};
+use crate::lease::IssueInput;
 use crate::policy::{Action, Principal, RequestContext};
+use crate::principal::Actor;
 use crate::store::Lease;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -72,10 +73,35 @@ pub struct LeaseDto {
     last_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_attempt_at: Option<String>,
-    /// Set while a lease whose plugin cannot revoke was asked to end
-    /// (`state` = `revoke_unsupported`): what is true about its credential.
+    /// What revoking means for this lease's vendor: `immediate`,
+    /// `published` (a CRL, introspection) or `at_expiry`; absent when its
+    /// role is no longer configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    revocation: Option<&'static str>,
+    /// What is true about the credential when its state alone would mislead:
+    /// set while a lease whose plugin cannot revoke was asked to end
+    /// (`state` = `revoke_unsupported`), and for a revoked lease whose
+    /// vendor publishes revocation rather than enforcing it.
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<String>,
+}
+
+impl LeaseDto {
+    /// The lease as the API shows it, with what revocation means at its
+    /// vendor (from its role's plugin, when still configured).
+    pub fn of(l: &Lease, catalog: &crate::plugins::Catalog) -> Self {
+        let revocation = catalog.role(&l.role).map(|r| r.plugin.capabilities().revocation);
+        let mut dto = LeaseDto::from(l);
+        dto.revocation = revocation.as_ref().map(lessor_plugin::Revocation::mode);
+        let still_valid = l.expires_at > OffsetDateTime::now_utc();
+        if let (None, Some(r @ lessor_plugin::Revocation::Published { .. }), true) = (&dto.message, &revocation, still_valid) {
+            if l.state == crate::store::LeaseState::Revoked {
+                dto.message = Some(format!("{}; this credential's own expiry is {}", r.describe(), rfc3339(l.expires_at)));
+            }
+        }
+        dto
+    }
 }
 
 impl From<&Lease> for LeaseDto {
@@ -101,6 +127,7 @@ impl From<&Lease> for LeaseDto {
             revoke_attempts: l.attempts,
             last_error: l.last_error.clone(),
             next_attempt_at: l.next_attempt_at.map(rfc3339),
+            revocation: None,
             message: unrevoked.then(|| {
                 format!(
                     "role `{}` cannot revoke credentials (plugin {}): this one stays valid until {}",
@@ -163,7 +190,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<LeaseDto>, ApiError> {
     let l = st.leases.get(&actor, &id, &meta).await?;
-    Ok(Json(LeaseDto::from(&l)))
+    Ok(Json(LeaseDto::of(&l, &st.leases.catalog)))
 }
 
 #[utoipa::path(
@@ -181,7 +208,7 @@ pub async fn renew(
     ApiJson(req): ApiJson<RenewReq>,
 ) -> Result<Json<LeaseDto>, ApiError> {
     let l = st.leases.renew(&actor, &id, req.ttl, &meta).await?;
-    Ok(Json(LeaseDto::from(&l)))
+    Ok(Json(LeaseDto::of(&l, &st.leases.catalog)))
 }
 
 #[utoipa::path(
@@ -197,7 +224,7 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<LeaseDto>, ApiError> {
     let l = st.leases.revoke(&actor, &id, &meta).await?;
-    Ok(Json(LeaseDto::from(&l)))
+    Ok(Json(LeaseDto::of(&l, &st.leases.catalog)))
 }
 
 /// Roles the caller may request (all roles for an admin), with scopes,
@@ -249,6 +276,10 @@ pub async fn roles(
             "max_ttl_seconds": role.cfg.max_ttl.as_secs(),
             "default_ttl_seconds": role.cfg.default_ttl().as_secs(),
             "renewable": role.plugin.capabilities().can_renew,
+            "revocation": {
+                "mode": role.plugin.capabilities().revocation.mode(),
+                "description": role.plugin.capabilities().revocation.describe(),
+            },
             "scopes": scopes,
             "default_scopes": role.cfg.default_scopes,
         }));

@@ -18,10 +18,12 @@ use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use tower_http::trace::TraceLayer;
 
-use crate::audit::{new_request_id, sane_request_id, ActorInfo, Event, RequestMeta};
+use crate::audit::workload_info;
+use crate::audit::{ActorInfo, Event};
 use crate::identity::{AuthError, Verifier, UNKNOWN_ISSUER};
-use crate::lease::{workload_info, Actor, LeaseService};
+use crate::lease::LeaseService;
 use crate::policy::{Action, Principal, RequestContext};
+use crate::principal::{new_request_id, sane_request_id, Actor, RequestMeta};
 use crate::store::Store;
 
 mod admin;
@@ -54,6 +56,8 @@ pub struct AppState {
     pub brake: Arc<brake::AuthBrake>,
     /// The Vault-compatible API, when `[vault_api]` is configured.
     pub vault: Option<Arc<vault::VaultState>>,
+    /// Runs `POST /v1/admin/reconcile` passes.
+    pub reconciler: Arc<crate::lease::reconcile::Reconciler>,
 }
 
 /// Builds the router for `/v1` and the well-known endpoints.
@@ -84,6 +88,7 @@ pub fn router(state: AppState, limits: &crate::config::Limits) -> Router {
         .route("/v1/admin/jobs/{id}", get(admin::job))
         .route("/v1/admin/replicas", get(admin::replicas))
         .route("/v1/admin/status", get(admin::status))
+        .route("/v1/admin/reconcile", post(admin::reconcile))
         .route("/v1/admin/tokens", get(admin_tokens::list).post(admin_tokens::create))
         .route("/v1/admin/tokens/{name}", axum::routing::delete(admin_tokens::revoke))
         .route("/v1/admin/connections", get(connections::list))
@@ -95,6 +100,8 @@ pub fn router(state: AppState, limits: &crate::config::Limits) -> Router {
         .route("/v1/admin/connections/{name}/rollback", post(connections::rollback))
         .route("/v1/admin/connections/{name}/rotate", post(connections::rotate))
         .route("/v1/policy/explain", post(admin::explain))
+        .route("/v1/plugins/{connection}/{document}", get(public::connection_document).layer(public()))
+        .route("/v1/plugins/{connection}/{role}/{document}", get(public::role_document).layer(public()))
         .route("/v1/pki/{*rest}", get(public::pki_document).layer(public()))
         .route("/v1/token/introspect", post(public::introspect).layer(public()))
         .route("/.well-known/jwks.json", get(public::jwks).layer(public()))

@@ -44,6 +44,7 @@ pub const CLIENT_CERT: &str = "client_cert";
         admin::job,
         admin::replicas,
         admin::status,
+        admin::reconcile,
         admin::explain,
         admin_tokens::create,
         admin_tokens::list,
@@ -56,6 +57,8 @@ pub const CLIENT_CERT: &str = "client_cert";
         connections::activate,
         connections::rollback,
         connections::rotate,
+        public::connection_document,
+        public::role_document,
         public::pki_document,
         public::jwks,
         public::introspect,
@@ -66,7 +69,7 @@ pub const CLIENT_CERT: &str = "client_cert";
     components(schemas(wire::ErrorBody)),
     tags(
         (name = "leases", description = "Workload credentials: issue, show, renew, revoke."),
-        (name = "admin", description = "Operators: list and bulk-revoke leases, jobs, replicas, status, policy explain."),
+        (name = "admin", description = "Operators: list and bulk-revoke leases, jobs, replicas, status, reconcile, policy explain."),
         (name = "connections", description = "Root credentials of vendor connections: set, verify, approve, activate, roll back, rotate."),
         (name = "public", description = "Unauthenticated: PKI CA chains and CRLs, the token JWKS, introspection, health, metrics, this document."),
     ),
@@ -90,6 +93,7 @@ pub const ERRORS: &[(&str, &str, &[u16])] = &[
     ("get", "/v1/admin/jobs/{id}", &[400, 401, 403, 404, 500, 503]),
     ("get", "/v1/admin/replicas", &[400, 401, 403, 500, 503]),
     ("get", "/v1/admin/status", &[400, 401, 403, 500, 503]),
+    ("post", "/v1/admin/reconcile", &[400, 401, 403, 409, 500, 503]),
     ("post", "/v1/policy/explain", &[400, 401, 403, 413, 500, 503]),
     ("post", "/v1/admin/tokens", &[400, 401, 403, 409, 413, 500, 503]),
     ("get", "/v1/admin/tokens", &[400, 401, 403, 500, 503]),
@@ -102,6 +106,8 @@ pub const ERRORS: &[(&str, &str, &[u16])] = &[
     ("post", "/v1/admin/connections/{name}/activate", &[400, 401, 403, 404, 409, 413, 500, 502, 503]),
     ("post", "/v1/admin/connections/{name}/rollback", &[400, 401, 403, 404, 409, 500, 502, 503]),
     ("post", "/v1/admin/connections/{name}/rotate", &[400, 401, 403, 404, 409, 500, 502, 503]),
+    ("get", "/v1/plugins/{connection}/{document}", &[404, 500, 503]),
+    ("get", "/v1/plugins/{connection}/{role}/{document}", &[404, 500, 503]),
     ("get", "/v1/pki/{role}/{document}", &[404, 500, 503]),
     ("get", "/.well-known/jwks.json", &[500, 503]),
     ("post", "/v1/token/introspect", &[400, 413, 500, 503]),
@@ -280,6 +286,17 @@ pub mod wire {
         pub denies: String,
     }
 
+    /// What revoking means at a role's vendor.
+    #[derive(ToSchema)]
+    pub struct RevocationView {
+        /// `immediate` (stops at the vendor at once), `published` (a CRL or
+        /// introspection: relying parties that check see it) or `at_expiry`
+        /// (cannot be revoked).
+        pub mode: String,
+        /// One sentence for people.
+        pub description: String,
+    }
+
     #[derive(ToSchema)]
     pub struct RoleView {
         pub role: String,
@@ -289,6 +306,7 @@ pub mod wire {
         pub max_ttl_seconds: u64,
         pub default_ttl_seconds: u64,
         pub renewable: bool,
+        pub revocation: RevocationView,
         pub scopes: Vec<ScopeInfo>,
         pub default_scopes: Vec<String>,
     }
@@ -394,10 +412,67 @@ pub mod wire {
         pub replicas: i64,
         pub policy_versions_agree: bool,
         pub audit_write_failures: u64,
+        /// What revoking means at each connection's vendor.
+        pub revocation: Vec<ConnectionRevocation>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ConnectionRevocation {
+        pub connection: String,
+        pub plugin: String,
+        /// `immediate`, `published` or `at_expiry`.
+        pub mode: String,
+        pub description: String,
+    }
+
+    /// `POST /v1/admin/reconcile`: one reconcile pass.
+    #[derive(ToSchema)]
+    pub struct ReconcileReport {
+        pub started_at: String,
+        pub finished_at: String,
+        /// `reconcile.grace`: how long a stray waits before it is revoked.
+        pub grace_seconds: u64,
+        /// No stray left unrevoked, no lease missing its object, no
+        /// connection that could not be checked.
+        pub clean: bool,
+        pub connections: Vec<ReconcileConnection>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ReconcileConnection {
+        pub connection: String,
+        pub plugin: String,
+        /// `checked`, `unsupported` (no objects at a vendor: pki, token) or `error`.
+        #[schema(example = "checked")]
+        pub status: String,
+        pub error: Option<String>,
+        /// Vendor objects listed.
+        pub objects: u64,
+        pub strays: Vec<ReconcileStray>,
+        /// Active leases whose vendor object is missing (reported, not revoked)...
+        pub missing_count: u64,
+        /// ...and the first 100 of their ids.
+        pub missing: Vec<String>,
+        /// A per-pass bound was hit; the next pass goes on.
+        pub truncated: bool,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ReconcileStray {
+        /// The vendor object's name (e.g. a PostgreSQL role).
+        pub object: String,
+        pub lease_id: Option<String>,
+        /// `no_lease`, `lease_ended` or `unmapped`.
+        pub reason: String,
+        /// `revoked`, `failed`, `waiting` (grace), `deferred` (budget) or `reported`.
+        pub outcome: String,
+        /// When a waiting stray becomes due.
+        pub revoke_after: Option<String>,
+        pub error: Option<String>,
     }
 
     /// `POST /v1/policy/explain`: one policy test case (mirrors
-    /// `policy::tests::Case`, which stays free of wire concerns).
+    /// `policy::casefile::Case`, which stays free of wire concerns).
     #[derive(ToSchema, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct ExplainCase {

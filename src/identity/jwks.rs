@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::DecodingKey;
 
-use crate::config::KeySource;
+use super::KeySource;
 
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 

@@ -6,7 +6,8 @@
 //! issuer (an unconfigured issuer is refused before any network call) ->
 //! algorithm allowlist -> key by `kid` -> signature -> `exp`/`nbf`/`iat`/`aud`.
 //!
-//! Must not import: http, store, policy.
+//! Must not import: config, http, store, policy, lease (it is below them:
+//! issuer settings live in [`config`](self::config) here).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -18,9 +19,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::config::{Config, IssuerConfig};
 use crate::fmt_duration;
 
+pub mod config;
 pub mod dev;
 pub mod jwks;
 pub mod mapping;
@@ -28,6 +29,7 @@ pub mod mapping;
 use jwks::{IssuerKeys, KeyLookup};
 pub use jwks::KeyTimes;
 use mapping::ClaimMapping;
+pub use self::config::{IssuerConfig, KeySource};
 
 /// Why a workload JWT was refused. Messages are safe to return to the caller.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -174,16 +176,22 @@ fn ago(secs: i64) -> String {
 }
 
 impl Verifier {
-    pub fn new(cfg: &Config, http: reqwest::Client) -> Result<Verifier, String> {
+    /// Verifies tokens of `issuers` (`[issuers.<name>]`), refusing any
+    /// over `max_jwt_bytes` (`limits.max_jwt_bytes`).
+    pub fn new(
+        issuers: &BTreeMap<String, IssuerConfig>,
+        max_jwt_bytes: usize,
+        http: reqwest::Client,
+    ) -> Result<Verifier, String> {
         let mut by_iss = HashMap::new();
-        for (name, ic) in &cfg.issuers {
+        for (name, ic) in issuers {
             let algorithms = ic
                 .algorithms
                 .iter()
                 .map(|a| parse_allowed_alg(a))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| format!("issuer `{name}`: {e}"))?;
-            let source = ic.key_source(name).map_err(|e| e.to_string())?;
+            let source = ic.key_source(name)?;
             let iss = ic.issuer.clone();
             let issuer = Issuer {
                 name: name.clone(),
@@ -205,7 +213,7 @@ impl Verifier {
             };
             by_iss.insert(iss, Arc::new(issuer));
         }
-        Ok(Verifier { by_iss, max_jwt_bytes: cfg.limits.max_jwt_bytes })
+        Ok(Verifier { by_iss, max_jwt_bytes })
     }
 
     /// Names of all principal attributes any issuer maps (for schema checks).

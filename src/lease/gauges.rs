@@ -24,13 +24,13 @@ impl LeaseService {
         for role in self.catalog.roles.values() {
             let (plugin, name) = (role.kind.as_str(), role.name.as_str());
             for o in REQUEST_OUTCOMES {
-                for api in crate::audit::APIS {
+                for api in crate::principal::APIS {
                     m.issued.with_label_values(&[plugin, name, o, api]);
                     m.renewed.with_label_values(&[plugin, name, o, api]);
                 }
             }
             let outcomes: &[&str] =
-                if role.plugin.capabilities().can_revoke { &["ok", "error"] } else { &["not_revocable"] };
+                if role.plugin.capabilities().can_revoke() { &["ok", "error"] } else { &["not_revocable"] };
             for reason in [EndReason::Expired, EndReason::Revoked, EndReason::Orphaned] {
                 for o in outcomes {
                     m.revocations.with_label_values(&[plugin, name, reason.as_str(), o]);
@@ -47,7 +47,7 @@ impl LeaseService {
         }
         // Decisions about no role (admin) are labelled `lessor`.
         m.policy_denials.with_label_values(&[Action::Admin.as_str(), "lessor"]);
-        for q in ["owner", "role", "total", "rate"] {
+        for q in ["owner", "role", "total", "rate", "vault_login"] {
             m.quota_rejections.with_label_values(&[q]);
         }
         for o in ["ok", "error"] {

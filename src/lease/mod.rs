@@ -18,7 +18,7 @@
 //! ownership and metric helpers; the loops (expiry, heartbeat, retention)
 //! live in their own files beside it.
 //!
-//! Must not import: http (wire types), sqlx.
+//! Must not import: http (wire types), sqlx, server, cli.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -31,46 +31,22 @@ use secrecy::SecretString;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
-use crate::audit::{ActorInfo, Audit, AuditError, Event, RequestMeta};
+use crate::audit::{workload_info, ActorInfo, Audit, AuditError, Event};
 use crate::config::{LeaseSettings, Quotas};
 use crate::fmt_duration;
 use crate::identity::VerifiedWorkload;
 use crate::plugins::{Catalog, Role};
 use crate::policy::{Action, Decision, PolicyEngine, PolicyError, Principal, RequestContext};
+use crate::principal::{Actor, RequestMeta};
 use crate::store::{EndReason, JobStatus, Lease, LeaseFilter, LeaseState, RevokeFilter, Store, StoreError};
 use crate::telemetry::metrics;
 
 pub mod breaker;
 pub mod expiry;
 pub mod heartbeat;
+pub mod reconcile;
 pub mod retention;
 mod gauges;
-
-/// Who is asking.
-#[derive(Debug, Clone)]
-pub enum Actor {
-    Workload(VerifiedWorkload),
-    /// Holder of an admin credential (admin token or an operator JWT that
-    /// policy allows `admin`).
-    Admin { name: String },
-}
-
-impl Actor {
-    /// The actor as the audit log records it.
-    pub fn audit_info(&self) -> ActorInfo {
-        match self {
-            Actor::Workload(w) => workload_info(w),
-            Actor::Admin { name } => ActorInfo::admin(name),
-        }
-    }
-
-    fn owns(&self, lease: &Lease) -> bool {
-        match self {
-            Actor::Admin { .. } => true,
-            Actor::Workload(w) => w.issuer == lease.issuer && w.subject == lease.subject,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -139,11 +115,6 @@ impl LeaseError {
     }
 }
 
-/// A workload as the audit log records it.
-pub fn workload_info(w: &VerifiedWorkload) -> ActorInfo {
-    ActorInfo::workload(&w.issuer_name, &w.issuer, &w.subject)
-}
-
 /// A decision as an audit entry: the deciding policies and their reasons.
 fn decision_event(d: &Decision, action: Action) -> Event {
     let mut e = Event::new("decide", if d.allowed { "allow" } else { "deny" }).detail("policy_action", action.as_str());
@@ -173,7 +144,7 @@ fn with_lease(mut e: Event, l: &Lease) -> Event {
 /// Per-owner issue rate limit (per replica): a keyed GCRA limiter
 /// (`governor`) with a burst of `per_minute` that refills at `per_minute` a
 /// minute, the same semantics as a token bucket of that size.
-struct RateLimiter {
+pub struct RateLimiter {
     limiter: Option<governor::DefaultKeyedRateLimiter<(String, String)>>,
 }
 
@@ -181,14 +152,15 @@ struct RateLimiter {
 const RATE_KEYS_SOFT_CAP: usize = 100_000;
 
 impl RateLimiter {
-    fn new(per_minute: u32) -> RateLimiter {
+    /// `per_minute` 0 = no limit.
+    pub fn new(per_minute: u32) -> RateLimiter {
         let limiter = std::num::NonZeroU32::new(per_minute)
             .map(|n| governor::RateLimiter::keyed(governor::Quota::per_minute(n)));
         RateLimiter { limiter }
     }
 
     /// Takes one issue; `Err(seconds until one is allowed)` when none is left.
-    fn take(&self, issuer: &str, subject: &str) -> Result<(), u64> {
+    pub fn take(&self, issuer: &str, subject: &str) -> Result<(), u64> {
         use governor::clock::Clock as _;
         let Some(l) = &self.limiter else { return Ok(()) };
         if l.len() > RATE_KEYS_SOFT_CAP {
@@ -627,7 +599,12 @@ impl LeaseService {
             expires_at: lease.expires_at,
             params,
         };
-        let issued = match role.plugin.issue(req).await {
+        // Bounded: past the call timeout the issue is cancelled and its
+        // pending lease revoked below, like any failed issue.
+        let limit = self.settings.call_timeout();
+        let issued = match tokio::time::timeout(limit, role.plugin.issue(req)).await.unwrap_or_else(|_| {
+            Err(PluginError::Retryable(format!("the plugin did not finish issuing within {}", crate::fmt_duration(limit))))
+        }) {
             Ok(i) => i,
             Err(e) => {
                 // Something may exist at the vendor; take it back now (the
@@ -687,7 +664,7 @@ impl LeaseService {
                 .with_label_values(&[role.kind.as_str(), role.name.as_str(), reason.as_str(), outcome])
                 .inc();
         };
-        if !role.plugin.capabilities().can_revoke {
+        if !role.plugin.capabilities().can_revoke() {
             labels("not_revocable");
             tracing::warn!(lease_id = %lease.id, role = %role.name, valid_until = %lease.expires_at,
                 "credential created for an ended lease cannot be revoked by its plugin; it stays valid until it expires");
@@ -894,10 +871,12 @@ impl LeaseService {
             expires_at: lease.expires_at,
             root_version: lease.root_version,
         };
-        let vendor_exp = role
-            .plugin
-            .renew(RenewRequest { lease: lref, expires_at: new_exp })
+        let limit = self.settings.call_timeout();
+        let vendor_exp = tokio::time::timeout(limit, role.plugin.renew(RenewRequest { lease: lref, expires_at: new_exp }))
             .await
+            .unwrap_or_else(|_| {
+                Err(PluginError::Retryable(format!("the plugin did not finish renewing within {}", crate::fmt_duration(limit))))
+            })
             .map_err(|e| plugin_error(&role.name, e))?;
         let done = OffsetDateTime::now_utc();
         let new_exp = crate::duration::vendor_expiry(vendor_exp, new_exp, done, &role.name);
@@ -1058,11 +1037,18 @@ impl LeaseService {
             return Ok(LeaseState::Active);
         }
         let action = if reason == EndReason::Expired { "expire" } else { "revoke" };
+        // What revocation means at this vendor (`immediate`, `published`,
+        // `at_expiry`), so the audit log tells the truth per vendor.
+        let revocation = self.catalog.role(&lease.role).map(|r| r.plugin.capabilities().revocation.mode());
         let audit = |outcome: &'static str| {
-            with_lease(Event::new(action, outcome), lease)
+            let ev = with_lease(Event::new(action, outcome), lease)
                 .request(meta)
                 .actor(actor.clone())
-                .detail("end_reason", reason.as_str())
+                .detail("end_reason", reason.as_str());
+            match revocation {
+                Some(mode) => ev.detail("revocation", mode),
+                None => ev,
+            }
         };
         let result = self.revoke_lease_inner(lease, reason).await;
         let ev = match &result {
@@ -1112,7 +1098,7 @@ impl LeaseService {
             }
         };
         let now = OffsetDateTime::now_utc();
-        if !role.plugin.capabilities().can_revoke {
+        if !role.plugin.capabilities().can_revoke() {
             labels("not_revocable");
             if reason == EndReason::Expired || now >= lease.expires_at {
                 // Nothing to take back: the credential ended by itself.

@@ -16,7 +16,7 @@
 //! value plus the unindexed rest. A skipped policy could only have been false
 //! or an evaluation error for that workload, so the decision is the same.
 //!
-//! Must not import: http, store, plugins.
+//! Must not import: http, store, plugins, lease, config, identity, principal.
 //!
 //! Why one file: loading, validation, the slice index and decisions share the
 //! private representation of the loaded policy set; split apart, that
@@ -37,7 +37,7 @@ use cedar_policy::{
 use miette::Diagnostic;
 use serde::Serialize;
 
-pub mod tests;
+pub mod casefile;
 
 /// Built-in policy: a workload may read and revoke leases it owns (the
 /// ownership check itself is in code). A `forbid` still overrides it.

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use lessor_plugin::secrecy::{ExposeSecret, SecretBox};
 use lessor_plugin::{StateError, StateStore};
+use time::OffsetDateTime;
+
 
 use super::{Store, StoreError};
 use crate::seal::Seal;
@@ -45,11 +47,11 @@ impl StateStore for ConnectionState {
     }
 
     async fn put(&self, key: &str, value: &[u8]) -> Result<(), StateError> {
-        self.store.state_put(&self.connection, key, value, false).await.map_err(se)
+        self.store.state_put(&self.connection, key, value, false, OffsetDateTime::now_utc()).await.map_err(se)
     }
 
     async fn put_if_absent(&self, key: &str, value: &[u8]) -> Result<bool, StateError> {
-        self.store.state_put_if_absent(&self.connection, key, value, false).await.map_err(se)
+        self.store.state_put_if_absent(&self.connection, key, value, false, OffsetDateTime::now_utc()).await.map_err(se)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
@@ -74,6 +76,6 @@ impl StateStore for ConnectionState {
 
     async fn put_secret_if_absent(&self, key: &str, value: &SecretBox<Vec<u8>>) -> Result<bool, StateError> {
         let sealed = self.seal.seal(&self.aad(key), value.expose_secret());
-        self.store.state_put_if_absent(&self.connection, key, &sealed, true).await.map_err(se)
+        self.store.state_put_if_absent(&self.connection, key, &sealed, true, OffsetDateTime::now_utc()).await.map_err(se)
     }
 }

@@ -5,6 +5,7 @@
 //! [vault_api]
 //! session_ttl = "1h"        # lifetime of a login's client token
 //! session_max_ttl = "1h"    # renew-self never extends a token past this
+//! logins_per_minute = 30    # per workload, per replica (0 = no limit)
 //!
 //! [vault_api.auth.jwt]      # POST /v1/auth/jwt/login
 //! issuers = ["github"]      # names in [issuers]; empty = every issuer
@@ -30,6 +31,10 @@ pub const RESERVED_MOUNTS: &[&str] =
 pub const MIN_SESSION_TTL: Duration = Duration::from_secs(10);
 pub const MAX_SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
 
+fn default_logins_per_minute() -> u32 {
+    30
+}
+
 fn default_session_ttl() -> Duration {
     Duration::from_secs(3600)
 }
@@ -45,6 +50,11 @@ pub struct VaultApiConfig {
     /// login (default: `session_ttl`, so a renewal never extends it).
     #[serde(default, with = "crate::duration::serde_opt")]
     pub session_max_ttl: Option<Duration>,
+    /// Logins a workload (issuer + subject) may make per minute, per
+    /// replica (a burst of this many, refilled at this rate; 0 = no limit).
+    /// Each login is a store write; an agent logs in about once a session.
+    #[serde(default = "default_logins_per_minute")]
+    pub logins_per_minute: u32,
     /// JWT auth mounts, by path (`jwt` answers `auth/jwt/login`).
     #[serde(default)]
     pub auth: BTreeMap<String, AuthMount>,

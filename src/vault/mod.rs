@@ -14,7 +14,7 @@
 //! Unlike Vault, credentials are not revoked when the session that asked
 //! for them ends: each has its own lease.
 //!
-//! Must not import: http, sqlx, policy.
+//! Must not import: http, sqlx, policy, lease, config.
 
 use std::time::Duration;
 
@@ -25,9 +25,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
-use crate::audit::{Audit, AuditError, Event, RequestMeta};
+use crate::audit::workload_info;
+use crate::audit::{Audit, AuditError, Event};
 use crate::identity::VerifiedWorkload;
-use crate::lease::workload_info;
+use crate::principal::RequestMeta;
 use crate::store::{Session, Store, StoreError};
 
 pub mod config;

@@ -2,7 +2,7 @@
 //! refused with one message whatever the reason, audited by name; a
 //! replaced token file ends the old token; a revocation is seen by every
 //! replica on its next request. The store half runs on both backends
-//! (`store::suite` calls [`store_suite`]).
+//! (`store::{sqlite,postgres}_passes_the_admin_token_suite` call [`store_suite`]).
 
 use std::path::Path;
 use std::sync::Arc;

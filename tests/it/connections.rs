@@ -13,7 +13,8 @@ use lessor::config::Config;
 use lessor::plugins::{role_infos, Catalog, Role};
 use lessor_plugin::secrecy::{ExposeSecret, SecretString};
 use lessor_plugin::{
-    Capabilities, IssueRequest, Issued, LeaseRef, Plugin, PluginError, RenewRequest, RootSecretSpec, Validation,
+    Capabilities, IssueRequest, Issued, LeaseRef, Plugin, PluginError, RenewRequest, Revocation, RootCredentials,
+    RootSecretSpec, Validation,
 };
 use serde_json::{json, Value};
 use time::OffsetDateTime;
@@ -46,11 +47,11 @@ fn parse(secret: &str) -> Result<Validation, PluginError> {
 
 #[async_trait]
 impl Plugin for FakeRoot {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> &str {
         "fake"
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities { can_renew: false, can_revoke: true }
+        Capabilities { can_renew: false, revocation: Revocation::Immediate }
     }
     async fn validate(&self) -> Result<Validation, PluginError> {
         let active = *self.active.lock().unwrap();
@@ -68,15 +69,22 @@ impl Plugin for FakeRoot {
         })
     }
     async fn renew(&self, _: RenewRequest) -> Result<OffsetDateTime, PluginError> {
-        Err(PluginError::Unsupported("renew"))
+        Err(PluginError::Unsupported("renew".into()))
     }
     async fn revoke(&self, lease: &LeaseRef) -> Result<(), PluginError> {
         let version = lease.root_version.filter(|v| self.installed.lock().unwrap().contains_key(v));
         self.revoked.lock().unwrap().push((lease.lease_id.to_string(), version));
         Ok(())
     }
-    fn root_secret_spec(&self) -> Option<RootSecretSpec> {
-        Some(RootSecretSpec { describes: "identity:database:password", can_rotate: true })
+    fn root_credentials(&self) -> Option<&dyn RootCredentials> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl RootCredentials for FakeRoot {
+    fn spec(&self) -> RootSecretSpec {
+        RootSecretSpec { describes: "identity:database:password".into(), can_rotate: true }
     }
     async fn validate_root(&self, candidate: &SecretString) -> Result<Validation, PluginError> {
         parse(candidate.expose_secret())

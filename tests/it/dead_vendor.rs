@@ -15,7 +15,7 @@ use lessor::lease::{expiry, LeaseService};
 use lessor::plugins::{Catalog, Role};
 use lessor::policy::{PolicyEngine, RoleInfo};
 use lessor::store::{Lease, LeaseState, Store};
-use lessor_plugin::{Capabilities, IssueRequest, Issued, LeaseId, LeaseRef, Plugin, PluginError, RenewRequest, Validation};
+use lessor_plugin::{Capabilities, Revocation, IssueRequest, Issued, LeaseId, LeaseRef, Plugin, PluginError, RenewRequest, Validation};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -217,20 +217,20 @@ struct Vendor {
 
 #[async_trait]
 impl Plugin for Vendor {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> &str {
         "fake"
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities { can_renew: false, can_revoke: true }
+        Capabilities { can_renew: false, revocation: Revocation::Immediate }
     }
     async fn validate(&self) -> Result<Validation, PluginError> {
         Ok(Validation { identity: "fake".into(), details: BTreeMap::new(), warnings: vec![] })
     }
     async fn issue(&self, _: IssueRequest) -> Result<Issued, PluginError> {
-        Err(PluginError::Unsupported("issue"))
+        Err(PluginError::Unsupported("issue".into()))
     }
     async fn renew(&self, _: RenewRequest) -> Result<OffsetDateTime, PluginError> {
-        Err(PluginError::Unsupported("renew"))
+        Err(PluginError::Unsupported("renew".into()))
     }
     async fn revoke(&self, _: &LeaseRef) -> Result<(), PluginError> {
         self.calls.fetch_add(1, Ordering::SeqCst);

@@ -15,7 +15,7 @@ use lessor::config::Config;
 use lessor::plugins::{role_infos, Catalog, Role};
 use lessor::store::{EndReason, LeaseState};
 use lessor_plugin::secrecy::SecretString;
-use lessor_plugin::{Capabilities, IssueRequest, Issued, LeaseId, LeaseRef, Plugin, PluginError, RenewRequest, Validation};
+use lessor_plugin::{Capabilities, Revocation, IssueRequest, Issued, LeaseId, LeaseRef, Plugin, PluginError, RenewRequest, Validation};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
@@ -56,11 +56,11 @@ impl Slow {
 
 #[async_trait]
 impl Plugin for Slow {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> &str {
         "slow"
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities { can_renew: false, can_revoke: self.can_revoke }
+        Capabilities { can_renew: false, revocation: if self.can_revoke { Revocation::Immediate } else { Revocation::AtExpiry } }
     }
     async fn validate(&self) -> Result<Validation, PluginError> {
         Ok(Validation { identity: "slow".into(), details: BTreeMap::new(), warnings: vec![] })
@@ -79,7 +79,7 @@ impl Plugin for Slow {
         })
     }
     async fn renew(&self, _: RenewRequest) -> Result<OffsetDateTime, PluginError> {
-        Err(PluginError::Unsupported("renew"))
+        Err(PluginError::Unsupported("renew".into()))
     }
     async fn revoke(&self, lease: &LeaseRef) -> Result<(), PluginError> {
         let fail = self.fail_revokes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
@@ -364,4 +364,25 @@ async fn ended_leases_are_pruned_after_retention_on_sqlite() {
 async fn ended_leases_are_pruned_after_retention_on_postgres() {
     let (_pg, dsn) = crate::store::pg_store_db();
     ended_leases_are_pruned(Some(&dsn)).await;
+}
+
+/// Every plugin call is bounded by the core: an issue that outlives
+/// `leases.call_timeout` is cancelled, answered 503 naming the timeout, and
+/// its pending lease is revoked through the plugin (from its id alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issue_past_the_call_timeout_is_cancelled_and_its_lease_revoked() {
+    let iss = Issuer::start().await;
+    let (plugin, mut started) = Slow::new(true, true);
+    let d = start(&iss, plugin.clone(), "call_timeout = \"300ms\"", None).await;
+    let t0 = std::time::Instant::now();
+    let (s, v) = d.issue(&iss.token(), json!({"role": "slow/app"})).await;
+    let took = t0.elapsed();
+    assert_eq!(s, 503, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("did not finish issuing within 300ms"), "{v}");
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(10), "took {took:?}");
+    let id = started.recv().await.unwrap();
+    assert_eq!(plugin.revoked(), [(id.clone(), None)], "the cancelled issue's lease was not revoked");
+    let l = d.running().store.get(&LeaseId::new(&id)).await.unwrap().unwrap();
+    assert_eq!(l.state, LeaseState::Revoked);
 }

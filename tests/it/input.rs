@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use lessor::audit::RequestMeta;
 use lessor::config::{Config, LeaseSettings, RoleConfig};
-use lessor::lease::{Actor, LeaseError, LeaseService};
+use lessor::lease::{LeaseError, LeaseService};
 use lessor::plugins::{Catalog, Role};
 use lessor::policy::{PolicyEngine, RoleInfo};
+use lessor::principal::{Actor, RequestMeta};
 use lessor::store::{EndReason, Lease, LeaseState};
-use lessor_plugin::{Capabilities, IssueRequest, Issued, LeaseId, LeaseRef, Plugin, PluginError, RenewRequest, Validation};
+use lessor_plugin::{Capabilities, Revocation, IssueRequest, Issued, LeaseId, LeaseRef, Plugin, PluginError, RenewRequest, Validation};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
@@ -182,17 +182,17 @@ struct Renewable {
 
 #[async_trait]
 impl Plugin for Renewable {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> &str {
         "renewable"
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities { can_renew: true, can_revoke: true }
+        Capabilities { can_renew: true, revocation: Revocation::Immediate }
     }
     async fn validate(&self) -> Result<Validation, PluginError> {
         Ok(Validation { identity: "renewable".into(), details: BTreeMap::new(), warnings: vec![] })
     }
     async fn issue(&self, _: IssueRequest) -> Result<Issued, PluginError> {
-        Err(PluginError::Unsupported("issue"))
+        Err(PluginError::Unsupported("issue".into()))
     }
     async fn renew(&self, r: RenewRequest) -> Result<OffsetDateTime, PluginError> {
         self.renewals.fetch_add(1, Ordering::SeqCst);

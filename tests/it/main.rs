@@ -18,6 +18,8 @@ mod lease;
 mod observability;
 mod openapi;
 mod pki;
+mod plugins;
+mod reconcile;
 mod policy;
 mod mysql;
 mod postgres;

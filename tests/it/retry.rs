@@ -15,7 +15,7 @@ use lessor::plugins::{Catalog, Role};
 use lessor::policy::{PolicyEngine, RoleInfo};
 use lessor::store::{Lease, LeaseState, Store};
 use lessor_plugin::{
-    Capabilities, IssueRequest, Issued, LeaseRef, Plugin, PluginError, RenewRequest, Validation,
+    Capabilities, IssueRequest, Issued, LeaseRef, Plugin, PluginError, RenewRequest, Revocation, Validation,
 };
 use serde_json::json;
 use time::OffsetDateTime;
@@ -31,20 +31,20 @@ struct Flaky {
 
 #[async_trait]
 impl Plugin for Flaky {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> &str {
         "flaky"
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities { can_renew: false, can_revoke: self.can_revoke }
+        Capabilities { can_renew: false, revocation: if self.can_revoke { Revocation::Immediate } else { Revocation::AtExpiry } }
     }
     async fn validate(&self) -> Result<Validation, PluginError> {
         Ok(Validation { identity: "flaky".into(), details: BTreeMap::new(), warnings: vec![] })
     }
     async fn issue(&self, _: IssueRequest) -> Result<Issued, PluginError> {
-        Err(PluginError::Unsupported("issue"))
+        Err(PluginError::Unsupported("issue".into()))
     }
     async fn renew(&self, _: RenewRequest) -> Result<OffsetDateTime, PluginError> {
-        Err(PluginError::Unsupported("renew"))
+        Err(PluginError::Unsupported("renew".into()))
     }
     async fn revoke(&self, _: &LeaseRef) -> Result<(), PluginError> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
@@ -178,20 +178,20 @@ struct Hangs {
 
 #[async_trait]
 impl Plugin for Hangs {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> &str {
         "flaky"
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities { can_renew: false, can_revoke: true }
+        Capabilities { can_renew: false, revocation: Revocation::Immediate }
     }
     async fn validate(&self) -> Result<Validation, PluginError> {
         Ok(Validation { identity: "hangs".into(), details: BTreeMap::new(), warnings: vec![] })
     }
     async fn issue(&self, _: IssueRequest) -> Result<Issued, PluginError> {
-        Err(PluginError::Unsupported("issue"))
+        Err(PluginError::Unsupported("issue".into()))
     }
     async fn renew(&self, _: RenewRequest) -> Result<OffsetDateTime, PluginError> {
-        Err(PluginError::Unsupported("renew"))
+        Err(PluginError::Unsupported("renew".into()))
     }
     async fn revoke(&self, _: &LeaseRef) -> Result<(), PluginError> {
         if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {

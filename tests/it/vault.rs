@@ -257,6 +257,22 @@ async fn the_bao_cli_logs_in_reads_database_logins_and_certificates_and_manages_
     let agent_creds = bao.run(Some(agent.stdout.trim()), &["read", "-format=json", "database/creds/agent"]).await.json();
     assert!(agent_creds["lease_id"].as_str().unwrap().starts_with("database/creds/agent/"));
 
+    // The token also works as `Authorization: Bearer` (vault-action, curl).
+    let r = d.http.get(format!("{}/v1/auth/token/lookup-self", d.url)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store", "Vault answers are never cached");
+    // sys/health honours Vault's status-code parameters (the agent sends them).
+    let health = |q: &'static str| {
+        let http = d.http.clone();
+        let url = format!("{}/v1/sys/health{q}", d.url);
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(health("").await, 200);
+    assert_eq!(health("?activecode=299&standbycode=299&haunhealhty=299").await, 299);
+    assert_eq!(health("?activecode=abc").await, 400);
+    let head = d.http.head(format!("{}/v1/sys/health", d.url)).send().await.unwrap();
+    assert_eq!(head.status().as_u16(), 200);
+
     // Unsupported paths, unknown roles, bad tokens: Vault's answers.
     let (s, v) = vault_get(&d, "/v1/secret/data/app", &token).await;
     assert_eq!(s, 404, "{v}");
@@ -275,6 +291,19 @@ async fn the_bao_cli_logs_in_reads_database_logins_and_certificates_and_manages_
     assert!(!after.ok && after.stderr.contains("permission denied"), "{}", after.stderr);
     assert_eq!(admin_lease(&d, lessor_id(agent_creds["lease_id"].as_str().unwrap())).await["state"], "active");
     assert!(pg_role_exists(&pg, agent_creds["data"]["username"].as_str().unwrap()));
+
+    // Logins are rate-limited per workload (vault_api.logins_per_minute,
+    // default 30): each is a store write.
+    let flood_jwt = iss.sign(&iss.gh_claims("acme/flood", "refs/heads/main"));
+    let mut statuses = Vec::new();
+    for _ in 0..31 {
+        let r = d.http.put(format!("{}/v1/auth/jwt/login", d.url)).json(&json!({"role": "ci", "jwt": flood_jwt})).send().await.unwrap();
+        let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        statuses.push((r.status().as_u16(), retry));
+    }
+    assert!(statuses[..30].iter().all(|(s, _)| *s == 200), "{statuses:?}");
+    assert_eq!(statuses[30].0, 429, "{statuses:?}");
+    assert!(statuses[30].1.as_deref().is_some_and(|s| s.parse::<u64>().unwrap() >= 1), "{statuses:?}");
 
     // The token plugin through a `creds` read; metrics count it under
     // api="vault" (only this test asks for token/orders that way; the
@@ -524,7 +553,14 @@ template {{
     let (user2, lease2) = (parts[0].to_owned(), lessor_id(parts[2]).to_owned());
     assert_ne!(lease1, lease2);
     assert_eq!(pg.psql_as(&user2, parts[1], "app", "SELECT 1").unwrap(), "1");
-    assert_eq!(admin_lease(&d, &lease2).await["state"], "active");
+    let l2 = admin_lease(&d, &lease2).await;
+    assert_eq!(l2["state"], "active");
+    // In time: the new login was asked for before the old one's max TTL
+    // (the renewals' shrinking lease_duration told the agent), not after a
+    // failed renewal of an expired lease.
+    let rfc = |v: &Value| time::OffsetDateTime::parse(v.as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
+    let l1 = admin_lease(&d, &lease1).await;
+    assert!(rfc(&l2["issued_at"]) < rfc(&l1["max_expires_at"]), "new login at {} after the old one's max {}", l2["issued_at"], l1["max_expires_at"]);
     // The first lease ends at its max TTL: expired, its role dropped.
     let ended = until(&agent, Duration::from_secs(40), "the first lease's expiry", || async {
         let l = admin_lease(&d, &lease1).await;

@@ -37,13 +37,8 @@ const REBUILD_AFTER: Duration = Duration::minutes(30);
 /// go with the next one (they are not listed meanwhile).
 const PRUNE_BATCH: usize = 256;
 
-/// The time now, as the plugin sees it (tests move it).
-pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
-
-/// The system clock.
-pub fn system_clock() -> Clock {
-    Arc::new(OffsetDateTime::now_utc)
-}
+/// The time now, as the plugin sees it: the core's clock (tests move it).
+pub use lessor_plugin::{system_clock, Clock};
 
 /// What `crl/<role>/<serial>` holds.
 #[derive(Debug, Serialize, Deserialize)]

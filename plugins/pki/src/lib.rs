@@ -33,5 +33,6 @@ pub use config::{
 };
 pub use crl::{system_clock, Clock};
 pub use plugin::{
-    build, build_with_clock, PkiPlugin, CA_CONTENT_TYPE, CA_DER_CONTENT_TYPE, CRL_CONTENT_TYPE,
+    build, ca_files, registration, validate_config, PkiPlugin, CA_CONTENT_TYPE,
+    CA_DER_CONTENT_TYPE, CRL_CONTENT_TYPE, KIND,
 };

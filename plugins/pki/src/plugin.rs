@@ -18,8 +18,9 @@ use std::time::Duration as StdDuration;
 use async_trait::async_trait;
 use lessor_plugin::secrecy::SecretString;
 use lessor_plugin::{
-    Capabilities, Document, IssueRequest, Issued, LeaseId, LeaseRef, Plugin, PluginContext,
-    PluginError, RenewRequest, RoleSpec, StateStore, Validation,
+    Capabilities, Document, DocumentSpec, IssueRequest, Issued, LeaseId, LeaseRef, Plugin,
+    PluginContext, PluginError, Registration, RenewRequest, Revocation, RoleSpec, StateStore,
+    Validation,
 };
 use rcgen::string::Ia5String;
 use rcgen::{
@@ -66,69 +67,112 @@ const OID_AUTHORITY_INFO_ACCESS: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 1, 1];
 /// `id-ad-caIssuers`.
 const OID_CA_ISSUERS: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 48, 2];
 
+/// The plugin kind in config (`plugin = "pki"`).
+pub const KIND: &str = "pki";
+
+/// How the core knows this plugin (see [`lessor_plugin::Registration`]).
+pub fn registration() -> Registration {
+    Registration {
+        kind: KIND,
+        sdk_version: lessor_plugin::SDK_VERSION,
+        build: |ctx, connection, roles| Box::pin(build(ctx, connection, roles)),
+        validate_config,
+        ca_files,
+    }
+}
+
+/// Checks the connection and role tables as [`build`] does, without
+/// reading CA files or state.
+pub fn validate_config(connection: &serde_json::Value, roles: &[RoleSpec]) -> Result<(), String> {
+    config::parse_connection(connection.clone()).map_err(|e| e.to_string())?;
+    let mut seen = BTreeSet::new();
+    for spec in roles {
+        check_role(&mut seen, spec).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Each role's `ca.cert_file`, by role name: the CAs `lessor check` compares
+/// with the TLS client CA.
+pub fn ca_files(_connection: &serde_json::Value, roles: &[RoleSpec]) -> Vec<(String, String)> {
+    roles
+        .iter()
+        .filter_map(|r| {
+            let f = r.config.get("ca")?.get("cert_file")?.as_str()?;
+            Some((r.name.clone(), f.to_owned()))
+        })
+        .collect()
+}
+
+/// A role's config, parsed and checked without touching files or state.
+struct CheckedRole {
+    cfg: config::RoleConfig,
+    allowed: Vec<Template>,
+    common_name: Option<Template>,
+    source: config::CaSource,
+}
+
+fn check_role(seen: &mut BTreeSet<String>, spec: &RoleSpec) -> Result<CheckedRole, PluginError> {
+    let name = &spec.name;
+    if name.is_empty() || name.contains('/') {
+        return Err(PluginError::Misconfigured(format!(
+            "role `{name}`: pki role names must be non-empty and must not contain `/`"
+        )));
+    }
+    if !seen.insert(name.clone()) {
+        return Err(PluginError::Misconfigured(format!(
+            "role `{name}` is defined twice"
+        )));
+    }
+    let cfg = config::parse_role(name, spec.config.clone())?;
+    if cfg.allowed_names.is_empty() {
+        return Err(PluginError::Misconfigured(format!(
+            "role `{name}`: `allowed_names` must list at least one name"
+        )));
+    }
+    let allowed = cfg
+        .allowed_names
+        .iter()
+        .map(|raw| {
+            Template::parse(raw, false).map_err(|why| {
+                PluginError::Misconfigured(format!(
+                    "role `{name}`: `allowed_names` entry `{raw}`: {why}"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let common_name = cfg
+        .common_name
+        .as_deref()
+        .map(|raw| {
+            Template::parse(raw, true).map_err(|why| {
+                PluginError::Misconfigured(format!(
+                    "role `{name}`: `common_name` `{raw}`: {why}"
+                ))
+            })
+        })
+        .transpose()?;
+    let source = cfg.ca.source(name)?;
+    Ok(CheckedRole { cfg, allowed, common_name, source })
+}
+
 /// Builds the `pki` plugin for one connection: parses the connection and role
 /// config and loads (or, on first start, generates and stores) every role's CA.
+/// Time comes from `ctx.clock` (tests move it).
+#[instrument(skip_all, fields(connection = %ctx.connection))]
 pub async fn build(
     ctx: PluginContext,
     connection: serde_json::Value,
     roles: Vec<RoleSpec>,
 ) -> Result<Arc<dyn Plugin>, PluginError> {
-    build_with_clock(ctx, connection, roles, crl::system_clock()).await
-}
-
-/// [`build`] with a clock of the caller's (tests move time with it).
-#[instrument(skip_all, fields(connection = %ctx.connection))]
-pub async fn build_with_clock(
-    ctx: PluginContext,
-    connection: serde_json::Value,
-    roles: Vec<RoleSpec>,
-    clock: Clock,
-) -> Result<Arc<dyn Plugin>, PluginError> {
+    let clock: Clock = ctx.clock.clone();
     let conn = config::parse_connection(connection)?;
     let base = public_base(&ctx.public_url)?;
     let mut seen = BTreeSet::new();
     let mut built = Vec::with_capacity(roles.len());
     for spec in roles {
+        let CheckedRole { cfg, allowed, common_name, source } = check_role(&mut seen, &spec)?;
         let name = spec.name;
-        if name.is_empty() || name.contains('/') {
-            return Err(PluginError::Misconfigured(format!(
-                "role `{name}`: pki role names must be non-empty and must not contain `/`"
-            )));
-        }
-        if !seen.insert(name.clone()) {
-            return Err(PluginError::Misconfigured(format!(
-                "role `{name}` is defined twice"
-            )));
-        }
-        let cfg = config::parse_role(&name, spec.config)?;
-        if cfg.allowed_names.is_empty() {
-            return Err(PluginError::Misconfigured(format!(
-                "role `{name}`: `allowed_names` must list at least one name"
-            )));
-        }
-        let allowed = cfg
-            .allowed_names
-            .iter()
-            .map(|raw| {
-                Template::parse(raw, false).map_err(|why| {
-                    PluginError::Misconfigured(format!(
-                        "role `{name}`: `allowed_names` entry `{raw}`: {why}"
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let common_name = cfg
-            .common_name
-            .as_deref()
-            .map(|raw| {
-                Template::parse(raw, true).map_err(|why| {
-                    PluginError::Misconfigured(format!(
-                        "role `{name}`: `common_name` `{raw}`: {why}"
-                    ))
-                })
-            })
-            .transpose()?;
-        let source = cfg.ca.source(&name)?;
         let ca = ca::load(&ctx, &name, &source).await?;
         let doc_url = |doc: &str| {
             format!(
@@ -617,15 +661,36 @@ impl PkiPlugin {
 
 #[async_trait]
 impl Plugin for PkiPlugin {
-    fn kind(&self) -> &'static str {
-        "pki"
+    fn kind(&self) -> &str {
+        KIND
     }
 
+    /// A revoked certificate is listed on the role's CRL. A relying party
+    /// that checks the CRL sees it once its cached CRL ends (`nextUpdate`,
+    /// one CRL validity) and other replicas re-read the list (`crl_refresh`);
+    /// one that does not check accepts the certificate until `notAfter`.
     fn capabilities(&self) -> Capabilities {
+        let delay = StdDuration::try_from(crl::CRL_VALIDITY).unwrap_or_default() + self.crl_refresh;
         Capabilities {
             can_renew: false,
-            can_revoke: true,
+            revocation: Revocation::Published {
+                via: "CRL".into(),
+                max_delay_seconds: Some(delay.as_secs()),
+            },
         }
+    }
+
+    fn documents(&self) -> Vec<DocumentSpec> {
+        let doc = |name: &str, description: &str| DocumentSpec {
+            name: name.into(),
+            per_role: true,
+            description: description.into(),
+        };
+        vec![
+            doc(lessor_plugin::DOC_CA, "the role's CA chain, PEM (application/pem-certificate-chain)"),
+            doc("ca.der", "the role's issuing CA certificate, DER (application/pkix-cert)"),
+            doc("crl", "the role's certificate revocation list, DER (application/pkix-crl)"),
+        ]
     }
 
     async fn validate(&self) -> Result<Validation, PluginError> {
@@ -681,6 +746,16 @@ impl Plugin for PkiPlugin {
             details,
             warnings,
         })
+    }
+
+    /// Not applicable: a certificate is not an object at a vendor. Once
+    /// signed it lives with the workload (lessor keeps no copy), ends by
+    /// itself at `notAfter` (at most the lease's expiry), and the only
+    /// state kept is the CRL's entries for early revocations: there is
+    /// nothing that could outlive its lease unseen, so there is nothing to
+    /// list or reconcile.
+    async fn list_objects(&self, _after: Option<&str>, _limit: u32) -> Result<Vec<lessor_plugin::VendorObject>, PluginError> {
+        Err(PluginError::Unsupported("listing vendor objects (certificates are not objects at a vendor)".into()))
     }
 
     /// The earliest `notAfter` among the roles' CA certificates: past it,
@@ -824,7 +899,7 @@ impl Plugin for PkiPlugin {
     }
 
     async fn renew(&self, _req: RenewRequest) -> Result<OffsetDateTime, PluginError> {
-        Err(PluginError::Unsupported("renew"))
+        Err(PluginError::Unsupported("renew".into()))
     }
 
     #[instrument(skip_all, fields(role = %lease.role, lease_id = %lease.lease_id))]
@@ -907,15 +982,15 @@ impl Plugin for PkiPlugin {
         };
         match name {
             "ca" => Ok(Some(Document {
-                content_type: CA_CONTENT_TYPE,
+                content_type: CA_CONTENT_TYPE.into(),
                 body: role.ca_pem_doc.clone(),
             })),
             "ca.der" => Ok(Some(Document {
-                content_type: CA_DER_CONTENT_TYPE,
+                content_type: CA_DER_CONTENT_TYPE.into(),
                 body: role.ca_der_doc.clone(),
             })),
             "crl" => Ok(Some(Document {
-                content_type: CRL_CONTENT_TYPE,
+                content_type: CRL_CONTENT_TYPE.into(),
                 body: role.crl.document(&self.crl_source(role)).await?,
             })),
             _ => Ok(None),

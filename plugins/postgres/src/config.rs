@@ -77,7 +77,7 @@ impl fmt::Display for DsnSource {
 pub struct ConnectionConfig {
     /// The admin DSN from `dsn_file` / `dsn_env`: the broker's root
     /// credential for this server. `None`: the core manages the root
-    /// credential and installs it (`Plugin::install_root`).
+    /// credential and installs it (`RootCredentials::install_root`).
     pub dsn: Option<(SecretString, DsnSource)>,
     pub pool_size: u32,
     /// Bounds establishing (or waiting for) a connection.

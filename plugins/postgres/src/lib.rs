@@ -66,7 +66,7 @@
 //!
 //! # Root credentials
 //! The admin DSN is the connection's root credential
-//! ([`lessor_plugin::Plugin::root_secret_spec`]). The core may manage it in
+//! ([`lessor_plugin::RootCredentials`], returned by `Plugin::root_credentials`). The core may manage it in
 //! versions:
 //! - **validate_root** checks a candidate DSN on its own short-lived
 //!   connections (no installed pool is touched, nothing is written): login,
@@ -110,4 +110,7 @@ pub mod sql;
 pub mod testkit;
 
 pub use config::{ConnectionConfig, DsnSource, OwnedObjects, RoleConfig, Tls};
-pub use plugin::{build, lease_hex, role_name, PostgresPlugin, LEASE_HEX_LEN, MAX_NAME_BYTES, MIN_LEASE_HEX_LEN};
+pub use plugin::{
+    build, lease_hex, registration, role_name, validate_config, PostgresPlugin, KIND, LEASE_HEX_LEN, MAX_NAME_BYTES,
+    MIN_LEASE_HEX_LEN,
+};

@@ -22,7 +22,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use lessor_plugin::{
     Capabilities, IssueRequest, Issued, LeaseId, LeaseRef, Plugin, PluginContext, PluginError,
-    RenewRequest, RoleSpec, RootSecretSpec, Validation, Workload,
+    Registration, RenewRequest, RoleSpec, RootCredentials, RootSecretSpec, Validation, VendorObject,
+    Workload,
 };
 use rand::TryRngCore;
 use secrecy::{ExposeSecret, SecretString};
@@ -79,6 +80,42 @@ const DSN_PARAMS: &[&str] = &[
     "application_name",
     "options",
 ];
+
+/// The plugin kind in config (`plugin = "postgres"`).
+pub const KIND: &str = "postgres";
+
+/// How the core knows this plugin (see [`lessor_plugin::Registration`]).
+pub fn registration() -> Registration {
+    Registration {
+        kind: KIND,
+        sdk_version: lessor_plugin::SDK_VERSION,
+        build: |ctx, connection, roles| Box::pin(build(ctx, connection, roles)),
+        validate_config,
+        ca_files: lessor_plugin::no_ca_files,
+    }
+}
+
+/// Checks the connection and role tables as [`build`] does, without
+/// reading `dsn_file` or `dsn_env` (they may exist only where lessor runs)
+/// and without connecting.
+pub fn validate_config(connection: &Value, roles: &[RoleSpec]) -> Result<(), String> {
+    let mut connection = connection.clone();
+    if let Some(t) = connection.as_object_mut() {
+        if t.contains_key("dsn_file") && t.contains_key("dsn_env") {
+            return Err("set either `dsn_file` or `dsn_env`, not both".into());
+        }
+        t.remove("dsn_file");
+        t.remove("dsn_env");
+    }
+    ConnectionConfig::from_json("", connection).map_err(|e| e.to_string())?;
+    for spec in roles {
+        RoleConfig::from_json("", spec).map_err(|e| e.to_string())?;
+        if spec.max_ttl.is_zero() {
+            return Err(format!("role `{}`: `max_ttl` is zero", spec.name));
+        }
+    }
+    Ok(())
+}
 
 /// Builds the PostgreSQL plugin for one connection. The core calls this.
 ///
@@ -359,6 +396,34 @@ pub fn role_name(prefix: &str, role: &str, workload: &Workload, hex: &str) -> St
     let readable = readable.trim_end_matches('_');
     let readable = if readable.is_empty() { "x" } else { readable };
     format!("{prefix}_{readable}_{hex}")
+}
+
+/// The core's lease ids are `lse_` and 32 lowercase hex digits
+/// (`lessor::lease::new_lease_id`), so a role name's `_<32 hex>` suffix is
+/// the whole id's letters and digits ([`lease_hex`]) and maps back to it.
+const CORE_LEASE_ID_PREFIX: &str = "lse_";
+
+/// A regular expression matching exactly the names [`role_name`] makes
+/// from the core's lease ids under `prefix`: `<prefix>_<readable>_<32 hex>`.
+/// The admin role (`lessor_admin`) and anything else merely starting with
+/// the prefix does not match, so the reconciler can never take it.
+fn owned_regex(prefix: &str) -> String {
+    let mut p = String::from("^");
+    for c in prefix.chars() {
+        if !c.is_ascii_alphanumeric() {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push_str(&format!("_.+_[0-9a-f]{{{LEASE_HEX_LEN}}}$"));
+    p
+}
+
+/// The lease id a listed role name derives from (see [`owned_regex`]).
+fn lease_of(name: &str) -> Option<LeaseId> {
+    let (_, hex) = name.rsplit_once('_')?;
+    let ok = hex.len() == LEASE_HEX_LEN && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    ok.then(|| LeaseId::new(format!("{CORE_LEASE_ID_PREFIX}{hex}")))
 }
 
 /// `LIKE` pattern matching every role name this connection could have made
@@ -1122,14 +1187,16 @@ impl PostgresPlugin {
 
 #[async_trait]
 impl Plugin for PostgresPlugin {
-    fn kind(&self) -> &'static str {
-        "postgres"
+    fn kind(&self) -> &str {
+        KIND
     }
 
+    /// Revoking drops the login role (after ending its sessions): it stops
+    /// working when `revoke` returns.
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             can_renew: true,
-            can_revoke: true,
+            revocation: lessor_plugin::Revocation::Immediate,
         }
     }
 
@@ -1451,11 +1518,53 @@ impl Plugin for PostgresPlugin {
         Ok(())
     }
 
-    fn root_secret_spec(&self) -> Option<RootSecretSpec> {
-        Some(RootSecretSpec {
-            describes: "the admin DSN, postgres://user:password@host:port/database",
+    /// Roles named like this connection's leases (`<prefix>_<readable>_<32
+    /// hex>`, see [`owned_regex`]), read from `pg_roles` with the active
+    /// root credential. Superusers are never listed: lessor never makes
+    /// one, and must not be the one to drop one.
+    #[instrument(skip_all, fields(connection = %self.connection))]
+    async fn list_objects(&self, after: Option<&str>, limit: u32) -> Result<Vec<VendorObject>, PluginError> {
+        let root = self.active_root()?;
+        let db = root.target.database.as_str();
+        let mut conn = self.acquire(&root, db).await?;
+        let rows = sqlx::query(
+            "SELECT rolname::text FROM pg_roles \
+             WHERE rolname LIKE $1 AND rolname ~ $2 AND rolname::text COLLATE \"C\" > $3 AND NOT rolsuper AND rolname <> current_user \
+             ORDER BY rolname::text COLLATE \"C\" LIMIT $4",
+        )
+        .bind(format!("{}\\_%", like_escape(&self.config.role_prefix)))
+        .bind(owned_regex(&self.config.role_prefix))
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await;
+        let rows = match rows {
+            Ok(r) => r,
+            Err(e) => return Err(self.fail(&root, e, db, "listing roles").await),
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let name: String = r
+                .try_get(0)
+                .map_err(|e| PluginError::Permanent(format!("listing roles: {e}")))?;
+            out.push(VendorObject { lease_id: lease_of(&name), name });
+        }
+        Ok(out)
+    }
+
+    fn root_credentials(&self) -> Option<&dyn RootCredentials> {
+        Some(self)
+    }
+}
+
+/// The admin DSN is managed by the core (see the crate docs).
+#[async_trait]
+impl RootCredentials for PostgresPlugin {
+    fn spec(&self) -> RootSecretSpec {
+        RootSecretSpec {
+            describes: "the admin DSN, postgres://user:password@host:port/database".into(),
             can_rotate: true,
-        })
+        }
     }
 
     /// Connects with the candidate alone (its own short-lived connections,
@@ -1551,7 +1660,7 @@ impl Plugin for PostgresPlugin {
     /// Builds (lazy) pools for `secret`, keyed by `version`. `active`: new
     /// issuance uses it from now on, replacing the previously active one
     /// (a `dsn_file` / `dsn_env` DSN included); the previous managed version
-    /// stays installed to revoke its leases until [`Plugin::remove_root`].
+    /// stays installed to revoke its leases until [`RootCredentials::remove_root`].
     /// Installing the active version with `active = false` leaves no active
     /// one (issuance then fails, retryably, until one is activated).
     /// Installing an installed version with the same DSN keeps its pools.
@@ -1655,6 +1764,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn listed_names_map_back_to_core_lease_ids() {
+        let id = LeaseId::new("lse_0123456789abcdef0123456789abcdef");
+        let w = Workload::default();
+        let name = role_name("lessor", "app", &w, &lease_hex(&id).unwrap());
+        assert_eq!(lease_of(&name), Some(id));
+        assert_eq!(owned_regex("lessor"), "^lessor_.+_[0-9a-f]{32}$");
+        assert_eq!(owned_regex("jit_1"), "^jit\\_1_.+_[0-9a-f]{32}$");
+        assert_eq!(lease_of("lessor_admin"), None);
+        assert_eq!(lease_of("lessor_app_0123456789ABCDEF0123456789abcdef"), None);
+    }
+
+    #[test]
     fn lease_hex_takes_the_tail() {
         let id = LeaseId::new("lse_0123456789abcdef0123456789ABCDEF");
         assert_eq!(lease_hex(&id).unwrap(), "0123456789abcdef0123456789abcdef");
@@ -1728,11 +1849,7 @@ mod tests {
     #[tokio::test]
     async fn the_root_password_never_shows() {
         const CANARY: &str = "Canary-Zq7xW9";
-        let ctx = PluginContext {
-            connection: "pg".into(),
-            state: Arc::new(lessor_plugin::MemoryState::new()),
-            public_url: "https://lessor.test".into(),
-        };
+        let ctx = PluginContext::for_tests("pg", "https://lessor.test");
         let role = RoleSpec {
             name: "app".into(),
             scopes: vec![],

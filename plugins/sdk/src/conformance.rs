@@ -129,7 +129,7 @@ pub async fn run(plugin: &dyn Plugin, case: Case, probe: &dyn Probe) -> Result<R
     }
 
     plugin.revoke(&lease).await.map_err(|e| format!("revoke failed: {e}"))?;
-    if caps.can_revoke && probe.works(&issued.public, &issued.secret, &issued.handle).await? {
+    if caps.can_revoke() && probe.works(&issued.public, &issued.secret, &issued.handle).await? {
         return Err("credential still works after revoke".into());
     }
     passed.push("revoke takes the credential back");
@@ -167,7 +167,7 @@ pub async fn run(plugin: &dyn Plugin, case: Case, probe: &dyn Probe) -> Result<R
         })
         .await
         .map_err(|e| format!("revoking by lease id alone failed: {e}"))?;
-    if caps.can_revoke && probe.works(&crashed.public, &crashed.secret, &crashed.handle).await? {
+    if caps.can_revoke() && probe.works(&crashed.public, &crashed.secret, &crashed.handle).await? {
         return Err("a credential revoked by lease id alone (no handle) still works".into());
     }
     passed.push("revoke by lease id alone takes the credential back");

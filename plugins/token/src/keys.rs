@@ -59,20 +59,9 @@ pub const UNKNOWN_KID_READS_PER_SEC: u32 = 1;
 /// rotation) and clock skew between replicas.
 pub const JWKS_GRACE: Duration = Duration::from_secs(60);
 
-/// The time source. Injectable so tests can move time instead of sleeping.
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> OffsetDateTime;
-}
-
-/// The wall clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> OffsetDateTime {
-        OffsetDateTime::now_utc()
-    }
-}
+/// The time source: the core's ([`lessor_plugin::PluginContext::clock`]);
+/// tests move it instead of sleeping.
+pub use lessor_plugin::Clock;
 
 /// A public signing key as published in the JWKS (RFC 7517).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,7 +247,7 @@ struct Cache {
 /// The connection's signing keys, shared by every replica through state.
 pub struct KeyRing {
     state: Arc<dyn StateStore>,
-    clock: Arc<dyn Clock>,
+    clock: Clock,
     algorithm: Algorithm,
     rotate_every: Duration,
     /// How long an old key stays published after its successor was created.
@@ -277,7 +266,7 @@ impl KeyRing {
     /// A change of `algorithm` takes effect here, with a new key.
     pub async fn open(
         state: Arc<dyn StateStore>,
-        clock: Arc<dyn Clock>,
+        clock: Clock,
         algorithm: Algorithm,
         rotate_every: Duration,
         longest_ttl: Duration,
@@ -314,12 +303,12 @@ impl KeyRing {
     }
 
     fn is_due(&self, key: &PublicKey) -> bool {
-        self.clock.now() - key.created_at >= self.rotate_every
+        (self.clock)() - key.created_at >= self.rotate_every
     }
 
     /// The cached keys when they were read less than [`RELOAD_MIN`] ago.
     fn cached_if_recent(&self) -> Option<Vec<Arc<PublicKey>>> {
-        let now = self.clock.now();
+        let now = (self.clock)();
         let cache = self.read_cache();
         let recent = cache
             .loaded_at
@@ -383,7 +372,7 @@ impl KeyRing {
         keys.dedup_by(|a, b| a.entry.kid == b.entry.kid);
         let mut cache = self.write_cache();
         cache.keys = keys.clone();
-        cache.loaded_at = Some(self.clock.now());
+        cache.loaded_at = Some((self.clock)());
         Ok(keys)
     }
 
@@ -426,7 +415,7 @@ impl KeyRing {
         let entry = IndexEntry {
             kid: kid.clone(),
             alg: self.algorithm,
-            created_at: self.clock.now().unix_timestamp(),
+            created_at: (self.clock)().unix_timestamp(),
             generation,
             public_jwk: jwk_of(self.algorithm, &public_raw, &kid)?,
         };
@@ -463,7 +452,7 @@ impl KeyRing {
     /// The key to sign with now: reads the index again when the cache is older
     /// than [`INDEX_REFRESH`], and rotates when the current key is due.
     pub async fn signer(&self) -> Result<Arc<Signer>, PluginError> {
-        let now = self.clock.now();
+        let now = (self.clock)();
         let (fresh, current) = {
             let cache = self.read_cache();
             let fresh = cache.loaded_at.is_some_and(|t| now - t < INDEX_REFRESH);
@@ -539,7 +528,7 @@ impl KeyRing {
     /// meet an unknown kid, and anyone may fetch it.
     pub async fn published(&self) -> Result<Vec<Jwk>, PluginError> {
         let keys = self.recent().await?;
-        let now = self.clock.now();
+        let now = (self.clock)();
         let mut out = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let keep = match keys.get(i + 1) {
@@ -558,7 +547,7 @@ impl KeyRing {
     pub async fn summary(&self) -> Result<Summary, PluginError> {
         let published = self.published().await?.len();
         let current = self.read_cache().keys.last().cloned().ok_or_else(no_key)?;
-        let age = (self.clock.now() - current.created_at).max(time::Duration::ZERO);
+        let age = ((self.clock)() - current.created_at).max(time::Duration::ZERO);
         let age = Duration::try_from(age).unwrap_or_default();
         let mut warnings = Vec::new();
         if current.entry.alg != self.algorithm {

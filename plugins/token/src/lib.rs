@@ -40,5 +40,5 @@ pub mod keys;
 mod plugin;
 
 pub use config::{Algorithm, ConnectionConfig, RoleConfig};
-pub use keys::{Clock, Jwk, SystemClock};
-pub use plugin::{build, build_with_clock, TokenPlugin};
+pub use keys::{Clock, Jwk};
+pub use plugin::{build, registration, validate_config, TokenPlugin, KIND};

@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lessor_plugin::secrecy::{ExposeSecret, SecretString};
 use lessor_plugin::{
-    Capabilities, Document, Introspection, IssueRequest, Issued, LeaseRef, Plugin, PluginContext,
-    PluginError, RenewRequest, RoleSpec, StateError, StateStore, Validation,
+    Capabilities, Document, DocumentSpec, Introspection, IssueRequest, Issued, LeaseRef, Plugin, PluginContext,
+    PluginError, Registration, RenewRequest, Revocation, RoleSpec, StateError, StateStore, Validation,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use tracing::instrument;
 
 use crate::config::{ConnectionConfig, RoleConfig};
-use crate::keys::{Clock, KeyRing, SystemClock};
+use crate::keys::{Clock, KeyRing};
 
 const REVOKED_PREFIX: &str = "revoked/";
 
@@ -35,25 +35,39 @@ const TTL_SLACK: Duration = Duration::from_secs(5);
 /// Revocation entries of expired tokens are deleted at most this often.
 const PRUNE_EVERY: Duration = Duration::from_secs(60 * 60);
 
-/// Builds the token plugin for one connection. The core calls this.
+/// Builds the token plugin for one connection. The core calls this. Time
+/// comes from `ctx.clock` (tests move it instead of sleeping).
 pub async fn build(
     ctx: PluginContext,
     connection: Value,
     roles: Vec<RoleSpec>,
 ) -> Result<Arc<dyn Plugin>, PluginError> {
-    build_with_clock(ctx, connection, roles, Arc::new(SystemClock)).await
+    Ok(Arc::new(TokenPlugin::new(ctx, connection, roles).await?))
 }
 
-/// [`build`] with an explicit time source (tests move time instead of sleeping).
-pub async fn build_with_clock(
-    ctx: PluginContext,
-    connection: Value,
-    roles: Vec<RoleSpec>,
-    clock: Arc<dyn Clock>,
-) -> Result<Arc<dyn Plugin>, PluginError> {
-    Ok(Arc::new(
-        TokenPlugin::new(ctx, connection, roles, clock).await?,
-    ))
+/// How the core knows this plugin (see [`lessor_plugin::Registration`]).
+pub fn registration() -> Registration {
+    Registration {
+        kind: KIND,
+        sdk_version: lessor_plugin::SDK_VERSION,
+        build: |ctx, connection, roles| Box::pin(build(ctx, connection, roles)),
+        validate_config,
+        ca_files: lessor_plugin::no_ca_files,
+    }
+}
+
+/// The plugin kind in config (`plugin = "token"`).
+pub const KIND: &str = "token";
+
+/// Checks the connection and role tables as [`build`] would, without
+/// opening keys. The issuer is checked against a placeholder public URL: the
+/// real one is only known to the running daemon.
+pub fn validate_config(connection: &Value, roles: &[RoleSpec]) -> Result<(), String> {
+    ConnectionConfig::from_json("", connection.clone(), "https://lessor.invalid").map_err(|e| e.to_string())?;
+    for spec in roles {
+        RoleConfig::from_json("", &spec.name, spec.config.clone()).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 struct Role {
@@ -67,7 +81,7 @@ pub struct TokenPlugin {
     issuer: String,
     roles: BTreeMap<String, Role>,
     state: Arc<dyn StateStore>,
-    clock: Arc<dyn Clock>,
+    clock: Clock,
     keys: KeyRing,
     last_prune: Mutex<Option<OffsetDateTime>>,
 }
@@ -111,8 +125,8 @@ impl TokenPlugin {
         ctx: PluginContext,
         connection: Value,
         roles: Vec<RoleSpec>,
-        clock: Arc<dyn Clock>,
     ) -> Result<Self, PluginError> {
+        let clock: Clock = ctx.clock.clone();
         let config = ConnectionConfig::from_json(&ctx.connection, connection, &ctx.public_url)?;
         let mut parsed = BTreeMap::new();
         for spec in roles {
@@ -226,15 +240,26 @@ fn reject_reason(e: &jsonwebtoken::errors::Error) -> &'static str {
 
 #[async_trait]
 impl Plugin for TokenPlugin {
-    fn kind(&self) -> &'static str {
-        "token"
+    fn kind(&self) -> &str {
+        KIND
     }
 
+    /// A revoked token is on the connection's denylist at once: introspection
+    /// answers `active: false`. A relying party that verifies the JWT
+    /// offline against the JWKS accepts it until `exp`.
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             can_renew: false,
-            can_revoke: true,
+            revocation: Revocation::Published { via: "token introspection (RFC 7662)".into(), max_delay_seconds: Some(0) },
         }
+    }
+
+    fn documents(&self) -> Vec<DocumentSpec> {
+        vec![DocumentSpec {
+            name: lessor_plugin::DOC_JWKS.into(),
+            per_role: false,
+            description: "the JSON Web Key Set tokens of this connection are signed with".into(),
+        }]
     }
 
     async fn validate(&self) -> Result<Validation, PluginError> {
@@ -258,7 +283,7 @@ impl Plugin for TokenPlugin {
             .roles
             .get(&req.role)
             .ok_or_else(|| PluginError::InvalidRequest(format!("unknown role `{}`", req.role)))?;
-        let now = self.clock.now();
+        let now = (self.clock)();
         let exp = req.expires_at.unix_timestamp();
         if exp <= now.unix_timestamp() {
             return Err(PluginError::InvalidRequest(format!(
@@ -316,7 +341,7 @@ impl Plugin for TokenPlugin {
     }
 
     async fn renew(&self, _req: RenewRequest) -> Result<OffsetDateTime, PluginError> {
-        Err(PluginError::Unsupported("renew"))
+        Err(PluginError::Unsupported("renew".into()))
     }
 
     #[instrument(skip_all, fields(connection = %self.connection, lease_id = %lease.lease_id))]
@@ -327,7 +352,7 @@ impl Plugin for TokenPlugin {
             .and_then(|h| h.get("jti"))
             .and_then(Value::as_str)
             .unwrap_or(lease.lease_id.as_str());
-        let now = self.clock.now();
+        let now = (self.clock)();
         let entry = Revoked {
             revoked_at: now.unix_timestamp(),
             exp: lease.expires_at.unix_timestamp(),
@@ -346,6 +371,14 @@ impl Plugin for TokenPlugin {
         Ok(())
     }
 
+    /// Not applicable: a token is a signed JWT held by the workload, not an
+    /// object at a vendor. It ends by itself at `exp` (the lease's expiry);
+    /// the only state kept is the revoked-`jti` list, which holds
+    /// revocations, not credentials. Nothing can outlive its lease unseen.
+    async fn list_objects(&self, _after: Option<&str>, _limit: u32) -> Result<Vec<lessor_plugin::VendorObject>, PluginError> {
+        Err(PluginError::Unsupported("listing vendor objects (tokens are not objects at a vendor)".into()))
+    }
+
     async fn document(
         &self,
         role: Option<&str>,
@@ -358,7 +391,7 @@ impl Plugin for TokenPlugin {
         let body = serde_json::to_vec(&json!({ "keys": keys }))
             .map_err(|e| PluginError::Permanent(format!("encoding JWKS: {e}")))?;
         Ok(Some(Document {
-            content_type: "application/json",
+            content_type: "application/json".into(),
             body,
         }))
     }
@@ -386,7 +419,7 @@ impl Plugin for TokenPlugin {
                 return Ok(Some(Self::inactive()));
             }
         };
-        let now = self.clock.now().unix_timestamp();
+        let now = (self.clock)().unix_timestamp();
         if now >= claims.exp {
             tracing::debug!(kid = %kid, reason = "expired", "token inactive");
             return Ok(Some(Self::inactive()));

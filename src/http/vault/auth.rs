@@ -73,11 +73,28 @@ pub async fn login(st: &AppState, vs: &VaultState, r: &mut VaultRequest, mount: 
             return Err(VaultError::new(status, format!("error validating token: {e}")));
         }
     };
+    if let Err(wait) = vs.logins.take(&w.issuer, &w.subject) {
+        crate::telemetry::metrics().quota_rejections.with_label_values(&["vault_login"]).inc();
+        audit.note(
+            Event::new("vault.login", "quota")
+                .request(Some(&meta))
+                .actor(crate::audit::workload_info(&w))
+                .error("quota_vault_login", "vault_api.logins_per_minute reached"),
+        );
+        return Err(VaultError::too_many(
+            format!(
+                "rate limit: this workload logged in {} times within a minute (vault_api.logins_per_minute); \
+                 reuse the client token, or try again in {wait}s",
+                vs.cfg.logins_per_minute
+            ),
+            wait,
+        ));
+    }
     if !cfg.issuers.is_empty() && !cfg.issuers.contains(&w.issuer_name) {
         audit.note(
             Event::new("authenticate", "failed")
                 .request(Some(&meta))
-                .actor(crate::lease::workload_info(&w))
+                .actor(crate::audit::workload_info(&w))
                 .error("issuer_not_allowed", format!("issuer `{}` may not log in at auth/{mount}", w.issuer_name)),
         );
         return Err(VaultError::denied_because(format!(

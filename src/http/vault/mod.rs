@@ -27,7 +27,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
 
 use super::{ApiError, AppState, Meta};
-use crate::audit::{Event, RequestMeta};
+use crate::audit::Event;
+use crate::principal::RequestMeta;
 use crate::store::Session;
 use crate::vault::VaultApiConfig;
 
@@ -44,6 +45,8 @@ pub struct VaultState {
     pub mounts: BTreeMap<String, Mount>,
     /// Largest request body read (`limits.max_body_bytes`).
     pub max_body: usize,
+    /// `vault_api.logins_per_minute`, per workload.
+    pub logins: crate::lease::RateLimiter,
 }
 
 /// One secret mount.
@@ -82,7 +85,8 @@ impl VaultState {
                 Some((path.clone(), Mount { connection: m.connection.clone(), kind }))
             })
             .collect();
-        VaultState { cfg, mounts, max_body }
+        let logins = crate::lease::RateLimiter::new(cfg.logins_per_minute);
+        VaultState { cfg, mounts, max_body, logins }
     }
 
     /// What lessor's Vault API serves, for the "unsupported path" answer.
@@ -134,6 +138,11 @@ impl VaultError {
     /// runs several together on one line).
     pub fn denied_because(reason: impl Into<String>) -> VaultError {
         VaultError::new(StatusCode::FORBIDDEN, format!("permission denied: {}", reason.into()))
+    }
+
+    /// Vault's 429, with when to try again.
+    pub fn too_many(message: impl Into<String>, retry_after: u64) -> VaultError {
+        VaultError { status: StatusCode::TOO_MANY_REQUESTS, errors: vec![message.into()], retry_after: Some(retry_after) }
     }
 
     fn unsupported(what: String) -> VaultError {

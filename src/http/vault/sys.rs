@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::{Envelope, VaultError, VaultRequest, VaultState};
 use crate::http::AppState;
-use crate::lease::Actor;
+use crate::principal::Actor;
 use crate::store::LeaseState;
 
 /// A stable id for this deployment's "cluster": its store.

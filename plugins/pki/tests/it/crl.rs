@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use lessor_plugin::{LeaseRef, MemoryState, Plugin, StateStore};
+use lessor_plugin::{LeaseRef, MemoryState, Plugin, PluginContext, StateStore};
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
 
@@ -109,7 +109,7 @@ async fn crls_are_per_role_and_numbered() {
         role("db", json!({ "allowed_names": ["db.internal"] })),
     ];
     let clock = TestClock::new();
-    let plugin = lessor_pki::build_with_clock(ctx(state), json!({}), roles, clock.clock())
+    let plugin = lessor_pki::build(PluginContext { clock: clock.clock(), ..ctx(state) }, json!({}), roles)
         .await
         .unwrap();
     let number = |body: Vec<u8>| {
@@ -153,15 +153,14 @@ async fn clocked(
     connection: serde_json::Value,
 ) -> Arc<dyn Plugin> {
     let ctx = lessor_plugin::PluginContext {
-        connection: "corp".into(),
         state,
-        public_url: "http://127.0.0.1:8200".into(),
+        clock: clock.clock(),
+        ..lessor_plugin::PluginContext::for_tests("corp", "http://127.0.0.1:8200")
     };
-    lessor_pki::build_with_clock(
+    lessor_pki::build(
         ctx,
         connection,
         vec![role(ROLE, json!({ "allowed_names": ALLOWED }))],
-        clock.clock(),
     )
     .await
     .unwrap()

@@ -29,9 +29,8 @@ async fn leaves_name_the_crl_and_the_issuer_under_public_url() {
 async fn urls_are_built_from_a_checked_public_url() {
     let state = Arc::new(MemoryState::new());
     let ctx = |url: &str| PluginContext {
-        connection: "corp ca".into(),
         state: state.clone(),
-        public_url: url.into(),
+        ..PluginContext::for_tests("corp ca", url)
     };
     let roles = || vec![role("web/ü", json!({ "allowed_names": ALLOWED }))];
     // Role names with `/` are refused earlier; other bytes are escaped.

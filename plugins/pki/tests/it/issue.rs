@@ -158,7 +158,16 @@ async fn unknown_params_are_refused() {
 #[tokio::test]
 async fn renew_is_unsupported() {
     let (plugin, _) = standard("p256").await;
-    assert!(!plugin.capabilities().can_renew && plugin.capabilities().can_revoke);
+    assert!(!plugin.capabilities().can_renew && plugin.capabilities().can_revoke());
+    // Revocation is published on the CRL; relying parties see it within a
+    // CRL validity plus the refresh.
+    match plugin.capabilities().revocation {
+        lessor_plugin::Revocation::Published { via, max_delay_seconds: Some(s) } => {
+            assert_eq!(via, "CRL");
+            assert!((3600..=3600 + 600).contains(&s), "{s}");
+        }
+        other => panic!("pki revocation should be published on the CRL: {other:?}"),
+    }
     let lease = LeaseRef {
         lease_id: lease_id(),
         role: ROLE.into(),
@@ -172,5 +181,5 @@ async fn renew_is_unsupported() {
             expires_at: in_minutes(10),
         })
         .await;
-    assert!(matches!(r, Err(PluginError::Unsupported("renew"))), "{r:?}");
+    assert!(matches!(&r, Err(PluginError::Unsupported(w)) if w == "renew"), "{r:?}");
 }

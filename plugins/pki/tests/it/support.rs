@@ -29,9 +29,8 @@ pub const API_DNS: &str = "api.svc.internal";
 
 pub fn ctx(state: Arc<MemoryState>) -> PluginContext {
     PluginContext {
-        connection: "corp".into(),
         state,
-        public_url: "http://127.0.0.1:8200".into(),
+        ..PluginContext::for_tests("corp", "http://127.0.0.1:8200")
     }
 }
 

@@ -43,7 +43,7 @@ async fn postgres_conforms() {
     let mut pg = Pg::start();
     let from_file = pg.plugin(json!({})).await;
     let managed = pg.managed(roles()).await;
-    managed.install_root(1, secret(&pg.admin_dsn()), true).await.unwrap();
+    managed.root_credentials().unwrap().install_root(1, secret(&pg.admin_dsn()), true).await.unwrap();
     for plugin in [from_file, managed] {
         let case = Case {
             role: "orders".into(),

@@ -46,9 +46,9 @@ async fn managed_connection_without_a_root_says_how_to_set_one() {
     // No server: nothing may be attempted without a root credential.
     let p = build(Value::Null, roles()).await.unwrap();
     assert_eq!(
-        p.root_secret_spec(),
+        p.root_credentials().map(|r| r.spec()),
         Some(RootSecretSpec {
-            describes: "the admin DSN, postgres://user:password@host:port/database",
+            describes: "the admin DSN, postgres://user:password@host:port/database".into(),
             can_rotate: true,
         })
     );
@@ -64,13 +64,13 @@ async fn managed_connection_without_a_root_says_how_to_set_one() {
         .await
         .unwrap_err(),
         p.revoke(&issued_lease).await.unwrap_err(),
-        p.rotate_root().await.unwrap_err(),
+        p.root_credentials().unwrap().rotate_root().await.unwrap_err(),
     ];
     for e in errors {
         assert_eq!(retryable(e), NO_ROOT);
     }
     // Removing what is not there is fine.
-    p.remove_root(3).await.unwrap();
+    p.root_credentials().unwrap().remove_root(3).await.unwrap();
 }
 
 #[tokio::test]
@@ -81,37 +81,37 @@ async fn validate_root_checks_only_the_candidate_and_refuses_precisely() {
     let plain = pg.admin_role("plain_admin", "plain-pw-1", "");
     let p = concrete(json!({"connect_timeout": "1s"}), roles()).unwrap();
 
-    let v = p.validate_root(&secret(&good)).await.unwrap();
+    let v = p.root_credentials().unwrap().validate_root(&secret(&good)).await.unwrap();
     assert_eq!(v.identity, "lessor_admin");
     assert_eq!(v.details["database"], "app");
     assert_eq!(v.details["createrole"], "true");
     assert_eq!(v.details["host"], format!("127.0.0.1:{port}"));
     assert!(v.details["server_version"].starts_with(char::is_numeric), "{:?}", v.details);
     assert!(v.warnings.is_empty(), "{:?}", v.warnings);
-    let v = p.validate_root(&secret(&pg.admin_dsn())).await.unwrap();
+    let v = p.root_credentials().unwrap().validate_root(&secret(&pg.admin_dsn())).await.unwrap();
     assert_eq!(v.identity, "postgres");
     assert_eq!(v.warnings.len(), 1, "{:?}", v.warnings);
 
     let wrong = pg.pg.dsn("lessor_admin", "Canary-wrong-pw", "app");
-    let m = permanent(p.validate_root(&secret(&wrong)).await.unwrap_err());
+    let m = permanent(p.root_credentials().unwrap().validate_root(&secret(&wrong)).await.unwrap_err());
     assert_eq!(m, format!("password rejected for user `lessor_admin` at 127.0.0.1:{port}"));
-    let m = permanent(p.validate_root(&secret(&plain)).await.unwrap_err());
+    let m = permanent(p.root_credentials().unwrap().validate_root(&secret(&plain)).await.unwrap_err());
     assert_eq!(m, "role `plain_admin` lacks CREATEROLE (needed to create lease roles)");
     let missing_db = pg.pg.dsn("lessor_admin", "admin-pw-1", "nope");
-    let m = permanent(p.validate_root(&secret(&missing_db)).await.unwrap_err());
+    let m = permanent(p.root_credentials().unwrap().validate_root(&secret(&missing_db)).await.unwrap_err());
     assert_eq!(m, format!("database `nope` does not exist at 127.0.0.1:{port}"));
     let closed = free_port();
     let down = format!("postgres://lessor_admin:Canary-down@127.0.0.1:{closed}/app?sslmode=disable");
-    let m = retryable(p.validate_root(&secret(&down)).await.unwrap_err());
+    let m = retryable(p.root_credentials().unwrap().validate_root(&secret(&down)).await.unwrap_err());
     assert!(m.starts_with(&format!("cannot reach PostgreSQL at 127.0.0.1:{closed}: ")), "{m}");
     assert!(!m.contains("Canary"), "{m}");
-    let m = invalid(p.validate_root(&secret("postgres://u:Canary-x@h/db?bogus=1")).await.unwrap_err());
+    let m = invalid(p.root_credentials().unwrap().validate_root(&secret("postgres://u:Canary-x@h/db?bogus=1")).await.unwrap_err());
     assert!(m.contains("unknown parameter `bogus`") && !m.contains("Canary"), "{m}");
 
     // A role's own database must admit the candidate too.
     let other_db = vec![role("elsewhere", &[], json!({"database": "other"}))];
     let p2 = pg.managed(other_db).await;
-    let m = permanent(p2.validate_root(&secret(&good)).await.unwrap_err());
+    let m = permanent(p2.root_credentials().unwrap().validate_root(&secret(&good)).await.unwrap_err());
     assert_eq!(m, format!("database `other` does not exist at 127.0.0.1:{port}"));
 
     // Validating switched nothing: there is still no root to issue with.
@@ -121,11 +121,11 @@ async fn validate_root_checks_only_the_candidate_and_refuses_precisely() {
 
     // Installed without validating, a wrong one fails every call precisely
     // and shows its password nowhere.
-    p.install_root(1, secret(&wrong), true).await.unwrap();
+    p.root_credentials().unwrap().install_root(1, secret(&wrong), true).await.unwrap();
     let errors = [
         p.validate().await.unwrap_err(),
         p.issue(request(&lease_id(), "plain", &[], Duration::from_secs(60))).await.unwrap_err(),
-        p.rotate_root().await.unwrap_err(),
+        p.root_credentials().unwrap().rotate_root().await.unwrap_err(),
     ];
     for e in errors {
         let m = permanent(e);
@@ -138,7 +138,7 @@ async fn validate_root_checks_only_the_candidate_and_refuses_precisely() {
     let debug = format!("{p:?}");
     assert!(!debug.contains("Canary") && debug.contains("version: Some(1)"), "{debug}");
     // The right one replaces it under the same version.
-    p.install_root(1, secret(&good), true).await.unwrap();
+    p.root_credentials().unwrap().install_root(1, secret(&good), true).await.unwrap();
     assert_eq!(p.validate().await.unwrap().identity, "lessor_admin");
 }
 
@@ -147,8 +147,8 @@ async fn install_root_switches_issuance_and_old_leases_revoke_with_their_version
     let mut pg = Pg::start();
     let new_admin = pg.admin_role("lessor_admin", "admin-pw-2", "CREATEROLE");
     let p = pg.managed(traced_roles()).await;
-    p.install_root(1, secret(&pg.admin_dsn()), true).await.unwrap();
-    p.install_root(1, secret(&pg.admin_dsn()), true).await.unwrap(); // again: no-op
+    p.root_credentials().unwrap().install_root(1, secret(&pg.admin_dsn()), true).await.unwrap();
+    p.root_credentials().unwrap().install_root(1, secret(&pg.admin_dsn()), true).await.unwrap(); // again: no-op
 
     // Under version 1 (the superuser): a lease whose role creates a table.
     let a = lease_id();
@@ -162,7 +162,7 @@ async fn install_root_switches_issuance_and_old_leases_revoke_with_their_version
     assert!(created_by(&pg, &username(&issued_t)).contains("postgres"));
 
     // Version 2 (a CREATEROLE admin) becomes active: new issuance uses it.
-    p.install_root(2, secret(&new_admin), true).await.unwrap();
+    p.root_credentials().unwrap().install_root(2, secret(&new_admin), true).await.unwrap();
     let b = lease_id();
     let issued_b = issue(p.as_ref(), &b, "traced", &[]).await;
     assert_eq!(issued_b.root_version, Some(2));
@@ -181,16 +181,16 @@ async fn install_root_switches_issuance_and_old_leases_revoke_with_their_version
 
     // The active version cannot be removed; a retiring one can, and its
     // leases then revoke with the active one.
-    let m = invalid(p.remove_root(2).await.unwrap_err());
+    let m = invalid(p.root_credentials().unwrap().remove_root(2).await.unwrap_err());
     assert_eq!(m, "root credential version 2 of connection `pg` is the active one; activate another before removing it");
-    p.remove_root(1).await.unwrap();
+    p.root_credentials().unwrap().remove_root(1).await.unwrap();
     let t_lease = lease(&t, "traced", Some(&issued_t));
     assert_eq!(t_lease.root_version, Some(1));
     p.revoke(&t_lease).await.unwrap();
     assert!(!pg.role_exists(&username(&issued_t)));
 
     // Installed as not active, the active version stops being used.
-    p.install_root(2, secret(&new_admin), false).await.unwrap();
+    p.root_credentials().unwrap().install_root(2, secret(&new_admin), false).await.unwrap();
     let m = retryable(p.issue(request(&lease_id(), "plain", &[], Duration::from_secs(60))).await.unwrap_err());
     assert_eq!(m, NO_ROOT);
 
@@ -202,7 +202,7 @@ async fn install_root_switches_issuance_and_old_leases_revoke_with_their_version
     let issued_x = issue(p.as_ref(), &x, "traced", &[]).await;
     assert_eq!(issued_x.root_version, None);
     assert!(created_by(&pg, &username(&issued_x)).contains("postgres"));
-    p.install_root(5, secret(&new_admin), true).await.unwrap();
+    p.root_credentials().unwrap().install_root(5, secret(&new_admin), true).await.unwrap();
     let y = lease_id();
     let issued_y = issue(p.as_ref(), &y, "traced", &[]).await;
     assert_eq!(issued_y.root_version, Some(5));
@@ -221,12 +221,12 @@ async fn rotate_root_changes_the_admin_password_at_the_server() {
     // The server logs every statement of the admin's sessions.
     pg.psql("ALTER ROLE lessor_admin SET log_statement = 'all'");
     let p = pg.managed(roles()).await;
-    p.install_root(1, secret(&old), true).await.unwrap();
+    p.root_credentials().unwrap().install_root(1, secret(&old), true).await.unwrap();
     let before_id = lease_id();
     let before = issue(p.as_ref(), &before_id, "plain", &[]).await;
     assert_eq!(before.root_version, Some(1));
 
-    let new = p.rotate_root().await.unwrap();
+    let new = p.root_credentials().unwrap().rotate_root().await.unwrap();
     let url = url::Url::parse(new.expose_secret()).unwrap();
     let password = url.password().unwrap().to_owned();
     assert_eq!(password.len(), 43, "256 bits in base64url");
@@ -238,9 +238,9 @@ async fn rotate_root_changes_the_admin_password_at_the_server() {
     let mut c = PgConnection::connect(new.expose_secret()).await.unwrap();
     let who: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&mut c).await.unwrap();
     assert_eq!(who, "lessor_admin");
-    let v = p.validate_root(&new).await.unwrap();
+    let v = p.root_credentials().unwrap().validate_root(&new).await.unwrap();
     assert_eq!((v.identity.as_str(), v.details["database"].as_str()), ("lessor_admin", "app"));
-    let m = permanent(p.validate_root(&secret(&old)).await.unwrap_err());
+    let m = permanent(p.root_credentials().unwrap().validate_root(&secret(&old)).await.unwrap_err());
     assert_eq!(m, format!("password rejected for user `lessor_admin` at 127.0.0.1:{port}"));
 
     // Only the SCRAM verifier crossed the wire: the log has it, not the password.
@@ -251,8 +251,8 @@ async fn rotate_root_changes_the_admin_password_at_the_server() {
     // A restarted daemon: version 1 installed as retiring can no longer log
     // in, so its lease revokes with the active version 2.
     let p = pg.managed(roles()).await;
-    p.install_root(1, secret(&old), false).await.unwrap();
-    p.install_root(2, new, true).await.unwrap();
+    p.root_credentials().unwrap().install_root(1, secret(&old), false).await.unwrap();
+    p.root_credentials().unwrap().install_root(2, new, true).await.unwrap();
     let after_id = lease_id();
     let after = issue(p.as_ref(), &after_id, "plain", &[]).await;
     assert_eq!(after.root_version, Some(2));

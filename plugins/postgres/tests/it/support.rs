@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lessor_plugin::secrecy::{ExposeSecret, SecretString};
 use lessor_plugin::{
-    IssueRequest, Issued, LeaseId, LeaseRef, MemoryState, Plugin, PluginContext, PluginError,
+    IssueRequest, Issued, LeaseId, LeaseRef, Plugin, PluginContext, PluginError,
     RoleSpec, Workload,
 };
 use lessor_postgres::testkit::TempPostgres;
@@ -95,11 +95,7 @@ impl Pg {
 }
 
 pub async fn build(connection: Value, roles: Vec<RoleSpec>) -> Result<Arc<dyn Plugin>, PluginError> {
-    let ctx = PluginContext {
-        connection: "pg".into(),
-        state: Arc::new(MemoryState::new()),
-        public_url: "https://lessor.test".into(),
-    };
+    let ctx = PluginContext::for_tests("pg", "https://lessor.test");
     lessor_postgres::build(ctx, connection, roles).await
 }
 
@@ -222,10 +218,6 @@ pub fn permanent(e: PluginError) -> String {
 
 /// The plugin as its concrete type (for `Debug`).
 pub fn concrete(connection: Value, roles: Vec<RoleSpec>) -> Result<lessor_postgres::PostgresPlugin, PluginError> {
-    let ctx = PluginContext {
-        connection: "pg".into(),
-        state: Arc::new(MemoryState::new()),
-        public_url: "https://lessor.test".into(),
-    };
+    let ctx = PluginContext::for_tests("pg", "https://lessor.test");
     lessor_postgres::PostgresPlugin::new(ctx, connection, roles)
 }

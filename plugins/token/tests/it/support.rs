@@ -31,9 +31,15 @@ impl ManualClock {
     }
 }
 
-impl Clock for ManualClock {
-    fn now(&self) -> OffsetDateTime {
+impl ManualClock {
+    pub fn now(&self) -> OffsetDateTime {
         *self.0.lock().unwrap()
+    }
+
+    /// The plugin's view of this clock.
+    pub fn clock(self: &Arc<Self>) -> Clock {
+        let me = self.clone();
+        Arc::new(move || me.now())
     }
 }
 
@@ -55,11 +61,7 @@ pub fn roles() -> Vec<RoleSpec> {
 }
 
 pub fn ctx(state: Arc<dyn StateStore>) -> PluginContext {
-    PluginContext {
-        connection: "tok".into(),
-        state,
-        public_url: ISSUER.into(),
-    }
+    PluginContext { state, ..PluginContext::for_tests("tok", ISSUER) }
 }
 
 /// A plugin on `state` with the test clock.
@@ -68,7 +70,7 @@ pub async fn plugin_on(
     clock: Arc<ManualClock>,
     connection: Value,
 ) -> Arc<dyn Plugin> {
-    lessor_token::build_with_clock(ctx(state), connection, roles(), clock)
+    lessor_token::build(PluginContext { clock: clock.clock(), ..ctx(state) }, connection, roles())
         .await
         .unwrap()
 }

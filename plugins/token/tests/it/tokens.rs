@@ -296,7 +296,10 @@ async fn expired_token_is_inactive() {
 async fn renew_is_unsupported() {
     let (p, _, clock) = plugin(Value::Null).await;
     assert!(!p.capabilities().can_renew);
-    assert!(p.capabilities().can_revoke);
+    assert!(p.capabilities().can_revoke());
+    // Revocation is published for introspection at once; offline JWT
+    // verifiers do not see it.
+    assert_eq!(p.capabilities().revocation.mode(), "published");
     let issued = issue(p.as_ref(), &clock, "lease-n", Duration::from_secs(60)).await;
     let lease = LeaseRef {
         lease_id: LeaseId::new("lease-n"),
@@ -312,7 +315,7 @@ async fn renew_is_unsupported() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(err, PluginError::Unsupported("renew")), "{err:?}");
+    assert!(matches!(&err, PluginError::Unsupported(w) if w == "renew"), "{err:?}");
 }
 
 #[tokio::test]

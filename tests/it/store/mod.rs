@@ -1,5 +1,15 @@
-//! The generic store suite. Every backend runs the same checks; SQLite (the
-//! embedded default) here, PostgreSQL when its backend lands.
+//! The store's conformance suites, one per trait (`leases`, `jobs`,
+//! `secrets`, `plugin_state`, `cluster`; admin tokens and sessions in their
+//! own modules), each run against SQLite and a throwaway PostgreSQL: every
+//! method's contract, atomicity under concurrent callers, and which clock
+//! decides. Below: backend-specific behaviour (SQLite's lock, group commit;
+//! PostgreSQL's claims across replicas).
+
+mod cluster;
+mod jobs;
+mod leases;
+mod plugin_state;
+mod secrets;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +19,7 @@ use lessor_plugin::LeaseId;
 use serde_json::json;
 use time::OffsetDateTime;
 
-fn lease(id: &str, role: &str, subject: &str, expires_in: i64) -> Lease {
+pub fn lease(id: &str, role: &str, subject: &str, expires_in: i64) -> Lease {
     let now = OffsetDateTime::now_utc();
     Lease {
         id: LeaseId::new(id),
@@ -32,311 +42,6 @@ fn lease(id: &str, role: &str, subject: &str, expires_in: i64) -> Lease {
         ended_at: None,
         root_version: None,
     }
-}
-
-pub async fn suite(s: Arc<dyn Store>) {
-    let now = OffsetDateTime::now_utc();
-    // Pending -> active, only once.
-    s.insert_pending(&lease("a", "token/orders", "alice", -1)).await.unwrap();
-    assert!(s.activate(&LeaseId::new("a"), &json!({"jti": "a"}), now - time::Duration::seconds(1)).await.unwrap());
-    assert!(!s.activate(&LeaseId::new("a"), &json!({}), now).await.unwrap(), "activate twice");
-    let a = s.get(&LeaseId::new("a")).await.unwrap().unwrap();
-    assert_eq!(a.state, LeaseState::Active);
-    assert_eq!(a.handle, Some(json!({"jti": "a"})));
-    assert_eq!(a.claims, json!({"repository": "acme/api"}));
-    // Active but past its expiry (not yet swept): over, not renewable.
-    assert!(
-        !s.renew(&LeaseId::new("a"), now, now + time::Duration::hours(1)).await.unwrap(),
-        "an active lease past its expiry is not renewed"
-    );
-    assert_eq!(s.get(&LeaseId::new("a")).await.unwrap().unwrap().expires_at.unix_timestamp(), (now - time::Duration::seconds(1)).unix_timestamp());
-    // Duplicate ids are refused.
-    assert!(s.insert_pending(&lease("a", "token/orders", "alice", 10)).await.is_err());
-
-    // Due: the expired active lease and an old pending one, oldest first;
-    // not the fresh pending one nor a future one.
-    let mut old = lease("p-old", "token/orders", "bob", 600);
-    old.issued_at = now - time::Duration::minutes(10);
-    s.insert_pending(&old).await.unwrap();
-    s.insert_pending(&lease("p-new", "token/orders", "bob", 600)).await.unwrap();
-    s.insert_pending(&lease("future", "pki/web", "carol", 600)).await.unwrap();
-    s.activate(&LeaseId::new("future"), &json!({}), now + time::Duration::minutes(10)).await.unwrap();
-    let due = s.due(now, now - time::Duration::minutes(1), 100).await.unwrap();
-    let ids: Vec<(&str, EndReason)> = due.iter().map(|d| (d.lease.id.as_str(), d.reason)).collect();
-    assert_eq!(ids, vec![("p-old", EndReason::Orphaned), ("a", EndReason::Expired)]);
-    assert_eq!(s.due(now, now - time::Duration::minutes(1), 1).await.unwrap().len(), 1, "limit is honoured");
-
-    // Failure: visible, retried later, not due before then.
-    s.record_failure(&LeaseId::new("a"), EndReason::Expired, "vendor down", now + time::Duration::seconds(30)).await.unwrap();
-    let a = s.get(&LeaseId::new("a")).await.unwrap().unwrap();
-    assert_eq!((a.state, a.attempts, a.last_error.as_deref()), (LeaseState::RevokeFailed, 1, Some("vendor down")));
-    assert!(s.due(now, now - time::Duration::hours(1), 100).await.unwrap().iter().all(|d| d.lease.id.as_str() != "a"));
-    let later = now + time::Duration::seconds(31);
-    assert!(s.due(later, now - time::Duration::hours(1), 100).await.unwrap().iter().any(|d| d.lease.id.as_str() == "a"));
-    assert!(s.next_due().await.unwrap().is_some());
-    // Success ends it; a second finish changes nothing.
-    assert!(s.finish(&LeaseId::new("a"), EndReason::Expired, now).await.unwrap());
-    assert!(!s.finish(&LeaseId::new("a"), EndReason::Revoked, now).await.unwrap());
-    let a = s.get(&LeaseId::new("a")).await.unwrap().unwrap();
-    assert_eq!((a.state, a.end_reason), (LeaseState::Expired, Some(EndReason::Expired)));
-    assert!(!s.renew(&LeaseId::new("a"), now, now).await.unwrap(), "an ended lease cannot be renewed");
-
-    // Bulk scheduling makes matching active leases due now, with reason revoked.
-    assert_eq!(s.schedule_revocation(&LeaseFilter { subject: Some("carol".into()), ..Default::default() }, now).await.unwrap(), 1);
-    let due = s.due(now, now - time::Duration::hours(1), 100).await.unwrap();
-    let f = due.iter().find(|d| d.lease.id.as_str() == "future").expect("scheduled lease is due");
-    assert_eq!(f.reason, EndReason::Revoked);
-    assert!(!s.renew(&LeaseId::new("future"), now, now + time::Duration::hours(1)).await.unwrap(), "a lease being revoked is not renewed");
-
-    // Listing with filters, counts.
-    let l = s.list(&LeaseFilter { role: Some("token/orders".into()), limit: 10, ..Default::default() }).await.unwrap();
-    assert_eq!(l.len(), 3);
-    let l = s.list(&LeaseFilter { state: Some(LeaseState::Pending), limit: 10, ..Default::default() }).await.unwrap();
-    assert_eq!(l.len(), 2);
-    let counts = s.counts().await.unwrap();
-    assert!(counts.contains(&("token/orders".into(), "token".into(), LeaseState::Pending, 2)), "{counts:?}");
-
-    // Expiring within a window: active leases only, by role; a lease past
-    // its expiry that is not yet revoked counts, one beyond the window not.
-    s.insert_pending(&lease("soon", "token/orders", "dave", 1800)).await.unwrap();
-    s.activate(&LeaseId::new("soon"), &json!({}), now + time::Duration::minutes(30)).await.unwrap();
-    s.insert_pending(&lease("late", "token/orders", "dave", 7200)).await.unwrap();
-    s.activate(&LeaseId::new("late"), &json!({}), now + time::Duration::hours(2)).await.unwrap();
-    s.insert_pending(&lease("overdue", "pki/web", "dave", -5)).await.unwrap();
-    s.activate(&LeaseId::new("overdue"), &json!({}), now - time::Duration::seconds(5)).await.unwrap();
-    let mut exp = s.expiring(now + time::Duration::hours(1)).await.unwrap();
-    exp.sort();
-    assert_eq!(exp, vec![("pki/web".into(), "token".into(), 2), ("token/orders".into(), "token".into(), 1)], "{exp:?}");
-    assert!(s.expiring(now - time::Duration::hours(1)).await.unwrap().is_empty());
-    // The fullest workload: dave holds 3 live leases (bob 2, carol 1 being revoked).
-    assert_eq!(s.max_live_per_owner().await.unwrap(), 3);
-    for id in ["soon", "late", "overdue"] {
-        assert!(s.finish(&LeaseId::new(id), EndReason::Revoked, now).await.unwrap());
-    }
-    assert_eq!(s.max_live_per_owner().await.unwrap(), 2, "ended leases do not count");
-
-    // Plugin state: namespaced by connection, prefix listing, put_if_absent.
-    s.state_put("c1", "crl/web/01", b"x", false).await.unwrap();
-    s.state_put("c1", "crl/web/02", b"y", false).await.unwrap();
-    s.state_put("c1", "crl/api/01", b"z", false).await.unwrap();
-    s.state_put("c2", "crl/web/03", b"w", false).await.unwrap();
-    let keys: Vec<String> = s.state_list("c1", "crl/web/").await.unwrap().into_iter().map(|(k, _)| k).collect();
-    assert_eq!(keys, vec!["crl/web/01", "crl/web/02"]);
-    assert!(s.state_put_if_absent("c1", "ca", b"first", true).await.unwrap());
-    assert!(!s.state_put_if_absent("c1", "ca", b"second", true).await.unwrap());
-    assert_eq!(s.state_get("c1", "ca").await.unwrap(), Some((b"first".to_vec(), true)));
-    assert!(s.state_list("c1", "c").await.unwrap().iter().all(|(k, _)| k != "ca"), "sealed values are not listed");
-    s.state_delete("c1", "crl/web/01").await.unwrap();
-    assert_eq!(s.state_get("c1", "crl/web/01").await.unwrap(), None);
-
-    assert!(s.meta_put_if_absent("k", "v").await.unwrap());
-    assert!(!s.meta_put_if_absent("k", "w").await.unwrap());
-    assert_eq!(s.meta_get("k").await.unwrap().as_deref(), Some("v"));
-
-    // The longest-overdue live lease (what `lessor status` shows).
-    s.insert_pending(&lease("od-old", "token/orders", "od", -7200)).await.unwrap();
-    let old_exp = OffsetDateTime::now_utc() - time::Duration::hours(2);
-    assert!(s.activate(&LeaseId::new("od-old"), &json!({}), old_exp).await.unwrap());
-    let o = s.oldest_overdue(OffsetDateTime::now_utc()).await.unwrap().expect("an overdue lease");
-    assert_eq!(o.id.to_string(), "od-old");
-    assert!(s.finish(&LeaseId::new("od-old"), EndReason::Expired, OffsetDateTime::now_utc()).await.unwrap());
-    let o = s.oldest_overdue(OffsetDateTime::now_utc()).await.unwrap();
-    assert!(o.is_none_or(|o| o.id.to_string() != "od-old"), "an ended lease is not overdue");
-
-    // Replica heartbeats: recorded with the store's clock, updated in place,
-    // listed while recent, removed on shutdown.
-    let me = lessor::store::Replica {
-        id: "ignored: the store uses its own id".into(),
-        host: "h1".into(),
-        pid: 42,
-        version: "0.1.0".into(),
-        policy_version: "aaaa".into(),
-        started_at_ms: 1_000,
-        seen_at_ms: 0,
-    };
-    assert!(s.replicas(Duration::from_secs(60)).await.unwrap().is_empty());
-    s.heartbeat(&me).await.unwrap();
-    s.heartbeat(&lessor::store::Replica { policy_version: "bbbb".into(), ..me.clone() }).await.unwrap();
-    let live = s.replicas(Duration::from_secs(60)).await.unwrap();
-    assert_eq!(live.len(), 1, "{live:?}");
-    let r = &live[0];
-    assert_eq!((r.id.as_str(), r.host.as_str(), r.pid, r.policy_version.as_str()), (s.replica_id(), "h1", 42, "bbbb"));
-    let now_ms = lessor::store::to_ms(OffsetDateTime::now_utc());
-    assert!((r.seen_at_ms - now_ms).abs() < 5_000, "seen_at {} vs now {now_ms}", r.seen_at_ms);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(s.replicas(Duration::from_millis(10)).await.unwrap().is_empty(), "older than `within`");
-    s.remove_replica().await.unwrap();
-    assert!(s.replicas(Duration::from_secs(60)).await.unwrap().is_empty());
-
-    secrets(&s).await;
-    jobs_and_retention(&s).await;
-}
-
-/// Bulk revocation jobs are recorded with their tags in one transaction;
-/// unrevocable leases are counted apart; a credential found after its
-/// lease ended makes the lease live again; retention deletes ended leases
-/// only, in bounded batches.
-async fn jobs_and_retention(s: &Arc<dyn Store>) {
-    use lessor::store::{RevokeFilter, StoreError};
-    let now = OffsetDateTime::now_utc();
-    for (id, role) in [("j-a", "job/a"), ("j-b", "job/b")] {
-        s.insert_pending(&lease(id, role, "jobs", 600)).await.unwrap();
-        assert!(s.activate(&LeaseId::new(id), &json!({}), now + time::Duration::minutes(10)).await.unwrap());
-    }
-    let by_role = |r: &str| RevokeFilter { role: Some(r.into()), ..Default::default() };
-    assert_eq!(s.start_revoke_job("job_1", &by_role("job/a"), "admin", now).await.unwrap(), 1);
-    // The same job id again: the job row is refused, so the tags go too.
-    let again = s.start_revoke_job("job_1", &by_role("job/b"), "admin", now).await;
-    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
-    let st = s.job_status("job_1").await.unwrap().unwrap();
-    assert_eq!((st.total, st.done + st.pending + st.failing), (1, 1), "leases tagged without their job row: {st:?}");
-
-    // A plugin that cannot revoke: the job says so instead of "done".
-    assert_eq!(s.start_revoke_job("job_2", &by_role("job/b"), "admin", now).await.unwrap(), 1);
-    assert!(s.finish_unrevocable(&LeaseId::new("j-b"), EndReason::Revoked, now).await.unwrap());
-    let b = s.get(&LeaseId::new("j-b")).await.unwrap().unwrap();
-    assert!(b.unrevocable(), "{b:?}");
-    assert_eq!((b.state, b.end_reason), (LeaseState::Expired, Some(EndReason::Revoked)));
-    let st = s.job_status("job_2").await.unwrap().unwrap();
-    assert_eq!((st.done, st.pending, st.unrevocable), (0, 0, 1), "{st:?}");
-    assert_eq!(st.unrevocable_until_ms, Some(lessor::store::to_ms(b.expires_at)));
-
-    // A credential created after its lease ended, whose revocation failed:
-    // live again (revoke_failed, with its handle) so the worker retries it.
-    assert!(s.finish(&LeaseId::new("j-a"), EndReason::Revoked, now).await.unwrap());
-    s.record_late_failure(&LeaseId::new("j-a"), &json!({"late": true}), EndReason::Orphaned, "vendor down", now)
-        .await
-        .unwrap();
-    let a = s.get(&LeaseId::new("j-a")).await.unwrap().unwrap();
-    assert_eq!((a.state, a.handle.clone(), a.ended_at), (LeaseState::RevokeFailed, Some(json!({"late": true})), None));
-    assert!(s.due(now, now - time::Duration::hours(1), 1000).await.unwrap().iter().any(|d| d.lease.id.as_str() == "j-a"));
-    assert!(s.finish(&LeaseId::new("j-a"), EndReason::Orphaned, now).await.unwrap());
-
-    // Retention: ended before the cutoff goes, in batches of `limit`;
-    // live leases and recently ended ones stay.
-    let old = now - time::Duration::hours(2);
-    for id in ["r-1", "r-2", "r-3"] {
-        s.insert_pending(&lease(id, "ret/r", "ret", 60)).await.unwrap();
-        assert!(s.finish(&LeaseId::new(id), EndReason::Expired, old).await.unwrap());
-    }
-    s.insert_pending(&lease("r-live", "ret/r", "ret", 60)).await.unwrap();
-    s.activate(&LeaseId::new("r-live"), &json!({}), now + time::Duration::minutes(1)).await.unwrap();
-    let cutoff = now - time::Duration::hours(1);
-    assert_eq!(s.prune_ended(cutoff, 2).await.unwrap(), 2);
-    assert_eq!(s.prune_ended(cutoff, 2).await.unwrap(), 1);
-    assert_eq!(s.prune_ended(cutoff, 2).await.unwrap(), 0);
-    for id in ["r-1", "r-2", "r-3"] {
-        assert!(s.get(&LeaseId::new(id)).await.unwrap().is_none(), "{id} outlived its retention");
-    }
-    assert!(s.get(&LeaseId::new("r-live")).await.unwrap().is_some(), "a live lease was pruned");
-    assert!(s.get(&LeaseId::new("j-a")).await.unwrap().is_some(), "ended after the cutoff: kept");
-    // Jobs go once their leases are gone and they are older than the cutoff.
-    assert!(s.job_status("job_1").await.unwrap().is_some());
-    let live = s.count_live(&LeaseFilter::default()).await.unwrap();
-    while s.prune_ended(now + time::Duration::hours(1), 1000).await.unwrap() > 0 {}
-    for state in [LeaseState::Revoked, LeaseState::Expired] {
-        let left = s.list(&LeaseFilter { state: Some(state), limit: 10, ..Default::default() }).await.unwrap();
-        assert!(left.is_empty(), "ended leases left: {left:?}");
-    }
-    assert_eq!(s.count_live(&LeaseFilter::default()).await.unwrap(), live, "live leases were pruned");
-    assert!(s.job_status("job_1").await.unwrap().is_none(), "a job with no lease left is pruned");
-    assert!(s.get(&LeaseId::new("r-live")).await.unwrap().is_some(), "a live lease was pruned");
-
-    // The orphan sweep and activation race for a pending lease: whichever
-    // comes first wins, the other is refused.
-    s.insert_pending(&lease("o-swept", "ret/r", "o", 60)).await.unwrap();
-    assert!(s.mark_orphaned(&LeaseId::new("o-swept")).await.unwrap());
-    assert!(!s.activate(&LeaseId::new("o-swept"), &json!({}), now).await.unwrap(), "activated after the sweep took it");
-    s.insert_pending(&lease("o-active", "ret/r", "o", 60)).await.unwrap();
-    assert!(s.activate(&LeaseId::new("o-active"), &json!({}), now).await.unwrap());
-    assert!(!s.mark_orphaned(&LeaseId::new("o-active")).await.unwrap(), "an active lease is no orphan");
-    // A pending lease a bulk job tagged still activates (and is then revoked).
-    s.insert_pending(&lease("o-tagged", "ret/tagged", "o", 60)).await.unwrap();
-    assert_eq!(s.start_revoke_job("job_3", &by_role("ret/tagged"), "admin", now).await.unwrap(), 1);
-    assert!(s.activate(&LeaseId::new("o-tagged"), &json!({}), now).await.unwrap());
-}
-
-fn secret(conn: &str, version: i64, by: &str) -> lessor::store::SecretVersion {
-    lessor::store::SecretVersion {
-        connection: conn.into(),
-        version,
-        state: lessor::store::SecretState::Candidate,
-        ciphertext: vec![1, 2, 3],
-        wrapped_dek: vec![4, 5],
-        kek_id: "k1".into(),
-        fingerprint: "abcd".into(),
-        set_by: by.into(),
-        reason: "why".into(),
-        set_at: OffsetDateTime::now_utc(),
-        verified_ok: None,
-        verification: None,
-        verified_at: None,
-        approved_by: None,
-        approved_at: None,
-        activated_by: None,
-        activated_at: None,
-        retiring_until: None,
-    }
-}
-
-/// Root credential versions: insert, verify, approve (not by the setter),
-/// switch in one transaction (never two actives), rollback, retire, rewrap.
-async fn secrets(s: &Arc<dyn Store>) {
-    use lessor::store::{Rewrap, SecretState, SecretSwitch};
-    let now = OffsetDateTime::now_utc();
-    s.secret_insert(&secret("c", 1, "alice")).await.unwrap();
-    assert!(matches!(s.secret_insert(&secret("c", 1, "bob")).await, Err(lessor::store::StoreError::Conflict(_))));
-    s.secret_insert(&secret("c", 2, "alice")).await.unwrap();
-    let switch = |v: i64, from: SecretState, need_approval: bool| SecretSwitch {
-        connection: "c".into(),
-        version: v,
-        from,
-        need_approval,
-        by: "bob".into(),
-        at: now,
-        retiring_until: now + time::Duration::hours(1),
-    };
-    assert!(!s.secret_switch(&switch(1, SecretState::Candidate, false)).await.unwrap(), "unverified");
-    assert!(s.secret_verified("c", 1, true, &json!({"ok": true}), now).await.unwrap());
-    assert!(!s.secret_switch(&switch(1, SecretState::Candidate, true)).await.unwrap(), "unapproved");
-    assert!(!s.secret_approve("c", 1, "alice", now).await.unwrap(), "self-approval");
-    assert!(s.secret_approve("c", 1, "bob", now).await.unwrap());
-    assert!(s.secret_switch(&switch(1, SecretState::Candidate, true)).await.unwrap());
-    assert_eq!(s.secret_active_version("c").await.unwrap(), Some(1));
-    // A failing switch leaves the active one active.
-    assert!(!s.secret_switch(&switch(2, SecretState::Candidate, false)).await.unwrap());
-    assert_eq!(s.secret_active_version("c").await.unwrap(), Some(1));
-    s.secret_verified("c", 2, true, &json!({"ok": true}), now).await.unwrap();
-    assert!(s.secret_switch(&switch(2, SecretState::Candidate, false)).await.unwrap());
-    let vs = s.secret_versions(Some("c")).await.unwrap();
-    let states: Vec<_> = vs.iter().map(|v| v.state).collect();
-    assert_eq!(states, [SecretState::Retiring, SecretState::Active]);
-    assert_eq!(vs[0].approved_by.as_deref(), Some("bob"));
-    assert_eq!(vs[0].verification, Some(json!({"ok": true})));
-    // Rollback to the retiring one.
-    assert!(s.secret_switch(&switch(1, SecretState::Retiring, false)).await.unwrap());
-    assert_eq!(s.secret_active_version("c").await.unwrap(), Some(1));
-    assert_eq!(s.secret_retire_due(now + time::Duration::hours(2)).await.unwrap(), 1);
-    assert_eq!(s.secret_versions(None).await.unwrap()[1].state, SecretState::Retired);
-    // Rewrap: all or nothing.
-    let rw = |v: i64, old: &str| Rewrap { connection: "c".into(), version: v, old_kek_id: old.into(), wrapped_dek: vec![9], kek_id: "k2".into() };
-    assert!(!s.secret_rewrap(&[rw(1, "k1"), rw(2, "nope")]).await.unwrap());
-    assert!(s.secret_versions(None).await.unwrap().iter().all(|v| v.kek_id == "k1"), "nothing changed");
-    assert!(s.secret_rewrap(&[rw(1, "k1"), rw(2, "k1")]).await.unwrap());
-    assert!(s.secret_versions(None).await.unwrap().iter().all(|v| v.kek_id == "k2" && v.wrapped_dek == [9]));
-    // Leases record their root version.
-    s.insert_pending(&lease("rv", "c/r", "s", 60)).await.unwrap();
-    assert!(s.activate_at_version(&LeaseId::new("rv"), &json!({}), now + time::Duration::minutes(1), Some(2)).await.unwrap());
-    assert_eq!(s.get(&LeaseId::new("rv")).await.unwrap().unwrap().root_version, Some(2));
-    crate::admin_tokens::store_suite(&s).await;
-}
-
-#[tokio::test]
-async fn sqlite_passes_the_store_suite() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.db");
-    let s = lessor::store::open(&format!("sqlite://{}", path.display())).await.unwrap();
-    suite(s).await;
 }
 
 #[tokio::test]
@@ -399,6 +104,36 @@ async fn concurrent_writes_commit_together_and_fail_alone() {
     assert_eq!(all.len(), 180, "every non-duplicate write is durable");
 }
 
+/// A fresh SQLite store in a temp dir (kept alive by the returned guard).
+pub async fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = lessor::store::open(&format!("sqlite://{}", dir.path().join("s.db").display())).await.unwrap();
+    assert_eq!((s.backend(), s.exclusive()), ("sqlite", true));
+    (dir, s)
+}
+
+/// A fresh PostgreSQL store on a throwaway server (stopped when the guard
+/// drops). Migrations are run twice: a second replica opening the store.
+pub async fn postgres() -> (lessor_postgres::testkit::TempPostgres, Arc<dyn Store>) {
+    let (pg, dsn) = pg_store_db();
+    let s: Arc<dyn Store> = Arc::new(lessor::store::postgres::PgStore::open(&dsn).await.unwrap());
+    assert_eq!((s.backend(), s.exclusive()), ("postgres", false));
+    let _again = lessor::store::postgres::PgStore::open(&dsn).await.unwrap();
+    (pg, s)
+}
+
+#[tokio::test]
+async fn sqlite_passes_the_admin_token_suite() {
+    let (_d, s) = sqlite().await;
+    crate::admin_tokens::store_suite(&s).await;
+}
+
+#[tokio::test]
+async fn postgres_passes_the_admin_token_suite() {
+    let (_pg, s) = postgres().await;
+    crate::admin_tokens::store_suite(&s).await;
+}
+
 /// A throwaway PostgreSQL server with an empty database `lessor`, and a DSN
 /// to that database.
 pub fn pg_store_db() -> (lessor_postgres::testkit::TempPostgres, String) {
@@ -406,16 +141,6 @@ pub fn pg_store_db() -> (lessor_postgres::testkit::TempPostgres, String) {
     pg.psql("postgres", "CREATE DATABASE lessor").unwrap();
     let dsn = pg.dsn("postgres", pg.superuser_password(), "lessor");
     (pg, dsn)
-}
-
-#[tokio::test]
-async fn postgres_passes_the_store_suite() {
-    let (_pg, dsn) = pg_store_db();
-    let s: Arc<dyn Store> = Arc::new(lessor::store::postgres::PgStore::open(&dsn).await.unwrap());
-    assert_eq!((s.backend(), s.exclusive()), ("postgres", false));
-    // Migrations are idempotent: a second replica opening the same store.
-    let _again = lessor::store::postgres::PgStore::open(&dsn).await.unwrap();
-    suite(s).await;
 }
 
 /// An active lease that expired a minute ago.

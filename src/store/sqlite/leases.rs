@@ -1,0 +1,340 @@
+//! [`LeaseStore`] on SQLite: reads on the reader pool, writes through the
+//! one writer (each write one statement, or all-or-nothing).
+
+use super::*;
+
+#[async_trait]
+impl LeaseStore for SqliteStore {
+    async fn insert_pending(&self, l: &Lease) -> Result<(), StoreError> {
+        self.writer
+            .exec(
+                "INSERT INTO leases (id, role, plugin, issuer, subject, claims, scopes, policies, state, \
+                 issued_at, expires_at, max_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                vec![
+                    Bind::Text(l.id.to_string()),
+                    Bind::Text(l.role.clone()),
+                    Bind::Text(l.plugin.clone()),
+                    Bind::Text(l.issuer.clone()),
+                    Bind::Text(l.subject.clone()),
+                    Bind::Text(to_json(&l.claims)?),
+                    Bind::Text(to_json(&l.scopes)?),
+                    Bind::Text(to_json(&l.policies)?),
+                    Bind::Int(to_ms(l.issued_at)),
+                    Bind::Int(to_ms(l.expires_at)),
+                    Bind::Int(to_ms(l.max_expires_at)),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn activate_at_version(
+        &self,
+        id: &LeaseId,
+        handle: &Handle,
+        expires_at: OffsetDateTime,
+        root_version: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .writer
+            .exec(
+                "UPDATE leases SET state = 'active', handle = ?, expires_at = ?, root_version = ? \
+                 WHERE id = ? AND state = 'pending' AND end_reason IS NOT 'orphaned'",
+                vec![
+                    Bind::Text(to_json(handle)?),
+                    Bind::Int(to_ms(expires_at)),
+                    Bind::OptInt(root_version),
+                    Bind::Text(id.to_string()),
+                ],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn get(&self, id: &LeaseId) -> Result<Option<Lease>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {LEASE_COLUMNS} FROM leases WHERE id = ?"))
+            .bind(id.as_str())
+            .fetch_optional(&self.read)
+            .await
+            .map_err(interpret_error)?;
+        row.as_ref().map(lease_from_row).transpose()
+    }
+
+    async fn list(&self, f: &LeaseFilter) -> Result<Vec<Lease>, StoreError> {
+        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {LEASE_COLUMNS} FROM leases WHERE 1 = 1"));
+        push_filter(&mut qb, f);
+        qb.push(" ORDER BY issued_at DESC LIMIT ").push_bind(f.limit.max(1) as i64);
+        let rows = qb.build().fetch_all(&self.read).await.map_err(interpret_error)?;
+        rows.iter().map(lease_from_row).collect()
+    }
+
+    async fn renew(&self, id: &LeaseId, now: OffsetDateTime, expires_at: OffsetDateTime) -> Result<bool, StoreError> {
+        let n = self
+            .writer
+            .exec(
+                "UPDATE leases SET expires_at = ? WHERE id = ? AND state = 'active' AND end_reason IS NULL AND expires_at > ?",
+                vec![Bind::Int(to_ms(expires_at)), Bind::Text(id.to_string()), Bind::Int(to_ms(now))],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn finish(&self, id: &LeaseId, reason: EndReason, at: OffsetDateTime) -> Result<bool, StoreError> {
+        let n = self
+            .writer
+            .exec(
+                format!(
+                    "UPDATE leases SET state = ?, end_reason = ?, ended_at = ?, next_attempt_at = NULL \
+                     WHERE id = ? AND state IN {LIVE}"
+                ),
+                vec![
+                    Bind::Text(reason.final_state().as_str().into()),
+                    Bind::Text(reason.as_str().into()),
+                    Bind::Int(to_ms(at)),
+                    Bind::Text(id.to_string()),
+                ],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn record_failure(
+        &self,
+        id: &LeaseId,
+        reason: EndReason,
+        error: &str,
+        retry_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .exec(
+                format!(
+                    "UPDATE leases SET state = 'revoke_failed', end_reason = ?, attempts = attempts + 1, \
+                     last_error = ?, next_attempt_at = ? WHERE id = ? AND state IN {LIVE}"
+                ),
+                vec![
+                    Bind::Text(reason.as_str().into()),
+                    Bind::Text(error.to_owned()),
+                    Bind::Int(to_ms(retry_at)),
+                    Bind::Text(id.to_string()),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn mark_orphaned(&self, id: &LeaseId) -> Result<bool, StoreError> {
+        let n = self
+            .writer
+            .exec(
+                "UPDATE leases SET end_reason = 'orphaned' WHERE id = ? AND state = 'pending'",
+                vec![Bind::Text(id.to_string())],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn finish_unrevocable(&self, id: &LeaseId, reason: EndReason, at: OffsetDateTime) -> Result<bool, StoreError> {
+        let n = self
+            .writer
+            .exec(
+                format!(
+                    "UPDATE leases SET state = 'expired', end_reason = ?, ended_at = ?, next_attempt_at = NULL \
+                     WHERE id = ? AND state IN {LIVE}"
+                ),
+                vec![Bind::Text(reason.as_str().into()), Bind::Int(to_ms(at)), Bind::Text(id.to_string())],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn record_late_failure(
+        &self,
+        id: &LeaseId,
+        handle: &Handle,
+        reason: EndReason,
+        error: &str,
+        retry_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .exec(
+                "UPDATE leases SET state = 'revoke_failed', handle = ?, end_reason = ?, ended_at = NULL, \
+                 attempts = attempts + 1, last_error = ?, next_attempt_at = ? \
+                 WHERE id = ? AND state IN ('revoked', 'expired', 'revoke_failed')",
+                vec![
+                    Bind::Text(to_json(handle)?),
+                    Bind::Text(reason.as_str().into()),
+                    Bind::Text(error.to_owned()),
+                    Bind::Int(to_ms(retry_at)),
+                    Bind::Text(id.to_string()),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn prune_ended(&self, before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
+        // One bounded statement per call through the writer (no long hold of
+        // the one write connection); the `leases_ended` index finds the rows.
+        let n = self
+            .writer
+            .exec(
+                "DELETE FROM leases WHERE id IN (SELECT id FROM leases WHERE ended_at < ? \
+                 AND state IN ('revoked', 'expired') LIMIT ?)",
+                vec![Bind::Int(to_ms(before)), Bind::Int(i64::from(limit))],
+            )
+            .await?;
+        if n < u64::from(limit) {
+            self.writer
+                .exec(
+                    "DELETE FROM jobs WHERE created_at < ? AND NOT EXISTS (SELECT 1 FROM leases WHERE job_id = jobs.id)",
+                    vec![Bind::Int(to_ms(before))],
+                )
+                .await?;
+        }
+        Ok(n)
+    }
+
+    async fn schedule_revocation(&self, f: &LeaseFilter, now: OffsetDateTime) -> Result<u64, StoreError> {
+        let mut sql = String::from("UPDATE leases SET end_reason = 'revoked', next_attempt_at = ? WHERE state = 'active'");
+        let mut binds = vec![Bind::Int(to_ms(now))];
+        for (col, v) in [("role", &f.role), ("issuer", &f.issuer), ("subject", &f.subject)] {
+            if let Some(v) = v {
+                sql.push_str(&format!(" AND {col} = ?"));
+                binds.push(Bind::Text(v.clone()));
+            }
+        }
+        self.writer.exec(sql, binds).await
+    }
+
+    async fn due_except(
+        &self,
+        now: OffsetDateTime,
+        pending_cutoff: OffsetDateTime,
+        limit: u32,
+        skip: &[String],
+    ) -> Result<Vec<DueLease>, StoreError> {
+        // Connections to leave out: ?5, ?6, ...
+        let skip_sql = if skip.is_empty() {
+            String::new()
+        } else {
+            let marks: Vec<String> = (0..skip.len()).map(|i| format!("?{}", i + 5)).collect();
+            format!("WHERE substr(role, 1, instr(role || '/', '/') - 1) NOT IN ({})", marks.join(", "))
+        };
+        // A pending lease is orphaned when issued before `pending_cutoff`
+        // (`?2`, an instant on the caller's clock: also the process start)
+        // and older than `now - pending_cutoff` by the database's clock,
+        // as on PostgreSQL: whichever clock is behind decides.
+        // Four index-backed branches; each row carries the time it fell due.
+        // An active lease can match two branches (expired and scheduled): it
+        // counts from the earlier. Then at most `limit` per connection (the
+        // role's part before `/`), taken round-robin: one connection's
+        // backlog never keeps another's due leases out of the batch.
+        // Ranked over narrow rows, then only the chosen ones read in full.
+        let sql = format!(
+            "WITH u AS (
+               SELECT id, role, expires_at AS due_at FROM leases
+                 WHERE state = 'active' AND expires_at <= ?1 AND {NOT_SET_ASIDE}
+               UNION ALL
+               SELECT id, role, next_attempt_at FROM leases
+                 WHERE state = 'active' AND next_attempt_at <= ?1 AND {NOT_SET_ASIDE}
+               UNION ALL
+               SELECT id, role, issued_at FROM leases
+                 WHERE state = 'pending' AND issued_at < MIN(?2, {DB_NOW_MS} - (?1 - ?2)) AND {NOT_SET_ASIDE}
+               UNION ALL
+               SELECT id, role, next_attempt_at FROM leases
+                 WHERE state = 'revoke_failed' AND next_attempt_at <= ?1 AND {NOT_SET_ASIDE}
+             ), d AS (
+               SELECT id, MIN(role) AS role, MIN(due_at) AS due_at FROM u GROUP BY id
+             ), kept AS (
+               SELECT * FROM d {skip_sql}
+             ), r AS (
+               SELECT id AS rid, due_at, ROW_NUMBER() OVER (
+                   PARTITION BY substr(role, 1, instr(role || '/', '/') - 1) ORDER BY due_at, id
+                 ) AS turn
+                 FROM kept
+             )
+             SELECT {LEASE_COLUMNS}, r.due_at FROM r JOIN leases ON leases.id = r.rid
+               WHERE r.turn <= ?3 ORDER BY r.turn, r.due_at, r.rid"
+        );
+        // `?4`: rows set aside as undecodable (a JSON array of ids).
+        let mut q = sqlx::query(&sql)
+            .bind(to_ms(now))
+            .bind(to_ms(pending_cutoff))
+            .bind(limit as i64)
+            .bind(to_json(&self.quarantine.ids())?);
+        for c in skip {
+            q = q.bind(c.as_str());
+        }
+        let rows = q
+            .fetch_all(&self.read)
+            .await
+            .map_err(interpret_error)?;
+        Ok(self.quarantine.decode_due(&rows, "sqlite").0)
+    }
+
+    async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        // Rows set aside are no work: counting them would wake the worker
+        // in a loop for a lease it never gets.
+        let row = sqlx::query(&format!(
+            "SELECT MIN(t) AS t FROM (
+               SELECT MIN(expires_at) AS t FROM leases WHERE state = 'active' AND {NOT_SET_ASIDE}
+               UNION ALL SELECT MIN(next_attempt_at) FROM leases
+                 WHERE state IN ('active', 'revoke_failed') AND {NOT_SET_ASIDE})",
+            NOT_SET_ASIDE = NOT_SET_ASIDE.replace("?4", "?1")
+        ))
+        .bind(to_json(&self.quarantine.ids())?)
+        .fetch_one(&self.read)
+        .await
+        .map_err(interpret_error)?;
+        let t: Option<i64> = row.try_get("t").map_err(interpret_error)?;
+        t.map(from_ms).transpose()
+    }
+
+    async fn counts(&self) -> Result<LeaseCounts, StoreError> {
+        // The trigger-kept counts table (migration 0006), not the leases.
+        let rows = sqlx::query(crate::store::COUNTS_SQL).fetch_all(&self.read).await.map_err(interpret_error)?;
+        rows.iter().map(crate::store::rows::state_count_row).collect()
+    }
+
+    async fn expiring(&self, before: OffsetDateTime) -> Result<RoleCounts, StoreError> {
+        let rows = sqlx::query(&crate::store::expiring_sql("?"))
+            .bind(crate::store::expiry_minute(before))
+            .fetch_all(&self.read)
+            .await
+            .map_err(interpret_error)?;
+        rows.iter().map(crate::store::rows::count_row).collect()
+    }
+
+    async fn max_live_per_owner(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query(crate::store::MAX_OWNER_SQL).fetch_one(&self.read).await.map_err(interpret_error)?;
+        row.try_get("n").map_err(interpret_error)
+    }
+
+    async fn count_live(&self, f: &LeaseFilter) -> Result<i64, StoreError> {
+        // Role-only, owner-only and unfiltered counts come from the counts
+        // tables (what the quotas ask on every issue); anything else counts rows.
+        if let Some((sql, binds)) = crate::store::fast_count_sql(f, "?", "?") {
+            let mut q = sqlx::query(&sql);
+            for b in binds {
+                q = q.bind(b);
+            }
+            let row = q.fetch_one(&self.read).await.map_err(interpret_error)?;
+            return row.try_get::<i64, _>("n").map_err(interpret_error);
+        }
+        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT COUNT(*) FROM leases WHERE state IN {LIVE}"));
+        push_filter(&mut qb, &LeaseFilter { state: None, ..f.clone() });
+        let row = qb.build().fetch_one(&self.read).await.map_err(interpret_error)?;
+        row.try_get::<i64, _>(0).map_err(interpret_error)
+    }
+
+    async fn oldest_overdue(&self, now: OffsetDateTime) -> Result<Option<Lease>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {LEASE_COLUMNS} FROM leases WHERE (state = 'active' AND (expires_at <= ? OR end_reason IS NOT NULL)) OR state = 'revoke_failed' ORDER BY expires_at LIMIT 1"
+        ))
+        .bind(to_ms(now))
+        .fetch_optional(&self.read)
+        .await
+        .map_err(interpret_error)?;
+        row.as_ref().map(lease_from_row).transpose()
+    }
+}

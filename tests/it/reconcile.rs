@@ -1,0 +1,263 @@
+//! The reconciler against a real PostgreSQL server through the whole
+//! daemon: roles made behind lessor's back (or whose lease row was deleted
+//! or ended by hand) are found, revoked after the grace period, audited and
+//! counted; a clean vendor reports nothing; an issue in flight (pending
+//! lease) is never touched; a dropped role is reported missing, not
+//! revoked; passes are one at a time across replicas.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lessor::store::{Lease, LeaseState, Store};
+use lessor_plugin::LeaseId;
+use lessor_postgres::testkit::TempPostgres;
+use serde_json::{json, Value};
+use sqlx::Connection;
+use time::OffsetDateTime;
+
+use crate::postgres::{pg_toml, start_pg, PG_POLICY};
+use crate::support::{Daemon, Issuer, Opts};
+
+/// A daemon whose PostgreSQL connection is `conn` (role `<conn>/app`), with
+/// scheduled passes off and the given grace.
+async fn daemon(iss: &Issuer, pg: &TempPostgres, conn: &str, grace: &str, store: Option<String>) -> (Daemon, tempfile::TempDir) {
+    let aux = tempfile::tempdir().unwrap();
+    let toml = pg_toml(pg, aux.path()).replace("[connections.pg", &format!("[connections.{conn}"));
+    let d = Daemon::start_with(Opts {
+        issuer_url: iss.url.clone(),
+        extra_toml: format!("{toml}\n[reconcile]\ninterval = \"0s\"\ngrace = \"{grace}\"\n"),
+        policy: PG_POLICY.replace("\"pg/app\"", &format!("\"{conn}/app\"")),
+        store,
+        ..Default::default()
+    })
+    .await;
+    (d, aux)
+}
+
+async fn issue(d: &Daemon, iss: &Issuer, conn: &str) -> (String, String) {
+    let (s, v) = d.issue(&iss.token(), json!({"role": format!("{conn}/app"), "ttl": "10m"})).await;
+    assert_eq!(s, 201, "{v}");
+    (v["lease_id"].as_str().unwrap().to_owned(), v["credential"]["username"].as_str().unwrap().to_owned())
+}
+
+async fn pass(d: &Daemon) -> Value {
+    let (s, v) = d.post("/v1/admin/reconcile", &d.admin, json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+fn conn_report<'a>(v: &'a Value, conn: &str) -> &'a Value {
+    v["connections"].as_array().unwrap().iter().find(|c| c["connection"] == conn).unwrap_or_else(|| panic!("{conn} in {v}"))
+}
+
+fn role_exists(pg: &TempPostgres, name: &str) -> bool {
+    pg.psql("postgres", &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{name}'")).unwrap().trim() == "1"
+}
+
+async fn sqlite(d: &Daemon) -> sqlx::SqliteConnection {
+    sqlx::SqliteConnection::connect(&format!("sqlite://{}", d.dir.join("lessor.db").display())).await.unwrap()
+}
+
+fn strays_counted(conn: &str, outcome: &str) -> u64 {
+    lessor::telemetry::metrics().reconcile_strays.with_label_values(&[conn, outcome]).get()
+}
+
+fn hex32() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+fn audit_entries(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn strays_are_revoked_after_the_grace_audited_and_counted() {
+    let iss = Issuer::start().await;
+    let pg = start_pg();
+    let (d, _aux) = daemon(&iss, &pg, "rc1", "3s", None).await;
+    let (kept, kept_role) = issue(&d, &iss, "rc1").await;
+    // A lease row deleted by hand, and one ended by hand: their roles stay.
+    let (deleted, deleted_role) = issue(&d, &iss, "rc1").await;
+    let (ended, ended_role) = issue(&d, &iss, "rc1").await;
+    let mut db = sqlite(&d).await;
+    sqlx::query("DELETE FROM leases WHERE id = ?").bind(&deleted).execute(&mut db).await.unwrap();
+    // A role made behind lessor's back in lessor's shape, and two that
+    // only share the prefix (never lessor's to take).
+    let sneaky = format!("lessor_app_sneaky_{}", hex32());
+    pg.psql("postgres", &format!("CREATE ROLE {sneaky} LOGIN; CREATE ROLE lessor_not_a_lease; CREATE ROLE lessor_admin2 LOGIN")).unwrap();
+    let revoked_before = strays_counted("rc1", "revoked");
+    // Ended just now (right before the pass, so well within the grace).
+    let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    sqlx::query("UPDATE leases SET state = 'revoked', end_reason = 'revoked', ended_at = ? WHERE id = ?")
+        .bind(now_ms)
+        .bind(&ended)
+        .execute(&mut db)
+        .await
+        .unwrap();
+
+    // First pass: found, all within the grace.
+    let v = pass(&d).await;
+    let c = conn_report(&v, "rc1");
+    assert_eq!(c["status"], "checked", "{v}");
+    assert_eq!(c["objects"], 4, "kept, deleted, ended, sneaky: {v}");
+    let strays = c["strays"].as_array().unwrap();
+    assert_eq!(strays.len(), 3, "{v}");
+    assert!(strays.iter().all(|s| s["outcome"] == "waiting" && s["revoke_after"].is_string()), "{v}");
+    let reason_of = |name: &str| strays.iter().find(|s| s["object"] == name).map(|s| s["reason"].clone());
+    assert_eq!(reason_of(&deleted_role), Some(json!("no_lease")));
+    assert_eq!(reason_of(&sneaky), Some(json!("no_lease")));
+    assert_eq!(reason_of(&ended_role), Some(json!("lease_ended")));
+    assert_eq!(v["clean"], false);
+    for r in [&kept_role, &deleted_role, &ended_role, &sneaky] {
+        assert!(role_exists(&pg, r), "{r} is untouched within the grace");
+    }
+
+    // After the grace (counted from before the first pass returned): revoked.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let v = pass(&d).await;
+    let c = conn_report(&v, "rc1");
+    let strays = c["strays"].as_array().unwrap();
+    assert_eq!(strays.len(), 3, "{v}");
+    assert!(strays.iter().all(|s| s["outcome"] == "revoked"), "{v}");
+    for r in [&deleted_role, &ended_role, &sneaky] {
+        assert!(!role_exists(&pg, r), "stray {r} dropped");
+    }
+    assert!(role_exists(&pg, &kept_role), "the live lease's role stays");
+    assert!(role_exists(&pg, "lessor_not_a_lease") && role_exists(&pg, "lessor_admin2"), "prefix alone is not lessor's");
+    assert_eq!(d.lease_state(&kept).await, "active");
+    assert_eq!(strays_counted("rc1", "revoked") - revoked_before, 3);
+    assert_eq!(strays_counted("rc1", "failed"), 0);
+
+    // Audited: one entry per stray, with connection and object, no secret.
+    let entries = Daemon::eventually(Duration::from_secs(5), || async {
+        let es: Vec<Value> =
+            audit_entries(&d.dir).into_iter().filter(|e| e["action"] == "reconcile.revoke").collect();
+        (es.len() >= 3).then_some(es)
+    })
+    .await
+    .expect("three reconcile.revoke entries");
+    assert_eq!(entries.len(), 3);
+    for e in &entries {
+        assert_eq!(e["outcome"], "ok");
+        assert_eq!(e["details"]["connection"], "rc1");
+        assert_eq!(e["actor"]["kind"], "admin");
+    }
+    let objects: std::collections::BTreeSet<&str> = entries.iter().map(|e| e["details"]["object"].as_str().unwrap()).collect();
+    assert_eq!(objects, [deleted_role.as_str(), ended_role.as_str(), sneaky.as_str()].into_iter().collect());
+    let of_ended = entries.iter().find(|e| e["lease_id"] == ended.as_str()).unwrap();
+    assert_eq!((of_ended["details"]["stray"].as_str(), of_ended["role"].as_str()), (Some("lease_ended"), Some("rc1/app")));
+    let metrics = reqwest::get(format!("{}/metrics", d.url)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"lessor_reconcile_strays_total{connection="rc1",outcome="revoked"}"#), "{metrics}");
+
+    // Next pass: nothing left.
+    let v = pass(&d).await;
+    let c = conn_report(&v, "rc1");
+    assert_eq!((c["objects"].as_u64(), c["strays"].as_array().unwrap().len(), c["missing_count"].as_u64()), (Some(1), 0, Some(0)), "{v}");
+    assert_eq!(v["clean"], true, "{v}");
+    pg.psql("postgres", "DROP ROLE lessor_not_a_lease; DROP ROLE lessor_admin2").unwrap();
+}
+
+#[tokio::test]
+async fn a_clean_vendor_reports_nothing_and_an_issue_in_flight_is_never_touched() {
+    let iss = Issuer::start().await;
+    let pg = start_pg();
+    let (d, _aux) = daemon(&iss, &pg, "rc2", "0s", None).await;
+    let (_, role) = issue(&d, &iss, "rc2").await;
+    let v = pass(&d).await;
+    let c = conn_report(&v, "rc2");
+    assert_eq!((c["status"].as_str(), c["objects"].as_u64()), (Some("checked"), Some(1)), "{v}");
+    assert!(c["strays"].as_array().unwrap().is_empty() && c["missing_count"] == 0, "{v}");
+    assert_eq!(v["clean"], true, "{v}");
+    // Certificates and tokens are no objects at a vendor.
+    assert_eq!(conn_report(&v, "pki")["status"], "unsupported");
+    assert_eq!(conn_report(&v, "token")["status"], "unsupported");
+    assert_eq!(lessor::telemetry::metrics().reconcile_missing.with_label_values(&["rc2"]).get(), 0);
+
+    // Mid-issue: the lease row is pending and the plugin has just made its
+    // role. Even with no grace at all, the reconciler leaves it alone.
+    let hex = hex32();
+    let now = OffsetDateTime::now_utc();
+    let pending = Lease {
+        id: LeaseId::new(format!("lse_{hex}")),
+        role: "rc2/app".into(),
+        plugin: "postgres".into(),
+        issuer: iss.url.clone(),
+        subject: "repo:acme/api:ref:refs/heads/main".into(),
+        claims: json!({}),
+        scopes: vec!["orders.read".into()],
+        policies: vec!["test-pg-app".into()],
+        state: LeaseState::Pending,
+        issued_at: now,
+        expires_at: now + time::Duration::minutes(10),
+        max_expires_at: now + time::Duration::hours(1),
+        handle: None,
+        attempts: 0,
+        last_error: None,
+        next_attempt_at: None,
+        end_reason: None,
+        ended_at: None,
+        root_version: None,
+    };
+    d.running().store.insert_pending(&pending).await.unwrap();
+    let inflight = format!("lessor_app_inflight_{hex}");
+    pg.psql("postgres", &format!("CREATE ROLE {inflight} LOGIN")).unwrap();
+    let v = pass(&d).await;
+    let c = conn_report(&v, "rc2");
+    assert_eq!(c["objects"], 2, "{v}");
+    assert!(c["strays"].as_array().unwrap().is_empty(), "a pending lease's role is no stray: {v}");
+    assert!(role_exists(&pg, &inflight) && role_exists(&pg, &role));
+    assert_eq!(d.lease_state(&pending.id.to_string()).await, "pending");
+}
+
+#[tokio::test]
+async fn a_lease_whose_role_was_dropped_by_hand_is_reported_missing_not_revoked() {
+    let iss = Issuer::start().await;
+    let pg = start_pg();
+    let (d, _aux) = daemon(&iss, &pg, "rc3", "0s", None).await;
+    let (lost, lost_role) = issue(&d, &iss, "rc3").await;
+    let (_, kept_role) = issue(&d, &iss, "rc3").await;
+    // Its grants are in database `app`: drop those there, then the role.
+    pg.psql("app", &format!("DROP OWNED BY {lost_role}; DROP ROLE {lost_role}")).unwrap();
+    let v = pass(&d).await;
+    let c = conn_report(&v, "rc3");
+    assert_eq!((c["objects"].as_u64(), c["missing_count"].as_u64()), (Some(1), Some(1)), "{v}");
+    assert_eq!(c["missing"], json!([lost]), "{v}");
+    assert!(c["strays"].as_array().unwrap().is_empty());
+    assert_eq!(v["clean"], false);
+    assert_eq!(d.lease_state(&lost).await, "active", "reported, not revoked");
+    assert!(role_exists(&pg, &kept_role));
+    let metrics = reqwest::get(format!("{}/metrics", d.url)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("lessor_reconcile_missing{connection=\"rc3\"} 1"), "{metrics}");
+    let text = lessor::cli::render_reconcile(&v);
+    assert!(text.contains(&format!("missing: lease {lost} has no vendor object")) && text.contains("NOT CLEAN"), "{text}");
+}
+
+#[tokio::test]
+async fn passes_are_one_at_a_time_across_replicas_on_a_postgres_store() {
+    let iss = Issuer::start().await;
+    let pg = start_pg();
+    pg.psql("postgres", "CREATE DATABASE lessor").unwrap();
+    let dsn = pg.dsn("postgres", pg.superuser_password(), "lessor");
+    let (d, _aux) = daemon(&iss, &pg, "rc4", "0s", Some(dsn.clone())).await;
+    let other: Arc<dyn Store> = Arc::new(lessor::store::postgres::PgStore::open(&dsn).await.unwrap());
+    // Another replica's pass holds the lock: this one is refused, at once.
+    let held = other.try_lock("reconcile").await.unwrap().expect("the lock is free");
+    assert!(other.try_lock("reconcile").await.unwrap().is_none(), "never held twice");
+    let (s, v) = d.post("/v1/admin/reconcile", &d.admin, json!({})).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("conflict")), "{v}");
+    held.release().await;
+    let v = pass(&d).await;
+    assert_eq!(conn_report(&v, "rc4")["status"], "checked", "{v}");
+    // Released after the pass: the other replica may take it again.
+    other.try_lock("reconcile").await.unwrap().expect("released after the pass").release().await;
+    // SQLite: one process owns the store; the lock is always its own.
+    let dir = tempfile::tempdir().unwrap();
+    let lite = lessor::store::open(&format!("sqlite://{}", dir.path().join("l.db").display())).await.unwrap();
+    let a = lite.try_lock("reconcile").await.unwrap();
+    assert!(a.is_some());
+}
