@@ -61,8 +61,17 @@
 //! lease's expiry. While lessor is down, accounts outlive their leases until
 //! it is back (the expiry jobs are durable; nothing is orphaned).
 //!
+//! # Listing (the reconciler)
+//! `list_objects` lists, on MariaDB, the users named
+//! `<prefix>_<readable>_<32 hex>` (never the admin's user, never a server
+//! role), each mapped back to the lease id `lse_<hex>`, in byte order of
+//! their names. On MySQL 8 it answers `Unsupported`: its 32-character names
+//! hold only the tail of the lease id.
+//!
 //! # Root credentials
-//! As for PostgreSQL: **validate_root** checks a candidate DSN on its own
+//! The admin DSN is the connection's root credential
+//! ([`lessor_plugin::RootCredentials`], returned by
+//! `Plugin::root_credentials`). As for PostgreSQL: **validate_root** checks a candidate DSN on its own
 //! connection (`CURRENT_USER()`, `@@version`, CREATE USER and GRANT OPTION
 //! present); **install_root** keeps a lazy pool per version; **rotate_root**
 //! runs `ALTER USER <current user> IDENTIFIED BY ...` with a new 256-bit
@@ -79,4 +88,4 @@ pub mod testkit;
 
 pub use config::{ConnectionConfig, DsnSource, RoleConfig};
 pub use naming::{lease_hex, lease_suffix, user_name, Flavor};
-pub use plugin::{build, MysqlPlugin};
+pub use plugin::{build, registration, validate_config, MysqlPlugin, KIND};

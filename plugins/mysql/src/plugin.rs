@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lessor_plugin::{
-    Capabilities, IssueRequest, Issued, LeaseRef, Plugin, PluginContext, PluginError, RenewRequest, RoleSpec,
-    RootSecretSpec, Validation,
+    Capabilities, IssueRequest, Issued, LeaseId, LeaseRef, Plugin, PluginContext, PluginError, Registration,
+    RenewRequest, RoleSpec, RootCredentials, RootSecretSpec, Validation, VendorObject,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
@@ -30,7 +30,7 @@ use tracing::instrument;
 use zeroize::Zeroizing;
 
 use crate::config::{ConnectionConfig, RoleConfig};
-use crate::naming::{lease_hex, lease_suffix, native_hash, new_password, user_name, Flavor, MIN_LEASE_HEX_LEN};
+use crate::naming::{lease_hex, lease_suffix, native_hash, new_password, user_name, Flavor, LEASE_HEX_LEN, MIN_LEASE_HEX_LEN};
 use crate::sql::{account, like_escape, quote_ident, quote_literal, Backslash, Vars};
 
 /// `expires_at` may exceed now + the role's `max_ttl` by this much.
@@ -59,6 +59,71 @@ mod er {
     pub const CON_COUNT: u16 = 1040;
     pub const SERVER_SHUTDOWN: u16 = 1053;
     pub const CONNECTION_KILLED: u16 = 1927;
+}
+
+/// The plugin kind in config (`plugin = "mysql"`).
+pub const KIND: &str = "mysql";
+
+/// How the core knows this plugin (see [`lessor_plugin::Registration`]).
+pub fn registration() -> Registration {
+    Registration {
+        kind: KIND,
+        sdk_version: lessor_plugin::SDK_VERSION,
+        build: |ctx, connection, roles| Box::pin(build(ctx, connection, roles)),
+        validate_config,
+        ca_files: lessor_plugin::no_ca_files,
+    }
+}
+
+/// Checks the connection and role tables as [`build`] does, without
+/// reading `dsn_file` or `dsn_env` (they may exist only where lessor runs)
+/// and without connecting.
+pub fn validate_config(connection: &Value, roles: &[RoleSpec]) -> Result<(), String> {
+    let mut connection = connection.clone();
+    if let Some(t) = connection.as_object_mut() {
+        if t.contains_key("dsn_file") && t.contains_key("dsn_env") {
+            return Err("set either `dsn_file` or `dsn_env`, not both".into());
+        }
+        t.remove("dsn_file");
+        t.remove("dsn_env");
+    }
+    ConnectionConfig::from_json("", connection).map_err(|e| e.to_string())?;
+    for spec in roles {
+        RoleConfig::from_json("", spec).map_err(|e| e.to_string())?;
+        if spec.max_ttl.is_zero() {
+            return Err(format!("role `{}`: `max_ttl` is zero", spec.name));
+        }
+    }
+    Ok(())
+}
+
+/// The core's lease ids are `lse_` and 32 lowercase hex digits
+/// (`lessor::lease::new_lease_id`), so a MariaDB user name's `_<32 hex>`
+/// suffix is the whole id's letters and digits ([`lease_hex`]) and maps
+/// back to it.
+const CORE_LEASE_ID_PREFIX: &str = "lse_";
+
+/// A regular expression matching exactly the MariaDB names [`user_name`]
+/// makes from the core's lease ids under `prefix`: `<prefix>_<readable>_<32
+/// hex>`. The admin (`lessor_admin`) and anything else merely starting with
+/// the prefix does not match, so the reconciler can never take it.
+fn owned_regex(prefix: &str) -> String {
+    let mut p = String::from("^");
+    for c in prefix.chars() {
+        if !c.is_ascii_alphanumeric() {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push_str(&format!("_.+_[0-9a-f]{{{LEASE_HEX_LEN}}}$"));
+    p
+}
+
+/// The lease id a listed user name derives from (see [`owned_regex`]).
+fn lease_of(name: &str) -> Option<LeaseId> {
+    let (_, hex) = name.rsplit_once('_')?;
+    let ok = hex.len() == LEASE_HEX_LEN && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    ok.then(|| LeaseId::new(format!("{CORE_LEASE_ID_PREFIX}{hex}")))
 }
 
 /// Builds the MySQL / MariaDB plugin for one connection. Connects to
@@ -689,12 +754,14 @@ impl MysqlPlugin {
 
 #[async_trait]
 impl Plugin for MysqlPlugin {
-    fn kind(&self) -> &'static str {
-        "mysql"
+    fn kind(&self) -> &str {
+        KIND
     }
 
+    /// Revoking locks the account, ends its sessions and drops it: it stops
+    /// working when `revoke` returns.
     fn capabilities(&self) -> Capabilities {
-        Capabilities { can_renew: true, can_revoke: true }
+        Capabilities { can_renew: true, revocation: lessor_plugin::Revocation::Immediate }
     }
 
     #[instrument(skip_all, fields(connection = %self.connection))]
@@ -822,8 +889,55 @@ impl Plugin for MysqlPlugin {
         Ok(())
     }
 
-    fn root_secret_spec(&self) -> Option<RootSecretSpec> {
-        Some(RootSecretSpec { describes: "the admin DSN, mysql://user:password@host:port/", can_rotate: true })
+    /// MariaDB users named like this connection's leases
+    /// (`<prefix>_<readable>_<32 hex>`, see [`owned_regex`]), read from
+    /// `mysql.user` with the active root credential, one name per user
+    /// (whatever its hosts), in byte order. Never the admin's own user, never
+    /// a server role. MySQL 8's 32-character names hold only part of the
+    /// lease id, so there the listing is `Unsupported`.
+    #[instrument(skip_all, fields(connection = %self.connection))]
+    async fn list_objects(&self, after: Option<&str>, limit: u32) -> Result<Vec<VendorObject>, PluginError> {
+        let root = self.active_root()?;
+        let mut conn = self.acquire(&root).await?;
+        let sess = session(&mut conn).await.map_err(|e| self.fail(&root, e, "reading the session's sql_mode"))?;
+        if sess.flavor == Flavor::MySql {
+            return Err(PluginError::Unsupported(
+                "listing accounts on MySQL 8: its user names (at most 32 characters) hold only part of the lease id".into(),
+            ));
+        }
+        let prefix = &self.config.user_prefix;
+        let rows = sqlx::query(
+            "SELECT CAST(User AS BINARY) AS u FROM mysql.user \
+             WHERE User LIKE ? ESCAPE '!' AND CAST(User AS BINARY) REGEXP ? AND CAST(User AS BINARY) > CAST(? AS BINARY) \
+             AND is_role <> 'Y' AND User <> SUBSTRING_INDEX(CURRENT_USER(), '@', 1) \
+             GROUP BY u ORDER BY u LIMIT ?",
+        )
+        .bind(format!("{}!_%", like_escape(prefix)))
+        .bind(owned_regex(prefix))
+        .bind(after.unwrap_or(""))
+        .bind(u64::from(limit))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| self.fail(&root, e, "listing users"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let raw: Vec<u8> = r.try_get(0).map_err(|e| PluginError::Permanent(format!("listing users: {e}")))?;
+            let name = String::from_utf8(raw).map_err(|_| PluginError::Permanent("listing users: a user name is not UTF-8".into()))?;
+            out.push(VendorObject { lease_id: lease_of(&name), name });
+        }
+        Ok(out)
+    }
+
+    fn root_credentials(&self) -> Option<&dyn RootCredentials> {
+        Some(self)
+    }
+}
+
+/// The admin DSN is managed by the core (see the crate docs).
+#[async_trait]
+impl RootCredentials for MysqlPlugin {
+    fn spec(&self) -> RootSecretSpec {
+        RootSecretSpec { describes: "the admin DSN, mysql://user:password@host:port/".into(), can_rotate: true }
     }
 
     #[instrument(skip_all, fields(connection = %self.connection))]
@@ -953,6 +1067,18 @@ mod tests {
     }
 
     #[test]
+    fn listed_names_map_back_to_core_lease_ids() {
+        let id = LeaseId::new("lse_0123456789abcdef0123456789abcdef");
+        let w = Workload::default();
+        let name = user_name(Flavor::MariaDb, "lessor", "app", &w, &lease_hex(&id).unwrap());
+        assert_eq!(lease_of(&name), Some(id));
+        assert_eq!(owned_regex("lessor"), "^lessor_.+_[0-9a-f]{32}$");
+        assert_eq!(owned_regex("jit_1"), "^jit\\_1_.+_[0-9a-f]{32}$");
+        assert_eq!(lease_of("lessor_admin"), None);
+        assert_eq!(lease_of("lessor_app_0123456789ABCDEF0123456789abcdef"), None);
+    }
+
+    #[test]
     fn rotated_dsn_keeps_everything_but_the_password() {
         let pw = secret("N3w-pass_word");
         for (old, want) in [
@@ -967,11 +1093,7 @@ mod tests {
     #[tokio::test]
     async fn the_root_password_never_shows() {
         const CANARY: &str = "Canary-Zq7xW9";
-        let ctx = PluginContext {
-            connection: "my".into(),
-            state: Arc::new(lessor_plugin::MemoryState::new()),
-            public_url: "https://lessor.test".into(),
-        };
+        let ctx = PluginContext::for_tests("my", "https://lessor.test");
         let role = RoleSpec { name: "app".into(), scopes: vec![], max_ttl: Duration::from_secs(3600), config: Value::Null };
         let p = MysqlPlugin::new(ctx, json!({"connect_timeout": "150ms"}), vec![role]).unwrap();
         let shown = |what: String| assert!(!what.contains(CANARY), "{what}");

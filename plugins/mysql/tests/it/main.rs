@@ -3,6 +3,7 @@
 
 mod conformance;
 mod issue;
+mod list;
 mod revoke;
 mod root;
 mod support;

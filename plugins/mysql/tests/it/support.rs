@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lessor_mysql::testkit::TempMariadb;
 use lessor_plugin::secrecy::ExposeSecret;
-use lessor_plugin::{IssueRequest, Issued, LeaseId, MemoryState, Plugin, PluginContext, RoleSpec, Workload};
+use lessor_plugin::{IssueRequest, Issued, LeaseId, Plugin, PluginContext, RoleSpec, Workload};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
@@ -73,11 +73,7 @@ pub async fn build(connection: Value, roles: Vec<RoleSpec>) -> Arc<dyn Plugin> {
 }
 
 pub async fn try_build(connection: Value, roles: Vec<RoleSpec>) -> Result<Arc<dyn Plugin>, lessor_plugin::PluginError> {
-    let ctx = PluginContext {
-        connection: "my".into(),
-        state: Arc::new(MemoryState::new()),
-        public_url: "https://lessor.test".into(),
-    };
+    let ctx = PluginContext::for_tests("my", "https://lessor.test");
     lessor_mysql::build(ctx, connection, roles).await
 }
 
