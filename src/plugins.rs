@@ -29,6 +29,7 @@ pub fn registrations() -> Vec<Registration> {
         lessor_postgres::registration(),
         lessor_redis::registration(),
         lessor_external::registration(),
+        lessor_mysql::registration(),
     ]
 }
 

@@ -44,6 +44,12 @@ pub struct DevArgs {
     /// <data-dir>/redis.password (0600); the generated config refers to it.
     #[arg(long, env = "LESSOR_DEV_REDIS", value_name = "URL")]
     redis: Option<String>,
+    /// Also serve MySQL / MariaDB users (`my/readonly`) on this server,
+    /// given the DSN of an account with CREATE USER and GRANT OPTION, e.g.
+    /// mysql://root:pw@127.0.0.1:3306/app (the DSN's database is the one the
+    /// users may read). Written to <data-dir>/mysql.dsn (0600).
+    #[arg(long, env = "LESSOR_DEV_MYSQL", value_name = "DSN")]
+    mysql: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +132,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", f.display()))?;
         text.push_str(&redis_text(&node.url, &user, &f));
     }
+    if let Some(dsn) = &args.mysql {
+        let db = mysql_database(dsn)?;
+        let f = dir.join("mysql.dsn");
+        let _ = std::fs::remove_file(&f);
+        crate::seal::write_private_file(&f, dsn.trim().as_bytes()).with_context(|| format!("writing {}", f.display()))?;
+        text.push_str(&mysql_text(&f, &db));
+    }
     let cfg_path = dir.join("lessor.toml");
     std::fs::write(&cfg_path, &text).with_context(|| format!("writing {}", cfg_path.display()))?;
     let cfg = Config::from_toml(&text).map_err(|e| anyhow!("generated dev config: {e}"))?;
@@ -133,7 +146,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {} (is another lessor running? try --listen 127.0.0.1:8201)", cfg.listen))?;
     let running = crate::server::start(cfg, listener).await?;
-    print_intro(&running.addr.to_string(), dir, &cfg_path, &policies, args.postgres.is_some(), args.redis.is_some());
+    print_intro(
+        &running.addr.to_string(),
+        dir,
+        &cfg_path,
+        &policies,
+        args.postgres.is_some(),
+        args.redis.is_some(),
+        args.mysql.is_some(),
+    );
     running.run_until_signal().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -307,7 +328,49 @@ default_scopes = ["cache.read"]
     )
 }
 
-fn print_intro(addr: &str, dir: &Path, cfg: &Path, policies: &Path, pg: bool, redis: bool) {
+/// The database a `--mysql` DSN names (the one `my/readonly` may read).
+fn mysql_database(dsn: &str) -> anyhow::Result<String> {
+    let url = reqwest::Url::parse(dsn.trim()).map_err(|e| anyhow!("--mysql: not a URL like mysql://user:pw@host:3306/app: {e}"))?;
+    if !matches!(url.scheme(), "mysql" | "mariadb") {
+        return Err(anyhow!("--mysql: scheme `{}`; expected mysql:// or mariadb://", url.scheme()));
+    }
+    let db = url.path().trim_start_matches('/');
+    if db.is_empty() || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$') {
+        return Err(anyhow!("--mysql: name the database the dev role may read in the DSN's path (letters, digits, `_`), e.g. mysql://root:pw@127.0.0.1:3306/app"));
+    }
+    Ok(db.to_owned())
+}
+
+/// The dev config's MySQL / MariaDB connection (`lessor dev --mysql DSN`):
+/// role `my/readonly` grants `SELECT` on the DSN's database to each user.
+pub fn mysql_text(dsn_file: &Path, database: &str) -> String {
+    format!(
+        r#"
+[scopes."mysql.read"]
+allows = "Read every table of the MySQL database `{database}`."
+denies = "Cannot write, create objects, or change accounts."
+
+[connections.my]
+plugin = "mysql"
+environment = "development"
+[connections.my.config]
+dsn_file = {dsn}
+[connections.my.roles.readonly]
+description = "A MySQL / MariaDB login that can read `{database}`, for the lease's lifetime."
+max_ttl = "1h"
+default_ttl = "10m"
+scopes = ["mysql.read"]
+default_scopes = ["mysql.read"]
+[connections.my.roles.readonly.config]
+database = "{database}"
+[connections.my.roles.readonly.config.grants]
+"mysql.read" = ["GRANT SELECT ON `{database}`.* TO {{{{name}}}}"]
+"#,
+        dsn = toml_str(dsn_file)
+    )
+}
+
+fn print_intro(addr: &str, dir: &Path, cfg: &Path, policies: &Path, pg: bool, redis: bool, my: bool) {
     let exe = std::env::current_exe()
         .ok()
         .and_then(|p| {
@@ -329,7 +392,7 @@ Get a credential, in another terminal:
   {addr_env}export LESSOR_JWT=$({exe} dev token --repo acme/api)
   {exe} creds pki/web --ttl 2m --out ./creds      # certificate + key, leased for 2 minutes
   {exe} creds token/orders --scope orders.read     # a scoped API token
-  {exe} lease list                                 # every lease and its state{pg_line}{redis_line}
+  {exe} lease list                                 # every lease and its state{pg_line}{redis_line}{my_line}
 
 Or with the Vault/OpenBao tools you already use (bao, vault, hvac, Vault Agent):
   export VAULT_ADDR=http://{addr}
@@ -350,6 +413,11 @@ Revoke one early and its serial is on the CRL until then:
             String::new()
         },
         pg_vault_line = if pg { "\n  bao read database/creds/readonly" } else { "" },
+        my_line = if my {
+            format!("\n  {exe} creds my/readonly --ttl 10m               # a MySQL/MariaDB login that can read the database")
+        } else {
+            String::new()
+        },
         pg_line = if pg {
             format!("\n  {exe} creds pg/readonly --ttl 10m               # a PostgreSQL login that can read the database")
         } else {
@@ -380,5 +448,18 @@ mod tests {
         let cfg = Config::from_toml(&text).unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.connections["cache"].plugin, "redis");
+    }
+
+    #[test]
+    fn dev_config_with_mysql_is_valid() {
+        let mut text = config_text(Path::new(".lessor-dev"), Path::new("policies"), "127.0.0.1:8200".parse().unwrap());
+        let db = mysql_database("mysql://root:pw@127.0.0.1:3306/app").unwrap();
+        text.push_str(&mysql_text(Path::new(".lessor-dev/mysql.dsn"), &db));
+        let cfg = Config::from_toml(&text).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.connections["my"].plugin, "mysql");
+        for bad in ["mysql://root:pw@127.0.0.1:3306/", "postgres://x@h/app", "mysql://r@h/a`b"] {
+            assert!(mysql_database(bad).is_err(), "{bad}");
+        }
     }
 }

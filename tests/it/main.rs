@@ -22,6 +22,7 @@ mod pki;
 mod plugins;
 mod reconcile;
 mod policy;
+mod mysql;
 mod postgres;
 mod redis_users;
 mod replicas;

@@ -1,0 +1,179 @@
+//! Lease-derived user names, the server flavour that bounds their length,
+//! and generated passwords with their `mysql_native_password` hash.
+//!
+//! Knows nothing of connections or SQL execution.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use lessor_plugin::{LeaseId, PluginError, Workload};
+use rand::TryRngCore;
+use secrecy::{ExposeSecret, SecretString};
+use sha1::{Digest, Sha1};
+use zeroize::{Zeroize, Zeroizing};
+
+/// The lease-derived suffix of a user name: at most this many of the lease
+/// id's last letters and digits...
+pub const LEASE_HEX_LEN: usize = 32;
+/// ...and at least this many (shorter ids cannot name a user safely).
+pub const MIN_LEASE_HEX_LEN: usize = 8;
+/// The shortest server limit on user names (MySQL 8): 32 characters.
+pub const MYSQL_MAX_USER: usize = 32;
+/// MariaDB's limit on user names: 80 characters.
+pub const MARIADB_MAX_USER: usize = 80;
+
+/// Random bytes in a generated password (256 bits).
+const PASSWORD_BYTES: usize = 32;
+
+/// Which server the connection talks to, from `@@version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    MySql,
+    MariaDb,
+}
+
+impl Flavor {
+    /// From `SELECT @@version` (MariaDB's says `...-MariaDB...`).
+    pub fn of_version(version: &str) -> Flavor {
+        if version.to_ascii_lowercase().contains("mariadb") {
+            Flavor::MariaDb
+        } else {
+            Flavor::MySql
+        }
+    }
+
+    pub fn max_user(self) -> usize {
+        match self {
+            Flavor::MySql => MYSQL_MAX_USER,
+            Flavor::MariaDb => MARIADB_MAX_USER,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Flavor::MySql => "MySQL",
+            Flavor::MariaDb => "MariaDB",
+        }
+    }
+}
+
+/// The lease id's letters and digits, lowercased, last 32 of them.
+pub fn lease_hex(id: &LeaseId) -> Option<String> {
+    let all: Vec<char> = id
+        .as_str()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let tail: String = all[all.len().saturating_sub(LEASE_HEX_LEN)..].iter().collect();
+    (tail.len() >= MIN_LEASE_HEX_LEN).then_some(tail)
+}
+
+/// The part of the lease hex every user name of the lease ends with, on
+/// either flavour: what fits after `<prefix>_` in MySQL's 32 characters.
+pub fn lease_suffix(prefix: &str, hex: &str) -> String {
+    let room = MYSQL_MAX_USER.saturating_sub(prefix.len() + 1);
+    hex[hex.len().saturating_sub(room)..].to_owned()
+}
+
+fn sanitize(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    out.trim_matches('_').to_owned()
+}
+
+fn after_last_slash(s: &str) -> &str {
+    s.rsplit('/').next().unwrap_or(s)
+}
+
+/// A user name for a lease, at most `flavor.max_user()` characters.
+/// MariaDB (80): `<prefix>_<readable>_<hex>`, `<readable>` from the role and
+/// the workload (attribute `repository` after its last `/`, else the
+/// subject's). MySQL (32): `<prefix>_<hex tail>`, no room for more. Every
+/// name of a lease ends with [`lease_suffix`].
+pub fn user_name(flavor: Flavor, prefix: &str, role: &str, workload: &Workload, hex: &str) -> String {
+    if flavor == Flavor::MySql {
+        return format!("{prefix}_{}", lease_suffix(prefix, hex));
+    }
+    let who = workload
+        .attributes
+        .get("repository")
+        .map(|r| after_last_slash(r))
+        .unwrap_or_else(|| after_last_slash(&workload.subject));
+    let mut readable = sanitize(&format!("{role}_{who}"));
+    readable.truncate(MARIADB_MAX_USER.saturating_sub(prefix.len() + hex.len() + 2));
+    let readable = readable.trim_end_matches('_');
+    let readable = if readable.is_empty() { "x" } else { readable };
+    format!("{prefix}_{readable}_{hex}")
+}
+
+/// 256 random bits, base64url (43 characters: no quote, no backslash).
+pub fn new_password() -> Result<SecretString, PluginError> {
+    let mut bytes = Zeroizing::new([0u8; PASSWORD_BYTES]);
+    rand::rngs::OsRng
+        .try_fill_bytes(bytes.as_mut())
+        .map_err(|e| PluginError::Retryable(format!("the OS random number generator failed: {e}")))?;
+    Ok(SecretString::from(URL_SAFE_NO_PAD.encode(bytes.as_ref())))
+}
+
+/// The `mysql_native_password` authentication string of `password`:
+/// `*` + upper-case hex of SHA1(SHA1(password)). What MariaDB stores; sent
+/// as `IDENTIFIED BY PASSWORD '*...'` so the password itself never reaches
+/// the server in a statement.
+pub fn native_hash(password: &SecretString) -> SecretString {
+    let mut inner = Sha1::digest(password.expose_secret().as_bytes());
+    let outer = Sha1::digest(inner.as_slice());
+    inner.as_mut_slice().zeroize();
+    SecretString::from(format!("*{}", hex::encode_upper(outer)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_hex_takes_the_tail() {
+        let id = LeaseId::new("lse_0123456789abcdef0123456789ABCDEF");
+        assert_eq!(lease_hex(&id).unwrap(), "0123456789abcdef0123456789abcdef");
+        assert_eq!(lease_hex(&LeaseId::new("a-b")), None);
+    }
+
+    #[test]
+    fn names_fit_each_flavor_and_share_the_suffix() {
+        let hex = "0123456789abcdef0123456789abcdef";
+        let w = Workload { subject: "repo:shop/Orders-API:ref".into(), ..Default::default() };
+        let my = user_name(Flavor::MySql, "lessor", "app", &w, hex);
+        assert_eq!(my, "lessor_789abcdef0123456789abcdef");
+        assert_eq!(my.len(), 32);
+        let maria = user_name(Flavor::MariaDb, "lessor", "app", &w, hex);
+        assert_eq!(maria, format!("lessor_app_orders_api_ref_{hex}"));
+        let suffix = lease_suffix("lessor", hex);
+        assert!(my.ends_with(&suffix) && maria.ends_with(&suffix));
+        let long = user_name(Flavor::MariaDb, "prefix12", &"r".repeat(100), &w, hex);
+        assert_eq!(long.len(), 80);
+        assert!(long.ends_with(&format!("_{hex}")));
+        assert_eq!(user_name(Flavor::MariaDb, "l", "日本", &Workload::default(), "abcdef12"), "l_x_abcdef12");
+    }
+
+    #[test]
+    fn flavor_from_version() {
+        assert_eq!(Flavor::of_version("10.11.19-MariaDB-0+deb12u1"), Flavor::MariaDb);
+        assert_eq!(Flavor::of_version("8.0.36"), Flavor::MySql);
+    }
+
+    #[test]
+    fn native_hash_matches_the_server() {
+        // SELECT PASSWORD('password') on MariaDB.
+        let h = native_hash(&SecretString::from("password".to_owned()));
+        assert_eq!(h.expose_secret(), "*2470C0C06DEE42FD1618BB99005ADCA2EC9D1E19");
+        let p = new_password().unwrap();
+        assert_eq!(p.expose_secret().len(), 43);
+        assert!(p.expose_secret().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    }
+}

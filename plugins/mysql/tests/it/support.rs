@@ -1,0 +1,109 @@
+//! Shared helpers: a throwaway server with database `app` and server role
+//! `orders_reader`, plugin construction over a DSN file, issuing, and
+//! logging in as issued users.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lessor_mysql::testkit::TempMariadb;
+use lessor_plugin::secrecy::ExposeSecret;
+use lessor_plugin::{IssueRequest, Issued, LeaseId, Plugin, PluginContext, RoleSpec, Workload};
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+pub const MAX_TTL: Duration = Duration::from_secs(3600);
+
+pub struct Db {
+    pub db: TempMariadb,
+    files: Vec<tempfile::NamedTempFile>,
+}
+
+impl Db {
+    pub fn start() -> Db {
+        let db = TempMariadb::start().expect("start MariaDB");
+        // Made by `admin`, which thereby holds them WITH ADMIN OPTION (what
+        // granting them to lease users needs).
+        let pw = db.admin_password().to_owned();
+        db.sql_as(
+            "admin",
+            &pw,
+            "CREATE ROLE orders_reader; GRANT SELECT ON app.orders TO orders_reader; \
+             CREATE ROLE invoices_reader; GRANT SELECT ON app.invoices TO invoices_reader",
+        )
+        .unwrap();
+        Db { db, files: Vec::new() }
+    }
+
+    pub fn sql(&self, sql: &str) -> String {
+        self.db.sql(sql).unwrap()
+    }
+
+    /// Writes `dsn` to a file and returns the connection config using it.
+    pub fn connection(&mut self, dsn: &str, extra: Value) -> Value {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "{dsn}").unwrap();
+        let mut v = json!({"dsn_file": f.path(), "connect_timeout": "2s"});
+        if let Value::Object(m) = extra {
+            for (k, x) in m {
+                v[k] = x;
+            }
+        }
+        self.files.push(f);
+        v
+    }
+
+    /// A plugin connected as `admin` with the standard roles.
+    pub async fn plugin(&mut self) -> Arc<dyn Plugin> {
+        let c = self.connection(&self.db.admin_dsn(), json!({}));
+        build(c, roles()).await
+    }
+
+    pub fn lease_users(&self) -> Vec<String> {
+        self.db.users_with_prefix("lessor_").unwrap()
+    }
+
+    pub fn login(&self, issued: &Issued, sql: &str) -> Result<String, String> {
+        self.db.sql_as(&username(issued), issued.secret["password"].expose_secret(), sql)
+    }
+}
+
+pub async fn build(connection: Value, roles: Vec<RoleSpec>) -> Arc<dyn Plugin> {
+    try_build(connection, roles).await.unwrap()
+}
+
+pub async fn try_build(connection: Value, roles: Vec<RoleSpec>) -> Result<Arc<dyn Plugin>, lessor_plugin::PluginError> {
+    let ctx = PluginContext::for_tests("my", "https://lessor.test");
+    lessor_mysql::build(ctx, connection, roles).await
+}
+
+pub fn role(name: &str, scopes: &[&str], config: Value) -> RoleSpec {
+    RoleSpec { name: name.into(), scopes: scopes.iter().map(|s| s.to_string()).collect(), max_ttl: MAX_TTL, config }
+}
+
+/// `orders`: scope `orders.read` -> server role `orders_reader`.
+pub fn roles() -> Vec<RoleSpec> {
+    vec![
+        role("orders", &["orders.read"], json!({"roles": {"orders.read": ["orders_reader"]}, "database": "app"})),
+        role("plain", &[], json!(null)),
+    ]
+}
+
+pub fn lease_id() -> LeaseId {
+    LeaseId::new(format!("lse_{}", hex::encode(rand::random::<[u8; 16]>())))
+}
+
+pub fn request(id: &LeaseId, role: &str, scopes: &[&str], ttl: Duration) -> IssueRequest {
+    IssueRequest {
+        lease_id: id.clone(),
+        role: role.into(),
+        workload: Workload { subject: "repo:acme/orders-api:ref:refs/heads/main".into(), ..Default::default() },
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        expires_at: OffsetDateTime::now_utc() + ttl,
+        params: Default::default(),
+    }
+}
+
+pub fn username(issued: &Issued) -> String {
+    issued.public["username"].as_str().unwrap().to_owned()
+}

@@ -1,0 +1,312 @@
+//! MySQL / MariaDB users through the whole daemon, against a real throwaway
+//! MariaDB: log in with exactly the granted scopes, sessions ended on
+//! revoke, and never an orphaned user (client disconnects, `kill -9`
+//! mid-burst then a restart, the server down at expiry).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lessor_mysql::testkit::TempMariadb;
+use serde_json::{json, Value};
+
+use crate::binary::{spawn_until, stop};
+use crate::support::{config_text, copy_dir, Daemon, Issuer, Opts};
+
+pub const MY_POLICY: &str = r#"
+@id("test-my-app")
+@reason("acme's main branch may use the app database")
+permit(principal, action in [Lessor::Action::"issue", Lessor::Action::"renew"], resource == Lessor::Role::"my/app")
+when { principal has repository_owner && principal.repository_owner == "acme" };
+"#;
+
+/// Config for a `my` connection with role `my/app` (scope orders.read ->
+/// server role `orders_reader`; orders.write -> a grant template).
+pub fn my_toml(db: &TempMariadb, dir: &Path) -> String {
+    let dsn_file = dir.join("my.dsn");
+    std::fs::write(&dsn_file, db.admin_dsn()).unwrap();
+    format!(
+        r#"
+[quotas]
+max_active_per_owner = 0
+issues_per_minute_per_owner = 0
+
+[connections.my]
+plugin = "mysql"
+environment = "staging"
+[connections.my.config]
+dsn_file = "{}"
+pool_size = 8
+[connections.my.roles.app]
+max_ttl = "1h"
+default_ttl = "10m"
+scopes = ["orders.read", "orders.write"]
+default_scopes = ["orders.read"]
+[connections.my.roles.app.config]
+database = "app"
+[connections.my.roles.app.config.roles]
+"orders.read" = ["orders_reader"]
+[connections.my.roles.app.config.grants]
+"orders.write" = ["GRANT INSERT ON app.orders TO {{{{name}}}}"]
+"#,
+        dsn_file.display()
+    )
+}
+
+/// A MariaDB with database `app` and server role `orders_reader` (held by
+/// `admin` WITH ADMIN OPTION).
+pub fn start_mariadb() -> TempMariadb {
+    let db = TempMariadb::start().unwrap_or_else(|e| panic!("{e}"));
+    db.sql_as("admin", db.admin_password(), "CREATE ROLE orders_reader; GRANT SELECT ON app.orders TO orders_reader").unwrap();
+    db
+}
+
+/// Every lessor user in mysql.user, as the lease id its name ends with.
+fn my_lease_ids(db: &TempMariadb) -> BTreeSet<String> {
+    db.users_with_prefix("lessor_").unwrap().iter().map(|u| format!("lse_{}", &u[u.len() - 32..])).collect()
+}
+
+async fn leases_in(d: &Daemon, state: &str) -> BTreeSet<String> {
+    let (s, v) = d.get(&format!("/v1/admin/leases?state={state}&limit=10000"), &d.admin).await;
+    assert_eq!(s, 200, "{v}");
+    v["leases"].as_array().unwrap().iter().map(|l| l["lease_id"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn my_daemon(iss: &Issuer, db: &TempMariadb, leases_toml: &str) -> (Daemon, tempfile::TempDir) {
+    let aux = tempfile::tempdir().unwrap();
+    let d = Daemon::start_with(Opts {
+        issuer_url: iss.url.clone(),
+        extra_toml: my_toml(db, aux.path()),
+        leases_toml: leases_toml.into(),
+        policy: MY_POLICY.into(),
+        ..Default::default()
+    })
+    .await;
+    (d, aux)
+}
+
+#[tokio::test]
+async fn an_issued_user_can_select_and_nothing_else_and_is_gone_after_revoke() {
+    let iss = Issuer::start().await;
+    let db = start_mariadb();
+    let (d, _aux) = my_daemon(&iss, &db, "").await;
+    let jwt = iss.token();
+    let (s, v) = d.issue(&jwt, json!({"role": "my/app", "ttl": "10m", "scopes": ["orders.read"]})).await;
+    assert_eq!(s, 201, "{v}");
+    let user = v["credential"]["username"].as_str().unwrap().to_owned();
+    let pw = v["credential"]["password"].as_str().unwrap().to_owned();
+    assert!(user.starts_with("lessor_app_") && user.len() <= 80, "{user}");
+    assert!(v["credential"]["dsn"].as_str().unwrap().starts_with(&format!("mysql://{user}:")));
+    assert_eq!(db.sql_as(&user, &pw, "SELECT COUNT(*) FROM app.orders").unwrap(), "1");
+    for denied in ["INSERT INTO app.orders VALUES (2)", "SELECT * FROM app.invoices", "CREATE USER x@'%'"] {
+        let e = db.sql_as(&user, &pw, denied).unwrap_err();
+        assert!(e.contains("denied"), "{denied}: {e}");
+    }
+    // orders.write adds INSERT through its grant template.
+    let (s, w) = d.issue(&jwt, json!({"role": "my/app", "scopes": ["orders.read", "orders.write"]})).await;
+    assert_eq!(s, 201, "{w}");
+    let (wu, wp) = (w["credential"]["username"].as_str().unwrap(), w["credential"]["password"].as_str().unwrap());
+    db.sql_as(wu, wp, "INSERT INTO app.orders VALUES (2)").unwrap();
+
+    let (s, r) = d.delete(&format!("/v1/leases/{}", v["lease_id"].as_str().unwrap()), &jwt).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["state"], "revoked");
+    assert!(db.sql_as(&user, &pw, "SELECT 1").is_err(), "no login after revoke");
+    assert_eq!(my_lease_ids(&db), BTreeSet::from([w["lease_id"].as_str().unwrap().to_owned()]));
+}
+
+#[tokio::test]
+async fn clients_that_disconnect_mid_request_leave_no_user_without_a_lease() {
+    let iss = Issuer::start().await;
+    let db = start_mariadb();
+    let (d, _aux) = my_daemon(&iss, &db, "").await;
+    let jwt = iss.token();
+    let (mut cut, mut ok) = (0, 0);
+    for round in 0..10u64 {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..16u64 {
+            let (http, url, jwt) = (d.http.clone(), d.url.clone(), jwt.clone());
+            let after = Duration::from_micros((round * 16 + i) * 7919 % 12_000);
+            set.spawn(async move {
+                let req = http.post(format!("{url}/v1/leases")).bearer_auth(jwt).json(&json!({"role": "my/app"})).send();
+                tokio::time::timeout(after, req).await.is_ok()
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            if r.unwrap() {
+                ok += 1
+            } else {
+                cut += 1
+            }
+        }
+    }
+    assert!(cut > 20, "the test must cut requests mid-way (cut {cut}, completed {ok})");
+    let settled = Daemon::eventually(Duration::from_secs(20), || async { leases_in(&d, "pending").await.is_empty().then_some(()) }).await;
+    assert!(settled.is_some(), "pending leases remain: {:?}", leases_in(&d, "pending").await);
+    let users = my_lease_ids(&db);
+    assert!(!users.is_empty(), "some users were issued");
+    assert_eq!(users, leases_in(&d, "active").await, "every user belongs to an active lease and every active lease has its user");
+}
+
+#[tokio::test]
+async fn mariadb_down_at_expiry_is_retried_and_nothing_is_marked_revoked_early() {
+    let iss = Issuer::start().await;
+    let mut db = start_mariadb();
+    let (d, _aux) = my_daemon(&iss, &db, "retry_max = \"1s\"\nbreaker_base = \"1s\"\nbreaker_max = \"1s\"").await;
+    let jwt = iss.token();
+    let mut ids = BTreeSet::new();
+    for _ in 0..3 {
+        let (s, v) = d.issue(&jwt, json!({"role": "my/app", "ttl": "2s"})).await;
+        assert_eq!(s, 201, "{v}");
+        ids.insert(v["lease_id"].as_str().unwrap().to_owned());
+    }
+    db.stop().unwrap();
+    let failed = Daemon::eventually(Duration::from_secs(15), || async {
+        let f = leases_in(&d, "revoke_failed").await;
+        (f.len() == 3).then_some(f)
+    })
+    .await
+    .expect("revocations fail visibly while MariaDB is down");
+    assert_eq!(failed, ids);
+    let (_, l) = d.get(&format!("/v1/leases/{}", ids.iter().next().unwrap()), &d.admin).await;
+    let err = l["last_error"].as_str().unwrap();
+    assert!(err.contains("cannot reach MySQL/MariaDB at 127.0.0.1:"), "{err}");
+    assert!(!err.contains(db.admin_password()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(leases_in(&d, "expired").await.is_empty() && leases_in(&d, "revoked").await.is_empty());
+
+    db.restart().unwrap();
+    assert_eq!(my_lease_ids(&db), ids, "the users still exist after the outage");
+    let done = Daemon::eventually(Duration::from_secs(20), || async {
+        let e = leases_in(&d, "expired").await;
+        (e.len() == 3).then_some(e)
+    })
+    .await;
+    assert!(done.is_some(), "revoked once MariaDB is back: {:?}", leases_in(&d, "revoke_failed").await);
+    assert!(my_lease_ids(&db).is_empty(), "users dropped");
+}
+
+/// `kill -9` in the middle of a burst of MySQL issues, then a restart:
+/// every lessor user in `mysql.user` belongs to an active lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_burst_leaves_no_orphaned_user() {
+    let iss = Issuer::start().await;
+    let db = start_mariadb();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &dir.join("policies"));
+    std::fs::write(dir.join("policies/test-extra.cedar"), MY_POLICY).unwrap();
+    let cfg = config_text(dir, &dir.join("policies"), &iss.url, &my_toml(&db, dir), "");
+    std::fs::write(dir.join("lessor.toml"), cfg).unwrap();
+    let (mut child, url) = spawn_until(&["serve", "--config", "lessor.toml"], dir, &[], &dir.join("a.log"), "lessor listening on ");
+
+    let jwt = iss.token();
+    let http = reqwest::Client::new();
+    let burst = {
+        let (http, url, jwt) = (http.clone(), url.clone(), jwt.clone());
+        tokio::spawn(async move {
+            let mut set = tokio::task::JoinSet::new();
+            let mut failed = 0;
+            for i in 0..600 {
+                let (http, url, jwt) = (http.clone(), url.clone(), jwt.clone());
+                set.spawn(async move {
+                    http.post(format!("{url}/v1/leases")).bearer_auth(jwt).json(&json!({"role": "my/app"})).send().await.map(|r| r.status().as_u16())
+                });
+                if i % 16 == 15 {
+                    while let Some(r) = set.join_next().await {
+                        if !matches!(r, Ok(Ok(201))) {
+                            failed += 1;
+                        }
+                    }
+                }
+            }
+            while let Some(r) = set.join_next().await {
+                if !matches!(r, Ok(Ok(201))) {
+                    failed += 1;
+                }
+            }
+            failed
+        })
+    };
+    let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
+    let started = Instant::now();
+    loop {
+        let n = http.get(format!("{url}/v1/admin/leases?limit=10000")).bearer_auth(&admin).send().await.ok();
+        let count = match n {
+            Some(r) => r.json::<Value>().await.map(|v| v["leases"].as_array().map_or(0, |a| a.len())).unwrap_or(0),
+            None => 0,
+        };
+        if count >= 40 || started.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let failed = burst.await.unwrap();
+    assert!(failed > 0, "the kill must land mid-burst");
+
+    let (child2, url2) = spawn_until(&["serve", "--config", "lessor.toml"], dir, &[], &dir.join("b.log"), "lessor listening on ");
+    let list = |state: &'static str| {
+        let (http, url2, admin) = (http.clone(), url2.clone(), admin.clone());
+        async move {
+            let v: Value = http
+                .get(format!("{url2}/v1/admin/leases?state={state}&limit=10000"))
+                .bearer_auth(admin)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["leases"].as_array().unwrap().iter().map(|l| l["lease_id"].as_str().unwrap().to_owned()).collect::<BTreeSet<_>>()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !list("pending").await.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(list("pending").await.is_empty(), "pending leases were cleaned up at restart");
+    let active = list("active").await;
+    assert!(!active.is_empty());
+    assert_eq!(my_lease_ids(&db), active, "every user in mysql.user belongs to an active lease");
+    stop(child2);
+}
+
+/// `lessor dev --mysql <DSN>`: one flag adds a MySQL / MariaDB role whose
+/// login can read the DSN's database and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_serves_mysql_users_with_one_flag() {
+    let db = start_mariadb();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("dev");
+    let data_s = data.display().to_string();
+    let dsn = db.dsn("admin", db.admin_password(), "app");
+    let (child, addr) = spawn_until(
+        &["dev", "--listen", "127.0.0.1:0", "--data-dir", &data_s, "--mysql", &dsn],
+        repo,
+        &[],
+        &tmp.path().join("dev.log"),
+        "lessor dev is serving on ",
+    );
+    let bin = env!("CARGO_BIN_EXE_lessor");
+    let out = std::process::Command::new(bin).args(["dev", "token", "--data-dir", &data_s]).current_dir(repo).output().unwrap();
+    assert!(out.status.success());
+    let jwt = String::from_utf8(out.stdout).unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["creds", "my/readonly", "--ttl", "5m"])
+        .current_dir(repo)
+        .env("LESSOR_JWT", jwt.trim())
+        .env("LESSOR_ADDR", &addr)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (user, pw) = (v["credential"]["username"].as_str().unwrap(), v["credential"]["password"].as_str().unwrap());
+    assert_eq!(db.sql_as(user, pw, "SELECT COUNT(*) FROM app.orders").unwrap(), "1");
+    assert!(db.sql_as(user, pw, "INSERT INTO app.orders VALUES (9)").unwrap_err().contains("denied"));
+    let cfg = std::fs::read_to_string(data.join("lessor.toml")).unwrap();
+    assert!(!cfg.contains(db.admin_password()), "the DSN is in a private file, not in the config");
+    stop(child);
+}
