@@ -8,6 +8,11 @@
 //! apart: naming and passwords (`naming.rs`), quoting and templates
 //! (`sql.rs`, `scan.rs`), config (`config.rs`). Never logs or returns an
 //! admin DSN's password, a generated password or its hash, or a statement.
+//!
+//! Why one file (over 800 lines): issue, renew, revoke, listing and the
+//! root-credential versions share the pools, the active/retiring root
+//! switch and one error mapping; split, each part would reach into the
+//! others' state.
 
 use std::collections::BTreeMap;
 use std::fmt;
