@@ -173,14 +173,14 @@ max_ttl = "1h"
         "[connections.tok2]\nplugin = \"token\"\nenvironment = \"staging\"\n[connections.tok2.config]\nalgorithm = \"none\"\n",
         "connection `tok2` (token): misconfigured",
     );
-    bad("[connections.x]\nplugin = \"mysql\"\nenvironment = \"staging\"\n", "connection `x`: unknown plugin `mysql` (this build has: pki, token, postgres, redis, external)");
+    bad("[connections.x]\nplugin = \"oracle\"\nenvironment = \"staging\"\n", "connection `x`: unknown plugin `oracle` (this build has: pki, token, postgres, redis, external, mysql)");
 }
 
 #[test]
 fn every_registration_matches_the_sdk_and_names_its_kind() {
     let regs = lessor::plugins::registrations();
     let kinds: Vec<&str> = regs.iter().map(|r| r.kind).collect();
-    assert_eq!(kinds, ["pki", "token", "postgres", "redis", "external"]);
+    assert_eq!(kinds, ["pki", "token", "postgres", "redis", "external", "mysql"]);
     for r in &regs {
         assert_eq!(r.sdk_version, lessor_plugin::SDK_VERSION, "{r:?}");
         assert_eq!(lessor::plugins::registration(r.kind).unwrap().kind, r.kind);
