@@ -31,6 +31,31 @@ impl Actor {
     }
 }
 
+/// A person signed in through one of `[people]`'s OpenID Connect providers.
+/// Two people are the same person when `provider` and `subject` match (the
+/// provider's stable subject, never the email); approvals also refuse two
+/// subjects with the same verified `email`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Person {
+    /// The provider's name in `[people.providers.<name>]`.
+    pub provider: String,
+    /// The provider's issuer URL (`iss` of the ID token).
+    pub issuer: String,
+    /// The stable subject (`sub`, or the configured subject claim).
+    pub subject: String,
+    /// Lower-cased; empty when the provider gave none.
+    pub email: String,
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+impl Person {
+    /// `provider#subject`: how the audit and approvals name a person.
+    pub fn id(&self) -> String {
+        format!("{}#{}", self.provider, self.subject)
+    }
+}
+
 /// What an entry needs from the request that caused it.
 #[derive(Debug, Clone)]
 pub struct RequestMeta {
