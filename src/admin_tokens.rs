@@ -278,10 +278,7 @@ pub async fn revoke(store: &dyn Store, audit: &Audit, actor: &Actor, meta: &Requ
 }
 
 fn actor_name(a: &Actor) -> String {
-    match a {
-        Actor::Admin { name } => name.clone(),
-        Actor::Workload(w) => format!("{}#{}", w.issuer, w.subject),
-    }
+    a.name()
 }
 
 #[cfg(test)]

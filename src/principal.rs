@@ -18,15 +18,31 @@ pub enum Actor {
     /// Holder of an admin credential (admin token or an operator JWT that
     /// policy allows `admin`).
     Admin { name: String },
+    /// A person signed in through `[people]` (browser session or `lessor
+    /// login`).
+    Person(Person),
 }
 
 impl Actor {
+    /// How the audit, approvals and job records name the actor:
+    /// `issuer#subject`, `provider#subject` or the admin credential's name.
+    pub fn name(&self) -> String {
+        match self {
+            Actor::Admin { name } => name.clone(),
+            Actor::Workload(w) => format!("{}#{}", w.issuer, w.subject),
+            Actor::Person(p) => p.id(),
+        }
+    }
+
     /// Whether the lease is the actor's to see and revoke (an admin's are
     /// all).
     pub fn owns(&self, lease: &Lease) -> bool {
         match self {
             Actor::Admin { .. } => true,
             Actor::Workload(w) => w.issuer == lease.issuer && w.subject == lease.subject,
+            // People do not hold leases; what they may see is an admin
+            // decision.
+            Actor::Person(_) => false,
         }
     }
 }

@@ -90,7 +90,8 @@ pub fn now_rfc3339() -> String {
 /// config); nothing here is a raw client string.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ActorInfo {
-    /// `workload`, `admin` or `system`.
+    /// `workload`, `person`, `admin` or `system`. For a person, `claims_policy`
+    /// is the provider's name and `name` the email.
     pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
@@ -431,6 +432,13 @@ impl Actor {
         match self {
             Actor::Workload(w) => workload_info(w),
             Actor::Admin { name } => ActorInfo::admin(name),
+            Actor::Person(p) => ActorInfo {
+                kind: "person",
+                issuer: Some(p.issuer.clone()),
+                claims_policy: Some(p.provider.clone()),
+                subject: Some(p.subject.clone()),
+                name: Some(p.email.clone()),
+            },
         }
     }
 }

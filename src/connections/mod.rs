@@ -394,6 +394,12 @@ impl RootCredentials {
     fn authorize(&self, actor: &Actor, action: Action, conn: &ConnectionMeta, meta: &RequestMeta) -> Result<String, ConnError> {
         match actor {
             Actor::Admin { name } => Ok(name.clone()),
+            // Until people's connection actions are decided by Cedar
+            // (`Lessor::Person`), a person may do none.
+            Actor::Person(p) => Err(ConnError::Forbidden(format!(
+                "`{}` is a person; connection actions are not yet decided for people",
+                p.id()
+            ))),
             Actor::Workload(w) => {
                 let p = Principal { issuer: w.issuer.clone(), subject: w.subject.clone(), attributes: w.attributes.clone() };
                 let ctx = RequestContext {

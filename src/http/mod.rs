@@ -458,6 +458,12 @@ impl FromRequestParts<AppState> for AdminCaller {
         let Caller(actor) = Caller::from_request_parts(parts, state).await?;
         match actor {
             Actor::Admin { .. } => Ok(AdminCaller(actor)),
+            // Until people's admin actions are decided by Cedar
+            // (`Lessor::Person`), a person is not an admin.
+            Actor::Person(p) => Err(ApiError::forbidden(format!(
+                "`{}` is a person; admin endpoints need an admin credential or a workload that policy allows `admin`",
+                p.id()
+            ))),
             Actor::Workload(w) => {
                 let ip = source_ip(parts);
                 let ctx = RequestContext {

@@ -946,10 +946,7 @@ impl LeaseService {
         actor: &Actor,
         meta: &RequestMeta,
     ) -> Result<(String, i64), LeaseError> {
-        let by = match actor {
-            Actor::Admin { name } => name.clone(),
-            Actor::Workload(w) => format!("{}#{}", w.issuer, w.subject),
-        };
+        let by = actor.name();
         for attr in filter.claims.keys() {
             if attr.is_empty() || !attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(LeaseError::BadRequest {
