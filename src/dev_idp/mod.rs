@@ -13,6 +13,8 @@
 //!
 //! Must not import: http, store, lease, policy, connections, audit, people, sqlx.
 
+mod authorize;
+mod device;
 mod html;
 mod table;
 
@@ -21,15 +23,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::rejection::{FormRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Form, Query, State};
+use axum::extract::rejection::FormRejection;
+use axum::extract::{DefaultBodyLimit, Form, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rand::{Rng, RngCore};
+use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -38,6 +40,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use device::Device;
 use table::Table;
 
 /// A dev user: who a click on their button signs in as.
@@ -68,11 +71,6 @@ pub const SCOPES: &[&str] = &["openid", "email", "profile", "groups"];
 
 const MAX_STATE: usize = 512;
 const MAX_SCOPE: usize = 256;
-/// RFC 8628 3.5: each `slow_down` adds 5 seconds to the interval.
-const SLOW_DOWN_MS: u64 = 5_000;
-const MAX_INTERVAL_MS: u64 = 60_000;
-/// User codes: 8 letters without vowels (RFC 8628 6.1), shown `ABCD-EFGH`.
-const USER_CODE_ALPHABET: &[u8] = b"BCDFGHJKLMNPQRSTVWXZ";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevIdpError {
@@ -251,12 +249,10 @@ fn router(idp: Arc<Idp>) -> Router {
     Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/jwks", get(jwks))
-        .route("/authorize", get(authorize_page).post(authorize_submit))
         .route("/token", axum::routing::post(token))
-        .route("/device_authorization", axum::routing::post(device_authorization))
-        .route("/device", get(device_page).post(device_submit))
         .route("/userinfo", get(userinfo).post(userinfo))
-        .route("/end_session", get(end_session))
+        .merge(authorize::routes())
+        .merge(device::routes())
         .layer(DefaultBodyLimit::max(16 * 1024))
         .with_state(idp)
 }
@@ -267,21 +263,6 @@ struct CodeGrant {
     nonce: String,
     code_challenge: String,
     scopes: Scopes,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum DeviceStatus {
-    Pending,
-    Approved(&'static DevUser),
-    Denied,
-}
-
-struct Device {
-    scopes: Scopes,
-    expires_ms: u64,
-    interval_ms: u64,
-    last_poll_ms: Option<u64>,
-    status: DeviceStatus,
 }
 
 struct Tables {
@@ -324,28 +305,6 @@ fn random_token() -> String {
     b64url(&b)
 }
 
-fn random_user_code() -> String {
-    let mut rng = rand::rng();
-    (0..8).map(|_| char::from(USER_CODE_ALPHABET[rng.random_range(0..USER_CODE_ALPHABET.len())])).collect()
-}
-
-/// `abcd-efgh`, `ABCDEFGH`, ` abcd efgh ` -> `ABCDEFGH`; None unless 8
-/// letters of the alphabet.
-fn normalize_user_code(s: &str) -> Option<String> {
-    if s.len() > 32 {
-        return None;
-    }
-    let c: String = s.chars().filter(|c| *c != '-' && !c.is_whitespace()).map(|c| c.to_ascii_uppercase()).collect();
-    (c.len() == 8 && c.bytes().all(|b| USER_CODE_ALPHABET.contains(&b))).then_some(c)
-}
-
-fn display_user_code(c: &str) -> String {
-    match (c.get(..4), c.get(4..)) {
-        (Some(a), Some(b)) => format!("{a}-{b}"),
-        _ => c.to_owned(),
-    }
-}
-
 /// Base64url without padding, `len` characters (PKCE challenges).
 fn is_b64url(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -356,7 +315,7 @@ fn is_code_verifier(s: &str) -> bool {
     (43..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Scopes {
     email: bool,
     profile: bool,
@@ -534,54 +493,6 @@ impl Idp {
         }
     }
 
-    /// Checks an authorization request (on the page and again on submit).
-    fn check_authorize(&self, p: &AuthorizeParams) -> Result<AuthRequest, AuthFail> {
-        let page = |m: String| AuthFail::Page(html::message(StatusCode::BAD_REQUEST, "Cannot sign in", &m));
-        let client_id = p.client_id.as_deref().ok_or_else(|| page("client_id is missing".into()))?;
-        if client_id != self.client_id {
-            return Err(page(format!("unknown client_id `{client_id}`")));
-        }
-        let redirect_uri = p.redirect_uri.as_deref().ok_or_else(|| page("redirect_uri is missing".into()))?;
-        if !self.redirect_uris.iter().any(|r| r == redirect_uri) {
-            return Err(page(format!("redirect_uri `{redirect_uri}` is not registered for client `{client_id}`")));
-        }
-        let state = p.state.as_deref().filter(|s| !s.is_empty() && s.len() <= MAX_STATE);
-        let fail = |error: &'static str, description: String| AuthFail::Redirect {
-            redirect_uri: redirect_uri.to_owned(),
-            state: state.map(str::to_owned),
-            error,
-            description,
-        };
-        if p.response_type.as_deref() != Some("code") {
-            return Err(fail("unsupported_response_type", "response_type must be `code`".into()));
-        }
-        let Some(state) = state else {
-            return Err(fail("invalid_request", format!("state is required (1 to {MAX_STATE} characters)")));
-        };
-        let Some(nonce) = p.nonce.as_deref().filter(|s| !s.is_empty() && s.len() <= MAX_STATE) else {
-            return Err(fail("invalid_request", format!("nonce is required (1 to {MAX_STATE} characters)")));
-        };
-        if p.code_challenge_method.as_deref() != Some("S256") {
-            return Err(fail("invalid_request", "PKCE is required: code_challenge_method must be `S256`".into()));
-        }
-        let Some(challenge) = p.code_challenge.as_deref().filter(|c| is_b64url(c, 43)) else {
-            return Err(fail("invalid_request", "code_challenge must be the base64url SHA-256 of the verifier (43 characters)".into()));
-        };
-        let scopes = Scopes::parse(p.scope.as_deref()).map_err(|m| fail("invalid_scope", m))?;
-        Ok(AuthRequest {
-            redirect_uri: redirect_uri.to_owned(),
-            state: state.to_owned(),
-            nonce: nonce.to_owned(),
-            code_challenge: challenge.to_owned(),
-            scopes,
-        })
-    }
-
-    fn user_code_device(&self, t: &mut Tables, now: u64, user_code: &str) -> Option<String> {
-        let device_code = t.user_codes.get_mut(now, user_code)?.clone();
-        let d = t.devices.get_mut(now, &device_code)?;
-        (d.status == DeviceStatus::Pending && d.expires_ms > now).then_some(device_code)
-    }
 }
 
 /// `Basic base64(urlencode(id):urlencode(secret))` (RFC 6749 2.3.1).
@@ -668,134 +579,6 @@ async fn jwks(State(idp): State<Arc<Idp>>) -> Response {
     Json(idp.jwks.clone()).into_response()
 }
 
-#[derive(Deserialize, Default)]
-struct AuthorizeParams {
-    response_type: Option<String>,
-    client_id: Option<String>,
-    redirect_uri: Option<String>,
-    scope: Option<String>,
-    state: Option<String>,
-    nonce: Option<String>,
-    code_challenge: Option<String>,
-    code_challenge_method: Option<String>,
-    /// Submit only: the dev user's login (empty = cancel).
-    user: Option<String>,
-}
-
-struct AuthRequest {
-    redirect_uri: String,
-    state: String,
-    nonce: String,
-    code_challenge: String,
-    scopes: Scopes,
-}
-
-enum AuthFail {
-    /// Client or redirect URI unknown: never redirect, show the problem.
-    Page(Response),
-    /// Anything else goes back to the client (RFC 6749 4.1.2.1).
-    Redirect { redirect_uri: String, state: Option<String>, error: &'static str, description: String },
-}
-
-/// `redirect_uri` with `pairs` added to its query.
-fn redirect(status: StatusCode, redirect_uri: &str, pairs: &[(&str, &str)]) -> Response {
-    let Ok(mut url) = reqwest::Url::parse(redirect_uri) else {
-        return html::message(StatusCode::BAD_REQUEST, "Cannot sign in", "redirect_uri is not a URL");
-    };
-    url.query_pairs_mut().extend_pairs(pairs);
-    match HeaderValue::from_str(url.as_str()) {
-        Ok(loc) => {
-            let mut r = no_store(status.into_response());
-            r.headers_mut().insert(header::LOCATION, loc);
-            r
-        }
-        Err(_) => html::message(StatusCode::BAD_REQUEST, "Cannot sign in", "redirect_uri cannot be a Location"),
-    }
-}
-
-impl AuthFail {
-    fn into_response(self, status: StatusCode, issuer: &str) -> Response {
-        match self {
-            AuthFail::Page(r) => r,
-            AuthFail::Redirect { redirect_uri, state, error, description } => {
-                let mut pairs = vec![("error", error), ("error_description", description.as_str()), ("iss", issuer)];
-                if let Some(s) = state.as_deref() {
-                    pairs.push(("state", s));
-                }
-                redirect(status, &redirect_uri, &pairs)
-            }
-        }
-    }
-}
-
-async fn authorize_page(State(idp): State<Arc<Idp>>, q: Result<Query<AuthorizeParams>, QueryRejection>) -> Response {
-    let Ok(Query(p)) = q else {
-        return html::message(StatusCode::BAD_REQUEST, "Cannot sign in", "the query string is not a valid authorization request");
-    };
-    match idp.check_authorize(&p) {
-        Err(f) => f.into_response(StatusCode::FOUND, &idp.issuer),
-        Ok(req) => {
-            let scope = req.scopes.text();
-            html::choose_user(
-                &idp.client_id,
-                &req.redirect_uri,
-                &[
-                    ("response_type", "code"),
-                    ("client_id", &idp.client_id),
-                    ("redirect_uri", &req.redirect_uri),
-                    ("scope", &scope),
-                    ("state", &req.state),
-                    ("nonce", &req.nonce),
-                    ("code_challenge", &req.code_challenge),
-                    ("code_challenge_method", "S256"),
-                ],
-            )
-        }
-    }
-}
-
-/// One click: the request is checked again, a single-use code is issued
-/// and the browser goes back to the client.
-async fn authorize_submit(State(idp): State<Arc<Idp>>, f: Result<Form<AuthorizeParams>, FormRejection>) -> Response {
-    let Ok(Form(p)) = f else {
-        return html::message(StatusCode::BAD_REQUEST, "Cannot sign in", "the form is not a valid authorization request");
-    };
-    let req = match idp.check_authorize(&p) {
-        Ok(r) => r,
-        Err(f) => return f.into_response(StatusCode::SEE_OTHER, &idp.issuer),
-    };
-    let back = |error: &'static str, description: &str| {
-        AuthFail::Redirect {
-            redirect_uri: req.redirect_uri.clone(),
-            state: Some(req.state.clone()),
-            error,
-            description: description.to_owned(),
-        }
-        .into_response(StatusCode::SEE_OTHER, &idp.issuer)
-    };
-    let login = p.user.as_deref().unwrap_or_default();
-    if login.is_empty() {
-        return back("access_denied", "the sign-in was cancelled");
-    }
-    let Some(user) = DEV_USERS.iter().find(|u| u.login == login) else {
-        return html::message(StatusCode::BAD_REQUEST, "Cannot sign in", &format!("no dev user `{login}`"));
-    };
-    let code = random_token();
-    let now = idp.clock.now_ms();
-    let grant = CodeGrant {
-        redirect_uri: req.redirect_uri.clone(),
-        user,
-        nonce: req.nonce.clone(),
-        code_challenge: req.code_challenge.clone(),
-        scopes: req.scopes,
-    };
-    let inserted = idp.tables().codes.insert(now, code.clone(), grant, now.saturating_add(idp.code_ttl_ms));
-    if inserted.is_err() {
-        return back("temporarily_unavailable", "too many sign-ins in progress; try again in a minute");
-    }
-    redirect(StatusCode::SEE_OTHER, &req.redirect_uri, &[("code", &code), ("state", &req.state), ("iss", &idp.issuer)])
-}
-
 #[derive(Deserialize)]
 struct TokenForm {
     grant_type: Option<String>,
@@ -816,8 +599,8 @@ async fn token(State(idp): State<Arc<Idp>>, headers: HeaderMap, f: Result<Form<T
         return e.into_response();
     }
     let answer = match form.grant_type.as_deref() {
-        Some("authorization_code") => code_grant(&idp, &form),
-        Some(DEVICE_GRANT) => device_grant(&idp, &form),
+        Some("authorization_code") => authorize::code_grant(&idp, &form),
+        Some(DEVICE_GRANT) => device::device_grant(&idp, &form),
         Some(other) => Err(OAuthError::bad(
             "unsupported_grant_type",
             format!("grant_type `{other}` is not supported (authorization_code, {DEVICE_GRANT})"),
@@ -825,183 +608,6 @@ async fn token(State(idp): State<Arc<Idp>>, headers: HeaderMap, f: Result<Form<T
         None => Err(OAuthError::bad("invalid_request", "grant_type is missing")),
     };
     answer.unwrap_or_else(IntoResponse::into_response)
-}
-
-fn code_grant(idp: &Idp, form: &TokenForm) -> Result<Response, OAuthError> {
-    let code = form.code.as_ref().ok_or_else(|| OAuthError::bad("invalid_request", "code is missing"))?;
-    let redirect_uri = form.redirect_uri.as_deref().ok_or_else(|| OAuthError::bad("invalid_request", "redirect_uri is missing"))?;
-    let verifier = form
-        .code_verifier
-        .as_ref()
-        .ok_or_else(|| OAuthError::bad("invalid_request", "code_verifier is missing (PKCE is required)"))?;
-    if !is_code_verifier(verifier.expose_secret()) {
-        return Err(OAuthError::bad("invalid_request", "code_verifier must be 43 to 128 characters of [A-Za-z0-9-._~]"));
-    }
-    // Taken out before any check: a code is tried once, whatever happens.
-    let grant = idp
-        .tables()
-        .codes
-        .remove(idp.clock.now_ms(), code.expose_secret())
-        .ok_or_else(|| OAuthError::bad("invalid_grant", "the code is unknown, already used or expired"))?;
-    if grant.redirect_uri != redirect_uri {
-        return Err(OAuthError::bad("invalid_grant", "redirect_uri differs from the authorization request's"));
-    }
-    let computed = b64url(&Sha256::digest(verifier.expose_secret().as_bytes()));
-    if !bool::from(computed.as_bytes().ct_eq(grant.code_challenge.as_bytes())) {
-        return Err(OAuthError::bad("invalid_grant", "code_verifier does not match the code_challenge (PKCE)"));
-    }
-    idp.tokens(grant.user, grant.scopes, Some(&grant.nonce))
-}
-
-fn device_grant(idp: &Idp, form: &TokenForm) -> Result<Response, OAuthError> {
-    let code = form.device_code.as_ref().ok_or_else(|| OAuthError::bad("invalid_request", "device_code is missing"))?;
-    let code = code.expose_secret();
-    let now = idp.clock.now_ms();
-    let mut t = idp.tables();
-    let d = t.devices.get_mut(now, code).ok_or_else(|| OAuthError::bad("invalid_grant", "the device_code is unknown or already used"))?;
-    if d.expires_ms <= now {
-        t.devices.remove(now, code);
-        return Err(OAuthError::bad("expired_token", "the device code expired; start the sign-in again"));
-    }
-    let too_fast = d.last_poll_ms.is_some_and(|last| now.saturating_sub(last) < d.interval_ms);
-    d.last_poll_ms = Some(now);
-    if too_fast {
-        d.interval_ms = d.interval_ms.saturating_add(SLOW_DOWN_MS).min(MAX_INTERVAL_MS);
-        return Err(OAuthError::bad(
-            "slow_down",
-            format!("polling too fast: wait at least {}s between requests", d.interval_ms / 1000),
-        ));
-    }
-    let (status, scopes) = (d.status, d.scopes);
-    match status {
-        DeviceStatus::Pending => Err(OAuthError::bad("authorization_pending", "the user has not approved the device yet")),
-        DeviceStatus::Denied => {
-            t.devices.remove(now, code);
-            Err(OAuthError::bad("access_denied", "the user denied the device"))
-        }
-        DeviceStatus::Approved(user) => {
-            t.devices.remove(now, code);
-            drop(t);
-            idp.tokens(user, scopes, None)
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct DeviceAuthForm {
-    client_id: Option<String>,
-    client_secret: Option<SecretString>,
-    scope: Option<String>,
-}
-
-/// RFC 8628 3.1-3.2: a device code for the client, a user code for the
-/// person.
-async fn device_authorization(State(idp): State<Arc<Idp>>, headers: HeaderMap, f: Result<Form<DeviceAuthForm>, FormRejection>) -> Response {
-    let Ok(Form(form)) = f else {
-        return OAuthError::bad("invalid_request", "the body must be a form (application/x-www-form-urlencoded)").into_response();
-    };
-    if let Err(e) = idp.authenticate(&headers, form.client_id.as_deref(), form.client_secret.as_ref()) {
-        return e.into_response();
-    }
-    let scopes = match Scopes::parse(form.scope.as_deref()) {
-        Ok(s) => s,
-        Err(m) => return OAuthError::bad("invalid_scope", m).into_response(),
-    };
-    let now = idp.clock.now_ms();
-    let expires_ms = now.saturating_add(idp.device_ttl_ms);
-    let device_code = random_token();
-    let user_code = {
-        let mut t = idp.tables();
-        let mut user_code = random_user_code();
-        for _ in 0..4 {
-            if !t.user_codes.contains(now, &user_code) {
-                break;
-            }
-            user_code = random_user_code();
-        }
-        let device = Device { scopes, expires_ms, interval_ms: idp.interval_ms, last_poll_ms: None, status: DeviceStatus::Pending };
-        // Kept one more life after expiry so a late poll hears `expired_token`.
-        let kept = expires_ms.saturating_add(idp.device_ttl_ms);
-        if t.devices.insert(now, device_code.clone(), device, kept).is_err() {
-            return OAuthError::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "too many device sign-ins in progress")
-                .into_response();
-        }
-        if t.user_codes.insert(now, user_code.clone(), device_code.clone(), expires_ms).is_err() {
-            t.devices.remove(now, &device_code);
-            return OAuthError::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "too many device sign-ins in progress")
-                .into_response();
-        }
-        user_code
-    };
-    let shown = display_user_code(&user_code);
-    let body = json!({
-        "device_code": device_code,
-        "user_code": shown,
-        "verification_uri": format!("{}/device", idp.issuer),
-        "verification_uri_complete": format!("{}/device?user_code={shown}", idp.issuer),
-        "expires_in": idp.device_ttl_ms / 1000,
-        "interval": idp.interval_ms / 1000,
-    });
-    no_store((StatusCode::OK, Json(body)).into_response())
-}
-
-#[derive(Deserialize)]
-struct DeviceParams {
-    user_code: Option<String>,
-    /// Submit only: the dev user's login (empty = deny).
-    user: Option<String>,
-}
-
-async fn device_page(State(idp): State<Arc<Idp>>, q: Result<Query<DeviceParams>, QueryRejection>) -> Response {
-    let Ok(Query(p)) = q else {
-        return html::enter_code(StatusCode::BAD_REQUEST, Some("the query string is not valid"));
-    };
-    let Some(raw) = p.user_code.filter(|c| !c.trim().is_empty()) else {
-        return html::enter_code(StatusCode::OK, None);
-    };
-    let Some(code) = normalize_user_code(&raw) else {
-        return html::enter_code(StatusCode::BAD_REQUEST, Some("that is not a code like ABCD-EFGH"));
-    };
-    let now = idp.clock.now_ms();
-    if idp.user_code_device(&mut idp.tables(), now, &code).is_none() {
-        return html::enter_code(StatusCode::BAD_REQUEST, Some("unknown, used or expired code: start again in your terminal"));
-    }
-    html::confirm_device(&display_user_code(&code))
-}
-
-async fn device_submit(State(idp): State<Arc<Idp>>, f: Result<Form<DeviceParams>, FormRejection>) -> Response {
-    let Ok(Form(p)) = f else {
-        return html::enter_code(StatusCode::BAD_REQUEST, Some("the form is not valid"));
-    };
-    let Some(code) = p.user_code.as_deref().and_then(normalize_user_code) else {
-        return html::enter_code(StatusCode::BAD_REQUEST, Some("that is not a code like ABCD-EFGH"));
-    };
-    let login = p.user.as_deref().unwrap_or_default();
-    let status = if login.is_empty() {
-        DeviceStatus::Denied
-    } else {
-        match DEV_USERS.iter().find(|u| u.login == login) {
-            Some(u) => DeviceStatus::Approved(u),
-            None => return html::message(StatusCode::BAD_REQUEST, "Cannot sign in", &format!("no dev user `{login}`")),
-        }
-    };
-    let now = idp.clock.now_ms();
-    let mut t = idp.tables();
-    let Some(device_code) = idp.user_code_device(&mut t, now, &code) else {
-        return html::enter_code(StatusCode::BAD_REQUEST, Some("unknown, used or expired code: start again in your terminal"));
-    };
-    if let Some(d) = t.devices.get_mut(now, &device_code) {
-        d.status = status;
-    }
-    // The user code is spent either way.
-    t.user_codes.remove(now, &code);
-    drop(t);
-    match status {
-        DeviceStatus::Approved(u) => {
-            html::message(StatusCode::OK, "Device signed in", &format!("Signed in as {}. Return to your terminal.", u.login))
-        }
-        _ => html::message(StatusCode::OK, "Device denied", "The device was not signed in. You can close this page."),
-    }
 }
 
 async fn userinfo(State(idp): State<Arc<Idp>>, headers: HeaderMap) -> Response {
@@ -1043,47 +649,9 @@ async fn userinfo(State(idp): State<Arc<Idp>>, headers: HeaderMap) -> Response {
     no_store(Json(Value::Object(out)).into_response())
 }
 
-#[derive(Deserialize)]
-struct EndSessionParams {
-    post_logout_redirect_uri: Option<String>,
-    state: Option<String>,
-}
-
-/// The provider keeps no browser session (every sign-in is a click), so
-/// ending one only sends the browser back where it was registered to go.
-async fn end_session(State(idp): State<Arc<Idp>>, q: Result<Query<EndSessionParams>, QueryRejection>) -> Response {
-    let Ok(Query(p)) = q else {
-        return html::message(StatusCode::BAD_REQUEST, "Sign out", "the query string is not valid");
-    };
-    match p.post_logout_redirect_uri.as_deref() {
-        None => html::message(StatusCode::OK, "Signed out", "You are signed out of the dev provider."),
-        Some(uri) if idp.post_logout_redirect_uris.iter().any(|r| r == uri) => {
-            let state = p.state.filter(|s| s.len() <= MAX_STATE);
-            let pairs: Vec<(&str, &str)> = state.as_deref().map(|s| ("state", s)).into_iter().collect();
-            redirect(StatusCode::FOUND, uri, &pairs)
-        }
-        Some(uri) => html::message(
-            StatusCode::BAD_REQUEST,
-            "Sign out",
-            &format!("post_logout_redirect_uri `{uri}` is not registered"),
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn user_codes_normalise() {
-        assert_eq!(normalize_user_code(" bcdf-ghjk ").as_deref(), Some("BCDFGHJK"));
-        assert_eq!(normalize_user_code("BCDFGHJK").as_deref(), Some("BCDFGHJK"));
-        for bad in ["BCDF-GHJ", "ABCD-EFGH", "BCDF-GHJKL", "", &"B".repeat(40)] {
-            assert_eq!(normalize_user_code(bad), None, "{bad}");
-        }
-        let c = random_user_code();
-        assert_eq!(normalize_user_code(&display_user_code(&c)), Some(c));
-    }
 
     #[test]
     fn scopes_need_openid_and_known_names() {
