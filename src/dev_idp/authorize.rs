@@ -31,7 +31,7 @@ pub(super) fn routes() -> Router<Arc<Idp>> {
 impl Idp {
     /// Checks an authorization request (on the page and again on submit).
     fn check_authorize(&self, p: &AuthorizeParams) -> Result<AuthRequest, AuthFail> {
-        let page = |m: String| AuthFail::Page(html::message(StatusCode::BAD_REQUEST, "Cannot sign in", &m));
+        let page = AuthFail::Page;
         let client_id = p.client_id.as_deref().ok_or_else(|| page("client_id is missing".into()))?;
         if client_id != self.client_id {
             return Err(page(format!("unknown client_id `{client_id}`")));
@@ -98,7 +98,7 @@ struct AuthRequest {
 
 enum AuthFail {
     /// Client or redirect URI unknown: never redirect, show the problem.
-    Page(Response),
+    Page(String),
     /// Anything else goes back to the client (RFC 6749 4.1.2.1).
     Redirect { redirect_uri: String, state: Option<String>, error: &'static str, description: String },
 }
@@ -122,7 +122,7 @@ fn redirect(status: StatusCode, redirect_uri: &str, pairs: &[(&str, &str)]) -> R
 impl AuthFail {
     fn into_response(self, status: StatusCode, issuer: &str) -> Response {
         match self {
-            AuthFail::Page(r) => r,
+            AuthFail::Page(m) => html::message(StatusCode::BAD_REQUEST, "Cannot sign in", &m),
             AuthFail::Redirect { redirect_uri, state, error, description } => {
                 let mut pairs = vec![("error", error), ("error_description", description.as_str()), ("iss", issuer)];
                 if let Some(s) = state.as_deref() {

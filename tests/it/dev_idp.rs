@@ -570,11 +570,12 @@ fn lessor_dev_runs_the_provider_for_its_people() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("dev");
     let data_s = data.display().to_string();
+    let log = tmp.path().join("dev.log");
     let (child, issuer) = super::binary::spawn_until(
         &["dev", "--listen", "127.0.0.1:0", "--data-dir", &data_s],
         repo,
         &[],
-        &tmp.path().join("dev.log"),
+        &log,
         "dev OpenID provider at ",
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -586,11 +587,12 @@ fn lessor_dev_runs_the_provider_for_its_people() {
     assert!(!listen.ends_with(":0"), "the config names the real port: {listen}");
     assert!(cfg.contains(&format!("issuer = \"{issuer}\"")), "the [people] section names the provider:\n{cfg}");
     assert!(cfg.contains("client_secret_file = "));
-    rt.block_on(async {
+    let device_code = rt.block_on(async {
         let h = http();
         let d: Value = h.get(format!("{issuer}/.well-known/openid-configuration")).send().await.unwrap().json().await.unwrap();
         assert_eq!(d["issuer"], issuer);
         // The secret file authenticates lessor at the provider; a wrong one does not.
+        let mut device_code = String::new();
         for (s, want) in [(secret.trim(), 200), ("0000000000000000000000", 401)] {
             let r = h
                 .post(format!("{issuer}/device_authorization"))
@@ -600,6 +602,9 @@ fn lessor_dev_runs_the_provider_for_its_people() {
                 .await
                 .unwrap();
             assert_eq!(r.status(), want);
+            if want == 200 {
+                device_code = r.json::<Value>().await.unwrap()["device_code"].as_str().unwrap().to_owned();
+            }
         }
         // lessor's callback on its real address is the registered redirect URI.
         let (_, challenge) = pkce();
@@ -607,8 +612,14 @@ fn lessor_dev_runs_the_provider_for_its_people() {
         p[2].1 = format!("http://{listen}/v1/people/callback");
         let r = h.get(format!("{issuer}/authorize")).query(&p).send().await.unwrap();
         assert_eq!(r.status(), 200);
+        device_code
     });
     super::binary::stop(child);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("dev OpenID provider is serving"), "{text}");
+    for (what, v) in [("client secret", secret.trim()), ("device code", device_code.as_str())] {
+        assert!(!text.contains(v), "the {what} is in lessor dev's log");
+    }
     // Stopped with the daemon.
     assert!(std::net::TcpStream::connect(issuer.trim_start_matches("http://")).is_err(), "the provider outlived lessor dev");
 }
