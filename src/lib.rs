@@ -10,6 +10,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod connections;
+pub mod dev_idp;
 pub mod duration;
 #[doc(hidden)]
 pub mod fuzz;

@@ -1,7 +1,9 @@
 //! `lessor dev`: the README's first command. A complete daemon on the
 //! embedded default (SQLite in `.lessor-dev/`), a built-in dev issuer,
 //! example pki and token roles, and the example policies; it prints exactly
-//! how to get a credential. `lessor dev token` mints a workload JWT.
+//! how to get a credential. `lessor dev token` mints a workload JWT. Beside
+//! the daemon it runs the built-in OpenID provider for people
+//! ([`crate::dev_idp`]) on a free loopback port.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -116,7 +118,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             p
         }
     };
-    let mut text = config_text(dir, &policies, args.listen);
+    // Bound first: with `--listen 127.0.0.1:0` the config, the redirect URI
+    // registered at the dev provider and the intro all need the real port.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (is another lessor running? try --listen 127.0.0.1:8201)", args.listen))?;
+    let listen = listener.local_addr()?;
+    let idp = start_dev_idp(dir, listen).await?;
+    let mut text = config_text(dir, &policies, listen);
+    text.push_str(&people_section(&idp.issuer, &dev_idp_secret_path(dir)));
     if let Some(dsn) = &args.postgres {
         let f = dir.join("postgres.dsn");
         let _ = std::fs::remove_file(&f);
@@ -142,9 +152,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let cfg_path = dir.join("lessor.toml");
     std::fs::write(&cfg_path, &text).with_context(|| format!("writing {}", cfg_path.display()))?;
     let cfg = Config::from_toml(&text).map_err(|e| anyhow!("generated dev config: {e}"))?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (is another lessor running? try --listen 127.0.0.1:8201)", cfg.listen))?;
     let running = crate::server::start(cfg, listener).await?;
     print_intro(
         &running.addr.to_string(),
@@ -155,8 +162,90 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         args.redis.is_some(),
         args.mysql.is_some(),
     );
+    print_people(&running.addr.to_string(), &idp.issuer);
     running.run_until_signal().await;
+    idp.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the generated config carries the `[people]` section (issue 13).
+/// Off until the `[people]` config parser (helper "people") is merged: the
+/// parser denies unknown sections, so until then the section is written
+/// commented out. Turn it on at the merge; `people_section` is the only
+/// code that changes.
+pub const PEOPLE_CONFIG_ENABLED: bool = false;
+
+/// The dev provider's client secret (0600), regenerated at each start.
+pub fn dev_idp_secret_path(dir: &Path) -> PathBuf {
+    dir.join("dev-idp.client-secret")
+}
+
+/// Starts the dev OpenID provider on a free loopback port, with lessor at
+/// `listen` as its one client (`lessor`, secret written to
+/// [`dev_idp_secret_path`]).
+async fn start_dev_idp(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<crate::dev_idp::RunningDevIdp> {
+    use rand::RngCore;
+    let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+    rand::rng().fill_bytes(&mut raw[..]);
+    let secret = secrecy::SecretString::from(hex::encode(&raw[..]));
+    let f = dev_idp_secret_path(dir);
+    let _ = std::fs::remove_file(&f);
+    crate::seal::write_private_file(&f, secret.expose_secret().as_bytes()).with_context(|| format!("writing {}", f.display()))?;
+    let base = format!("http://{listen}");
+    let mut settings =
+        crate::dev_idp::DevIdpSettings::new("lessor", secret, vec![format!("{base}/v1/people/callback")]);
+    settings.post_logout_redirect_uris = vec![format!("{base}/")];
+    let ip = if listen.ip().is_loopback() { listen.ip() } else { std::net::Ipv4Addr::LOCALHOST.into() };
+    Ok(crate::dev_idp::start(std::net::SocketAddr::new(ip, 0), settings).await?)
+}
+
+/// The dev config's `[people]` section (issue 13 contract): the dev
+/// provider as provider `dev`. Commented out while
+/// [`PEOPLE_CONFIG_ENABLED`] is off.
+pub fn people_section(issuer: &str, secret_file: &Path) -> String {
+    let text = people_text(issuer, secret_file);
+    if PEOPLE_CONFIG_ENABLED {
+        return text;
+    }
+    let mut out = String::from("\n# People sign-in through the dev OpenID provider (on once lessor reads [people]):\n");
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        out.push_str("# ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+fn people_text(issuer: &str, secret_file: &Path) -> String {
+    format!(
+        r#"
+# People sign in through the built-in dev OpenID provider (alice, bob,
+# carol, dave): {issuer}
+[people]
+idle_timeout = "30m"
+absolute_timeout = "12h"
+[people.providers.dev]
+issuer = "{issuer}"
+client_id = "lessor"
+client_secret_file = {secret}
+scopes = ["openid", "email", "profile", "groups"]
+[people.providers.dev.claims]
+subject = "sub"
+email = "email"
+name = "name"
+groups = "groups"
+"#,
+        secret = toml_str(secret_file)
+    )
+}
+
+fn print_people(addr: &str, issuer: &str) {
+    let users: Vec<String> =
+        crate::dev_idp::DEV_USERS.iter().map(|u| format!("{} ({})", u.login, u.groups.join(", "))).collect();
+    println!("People: dev OpenID provider at {issuer} with users {}", users.join(", "));
+    if PEOPLE_CONFIG_ENABLED {
+        println!("Sign in: http://{addr}/v1/people/login?provider=dev");
+    }
 }
 
 fn token(t: TokenArgs) -> anyhow::Result<ExitCode> {
@@ -439,6 +528,26 @@ mod tests {
         let vault = cfg.vault_api.as_ref().unwrap();
         assert_eq!(vault.mounts.keys().collect::<Vec<_>>(), ["pki", "token"]);
         assert!(vault.auth.contains_key("jwt"));
+    }
+
+    #[test]
+    fn dev_config_with_people_is_valid() {
+        let mut text = config_text(Path::new(".lessor-dev"), Path::new("policies"), "127.0.0.1:8200".parse().unwrap());
+        text.push_str(&people_section("http://127.0.0.1:8201", Path::new(".lessor-dev/dev-idp.client-secret")));
+        Config::from_toml(&text).unwrap().validate().unwrap();
+        // The section itself, as the contract spells it.
+        let v: toml::Value = toml::from_str(&people_text("http://127.0.0.1:8201", Path::new("/d/s"))).unwrap();
+        let p = &v["people"];
+        assert_eq!(p["idle_timeout"].as_str(), Some("30m"));
+        assert_eq!(p["absolute_timeout"].as_str(), Some("12h"));
+        let dev = &p["providers"]["dev"];
+        assert_eq!(dev["issuer"].as_str(), Some("http://127.0.0.1:8201"));
+        assert_eq!(dev["client_id"].as_str(), Some("lessor"));
+        assert_eq!(dev["client_secret_file"].as_str(), Some("/d/s"));
+        assert_eq!(dev["scopes"].as_array().unwrap().len(), 4);
+        for (k, c) in [("subject", "sub"), ("email", "email"), ("name", "name"), ("groups", "groups")] {
+            assert_eq!(dev["claims"][k].as_str(), Some(c));
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod connections;
 mod engine;
 mod external;
 mod dead_vendor;
+mod dev_idp;
 mod binary;
 mod flood;
 mod flow;

@@ -1,0 +1,625 @@
+//! The dev OpenID provider `lessor dev` runs for people, over real HTTP:
+//! discovery and JWKS, the code flow with PKCE (the ID token verified
+//! against the JWKS), the refusals OAuth names, the device flow, the
+//! loopback-only bind, HTML escaping and the caps.
+
+use std::time::Duration;
+
+use base64::Engine;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use lessor::dev_idp::{self, DevIdpError, DevIdpSettings, RunningDevIdp, DEVICE_GRANT};
+use reqwest::{Client, StatusCode, Url};
+use secrecy::SecretString;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const SECRET: &str = "test-client-secret-0123456789";
+const REDIRECT: &str = "http://127.0.0.1:9/v1/people/callback";
+const SCOPE: &str = "openid email profile groups";
+
+async fn start(tune: impl FnOnce(&mut DevIdpSettings)) -> RunningDevIdp {
+    let mut s = DevIdpSettings::new("lessor", SecretString::from(SECRET), vec![REDIRECT.into()]);
+    s.post_logout_redirect_uris = vec!["http://127.0.0.1:9/".into()];
+    tune(&mut s);
+    dev_idp::start("127.0.0.1:0".parse().unwrap(), s).await.unwrap()
+}
+
+fn http() -> Client {
+    Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+/// (verifier, S256 challenge)
+fn pkce() -> (String, String) {
+    let verifier = format!("v{}", "x".repeat(10)) + &uuidish();
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    (verifier, challenge)
+}
+
+fn uuidish() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 24];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&quot;", "\"").replace("&#x27;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+}
+
+/// The hidden fields of the first form of a page.
+fn hidden_fields(html: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for part in html.split("<input type=\"hidden\" ").skip(1) {
+        let name = part.split("name=\"").nth(1).and_then(|r| r.split('"').next()).unwrap();
+        let value = part.split("value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap();
+        out.push((unescape(name), unescape(value)));
+    }
+    out
+}
+
+fn authorize_params(challenge: &str, state: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("response_type", "code".into()),
+        ("client_id", "lessor".into()),
+        ("redirect_uri", REDIRECT.into()),
+        ("scope", SCOPE.into()),
+        ("state", state.into()),
+        ("nonce", "nonce-123".into()),
+        ("code_challenge", challenge.into()),
+        ("code_challenge_method", "S256".into()),
+    ]
+}
+
+fn location(r: &reqwest::Response) -> Url {
+    Url::parse(r.headers()["location"].to_str().unwrap()).unwrap()
+}
+
+fn query(u: &Url, k: &str) -> Option<String> {
+    u.query_pairs().find(|(n, _)| n == k).map(|(_, v)| v.into_owned())
+}
+
+/// Opens the authorization page, clicks `user`'s button, returns the
+/// redirect back to the client.
+async fn click(idp: &RunningDevIdp, challenge: &str, state: &str, user: &str) -> Url {
+    let h = http();
+    let page = h.get(format!("{}/authorize", idp.issuer)).query(&authorize_params(challenge, state)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains(&format!("value=\"{user}\"")), "{html}");
+    let mut form = hidden_fields(&html);
+    form.push(("user".into(), user.into()));
+    let r = h.post(format!("{}/authorize", idp.issuer)).form(&form).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    location(&r)
+}
+
+async fn code_for(idp: &RunningDevIdp, challenge: &str, user: &str) -> String {
+    let back = click(idp, challenge, "st", user).await;
+    assert_eq!(back.as_str().split('?').next().unwrap(), REDIRECT);
+    assert_eq!(query(&back, "state").as_deref(), Some("st"));
+    assert_eq!(query(&back, "iss").as_deref(), Some(idp.issuer.as_str()));
+    query(&back, "code").expect("a code")
+}
+
+async fn redeem(idp: &RunningDevIdp, code: &str, verifier: &str, redirect: &str, secret: &str) -> (StatusCode, Value) {
+    let r = http()
+        .post(format!("{}/token", idp.issuer))
+        .basic_auth("lessor", Some(secret))
+        .form(&[("grant_type", "authorization_code"), ("code", code), ("redirect_uri", redirect), ("code_verifier", verifier)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    (r.status(), r.json().await.unwrap())
+}
+
+async fn verify_id_token(idp: &RunningDevIdp, token: &str) -> Value {
+    let jwks: JwkSet = http().get(format!("{}/jwks", idp.issuer)).send().await.unwrap().json().await.unwrap();
+    let kid = jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+    let key = DecodingKey::from_jwk(jwks.find(&kid).expect("the token's kid is in the JWKS")).unwrap();
+    let mut v = Validation::new(Algorithm::ES256);
+    v.set_audience(&["lessor"]);
+    v.set_issuer(&[&idp.issuer]);
+    jsonwebtoken::decode::<Value>(token, &key, &v).unwrap().claims
+}
+
+#[tokio::test]
+async fn discovery_names_every_endpoint_and_the_jwks_holds_the_key() {
+    let idp = start(|_| {}).await;
+    let d: Value = http().get(format!("{}/.well-known/openid-configuration", idp.issuer)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(d["issuer"], idp.issuer);
+    for (k, path) in [
+        ("authorization_endpoint", "/authorize"),
+        ("token_endpoint", "/token"),
+        ("userinfo_endpoint", "/userinfo"),
+        ("jwks_uri", "/jwks"),
+        ("device_authorization_endpoint", "/device_authorization"),
+        ("end_session_endpoint", "/end_session"),
+    ] {
+        assert_eq!(d[k], format!("{}{path}", idp.issuer), "{k}");
+    }
+    assert_eq!(d["code_challenge_methods_supported"], serde_json::json!(["S256"]));
+    assert_eq!(d["response_types_supported"], serde_json::json!(["code"]));
+    assert_eq!(d["token_endpoint_auth_methods_supported"], serde_json::json!(["client_secret_basic", "client_secret_post"]));
+    assert!(d["grant_types_supported"].as_array().unwrap().contains(&DEVICE_GRANT.into()));
+    let jwks: Value = http().get(d["jwks_uri"].as_str().unwrap()).send().await.unwrap().json().await.unwrap();
+    let k = &jwks["keys"][0];
+    assert_eq!((k["kty"].as_str(), k["crv"].as_str(), k["alg"].as_str()), (Some("EC"), Some("P-256"), Some("ES256")));
+    assert!(k.get("d").is_none(), "the private part is never published");
+    // A key per start: another provider has another key.
+    let other = start(|_| {}).await;
+    let jwks2: Value = http().get(format!("{}/jwks", other.issuer)).send().await.unwrap().json().await.unwrap();
+    assert_ne!(jwks2["keys"][0]["x"], k["x"]);
+    idp.shutdown().await;
+    other.shutdown().await;
+}
+
+#[tokio::test]
+async fn code_flow_with_pkce_signs_a_dev_user_in() {
+    let idp = start(|_| {}).await;
+    let (verifier, challenge) = pkce();
+    let code = code_for(&idp, &challenge, "alice").await;
+    let (status, t) = redeem(&idp, &code, &verifier, REDIRECT, SECRET).await;
+    assert_eq!(status, 200, "{t}");
+    assert_eq!(t["token_type"], "Bearer");
+    let c = verify_id_token(&idp, t["id_token"].as_str().unwrap()).await;
+    assert_eq!(c["sub"], "9c1f4e2a-0001");
+    assert_ne!(c["sub"], c["email"], "sub is stable and not the email");
+    assert_eq!(c["aud"], "lessor");
+    assert_eq!(c["nonce"], "nonce-123");
+    assert_eq!(c["email"], "alice@example.com");
+    assert_eq!(c["email_verified"], true);
+    assert_eq!(c["name"], "Alice Platform");
+    assert_eq!(c["groups"], serde_json::json!(["platform"]));
+    let (iat, exp) = (c["iat"].as_u64().unwrap(), c["exp"].as_u64().unwrap());
+    assert!(exp > iat && exp - iat == 600, "iat {iat} exp {exp}");
+
+    // userinfo with the access token; the ID token is not an access token.
+    let info: Value = http()
+        .get(format!("{}/userinfo", idp.issuer))
+        .bearer_auth(t["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((info["sub"].as_str(), info["email"].as_str()), (Some("9c1f4e2a-0001"), Some("alice@example.com")));
+    assert_eq!(info["groups"], serde_json::json!(["platform"]));
+    let r = http().get(format!("{}/userinfo", idp.issuer)).bearer_auth(t["id_token"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // The access token ends with its life.
+    idp.clock().advance(Duration::from_secs(601));
+    let r = http().get(format!("{}/userinfo", idp.issuer)).bearer_auth(t["access_token"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    // client_secret_post works too; bob is in finance; fewer scopes release fewer claims.
+    let (verifier, challenge) = pkce();
+    let mut params = authorize_params(&challenge, "s2");
+    params[3].1 = "openid email".into();
+    let h = http();
+    let html = h.get(format!("{}/authorize", idp.issuer)).query(&params).send().await.unwrap().text().await.unwrap();
+    let mut form = hidden_fields(&html);
+    form.push(("user".into(), "bob".into()));
+    let back = location(&h.post(format!("{}/authorize", idp.issuer)).form(&form).send().await.unwrap());
+    let code = query(&back, "code").unwrap();
+    let r = h
+        .post(format!("{}/token", idp.issuer))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", &verifier),
+            ("client_id", "lessor"),
+            ("client_secret", SECRET),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t: Value = r.json().await.unwrap();
+    assert_eq!(t["scope"], "openid email");
+    let c = verify_id_token(&idp, t["id_token"].as_str().unwrap()).await;
+    assert_eq!((c["sub"].as_str(), c["email"].as_str()), (Some("9c1f4e2a-0002"), Some("bob@example.com")));
+    assert!(c.get("groups").is_none() && c.get("name").is_none(), "{c}");
+    idp.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_endpoint_refuses_with_the_oauth_error_codes() {
+    let idp = start(|_| {}).await;
+    let (verifier, challenge) = pkce();
+
+    // A wrong client secret changes nothing: the code still works after.
+    let code = code_for(&idp, &challenge, "carol").await;
+    let (s, e) = redeem(&idp, &code, &verifier, REDIRECT, "wrong-secret-0123456789").await;
+    assert_eq!((s, e["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_client")));
+    let r = http()
+        .post(format!("{}/token", idp.issuer))
+        .basic_auth("lessor", Some(SECRET))
+        .form(&[("grant_type", "authorization_code"), ("code", &code), ("client_secret", SECRET)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "two client authentication methods at once");
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_request");
+    let r = http()
+        .post(format!("{}/token", idp.issuer))
+        .form(&[("grant_type", "authorization_code"), ("code", code.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((r.status(), r.json::<Value>().await.unwrap()["error"].clone()), (StatusCode::UNAUTHORIZED, "invalid_client".into()));
+    let (s, t) = redeem(&idp, &code, &verifier, REDIRECT, SECRET).await;
+    assert_eq!(s, 200, "{t}");
+    let c = verify_id_token(&idp, t["id_token"].as_str().unwrap()).await;
+    assert_eq!(c["groups"], serde_json::json!(["account:acme"]));
+
+    // Reused code.
+    let (s, e) = redeem(&idp, &code, &verifier, REDIRECT, SECRET).await;
+    assert_eq!((s, e["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_grant")));
+
+    // Wrong PKCE verifier (well-formed, not the one): refused, and the code is spent.
+    let code = code_for(&idp, &challenge, "alice").await;
+    let (other_verifier, _) = pkce();
+    let (s, e) = redeem(&idp, &code, &other_verifier, REDIRECT, SECRET).await;
+    assert_eq!((s, e["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_grant")), "{e}");
+    assert!(e["error_description"].as_str().unwrap().contains("PKCE"));
+    let (_, e) = redeem(&idp, &code, &verifier, REDIRECT, SECRET).await;
+    assert_eq!(e["error"], "invalid_grant");
+
+    // A malformed verifier is refused before the code is touched.
+    let code = code_for(&idp, &challenge, "alice").await;
+    let (s, e) = redeem(&idp, &code, "short", REDIRECT, SECRET).await;
+    assert_eq!((s, e["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")));
+
+    // Wrong redirect_uri at the token endpoint.
+    let (s, e) = redeem(&idp, &code, &verifier, "http://127.0.0.1:9/other", SECRET).await;
+    assert_eq!((s, e["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_grant")));
+    assert!(e["error_description"].as_str().unwrap().contains("redirect_uri"));
+
+    // Expired: codes live 60 s.
+    let code = code_for(&idp, &challenge, "dave").await;
+    idp.clock().advance(Duration::from_secs(61));
+    let (s, e) = redeem(&idp, &code, &verifier, REDIRECT, SECRET).await;
+    assert_eq!((s, e["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_grant")));
+    // ... while one 59 s old still works.
+    let code = code_for(&idp, &challenge, "dave").await;
+    idp.clock().advance(Duration::from_secs(59));
+    assert_eq!(redeem(&idp, &code, &verifier, REDIRECT, SECRET).await.0, 200);
+
+    // Unknown grant type.
+    let r = http()
+        .post(format!("{}/token", idp.issuer))
+        .basic_auth("lessor", Some(SECRET))
+        .form(&[("grant_type", "password")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "unsupported_grant_type");
+    idp.shutdown().await;
+}
+
+#[tokio::test]
+async fn authorize_refuses_bad_requests_without_redirecting_to_strangers() {
+    let idp = start(|_| {}).await;
+    let (_, challenge) = pkce();
+    let h = http();
+    let get = |params: Vec<(&'static str, String)>| {
+        let h = h.clone();
+        let url = format!("{}/authorize", idp.issuer);
+        async move { h.get(url).query(&params).send().await.unwrap() }
+    };
+    // Unregistered redirect_uri (even a prefix match) or client: a page, never a redirect.
+    for (k, v) in [("redirect_uri", format!("{REDIRECT}/x")), ("redirect_uri", "http://evil.example/cb".into()), ("client_id", "other".into())] {
+        let mut p = authorize_params(&challenge, "s");
+        p.iter_mut().find(|(n, _)| *n == k).unwrap().1 = v.clone();
+        let r = get(p).await;
+        assert_eq!(r.status(), 400, "{k}={v}");
+        assert!(r.headers().get("location").is_none());
+    }
+    // Everything else goes back to the client with the error and the state.
+    for (k, v, error) in [
+        ("response_type", "token", "unsupported_response_type"),
+        ("code_challenge_method", "plain", "invalid_request"),
+        ("code_challenge", "", "invalid_request"),
+        ("nonce", "", "invalid_request"),
+        ("scope", "email", "invalid_scope"),
+        ("scope", "openid admin", "invalid_scope"),
+    ] {
+        let mut p = authorize_params(&challenge, "keep-me");
+        p.iter_mut().find(|(n, _)| *n == k).unwrap().1 = v.into();
+        let r = get(p).await;
+        assert_eq!(r.status(), StatusCode::FOUND, "{k}={v}");
+        let back = location(&r);
+        assert!(back.as_str().starts_with(REDIRECT));
+        assert_eq!(query(&back, "error").as_deref(), Some(error), "{k}={v}");
+        assert_eq!(query(&back, "state").as_deref(), Some("keep-me"));
+    }
+    let mut p = authorize_params(&challenge, "");
+    p.retain(|(k, _)| *k != "state");
+    assert_eq!(query(&location(&get(p).await), "error").as_deref(), Some("invalid_request"), "state is required");
+
+    // A tampered submit is checked again.
+    let html = get(authorize_params(&challenge, "s")).await.text().await.unwrap();
+    let mut form = hidden_fields(&html);
+    form.iter_mut().find(|(k, _)| k == "redirect_uri").unwrap().1 = "http://evil.example/cb".into();
+    form.push(("user".into(), "alice".into()));
+    let r = h.post(format!("{}/authorize", idp.issuer)).form(&form).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get("location").is_none());
+    // Cancel is access_denied; an unknown user is refused.
+    let mut form = hidden_fields(&html);
+    form.push(("user".into(), "".into()));
+    let back = location(&h.post(format!("{}/authorize", idp.issuer)).form(&form).send().await.unwrap());
+    assert_eq!(query(&back, "error").as_deref(), Some("access_denied"));
+    let mut form = hidden_fields(&html);
+    form.push(("user".into(), "mallory".into()));
+    assert_eq!(h.post(format!("{}/authorize", idp.issuer)).form(&form).send().await.unwrap().status(), 400);
+    assert_eq!(idp.pending().codes, 0);
+    idp.shutdown().await;
+}
+
+#[tokio::test]
+async fn markup_in_state_and_redirect_uri_is_escaped() {
+    let idp = start(|_| {}).await;
+    let (verifier, challenge) = pkce();
+    let evil = "\"><script>alert(1)</script><x a='";
+    let h = http();
+    let r = h.get(format!("{}/authorize", idp.issuer)).query(&authorize_params(&challenge, evil)).send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(r.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+    let html = r.text().await.unwrap();
+    assert!(!html.contains("<script>"), "{html}");
+    assert!(html.contains("&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;&lt;x a=&#x27;"), "{html}");
+    // The state still makes the round trip unchanged.
+    let mut form = hidden_fields(&html);
+    form.push(("user".into(), "alice".into()));
+    let back = location(&h.post(format!("{}/authorize", idp.issuer)).form(&form).send().await.unwrap());
+    assert_eq!(query(&back, "state").as_deref(), Some(evil));
+    assert_eq!(redeem(&idp, &query(&back, "code").unwrap(), &verifier, REDIRECT, SECRET).await.0, 200);
+
+    let mut p = authorize_params(&challenge, "s");
+    p[2].1 = format!("http://x/{evil}");
+    let html = h.get(format!("{}/authorize", idp.issuer)).query(&p).send().await.unwrap().text().await.unwrap();
+    assert!(!html.contains("<script>") && html.contains("&lt;script&gt;"), "{html}");
+    let mut p = authorize_params(&challenge, "s");
+    p[1].1 = evil.into();
+    let html = h.get(format!("{}/authorize", idp.issuer)).query(&p).send().await.unwrap().text().await.unwrap();
+    assert!(!html.contains("<script>") && html.contains("&lt;script&gt;"), "{html}");
+    let html = h.get(format!("{}/end_session", idp.issuer)).query(&[("post_logout_redirect_uri", evil)]).send().await.unwrap();
+    assert_eq!(html.status(), 400);
+    assert!(!html.text().await.unwrap().contains("<script>"));
+    idp.shutdown().await;
+}
+
+async fn device_start(idp: &RunningDevIdp) -> Value {
+    let r = http()
+        .post(format!("{}/device_authorization", idp.issuer))
+        .basic_auth("lessor", Some(SECRET))
+        .form(&[("scope", SCOPE)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+async fn poll(idp: &RunningDevIdp, device_code: &str) -> (StatusCode, Value) {
+    let r = http()
+        .post(format!("{}/token", idp.issuer))
+        .basic_auth("lessor", Some(SECRET))
+        .form(&[("grant_type", DEVICE_GRANT), ("device_code", device_code)])
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.json().await.unwrap())
+}
+
+/// Opens the verification page the way a person does (the complete URI)
+/// and clicks `user` ("" = deny).
+async fn approve(idp: &RunningDevIdp, d: &Value, user: &str) -> reqwest::Response {
+    let h = http();
+    let html = h.get(d["verification_uri_complete"].as_str().unwrap()).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains(d["user_code"].as_str().unwrap()), "{html}");
+    let mut form = hidden_fields(&html);
+    form.push(("user".into(), user.into()));
+    h.post(format!("{}/device", idp.issuer)).form(&form).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn device_flow_pending_slow_down_approve_token() {
+    let idp = start(|_| {}).await;
+    let d = device_start(&idp).await;
+    let user_code = d["user_code"].as_str().unwrap();
+    assert!(user_code.len() == 9 && user_code.as_bytes()[4] == b'-', "{user_code}");
+    assert_eq!(d["verification_uri"], format!("{}/device", idp.issuer));
+    assert_eq!((d["interval"].as_u64(), d["expires_in"].as_u64()), (Some(5), Some(600)));
+    let dc = d["device_code"].as_str().unwrap();
+
+    let (s, e) = poll(&idp, dc).await;
+    assert_eq!((s, e["error"].as_str()), (StatusCode::BAD_REQUEST, Some("authorization_pending")));
+    let (_, e) = poll(&idp, dc).await;
+    assert_eq!(e["error"], "slow_down", "polled again at once");
+    // The interval is now 10 s: 6 s later is still too fast.
+    idp.clock().advance(Duration::from_secs(6));
+    assert_eq!(poll(&idp, dc).await.1["error"], "slow_down");
+
+    // The person types the code (any case, without the dash) on the page.
+    let h = http();
+    let typed = user_code.replace('-', "").to_lowercase();
+    let r = h.get(format!("{}/device", idp.issuer)).query(&[("user_code", &typed)]).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains(user_code));
+    let r = h.get(format!("{}/device", idp.issuer)).query(&[("user_code", "BCDF-GHJK")]).send().await.unwrap();
+    assert_eq!(r.status(), 400, "an unknown code");
+    let r = approve(&idp, &d, "bob").await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("Signed in as bob"));
+    // The user code is spent.
+    let r = h.get(d["verification_uri_complete"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+
+    idp.clock().advance(Duration::from_secs(15));
+    let (s, t) = poll(&idp, dc).await;
+    assert_eq!(s, 200, "{t}");
+    let c = verify_id_token(&idp, t["id_token"].as_str().unwrap()).await;
+    assert_eq!((c["sub"].as_str(), c["email"].as_str()), (Some("9c1f4e2a-0002"), Some("bob@example.com")));
+    assert_eq!(c["groups"], serde_json::json!(["finance"]));
+    assert!(c.get("nonce").is_none());
+    // The device code is single use.
+    idp.clock().advance(Duration::from_secs(60));
+    assert_eq!(poll(&idp, dc).await.1["error"], "invalid_grant");
+
+    // Denied.
+    let d = device_start(&idp).await;
+    assert_eq!(approve(&idp, &d, "").await.status(), 200);
+    assert_eq!(poll(&idp, d["device_code"].as_str().unwrap()).await.1["error"], "access_denied");
+
+    // Expired (10 minutes), also for the page.
+    let d = device_start(&idp).await;
+    idp.clock().advance(Duration::from_secs(601));
+    let r = http().get(d["verification_uri_complete"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(poll(&idp, d["device_code"].as_str().unwrap()).await.1["error"], "expired_token");
+
+    // The device endpoint authenticates the client too.
+    let r = http()
+        .post(format!("{}/device_authorization", idp.issuer))
+        .form(&[("client_id", "lessor"), ("client_secret", "wrong-secret-000000"), ("scope", SCOPE)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Basic"));
+    idp.shutdown().await;
+}
+
+#[tokio::test]
+async fn refuses_to_listen_off_loopback() {
+    for addr in ["0.0.0.0:0", "[::]:0", "192.0.2.1:0"] {
+        let s = DevIdpSettings::new("lessor", SecretString::from(SECRET), vec![REDIRECT.into()]);
+        match dev_idp::start(addr.parse().unwrap(), s).await {
+            Err(DevIdpError::NotLoopback(a)) => assert_eq!(a.to_string(), addr),
+            Err(e) => panic!("{addr}: {e}"),
+            Ok(_) => panic!("{addr}: the dev provider listened off loopback"),
+        }
+    }
+    let idp = start(|_| {}).await;
+    assert!(idp.addr.ip().is_loopback());
+    idp.shutdown().await;
+}
+
+#[tokio::test]
+async fn caps_hold_under_a_flood() {
+    let idp = start(|s| s.max_pending = 5).await;
+    let (_, challenge) = pkce();
+    let h = http();
+    // Opening the page keeps nothing: 300 requests, no table grows.
+    let url = format!("{}/authorize", idp.issuer);
+    let floods = (0..300).map(|i| {
+        let h = h.clone();
+        let url = url.clone();
+        let p = authorize_params(&challenge, &format!("s{i}"));
+        async move { h.get(url).query(&p).send().await.unwrap().status() }
+    });
+    assert!(futures::future::join_all(floods).await.iter().all(|s| *s == 200));
+    assert_eq!(idp.pending(), dev_idp::Pending { codes: 0, devices: 0 });
+    // Clicks issue codes up to the cap, then the client hears why.
+    for _ in 0..5 {
+        assert!(query(&click(&idp, &challenge, "s", "alice").await, "code").is_some());
+    }
+    for _ in 0..20 {
+        let back = click(&idp, &challenge, "s", "alice").await;
+        assert_eq!(query(&back, "error").as_deref(), Some("temporarily_unavailable"));
+    }
+    assert_eq!(idp.pending().codes, 5);
+    for _ in 0..5 {
+        device_start(&idp).await;
+    }
+    let r = h.post(format!("{}/device_authorization", idp.issuer)).basic_auth("lessor", Some(SECRET)).form(&[("scope", SCOPE)]).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "temporarily_unavailable");
+    assert_eq!(idp.pending(), dev_idp::Pending { codes: 5, devices: 5 });
+    // Expired entries make room again.
+    idp.clock().advance(Duration::from_secs(1201));
+    assert!(query(&click(&idp, &challenge, "s", "alice").await, "code").is_some());
+    device_start(&idp).await;
+    assert_eq!(idp.pending(), dev_idp::Pending { codes: 1, devices: 1 });
+    idp.shutdown().await;
+}
+
+#[tokio::test]
+async fn end_session_returns_only_to_registered_uris() {
+    let idp = start(|_| {}).await;
+    let h = http();
+    let r = h.get(format!("{}/end_session", idp.issuer)).query(&[("post_logout_redirect_uri", "http://127.0.0.1:9/"), ("state", "z")]).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert_eq!(location(&r).as_str(), "http://127.0.0.1:9/?state=z");
+    let r = h.get(format!("{}/end_session", idp.issuer)).query(&[("post_logout_redirect_uri", "http://evil.example/")]).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(h.get(format!("{}/end_session", idp.issuer)).send().await.unwrap().status(), 200);
+    idp.shutdown().await;
+}
+
+#[test]
+fn lessor_dev_runs_the_provider_for_its_people() {
+    use std::os::unix::fs::PermissionsExt;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("dev");
+    let data_s = data.display().to_string();
+    let log = tmp.path().join("dev.log");
+    let (child, issuer) = super::binary::spawn_until(
+        &["dev", "--listen", "127.0.0.1:0", "--data-dir", &data_s],
+        repo,
+        &[],
+        &log,
+        "dev OpenID provider at ",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let secret_file = data.join("dev-idp.client-secret");
+    assert_eq!(std::fs::metadata(&secret_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    let cfg = std::fs::read_to_string(data.join("lessor.toml")).unwrap();
+    let listen = cfg.lines().find_map(|l| l.strip_prefix("listen = \"")).unwrap().trim_end_matches('"').to_owned();
+    assert!(!listen.ends_with(":0"), "the config names the real port: {listen}");
+    assert!(cfg.contains(&format!("issuer = \"{issuer}\"")), "the [people] section names the provider:\n{cfg}");
+    assert!(cfg.contains("client_secret_file = "));
+    let device_code = rt.block_on(async {
+        let h = http();
+        let d: Value = h.get(format!("{issuer}/.well-known/openid-configuration")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(d["issuer"], issuer);
+        // The secret file authenticates lessor at the provider; a wrong one does not.
+        let mut device_code = String::new();
+        for (s, want) in [(secret.trim(), 200), ("0000000000000000000000", 401)] {
+            let r = h
+                .post(format!("{issuer}/device_authorization"))
+                .basic_auth("lessor", Some(s))
+                .form(&[("scope", SCOPE)])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), want);
+            if want == 200 {
+                device_code = r.json::<Value>().await.unwrap()["device_code"].as_str().unwrap().to_owned();
+            }
+        }
+        // lessor's callback on its real address is the registered redirect URI.
+        let (_, challenge) = pkce();
+        let mut p = authorize_params(&challenge, "s");
+        p[2].1 = format!("http://{listen}/v1/people/callback");
+        let r = h.get(format!("{issuer}/authorize")).query(&p).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        device_code
+    });
+    super::binary::stop(child);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("dev OpenID provider is serving"), "{text}");
+    for (what, v) in [("client secret", secret.trim()), ("device code", device_code.as_str())] {
+        assert!(!text.contains(v), "the {what} is in lessor dev's log");
+    }
+    // Stopped with the daemon.
+    assert!(std::net::TcpStream::connect(issuer.trim_start_matches("http://")).is_err(), "the provider outlived lessor dev");
+}
