@@ -123,6 +123,24 @@ async fn explain_answers_for_one_case_and_needs_admin() {
     // A workload JWT without an admin policy is refused.
     let (s, _) = d.post("/v1/policy/explain", &iss.token(), case).await;
     assert_eq!(s, 403);
+    // A person on a configured connection: bob (finance) may approve,
+    // alice (platform) may not, and the answer names her.
+    let person = |subject: &str, group: &str| {
+        json!({"action": "connection_approve", "connection": "token",
+               "person": {"provider": "dev", "subject": subject, "email": format!("{subject}@example.com"), "groups": [group]}})
+    };
+    let (s, v) = d.post("/v1/policy/explain", &d.admin, person("bob", "finance")).await;
+    assert_eq!((s, v["allowed"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(v["policies"][0]["id"], "finance-approves-root-credentials");
+    let (s, v) = d.post("/v1/policy/explain", &d.admin, person("alice", "platform")).await;
+    assert_eq!((s, v["allowed"].as_bool()), (200, Some(false)), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("person `dev#alice`"), "{v}");
+    assert_eq!(v["considered"]["groups"], "platform", "{v}");
+    // A connection that is not configured is a 400 naming the field.
+    let (s, v) = d.post("/v1/policy/explain", &d.admin, json!({"action": "connection_read", "connection": "nope",
+        "person": {"provider": "dev", "subject": "bob"}})).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("connection `nope` is not defined"), "{v}");
 }
 
 /// The shipped policies: every permit pins `principal.issuer` (or, for
