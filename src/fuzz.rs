@@ -322,8 +322,8 @@ pub fn cedar_context(data: &[u8]) {
             }
         }
     };
-    let Ok((principal, action, role, ctx)) = case.to_request(&f.roles) else { return };
-    let _ = f.policies.decide(&principal, action, role.as_ref(), &ctx);
+    let Ok(request) = case.to_request(&f.roles, &BTreeMap::new()) else { return };
+    let _ = f.policies.decide_case(&request);
 }
 
 fn cedar_seeds() -> Vec<Vec<u8>> {

@@ -267,11 +267,15 @@ async fn check(path: &std::path::Path, connections: bool) -> anyhow::Result<Exit
 }
 
 fn policy_test(dir: &std::path::Path, policies: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
-    let roles = match config {
-        Some(c) => crate::plugins::role_infos(&Config::load(c)?),
-        None => Vec::new(),
+    let (roles, connections) = match config {
+        Some(c) => {
+            let cfg = Config::load(c)?;
+            let connections: Vec<_> = crate::connections::ConnectionMeta::all(&cfg).into_values().map(|m| m.info).collect();
+            (crate::plugins::role_infos(&cfg), connections)
+        }
+        None => (Vec::new(), Vec::new()),
     };
-    let results = crate::policy::casefile::run(dir, policies, &roles).map_err(|e| anyhow!(e))?;
+    let results = crate::policy::casefile::run(dir, policies, &roles, &connections).map_err(|e| anyhow!(e))?;
     let failed = results.iter().filter(|r| !r.passed).count();
     for r in &results {
         if r.passed {

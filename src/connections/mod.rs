@@ -16,6 +16,16 @@
 //! from the seal key: it tells versions apart and matches a secret one
 //! holds, and reveals no character of it), who set it and when.
 //!
+//! Who may act is Cedar's decision for workloads and people (admin
+//! credentials may do everything). Approvals are stricter than any policy:
+//! only a person or an admin credential approves (a workload never does);
+//! never whoever set the candidate, compared by provider#subject and by
+//! email; all admin credentials together count as one person,
+//! "break-glass", flagged in the record and the audit. A version records
+//! who set and approved it as [`Recorded`] text: `provider#subject <email>`
+//! for a person, `issuer#subject` for a workload, the credential's name
+//! for an admin (with ` [break-glass]` on an approval).
+//!
 //! Must not import: http, lease, sqlx (the lease engine follows root
 //! credentials, not the other way round).
 //!
@@ -34,8 +44,8 @@ use tokio::sync::watch;
 
 use crate::audit::{Audit, AuditError, Event};
 use crate::config::{Config, ExpectedIdentity};
-use crate::policy::{Action, ConnectionInfo, PolicyEngine, PolicyError, Principal, RequestContext, Target};
-use crate::principal::{Actor, RequestMeta};
+use crate::policy::{Action, ConnectionInfo, PersonInfo, PolicyEngine, PolicyError, Principal, RequestContext, Target};
+use crate::principal::{Actor, Person, RequestMeta};
 use crate::store::{SecretState, SecretSwitch, SecretVersion, Store, StoreError};
 use crate::telemetry::metrics;
 
@@ -110,6 +120,63 @@ impl ConnectionMeta {
 
     pub fn is_production(&self) -> bool {
         self.info.environment == "production"
+    }
+}
+
+/// A person as Cedar sees them (`Lessor::Person`).
+pub fn person_info(p: &Person) -> PersonInfo {
+    PersonInfo {
+        provider: p.provider.clone(),
+        issuer: p.issuer.clone(),
+        subject: p.subject.clone(),
+        email: p.email.clone(),
+        name: p.name.clone(),
+        groups: p.groups.clone(),
+    }
+}
+
+/// Marks an approval made with an admin credential in `approved_by`.
+pub const BREAK_GLASS_MARK: &str = " [break-glass]";
+
+/// Who set or approved a version, as its record names them (the
+/// `set_by` / `approved_by` text, read back for the approval checks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// `provider#subject`, `issuer#subject` or the admin credential's name.
+    pub id: String,
+    /// A person's (lower-cased) email; `None` for others and for people
+    /// whose provider gave none.
+    pub email: Option<String>,
+    /// An admin credential (`token:...`, `cert:...`): all of them count as
+    /// one person, break-glass.
+    pub admin: bool,
+    /// An approval made with an admin credential.
+    pub break_glass: bool,
+}
+
+impl Recorded {
+    /// How a version records `actor` (set, approve, activate).
+    pub fn of(actor: &Actor) -> String {
+        match actor {
+            Actor::Person(p) if !p.email.is_empty() => format!("{} <{}>", p.id(), p.email),
+            other => other.name(),
+        }
+    }
+
+    /// Reads a record back. Admin credentials are named `token:<name>` and
+    /// `cert:<subject>` by the HTTP layer; a person's email is the trailing
+    /// `<...>`.
+    pub fn parse(text: &str) -> Recorded {
+        let (rest, break_glass) = match text.strip_suffix(BREAK_GLASS_MARK) {
+            Some(r) => (r, true),
+            None => (text, false),
+        };
+        let admin = break_glass || rest.starts_with("token:") || rest.starts_with("cert:");
+        let (id, email) = match rest.strip_suffix('>').and_then(|r| r.rsplit_once(" <")) {
+            Some((id, email)) if !admin && !email.is_empty() => (id, Some(email.to_lowercase())),
+            _ => (rest, None),
+        };
+        Recorded { id: id.to_owned(), email, admin, break_glass }
     }
 }
 
@@ -385,44 +452,49 @@ impl RootCredentials {
         self.meta.get(conn)?.review_by.map(|d| d.midnight().assume_utc())
     }
 
+    /// Every configured connection as policy sees it (`POST /v1/policy/explain`).
+    pub fn connection_infos(&self) -> Vec<ConnectionInfo> {
+        self.meta.values().map(|m| m.info.clone()).collect()
+    }
+
     fn meta(&self, conn: &str) -> Result<&ConnectionMeta, ConnError> {
         self.meta.get(conn).ok_or_else(|| ConnError::NotFound(conn.to_owned()))
     }
 
-    /// Who `actor` is, if policy lets them do `action` on `conn`. Admin
-    /// credentials (admin token, client certificate) may do everything.
+    /// How the version records `actor` ([`Recorded::of`]), if policy lets
+    /// them do `action` on `conn`. Admin credentials (admin token, client
+    /// certificate) may do everything; workloads and people are decided by
+    /// Cedar, and the decision is audited with who asked.
     fn authorize(&self, actor: &Actor, action: Action, conn: &ConnectionMeta, meta: &RequestMeta) -> Result<String, ConnError> {
-        match actor {
-            Actor::Admin { name } => Ok(name.clone()),
-            // Until people's connection actions are decided by Cedar
-            // (`Lessor::Person`), a person may do none.
-            Actor::Person(p) => Err(ConnError::Forbidden(format!(
-                "`{}` is a person; connection actions are not yet decided for people",
-                p.id()
-            ))),
+        let ctx = RequestContext {
+            ttl_seconds: 0,
+            scopes: vec![],
+            now: OffsetDateTime::now_utc().unix_timestamp(),
+            source_ip: meta.source,
+            vault_role: meta.vault_role.clone(),
+        };
+        let policies = self.policy.current();
+        let target = Target::Connection(&conn.info);
+        let d = match actor {
+            Actor::Admin { name } => return Ok(name.clone()),
+            Actor::Person(p) => policies.decide_on(&person_info(p), action, target, &ctx)?,
             Actor::Workload(w) => {
                 let p = Principal { issuer: w.issuer.clone(), subject: w.subject.clone(), attributes: w.attributes.clone() };
-                let ctx = RequestContext {
-                    ttl_seconds: 0,
-                    scopes: vec![],
-                    now: OffsetDateTime::now_utc().unix_timestamp(),
-                    source_ip: meta.source,
-                    vault_role: meta.vault_role.clone(),
-                };
-                let d = self.policy.current().decide_on(&p, action, Target::Connection(&conn.info), &ctx)?;
-                let mut ev = Event::new("decide", if d.allowed { "allow" } else { "deny" })
-                    .request(Some(meta))
-                    .actor(actor.audit_info())
-                    .detail("policy_action", action.as_str())
-                    .detail("connection", conn.info.name.clone());
-                ev.policies = Some(d.policy_ids());
-                self.audit.note(ev);
-                if d.allowed {
-                    Ok(format!("{}#{}", w.issuer, w.subject))
-                } else {
-                    Err(ConnError::Forbidden(d.message))
-                }
+                policies.decide_on(&p, action, target, &ctx)?
             }
+        };
+        let mut ev = Event::new("decide", if d.allowed { "allow" } else { "deny" })
+            .request(Some(meta))
+            .actor(actor.audit_info())
+            .detail("policy_action", action.as_str())
+            .detail("connection", conn.info.name.clone());
+        ev.policies = Some(d.policy_ids());
+        ev.reasons = Some(d.policies.iter().filter_map(|p| p.reason.clone()).collect());
+        self.audit.note(ev);
+        if d.allowed {
+            Ok(Recorded::of(actor))
+        } else {
+            Err(ConnError::Forbidden(d.message))
         }
     }
 
@@ -624,34 +696,85 @@ impl RootCredentials {
         Ok(result)
     }
 
-    /// Approves a candidate (production): not by whoever set it.
+    /// Approves a candidate (production): only a person (Cedar decides
+    /// which) or an admin credential (break-glass); never a workload, never
+    /// whoever set it (same provider#subject, or same email), and an admin
+    /// credential not a version set with one (they are one person).
     pub async fn approve(&self, actor: &Actor, conn: &str, version: Option<i64>, meta: &RequestMeta) -> Result<SecretVersion, ConnError> {
         let m = self.managed_meta(conn)?;
+        if let Actor::Workload(w) = actor {
+            // Before Cedar: no policy can make a workload an approver.
+            let e = ConnError::Forbidden(format!(
+                "`{}#{}` is a workload: approvals come only from people (sign in with `lessor login`) or, as \
+                 break-glass, an admin token; a workload never approves, whatever the policies permit",
+                w.issuer, w.subject
+            ));
+            let ev = self.event("connection.approve", "denied", actor, meta, conn);
+            self.audit.note(ev.error("workload_cannot_approve", e.to_string()));
+            return Err(e);
+        }
         let by = self.authorize(actor, Action::ConnectionApprove, &m, meta)?;
         let v = self.version(conn, version, SecretState::Candidate).await?;
-        let refuse = |ev: Event, e: ConnError| {
-            self.audit.note(ev.detail("version", v.version).error("refused", e.to_string()));
+        let setter = Recorded::parse(&v.set_by);
+        let break_glass = matches!(actor, Actor::Admin { .. });
+        let ev = self
+            .event("connection.approve", "denied", actor, meta, conn)
+            .detail("version", v.version)
+            .detail("set_by", setter.id.clone())
+            .detail("break_glass", break_glass);
+        let refuse = |reason: &'static str, e: ConnError| {
+            self.audit.note(ev.clone().error(reason, e.to_string()));
             Err(e)
         };
-        let ev = self.event("connection.approve", "denied", actor, meta, conn);
         if v.state != SecretState::Candidate {
             let e = ConnError::Conflict(format!("connection `{conn}` version {} is {}, not a candidate", v.version, v.state.as_str()));
-            return refuse(ev, e);
+            return refuse("refused", e);
         }
-        if v.set_by == by {
-            let e = ConnError::Forbidden(format!(
-                "`{by}` set version {} of connection `{conn}` and cannot also approve it: a second person must run \
-                 `lessor connection approve {conn}`",
+        let second = |why: String| {
+            ConnError::Forbidden(format!(
+                "{why}: a second person must run `lessor connection approve {conn}` (version {})",
                 v.version
-            ));
-            return refuse(ev, e);
+            ))
+        };
+        match actor {
+            Actor::Person(p) if setter.id == p.id() => {
+                let why = format!("`{}` set version {} of connection `{conn}` and cannot also approve it", p.id(), v.version);
+                return refuse("self_approval", second(why));
+            }
+            Actor::Person(p) if !p.email.is_empty() && setter.email.as_deref() == Some(p.email.as_str()) => {
+                let why = format!(
+                    "`{}` has the same email (`{}`) as `{}`, who set version {} of connection `{conn}`: the same person \
+                     cannot also approve it",
+                    p.id(),
+                    p.email,
+                    setter.id,
+                    v.version
+                );
+                return refuse("self_approval_same_email", second(why));
+            }
+            Actor::Admin { name } if setter.admin => {
+                let why = format!(
+                    "version {} of connection `{conn}` was set with an admin credential (`{}`); `{name}` is one too, \
+                     and all admin credentials count as one person (break-glass)",
+                    v.version, setter.id
+                );
+                return refuse("self_approval_break_glass", second(why));
+            }
+            _ => {}
         }
+        let record = if break_glass { format!("{by}{BREAK_GLASS_MARK}") } else { by };
         let now = OffsetDateTime::now_utc();
-        if !self.store.secret_approve(conn, v.version, &by, now).await? {
+        if !self.store.secret_approve(conn, v.version, &record, now).await? {
             let e = ConnError::Conflict(format!("connection `{conn}` version {} changed meanwhile; look again", v.version));
-            return refuse(ev, e);
+            return refuse("refused", e);
         }
-        self.audit.note(self.event("connection.approve", "ok", actor, meta, conn).detail("version", v.version));
+        let mut ok = ev;
+        ok.outcome = "ok";
+        ok.time = crate::audit::now_rfc3339();
+        if break_glass {
+            tracing::warn!(connection = conn, version = v.version, admin = %actor.name(), "break-glass approval with an admin credential");
+        }
+        self.audit.note(ok);
         self.version(conn, Some(v.version), SecretState::Candidate).await
     }
 
@@ -851,6 +974,38 @@ pub fn warnings(m: &ConnectionMeta, versions: &[SecretVersion], now: OffsetDateT
         }
     }
     out
+}
+
+#[cfg(test)]
+mod recorded_tests {
+    use super::*;
+
+    #[test]
+    fn records_name_people_with_their_email_and_flag_break_glass() {
+        let p = Person {
+            provider: "dev".into(),
+            issuer: "http://idp".into(),
+            subject: "alice".into(),
+            email: "alice@example.com".into(),
+            name: "Alice".into(),
+            groups: vec![],
+        };
+        let text = Recorded::of(&Actor::Person(p.clone()));
+        assert_eq!(text, "dev#alice <alice@example.com>");
+        let r = Recorded::parse(&text);
+        assert_eq!((r.id.as_str(), r.email.as_deref(), r.admin, r.break_glass), ("dev#alice", Some("alice@example.com"), false, false));
+        // No email: the id alone.
+        let r = Recorded::parse(&Recorded::of(&Actor::Person(Person { email: String::new(), ..p })));
+        assert_eq!((r.id.as_str(), r.email), ("dev#alice", None));
+        // Admin credentials, set and approved (break-glass).
+        let r = Recorded::parse("token:ops");
+        assert!(r.admin && !r.break_glass && r.email.is_none());
+        let r = Recorded::parse(&format!("cert:ops.example{BREAK_GLASS_MARK}"));
+        assert_eq!((r.id.as_str(), r.admin, r.break_glass), ("cert:ops.example", true, true));
+        // A workload (or an older record) is an id without email.
+        let r = Recorded::parse("https://token.actions.githubusercontent.com#repo:acme/ops:ref:refs/heads/main");
+        assert!(!r.admin && r.email.is_none() && r.id.ends_with("refs/heads/main"));
+    }
 }
 
 #[cfg(test)]

@@ -299,12 +299,18 @@ pub async fn explain(
     st.leases.audit.note(ev.detail("case", st.leases.audit.hash(text.as_bytes())));
     let roles: BTreeMap<String, crate::policy::RoleInfo> =
         st.leases.catalog.roles.values().map(|r| (r.name.clone(), r.info.clone())).collect();
-    let (principal, action, role, ctx) = case.to_request(&roles).map_err(|e| ApiError::bad_request(e.field, e.message))?;
+    let connections: BTreeMap<String, crate::policy::ConnectionInfo> = st
+        .leases
+        .roots
+        .as_deref()
+        .map(|r| r.connection_infos().into_iter().map(|c| (c.name.clone(), c)).collect())
+        .unwrap_or_default();
+    let request = case.to_request(&roles, &connections).map_err(|e| ApiError::bad_request(e.field, e.message))?;
     let d = st
         .leases
         .policy
         .current()
-        .decide(&principal, action, role.as_ref(), &ctx)
+        .decide_case(&request)
         .map_err(|e| ApiError::bad_request("case", e.to_string()))?;
     Ok(Json(serde_json::to_value(&d).map_err(|e| ApiError::internal("serializing decision", e))?))
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::{ApiError, ApiJson, AppState, Meta, OperatorCaller};
-use crate::connections::{ConnError, ConnectionView, RootCredentials};
+use crate::connections::{ConnError, ConnectionView, Recorded, RootCredentials};
 use crate::store::SecretVersion;
 
 fn rfc(t: OffsetDateTime) -> String {
@@ -34,6 +34,7 @@ pub fn version_json(v: &SecretVersion) -> Value {
         "verification": v.verification,
         "verified_at": v.verified_at.map(rfc),
         "approved_by": v.approved_by,
+        "approved_break_glass": v.approved_by.as_deref().is_some_and(|a| Recorded::parse(a).break_glass),
         "approved_at": v.approved_at.map(rfc),
         "activated_by": v.activated_by,
         "activated_at": v.activated_at.map(rfc),

@@ -443,7 +443,9 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// An admin: an admin token, or a workload whose JWT policy allows `admin`.
+/// An admin: an admin token, a workload whose JWT policy allows `admin`, or
+/// a signed-in person policy allows `admin` (who stays a person: the audit
+/// names them).
 pub struct AdminCaller(pub Actor);
 
 impl FromRequestParts<AppState> for AdminCaller {
@@ -456,25 +458,33 @@ impl FromRequestParts<AppState> for AdminCaller {
             return Err(client_cert_required());
         }
         let Caller(actor) = Caller::from_request_parts(parts, state).await?;
+        let ctx = || RequestContext {
+            ttl_seconds: 0,
+            scopes: vec![],
+            now: time::OffsetDateTime::now_utc().unix_timestamp(),
+            source_ip: source_ip(parts),
+            vault_role: None,
+        };
         match actor {
             Actor::Admin { .. } => Ok(AdminCaller(actor)),
-            // Until people's admin actions are decided by Cedar
-            // (`Lessor::Person`), a person is not an admin.
-            Actor::Person(p) => Err(ApiError::forbidden(format!(
-                "`{}` is a person; admin endpoints need an admin credential or a workload that policy allows `admin`",
-                p.id()
-            ))),
+            Actor::Person(p) => {
+                let d = state.leases.decide(&crate::connections::person_info(&p), Action::Admin, None, &ctx())?;
+                let mut ev = Event::new("decide", if d.allowed { "allow" } else { "deny" })
+                    .request(Some(&request_meta(parts)))
+                    .actor(Actor::Person(p.clone()).audit_info())
+                    .detail("policy_action", "admin");
+                ev.policies = Some(d.policy_ids());
+                ev.reasons = Some(d.policies.iter().filter_map(|p| p.reason.clone()).collect());
+                state.leases.audit.note(ev);
+                if d.allowed {
+                    Ok(AdminCaller(Actor::Person(p)))
+                } else {
+                    Err(ApiError::forbidden(format!("admin endpoints need an admin credential; {}", d.message)))
+                }
+            }
             Actor::Workload(w) => {
-                let ip = source_ip(parts);
-                let ctx = RequestContext {
-                    ttl_seconds: 0,
-                    scopes: vec![],
-                    now: time::OffsetDateTime::now_utc().unix_timestamp(),
-                    source_ip: ip,
-                    vault_role: None,
-                };
                 let p = Principal { issuer: w.issuer.clone(), subject: w.subject.clone(), attributes: w.attributes.clone() };
-                let d = state.leases.decide(&p, Action::Admin, None, &ctx)?;
+                let d = state.leases.decide(&p, Action::Admin, None, &ctx())?;
                 let mut ev = Event::new("decide", if d.allowed { "allow" } else { "deny" })
                     .request(Some(&request_meta(parts)))
                     .actor(workload_info(&w))

@@ -486,8 +486,17 @@ pub mod wire {
         #[serde(default)]
         #[schema(example = "issue")]
         pub action: String,
-        /// `issuer`, `subject` and mapped claims.
-        pub principal: BTreeMap<String, String>,
+        /// Connection name, for `connection_*` actions.
+        #[serde(default)]
+        pub connection: Option<String>,
+        /// A workload: `issuer`, `subject` and mapped claims.
+        #[serde(default)]
+        pub principal: Option<BTreeMap<String, String>>,
+        /// A person instead of a workload: `provider`, `issuer`, `subject`,
+        /// `email`, `name`, `groups` (a list).
+        #[serde(default)]
+        #[schema(value_type = Option<Object>)]
+        pub person: Option<serde_json::Value>,
         /// e.g. `15m`; default the role's `max_ttl`.
         #[serde(default)]
         pub ttl: Option<String>,
@@ -535,6 +544,8 @@ pub mod wire {
         /// Always `set`.
         pub secret: String,
         pub fingerprint: String,
+        /// Who set it: `provider#subject <email>` (a person), `issuer#subject`
+        /// (a workload) or the admin credential's name.
         pub set_by: String,
         pub set_at: String,
         pub reason: String,
@@ -543,7 +554,11 @@ pub mod wire {
         #[schema(value_type = Option<Object>)]
         pub verification: Option<Value>,
         pub verified_at: Option<String>,
+        /// `provider#subject <email>` of the person who approved, or the
+        /// admin credential's name with ` [break-glass]`.
         pub approved_by: Option<String>,
+        /// Whether the approval was made with an admin credential.
+        pub approved_break_glass: bool,
         pub approved_at: Option<String>,
         pub activated_by: Option<String>,
         pub activated_at: Option<String>,

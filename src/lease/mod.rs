@@ -399,9 +399,9 @@ impl LeaseService {
     }
 
     /// Evaluates policy, timing it.
-    pub fn decide(
+    pub fn decide<'p>(
         &self,
-        principal: &Principal,
+        principal: impl Into<crate::policy::Who<'p>>,
         action: Action,
         role: Option<&Role>,
         ctx: &RequestContext,

@@ -18,7 +18,23 @@
 //! scopes = []
 //! expect = "allow"             # or "deny"
 //! policies = ["gh-main-web"]   # optional: exactly these decided
+//!
+//! [connections.pg]             # connections the `connection_*` cases use
+//! plugin = "postgres"
+//! environment = "production"
+//! owner = "payments"
+//!
+//! [[case]]
+//! name = "finance may approve"
+//! action = "connection_approve"
+//! connection = "pg"
+//! person = { provider = "corp", subject = "bob", email = "bob@example.com", groups = ["finance"] }
+//! expect = "allow"
 //! ```
+//!
+//! A case names its principal either as `principal` (a workload: issuer,
+//! subject, mapped claims) or as `person` (a person: provider, issuer,
+//! subject, email, name, groups).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -27,15 +43,27 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Action, Policies, Principal, RequestContext, RoleInfo};
+use super::{Action, AnyPrincipal, ConnectionInfo, PersonInfo, Policies, Principal, RequestContext, RoleInfo, Target};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TestFile {
     #[serde(default)]
     roles: BTreeMap<String, TestRole>,
+    #[serde(default)]
+    connections: BTreeMap<String, TestConnection>,
     #[serde(default, rename = "case")]
     cases: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestConnection {
+    plugin: String,
+    #[serde(default = "default_env")]
+    environment: String,
+    #[serde(default)]
+    owner: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,13 +88,20 @@ fn default_env() -> String {
 pub struct Case {
     #[serde(default)]
     pub name: String,
-    /// Role name, `connection/role`. Absent for `admin`.
+    /// Role name, `connection/role`. Absent for `admin` and `connection_*`.
     #[serde(default)]
     pub role: Option<String>,
+    /// Connection name, for the `connection_*` actions.
+    #[serde(default)]
+    pub connection: Option<String>,
     #[serde(default = "default_action")]
     pub action: String,
-    /// `issuer`, `subject` and mapped claims.
-    pub principal: BTreeMap<String, String>,
+    /// A workload: `issuer`, `subject` and mapped claims.
+    #[serde(default)]
+    pub principal: Option<BTreeMap<String, String>>,
+    /// A person (instead of `principal`).
+    #[serde(default)]
+    pub person: Option<CasePerson>,
     #[serde(default)]
     pub ttl: Option<String>,
     #[serde(default)]
@@ -88,6 +123,56 @@ pub struct Case {
 
 fn default_action() -> String {
     "issue".into()
+}
+
+/// A person as a case describes one (`Lessor::Person`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CasePerson {
+    pub provider: String,
+    #[serde(default)]
+    pub issuer: String,
+    pub subject: String,
+    #[serde(default)]
+    pub email: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// What a case is decided on.
+#[derive(Debug, Clone)]
+pub enum CaseResource {
+    Role(RoleInfo),
+    System,
+    Connection(ConnectionInfo),
+}
+
+impl CaseResource {
+    pub fn target(&self) -> Target<'_> {
+        match self {
+            CaseResource::Role(r) => Target::Role(r),
+            CaseResource::System => Target::System,
+            CaseResource::Connection(c) => Target::Connection(c),
+        }
+    }
+}
+
+/// The policy request a case describes.
+#[derive(Debug, Clone)]
+pub struct CaseRequest {
+    pub principal: AnyPrincipal,
+    pub action: Action,
+    pub resource: CaseResource,
+    pub ctx: RequestContext,
+}
+
+impl Policies {
+    /// Decides a case's request.
+    pub fn decide_case(&self, r: &CaseRequest) -> Result<super::Decision, super::PolicyError> {
+        self.decide_on(&r.principal, r.action, r.resource.target(), &r.ctx)
+    }
 }
 
 /// Why a case is not a valid request, naming the field at fault.
@@ -124,19 +209,75 @@ impl Case {
     pub fn to_request(
         &self,
         roles: &BTreeMap<String, RoleInfo>,
-    ) -> Result<(Principal, Action, Option<RoleInfo>, RequestContext), CaseError> {
+        connections: &BTreeMap<String, ConnectionInfo>,
+    ) -> Result<CaseRequest, CaseError> {
         let action: Action = self.action.parse().map_err(case_error("action"))?;
-        let mut attributes = self.principal.clone();
-        let missing = |what: &str| CaseError { field: "principal", message: format!("principal needs `{what}`") };
-        let issuer = attributes.remove("issuer").ok_or_else(|| missing("issuer"))?;
-        let subject = attributes.remove("subject").ok_or_else(|| missing("subject"))?;
-        let role = match (&self.role, action) {
-            (_, Action::Admin) => None,
-            (Some(r), _) => Some(roles.get(r).cloned().ok_or_else(|| CaseError {
-                field: "role",
-                message: format!("role `{r}` is not defined (define it under [roles.\"{r}\"] or pass --config)"),
-            })?),
-            (None, a) => return Err(CaseError { field: "role", message: format!("action `{}` needs a `role`", a.as_str()) }),
+        let principal = match (&self.principal, &self.person) {
+            (Some(claims), None) => {
+                let mut attributes = claims.clone();
+                let missing = |what: &str| CaseError { field: "principal", message: format!("principal needs `{what}`") };
+                let issuer = attributes.remove("issuer").ok_or_else(|| missing("issuer"))?;
+                let subject = attributes.remove("subject").ok_or_else(|| missing("subject"))?;
+                AnyPrincipal::Workload(Principal { issuer, subject, attributes })
+            }
+            (None, Some(p)) => {
+                for (what, v) in [("provider", &p.provider), ("subject", &p.subject)] {
+                    if v.is_empty() {
+                        return Err(CaseError { field: "person", message: format!("person needs a non-empty `{what}`") });
+                    }
+                }
+                AnyPrincipal::Person(PersonInfo {
+                    provider: p.provider.clone(),
+                    issuer: p.issuer.clone(),
+                    subject: p.subject.clone(),
+                    email: p.email.to_lowercase(),
+                    name: p.name.clone(),
+                    groups: p.groups.clone(),
+                })
+            }
+            (Some(_), Some(_)) => {
+                return Err(CaseError {
+                    field: "person",
+                    message: "give either `principal` (a workload) or `person`, not both".into(),
+                })
+            }
+            (None, None) => {
+                return Err(CaseError {
+                    field: "principal",
+                    message: "the case needs a `principal` (a workload: issuer, subject, claims) or a `person`".into(),
+                })
+            }
+        };
+        if matches!(principal, AnyPrincipal::Person(_)) && action != Action::Admin && !Action::CONNECTION.contains(&action) {
+            return Err(CaseError {
+                field: "action",
+                message: format!("people are decided for `admin` and `connection_*` actions, not `{}`", action.as_str()),
+            });
+        }
+        let resource = if action == Action::Admin {
+            CaseResource::System
+        } else if Action::CONNECTION.contains(&action) {
+            let Some(c) = &self.connection else {
+                return Err(CaseError { field: "connection", message: format!("action `{}` needs a `connection`", action.as_str()) });
+            };
+            CaseResource::Connection(connections.get(c).cloned().ok_or_else(|| CaseError {
+                field: "connection",
+                message: format!("connection `{c}` is not defined (define it under [connections.\"{c}\"] or pass --config)"),
+            })?)
+        } else {
+            match &self.role {
+                Some(r) => CaseResource::Role(roles.get(r).cloned().ok_or_else(|| CaseError {
+                    field: "role",
+                    message: format!("role `{r}` is not defined (define it under [roles.\"{r}\"] or pass --config)"),
+                })?),
+                None => {
+                    return Err(CaseError { field: "role", message: format!("action `{}` needs a `role`", action.as_str()) })
+                }
+            }
+        };
+        let role = match &resource {
+            CaseResource::Role(r) => Some(r),
+            _ => None,
         };
         let ttl_seconds = match &self.ttl {
             Some(t) => {
@@ -146,7 +287,7 @@ impl Case {
                 }
                 crate::duration::secs_i64(d)
             }
-            None => role.as_ref().map(|r| r.max_ttl_seconds).unwrap_or_default(),
+            None => role.map(|r| r.max_ttl_seconds).unwrap_or_default(),
         };
         let now = match self.now {
             Some(n) => crate::duration::unix_time(n).map_err(case_error("now"))?.unix_timestamp(),
@@ -159,13 +300,18 @@ impl Case {
             source_ip: self.source_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
             vault_role: self.vault_role.clone(),
         };
-        Ok((Principal { issuer, subject, attributes }, action, role, ctx))
+        Ok(CaseRequest { principal, action, resource, ctx })
     }
 }
 
 /// Runs every `*.toml` test file under `dir` against `policies`.
 /// `roles` come from the daemon config; test files may add their own.
-pub fn run(dir: &Path, policies_dir: &Path, config_roles: &[RoleInfo]) -> Result<Vec<CaseResult>, String> {
+pub fn run(
+    dir: &Path,
+    policies_dir: &Path,
+    config_roles: &[RoleInfo],
+    config_connections: &[ConnectionInfo],
+) -> Result<Vec<CaseResult>, String> {
     let mut files = Vec::new();
     collect_toml(dir, &mut files)?;
     files.sort();
@@ -174,6 +320,8 @@ pub fn run(dir: &Path, policies_dir: &Path, config_roles: &[RoleInfo]) -> Result
     }
     let mut parsed = Vec::new();
     let mut roles: BTreeMap<String, RoleInfo> = config_roles.iter().map(|r| (r.name.clone(), r.clone())).collect();
+    let mut connections: BTreeMap<String, ConnectionInfo> =
+        config_connections.iter().map(|c| (c.name.clone(), c.clone())).collect();
     for f in &files {
         let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
         let tf: TestFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
@@ -191,6 +339,17 @@ pub fn run(dir: &Path, policies_dir: &Path, config_roles: &[RoleInfo]) -> Result
                 },
             );
         }
+        for (name, c) in &tf.connections {
+            connections.insert(
+                name.clone(),
+                ConnectionInfo {
+                    name: name.clone(),
+                    plugin: c.plugin.clone(),
+                    environment: c.environment.clone(),
+                    owner: c.owner.clone(),
+                },
+            );
+        }
         parsed.push((f.clone(), tf));
     }
     let role_list: Vec<RoleInfo> = roles.values().cloned().collect();
@@ -199,7 +358,7 @@ pub fn run(dir: &Path, policies_dir: &Path, config_roles: &[RoleInfo]) -> Result
     for (file, tf) in parsed {
         for (i, case) in tf.cases.iter().enumerate() {
             let name = if case.name.is_empty() { format!("case {}", i + 1) } else { case.name.clone() };
-            let (passed, detail) = match run_case(&policies, &roles, case) {
+            let (passed, detail) = match run_case(&policies, &roles, &connections, case) {
                 Ok(()) => (true, String::new()),
                 Err(d) => (false, d),
             };
@@ -209,9 +368,14 @@ pub fn run(dir: &Path, policies_dir: &Path, config_roles: &[RoleInfo]) -> Result
     Ok(results)
 }
 
-fn run_case(policies: &Policies, roles: &BTreeMap<String, RoleInfo>, case: &Case) -> Result<(), String> {
-    let (principal, action, role, ctx) = case.to_request(roles).map_err(|e| e.to_string())?;
-    let d = policies.decide(&principal, action, role.as_ref(), &ctx).map_err(|e| e.to_string())?;
+fn run_case(
+    policies: &Policies,
+    roles: &BTreeMap<String, RoleInfo>,
+    connections: &BTreeMap<String, ConnectionInfo>,
+    case: &Case,
+) -> Result<(), String> {
+    let request = case.to_request(roles, connections).map_err(|e| e.to_string())?;
+    let d = policies.decide_case(&request).map_err(|e| e.to_string())?;
     let want_allow = match case.expect.as_deref() {
         Some("allow") => true,
         Some("deny") => false,
@@ -264,7 +428,7 @@ mod unit {
     fn run_file(text: &str) -> Result<Vec<CaseResult>, String> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("t.toml"), text).unwrap();
-        run(dir.path(), &Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &[])
+        run(dir.path(), &Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &[], &[])
     }
 
     #[test]
@@ -285,5 +449,31 @@ mod unit {
         }
         let text = format!("{ROLE}[[case]]\nrole = \"pki/web\"\n{PRINCIPAL}\nttl = \"5m\"\nexpect = \"allow\"\n");
         assert!(run_file(&text).unwrap()[0].passed);
+    }
+
+    /// A case's principal is a workload or a person, never both or
+    /// neither; people only for `admin` and `connection_*`; a connection
+    /// action names a defined connection.
+    #[test]
+    fn person_cases_are_checked_naming_the_field() {
+        const CONN: &str = "[connections.pg]\nplugin = \"postgres\"\nenvironment = \"production\"\n";
+        const BOB: &str = "person = { provider = \"dev\", subject = \"bob\", email = \"Bob@Example.com\", groups = [\"finance\"] }";
+        for (case, field, why) in [
+            (format!("action = \"connection_approve\"\nconnection = \"pg\"\n{BOB}\n{PRINCIPAL}\n"), "person", "not both"),
+            ("action = \"connection_approve\"\nconnection = \"pg\"\n".to_string(), "principal", "needs a `principal`"),
+            (format!("role = \"pki/web\"\n{BOB}\n"), "action", "not `issue`"),
+            (format!("action = \"connection_approve\"\n{BOB}\n"), "connection", "needs a `connection`"),
+            (format!("action = \"connection_approve\"\nconnection = \"nope\"\n{BOB}\n"), "connection", "`nope` is not defined"),
+            ("action = \"connection_approve\"\nconnection = \"pg\"\nperson = { provider = \"\", subject = \"s\" }\n".to_string(), "person", "`provider`"),
+        ] {
+            let r = run_file(&format!("{ROLE}{CONN}[[case]]\n{case}expect = \"allow\"\n")).unwrap();
+            assert!(!r[0].passed, "{case}");
+            assert!(r[0].detail.starts_with(&format!("{field}: ")) && r[0].detail.contains(why), "{case}: {}", r[0].detail);
+        }
+        // bob (finance, dev) may approve under the shipped people.cedar;
+        // the email is compared lower-cased.
+        let ok = format!("{CONN}[[case]]\naction = \"connection_approve\"\nconnection = \"pg\"\n{BOB}\nexpect = \"allow\"\npolicies = [\"finance-approves-root-credentials\"]\n");
+        let r = run_file(&ok).unwrap();
+        assert!(r[0].passed, "{}", r[0].detail);
     }
 }

@@ -12,9 +12,16 @@
 //! Within a slice, policies whose
 //! `when` requires `principal.<attr> == "<literal>"` (for the attribute most
 //! of the slice's policies test that way, e.g. `repository`) are indexed by
-//! that literal: a workload is evaluated against the policies for its own
+//! that literal: a principal is evaluated against the policies for its own
 //! value plus the unindexed rest. A skipped policy could only have been false
-//! or an evaluation error for that workload, so the decision is the same.
+//! or an evaluation error for that principal, so the decision is the same.
+//!
+//! Principals are workloads (`Lessor::Workload`, from a verified JWT) and
+//! people (`Lessor::Person`, signed in through `[people]`): [`Who`]. People
+//! are decided for `admin` and the `connection_*` actions only; the lookup
+//! by attribute value takes a person's own string attributes (a person has
+//! none of a workload's claims, so a policy indexed by `repository` is
+//! skipped for them: it could only have failed to evaluate).
 //!
 //! Must not import: http, store, plugins, lease, config, identity, principal.
 //!
@@ -107,10 +114,10 @@ impl Action {
 impl FromStr for Action {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Action::ALL
-            .into_iter()
-            .find(|a| a.as_str() == s)
-            .ok_or_else(|| format!("unknown action `{s}` (known: issue, renew, revoke, read, admin)"))
+        Action::ALL.into_iter().chain(Action::CONNECTION).find(|a| a.as_str() == s).ok_or_else(|| {
+            let known: Vec<&str> = Action::ALL.into_iter().chain(Action::CONNECTION).map(Action::as_str).collect();
+            format!("unknown action `{s}` (known: {})", known.join(", "))
+        })
     }
 }
 
@@ -164,13 +171,107 @@ pub enum Target<'a> {
     Connection(&'a ConnectionInfo),
 }
 
-/// The principal as policy sees it.
+/// A workload as policy sees it (`Lessor::Workload`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Principal {
     pub issuer: String,
     pub subject: String,
     /// Mapped claims.
     pub attributes: BTreeMap<String, String>,
+}
+
+/// A person as policy sees it (`Lessor::Person`): the signed-in person's
+/// attributes (`crate::principal::Person`, converted by the caller: policy
+/// does not know how people sign in).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PersonInfo {
+    /// The provider's name in `[people.providers.<name>]`.
+    pub provider: String,
+    pub issuer: String,
+    /// The provider's stable subject.
+    pub subject: String,
+    /// Lower-cased; empty when the provider gave none.
+    pub email: String,
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+impl PersonInfo {
+    /// `provider#subject`: the entity id, and how decisions name the person.
+    pub fn id(&self) -> String {
+        format!("{}#{}", self.provider, self.subject)
+    }
+}
+
+/// Who a decision is for: a workload or a person.
+#[derive(Debug, Clone, Copy)]
+pub enum Who<'a> {
+    Workload(&'a Principal),
+    Person(&'a PersonInfo),
+}
+
+impl<'a> From<&'a Principal> for Who<'a> {
+    fn from(p: &'a Principal) -> Who<'a> {
+        Who::Workload(p)
+    }
+}
+
+impl<'a> From<&'a PersonInfo> for Who<'a> {
+    fn from(p: &'a PersonInfo) -> Who<'a> {
+        Who::Person(p)
+    }
+}
+
+impl<'a> From<&'a AnyPrincipal> for Who<'a> {
+    fn from(p: &'a AnyPrincipal) -> Who<'a> {
+        match p {
+            AnyPrincipal::Workload(w) => Who::Workload(w),
+            AnyPrincipal::Person(p) => Who::Person(p),
+        }
+    }
+}
+
+impl Who<'_> {
+    /// The value of a string attribute used for the slice index (`None`
+    /// when the principal has no such string attribute).
+    fn string_attr(&self, attr: &str) -> Option<&String> {
+        match self {
+            Who::Workload(p) => match attr {
+                "issuer" => Some(&p.issuer),
+                "subject" => Some(&p.subject),
+                a => p.attributes.get(a),
+            },
+            Who::Person(p) => match attr {
+                "issuer" => Some(&p.issuer),
+                "subject" => Some(&p.subject),
+                "provider" => Some(&p.provider),
+                "email" => Some(&p.email),
+                "name" => Some(&p.name),
+                _ => None,
+            },
+        }
+    }
+
+    /// The attributes a decision considered, for its explanation.
+    fn considered(&self) -> BTreeMap<String, String> {
+        match self {
+            Who::Workload(p) => p.attributes.clone(),
+            Who::Person(p) => BTreeMap::from([
+                ("provider".to_string(), p.provider.clone()),
+                ("subject".to_string(), p.subject.clone()),
+                ("email".to_string(), p.email.clone()),
+                ("groups".to_string(), p.groups.join(", ")),
+            ]),
+        }
+    }
+}
+
+/// An owned principal (a policy test case's, an explain request's).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AnyPrincipal {
+    Workload(Principal),
+    Person(PersonInfo),
 }
 
 /// The request context.
@@ -240,14 +341,9 @@ struct Slice {
 }
 
 impl Slice {
-    fn for_principal(&self, p: &Principal) -> &PolicySet {
+    fn for_principal(&self, p: Who<'_>) -> &PolicySet {
         let Some(attr) = &self.attr else { return &self.all };
-        let v = match attr.as_str() {
-            "issuer" => Some(&p.issuer),
-            "subject" => Some(&p.subject),
-            a => p.attributes.get(a),
-        };
-        v.and_then(|v| self.by_value.get(v)).unwrap_or(&self.rest)
+        p.string_attr(attr).and_then(|v| self.by_value.get(v)).unwrap_or(&self.rest)
     }
 }
 
@@ -288,22 +384,23 @@ fn equality_conjuncts(p: &Policy) -> Vec<(String, String)> {
 }
 
 /// Whether a `when` clause of `p` requires, as a top-level conjunct,
-/// `principal.issuer == "<literal>"` or `["<literal>", ...].contains(principal.issuer)`.
-fn pins_issuer(p: &Policy) -> bool {
-    fn is_issuer(e: &serde_json::Value) -> bool {
+/// `principal.<attr> == "<literal>"` or `["<literal>", ...].contains(principal.<attr>)`
+/// (`attr` is `issuer`, or `provider` for people).
+fn pins_issuer(p: &Policy, attr: &str) -> bool {
+    let is_issuer = |e: &serde_json::Value| -> bool {
         e.get(".").is_some_and(|d| {
             d.get("left").and_then(|l| l.get("Var")).and_then(|v| v.as_str()) == Some("principal")
-                && d.get("attr").and_then(|a| a.as_str()) == Some("issuer")
+                && d.get("attr").and_then(|a| a.as_str()) == Some(attr)
         })
-    }
+    };
     fn literal_set(e: &serde_json::Value) -> bool {
         e.get("Set").and_then(|s| s.as_array()).is_some_and(|items| {
             !items.is_empty() && items.iter().all(|i| i.get("Value").is_some_and(|v| v.is_string()))
         })
     }
-    fn walk(e: &serde_json::Value) -> bool {
+    fn walk(e: &serde_json::Value, is_issuer: &dyn Fn(&serde_json::Value) -> bool) -> bool {
         if let Some(and) = e.get("&&") {
-            return ["left", "right"].iter().any(|side| and.get(*side).is_some_and(walk));
+            return ["left", "right"].iter().any(|side| and.get(*side).is_some_and(|x| walk(x, is_issuer)));
         }
         if let Some(eq) = e.get("==") {
             let (Some(l), Some(r)) = (eq.get("left"), eq.get("right")) else { return false };
@@ -317,7 +414,38 @@ fn pins_issuer(p: &Policy) -> bool {
     }
     let Ok(json) = p.to_json() else { return false };
     json.get("conditions").and_then(|c| c.as_array()).into_iter().flatten().any(|c| {
-        c.get("kind").and_then(|k| k.as_str()) == Some("when") && c.get("body").is_some_and(walk)
+        c.get("kind").and_then(|k| k.as_str()) == Some("when") && c.get("body").is_some_and(|b| walk(b, &is_issuer))
+    })
+}
+
+/// Whether `p` can only apply to one principal type (`Lessor::Person` or
+/// `Lessor::Workload`): its scope says `principal is T` (or names an entity
+/// of type T), or a `when` clause requires `principal is T` as a top-level
+/// conjunct. A policy that merely tests an attribute only T declares does
+/// not count: entities carry whatever claims are mapped, so a workload
+/// can have an `email` attribute at run time.
+fn only_type(p: &Policy, ty: &str) -> bool {
+    use cedar_policy::PrincipalConstraint as P;
+    let by_scope = match p.principal_constraint() {
+        P::Any => false,
+        P::Is(t) | P::IsIn(t, _) => t.to_string() == ty,
+        P::Eq(u) | P::In(u) => u.type_name().to_string() == ty,
+    };
+    if by_scope {
+        return true;
+    }
+    fn walk(e: &serde_json::Value, ty: &str) -> bool {
+        if let Some(and) = e.get("&&") {
+            return ["left", "right"].iter().any(|side| and.get(*side).is_some_and(|x| walk(x, ty)));
+        }
+        e.get("is").is_some_and(|is| {
+            is.get("left").and_then(|l| l.get("Var")).and_then(|v| v.as_str()) == Some("principal")
+                && is.get("entity_type").and_then(|t| t.as_str()) == Some(ty)
+        })
+    }
+    let Ok(json) = p.to_json() else { return false };
+    json.get("conditions").and_then(|c| c.as_array()).into_iter().flatten().any(|c| {
+        c.get("kind").and_then(|k| k.as_str()) == Some("when") && c.get("body").is_some_and(|b| walk(b, ty))
     })
 }
 
@@ -382,6 +510,7 @@ pub struct Policies {
 /// parser, which would otherwise dominate a decision.
 struct TypeNames {
     workload: EntityTypeName,
+    person: EntityTypeName,
     role: EntityTypeName,
     system: EntityTypeName,
     action: EntityTypeName,
@@ -394,6 +523,7 @@ fn type_names() -> Result<&'static TypeNames, PolicyError> {
         .get_or_init(|| {
             Ok(TypeNames {
                 workload: parse("Lessor::Workload")?,
+                person: parse("Lessor::Person")?,
                 role: parse("Lessor::Role")?,
                 system: parse("Lessor::System")?,
                 action: parse("Lessor::Action")?,
@@ -407,6 +537,7 @@ fn entity_uid(ty: &str, id: &str) -> Result<EntityUid, PolicyError> {
     let names = type_names()?;
     let t = match ty {
         "Lessor::Workload" => names.workload.clone(),
+        "Lessor::Person" => names.person.clone(),
         "Lessor::Role" => names.role.clone(),
         "Lessor::System" => names.system.clone(),
         "Lessor::Action" => names.action.clone(),
@@ -638,17 +769,32 @@ impl Policies {
     }
 
     /// Problems that do not stop the policies from loading (printed by
-    /// `lessor check`, logged at start): a permit that grants both
-    /// `connection_set_secret` and `connection_approve`, so that one
-    /// principal could set and approve a production root credential alone
-    /// (lessor compares `issuer#subject`, and one person can hold several);
-    /// a permit that does not pin `principal.issuer`, so any configured
-    /// issuer whose tokens carry the claims it tests is admitted.
+    /// `lessor check`, logged at start):
+    /// - a permit that grants both `connection_set_secret` and
+    ///   `connection_approve`, so that the same people (or workloads) could
+    ///   set and approve a production root credential: lessor refuses
+    ///   self-approval by provider#subject and by email, but one person can
+    ///   hold accounts with two providers under two addresses;
+    /// - a permit of `connection_approve` that workloads can match (not
+    ///   restricted to `principal is Lessor::Person`): lessor refuses every
+    ///   workload approval, so the policy says something lessor never does;
+    /// - a permit that does not pin `principal.issuer` (or, for a policy
+    ///   only for people, `principal.provider`), so any configured issuer or
+    ///   provider whose tokens carry the claims or groups it tests is admitted.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         let permits = self.all.iter().filter(|p| p.effect() == cedar_policy::Effect::Permit);
         for p in permits.filter(|p| !p.id().to_string().starts_with("lessor:")) {
-            if !pins_issuer(p) {
+            let people_only = only_type(p, "Lessor::Person");
+            if people_only && !pins_issuer(p, "provider") && !pins_issuer(p, "issuer") {
+                let m = self.deciding(p.id());
+                out.push(format!(
+                    "{}: policy `{}` does not pin principal.provider (`principal.provider == \"...\"` or \
+                     `[...].contains(principal.provider)`): a person signed in through any configured provider whose \
+                     groups and attributes match is admitted",
+                    m.location, m.id
+                ));
+            } else if !people_only && !pins_issuer(p, "issuer") {
                 let m = self.deciding(p.id());
                 out.push(format!(
                     "{}: policy `{}` does not pin principal.issuer (`principal.issuer == \"...\"` or \
@@ -659,8 +805,18 @@ impl Policies {
             if self.covers(p, Action::ConnectionSetSecret) && self.covers(p, Action::ConnectionApprove) {
                 let m = self.deciding(p.id());
                 out.push(format!(
-                    "{}: policy `{}` permits both connection_set_secret and connection_approve: the same principals could \
-                     set and approve a production root credential alone; give approval to other principals",
+                    "{}: policy `{}` permits both connection_set_secret and connection_approve: the same people (or \
+                     workloads) could set and approve a production root credential; lessor refuses the same \
+                     provider#subject and the same email, not one person's second account elsewhere: give approval \
+                     to other people",
+                    m.location, m.id
+                ));
+            }
+            if self.covers(p, Action::ConnectionApprove) && !people_only {
+                let m = self.deciding(p.id());
+                out.push(format!(
+                    "{}: policy `{}` permits connection_approve to workloads: lessor refuses every approval by a \
+                     workload (approvals come only from people); restrict it with `principal is Lessor::Person`",
                     m.location, m.id
                 ));
             }
@@ -679,10 +835,11 @@ impl Policies {
         }
     }
 
-    /// Decides `action` by `principal` on `role` (or on the system, for admin).
-    pub fn decide(
+    /// Decides `action` by `principal` (a workload or a person) on `role`
+    /// (or on the system, for admin).
+    pub fn decide<'p>(
         &self,
-        principal: &Principal,
+        principal: impl Into<Who<'p>>,
         action: Action,
         role: Option<&RoleInfo>,
         ctx: &RequestContext,
@@ -690,29 +847,56 @@ impl Policies {
         self.decide_on(principal, action, role.map(Target::Role).unwrap_or(Target::System), ctx)
     }
 
+    /// The principal's entity: a workload's claims are attributes and tags;
+    /// a person's groups are a set.
+    fn principal_entity(who: Who<'_>) -> Result<(EntityUid, Entity), PolicyError> {
+        let s = RestrictedExpression::new_string;
+        match who {
+            Who::Workload(principal) => {
+                let puid = entity_uid("Lessor::Workload", &format!("{}#{}", principal.issuer, principal.subject))?;
+                let mut attrs: Vec<(String, RestrictedExpression)> = vec![
+                    ("issuer".into(), s(principal.issuer.clone())),
+                    ("subject".into(), s(principal.subject.clone())),
+                ];
+                let mut tags = Vec::new();
+                for (k, v) in &principal.attributes {
+                    if k != "issuer" && k != "subject" {
+                        attrs.push((k.clone(), s(v.clone())));
+                    }
+                    tags.push((k.clone(), s(v.clone())));
+                }
+                let pent = Entity::new_with_tags(puid.clone(), attrs, [], tags).map_err(|e| PolicyError::Request(e.to_string()))?;
+                Ok((puid, pent))
+            }
+            Who::Person(p) => {
+                let puid = entity_uid("Lessor::Person", &p.id())?;
+                let attrs: Vec<(String, RestrictedExpression)> = vec![
+                    ("issuer".into(), s(p.issuer.clone())),
+                    ("provider".into(), s(p.provider.clone())),
+                    ("subject".into(), s(p.subject.clone())),
+                    ("email".into(), s(p.email.clone())),
+                    ("name".into(), s(p.name.clone())),
+                    ("groups".into(), RestrictedExpression::new_set(p.groups.iter().cloned().map(s))),
+                ];
+                let pent = Entity::new(puid.clone(), attrs.into_iter().collect(), Default::default())
+                    .map_err(|e| PolicyError::Request(e.to_string()))?;
+                Ok((puid, pent))
+            }
+        }
+    }
+
     /// Decides `action` by `principal` on `target` (a role, the system, a
     /// connection).
-    pub fn decide_on(
+    pub fn decide_on<'p>(
         &self,
-        principal: &Principal,
+        principal: impl Into<Who<'p>>,
         action: Action,
         target: Target<'_>,
         ctx: &RequestContext,
     ) -> Result<Decision, PolicyError> {
-        let puid = entity_uid("Lessor::Workload", &format!("{}#{}", principal.issuer, principal.subject))?;
+        let who: Who<'p> = principal.into();
+        let (puid, pent) = Self::principal_entity(who)?;
         let s = RestrictedExpression::new_string;
-        let mut attrs: Vec<(String, RestrictedExpression)> = vec![
-            ("issuer".into(), s(principal.issuer.clone())),
-            ("subject".into(), s(principal.subject.clone())),
-        ];
-        let mut tags = Vec::new();
-        for (k, v) in &principal.attributes {
-            if k != "issuer" && k != "subject" {
-                attrs.push((k.clone(), s(v.clone())));
-            }
-            tags.push((k.clone(), s(v.clone())));
-        }
-        let pent = Entity::new_with_tags(puid.clone(), attrs, [], tags).map_err(|e| PolicyError::Request(e.to_string()))?;
         let (ruid, rent, slice_key) = match target {
             Target::Role(r) => {
                 let ruid = entity_uid("Lessor::Role", &r.name)?;
@@ -764,7 +948,7 @@ impl Policies {
         let entities = Entities::from_entities(self.action_entities.iter().cloned().chain([pent, rent]), None)
             .map_err(|e| PolicyError::Request(e.to_string()))?;
         let slice = self.slices.get(&slice_key);
-        let set = slice.map(|s| s.for_principal(principal)).unwrap_or(&self.full);
+        let set = slice.map(|s| s.for_principal(who)).unwrap_or(&self.full);
         let response = Authorizer::new().is_authorized(&request, set, &entities);
         let allowed = response.decision() == CedarDecision::Allow;
         let mut policies: Vec<DecidingPolicy> = response.diagnostics().reason().map(|id| self.deciding(id)).collect();
@@ -788,9 +972,15 @@ impl Policies {
         } else {
             Vec::new()
         };
+        // People are named in every explanation (workloads' answers go to
+        // the workload itself, which knows who it is).
+        let for_whom = match who {
+            Who::Workload(_) => String::new(),
+            Who::Person(p) => format!(" for person `{}`", p.id()),
+        };
         let message = if allowed {
             format!(
-                "`{}` on {target} permitted by {}",
+                "`{}` on {target}{for_whom} permitted by {}",
                 action.as_str(),
                 policies.iter().map(|p| format!("`{}`", p.id)).collect::<Vec<_>>().join(", ")
             )
@@ -802,21 +992,38 @@ impl Policies {
                     None => format!("policy `{}` forbids it", p.id),
                 })
                 .collect();
-            format!("`{}` on {target} denied: {}", action.as_str(), parts.join("; "))
+            format!("`{}` on {target}{for_whom} denied: {}", action.as_str(), parts.join("; "))
         } else {
-            let claims = principal
-                .attributes
-                .iter()
-                .map(|(k, v)| format!("{k}=`{v}`"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let mut m = format!(
-                "`{}` on {target} denied: no policy permits it for issuer `{}`, subject `{}` (claims considered: {})",
-                action.as_str(),
-                principal.issuer,
-                principal.subject,
-                if claims.is_empty() { "none".to_string() } else { claims }
-            );
+            let mut m = match who {
+                Who::Workload(principal) => {
+                    let claims = principal
+                        .attributes
+                        .iter()
+                        .map(|(k, v)| format!("{k}=`{v}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    format!(
+                        "`{}` on {target} denied: no policy permits it for issuer `{}`, subject `{}` (claims considered: {})",
+                        action.as_str(),
+                        principal.issuer,
+                        principal.subject,
+                        if claims.is_empty() { "none".to_string() } else { claims }
+                    )
+                }
+                Who::Person(p) => {
+                    let groups = p.groups.iter().map(|g| format!("`{g}`")).collect::<Vec<_>>().join(", ");
+                    format!(
+                        "`{}` on {target} denied: no policy permits it for person `{}` (provider `{}`, subject `{}`, \
+                         email `{}`, groups considered: {})",
+                        action.as_str(),
+                        p.id(),
+                        p.provider,
+                        p.subject,
+                        p.email,
+                        if groups.is_empty() { "none".to_string() } else { groups }
+                    )
+                }
+            };
             if !candidates.is_empty() {
                 let c: Vec<String> = candidates
                     .iter()
@@ -832,7 +1039,7 @@ impl Policies {
             }
             m
         };
-        Ok(Decision { allowed, policies, candidates, errors, message, considered: principal.attributes.clone() })
+        Ok(Decision { allowed, policies, candidates, errors, message, considered: who.considered() })
     }
 }
 
@@ -990,6 +1197,153 @@ mod index_tests {
                 }
             }
         }
+    }
+
+    fn person(subject: &str, email: &str, groups: &[&str]) -> PersonInfo {
+        PersonInfo {
+            provider: "dev".into(),
+            issuer: "http://127.0.0.1:8201".into(),
+            subject: subject.into(),
+            email: email.into(),
+            name: subject.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    /// People and workloads in one slice indexed by an attribute people
+    /// have (`email`): the indexed decision equals full evaluation for both
+    /// kinds, and policies that read workload claims (guarded by `has`)
+    /// still validate with people in the schema.
+    #[test]
+    fn indexed_decisions_equal_full_evaluation_for_people() {
+        let text = r#"
+@id("repo-a") permit(principal, action == Lessor::Action::"admin", resource)
+  when { principal has repository && principal.repository == "acme/a" };
+@id("repo-b") permit(principal, action == Lessor::Action::"admin", resource)
+  when { principal has repository && principal.repository == "acme/b" };
+@id("alice") permit(principal is Lessor::Person, action == Lessor::Action::"admin", resource)
+  when { principal.email == "alice@example.com" };
+@id("bob-dev") permit(principal is Lessor::Person, action == Lessor::Action::"admin", resource)
+  when { principal.email == "bob@example.com" && principal.provider == "dev" };
+@id("platform") permit(principal is Lessor::Person, action == Lessor::Action::"admin", resource)
+  when { principal.groups.contains("platform") };
+@id("carol") permit(principal, action == Lessor::Action::"admin", resource) when { principal.subject == "carol" };
+@id("no-finance") forbid(principal is Lessor::Person, action, resource) when { principal.groups.contains("finance") }
+  unless { principal.email == "bob@example.com" };
+@id("no-x") forbid(principal, action, resource) when { principal.subject == "x" };
+"#;
+        let src = vec![("s.cedarschema".to_string(), SCHEMA.to_string()), ("p.cedar".to_string(), text.to_string())];
+        let indexed = Policies::from_sources(&src, &[]).unwrap();
+        let slice = &indexed.slices[&(Action::Admin, "lessor".to_string())];
+        assert_eq!(slice.attr.as_deref(), Some("email"), "the slice is indexed by an attribute people have");
+        assert!(slice.by_value.contains_key("alice@example.com") && slice.by_value.contains_key("bob@example.com"));
+        // The same policies with the index defeated: every policy in `rest`.
+        let mut full = Policies::from_sources(&src, &[]).unwrap();
+        full.slices.clear();
+        let ctx = RequestContext { ttl_seconds: 0, scopes: vec![], now: 0, source_ip: IpAddr::from([127, 0, 0, 1]), vault_role: None };
+        let mut allowed = 0;
+        for subject in ["alice", "bob", "carol", "x"] {
+            for email in ["", "alice@example.com", "bob@example.com", "zed@example.com"] {
+                for groups in [&[][..], &["platform"][..], &["finance"][..], &["finance", "platform"][..]] {
+                    let p = person(subject, email, groups);
+                    let a = indexed.decide(&p, Action::Admin, None, &ctx).unwrap();
+                    let b = full.decide(&p, Action::Admin, None, &ctx).unwrap();
+                    assert_eq!((a.allowed, a.policy_ids()), (b.allowed, b.policy_ids()), "{p:?}");
+                    allowed += a.allowed as usize;
+                }
+            }
+        }
+        assert!(allowed > 0, "some people are admins");
+        for repo in [None, Some("acme/a"), Some("acme/b"), Some("zzz")] {
+            for email in [None, Some("alice@example.com")] {
+                for subject in ["s", "carol", "x"] {
+                    let mut attributes = BTreeMap::new();
+                    if let Some(v) = repo {
+                        attributes.insert("repository".to_string(), v.to_string());
+                    }
+                    // A workload whose mapped claims include `email` is
+                    // still no person.
+                    if let Some(v) = email {
+                        attributes.insert("email".to_string(), v.to_string());
+                    }
+                    let w = Principal { issuer: "i".into(), subject: subject.into(), attributes };
+                    let a = indexed.decide(&w, Action::Admin, None, &ctx).unwrap();
+                    let b = full.decide(&w, Action::Admin, None, &ctx).unwrap();
+                    assert_eq!((a.allowed, a.policy_ids()), (b.allowed, b.policy_ids()), "{w:?}");
+                    assert!(!a.policy_ids().contains(&"alice".to_string()), "a workload matched a people-only policy");
+                }
+            }
+        }
+        // Spot checks: who decides what.
+        let d = indexed.decide(&person("alice", "alice@example.com", &[]), Action::Admin, None, &ctx).unwrap();
+        assert_eq!((d.allowed, d.policy_ids()), (true, vec!["alice".to_string()]));
+        let d = indexed.decide(&person("bob", "bob@example.com", &["finance"]), Action::Admin, None, &ctx).unwrap();
+        assert_eq!((d.allowed, d.policy_ids()), (true, vec!["bob-dev".to_string()]));
+        let d = indexed.decide(&person("eve", "eve@example.com", &["finance", "platform"]), Action::Admin, None, &ctx).unwrap();
+        assert_eq!((d.allowed, d.policy_ids()), (false, vec!["no-finance".to_string()]));
+    }
+
+    /// A denied person's explanation names them: provider, subject, email
+    /// and the groups considered; a forbid gives the policy's reason.
+    #[test]
+    fn decisions_for_people_name_the_person() {
+        let text = r#"
+@id("finance-approves") @reason("finance approves")
+permit(principal is Lessor::Person, action == Lessor::Action::"connection_approve", resource is Lessor::Connection)
+  when { principal.provider == "dev" && principal.groups.contains("finance") };
+@id("no-contractors") @reason("contractors never touch production root credentials")
+forbid(principal is Lessor::Person, action, resource is Lessor::Connection)
+  when { principal.groups.contains("contractors") && resource.environment == "production" };
+"#;
+        let src = vec![("s.cedarschema".to_string(), SCHEMA.to_string()), ("p.cedar".to_string(), text.to_string())];
+        let p = Policies::from_sources(&src, &[]).unwrap();
+        let conn = ConnectionInfo { name: "pg".into(), plugin: "postgres".into(), environment: "production".into(), owner: String::new() };
+        let ctx = RequestContext { ttl_seconds: 0, scopes: vec![], now: 0, source_ip: IpAddr::from([127, 0, 0, 1]), vault_role: None };
+        let decide = |who: &PersonInfo| p.decide_on(who, Action::ConnectionApprove, Target::Connection(&conn), &ctx).unwrap();
+        let d = decide(&person("bob", "bob@example.com", &["finance"]));
+        assert!(d.allowed && d.message.contains("for person `dev#bob`"), "{}", d.message);
+        let d = decide(&person("alice", "alice@example.com", &["platform", "ops"]));
+        assert!(!d.allowed);
+        for part in ["person `dev#alice`", "provider `dev`", "subject `alice`", "email `alice@example.com`", "groups considered: `platform`, `ops`", "`finance-approves` (finance approves)"] {
+            assert!(d.message.contains(part), "{part} missing: {}", d.message);
+        }
+        assert_eq!(d.considered["groups"], "platform, ops");
+        assert_eq!(d.considered["email"], "alice@example.com");
+        let d = decide(&person("carl", "carl@example.com", &["finance", "contractors"]));
+        assert!(!d.allowed);
+        assert!(d.message.contains("policy `no-contractors` forbids it: contractors never touch production root credentials"), "{}", d.message);
+    }
+
+    /// `lessor check`'s warnings about people: approve granted to
+    /// workloads, set-secret and approve granted to the same people, a
+    /// people policy without the provider pinned.
+    #[test]
+    fn warnings_cover_people_and_workload_approvals() {
+        let text = r#"
+@id("people-do-it-all")
+permit(principal is Lessor::Person, action in [Lessor::Action::"connection_set_secret", Lessor::Action::"connection_approve"], resource)
+  when { principal.provider == "corp" && principal.groups.contains("ops") };
+@id("workloads-approve")
+permit(principal, action == Lessor::Action::"connection_approve", resource)
+  when { principal.issuer == "https://ci.example" };
+@id("people-approve-pinned")
+permit(principal, action == Lessor::Action::"connection_approve", resource)
+  when { principal is Lessor::Person && ["corp"].contains(principal.provider) && principal.groups.contains("finance") };
+@id("any-provider")
+permit(principal is Lessor::Person, action == Lessor::Action::"connection_read", resource)
+  when { principal.groups.contains("finance") };
+"#;
+        let src = vec![("s.cedarschema".to_string(), SCHEMA.to_string()), ("p.cedar".to_string(), text.to_string())];
+        let w = Policies::from_sources(&src, &[]).unwrap().warnings();
+        let about = |id: &str| w.iter().filter(|x| x.contains(&format!("`{id}`"))).cloned().collect::<Vec<_>>();
+        let all = about("people-do-it-all");
+        assert!(all.len() == 1 && all[0].contains("permits both connection_set_secret and connection_approve"), "{w:?}");
+        let wa = about("workloads-approve");
+        assert!(wa.len() == 1 && wa[0].contains("permits connection_approve to workloads"), "{w:?}");
+        assert!(about("people-approve-pinned").is_empty(), "{w:?}");
+        let ap = about("any-provider");
+        assert!(ap.len() == 1 && ap[0].contains("does not pin principal.provider"), "{w:?}");
+        assert_eq!(w.len(), 3, "{w:?}");
     }
 
     /// Policies on action groups (`action in Lessor::Action::"write"`) are

@@ -2,7 +2,10 @@
 //! plugin: set -> verify -> approve (a second person, production only) ->
 //! activate switches issuance; rollback; rotate; warnings; a wrong KEK stops
 //! the start; the plaintext appears nowhere after the save; replicas on one
-//! PostgreSQL store switch together.
+//! PostgreSQL store switch together. Approvals come only from distinct
+//! people (made here as `Actor::Person` through the service: signing in is
+//! the people module's) or the admin token as break-glass; a workload JWT
+//! is refused.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,6 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use lessor::config::Config;
+use lessor::connections::ConnError;
+use lessor::principal::{Actor, Person, RequestMeta};
+use lessor::store::SecretVersion;
 use lessor::plugins::{role_infos, Catalog, Role};
 use lessor_plugin::secrecy::{ExposeSecret, SecretString};
 use lessor_plugin::{
@@ -24,7 +30,7 @@ use crate::support::{config_text, copy_dir, Daemon, Issuer};
 /// A vendor whose root secret is `identity:database:password`; a password
 /// starting with `bad` is rejected.
 #[derive(Default)]
-struct FakeRoot {
+pub(crate) struct FakeRoot {
     installed: Mutex<BTreeMap<i64, String>>,
     active: Mutex<Option<i64>>,
     /// (lease id, root version) of each revocation.
@@ -108,18 +114,23 @@ impl RootCredentials for FakeRoot {
 
 const CANARY: &str = "CANARY-root-7f3a9c";
 
-const POLICY: &str = r#"
+pub(crate) const POLICY: &str = r#"
 @id("test-fake-issue")
 permit(principal, action == Lessor::Action::"issue", resource is Lessor::Role)
 when { resource.plugin == "fake" && principal has repository && principal.repository == "acme/api" };
-// The example policies never let one principal set and approve; this one
-// does, for alice, so lessor's own refusal of self-approval is exercised.
+// The example policies never let a workload approve; this one does, for
+// alice, so lessor's own refusal of every workload approval is exercised.
 @id("test-alice-may-also-approve")
 permit(principal, action == Lessor::Action::"connection_approve", resource is Lessor::Connection)
 when { principal.subject == "alice" };
+// And this one lets the person alice (platform) approve, so lessor's own
+// refusal of self-approval by people is exercised.
+@id("test-alice-person-may-also-approve")
+permit(principal is Lessor::Person, action == Lessor::Action::"connection_approve", resource is Lessor::Connection)
+when { principal.provider == "dev" && principal.subject == "alice" };
 "#;
 
-fn fake_toml(rotate_after: &str, review_by: &str) -> String {
+pub(crate) fn fake_toml(rotate_after: &str, review_by: &str) -> String {
     format!(
         r#"
 [connections.prod]
@@ -144,19 +155,19 @@ max_ttl = "1h"
     )
 }
 
-struct Fakes {
+pub(crate) struct Fakes {
     prod: Arc<FakeRoot>,
     stg: Arc<FakeRoot>,
 }
 
 impl Fakes {
-    fn new() -> Fakes {
+    pub(crate) fn new() -> Fakes {
         Fakes { prod: Arc::new(FakeRoot::default()), stg: Arc::new(FakeRoot::default()) }
     }
 }
 
 /// Starts the real server on `dir` with the fake plugins as the catalogue.
-async fn start(dir: &Path, iss: &str, extra: &str, store: Option<&str>, fakes: &Fakes) -> anyhow::Result<Daemon> {
+pub(crate) async fn start(dir: &Path, iss: &str, extra: &str, store: Option<&str>, fakes: &Fakes) -> anyhow::Result<Daemon> {
     let policies = dir.join("policies");
     if !policies.exists() {
         copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &policies);
@@ -204,28 +215,52 @@ async fn start(dir: &Path, iss: &str, extra: &str, store: Option<&str>, fakes: &
 }
 
 /// An operator's JWT (acme/lessor-ops main, named by `who`).
-fn operator(iss: &Issuer, who: &str) -> String {
+pub(crate) fn operator(iss: &Issuer, who: &str) -> String {
     let mut c = iss.gh_claims("acme/lessor-ops", "refs/heads/main");
     c.insert("sub".into(), json!(who));
     iss.sign(&c)
 }
 
-/// An approver's JWT (acme/lessor-approvals main, named by `who`): the
-/// example policies let approvers approve, and only them.
-fn approver(iss: &Issuer, who: &str) -> String {
-    let mut c = iss.gh_claims("acme/lessor-approvals", "refs/heads/main");
-    c.insert("sub".into(), json!(who));
-    iss.sign(&c)
+/// A person of `lessor dev`'s provider (or another), as the sign-in would
+/// make them.
+pub(crate) fn person(provider: &str, subject: &str, email: &str, groups: &[&str]) -> Actor {
+    Actor::Person(Person {
+        provider: provider.into(),
+        issuer: "http://127.0.0.1:8201".into(),
+        subject: subject.into(),
+        email: email.into(),
+        name: subject.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+    })
+}
+
+/// bob, in finance: people.cedar lets him approve.
+pub(crate) fn bob() -> Actor {
+    person("dev", "bob", "bob@example.com", &["finance"])
+}
+
+/// alice, in platform: people.cedar lets her set, verify and activate.
+pub(crate) fn alice() -> Actor {
+    person("dev", "alice", "alice@example.com", &["platform"])
+}
+
+pub(crate) fn roots(d: &Daemon) -> &lessor::connections::RootCredentials {
+    d.running().leases.roots.as_deref().unwrap()
+}
+
+/// Approves the newest candidate as `who` through the service.
+pub(crate) async fn approve_as(d: &Daemon, who: &Actor, conn: &str) -> Result<SecretVersion, ConnError> {
+    roots(d).approve(who, conn, None, &RequestMeta::internal()).await
 }
 
 /// Calls the API and keeps every response body for the canary scan.
-struct Api<'a> {
-    d: &'a Daemon,
-    seen: Mutex<Vec<String>>,
+pub(crate) struct Api<'a> {
+    pub(crate) d: &'a Daemon,
+    pub(crate) seen: Mutex<Vec<String>>,
 }
 
 impl Api<'_> {
-    async fn call(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) async fn call(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
         let mut r = self.d.http.request(method, format!("{}{path}", self.d.url)).bearer_auth(token);
         if let Some(b) = body {
             r = r.json(&b);
@@ -236,14 +271,14 @@ impl Api<'_> {
         self.seen.lock().unwrap().push(text.clone());
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
-    async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
         self.call(reqwest::Method::POST, path, token, Some(body)).await
     }
-    async fn set(&self, conn: &str, token: &str, secret: &str) -> (u16, Value) {
+    pub(crate) async fn set(&self, conn: &str, token: &str, secret: &str) -> (u16, Value) {
         let body = json!({"secret": secret, "reason": "quarterly change"});
         self.call(reqwest::Method::PUT, &format!("/v1/admin/connections/{conn}/secret"), token, Some(body)).await
     }
-    async fn issue_version(&self, role: &str, jwt: &str) -> (String, Option<i64>) {
+    pub(crate) async fn issue_version(&self, role: &str, jwt: &str) -> (String, Option<i64>) {
         let (s, v) = self.post("/v1/leases", jwt, json!({"role": role, "ttl": "10m"})).await;
         assert_eq!(s, 201, "{v}");
         let id = v["lease"]["lease_id"].as_str().or(v["lease_id"].as_str()).unwrap().to_owned();
@@ -296,7 +331,7 @@ async fn production_needs_a_verified_secret_and_a_second_person_and_switches_iss
     let fakes = Fakes::new();
     let d = start(tmp.path(), &iss.url, &fake_toml("1ms", &review_by), None, &fakes).await.unwrap();
     let api = Api { d: &d, seen: Mutex::new(Vec::new()) };
-    let (alice, bob) = (operator(&iss, "alice"), approver(&iss, "bob"));
+    let alice = operator(&iss, "alice");
     let alice_name = format!("{}#alice", iss.url);
     let workload = iss.token();
     let good1 = format!("lessor_admin:app:{CANARY}-one");
@@ -320,12 +355,14 @@ async fn production_needs_a_verified_secret_and_a_second_person_and_switches_iss
     let (s, v) = api.post("/v1/admin/connections/prod/activate", &alice, json!({})).await;
     assert_eq!(s, 409, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("needs approval by someone other than"), "{v}");
+    // alice's JWT may not approve (a workload never does, though a test
+    // policy permits it); bob, a person, does.
     let (s, v) = api.post("/v1/admin/connections/prod/approve", &alice, json!({})).await;
     assert_eq!(s, 403, "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains(&format!("`{alice_name}` set version 1 of connection `prod` and cannot also approve it")), "{msg}");
-    let (s, v) = api.post("/v1/admin/connections/prod/approve", &bob, json!({})).await;
-    assert_eq!(s, 200, "{v}");
+    assert!(msg.contains(&format!("`{alice_name}` is a workload: approvals come only from people")), "{msg}");
+    let approved = approve_as(&d, &bob(), "prod").await.unwrap();
+    assert_eq!(approved.approved_by.as_deref(), Some("dev#bob <bob@example.com>"));
     let (s, v) = api.post("/v1/admin/connections/prod/activate", &alice, json!({})).await;
     assert_eq!((s, v["state"].as_str()), (200, Some("active")), "{v}");
     let (lease1, ver) = api.issue_version("prod/app", &workload).await;
@@ -343,7 +380,7 @@ async fn production_needs_a_verified_secret_and_a_second_person_and_switches_iss
         let (s, v) = api.post("/v1/admin/connections/prod/verify", &alice, json!({})).await;
         assert_eq!((s, v["result"]["ok"].as_bool()), (200, Some(false)), "{v}");
         assert!(v["result"]["message"].as_str().unwrap().contains(expect), "{v}");
-        api.post("/v1/admin/connections/prod/approve", &bob, json!({})).await;
+        approve_as(&d, &bob(), "prod").await.unwrap();
         let (s, v) = api.post("/v1/admin/connections/prod/activate", &alice, json!({})).await;
         assert_eq!(s, 409, "{v}");
         assert!(v["error"]["message"].as_str().unwrap().contains("has not passed verification"), "{v}");
@@ -355,7 +392,7 @@ async fn production_needs_a_verified_secret_and_a_second_person_and_switches_iss
     let (s, v) = api.set("prod", &alice, &format!("lessor_admin:app:{CANARY}-five")).await;
     assert_eq!((s, v["version"].as_i64()), (201, Some(5)), "{v}");
     assert_eq!(api.post("/v1/admin/connections/prod/verify", &alice, json!({})).await.0, 200);
-    assert_eq!(api.post("/v1/admin/connections/prod/approve", &bob, json!({})).await.0, 200);
+    approve_as(&d, &bob(), "prod").await.unwrap();
     assert_eq!(api.post("/v1/admin/connections/prod/activate", &alice, json!({})).await.0, 200);
     assert_eq!(api.issue_version("prod/app", &workload).await.1, Some(5));
     let (s, v) = api.call(reqwest::Method::DELETE, &format!("/v1/leases/{lease1}"), &workload, None).await;
@@ -542,7 +579,7 @@ default_scopes = ["orders.read"]
     })
     .await;
     let api = Api { d: &d, seen: Mutex::new(Vec::new()) };
-    let (alice, bob) = (operator(&iss, "alice"), approver(&iss, "bob"));
+    let alice = operator(&iss, "alice");
     let workload = iss.token();
     let ok = |v: &Value| v["result"]["ok"].as_bool();
 
@@ -556,8 +593,8 @@ default_scopes = ["orders.read"]
     assert_eq!(api.set("pg", &alice, &right).await.0, 201);
     let (s, v) = api.post("/v1/admin/connections/pg/verify", &alice, json!({})).await;
     assert_eq!((s, ok(&v)), (200, Some(true)), "{v}");
-    assert_eq!(api.post("/v1/admin/connections/pg/approve", &alice, json!({})).await.0, 403, "no self-approval");
-    assert_eq!(api.post("/v1/admin/connections/pg/approve", &bob, json!({})).await.0, 200);
+    assert_eq!(api.post("/v1/admin/connections/pg/approve", &alice, json!({})).await.0, 403, "no workload approval");
+    approve_as(&d, &bob(), "pg").await.unwrap();
     assert_eq!(api.post("/v1/admin/connections/pg/activate", &alice, json!({})).await.0, 200);
     let (lease1, ver) = api.issue_version("pg/app", &workload).await;
     assert_eq!(ver, Some(1));
@@ -572,7 +609,7 @@ default_scopes = ["orders.read"]
         let (s, v) = api.post("/v1/admin/connections/pg/verify", &alice, json!({})).await;
         assert_eq!((s, ok(&v)), (200, Some(false)), "{v}");
         assert!(v["result"]["message"].as_str().unwrap_or_default().contains(expect), "{v}");
-        api.post("/v1/admin/connections/pg/approve", &bob, json!({})).await;
+        approve_as(&d, &bob(), "pg").await.unwrap();
         assert_eq!(api.post("/v1/admin/connections/pg/activate", &alice, json!({})).await.0, 409);
         assert_eq!(api.issue_version("pg/app", &workload).await.1, Some(1));
     }
@@ -581,7 +618,7 @@ default_scopes = ["orders.read"]
     // lease issued under v1 is still revoked (its role dropped).
     assert_eq!(api.set("pg", &alice, &right).await.0, 201);
     assert_eq!(api.post("/v1/admin/connections/pg/verify", &alice, json!({})).await.0, 200);
-    assert_eq!(api.post("/v1/admin/connections/pg/approve", &bob, json!({})).await.0, 200);
+    approve_as(&d, &bob(), "pg").await.unwrap();
     assert_eq!(api.post("/v1/admin/connections/pg/activate", &alice, json!({})).await.0, 200);
     assert_eq!(api.issue_version("pg/app", &workload).await.1, Some(4));
     let (s, v) = api.call(reqwest::Method::DELETE, &format!("/v1/leases/{lease1}"), &workload, None).await;

@@ -3,6 +3,7 @@
 mod support;
 
 mod admin_tokens;
+mod approvals;
 mod audit;
 mod connections;
 mod engine;

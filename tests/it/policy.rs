@@ -123,15 +123,34 @@ async fn explain_answers_for_one_case_and_needs_admin() {
     // A workload JWT without an admin policy is refused.
     let (s, _) = d.post("/v1/policy/explain", &iss.token(), case).await;
     assert_eq!(s, 403);
+    // A person on a configured connection: bob (finance) may approve,
+    // alice (platform) may not, and the answer names her.
+    let person = |subject: &str, group: &str| {
+        json!({"action": "connection_approve", "connection": "token",
+               "person": {"provider": "dev", "subject": subject, "email": format!("{subject}@example.com"), "groups": [group]}})
+    };
+    let (s, v) = d.post("/v1/policy/explain", &d.admin, person("bob", "finance")).await;
+    assert_eq!((s, v["allowed"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(v["policies"][0]["id"], "finance-approves-root-credentials");
+    let (s, v) = d.post("/v1/policy/explain", &d.admin, person("alice", "platform")).await;
+    assert_eq!((s, v["allowed"].as_bool()), (200, Some(false)), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("person `dev#alice`"), "{v}");
+    assert_eq!(v["considered"]["groups"], "platform", "{v}");
+    // A connection that is not configured is a 400 naming the field.
+    let (s, v) = d.post("/v1/policy/explain", &d.admin, json!({"action": "connection_read", "connection": "nope",
+        "person": {"provider": "dev", "subject": "bob"}})).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("connection `nope` is not defined"), "{v}");
 }
 
-/// The shipped policies: every permit pins `principal.issuer`, none grants
-/// both `connection_set_secret` and `connection_approve` (`lessor check`
-/// has nothing to warn about), and the principals who may set a root
-/// credential are not those who may approve one.
+/// The shipped policies: every permit pins `principal.issuer` (or, for
+/// people, `principal.provider`), none grants both `connection_set_secret`
+/// and `connection_approve` nor approval to workloads (`lessor check` has
+/// nothing to warn about); no workload may approve, and the people who may
+/// set a root credential are not those who may approve one.
 #[test]
 fn shipped_policies_pin_the_issuer_and_keep_setting_and_approving_apart() {
-    use lessor::policy::{Action, ConnectionInfo, Policies, Principal, RequestContext, Target};
+    use lessor::policy::{Action, ConnectionInfo, PersonInfo, Policies, Principal, RequestContext, Target};
     use std::collections::BTreeMap;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let p = Policies::load(&dir, &[]).unwrap();
@@ -159,14 +178,32 @@ fn shipped_policies_pin_the_issuer_and_keep_setting_and_approving_apart() {
         who(gh, "acme/lessor-ops", Some("payments")),
     ];
     for pr in &principals {
-        assert!(
-            !(may(pr, Action::ConnectionSetSecret) && may(pr, Action::ConnectionApprove)),
-            "{pr:?} may both set and approve"
-        );
+        assert!(!may(pr, Action::ConnectionApprove), "{pr:?}: no workload approves");
     }
     assert!(may(&principals[0], Action::ConnectionSetSecret) && may(&principals[0], Action::ConnectionActivate));
-    assert!(may(&principals[1], Action::ConnectionApprove));
     assert!(may(&principals[3], Action::ConnectionSetSecret));
+    // People (people.cedar): platform manages, finance approves, nobody
+    // does both; another provider's "finance" gets nothing.
+    let person = |provider: &str, subject: &str, groups: &[&str]| PersonInfo {
+        provider: provider.into(),
+        issuer: "http://127.0.0.1:8201".into(),
+        subject: subject.into(),
+        email: format!("{subject}@example.com"),
+        name: subject.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+    };
+    let allows = |pr: &PersonInfo, a: Action| p.decide_on(pr, a, Target::Connection(&conn), &ctx).unwrap().allowed;
+    let (alice, bob) = (person("dev", "alice", &["platform"]), person("dev", "bob", &["finance"]));
+    for a in [Action::ConnectionSetSecret, Action::ConnectionVerify, Action::ConnectionActivate, Action::ConnectionRotate] {
+        assert!(allows(&alice, a) && !allows(&bob, a), "{a:?}");
+    }
+    assert!(allows(&bob, Action::ConnectionApprove) && !allows(&alice, Action::ConnectionApprove));
+    assert!(!allows(&person("dev", "erin", &["finance", "platform"]), Action::ConnectionApprove));
+    for a in Action::CONNECTION {
+        assert!(!allows(&person("customers", "mallory", &["finance", "platform"]), a), "{a:?} for another provider");
+        assert!(!allows(&person("dev", "carol", &["account:acme"]), a), "{a:?} for a customer");
+    }
+    assert!(!p.decide(&alice, Action::Admin, None, &ctx).unwrap().allowed, "people are no admins by default");
     // Another configured issuer whose tokens carry the same claims gets nothing.
     let other = who("https://ci.other.example", "acme/lessor-ops", None);
     for a in Action::CONNECTION {
@@ -186,7 +223,9 @@ fn shipped_policies_pin_the_issuer_and_keep_setting_and_approving_apart() {
 }
 
 /// `lessor check` warns about a permit that grants both set-secret and
-/// approve, and about one that does not pin the issuer.
+/// approve (to workloads or to people), about one that grants approval to
+/// workloads (lessor refuses those), and about one that does not pin the
+/// issuer.
 #[test]
 fn check_warns_about_a_policy_granting_set_secret_and_approve() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -200,6 +239,9 @@ permit(principal, action in [Lessor::Action::"connection_set_secret", Lessor::Ac
 when { principal.issuer == "https://token.actions.githubusercontent.com" && principal has repository && principal.repository == "acme/x" };
 @id("any-issuer")
 permit(principal, action == Lessor::Action::"read", resource) when { principal has repository && principal.repository == "acme/x" };
+@id("ops-people-do-it-all")
+permit(principal is Lessor::Person, action in [Lessor::Action::"connection_set_secret", Lessor::Action::"connection_approve"], resource)
+when { principal.provider == "corp" && principal.groups.contains("ops") };
 "#,
     )
     .unwrap();
@@ -212,7 +254,9 @@ permit(principal, action == Lessor::Action::"read", resource) when { principal h
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
     let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("warning: ")).collect();
-    assert_eq!(warnings.len(), 2, "{out}");
+    assert_eq!(warnings.len(), 4, "{out}");
     assert!(warnings.iter().any(|w| w.contains("both.cedar:1") && w.contains("`one-person-does-it-all` permits both connection_set_secret and connection_approve")), "{out}");
+    assert!(warnings.iter().any(|w| w.contains("both.cedar:1") && w.contains("`one-person-does-it-all` permits connection_approve to workloads")), "{out}");
+    assert!(warnings.iter().any(|w| w.contains("both.cedar:6") && w.contains("`ops-people-do-it-all` permits both connection_set_secret and connection_approve")), "{out}");
     assert!(warnings.iter().any(|w| w.contains("`any-issuer` does not pin principal.issuer")), "{out}");
 }
