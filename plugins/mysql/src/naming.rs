@@ -80,14 +80,6 @@ pub fn native_hash(password: &SecretString) -> SecretString {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lessor_plugin::LeaseId;
-
-    #[test]
-    fn lease_hex_takes_the_tail() {
-        let id = LeaseId::new("lse_0123456789abcdef0123456789ABCDEF");
-        assert_eq!(lease_hex(&id).unwrap(), "0123456789abcdef0123456789abcdef");
-        assert_eq!(lease_hex(&LeaseId::new("a-b")), None);
-    }
 
     #[test]
     fn names_fit_each_flavor_and_share_the_suffix() {

@@ -340,14 +340,6 @@ mod tests {
     }
 
     #[test]
-    fn lease_hex_takes_the_tail() {
-        let id = LeaseId::new("lse_0123456789abcdef0123456789ABCDEF");
-        assert_eq!(lease_hex(&id).unwrap(), "0123456789abcdef0123456789abcdef");
-        assert_eq!(lease_hex(&LeaseId::new("confa18f3")).unwrap(), "confa18f3");
-        assert_eq!(lease_hex(&LeaseId::new("a-b")), None);
-    }
-
-    #[test]
     fn names_keep_the_hex_and_fit() {
         let hex = "0123456789abcdef0123456789abcdef";
         let mut w = Workload {
