@@ -24,8 +24,11 @@ use crate::identity::Verifier;
 use crate::policy::casefile::Case;
 use crate::policy::{Policies, RoleInfo};
 
+/// A fuzz target: takes arbitrary bytes, must not panic.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets, by name.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("jwt", jwt),
     ("csr", csr),
     ("pg_template", pg_template),

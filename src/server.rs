@@ -216,11 +216,12 @@ pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Optio
     }
 
     let (shutdown, rx) = watch::channel(false);
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(expiry::run(leases.clone(), rx.clone())));
-    tasks.push(tokio::spawn(heartbeat::run(leases.clone(), rx.clone())));
-    tasks.push(tokio::spawn(crate::lease::retention::run(leases.clone(), rx.clone())));
-    tasks.push(tokio::spawn(roots.run(ROOT_POLL, rx.clone())));
+    let mut tasks = vec![
+        tokio::spawn(expiry::run(leases.clone(), rx.clone())),
+        tokio::spawn(heartbeat::run(leases.clone(), rx.clone())),
+        tokio::spawn(crate::lease::retention::run(leases.clone(), rx.clone())),
+        tokio::spawn(roots.run(ROOT_POLL, rx.clone())),
+    ];
     let reconciler = Arc::new(Reconciler::new(
         store.clone(),
         leases.catalog.clone(),

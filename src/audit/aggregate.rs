@@ -148,7 +148,7 @@ mod tests {
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
         let full = (0..1000).filter(|_| a.count("unknown", "malformed", ip)).count();
         assert_eq!(full, 5);
-        assert!(a.count("gh", "expired", "2001:db8:1:2:3::9".parse().unwrap()) == false);
+        assert!(!a.count("gh", "expired", "2001:db8:1:2:3::9".parse().unwrap()));
         let e = a.take().unwrap();
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["outcome"], "failed_summary");

@@ -2,63 +2,16 @@
 //! `lessor dev` + `lessor dev token` + `lessor creds` work as the README says;
 //! `check` and `policy test` report precisely.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::support::daemon::kill_9_mid_burst;
 use crate::support::{config_text, copy_dir, Issuer};
 
-const BIN: &str = env!("CARGO_BIN_EXE_lessor");
-
-/// Spawns `lessor` with `args`, waits for a stdout line containing `marker`
-/// and returns the child and the URL on that line.
-pub fn spawn_until(args: &[&str], cwd: &Path, envs: &[(&str, &str)], log: &Path, marker: &str) -> (Child, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(log).unwrap()));
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let m = marker.to_owned();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(i) = line.find(&m) {
-                let url = line[i + m.len()..].split_whitespace().next().unwrap_or("").to_owned();
-                let _ = tx.send(url);
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(url) => (child, url),
-        Err(_) => {
-            let _ = child.kill();
-            panic!("lessor {args:?} never printed `{marker}`; log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
-        }
-    }
-}
-
-pub fn stop(mut child: Child) {
-    // SIGTERM: graceful shutdown.
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    panic!("lessor did not stop on SIGTERM within 20s");
-}
+pub use crate::support::daemon::{run, spawn_until, stop};
 
 fn read_all(dir: &Path, skip: &[&str]) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
@@ -213,20 +166,6 @@ async fn json_logs_carry_the_request_id_and_no_secret() {
     }
 }
 
-pub fn run(args: &[&str], cwd: &Path, envs: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).current_dir(cwd).stdin(Stdio::null());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let o = cmd.output().unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn dev_mode_gives_a_newcomer_a_certificate_and_a_token() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -366,80 +305,8 @@ async fn kill_9_mid_burst_leaves_no_orphaned_role() {
     let pg = start_pg();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &dir.join("policies"));
-    std::fs::write(dir.join("policies/test-extra.cedar"), PG_POLICY).unwrap();
-    let cfg = config_text(dir, &dir.join("policies"), &iss.url, &pg_toml(&pg, dir), "");
-    std::fs::write(dir.join("lessor.toml"), cfg).unwrap();
-    let (mut child, url) = spawn_until(&["serve", "--config", "lessor.toml"], dir, &[], &dir.join("a.log"), "lessor listening on ");
-
-    let jwt = iss.token();
-    let http = reqwest::Client::new();
-    let burst = {
-        let (http, url, jwt) = (http.clone(), url.clone(), jwt.clone());
-        tokio::spawn(async move {
-            let mut set = tokio::task::JoinSet::new();
-            let mut failed = 0;
-            for i in 0..600 {
-                let (http, url, jwt) = (http.clone(), url.clone(), jwt.clone());
-                set.spawn(async move {
-                    http.post(format!("{url}/v1/leases")).bearer_auth(jwt).json(&json!({"role": "pg/app"})).send().await.map(|r| r.status().as_u16())
-                });
-                if i % 16 == 15 {
-                    while let Some(r) = set.join_next().await {
-                        if !matches!(r, Ok(Ok(201))) {
-                            failed += 1;
-                        }
-                    }
-                }
-            }
-            while let Some(r) = set.join_next().await {
-                if !matches!(r, Ok(Ok(201))) {
-                    failed += 1;
-                }
-            }
-            failed
-        })
-    };
-    // Let the burst get going, then kill -9.
-    let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
-    let started = Instant::now();
-    loop {
-        let n = http.get(format!("{url}/v1/admin/leases?limit=10000")).bearer_auth(&admin).send().await.ok();
-        let count = match n {
-            Some(r) => r.json::<Value>().await.map(|v| v["leases"].as_array().map_or(0, |a| a.len())).unwrap_or(0),
-            None => 0,
-        };
-        if count >= 40 || started.elapsed() > Duration::from_secs(30) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    child.kill().unwrap();
-    let _ = child.wait();
-    let failed = burst.await.unwrap();
-    assert!(failed > 0, "the kill must land mid-burst");
-
-    let (child2, url2) = spawn_until(&["serve", "--config", "lessor.toml"], dir, &[], &dir.join("b.log"), "lessor listening on ");
-    let list = |state: &'static str| {
-        let (http, url2, admin) = (http.clone(), url2.clone(), admin.clone());
-        async move {
-            let v: Value = http
-                .get(format!("{url2}/v1/admin/leases?state={state}&limit=10000"))
-                .bearer_auth(admin)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["leases"].as_array().unwrap().iter().map(|l| l["lease_id"].as_str().unwrap().to_owned()).collect::<std::collections::BTreeSet<_>>()
-        }
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !list("pending").await.is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(list("pending").await.is_empty(), "pending leases were cleaned up at restart");
+    let d = kill_9_mid_burst(&iss, dir, PG_POLICY, &pg_toml(&pg, dir), "pg/app").await;
+    let active = d.active_once_pending_are_cleaned().await;
     let roles: std::collections::BTreeSet<String> = pg
         .psql("postgres", "SELECT rolname FROM pg_roles WHERE rolname LIKE 'lessor\\_%'")
         .unwrap()
@@ -447,10 +314,8 @@ async fn kill_9_mid_burst_leaves_no_orphaned_role() {
         .filter(|l| !l.is_empty())
         .map(|l| format!("lse_{}", &l[l.len() - 32..]))
         .collect();
-    let active = list("active").await;
-    assert!(!active.is_empty());
     assert_eq!(roles, active, "every role at PostgreSQL belongs to an active lease");
-    stop(child2);
+    d.stop();
 }
 
 #[test]

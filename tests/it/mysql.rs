@@ -5,13 +5,13 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lessor_mysql::testkit::TempMariadb;
 use serde_json::{json, Value};
 
-use crate::binary::{spawn_until, stop};
-use crate::support::{config_text, copy_dir, Daemon, Issuer, Opts};
+use crate::support::daemon::{kill_9_mid_burst, spawn_until, stop};
+use crate::support::{Daemon, Issuer, Opts};
 
 pub const MY_POLICY: &str = r#"
 @id("test-my-app")
@@ -194,83 +194,10 @@ async fn kill_9_mid_burst_leaves_no_orphaned_user() {
     let db = start_mariadb();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &dir.join("policies"));
-    std::fs::write(dir.join("policies/test-extra.cedar"), MY_POLICY).unwrap();
-    let cfg = config_text(dir, &dir.join("policies"), &iss.url, &my_toml(&db, dir), "");
-    std::fs::write(dir.join("lessor.toml"), cfg).unwrap();
-    let (mut child, url) = spawn_until(&["serve", "--config", "lessor.toml"], dir, &[], &dir.join("a.log"), "lessor listening on ");
-
-    let jwt = iss.token();
-    let http = reqwest::Client::new();
-    let burst = {
-        let (http, url, jwt) = (http.clone(), url.clone(), jwt.clone());
-        tokio::spawn(async move {
-            let mut set = tokio::task::JoinSet::new();
-            let mut failed = 0;
-            for i in 0..600 {
-                let (http, url, jwt) = (http.clone(), url.clone(), jwt.clone());
-                set.spawn(async move {
-                    http.post(format!("{url}/v1/leases")).bearer_auth(jwt).json(&json!({"role": "my/app"})).send().await.map(|r| r.status().as_u16())
-                });
-                if i % 16 == 15 {
-                    while let Some(r) = set.join_next().await {
-                        if !matches!(r, Ok(Ok(201))) {
-                            failed += 1;
-                        }
-                    }
-                }
-            }
-            while let Some(r) = set.join_next().await {
-                if !matches!(r, Ok(Ok(201))) {
-                    failed += 1;
-                }
-            }
-            failed
-        })
-    };
-    let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
-    let started = Instant::now();
-    loop {
-        let n = http.get(format!("{url}/v1/admin/leases?limit=10000")).bearer_auth(&admin).send().await.ok();
-        let count = match n {
-            Some(r) => r.json::<Value>().await.map(|v| v["leases"].as_array().map_or(0, |a| a.len())).unwrap_or(0),
-            None => 0,
-        };
-        if count >= 40 || started.elapsed() > Duration::from_secs(30) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    child.kill().unwrap();
-    let _ = child.wait();
-    let failed = burst.await.unwrap();
-    assert!(failed > 0, "the kill must land mid-burst");
-
-    let (child2, url2) = spawn_until(&["serve", "--config", "lessor.toml"], dir, &[], &dir.join("b.log"), "lessor listening on ");
-    let list = |state: &'static str| {
-        let (http, url2, admin) = (http.clone(), url2.clone(), admin.clone());
-        async move {
-            let v: Value = http
-                .get(format!("{url2}/v1/admin/leases?state={state}&limit=10000"))
-                .bearer_auth(admin)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["leases"].as_array().unwrap().iter().map(|l| l["lease_id"].as_str().unwrap().to_owned()).collect::<BTreeSet<_>>()
-        }
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !list("pending").await.is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(list("pending").await.is_empty(), "pending leases were cleaned up at restart");
-    let active = list("active").await;
-    assert!(!active.is_empty());
+    let d = kill_9_mid_burst(&iss, dir, MY_POLICY, &my_toml(&db, dir), "my/app").await;
+    let active = d.active_once_pending_are_cleaned().await;
     assert_eq!(my_lease_ids(&db), active, "every user in mysql.user belongs to an active lease");
-    stop(child2);
+    d.stop();
 }
 
 /// `lessor dev --mysql <DSN>`: one flag adds a MySQL / MariaDB role whose

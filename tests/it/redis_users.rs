@@ -213,91 +213,16 @@ async fn a_redis_node_down_keeps_the_lease_revoke_failed_until_it_is_back() {
 /// active lease has its user on every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_burst_leaves_no_orphaned_redis_user() {
-    use crate::binary::{spawn_until, stop};
-    use crate::support::{config_text, copy_dir};
     let iss = Issuer::start().await;
     let n = start_nodes().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &dir.join("policies"));
-    std::fs::write(dir.join("policies/test-extra.cedar"), REDIS_POLICY).unwrap();
-    let cfg = config_text(dir, &dir.join("policies"), &iss.url, &redis_toml(&n, dir), "");
-    std::fs::write(dir.join("lessor.toml"), cfg).unwrap();
-    let (mut child, url) = spawn_until(&["serve", "--config", "lessor.toml"], dir, &[], &dir.join("a.log"), "lessor listening on ");
-
-    let jwt = iss.token();
-    let http = reqwest::Client::new();
-    let burst = {
-        let (http, url, jwt) = (http.clone(), url.clone(), jwt.clone());
-        tokio::spawn(async move {
-            let mut set = tokio::task::JoinSet::new();
-            let mut failed = 0;
-            for i in 0..600 {
-                let (http, url, jwt) = (http.clone(), url.clone(), jwt.clone());
-                set.spawn(async move {
-                    http.post(format!("{url}/v1/leases")).bearer_auth(jwt).json(&json!({"role": "cache/app"})).send().await.map(|r| r.status().as_u16())
-                });
-                if i % 16 == 15 {
-                    while let Some(r) = set.join_next().await {
-                        if !matches!(r, Ok(Ok(201))) {
-                            failed += 1;
-                        }
-                    }
-                }
-            }
-            while let Some(r) = set.join_next().await {
-                if !matches!(r, Ok(Ok(201))) {
-                    failed += 1;
-                }
-            }
-            failed
-        })
-    };
-    let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
-    let started = Instant::now();
-    loop {
-        let r = http.get(format!("{url}/v1/admin/leases?limit=10000")).bearer_auth(&admin).send().await.ok();
-        let count = match r {
-            Some(r) => r.json::<Value>().await.map(|v| v["leases"].as_array().map_or(0, |a| a.len())).unwrap_or(0),
-            None => 0,
-        };
-        if count >= 40 || started.elapsed() > Duration::from_secs(30) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    child.kill().unwrap();
-    let _ = child.wait();
-    let failed = burst.await.unwrap();
-    assert!(failed > 0, "the kill must land mid-burst");
-
-    let (child2, url2) = spawn_until(&["serve", "--config", "lessor.toml"], dir, &[], &dir.join("b.log"), "lessor listening on ");
-    let list = |state: &'static str| {
-        let (http, url2, admin) = (http.clone(), url2.clone(), admin.clone());
-        async move {
-            let v: Value = http
-                .get(format!("{url2}/v1/admin/leases?state={state}&limit=10000"))
-                .bearer_auth(admin)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["leases"].as_array().unwrap().iter().map(|l| l["lease_id"].as_str().unwrap().to_owned()).collect::<BTreeSet<_>>()
-        }
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !list("pending").await.is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(list("pending").await.is_empty(), "pending leases were cleaned up at restart");
-    let active = list("active").await;
-    assert!(!active.is_empty());
+    let d = crate::support::daemon::kill_9_mid_burst(&iss, dir, REDIS_POLICY, &redis_toml(&n, dir), "cache/app").await;
+    let active = d.active_once_pending_are_cleaned().await;
     let (on_a, on_b) = n.per_node().await;
     assert_eq!(on_a, on_b, "every user exists on both nodes or on neither");
     assert_eq!(n.lease_ids().await, active, "every Redis user belongs to an active lease, and every active lease has one");
-    stop(child2);
+    d.stop();
 }
 
 /// `lessor dev --redis <URL>`: one flag adds a Redis role, and the user it

@@ -615,7 +615,7 @@ exec {{
             (!lines.is_empty()).then_some(lines)
         }
     };
-    let first = until(&agent, Duration::from_secs(60), "the command's start", || lines()).await;
+    let first = until(&agent, Duration::from_secs(60), "the command's start", &lines).await;
     let (user1, password1) = first[0].split_once(' ').unwrap();
     assert_eq!(pg.psql_as(user1, password1, "app", "SELECT 1").unwrap(), "1", "the command got a working login");
 

@@ -7,42 +7,26 @@
 //! SQL execution. The DSN's password appears in no message and no `Debug`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use lessor_plugin::{PluginError, RoleSpec};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::sql::{Placeholder, Template, MAX_IDENT_CHARS};
+use lessor_plugin_sql::config::{check_prefix as check_name_prefix, connect_timeout, list_or_none, pool_size, read_dsn};
+pub use lessor_plugin_sql::config::DsnSource;
+
+use crate::sql::{Template, MAX_IDENT_CHARS};
 
 /// Longest `user_prefix`: leaves 23 lease characters within MySQL's 32.
 pub const MAX_PREFIX_BYTES: usize = 8;
 
-const DEFAULT_POOL_SIZE: u32 = 4;
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_PREFIX: &str = "lessor";
 /// Default host pattern of a role's accounts.
 pub const DEFAULT_HOST: &str = "%";
 /// MySQL's and MariaDB's limit on the host part of an account.
 const MAX_HOST_CHARS: usize = 255;
-
-/// Where the admin DSN came from, for messages (never the DSN itself).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DsnSource {
-    File(PathBuf),
-    Env(String),
-}
-
-impl fmt::Display for DsnSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DsnSource::File(p) => write!(f, "`dsn_file` ({})", p.display()),
-            DsnSource::Env(v) => write!(f, "`dsn_env` (${v})"),
-        }
-    }
-}
 
 /// Settings of one MySQL / MariaDB connection.
 #[derive(Debug, Clone)]
@@ -75,40 +59,9 @@ impl ConnectionConfig {
         let bad = |msg: String| PluginError::Misconfigured(format!("connection `{connection}`: {msg}"));
         let value = if value.is_null() { serde_json::json!({}) } else { value };
         let raw: RawConnection = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
-        let dsn = match (raw.dsn_file, raw.dsn_env) {
-            (Some(_), Some(_)) => return Err(bad("set either `dsn_file` or `dsn_env`, not both".into())),
-            (None, None) => None,
-            (Some(path), None) => {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| bad(format!("cannot read `dsn_file` ({}): {e}", path.display())))?;
-                Some((SecretString::from(text.trim().to_owned()), DsnSource::File(path)))
-            }
-            (None, Some(var)) => {
-                let text = std::env::var(&var)
-                    .map_err(|e| bad(format!("environment variable `{var}` (from `dsn_env`): {e}")))?;
-                Some((SecretString::from(text.trim().to_owned()), DsnSource::Env(var)))
-            }
-        };
-        if let Some((d, source)) = &dsn {
-            if d.expose_secret().is_empty() {
-                return Err(bad(format!("the DSN in {source} is empty")));
-            }
-        }
-        let pool_size = raw.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
-        if !(1..=100).contains(&pool_size) {
-            return Err(bad(format!("`pool_size` = {pool_size} must be between 1 and 100")));
-        }
-        let connect_timeout = match raw.connect_timeout {
-            None => DEFAULT_CONNECT_TIMEOUT,
-            Some(s) => {
-                let d = humantime::parse_duration(&s)
-                    .map_err(|e| bad(format!("`connect_timeout` = `{s}` is not a duration like \"5s\": {e}")))?;
-                if d < Duration::from_millis(100) || d > Duration::from_secs(300) {
-                    return Err(bad(format!("`connect_timeout` = `{s}` must be between 100ms and 5m")));
-                }
-                d
-            }
-        };
+        let dsn = read_dsn(raw.dsn_file, raw.dsn_env, bad)?;
+        let pool_size = pool_size(raw.pool_size, bad)?;
+        let connect_timeout = connect_timeout(raw.connect_timeout, Some((Duration::from_secs(300), "5m")), bad)?;
         let user_prefix = raw.user_prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
         check_prefix(&user_prefix).map_err(|m| bad(format!("`user_prefix` = `{user_prefix}` {m}")))?;
         Ok(ConnectionConfig { dsn, pool_size, connect_timeout, user_prefix })
@@ -116,16 +69,11 @@ impl ConnectionConfig {
 }
 
 fn check_prefix(p: &str) -> Result<(), String> {
-    if p.is_empty() {
-        return Err("is empty".into());
-    }
-    if p.len() > MAX_PREFIX_BYTES {
-        return Err(format!("is {} bytes; at most {MAX_PREFIX_BYTES} (MySQL user names are at most 32 characters, and the lease id needs the rest)", p.len()));
-    }
-    if !p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
-        return Err("may only hold a-z, 0-9 and `_`".into());
-    }
-    Ok(())
+    check_name_prefix(
+        p,
+        MAX_PREFIX_BYTES,
+        " (MySQL user names are at most 32 characters, and the lease id needs the rest)",
+    )
 }
 
 /// Settings of one role of a MySQL / MariaDB connection.
@@ -178,14 +126,6 @@ fn check_server_role(r: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn list_or_none(v: &[String]) -> String {
-    if v.is_empty() {
-        "none".into()
-    } else {
-        v.join(", ")
-    }
-}
-
 impl RoleConfig {
     /// Parses a role's plugin table. `Null` and `{}` give the defaults, which
     /// suit only a role without scopes (every scope needs `roles` or
@@ -226,9 +166,6 @@ impl RoleConfig {
             let mut parsed = Vec::with_capacity(list.len());
             for (i, s) in list.iter().enumerate() {
                 let t = Template::parse(s).map_err(|e| bad(format!("`grants.\"{scope}\"[{i}]`: {e}")))?;
-                if let Some(p) = t.placeholders().find(|p| !matches!(p, Placeholder::Name | Placeholder::User | Placeholder::Host | Placeholder::Claim(_) | Placeholder::ClaimIdent(_))) {
-                    return Err(bad(format!("`grants.\"{scope}\"[{i}]` uses {p}, which grants cannot use")));
-                }
                 parsed.push(t);
             }
             grants.insert(scope, parsed);
@@ -260,6 +197,7 @@ impl RoleConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
     use serde_json::json;
     use std::io::Write;
 

@@ -3,26 +3,17 @@
 //!
 //! Knows nothing of connections or SQL execution.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use lessor_plugin::{LeaseId, PluginError, Workload};
-use rand::TryRngCore;
+use lessor_plugin::Workload;
 use secrecy::{ExposeSecret, SecretString};
 use sha1::{Digest, Sha1};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
-/// The lease-derived suffix of a user name: at most this many of the lease
-/// id's last letters and digits...
-pub const LEASE_HEX_LEN: usize = 32;
-/// ...and at least this many (shorter ids cannot name a user safely).
-pub const MIN_LEASE_HEX_LEN: usize = 8;
+pub use lessor_plugin_sql::naming::{lease_hex, new_password, LEASE_HEX_LEN, MIN_LEASE_HEX_LEN};
+
 /// The shortest server limit on user names (MySQL 8): 32 characters.
 pub const MYSQL_MAX_USER: usize = 32;
 /// MariaDB's limit on user names: 80 characters.
 pub const MARIADB_MAX_USER: usize = 80;
-
-/// Random bytes in a generated password (256 bits).
-const PASSWORD_BYTES: usize = 32;
 
 /// Which server the connection talks to, from `@@version`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,40 +47,11 @@ impl Flavor {
     }
 }
 
-/// The lease id's letters and digits, lowercased, last 32 of them.
-pub fn lease_hex(id: &LeaseId) -> Option<String> {
-    let all: Vec<char> = id
-        .as_str()
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    let tail: String = all[all.len().saturating_sub(LEASE_HEX_LEN)..].iter().collect();
-    (tail.len() >= MIN_LEASE_HEX_LEN).then_some(tail)
-}
-
 /// The part of the lease hex every user name of the lease ends with, on
 /// either flavour: what fits after `<prefix>_` in MySQL's 32 characters.
 pub fn lease_suffix(prefix: &str, hex: &str) -> String {
     let room = MYSQL_MAX_USER.saturating_sub(prefix.len() + 1);
     hex[hex.len().saturating_sub(room)..].to_owned()
-}
-
-fn sanitize(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        let c = c.to_ascii_lowercase();
-        if c.is_ascii_lowercase() || c.is_ascii_digit() {
-            out.push(c);
-        } else if !out.ends_with('_') {
-            out.push('_');
-        }
-    }
-    out.trim_matches('_').to_owned()
-}
-
-fn after_last_slash(s: &str) -> &str {
-    s.rsplit('/').next().unwrap_or(s)
 }
 
 /// A user name for a lease, at most `flavor.max_user()` characters.
@@ -101,25 +63,7 @@ pub fn user_name(flavor: Flavor, prefix: &str, role: &str, workload: &Workload, 
     if flavor == Flavor::MySql {
         return format!("{prefix}_{}", lease_suffix(prefix, hex));
     }
-    let who = workload
-        .attributes
-        .get("repository")
-        .map(|r| after_last_slash(r))
-        .unwrap_or_else(|| after_last_slash(&workload.subject));
-    let mut readable = sanitize(&format!("{role}_{who}"));
-    readable.truncate(MARIADB_MAX_USER.saturating_sub(prefix.len() + hex.len() + 2));
-    let readable = readable.trim_end_matches('_');
-    let readable = if readable.is_empty() { "x" } else { readable };
-    format!("{prefix}_{readable}_{hex}")
-}
-
-/// 256 random bits, base64url (43 characters: no quote, no backslash).
-pub fn new_password() -> Result<SecretString, PluginError> {
-    let mut bytes = Zeroizing::new([0u8; PASSWORD_BYTES]);
-    rand::rngs::OsRng
-        .try_fill_bytes(bytes.as_mut())
-        .map_err(|e| PluginError::Retryable(format!("the OS random number generator failed: {e}")))?;
-    Ok(SecretString::from(URL_SAFE_NO_PAD.encode(bytes.as_ref())))
+    lessor_plugin_sql::naming::readable_name(MARIADB_MAX_USER, prefix, role, workload, hex)
 }
 
 /// The `mysql_native_password` authentication string of `password`:
@@ -136,13 +80,6 @@ pub fn native_hash(password: &SecretString) -> SecretString {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lease_hex_takes_the_tail() {
-        let id = LeaseId::new("lse_0123456789abcdef0123456789ABCDEF");
-        assert_eq!(lease_hex(&id).unwrap(), "0123456789abcdef0123456789abcdef");
-        assert_eq!(lease_hex(&LeaseId::new("a-b")), None);
-    }
 
     #[test]
     fn names_fit_each_flavor_and_share_the_suffix() {

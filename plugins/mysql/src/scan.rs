@@ -61,43 +61,21 @@ pub enum ScanError {
     ExecutableComment(usize),
 }
 
+impl lessor_plugin_sql::SqlContext for Context {
+    const CODE: Context = Context::Code;
+    const LINE_COMMENT: Context = Context::LineComment;
+    fn holds_a_value(self) -> bool {
+        matches!(self, Context::String | Context::QuotedIdent)
+    }
+}
+
 /// One span of SQL text that is not top-level code. `start..end` includes
 /// its delimiters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Span {
-    pub start: usize,
-    pub end: usize,
-    pub context: Context,
-}
+pub type Span = lessor_plugin_sql::Span<Context>;
 
 /// Every span that is not code, in order; one left open at the end is
 /// `unterminated`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Scan {
-    pub spans: Vec<Span>,
-    pub unterminated: Option<Span>,
-}
-
-impl Scan {
-    /// The context of byte `at`.
-    pub fn context_at(&self, at: usize) -> Context {
-        let i = self.spans.partition_point(|s| s.end <= at);
-        match (self.spans.get(i), &self.unterminated) {
-            (Some(s), _) if s.start <= at => s.context,
-            (_, Some(open)) if open.start <= at => open.context,
-            _ => Context::Code,
-        }
-    }
-
-    /// Whether `start..end` is exactly one whole string literal or quoted
-    /// identifier.
-    pub fn is_one_token(&self, start: usize, end: usize) -> bool {
-        let i = self.spans.partition_point(|s| s.end <= start);
-        self.spans.get(i).is_some_and(|s| {
-            s.start == start && s.end == end && matches!(s.context, Context::String | Context::QuotedIdent)
-        })
-    }
-}
+pub type Scan = lessor_plugin_sql::Scan<Context>;
 
 /// Whether `--` at `i` starts a comment: MySQL needs a space or control
 /// character (or the end of the text) after the two dashes.
@@ -178,12 +156,7 @@ fn quoted_end(b: &[u8], i: usize, q: u8, backslash: Backslash) -> Result<Option<
 
 /// Top-level `;` in `sql` (statement separators).
 pub fn top_level_semicolons(sql: &str, backslash: Backslash) -> Result<usize, ScanError> {
-    let s = scan(sql, backslash)?;
-    Ok(sql
-        .bytes()
-        .enumerate()
-        .filter(|&(i, c)| c == b';' && s.context_at(i) == Context::Code)
-        .count())
+    Ok(scan(sql, backslash)?.top_level_semicolons(sql))
 }
 
 #[cfg(test)]

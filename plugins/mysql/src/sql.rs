@@ -1,11 +1,13 @@
-//! Statement templates and MySQL quoting.
+//! The MySQL / MariaDB dialect of the shared statement templates
+//! (`lessor_plugin_sql::template`) and MySQL quoting.
 //!
-//! Owns the template language (`{{name}}`, `{{user}}`, `{{host}}`,
-//! `{{claim:ATTR}}`, `{{claim_ident:ATTR}}`), where placeholders may stand
-//! (top level only, checked with [`crate::scan`]), and the only ways a value
-//! enters SQL text: [`quote_ident`] (backticks), [`quote_literal`] (for the
-//! session's `NO_BACKSLASH_ESCAPES` setting) and [`account`]. Knows nothing
-//! of connections or roles; never sees a password.
+//! Owns MySQL's placeholders (`{{name}}`, `{{user}}`, `{{host}}`; the
+//! claims are the engine's), what may touch a placeholder, the scanner the
+//! engine uses ([`crate::scan`]), `sql_mode` refused in templates, and the
+//! only ways a value enters SQL text: [`quote_ident`] (backticks),
+//! [`quote_literal`] (for the session's `NO_BACKSLASH_ESCAPES` setting) and
+//! [`account`]. Knows nothing of connections or roles; never sees a
+//! password. Must not import: sqlx.
 //!
 //! Values are Rust strings (valid UTF-8) and the admin sessions speak
 //! utf8mb4, so no multi-byte sequence can swallow a quote's escape.
@@ -13,194 +15,141 @@
 use std::fmt;
 
 use lessor_plugin::Workload;
+use lessor_plugin_sql::template::{claim_value, name_char};
+use lessor_plugin_sql::Dialect;
 
 pub use crate::scan::{scan, top_level_semicolons, Backslash, Context, Scan, ScanError};
 
 /// MySQL's identifier limit (characters).
 pub const MAX_IDENT_CHARS: usize = 64;
 
-/// One `{{...}}` slot of a template.
+/// MySQL's own placeholders (besides `{{claim:ATTR}}` and
+/// `{{claim_ident:ATTR}}`, which every dialect has).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Placeholder {
+pub enum Named {
     /// `{{name}}`: the lease's account, `'user'@'host'`.
     Name,
     /// `{{user}}`: the user name as a string literal.
     User,
     /// `{{host}}`: the host pattern as a string literal.
     Host,
-    /// `{{claim:ATTR}}`: a workload attribute as a string literal.
-    Claim(String),
-    /// `{{claim_ident:ATTR}}`: a workload attribute as a backtick identifier.
-    ClaimIdent(String),
 }
 
-impl fmt::Display for Placeholder {
+impl fmt::Display for Named {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Placeholder::Name => f.write_str("{{name}}"),
-            Placeholder::User => f.write_str("{{user}}"),
-            Placeholder::Host => f.write_str("{{host}}"),
-            Placeholder::Claim(a) => write!(f, "{{{{claim:{a}}}}}"),
-            Placeholder::ClaimIdent(a) => write!(f, "{{{{claim_ident:{a}}}}}"),
-        }
+        f.write_str(match self {
+            Named::Name => "{{name}}",
+            Named::User => "{{user}}",
+            Named::Host => "{{host}}",
+        })
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
-    Text(String),
-    Slot(Placeholder),
-}
-
-/// A parsed statement template. Its source is configuration, not a secret.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Template {
-    source: String,
-    pieces: Vec<Piece>,
-}
-
-impl fmt::Debug for Template {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Template({:?})", self.source)
-    }
-}
-
+/// One `{{...}}` slot of a template.
+pub type Placeholder = lessor_plugin_sql::Placeholder<Named>;
+/// A parsed statement template (see [`lessor_plugin_sql::Template`]).
+pub type Template = lessor_plugin_sql::Template<Mysql>;
 /// Why a template does not parse.
+pub type TemplateError = lessor_plugin_sql::TemplateError<Mysql>;
+/// Why a template could not be rendered for a request.
+pub type RenderError = lessor_plugin_sql::RenderError<Mysql>;
+
+/// What the MySQL dialect refuses in a template besides what its scanner
+/// does.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TemplateError {
-    #[error("`{{{{` at byte {0} is never closed with `}}}}`")]
-    Unclosed(usize),
-    #[error("`}}}}` at byte {0} closes nothing")]
-    UnopenedClose(usize),
-    #[error("unknown placeholder `{{{{{0}}}}}` (known: {{{{name}}}}, {{{{user}}}}, {{{{host}}}}, {{{{claim:ATTR}}}}, {{{{claim_ident:ATTR}}}})")]
-    Unknown(String),
-    #[error("`{{{{{0}}}}}` needs an attribute name of letters, digits, `_`, `-`, `.` or `:`")]
-    BadClaim(String),
-    #[error("the template is empty")]
-    Empty,
-    #[error("`{placeholder}` at byte {byte} is inside {context}; placeholders must be at top level, where their quoting holds (there the value would be pasted as raw SQL)")]
-    NotTopLevel { placeholder: String, byte: usize, context: Context },
-    #[error("`{placeholder}` at byte {byte} touches `{neighbour}`; put a space between a placeholder and a quote, `@`, a name or another placeholder")]
-    Glued { placeholder: String, byte: usize, neighbour: String },
-    #[error("the template ends inside {context} opened at byte {byte}")]
-    Unterminated { context: Context, byte: usize },
+pub enum Refusal {
     #[error("the template changes `sql_mode`, which decides how values are quoted; set it on the server instead")]
     SqlMode,
-    #[error("{0}")]
-    Scan(ScanError),
 }
 
-fn valid_attr(a: &str) -> bool {
-    !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
-}
+/// The MySQL / MariaDB dialect of the shared template engine: its scanner
+/// (templates scanned with [`Backslash::Refuse`], rendered statements in
+/// the session's mode), quoting and placeholders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mysql;
 
-fn parse_slot(inner: &str) -> Result<Placeholder, TemplateError> {
-    let s = inner.trim();
-    Ok(match s {
-        "name" => Placeholder::Name,
-        "user" => Placeholder::User,
-        "host" => Placeholder::Host,
-        _ => {
-            let (kind, attr) = s.split_once(':').ok_or_else(|| TemplateError::Unknown(s.to_owned()))?;
-            let attr = attr.trim();
-            let make: fn(String) -> Placeholder = match kind.trim() {
-                "claim" => Placeholder::Claim,
-                "claim_ident" => Placeholder::ClaimIdent,
-                _ => return Err(TemplateError::Unknown(s.to_owned())),
-            };
-            if !valid_attr(attr) {
-                return Err(TemplateError::BadClaim(s.to_owned()));
-            }
-            make(attr.to_owned())
-        }
-    })
-}
+impl Dialect for Mysql {
+    type Named = Named;
+    type Context = Context;
+    type ScanError = ScanError;
+    type Refusal = Refusal;
+    type QuoteError = QuoteError;
+    type Vars<'a> = Vars<'a>;
 
-impl Template {
-    /// Parses a template. Single braces are plain SQL; `{{` must be closed
-    /// by `}}`, and `}}` must close a `{{`.
-    pub fn parse(source: &str) -> Result<Template, TemplateError> {
-        if source.trim().is_empty() {
-            return Err(TemplateError::Empty);
-        }
-        let mut pieces = Vec::new();
-        let mut text = String::new();
-        let mut rest = source;
-        let mut offset = 0;
-        let mut slot_at = Vec::new();
-        loop {
-            let open = rest.find("{{");
-            let close = rest.find("}}");
-            match (open, close) {
-                (None, None) => {
-                    text.push_str(rest);
-                    break;
-                }
-                (_, Some(c)) if open.is_none_or(|o| c < o) => return Err(TemplateError::UnopenedClose(offset + c)),
-                (Some(o), _) => {
-                    let after = &rest[o + 2..];
-                    let end = after.find("}}").ok_or(TemplateError::Unclosed(offset + o))?;
-                    let inner = &after[..end];
-                    if inner.contains("{{") {
-                        return Err(TemplateError::Unclosed(offset + o));
-                    }
-                    text.push_str(&rest[..o]);
-                    if !text.is_empty() {
-                        pieces.push(Piece::Text(std::mem::take(&mut text)));
-                    }
-                    pieces.push(Piece::Slot(parse_slot(inner)?));
-                    let consumed = o + 2 + end + 2;
-                    slot_at.push((offset + o, offset + consumed));
-                    offset += consumed;
-                    rest = &rest[consumed..];
-                }
-                (None, Some(_)) => return Err(TemplateError::UnopenedClose(offset)),
-            }
-        }
-        if !text.is_empty() {
-            pieces.push(Piece::Text(text));
-        }
-        check_structure(&pieces, &slot_at)?;
-        Ok(Template { source: source.to_owned(), pieces })
-    }
+    const KNOWN: &'static str = "{{name}}, {{user}}, {{host}}, {{claim:ATTR}}, {{claim_ident:ATTR}}";
+    const GLUE_HINT: &'static str = "a quote, `@`, a name or another placeholder";
+    const ONE_TOKEN: &'static str = "quoted tokens";
 
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    /// Every placeholder, in order (with repeats).
-    pub fn placeholders(&self) -> impl Iterator<Item = &Placeholder> {
-        self.pieces.iter().filter_map(|p| match p {
-            Piece::Slot(s) => Some(s),
-            Piece::Text(_) => None,
+    fn named(s: &str) -> Option<Named> {
+        Some(match s {
+            "name" => Named::Name,
+            "user" => Named::User,
+            "host" => Named::Host,
+            _ => return None,
         })
     }
 
-    /// Renders the template for a session whose backslash mode is
-    /// `vars.backslash`. Every value is quoted; nothing is pasted raw. The
-    /// result is scanned again in that mode: each value must be exactly the
-    /// tokens it was quoted as, at top level, and the statement one
-    /// statement.
-    pub fn render(&self, vars: &Vars<'_>) -> Result<String, RenderError> {
-        let mut out = String::with_capacity(self.source.len() + 64);
-        let mut values = Vec::new();
-        for piece in &self.pieces {
-            match piece {
-                Piece::Text(t) => out.push_str(t),
-                Piece::Slot(p) => {
-                    let start = out.len();
-                    let v = vars.value(p)?;
-                    out.push_str(&v);
-                    values.push((p, start, out.len()));
-                }
-            }
+    /// A backslash in a literal is refused (its meaning depends on the
+    /// session), and so are executable comments.
+    fn scan_template(sql: &str) -> Result<Scan, ScanError> {
+        scan(sql, Backslash::Refuse)
+    }
+
+    fn relocate(e: ScanError, to_source: &dyn Fn(usize) -> usize) -> ScanError {
+        match e {
+            ScanError::BackslashInString(i) => ScanError::BackslashInString(to_source(i)),
+            ScanError::ExecutableComment(i) => ScanError::ExecutableComment(to_source(i)),
         }
-        let scanned = scan(&out, vars.backslash).ok();
-        for (p, start, end) in values {
+    }
+
+    /// `sql_mode` at top level would change how the values are quoted.
+    fn check_skeleton(skeleton: &str, scanned: &Scan) -> Result<(), Refusal> {
+        let code: String = skeleton
+            .char_indices()
+            .map(|(i, c)| if scanned.context_at(i) == Context::Code { c.to_ascii_lowercase() } else { ' ' })
+            .collect();
+        if code.contains("sql_mode") {
+            return Err(Refusal::SqlMode);
+        }
+        Ok(())
+    }
+
+    /// `_utf8mb4{{claim:x}}` would be an introducer, `{{user}}@{{host}}` an
+    /// account, a name or quote next to a value one token with it.
+    fn glued_before(c: char) -> bool {
+        name_char(c) || matches!(c, '\'' | '"' | '`' | '@')
+    }
+
+    fn glued_after(c: char) -> bool {
+        name_char(c) || matches!(c, '\'' | '"' | '`' | '@')
+    }
+
+    fn control(what: String, code: u32) -> QuoteError {
+        QuoteError::Control(what, code)
+    }
+
+    fn value(vars: &Vars<'_>, p: &Placeholder) -> Result<String, RenderError> {
+        let claim = |attr: &str| claim_value(vars.workload, p, attr);
+        match p {
+            Placeholder::Named(Named::Name) => account(vars.user, vars.host, vars.backslash),
+            Placeholder::Named(Named::User) => quote_literal(vars.user, vars.backslash),
+            Placeholder::Named(Named::Host) => quote_literal(vars.host, vars.backslash),
+            Placeholder::Claim(a) => quote_literal(&claim(a)?, vars.backslash).map_err(|e| e.for_claim(a)),
+            Placeholder::ClaimIdent(a) => quote_ident(&claim(a)?).map_err(|e| e.for_claim(a)),
+        }
+        .map_err(RenderError::Quote)
+    }
+
+    /// Scanned again in the session's backslash mode: each value must be
+    /// exactly the tokens it was quoted as, at top level, and the statement
+    /// one statement.
+    fn check_rendered(vars: &Vars<'_>, sql: &str, values: &[(&Placeholder, usize, usize)]) -> Result<(), RenderError> {
+        let scanned = scan(sql, vars.backslash).ok();
+        for &(p, start, end) in values {
             let ok = scanned.as_ref().is_some_and(|s| match p {
                 // 'user'@'host': two literals around an `@`.
-                Placeholder::Name => {
-                    let text = &out[start..end];
+                Placeholder::Named(Named::Name) => {
+                    let text = &sql[start..end];
                     text.find("'@'").is_some_and(|at| {
                         s.is_one_token(start, start + at + 1) && s.is_one_token(start + at + 2, end)
                     })
@@ -211,80 +160,11 @@ impl Template {
                 return Err(RenderError::NotOneToken(p.to_string()));
             }
         }
-        if top_level_semicolons(&out, vars.backslash).map_or(true, |n| n > 0) {
+        if scanned.is_none_or(|s| s.top_level_semicolons(sql) > 0) {
             return Err(RenderError::NotOneStatement);
         }
-        Ok(out)
+        Ok(())
     }
-}
-
-/// Why each placeholder stands where quoting holds: at top level (not in a
-/// comment, literal or quoted identifier), not glued to a quote, `@` or
-/// name, and the template ends at top level or in a line comment. Also
-/// refuses a backslash in a literal (its meaning depends on the session)
-/// and executable comments.
-fn check_structure(pieces: &[Piece], slot_at: &[(usize, usize)]) -> Result<(), TemplateError> {
-    let mut skeleton = String::new();
-    let mut source_of = Vec::new();
-    let mut slots = Vec::new();
-    let mut src = 0;
-    let mut next_slot = slot_at.iter();
-    for (i, piece) in pieces.iter().enumerate() {
-        match piece {
-            Piece::Text(t) => {
-                skeleton.push_str(t);
-                source_of.extend(src..src + t.len());
-                src += t.len();
-            }
-            Piece::Slot(p) => {
-                let (at, end) = next_slot.next().copied().unwrap_or((src, src));
-                let glued_to_slot = matches!(pieces.get(i + 1), Some(Piece::Slot(_)));
-                slots.push((p, skeleton.len(), at, glued_to_slot));
-                skeleton.push(' ');
-                source_of.push(at);
-                src = end;
-            }
-        }
-    }
-    let to_source = |i: usize| source_of.get(i).copied().unwrap_or(src);
-    let scanned = scan(&skeleton, Backslash::Refuse).map_err(|e| {
-        TemplateError::Scan(match e {
-            ScanError::BackslashInString(i) => ScanError::BackslashInString(to_source(i)),
-            ScanError::ExecutableComment(i) => ScanError::ExecutableComment(to_source(i)),
-        })
-    })?;
-    let code: String = skeleton
-        .char_indices()
-        .map(|(i, c)| if scanned.context_at(i) == Context::Code { c.to_ascii_lowercase() } else { ' ' })
-        .collect();
-    if code.contains("sql_mode") {
-        return Err(TemplateError::SqlMode);
-    }
-    let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '$' || !c.is_ascii();
-    for (p, at, source_at, glued_to_slot) in slots {
-        let context = scanned.context_at(at);
-        if context != Context::Code {
-            return Err(TemplateError::NotTopLevel { placeholder: p.to_string(), byte: source_at, context });
-        }
-        let before = skeleton.get(..at).and_then(|t| t.chars().next_back());
-        let after = skeleton.get(at + 1..).and_then(|t| t.chars().next());
-        let glued = before.filter(|&c| name_char(c) || matches!(c, '\'' | '"' | '`' | '@'));
-        let glued = glued.or(after.filter(|&c| name_char(c) || matches!(c, '\'' | '"' | '`' | '@')));
-        if let Some(c) = glued {
-            return Err(TemplateError::Glued { placeholder: p.to_string(), byte: source_at, neighbour: c.to_string() });
-        }
-        if glued_to_slot {
-            return Err(TemplateError::Glued {
-                placeholder: p.to_string(),
-                byte: source_at,
-                neighbour: "another placeholder".into(),
-            });
-        }
-    }
-    if let Some(open) = scanned.unterminated.filter(|s| s.context != Context::LineComment) {
-        return Err(TemplateError::Unterminated { context: open.context, byte: to_source(open.start) });
-    }
-    Ok(())
 }
 
 /// The values a template may use.
@@ -295,52 +175,6 @@ pub struct Vars<'a> {
     pub workload: Option<&'a Workload>,
     /// How the session the statement runs in reads backslashes.
     pub backslash: Backslash,
-}
-
-/// Why a template could not be rendered for a request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RenderError {
-    #[error("the workload has no claim `{0}`, which the role's statements use")]
-    MissingClaim(String),
-    #[error("{0}")]
-    Quote(#[from] QuoteError),
-    #[error("{0} is not available in this statement")]
-    Unavailable(String),
-    #[error("{0} did not render as quoted tokens at top level")]
-    NotOneToken(String),
-    #[error("the statement renders to more than one SQL statement; write one statement per template")]
-    NotOneStatement,
-}
-
-impl Vars<'_> {
-    /// A claim: `subject` and `issuer` are the workload's `sub` and `iss`;
-    /// anything else is a mapped attribute.
-    pub fn claim(workload: &Workload, attr: &str) -> Option<String> {
-        match attr {
-            "subject" => Some(workload.subject.clone()),
-            "issuer" => Some(workload.issuer.clone()),
-            _ => workload.attributes.get(attr).cloned(),
-        }
-    }
-
-    fn value(&self, p: &Placeholder) -> Result<String, RenderError> {
-        let claim = |attr: &str| -> Result<String, RenderError> {
-            let w = self.workload.ok_or_else(|| RenderError::Unavailable(p.to_string()))?;
-            let v = Self::claim(w, attr).ok_or_else(|| RenderError::MissingClaim(attr.to_owned()))?;
-            // A newline would end a line comment; none belongs in a value.
-            match v.chars().find(|c| c.is_control()) {
-                Some(c) => Err(RenderError::Quote(QuoteError::Control(format!("claim `{attr}`"), u32::from(c)))),
-                None => Ok(v),
-            }
-        };
-        Ok(match p {
-            Placeholder::Name => account(self.user, self.host, self.backslash)?,
-            Placeholder::User => quote_literal(self.user, self.backslash)?,
-            Placeholder::Host => quote_literal(self.host, self.backslash)?,
-            Placeholder::Claim(a) => quote_literal(&claim(a)?, self.backslash).map_err(|e| e.for_claim(a))?,
-            Placeholder::ClaimIdent(a) => quote_ident(&claim(a)?).map_err(|e| e.for_claim(a))?,
-        })
-    }
 }
 
 /// A value that cannot be put into SQL safely.
@@ -489,7 +323,7 @@ mod tests {
         assert!(matches!(Template::parse("SELECT 'a\\'b' , {{user}}"), Err(TemplateError::Scan(ScanError::BackslashInString(7)))));
         assert!(matches!(Template::parse("SELECT /*! {{user}} */"), Err(TemplateError::Scan(ScanError::ExecutableComment(7)))));
         assert!(matches!(Template::parse("SELECT {{user}} 'open"), Err(TemplateError::Unterminated { .. })));
-        assert!(matches!(Template::parse("SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES'"), Err(TemplateError::SqlMode)));
+        assert!(matches!(Template::parse("SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES'"), Err(TemplateError::Refused(Refusal::SqlMode))));
         assert!(Template::parse("SELECT 'sql_mode' , {{user}}").is_ok(), "in a literal it changes nothing");
         assert!(matches!(Template::parse("x {{nme}}"), Err(TemplateError::Unknown(_))));
         assert!(matches!(Template::parse("x {{name}"), Err(TemplateError::Unclosed(2))));

@@ -8,22 +8,22 @@
 //! `Debug` output.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use lessor_plugin::{PluginError, RoleSpec};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::sql::{Placeholder, Template};
+use lessor_plugin_sql::config::{check_prefix as check_name_prefix, connect_timeout, list_or_none, pool_size, read_dsn};
+pub use lessor_plugin_sql::config::DsnSource;
+
+use crate::sql::{Named, Placeholder, Template};
 
 /// Longest `role_prefix`, leaving room for a readable part and the lease hex
 /// within PostgreSQL's 63-byte names.
 pub const MAX_PREFIX_BYTES: usize = 16;
 
-const DEFAULT_POOL_SIZE: u32 = 4;
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_PREFIX: &str = "lessor";
 
 /// Default creation statements. No direct grant on the database: an ACL
@@ -54,22 +54,6 @@ pub enum OwnedObjects {
     Reassign,
     /// Refuse (a retryable error naming an object) while the role owns any.
     Fail,
-}
-
-/// Where the admin DSN came from, for messages (never the DSN itself).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DsnSource {
-    File(PathBuf),
-    Env(String),
-}
-
-impl fmt::Display for DsnSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DsnSource::File(p) => write!(f, "`dsn_file` ({})", p.display()),
-            DsnSource::Env(v) => write!(f, "`dsn_env` (${v})"),
-        }
-    }
 }
 
 /// Settings of one PostgreSQL connection.
@@ -116,49 +100,9 @@ impl ConnectionConfig {
             |msg: String| PluginError::Misconfigured(format!("connection `{connection}`: {msg}"));
         let value = if value.is_null() { serde_json::json!({}) } else { value };
         let raw: RawConnection = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
-        let (dsn, dsn_source) = match (raw.dsn_file, raw.dsn_env) {
-            (Some(_), Some(_)) => {
-                return Err(bad("set either `dsn_file` or `dsn_env`, not both".into()))
-            }
-            (None, None) => (None, None),
-            (Some(path), None) => {
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    bad(format!("cannot read `dsn_file` ({}): {e}", path.display()))
-                })?;
-                (Some(SecretString::from(text.trim().to_owned())), Some(DsnSource::File(path)))
-            }
-            (None, Some(var)) => {
-                let text = std::env::var(&var).map_err(|e| {
-                    bad(format!("environment variable `{var}` (from `dsn_env`): {e}"))
-                })?;
-                (Some(SecretString::from(text.trim().to_owned())), Some(DsnSource::Env(var)))
-            }
-        };
-        let dsn = match (dsn, dsn_source) {
-            (Some(dsn), Some(source)) => {
-                if dsn.expose_secret().is_empty() {
-                    return Err(bad(format!("the DSN in {source} is empty")));
-                }
-                Some((dsn, source))
-            }
-            _ => None,
-        };
-        let pool_size = raw.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
-        if !(1..=100).contains(&pool_size) {
-            return Err(bad(format!("`pool_size` = {pool_size} must be between 1 and 100")));
-        }
-        let connect_timeout = match raw.connect_timeout {
-            None => DEFAULT_CONNECT_TIMEOUT,
-            Some(s) => {
-                let d = humantime::parse_duration(&s).map_err(|e| {
-                    bad(format!("`connect_timeout` = `{s}` is not a duration like \"5s\": {e}"))
-                })?;
-                if d < Duration::from_millis(100) {
-                    return Err(bad(format!("`connect_timeout` = `{s}` must be at least 100ms")));
-                }
-                d
-            }
-        };
+        let dsn = read_dsn(raw.dsn_file, raw.dsn_env, bad)?;
+        let pool_size = pool_size(raw.pool_size, bad)?;
+        let connect_timeout = connect_timeout(raw.connect_timeout, None, bad)?;
         let role_prefix = raw.role_prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
         check_prefix(&role_prefix).map_err(|m| bad(format!("`role_prefix` = `{role_prefix}` {m}")))?;
         Ok(ConnectionConfig {
@@ -173,15 +117,7 @@ impl ConnectionConfig {
 }
 
 fn check_prefix(p: &str) -> Result<(), String> {
-    if p.is_empty() {
-        return Err("is empty".into());
-    }
-    if p.len() > MAX_PREFIX_BYTES {
-        return Err(format!("is {} bytes; at most {MAX_PREFIX_BYTES}", p.len()));
-    }
-    if !p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
-        return Err("may only hold a-z, 0-9 and `_`".into());
-    }
+    check_name_prefix(p, MAX_PREFIX_BYTES, "")?;
     if p == "pg" || p.starts_with("pg_") {
         return Err("would make names starting with `pg_`, which PostgreSQL reserves".into());
     }
@@ -229,10 +165,8 @@ enum Section {
 impl Section {
     fn allows(self, p: &Placeholder) -> bool {
         match p {
-            Placeholder::Name | Placeholder::Expiry | Placeholder::Database | Placeholder::Admin => {
-                true
-            }
-            Placeholder::Password => self == Section::Creation,
+            Placeholder::Named(Named::Password) => self == Section::Creation,
+            Placeholder::Named(Named::Name | Named::Expiry | Named::Database | Named::Admin) => true,
             Placeholder::Claim(_) | Placeholder::ClaimIdent(_) => {
                 matches!(self, Section::Creation | Section::Grants)
             }
@@ -241,7 +175,7 @@ impl Section {
 
     fn why_not(self, p: &Placeholder) -> &'static str {
         match p {
-            Placeholder::Password => "the password exists only while the role is created",
+            Placeholder::Named(Named::Password) => "the password exists only while the role is created",
             _ => "workload claims are known only when issuing (creation and grants)",
         }
     }
@@ -364,17 +298,10 @@ impl RoleConfig {
     }
 }
 
-fn list_or_none(v: &[String]) -> String {
-    if v.is_empty() {
-        "none".into()
-    } else {
-        v.join(", ")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
     use serde_json::json;
     use std::io::Write;
 

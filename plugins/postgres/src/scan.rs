@@ -44,47 +44,22 @@ pub enum ScanError {
     BackslashInString(usize),
 }
 
+impl lessor_plugin_sql::SqlContext for Context {
+    const CODE: Context = Context::Code;
+    const LINE_COMMENT: Context = Context::LineComment;
+    fn holds_a_value(self) -> bool {
+        matches!(self, Context::String | Context::QuotedIdent)
+    }
+}
+
 /// One span of SQL text that is not top-level code: a literal, a quoted
 /// identifier, a comment. `start..end` includes its delimiters (and a
 /// string's `E`/`U&`/`B`/`X`/`N` prefix).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Span {
-    pub start: usize,
-    pub end: usize,
-    pub context: Context,
-}
+pub type Span = lessor_plugin_sql::Span<Context>;
 
 /// The lexical structure of a piece of SQL: every span that is not code, in
-/// order. A span that runs to the end of the text without being closed is
-/// `unterminated`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Scan {
-    pub spans: Vec<Span>,
-    pub unterminated: Option<Span>,
-}
-
-impl Scan {
-    /// The context of byte `at`.
-    pub fn context_at(&self, at: usize) -> Context {
-        let i = self.spans.partition_point(|s| s.end <= at);
-        match (self.spans.get(i), &self.unterminated) {
-            (Some(s), _) if s.start <= at => s.context,
-            (_, Some(open)) if open.start <= at => open.context,
-            _ => Context::Code,
-        }
-    }
-
-    /// Whether `start..end` is exactly one whole string literal or quoted
-    /// identifier (what a quoted value must scan as).
-    pub fn is_one_token(&self, start: usize, end: usize) -> bool {
-        let i = self.spans.partition_point(|s| s.end <= start);
-        self.spans.get(i).is_some_and(|s| {
-            s.start == start
-                && s.end == end
-                && matches!(s.context, Context::String | Context::QuotedIdent)
-        })
-    }
-}
+/// order, and one left open at the end.
+pub type Scan = lessor_plugin_sql::Scan<Context>;
 
 /// Bytes that continue a name (PostgreSQL's `ident_cont`).
 fn ident_cont(c: u8) -> bool {
@@ -255,20 +230,7 @@ fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
 /// strings and comments: the statements a piece of SQL holds, minus one.
 /// SQL that cannot be scanned without guessing counts as more than one.
 pub fn top_level_semicolons(sql: &str) -> usize {
-    let Ok(scan) = scan(sql) else {
-        return 1;
-    };
-    let mut spans = scan.spans.iter().chain(scan.unterminated.iter()).peekable();
-    let mut n = 0;
-    for (i, c) in sql.bytes().enumerate() {
-        while spans.peek().is_some_and(|s| s.end <= i) {
-            spans.next();
-        }
-        if c == b';' && !spans.peek().is_some_and(|s| s.start <= i) {
-            n += 1;
-        }
-    }
-    n
+    scan(sql).map_or(1, |s| s.top_level_semicolons(sql))
 }
 
 #[cfg(test)]

@@ -599,6 +599,9 @@ pub type BuildFn = fn(
 /// runs; `Err` is a precise message naming the field.
 pub type ValidateConfigFn = fn(&serde_json::Value, &[RoleSpec]) -> Result<(), String>;
 
+/// Lists the trust anchors a connection's roles name by file: `(role, path)`.
+pub type CaFilesFn = fn(&serde_json::Value, &[RoleSpec]) -> Vec<(String, String)>;
+
 /// How a plugin crate makes itself known to the core: each crate exports
 /// `pub fn registration() -> Registration` and the core lists them in one
 /// place. The core knows plugins only through this.
@@ -615,7 +618,7 @@ pub struct Registration {
     /// Trust anchors a role's config names by file (a CA certificate), which
     /// `lessor check` compares with the TLS client CA without building the
     /// plugin: `(role, path)`.
-    pub ca_files: fn(&serde_json::Value, &[RoleSpec]) -> Vec<(String, String)>,
+    pub ca_files: CaFilesFn,
 }
 
 impl fmt::Debug for Registration {

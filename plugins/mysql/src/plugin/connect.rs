@@ -1,0 +1,201 @@
+//! Reaching the server with a root credential: parsing an admin DSN
+//! without echoing it, the target for messages, pools and connections
+//! (with a TCP probe so "connection refused" fails at once), what the
+//! session talks to (flavour, backslash mode), and the mapping of sqlx
+//! errors to [`PluginError`] (scrubbed of the DSN's password). Must not
+//! import: the core (`lessor`).
+
+use super::*;
+use lessor_plugin_sql::root::percent_decode;
+
+/// DSN query parameters sqlx understands; anything else is refused.
+pub(super) const DSN_PARAMS: &[&str] = &[
+    "ssl-mode", "sslmode", "ssl-ca", "sslca", "charset", "collation", "statement-cache-capacity", "socket",
+    "timezone", "time-zone",
+];
+
+/// MySQL error numbers the plugin acts on.
+pub(super) mod er {
+    /// Access denied for user (wrong password).
+    pub const ACCESS_DENIED: u16 = 1045;
+    /// Unknown database.
+    pub const BAD_DB: u16 = 1049;
+    /// Operation CREATE USER / ALTER USER / DROP USER failed for an account.
+    pub const CANNOT_USER: u16 = 1396;
+    /// Unknown thread id (a session that ended by itself).
+    pub const NO_SUCH_THREAD: u16 = 1094;
+    /// Lock wait timeout, deadlock: retrying helps.
+    pub const LOCK_WAIT_TIMEOUT: u16 = 1205;
+    pub const LOCK_DEADLOCK: u16 = 1213;
+    /// Too many connections; server shutting down; lost connection.
+    pub const CON_COUNT: u16 = 1040;
+    pub const SERVER_SHUTDOWN: u16 = 1053;
+    pub const CONNECTION_KILLED: u16 = 1927;
+}
+
+impl Target {
+    pub(super) fn of(o: &MySqlConnectOptions) -> Target {
+        Target {
+            host: o.get_socket().map(|p| p.display().to_string()).unwrap_or_else(|| o.get_host().to_owned()),
+            port: o.get_port(),
+            user: o.get_username().to_owned(),
+        }
+    }
+
+    pub(super) fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Parses an admin DSN without echoing it. The error completes "the DSN ...".
+pub(super) fn connect_options(dsn: &SecretString) -> Result<(MySqlConnectOptions, Vec<SecretString>), String> {
+    let text = dsn.expose_secret();
+    let url = url::Url::parse(text).map_err(|e| format!("is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "mysql" | "mariadb") {
+        return Err(format!("has scheme `{}`; expected `mysql://` or `mariadb://`", url.scheme()));
+    }
+    let mut never_show = Vec::new();
+    if let Some(pw) = url.password() {
+        never_show.push(SecretString::from(pw.to_owned()));
+        if let Some(d) = percent_decode(pw) {
+            never_show.push(SecretString::from(d));
+        }
+    }
+    for (key, _) in url.query_pairs() {
+        if !DSN_PARAMS.contains(&key.as_ref()) {
+            return Err(format!("has an unknown parameter `{key}`"));
+        }
+    }
+    never_show.retain(|s| !s.expose_secret().is_empty());
+    // sqlx reads only `mysql://`; `mariadb://` is the same protocol.
+    let for_sqlx = Zeroizing::new(match url.scheme() {
+        "mariadb" => format!("mysql{}", &text["mariadb".len()..]),
+        _ => text.to_owned(),
+    });
+    let options = MySqlConnectOptions::from_str(&for_sqlx)
+        .map_err(|e| format!("is not usable: {}", scrub_with(&never_show, e.to_string())))?;
+    // Creation statements carry a password hash: never log statements.
+    let options = options
+        .log_statements(log::LevelFilter::Off)
+        .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(3600));
+    Ok((options, never_show))
+}
+
+/// `dsn` with its password replaced (everything else kept). The error
+/// completes "the DSN ...".
+pub(super) fn dsn_with_password(dsn: &SecretString, password: &SecretString) -> Result<SecretString, String> {
+    lessor_plugin_sql::root::dsn_with_password(dsn, password, &[])
+}
+
+pub(super) fn db_number(e: &sqlx::Error) -> Option<u16> {
+    match e {
+        sqlx::Error::Database(d) => d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().map(|m| m.number()),
+        _ => None,
+    }
+}
+
+pub(super) async fn exec(conn: &mut MySqlConnection, sql: &str) -> Result<(), sqlx::Error> {
+    // A bare string: the text protocol, never prepared or cached (each
+    // statement carries per-lease values).
+    sqlx::Executor::execute(conn, sql).await.map(|_| ())
+}
+
+pub(super) async fn session(conn: &mut MySqlConnection) -> Result<Session, sqlx::Error> {
+    let row = sqlx::query("SELECT CAST(@@version AS CHAR), CAST(@@SESSION.sql_mode AS CHAR)").fetch_one(conn).await?;
+    let version: String = row.try_get(0)?;
+    let mode: String = row.try_get(1)?;
+    let no_escapes = mode.split(',').any(|m| m.trim().eq_ignore_ascii_case("NO_BACKSLASH_ESCAPES"));
+    Ok(Session {
+        flavor: Flavor::of_version(&version),
+        backslash: if no_escapes { Backslash::Literal } else { Backslash::Escapes },
+    })
+}
+
+impl MysqlPlugin {
+    /// A connection for renewing or revoking `lease`: from the root it was
+    /// issued under while that one is installed; from the active root when
+    /// that one no longer logs in (its password was rotated away).
+    pub(super) async fn lease_conn(&self, lease: &LeaseRef) -> Result<(Arc<Root>, sqlx::pool::PoolConnection<sqlx::MySql>), PluginError> {
+        let root = self.root_for(lease)?;
+        if let Some(e) = self.refused(&root).await {
+            return Err(e);
+        }
+        match root.pool.acquire().await {
+            Ok(c) => Ok((root, c)),
+            Err(e) if db_number(&e) == Some(er::ACCESS_DENIED) => {
+                let active = self.active_root()?;
+                if Arc::ptr_eq(&active, &root) {
+                    return Err(self.fail(&root, e, "connecting"));
+                }
+                tracing::info!(root_version = ?root.version, "the lease's root credential no longer logs in; using the active one");
+                let c = self.acquire(&active).await?;
+                Ok((active, c))
+            }
+            Err(e) => Err(self.fail(&root, e, "connecting")),
+        }
+    }
+
+    /// Maps a sqlx error: unreachable -> `Retryable`; the server's refusal
+    /// -> `Permanent` with its message (never the statement); scrubbed.
+    pub(super) fn fail(&self, root: &Root, e: sqlx::Error, what: &str) -> PluginError {
+        let at = root.target.addr();
+        let unreachable = |reason: String| PluginError::Retryable(format!("cannot reach {what_server} at {at}: {reason}", what_server = "MySQL/MariaDB"));
+        let number = db_number(&e);
+        let err = match e {
+            sqlx::Error::Database(d) => {
+                let msg = d.message().to_owned();
+                match number {
+                    Some(er::ACCESS_DENIED) => {
+                        PluginError::Permanent(format!("password rejected for user `{}` at {at}", root.target.user))
+                    }
+                    Some(er::BAD_DB) => PluginError::Permanent(format!("cannot use database at {at}: {msg}")),
+                    Some(er::CON_COUNT | er::SERVER_SHUTDOWN | er::CONNECTION_KILLED) => unreachable(msg),
+                    Some(er::LOCK_WAIT_TIMEOUT | er::LOCK_DEADLOCK) => PluginError::Retryable(format!("{what}: {msg}")),
+                    _ => PluginError::Permanent(format!("{what}: {msg}")),
+                }
+            }
+            sqlx::Error::Io(e) => unreachable(e.to_string()),
+            sqlx::Error::Tls(e) => unreachable(format!("TLS: {e}")),
+            sqlx::Error::Protocol(m) => unreachable(format!("protocol error: {m}")),
+            sqlx::Error::PoolTimedOut => unreachable(format!(
+                "no connection within {}",
+                humantime::format_duration(self.config.connect_timeout)
+            )),
+            sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => unreachable("the connection pool is closed".into()),
+            sqlx::Error::Configuration(e) => PluginError::Misconfigured(format!("connection `{}`: {e}", self.connection)),
+            other => PluginError::Permanent(format!("{what}: {other}")),
+        };
+        scrub_error(&root.never_show, err)
+    }
+
+    /// A pooled admin connection. With nothing idle, the server's port is
+    /// tried first so "connection refused" is a retryable error at once
+    /// (the pool would retry until `connect_timeout`).
+    pub(super) async fn acquire(&self, root: &Root) -> Result<sqlx::pool::PoolConnection<sqlx::MySql>, PluginError> {
+        if let Some(e) = self.refused(root).await {
+            return Err(e);
+        }
+        root.pool.acquire().await.map_err(|e| self.fail(root, e, "connecting"))
+    }
+
+    /// With nothing idle in the pool, tries the server's port first, so
+    /// "connection refused" is a retryable error at once (the pool would
+    /// retry until `connect_timeout`).
+    pub(super) async fn refused(&self, root: &Root) -> Option<PluginError> {
+        if root.pool.num_idle() > 0 || root.options.get_socket().is_some() {
+            return None;
+        }
+        let t = &root.target;
+        let limit = self.config.connect_timeout;
+        let reason = match tokio::time::timeout(limit, tokio::net::TcpStream::connect((t.host.as_str(), t.port))).await {
+            Ok(Ok(_)) => return None,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no TCP connection within {}", humantime::format_duration(limit)),
+        };
+        Some(PluginError::Retryable(format!("cannot reach MySQL/MariaDB at {}: {reason}", t.addr())))
+    }
+}

@@ -1,0 +1,189 @@
+//! Issuing and renewing: the account created (the password sent as its
+//! hash on MariaDB), its server roles granted and made default, grant
+//! templates rendered and run, a failure part way undone; renewal checks
+//! the lease's accounts still exist. Must not import: the core (`lessor`).
+
+use super::*;
+use lessor_plugin_sql::issue::{check_issue, Checked};
+
+
+
+impl MysqlPlugin {
+    pub(super) fn render_err(&self, role: &str, e: crate::sql::RenderError) -> PluginError {
+        PluginError::InvalidRequest(format!("role `{}/{role}`: {e}", self.connection))
+    }
+
+    /// Creates the account, grants its roles and runs the grant templates.
+    /// MySQL and MariaDB commit every account statement at once (no
+    /// transactional DDL), so a failure part way drops the account again.
+    pub(super) async fn create(&self, root: &Root, conn: &mut MySqlConnection, sess: Session, job: &Creation<'_>) -> Result<(), PluginError> {
+        let Creation { acct, password, server_roles, grants } = *job;
+        let hash = native_hash(password);
+        let create = Zeroizing::new(match sess.flavor {
+            // The authentication string, not the password, reaches the server.
+            Flavor::MariaDb => format!(
+                "CREATE USER {acct} IDENTIFIED BY PASSWORD {}",
+                quote_literal(hash.expose_secret(), sess.backslash).map_err(|e| PluginError::Permanent(e.to_string()))?
+            ),
+            // MySQL 8 has no `mysql_native_password` by default (8.4) and its
+            // caching_sha2 hash is salted per account: the password goes in
+            // the statement, which MySQL rewrites in its logs.
+            Flavor::MySql => format!(
+                "CREATE USER {acct} IDENTIFIED BY {}",
+                quote_literal(password.expose_secret(), sess.backslash).map_err(|e| PluginError::Permanent(e.to_string()))?
+            ),
+        });
+        let never_show = [password.clone(), hash];
+        let scrub = |e: PluginError| scrub_error(&never_show, e);
+        if let Err(e) = exec(conn, &create).await {
+            let exists = db_number(&e) == Some(er::CANNOT_USER);
+            let err = scrub(self.fail(root, e, "creating the account"));
+            return Err(if exists {
+                PluginError::Permanent(format!("account {acct} exists already (a lease id is never reused); revoke the lease to drop it"))
+            } else {
+                err
+            });
+        }
+        let result = self.grant_all(root, conn, sess, acct, server_roles, grants).await;
+        if let Err(e) = result {
+            if let Err(d) = exec(conn, &format!("DROP USER IF EXISTS {acct}")).await {
+                tracing::warn!(error = %self.fail(root, d, "dropping"), "a half-created account was not dropped; revocation of the pending lease will");
+            }
+            return Err(scrub(e));
+        }
+        Ok(())
+    }
+
+    pub(super) async fn grant_all(
+        &self,
+        root: &Root,
+        conn: &mut MySqlConnection,
+        sess: Session,
+        acct: &str,
+        server_roles: &[String],
+        grants: &[(String, String)],
+    ) -> Result<(), PluginError> {
+        if !server_roles.is_empty() {
+            let list = server_roles
+                .iter()
+                .map(|r| quote_ident(r))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| PluginError::Misconfigured(e.to_string()))?
+                .join(", ");
+            // One role per GRANT: MariaDB's syntax takes one.
+            for r in server_roles {
+                let q = quote_ident(r).map_err(|e| PluginError::Misconfigured(e.to_string()))?;
+                if let Err(e) = exec(conn, &format!("GRANT {q} TO {acct}")).await {
+                    let err = self.fail(root, e, &format!("granting role {r}"));
+                    return Err(match err {
+                        PluginError::Permanent(m) => PluginError::Permanent(format!(
+                            "{m} (the admin account needs each role WITH ADMIN OPTION, or ROLE_ADMIN on MySQL)"
+                        )),
+                        other => other,
+                    });
+                }
+            }
+            let default = match sess.flavor {
+                Flavor::MySql => format!("SET DEFAULT ROLE ALL TO {acct}"),
+                Flavor::MariaDb => format!("SET DEFAULT ROLE {list} FOR {acct}"),
+            };
+            if let Err(e) = exec(conn, &default).await {
+                return Err(self.fail(root, e, "setting the default role"));
+            }
+        }
+        for (label, sql) in grants {
+            if let Err(e) = exec(conn, sql).await {
+                return Err(self.fail(root, e, &format!("{label} failed")));
+            }
+        }
+        Ok(())
+    }
+
+    #[instrument(skip_all, fields(connection = %self.connection, role = %req.role, lease_id = %req.lease_id))]
+    pub(super) async fn issue_account(&self, req: IssueRequest) -> Result<Issued, PluginError> {
+        let role = self.role(&req.role)?;
+        let Checked { scopes, hex } =
+            check_issue(KIND, &self.connection, &req, role, |s| role.config.roles.contains_key(s) || role.config.grants.contains_key(s), "a user")?;
+        let root = self.active_root()?;
+        let mut conn = self.acquire(&root).await?;
+        let sess = session(&mut conn).await.map_err(|e| self.fail(&root, e, "reading the session's sql_mode"))?;
+        let server_roles = role.config.server_roles(&scopes);
+        if sess.flavor == Flavor::MariaDb && server_roles.len() > 1 {
+            return Err(PluginError::Permanent(format!(
+                "role `{}/{}`: MariaDB gives an account one default role, but scopes {} map to {}: map them to one server role that has the others granted",
+                self.connection,
+                req.role,
+                scopes.join(", "),
+                server_roles.join(", ")
+            )));
+        }
+        let user = user_name(sess.flavor, &self.config.user_prefix, &req.role, &req.workload, &hex);
+        let host = role.config.host.as_str();
+        // Every claim is checked before anything is created.
+        let vars = Vars { user: &user, host, workload: Some(&req.workload), backslash: sess.backslash };
+        let mut grants = Vec::new();
+        for scope in &scopes {
+            for (i, t) in role.config.grants.get(scope).into_iter().flatten().enumerate() {
+                let sql = t.render(&vars).map_err(|e| self.render_err(&req.role, e))?;
+                grants.push((format!("grant (scope `{scope}`) statement {}", i + 1), sql));
+            }
+        }
+        let acct = account(&user, host, sess.backslash).map_err(|e| PluginError::Permanent(e.to_string()))?;
+        let password = new_password()?;
+        let job = Creation { acct: &acct, password: &password, server_roles: &server_roles, grants: &grants };
+        self.create(&root, &mut conn, sess, &job).await?;
+        tracing::debug!(mysql_user = %user, scopes = scopes.len(), root_version = ?root.version, "account created");
+
+        let mut public = Map::new();
+        public.insert("username".into(), json!(user));
+        public.insert("host".into(), json!(root.target.host));
+        public.insert("port".into(), json!(root.target.port));
+        public.insert("account_host".into(), json!(host));
+        public.insert("roles".into(), json!(server_roles));
+        if let Some(db) = &role.config.database {
+            public.insert("database".into(), json!(db));
+        }
+        public.insert("expires_at".into(), json!(rfc3339(req.expires_at)));
+        let dsn_host = if root.target.host.contains(':') { format!("[{}]", root.target.host) } else { root.target.host.clone() };
+        let dsn = format!(
+            "mysql://{}:{}@{dsn_host}:{}/{}",
+            dsn_part(&user),
+            dsn_part(password.expose_secret()),
+            root.target.port,
+            role.config.database.as_deref().map(dsn_part).unwrap_or_default()
+        );
+        let mut secret = BTreeMap::new();
+        secret.insert("password".to_owned(), password);
+        secret.insert("dsn".to_owned(), SecretString::from(dsn));
+        Ok(Issued {
+            handle: json!({ "user": user, "host": host }),
+            public,
+            secret,
+            // Neither server can end a password at an instant: the account
+            // lives until lessor revokes it at this expiry (see the crate docs).
+            expires_at: req.expires_at,
+            root_version: root.version,
+        })
+    }
+
+    /// The account needs no change (its end is lessor's revocation); renew
+    /// checks that it still exists.
+    #[instrument(skip_all, fields(connection = %self.connection, role = %req.lease.role, lease_id = %req.lease.lease_id))]
+    pub(super) async fn renew_accounts(&self, req: RenewRequest) -> Result<OffsetDateTime, PluginError> {
+        let role = self.role(&req.lease.role)?;
+        check_expiry(req.expires_at, role.max_ttl)?;
+        let (root, mut conn) = self.lease_conn(&req.lease).await?;
+        let hex = lease_hex(&req.lease.lease_id).unwrap_or_default();
+        let prefix = &self.config.user_prefix;
+        let pattern = format!("{}!_%{}", like_escape(prefix), like_escape(&lease_suffix(prefix, &hex)));
+        let found = find_accounts(&mut conn, None, &pattern).await.map_err(|e| self.fail(&root, e, "finding the lease's account"))?;
+        if found.is_empty() || hex.is_empty() {
+            return Err(PluginError::Permanent(format!(
+                "the account of lease `{}` no longer exists at {}; it was revoked",
+                req.lease.lease_id,
+                root.target.addr()
+            )));
+        }
+        Ok(req.expires_at)
+    }
+}
