@@ -682,3 +682,115 @@ async fn without_people_config_the_endpoints_say_so_and_a_person_token_is_refuse
     assert_eq!(st, 401, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("people sign-in is not configured"), "{v}");
 }
+
+/// The ID token checks one by one, with tokens signed by a test issuer
+/// (its keys served over HTTP): each refusal names the claim that failed.
+#[tokio::test]
+async fn id_token_checks_each_name_the_claim_that_failed() {
+    use lessor::people::oidc::{Provider, Tokens};
+    use secrecy::SecretString;
+    let issuer = Issuer::start().await;
+    let cfg: lessor::people::ProviderConfig = toml::from_str(&format!(
+        "issuer = \"{}\"\nclient_id = \"lessor\"\nclient_secret_file = \"unused\"\nalgorithms = [\"ES256\"]\nleeway = \"30s\"\n",
+        issuer.url
+    ))
+    .unwrap();
+    let p = Provider::new("corp", cfg, SecretString::from("s".to_owned()), reqwest::Client::new()).unwrap();
+    let now = crate::support::now();
+    let base = json!({
+        "iss": issuer.url, "aud": "lessor", "sub": "alice", "iat": now, "exp": now + 300, "nonce": "n-1",
+        "email": "Alice@Example.com", "name": "Alice", "groups": ["platform"],
+    });
+    let check = |edit: Value| {
+        let mut c = base.as_object().unwrap().clone();
+        for (k, v) in edit.as_object().unwrap() {
+            if v.is_null() {
+                c.remove(k);
+            } else {
+                c.insert(k.clone(), v.clone());
+            }
+        }
+        let t = issuer.sign(&c);
+        let p = &p;
+        async move {
+            let tokens = Tokens { id_token: SecretString::from(t), access_token: None };
+            p.verify_id_token(&tokens, Some("n-1"), time::OffsetDateTime::now_utc()).await.map_err(|r| (r.reason, r.message))
+        }
+    };
+    let ok = check(json!({})).await.unwrap();
+    assert_eq!((ok.subject.as_str(), ok.email.as_str(), ok.groups.clone()), ("alice", "alice@example.com", vec!["platform".to_owned()]));
+    for (edit, reason, says) in [
+        (json!({"iss": "https://evil.example"}), "id_token_iss", "`iss`"),
+        (json!({"aud": "someone-else"}), "id_token_aud", "`aud`"),
+        (json!({"exp": now - 120}), "id_token_exp", "expired"),
+        (json!({"exp": now - 10}), "", ""), // within the 30s leeway
+        (json!({"iat": now + 600}), "id_token_iat", "future"),
+        (json!({"iat": null}), "id_token_claims", "`iat`"),
+        (json!({"nonce": "n-2"}), "id_token_nonce", "`nonce`"),
+        (json!({"nonce": null}), "id_token_nonce", "`nonce`"),
+        (json!({"aud": ["lessor", "other"]}), "id_token_azp", "several audiences"),
+        (json!({"aud": ["lessor", "other"], "azp": "other"}), "id_token_azp", "`azp`"),
+        (json!({"aud": ["lessor", "other"], "azp": "lessor"}), "", ""),
+        (json!({"sub": ""}), "id_token_claims", "`sub`"),
+    ] {
+        let r = check(edit.clone()).await;
+        if reason.is_empty() {
+            assert!(r.is_ok(), "{edit}: {r:?}");
+        } else {
+            let (got, msg) = r.err().unwrap_or_else(|| panic!("{edit} was accepted"));
+            assert_eq!(got, reason, "{edit}: {msg}");
+            assert!(msg.contains(says), "{edit}: {msg}");
+        }
+    }
+    // A token signed by a key the provider does not publish.
+    let other = crate::support::Key::generate();
+    let t = issuer.sign_with(&other, base.as_object().unwrap());
+    let r = p.verify_id_token(&Tokens { id_token: SecretString::from(t), access_token: None }, Some("n-1"), time::OffsetDateTime::now_utc()).await;
+    assert_eq!(r.err().unwrap().reason, "id_token_kid");
+    // Same kid, another key: the signature fails.
+    let mut forged = crate::support::Key::generate();
+    forged.kid = issuer.key.kid.clone();
+    let t = issuer.sign_with(&forged, base.as_object().unwrap());
+    let r = p.verify_id_token(&Tokens { id_token: SecretString::from(t), access_token: None }, Some("n-1"), time::OffsetDateTime::now_utc()).await;
+    assert_eq!(r.err().unwrap().reason, "id_token_signature");
+    // An algorithm off the allow-list (HS256 with the public key as secret: the classic confusion).
+    let h = jsonwebtoken::Header { alg: jsonwebtoken::Algorithm::HS256, kid: Some(issuer.key.kid.clone()), ..Default::default() };
+    let t = jsonwebtoken::encode(&h, &base, &jsonwebtoken::EncodingKey::from_secret(issuer.key.public_pem.as_bytes())).unwrap();
+    let r = p.verify_id_token(&Tokens { id_token: SecretString::from(t), access_token: None }, Some("n-1"), time::OffsetDateTime::now_utc()).await;
+    assert_eq!(r.err().unwrap().reason, "id_token_algorithm");
+}
+
+#[test]
+fn lessor_check_reads_the_client_secret_and_refuses_one_others_can_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let policies = dir.join("policies");
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &policies);
+    let secret = dir.join("oidc-secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let people = format!(
+        "[people]\nidle_timeout = \"10m\"\n[people.providers.corp]\nissuer = \"https://login.example.com\"\nclient_id = \"lessor\"\nclient_secret_file = \"{}\"\n",
+        secret.display()
+    );
+    let cfg = dir.join("lessor.toml");
+    std::fs::write(&cfg, config_text(dir, &policies, "https://issuer.example", &people, "")).unwrap();
+    let check = || {
+        let o = Command::new(BIN).args(["check", "--config"]).arg(&cfg).output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (ok, out) = check();
+        assert!(!ok && out.contains("client_secret_file") && out.contains("mode is 644"), "{out}");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let (ok, out) = check();
+    assert!(ok, "{out}");
+    assert!(!out.contains("s3cret"));
+    // A bound out of range names the key.
+    std::fs::write(&cfg, config_text(dir, &policies, "https://issuer.example", &people.replace("10m", "48h"), "")).unwrap();
+    let (ok, out) = check();
+    assert!(!ok && out.contains("people.idle_timeout is 48h"), "{out}");
+}
