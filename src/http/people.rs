@@ -1,9 +1,12 @@
 //! People sign-in endpoints (`/v1/people/...`): browser sign-in (code flow
-//! + PKCE, cookies), the device flow the CLI uses, `me` and sign-out. Thin:
-//! each calls one `people` function. The cookie and CSRF checks of other
-//! requests are in [`super::Caller`].
+//! with PKCE, cookies), the device flow the CLI uses, `me` and sign-out.
+//! Thin: each calls one `people` function. The cookie and CSRF checks of
+//! other requests are in [`super::Caller`].
 //!
 //! Must not import: sqlx, cedar_policy.
+
+// Helpers return the handlers' one error type, as the handlers do.
+#![allow(clippy::result_large_err)]
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
