@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use crate::audit::{ActorInfo, Audit, AuditError, Event};
+use crate::audit::{Audit, AuditError, Event};
 use crate::principal::{Actor, Person, RequestMeta};
 use crate::seal::Seal;
 use crate::store::{PersonSession, Store, StoreError};
@@ -534,11 +534,6 @@ impl People {
     /// An audit entry for a refused CSRF check.
     pub fn note_csrf(&self, s: &PersonSession, meta: &RequestMeta, why: &'static str) {
         self.audit.note(session_event("authenticate", "denied", s, Some(meta)).error("csrf", why));
-    }
-
-    /// The system actor that prunes sessions (for its log lines).
-    pub fn system() -> ActorInfo {
-        ActorInfo::system("people")
     }
 }
 

@@ -378,6 +378,17 @@ async fn code_flow_with_pkce_opens_a_session_and_csrf_guards_it() {
     let r = b.post_json(&logout, json!({}), bob_me["csrf_token"].as_str()).await;
     assert_eq!(r.status, 403, "{}", r.body);
     assert_eq!(b.me(d).await.0, 200, "refused CSRF changed nothing");
+    // The cookie on any state-changing API call needs the CSRF header too;
+    // with it, the caller is the person (`Caller` yields `Actor::Person`).
+    let leases = format!("{}/v1/leases", d.url);
+    let r = b.post_json(&leases, json!({"role": "token/orders"}), None).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("\"csrf\""), "{}", r.body);
+    let r = b.post_json(&leases, json!({"role": "token/orders"}), Some(&csrf)).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("`test#alice` is a person"), "{}", r.body);
+    let r = b.get(&format!("{}/v1/roles", d.url)).await;
+    assert_eq!(r.status, 200, "a GET with the cookie needs no CSRF header: {}", r.body);
 
     // With the token: signed out, on this session only.
     let r = b.post_json(&logout, json!({}), Some(&csrf)).await;
