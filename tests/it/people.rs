@@ -6,6 +6,9 @@
 //! provider's authorization endpoint and interaction, the callback.
 //! `lessor login` runs as the real binary and its device code is approved
 //! through the provider's device pages.
+//!
+//! Why one file: every test shares the provider harness and the small
+//! browser (cookie jar, redirects) that drive the same flows.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
