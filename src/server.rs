@@ -247,6 +247,19 @@ pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Optio
         let kinds = cfg.connections.iter().map(|(n, c)| (n.clone(), c.plugin.clone())).collect();
         Arc::new(crate::http::vault::VaultState::new(v, &kinds, cfg.limits.max_body_bytes))
     });
+    // People sign-in: client secrets are read now, so a missing or
+    // world-readable one stops the start.
+    let people = match &cfg.people {
+        Some(pc) => {
+            let public = cfg.public_url();
+            let secure = public.starts_with("https://") || !crate::tls::is_loopback(&cfg.listen);
+            Some(Arc::new(
+                crate::people::People::new(pc, &public, secure, seal.clone(), store.clone(), leases.audit.clone(), http.clone())
+                    .map_err(|e| anyhow!(e))?,
+            ))
+        }
+        None => None,
+    };
     let state = AppState {
         leases: leases.clone(),
         verifier,
@@ -255,6 +268,7 @@ pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Optio
         brake,
         vault,
         reconciler: reconciler.clone(),
+        people,
     };
     let app = router(state, &cfg.limits);
     let addr = listener.local_addr()?;

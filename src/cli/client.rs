@@ -99,6 +99,12 @@ pub(super) fn admin_token(file: Option<&Path>) -> Option<SecretString> {
     read(&Path::new(&dev_dir).join("admin.token"))
 }
 
+/// The person session `lessor login` stored for `base`, if any (an error
+/// when the session file is readable by others).
+pub(super) fn person_session(base: &str) -> anyhow::Result<Option<SecretString>> {
+    super::login::stored_session(base)
+}
+
 pub(super) async fn call(
     method: reqwest::Method,
     url: String,
@@ -189,9 +195,13 @@ pub async fn lease(c: ConnArgs, cmd: LeaseCmd) -> anyhow::Result<ExitCode> {
         if c.jwt_file.is_some() {
             return jwt(c.jwt_file.as_deref());
         }
-        admin_token(c.admin_token_file.as_deref())
-            .map(Ok)
-            .unwrap_or_else(|| jwt(None).map_err(|_| anyhow!("no credential: pass --admin-token-file, set LESSOR_ADMIN_TOKEN, or set LESSOR_JWT")))
+        admin_token(c.admin_token_file.as_deref()).map(Ok).unwrap_or_else(|| {
+            jwt(None).or_else(|_| {
+                person_session(&base)?.ok_or_else(|| {
+                    anyhow!("no credential: pass --admin-token-file, set LESSOR_ADMIN_TOKEN, set LESSOR_JWT, or `lessor login`")
+                })
+            })
+        })
     };
     match cmd {
         LeaseCmd::List { role, state, subject, limit, json } => {

@@ -14,7 +14,7 @@ use clap::Subcommand;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
-use super::client::{admin_token, call, jwt, ConnArgs};
+use super::client::{admin_token, call, jwt, person_session, ConnArgs};
 use crate::config::{Config, KekConfig};
 use crate::connections::kek::{self, Kek};
 
@@ -121,9 +121,14 @@ pub async fn run(c: ConnArgs, cmd: ConnectionCmd) -> anyhow::Result<ExitCode> {
     let token = if c.jwt_file.is_some() {
         jwt(c.jwt_file.as_deref())?
     } else {
-        admin_token(c.admin_token_file.as_deref())
-            .map(Ok)
-            .unwrap_or_else(|| jwt(None).map_err(|_| anyhow!("no credential: pass --admin-token-file or --jwt-file, or set LESSOR_JWT")))?
+        let addr = c.addr.addr.trim_end_matches('/');
+        admin_token(c.admin_token_file.as_deref()).map(Ok).unwrap_or_else(|| {
+            jwt(None).or_else(|_| {
+                person_session(addr)?.ok_or_else(|| {
+                    anyhow!("no credential: pass --admin-token-file or --jwt-file, set LESSOR_JWT, or `lessor login`")
+                })
+            })
+        })?
     };
     use reqwest::Method;
     match cmd {

@@ -1,6 +1,7 @@
 //! The command line (clap): the daemon (`serve`, `dev`), offline checks
 //! (`check`, `policy test`), the audit tools (`audit verify|hash|query`)
-//! and the client (`creds`, `lease ...`, `admin-token ...`).
+//! and the client (`creds`, `lease ...`, `admin-token ...`, `login`, `logout`,
+//! `whoami`).
 //! Errors print one clear line and exit non-zero.
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ mod client;
 pub use client::{render_reconcile, render_status};
 pub mod connection;
 mod dev;
+mod login;
 
 #[derive(Debug, Parser)]
 #[command(name = "lessor", version, about = "Dynamic secrets broker: workload JWT -> Cedar policy -> short-lived, leased credentials")]
@@ -122,6 +124,16 @@ enum Command {
         #[command(subcommand)]
         cmd: audit::AuditCmd,
     },
+    /// Sign in as a person (device flow through lessor); the session is
+    /// kept in ~/.config/lessor/session (0600).
+    Login(login::LoginArgs),
+    /// End this session (or, with --everywhere, all of yours).
+    Logout(login::LogoutArgs),
+    /// Who the stored session signs you in as.
+    Whoami {
+        #[command(flatten)]
+        addr: AddrArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -189,6 +201,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { conn, json } => client::status(conn, json).await,
         Command::Reconcile { conn, json } => client::reconcile(conn, json).await,
         Command::AdminToken { conn, cmd } => admin_token::run(conn, cmd).await,
+        Command::Login(a) => login::login(a).await,
+        Command::Logout(a) => login::logout(a).await,
+        Command::Whoami { addr } => login::whoami(addr).await,
     }
 }
 
@@ -214,6 +229,11 @@ async fn check(path: &std::path::Path, connections: bool) -> anyhow::Result<Exit
     crate::plugins::check_config(&cfg).map_err(|e| anyhow!(e))?;
     let p = crate::policy::Policies::load(&cfg.policies, &roles)?;
     crate::identity::Verifier::new(&cfg.issuers, cfg.limits.max_jwt_bytes, crate::server::http_client()?).map_err(|e| anyhow!(e))?;
+    if let Some(people) = &cfg.people {
+        for (name, p) in &people.providers {
+            p.read_secret(name).map_err(|e| anyhow!(e))?;
+        }
+    }
     println!(
         "ok: {} issuer(s), {} connection(s), {} role(s), {} policies (version {}) from {}",
         cfg.issuers.len(),

@@ -152,8 +152,15 @@ pub async fn issue(
     Meta(meta): Meta,
     ApiJson(req): ApiJson<IssueReq>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Actor::Workload(w) = actor else {
-        return Err(ApiError::forbidden("admin tokens cannot request credentials; present a workload JWT"));
+    let w = match actor {
+        Actor::Workload(w) => w,
+        Actor::Person(p) => {
+            return Err(ApiError::forbidden(format!(
+                "`{}` is a person; people cannot request workload credentials; present a workload JWT",
+                p.id()
+            )))
+        }
+        Actor::Admin { .. } => return Err(ApiError::forbidden("admin tokens cannot request credentials; present a workload JWT")),
     };
     let input = IssueInput { role: req.role, ttl: req.ttl, scopes: req.scopes, params: req.params };
     let issued = st.leases.issue(&w, input, &meta).await?;

@@ -33,6 +33,7 @@ mod connections;
 mod error;
 mod leases;
 mod openapi;
+mod people;
 mod public;
 pub mod vault;
 
@@ -58,6 +59,8 @@ pub struct AppState {
     pub vault: Option<Arc<vault::VaultState>>,
     /// Runs `POST /v1/admin/reconcile` passes.
     pub reconciler: Arc<crate::lease::reconcile::Reconciler>,
+    /// People sign-in and sessions, when `[people]` is configured.
+    pub people: Option<Arc<crate::people::People>>,
 }
 
 /// Builds the router for `/v1` and the well-known endpoints.
@@ -100,6 +103,12 @@ pub fn router(state: AppState, limits: &crate::config::Limits) -> Router {
         .route("/v1/admin/connections/{name}/rollback", post(connections::rollback))
         .route("/v1/admin/connections/{name}/rotate", post(connections::rotate))
         .route("/v1/policy/explain", post(admin::explain))
+        .route("/v1/people/login", get(people::login).layer(public()))
+        .route("/v1/people/callback", get(people::callback).layer(public()))
+        .route("/v1/people/device", post(people::device).layer(public()))
+        .route("/v1/people/device/token", post(people::device_token).layer(public()))
+        .route("/v1/people/me", get(people::me))
+        .route("/v1/people/logout", post(people::logout))
         .route("/v1/plugins/{connection}/{document}", get(public::connection_document).layer(public()))
         .route("/v1/plugins/{connection}/{role}/{document}", get(public::role_document).layer(public()))
         .route("/v1/pki/{*rest}", get(public::pki_document).layer(public()))
@@ -374,6 +383,9 @@ impl FromRequestParts<AppState> for Caller {
             if let Some(actor) = cert_admin(parts)? {
                 return Ok(Caller(actor));
             }
+            if let Some((s, _)) = person_session(parts, state).await? {
+                return Ok(Caller(Actor::Person(crate::people::person(&s))));
+            }
         }
         let token = match bearer(parts) {
             Ok(t) => t,
@@ -390,6 +402,11 @@ impl FromRequestParts<AppState> for Caller {
         // investigator find every use of a known (leaked) token.
         let credential = || audit.hash(token.expose_secret().as_bytes());
         let event = |outcome| Event::new("authenticate", outcome).request(Some(&meta)).detail("credential", credential());
+        if crate::people::looks_like_token(token.expose_secret()) {
+            if let Some((s, _)) = person_session(parts, state).await? {
+                return Ok(Caller(Actor::Person(crate::people::person(&s))));
+            }
+        }
         if crate::admin_tokens::looks_like_admin_token(token.expose_secret()) {
             if state.admin_requires_client_cert {
                 audit.note(event("failed").error("client_certificate_required", "admin token refused: admin needs a client certificate"));
@@ -439,6 +456,92 @@ impl FromRequestParts<AppState> for Caller {
                 audit.auth_failed(issuer, e.reason(), meta.source, || event("failed").error(e.reason(), e.reason()));
                 Err(e.into())
             }
+        }
+    }
+}
+
+/// The person session a request carries: a bearer `lsr_person_...` token
+/// (no CSRF check: a browser never sends one on its own), or, when the
+/// request has no `Authorization` header, the `lessor_session` cookie, whose
+/// state-changing requests (anything but GET, HEAD, OPTIONS) must carry the
+/// session's CSRF token in `X-Lessor-CSRF` (403 otherwise, changing
+/// nothing). None when the request carries neither; 401 when the session
+/// is unknown or ended.
+async fn person_session(parts: &Parts, state: &AppState) -> Result<Option<(crate::store::PersonSession, SecretString)>, ApiError> {
+    let from_bearer = parts.headers.contains_key(header::AUTHORIZATION);
+    let token = if from_bearer {
+        match bearer(parts) {
+            Ok(t) if crate::people::looks_like_token(secrecy::ExposeSecret::expose_secret(&t)) => t,
+            _ => return Ok(None),
+        }
+    } else {
+        match people::cookie_token(&parts.headers) {
+            Some(t) => t,
+            None => return Ok(None),
+        }
+    };
+    let Some(p) = state.people.as_deref() else {
+        return Err(ApiError::unauthorized(
+            "invalid_token",
+            "a person session was presented, but people sign-in is not configured on this lessor ([people])",
+        ));
+    };
+    let meta = request_meta(parts);
+    let audit = &state.leases.audit;
+    let credential = audit.hash(secrecy::ExposeSecret::expose_secret(&token).as_bytes());
+    let s = match p.authenticate(&token).await? {
+        Ok(s) => s,
+        Err(r) => {
+            state.brake.refused(meta.source).await;
+            p.note_refused(r, &meta, credential);
+            return Err(ApiError::unauthorized(
+                "session_ended",
+                "the person session is unknown or has ended (signed out, idle or absolute timeout); sign in again",
+            ));
+        }
+    };
+    let safe = matches!(parts.method, axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS);
+    if !from_bearer && !safe {
+        let presented = parts.headers.get(people::CSRF_HEADER).and_then(|v| v.to_str().ok());
+        let why = match presented {
+            None => Some("no X-Lessor-CSRF header on a state-changing request made with the session cookie"),
+            Some(v) if !p.csrf_ok(&token, v) => Some("the X-Lessor-CSRF header is not this session's CSRF token"),
+            Some(_) => None,
+        };
+        if let Some(why) = why {
+            p.note_csrf(&s, &meta, why);
+            let mut e = ApiError::forbidden(format!("{why}; GET /v1/people/me gives the token"));
+            e.code = "csrf";
+            return Err(e);
+        }
+    }
+    audit.note(
+        Event::new("authenticate", "ok")
+            .request(Some(&meta))
+            .detail("credential", credential)
+            .actor(Actor::Person(crate::people::person(&s)).audit_info())
+            .detail("session", s.id.clone()),
+    );
+    Ok(Some((s, token)))
+}
+
+/// A signed-in person (cookie with CSRF, or bearer session token): the
+/// session and its token. Anything else is refused.
+pub struct PersonCaller(pub crate::store::PersonSession, pub SecretString);
+
+impl FromRequestParts<AppState> for PersonCaller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if state.people.is_none() {
+            return Err(ApiError::not_found("people sign-in is not configured on this lessor ([people] in the config)"));
+        }
+        single_authorization(parts)?;
+        match person_session(parts, state).await? {
+            Some((s, t)) => Ok(PersonCaller(s, t)),
+            None if parts.headers.contains_key(header::AUTHORIZATION) => {
+                Err(ApiError::forbidden("this endpoint is for signed-in people; present a person session (cookie or `lsr_person_...` bearer)"))
+            }
+            None => Err(ApiError::unauthorized("missing", "not signed in: sign in at /v1/people/login or with `lessor login`")),
         }
     }
 }

@@ -18,12 +18,14 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
-use super::{admin, admin_tokens, connections, leases, public};
+use super::{admin, admin_tokens, connections, leases, people, public};
 
 /// Security scheme names, as operations list them.
 pub const WORKLOAD_JWT: &str = "workload_jwt";
 pub const ADMIN_TOKEN: &str = "admin_token";
 pub const CLIENT_CERT: &str = "client_cert";
+pub const PERSON_SESSION: &str = "person_session";
+pub const PERSON_COOKIE: &str = "person_cookie";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -64,6 +66,12 @@ pub const CLIENT_CERT: &str = "client_cert";
         public::introspect,
         public::health,
         public::metrics,
+        people::login,
+        people::callback,
+        people::me,
+        people::logout,
+        people::device,
+        people::device_token,
         serve,
     ),
     components(schemas(wire::ErrorBody)),
@@ -71,6 +79,7 @@ pub const CLIENT_CERT: &str = "client_cert";
         (name = "leases", description = "Workload credentials: issue, show, renew, revoke."),
         (name = "admin", description = "Operators: list and bulk-revoke leases, jobs, replicas, status, reconcile, policy explain."),
         (name = "connections", description = "Root credentials of vendor connections: set, verify, approve, activate, roll back, rotate."),
+        (name = "people", description = "Signed-in people: who am I, sign out."),
         (name = "public", description = "Unauthenticated: PKI CA chains and CRLs, the token JWKS, introspection, health, metrics, this document."),
     ),
 )]
@@ -114,6 +123,12 @@ pub const ERRORS: &[(&str, &str, &[u16])] = &[
     ("get", "/v1/health", &[503]),
     ("get", "/metrics", &[503]),
     ("get", "/v1/openapi.json", &[503]),
+    ("get", "/v1/people/login", &[400, 404, 500, 502, 503]),
+    ("get", "/v1/people/callback", &[400, 401, 404, 500, 502, 503]),
+    ("get", "/v1/people/me", &[400, 401, 403, 404, 500, 503]),
+    ("post", "/v1/people/logout", &[400, 401, 403, 404, 413, 500, 503]),
+    ("post", "/v1/people/device", &[400, 404, 413, 500, 502, 503]),
+    ("post", "/v1/people/device/token", &[400, 401, 404, 413, 428, 500, 502, 503]),
 ];
 
 fn reason(status: u16) -> &'static str {
@@ -126,7 +141,8 @@ fn reason(status: u16) -> &'static str {
         413 => "The body is over `limits.max_body_bytes`.",
         429 => "A quota is exhausted; `Retry-After` says when to try again.",
         500 => "Internal error; the detail is in the lessor log.",
-        502 => "The vendor refused the request.",
+        428 => "The device sign-in is not approved yet (`authorization_pending`) or is polled too often (`slow_down`); poll again after `Retry-After`.",
+        502 => "The vendor (or the people sign-in provider) refused the request or could not be reached.",
         503 => "The store, audit log, issuer keys or vendor is unavailable, or the endpoint is at its concurrency limit; try again.",
         _ => "Error.",
     }
@@ -145,6 +161,14 @@ pub fn document() -> Value {
         ADMIN_TOKEN: {
             "type": "http", "scheme": "bearer",
             "description": "An admin token (`lsr_admin_...`, written to `<data_dir>/admin.token` on first start).",
+        },
+        PERSON_SESSION: {
+            "type": "http", "scheme": "bearer",
+            "description": "A person session token (`lsr_person_...`) from `lessor login` (the device flow).",
+        },
+        PERSON_COOKIE: {
+            "type": "apiKey", "in": "cookie", "name": "lessor_session",
+            "description": "The browser session cookie set by `/v1/people/callback`; state-changing requests also need the `X-Lessor-CSRF` header (the `csrf_token` of `/v1/people/me`).",
         },
         CLIENT_CERT: {
             "type": "mutualTLS",
@@ -203,6 +227,56 @@ pub mod wire {
 
     use serde_json::Value;
     use utoipa::ToSchema;
+
+    /// `GET /v1/people/me`.
+    #[derive(ToSchema)]
+    pub struct Me {
+        pub person: PersonInfo,
+        /// The session's public id (`ps_...`).
+        pub session: String,
+        /// `browser` or `device`.
+        pub via: String,
+        /// Send as `X-Lessor-CSRF` on state-changing requests made with the cookie.
+        pub csrf_token: String,
+        pub expires_at: String,
+        pub idle_expires_at: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct PersonInfo {
+        pub provider: String,
+        pub subject: String,
+        pub email: String,
+        pub name: String,
+        pub groups: Vec<String>,
+    }
+
+    /// `POST /v1/people/logout`.
+    #[derive(ToSchema)]
+    pub struct LoggedOut {
+        /// How many sessions ended.
+        pub ended: i64,
+        pub everywhere: bool,
+    }
+
+    /// `POST /v1/people/device`.
+    #[derive(ToSchema)]
+    pub struct DeviceStart {
+        pub device_code: String,
+        pub user_code: String,
+        pub verification_uri: String,
+        pub verification_uri_complete: Option<String>,
+        pub interval: i64,
+        pub expires_in: i64,
+    }
+
+    /// `POST /v1/people/device/token` once approved.
+    #[derive(ToSchema)]
+    pub struct DeviceToken {
+        pub session_token: String,
+        pub person: PersonInfo,
+        pub expires_at: String,
+    }
 
     /// Every error: `{"error": {...}}`.
     #[derive(ToSchema)]

@@ -57,6 +57,11 @@ pub async fn run(svc: LeaseService, mut shutdown: watch::Receiver<bool>) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "pruning ended Vault API sessions failed; will retry"),
         }
+        match crate::people::prune(svc.store.as_ref(), OffsetDateTime::now_utc(), BATCH).await {
+            Ok(n) if n > 0 => tracing::debug!(count = n, "ended person sessions pruned"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning ended person sessions failed; will retry"),
+        }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { break },

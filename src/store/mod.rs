@@ -1,9 +1,10 @@
 //! The lease store: leases, bulk revocation jobs, root-credential versions,
-//! plugin state, replicas and metadata, admin tokens and Vault API sessions.
+//! plugin state, replicas and metadata, admin tokens, Vault API sessions and
+//! person sessions.
 //!
 //! `Store` bundles one focused trait per part ([`LeaseStore`], [`JobStore`],
 //! [`SecretStore`], [`PluginStateStore`], [`ClusterStore`],
-//! [`AdminTokenStore`], [`SessionStore`]), each in its own module with its
+//! [`AdminTokenStore`], [`SessionStore`], [`PersonSessionStore`]), each in its own module with its
 //! types; methods on `dyn Store` need no import. `sqlite.rs` is the embedded
 //! default and `postgres.rs` implements the same traits (one child module
 //! per trait) with the same migrations (numbers and names; a test checks). The backend is chosen from an explicit
@@ -25,6 +26,7 @@ pub mod admin_tokens;
 pub mod cluster;
 pub mod jobs;
 pub mod leases;
+pub mod person_sessions;
 pub mod plugin_state;
 pub mod postgres;
 mod rows;
@@ -37,6 +39,7 @@ pub use admin_tokens::{AdminToken, AdminTokenStore};
 pub use cluster::{ClusterStore, LockHolder, Replica, StoreLock};
 pub use jobs::{JobStatus, JobStore, RevokeFilter};
 pub use leases::{DueLease, EndReason, Lease, LeaseCounts, LeaseFilter, LeaseState, LeaseStore, RoleCounts};
+pub use person_sessions::{PersonSession, PersonSessionStore};
 pub use plugin_state::PluginStateStore;
 pub use secrets::{Rewrap, SecretState, SecretStore, SecretSwitch, SecretVersion};
 pub use sessions::{Session, SessionStore};
@@ -62,7 +65,7 @@ pub enum StoreError {
 /// [`ClusterStore`], [`AdminTokenStore`], [`SessionStore`]).
 #[async_trait]
 pub trait Store:
-    LeaseStore + JobStore + SecretStore + PluginStateStore + ClusterStore + AdminTokenStore + SessionStore + Send + Sync + 'static
+    LeaseStore + JobStore + SecretStore + PluginStateStore + ClusterStore + AdminTokenStore + SessionStore + PersonSessionStore + Send + Sync + 'static
 {
     /// Short backend name for logs (`sqlite`, `postgres`).
     fn backend(&self) -> &'static str;

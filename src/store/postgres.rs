@@ -43,6 +43,7 @@ mod admin_tokens;
 mod cluster;
 mod jobs;
 mod leases;
+mod person_sessions;
 mod plugin_state;
 mod secrets;
 mod sessions;

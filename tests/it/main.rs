@@ -20,6 +20,7 @@ mod jwt;
 mod lease;
 mod observability;
 mod openapi;
+mod people;
 mod pki;
 mod plugins;
 mod reconcile;

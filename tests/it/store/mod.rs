@@ -8,6 +8,7 @@
 mod cluster;
 mod jobs;
 mod leases;
+mod person_sessions;
 mod plugin_state;
 mod secrets;
 
