@@ -168,13 +168,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Whether the generated config carries the `[people]` section (issue 13).
-/// Off until the `[people]` config parser (helper "people") is merged: the
-/// parser denies unknown sections, so until then the section is written
-/// commented out. Turn it on at the merge; `people_section` is the only
-/// code that changes.
-pub const PEOPLE_CONFIG_ENABLED: bool = false;
-
 /// The dev provider's client secret (0600), regenerated at each start.
 pub fn dev_idp_secret_path(dir: &Path) -> PathBuf {
     dir.join("dev-idp.client-secret")
@@ -199,24 +192,9 @@ async fn start_dev_idp(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Resu
     Ok(crate::dev_idp::start(std::net::SocketAddr::new(ip, 0), settings).await?)
 }
 
-/// The dev config's `[people]` section (issue 13 contract): the dev
-/// provider as provider `dev`. Commented out while
-/// [`PEOPLE_CONFIG_ENABLED`] is off.
+/// The dev config's `[people]` section: the dev provider as provider
+/// `dev`, lessor its one client.
 pub fn people_section(issuer: &str, secret_file: &Path) -> String {
-    let text = people_text(issuer, secret_file);
-    if PEOPLE_CONFIG_ENABLED {
-        return text;
-    }
-    let mut out = String::from("\n# People sign-in through the dev OpenID provider (on once lessor reads [people]):\n");
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        out.push_str("# ");
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
-
-fn people_text(issuer: &str, secret_file: &Path) -> String {
     format!(
         r#"
 # People sign in through the built-in dev OpenID provider (alice, bob,
@@ -243,9 +221,7 @@ fn print_people(addr: &str, issuer: &str) {
     let users: Vec<String> =
         crate::dev_idp::DEV_USERS.iter().map(|u| format!("{} ({})", u.login, u.groups.join(", "))).collect();
     println!("People: dev OpenID provider at {issuer} with users {}", users.join(", "));
-    if PEOPLE_CONFIG_ENABLED {
-        println!("Sign in: http://{addr}/v1/people/login?provider=dev");
-    }
+    println!("Sign in: http://{addr}/v1/people/login?provider=dev");
 }
 
 fn token(t: TokenArgs) -> anyhow::Result<ExitCode> {
@@ -534,9 +510,12 @@ mod tests {
     fn dev_config_with_people_is_valid() {
         let mut text = config_text(Path::new(".lessor-dev"), Path::new("policies"), "127.0.0.1:8200".parse().unwrap());
         text.push_str(&people_section("http://127.0.0.1:8201", Path::new(".lessor-dev/dev-idp.client-secret")));
-        Config::from_toml(&text).unwrap().validate().unwrap();
+        let cfg = Config::from_toml(&text).unwrap();
+        cfg.validate().unwrap();
+        let people = cfg.people.as_ref().expect("the dev config signs people in");
+        assert!(people.providers.contains_key("dev"), "provider `dev` in {:?}", people.providers.keys().collect::<Vec<_>>());
         // The section itself, as the contract spells it.
-        let v: toml::Value = toml::from_str(&people_text("http://127.0.0.1:8201", Path::new("/d/s"))).unwrap();
+        let v: toml::Value = toml::from_str(&people_section("http://127.0.0.1:8201", Path::new("/d/s"))).unwrap();
         let p = &v["people"];
         assert_eq!(p["idle_timeout"].as_str(), Some("30m"));
         assert_eq!(p["absolute_timeout"].as_str(), Some("12h"));
