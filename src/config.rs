@@ -95,6 +95,9 @@ pub struct Config {
     /// The reconciler: vendor objects against leases (`lease/reconcile.rs`).
     #[serde(default)]
     pub reconcile: ReconcileSettings,
+    /// Customer API tokens (off unless this section is present).
+    #[serde(default)]
+    pub customer_tokens: Option<crate::customer_tokens::config::CustomerTokensConfig>,
 }
 
 /// `[reconcile]`: how often each vendor's objects are compared with the
@@ -711,6 +714,73 @@ impl RoleConfig {
 }
 
 impl Config {
+    /// The environments of customer tokens: each `[customer_tokens] roles`
+    /// entry must be a role of a `token` connection, with its own
+    /// environment, whose every scope the `[scopes]` catalogue describes
+    /// with both `allows` and `denies` (customers choose from these texts,
+    /// so "what it does not allow" is required here, unlike for workload
+    /// roles). Empty without `[customer_tokens]`.
+    pub fn customer_token_catalogue(&self) -> Result<crate::customer_tokens::Catalogue, ConfigError> {
+        use crate::customer_tokens::{Environment, ScopeText};
+        let bad = |m: String| ConfigError::Invalid(m);
+        let mut out = crate::customer_tokens::Catalogue::new();
+        let Some(ct) = &self.customer_tokens else { return Ok(out) };
+        ct.validate().map_err(bad)?;
+        for r in &ct.roles {
+            let (cname, rname) = r
+                .split_once('/')
+                .ok_or_else(|| bad(format!("customer_tokens.roles: `{r}` is not `connection/role`")))?;
+            let conn = self
+                .connections
+                .get(cname)
+                .ok_or_else(|| bad(format!("customer_tokens.roles: `{r}`: no connection `{cname}`")))?;
+            if conn.plugin != "token" {
+                return Err(bad(format!(
+                    "customer_tokens.roles: `{r}`: connection `{cname}` is a `{}` connection; customer tokens take their scopes from a `token` one",
+                    conn.plugin
+                )));
+            }
+            let role = conn
+                .roles
+                .get(rname)
+                .ok_or_else(|| bad(format!("customer_tokens.roles: `{r}`: connection `{cname}` has no role `{rname}`")))?;
+            let env = role.environment.clone().unwrap_or_else(|| conn.environment.clone());
+            if role.scopes.is_empty() {
+                return Err(bad(format!("customer_tokens.roles: `{r}` grants no scopes")));
+            }
+            let mut scopes = BTreeMap::new();
+            for s in &role.scopes {
+                let doc = self.scopes.get(s).ok_or_else(|| bad(format!("customer_tokens: scope `{s}` of `{r}` is not in [scopes]")))?;
+                if doc.allows.trim().is_empty() || doc.denies.trim().is_empty() {
+                    return Err(bad(format!(
+                        "customer_tokens: scope `{s}` of `{r}` needs both `allows` and `denies` in [scopes.\"{s}\"]: customers choose scopes by these texts"
+                    )));
+                }
+                scopes.insert(s.clone(), ScopeText { allows: doc.allows.clone(), denies: doc.denies.clone() });
+            }
+            if out.insert(env.clone(), Environment { role: r.clone(), scopes }).is_some() {
+                return Err(bad(format!(
+                    "customer_tokens.roles: two roles have environment `{env}`; one role per environment"
+                )));
+            }
+        }
+        for r in ct.dev_policy.forbidden.iter().chain(&ct.dev_policy.confirm) {
+            for s in &r.scopes {
+                if !out.values().any(|e| e.scopes.contains_key(s)) {
+                    return Err(bad(format!("customer_tokens.dev_policy rule `{}`: scope `{s}` is in no customer token role", r.name)));
+                }
+            }
+        }
+        for (name, rs) in &ct.resource_servers {
+            for e in &rs.environments {
+                if !out.contains_key(e) {
+                    return Err(bad(format!("customer_tokens.resource_servers.{name}: no environment `{e}`")));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads a TOML file, applies `LESSOR_*` environment overrides, checks it.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Config::load_with(path, |_| {})
@@ -763,6 +833,11 @@ impl Config {
         for iss in self.issuers.values_mut() {
             if let Some(p) = iss.jwks_file.as_mut() {
                 fix(p);
+            }
+        }
+        if let Some(ct) = self.customer_tokens.as_mut() {
+            for rs in ct.resource_servers.values_mut() {
+                fix(&mut rs.secret_file);
             }
         }
         if let Some(rest) = self.store.strip_prefix("sqlite://") {
@@ -1028,6 +1103,9 @@ impl Config {
         if let Some(v) = &self.vault_api {
             v.validate(|c| self.connections.get(c).map(|c| c.plugin.clone()), |i| self.issuers.contains_key(i))
                 .map_err(ConfigError::Invalid)?;
+        }
+        if self.customer_tokens.is_some() {
+            self.customer_token_catalogue()?;
         }
         if self.leases.revoke_timeout.is_zero() {
             return bad("leases.revoke_timeout must be more than 0".into());

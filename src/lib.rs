@@ -10,6 +10,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod connections;
+pub mod customer_tokens;
 pub mod duration;
 #[doc(hidden)]
 pub mod fuzz;

@@ -30,6 +30,7 @@ mod admin;
 mod admin_tokens;
 pub mod brake;
 mod connections;
+mod customer_tokens;
 mod error;
 mod leases;
 mod openapi;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub vault: Option<Arc<vault::VaultState>>,
     /// Runs `POST /v1/admin/reconcile` passes.
     pub reconciler: Arc<crate::lease::reconcile::Reconciler>,
+    /// Customer API tokens, when `[customer_tokens]` is configured.
+    pub customer_tokens: Option<Arc<crate::customer_tokens::CustomerTokens>>,
 }
 
 /// Builds the router for `/v1` and the well-known endpoints.
@@ -100,6 +103,11 @@ pub fn router(state: AppState, limits: &crate::config::Limits) -> Router {
         .route("/v1/admin/connections/{name}/rollback", post(connections::rollback))
         .route("/v1/admin/connections/{name}/rotate", post(connections::rotate))
         .route("/v1/policy/explain", post(admin::explain))
+        .route("/v1/accounts/{account}/tokens", get(customer_tokens::list).post(customer_tokens::create))
+        .route("/v1/accounts/{account}/tokens/preview", post(customer_tokens::preview))
+        .route("/v1/accounts/{account}/tokens/{id}", get(customer_tokens::show).delete(customer_tokens::revoke))
+        .route("/v1/accounts/{account}/tokens/{id}/rotate", post(customer_tokens::rotate))
+        .route("/v1/introspect", post(customer_tokens::introspect))
         .route("/v1/plugins/{connection}/{document}", get(public::connection_document).layer(public()))
         .route("/v1/plugins/{connection}/{role}/{document}", get(public::role_document).layer(public()))
         .route("/v1/pki/{*rest}", get(public::pki_document).layer(public()))

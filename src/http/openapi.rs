@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
-use super::{admin, admin_tokens, connections, leases, public};
+use super::{admin, admin_tokens, connections, customer_tokens, leases, public};
 
 /// Security scheme names, as operations list them.
 pub const WORKLOAD_JWT: &str = "workload_jwt";
@@ -57,6 +57,13 @@ pub const CLIENT_CERT: &str = "client_cert";
         connections::activate,
         connections::rollback,
         connections::rotate,
+        customer_tokens::preview,
+        customer_tokens::create,
+        customer_tokens::list,
+        customer_tokens::show,
+        customer_tokens::rotate,
+        customer_tokens::revoke,
+        customer_tokens::introspect,
         public::connection_document,
         public::role_document,
         public::pki_document,
@@ -71,6 +78,7 @@ pub const CLIENT_CERT: &str = "client_cert";
         (name = "leases", description = "Workload credentials: issue, show, renew, revoke."),
         (name = "admin", description = "Operators: list and bulk-revoke leases, jobs, replicas, status, reconcile, policy explain."),
         (name = "connections", description = "Root credentials of vendor connections: set, verify, approve, activate, roll back, rotate."),
+        (name = "customer-tokens", description = "Customer API tokens: people of an account create, list, rotate and revoke them; resource servers introspect them (RFC 7662)."),
         (name = "public", description = "Unauthenticated: PKI CA chains and CRLs, the token JWKS, introspection, health, metrics, this document."),
     ),
 )]
@@ -106,6 +114,13 @@ pub const ERRORS: &[(&str, &str, &[u16])] = &[
     ("post", "/v1/admin/connections/{name}/activate", &[400, 401, 403, 404, 409, 413, 500, 502, 503]),
     ("post", "/v1/admin/connections/{name}/rollback", &[400, 401, 403, 404, 409, 500, 502, 503]),
     ("post", "/v1/admin/connections/{name}/rotate", &[400, 401, 403, 404, 409, 500, 502, 503]),
+    ("post", "/v1/accounts/{account}/tokens/preview", &[400, 401, 403, 404, 409, 413, 500, 503]),
+    ("post", "/v1/accounts/{account}/tokens", &[400, 401, 403, 404, 409, 413, 500, 503]),
+    ("get", "/v1/accounts/{account}/tokens", &[400, 401, 403, 404, 500, 503]),
+    ("get", "/v1/accounts/{account}/tokens/{id}", &[400, 401, 403, 404, 500, 503]),
+    ("post", "/v1/accounts/{account}/tokens/{id}/rotate", &[400, 401, 403, 404, 409, 413, 500, 503]),
+    ("delete", "/v1/accounts/{account}/tokens/{id}", &[400, 401, 403, 404, 409, 500, 503]),
+    ("post", "/v1/introspect", &[400, 401, 404, 413, 500, 503]),
     ("get", "/v1/plugins/{connection}/{document}", &[404, 500, 503]),
     ("get", "/v1/plugins/{connection}/{role}/{document}", &[404, 500, 503]),
     ("get", "/v1/pki/{role}/{document}", &[404, 500, 503]),
@@ -145,6 +160,14 @@ pub fn document() -> Value {
         ADMIN_TOKEN: {
             "type": "http", "scheme": "bearer",
             "description": "An admin token (`lsr_admin_...`, written to `<data_dir>/admin.token` on first start).",
+        },
+        "person_session": {
+            "type": "http", "scheme": "bearer",
+            "description": "A person's session (`[people]` sign-in: the session cookie, or `lsr_person_...` from `lessor login`).",
+        },
+        "resource_server": {
+            "type": "http", "scheme": "basic",
+            "description": "A resource server's client id and secret (`[customer_tokens.resource_servers.<id>]`).",
         },
         CLIENT_CERT: {
             "type": "mutualTLS",

@@ -1,9 +1,10 @@
 //! The lease store: leases, bulk revocation jobs, root-credential versions,
-//! plugin state, replicas and metadata, admin tokens and Vault API sessions.
+//! plugin state, replicas and metadata, admin tokens, Vault API sessions and
+//! customer API tokens.
 //!
 //! `Store` bundles one focused trait per part ([`LeaseStore`], [`JobStore`],
 //! [`SecretStore`], [`PluginStateStore`], [`ClusterStore`],
-//! [`AdminTokenStore`], [`SessionStore`]), each in its own module with its
+//! [`AdminTokenStore`], [`SessionStore`], [`CustomerTokenStore`]), each in its own module with its
 //! types; methods on `dyn Store` need no import. `sqlite.rs` is the embedded
 //! default and `postgres.rs` implements the same traits (one child module
 //! per trait) with the same migrations (numbers and names; a test checks). The backend is chosen from an explicit
@@ -23,6 +24,7 @@ use time::OffsetDateTime;
 
 pub mod admin_tokens;
 pub mod cluster;
+pub mod customer_tokens;
 pub mod jobs;
 pub mod leases;
 pub mod plugin_state;
@@ -34,6 +36,7 @@ pub mod sqlite;
 pub mod state;
 
 pub use admin_tokens::{AdminToken, AdminTokenStore};
+pub use customer_tokens::{AccountTokenCounts, CustomerToken, CustomerTokenStore, DayCount, TokenUse, TokenWarning};
 pub use cluster::{ClusterStore, LockHolder, Replica, StoreLock};
 pub use jobs::{JobStatus, JobStore, RevokeFilter};
 pub use leases::{DueLease, EndReason, Lease, LeaseCounts, LeaseFilter, LeaseState, LeaseStore, RoleCounts};
@@ -62,7 +65,15 @@ pub enum StoreError {
 /// [`ClusterStore`], [`AdminTokenStore`], [`SessionStore`]).
 #[async_trait]
 pub trait Store:
-    LeaseStore + JobStore + SecretStore + PluginStateStore + ClusterStore + AdminTokenStore + SessionStore + Send + Sync + 'static
+    LeaseStore
+    + JobStore
+    + SecretStore
+    + PluginStateStore
+    + ClusterStore
+    + AdminTokenStore
+    + SessionStore
+    + CustomerTokenStore
+    + Send + Sync + 'static
 {
     /// Short backend name for logs (`sqlite`, `postgres`).
     fn backend(&self) -> &'static str;
