@@ -1,6 +1,6 @@
 //! The command line (clap): the daemon (`serve`, `dev`), offline checks
 //! (`check`, `policy test`), the audit tools (`audit verify|hash|query`)
-//! and the client (`creds`, `lease ...`, `admin-token ...`).
+//! and the client (`creds`, `lease ...`, `admin-token ...`, `token ...`).
 //! Errors print one clear line and exit non-zero.
 
 use std::path::PathBuf;
@@ -17,6 +17,7 @@ mod client;
 pub use client::{render_reconcile, render_status};
 pub mod connection;
 mod dev;
+mod token;
 
 #[derive(Debug, Parser)]
 #[command(name = "lessor", version, about = "Dynamic secrets broker: workload JWT -> Cedar policy -> short-lived, leased credentials")]
@@ -92,6 +93,14 @@ enum Command {
         conn: client::ConnArgs,
         #[command(subcommand)]
         cmd: connection::ConnectionCmd,
+    },
+    /// Customer API tokens of an account (as a signed-in person): create
+    /// (summary first, token shown once), list, show, rotate, revoke.
+    Token {
+        #[command(flatten)]
+        conn: token::TokenConn,
+        #[command(subcommand)]
+        cmd: token::TokenCmd,
     },
     /// Admin tokens: create (shown once), list, revoke.
     AdminToken {
@@ -189,6 +198,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { conn, json } => client::status(conn, json).await,
         Command::Reconcile { conn, json } => client::reconcile(conn, json).await,
         Command::AdminToken { conn, cmd } => admin_token::run(conn, cmd).await,
+        Command::Token { conn, cmd } => token::run(conn, cmd).await,
     }
 }
 

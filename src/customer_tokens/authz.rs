@@ -145,9 +145,9 @@ impl TokenAuthorizer for DevListPolicy {
             return Err(Denied {
                 message: format!(
                     "an expiry of {} is longer than account `{}` may use ({}; policy `dev-max-expiry`)",
-                    crate::fmt_duration(Duration::from_secs(ctx.expires_in_seconds.unsigned_abs())),
+                    crate::customer_tokens::fmt_days(Duration::from_secs(ctx.expires_in_seconds.unsigned_abs())),
                     account.name,
-                    crate::fmt_duration(max)
+                    crate::customer_tokens::fmt_days(max)
                 ),
                 policy: Some("dev-max-expiry".into()),
                 confirmable: false,

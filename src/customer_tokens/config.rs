@@ -209,16 +209,16 @@ impl CustomerTokensConfig {
         if !PRESETS.iter().any(|(_, d)| *d == self.default_expiry) {
             return Err(format!(
                 "customer_tokens.default_expiry `{}` must be one of the presets 24h, 30d, 90d, 180d",
-                crate::fmt_duration(self.default_expiry)
+                crate::customer_tokens::fmt_days(self.default_expiry)
             ));
         }
         let within = |name: &str, v: Duration, lo: Duration, hi: Duration| -> Result<(), String> {
             if v < lo || v > hi {
                 return Err(format!(
                     "customer_tokens.{name} `{}` must be between {} and {}",
-                    crate::fmt_duration(v),
-                    crate::fmt_duration(lo),
-                    crate::fmt_duration(hi)
+                    crate::customer_tokens::fmt_days(v),
+                    crate::customer_tokens::fmt_days(lo),
+                    crate::customer_tokens::fmt_days(hi)
                 ));
             }
             Ok(())

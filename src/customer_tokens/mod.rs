@@ -263,6 +263,17 @@ impl moka::Expiry<String, Arc<Cached>> for ReadAge {
     }
 }
 
+/// A duration in whole days when it is one (`180d`), else as
+/// [`crate::fmt_duration`] writes it.
+pub fn fmt_days(d: Duration) -> String {
+    let s = d.as_secs();
+    if s > 0 && s % 86_400 == 0 && d.subsec_nanos() == 0 {
+        format!("{}d", s / 86_400)
+    } else {
+        crate::fmt_duration(d)
+    }
+}
+
 /// "12 March 2027".
 pub fn date_words(t: OffsetDateTime) -> String {
     let fmt = time::macros::format_description!("[day padding:none] [month repr:long] [year]");
@@ -412,7 +423,7 @@ impl CustomerTokens {
         if d > HARD_MAX_EXPIRY {
             return Err(bad(
                 "expires_in",
-                format!("expires_in `{t}` exceeds the {} limit on customer tokens", crate::fmt_duration(HARD_MAX_EXPIRY)),
+                format!("expires_in `{t}` exceeds the {} limit on customer tokens", fmt_days(HARD_MAX_EXPIRY)),
             ));
         }
         Ok(d)

@@ -5,6 +5,7 @@ mod support;
 mod admin_tokens;
 mod audit;
 mod connections;
+mod customer_tokens;
 mod engine;
 mod external;
 mod dead_vendor;
