@@ -169,6 +169,10 @@ pub struct ResourceServerConfig {
     pub environments: Vec<String>,
 }
 
+/// A resource server as loaded: client id, SHA-256 of its secret,
+/// environments it may introspect (empty: all).
+pub type LoadedResourceServer = (String, [u8; 32], Vec<String>);
+
 /// `[customer_tokens.dev_policy]` (test/dev only).
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -271,7 +275,7 @@ impl CustomerTokensConfig {
 
     /// Reads each resource server's secret file: its name, the secret's
     /// SHA-256 (the secret itself is not kept) and its environments.
-    pub fn load_resource_servers(&self) -> Result<Vec<(String, [u8; 32], Vec<String>)>, String> {
+    pub fn load_resource_servers(&self) -> Result<Vec<LoadedResourceServer>, String> {
         use sha2::Digest;
         let mut out = Vec::new();
         for (name, rs) in &self.resource_servers {

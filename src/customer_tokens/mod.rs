@@ -267,7 +267,7 @@ impl moka::Expiry<String, Arc<Cached>> for ReadAge {
 /// [`crate::fmt_duration`] writes it.
 pub fn fmt_days(d: Duration) -> String {
     let s = d.as_secs();
-    if s > 0 && s % 86_400 == 0 && d.subsec_nanos() == 0 {
+    if s > 0 && s.is_multiple_of(86_400) && d.subsec_nanos() == 0 {
         format!("{}d", s / 86_400)
     } else {
         crate::fmt_duration(d)

@@ -47,6 +47,8 @@ impl From<CtError> for ApiError {
     }
 }
 
+// `ApiError` is the one error type of every handler (as in the rest of `http/`).
+#[allow(clippy::result_large_err)]
 fn service(st: &AppState) -> Result<&Arc<CustomerTokens>, ApiError> {
     st.customer_tokens
         .as_ref()
@@ -54,6 +56,7 @@ fn service(st: &AppState) -> Result<&Arc<CustomerTokens>, ApiError> {
 }
 
 /// Customer tokens are managed by people only.
+#[allow(clippy::result_large_err)]
 fn person(actor: Actor) -> Result<Person, ApiError> {
     match actor {
         Actor::Person(p) => Ok(p),
