@@ -1199,6 +1199,52 @@ mod tests {
     }
 
     #[test]
+    fn customer_token_roles_need_a_token_role_and_scopes_that_say_what_they_do_not_allow() {
+        let base = r#"
+            [scopes."a.read"]
+            allows = "Read a."
+            denies = "Cannot change a."
+            [scopes."b.write"]
+            allows = "Change b."
+            [connections.tok]
+            plugin = "token"
+            environment = "production"
+            [connections.tok.roles.ok]
+            max_ttl = "10m"
+            scopes = ["a.read"]
+            [connections.tok.roles.vague]
+            max_ttl = "10m"
+            scopes = ["a.read", "b.write"]
+            [connections.pki]
+            plugin = "pki"
+            [connections.pki.roles.web]
+            max_ttl = "10m"
+        "#;
+        let with = |ct: &str| Config::from_toml(&format!("{base}\n[customer_tokens]\n{ct}")).unwrap().validate();
+        with(r#"roles = ["tok/ok"]"#).unwrap();
+        let cat = Config::from_toml(&format!("{base}\n[customer_tokens]\nroles = [\"tok/ok\"]")).unwrap().customer_token_catalogue().unwrap();
+        assert_eq!(cat["production"].scopes["a.read"].denies, "Cannot change a.");
+        for (ct, want) in [
+            (r#"roles = ["tok/vague"]"#, "scope `b.write` of `tok/vague` needs both `allows` and `denies`"),
+            (r#"roles = ["pki/web"]"#, "is a `pki` connection"),
+            (r#"roles = ["tok/nope"]"#, "has no role `nope`"),
+            (r#"roles = ["tok"]"#, "is not `connection/role`"),
+            ("roles = []", "at least one token-plugin role"),
+            (r#"roles = ["tok/ok"]
+                default_expiry = "45d""#, "must be one of the presets"),
+            (r#"roles = ["tok/ok"]
+                rotation_overlap = "15d""#, "rotation_overlap `15d` must be between 1d and 14d"),
+            (r#"roles = ["tok/ok"]
+                introspection_cache_ttl = "11s""#, "introspection_cache_ttl"),
+            (r#"roles = ["tok/ok"]
+                token_prefix = "BAD""#, "token_prefix"),
+        ] {
+            let err = with(ct).unwrap_err().to_string();
+            assert!(err.contains(want), "{ct}: {err}");
+        }
+    }
+
+    #[test]
     fn audit_is_on_by_default_and_its_sink_is_checked() {
         let cfg = Config::from_toml("data_dir = \"/var/lib/lessor\"").unwrap();
         let s = cfg.audit_settings().unwrap().unwrap();
