@@ -99,6 +99,9 @@ pub struct Config {
     /// unless this section is present; types in `people::config`).
     #[serde(default)]
     pub people: Option<crate::people::PeopleConfig>,
+    /// Customer API tokens (off unless this section is present).
+    #[serde(default)]
+    pub customer_tokens: Option<crate::customer_tokens::config::CustomerTokensConfig>,
 }
 
 /// `[reconcile]`: how often each vendor's objects are compared with the
@@ -715,6 +718,73 @@ impl RoleConfig {
 }
 
 impl Config {
+    /// The environments of customer tokens: each `[customer_tokens] roles`
+    /// entry must be a role of a `token` connection, with its own
+    /// environment, whose every scope the `[scopes]` catalogue describes
+    /// with both `allows` and `denies` (customers choose from these texts,
+    /// so "what it does not allow" is required here, unlike for workload
+    /// roles). Empty without `[customer_tokens]`.
+    pub fn customer_token_catalogue(&self) -> Result<crate::customer_tokens::Catalogue, ConfigError> {
+        use crate::customer_tokens::{Environment, ScopeText};
+        let bad = |m: String| ConfigError::Invalid(m);
+        let mut out = crate::customer_tokens::Catalogue::new();
+        let Some(ct) = &self.customer_tokens else { return Ok(out) };
+        ct.validate().map_err(bad)?;
+        for r in &ct.roles {
+            let (cname, rname) = r
+                .split_once('/')
+                .ok_or_else(|| bad(format!("customer_tokens.roles: `{r}` is not `connection/role`")))?;
+            let conn = self
+                .connections
+                .get(cname)
+                .ok_or_else(|| bad(format!("customer_tokens.roles: `{r}`: no connection `{cname}`")))?;
+            if conn.plugin != "token" {
+                return Err(bad(format!(
+                    "customer_tokens.roles: `{r}`: connection `{cname}` is a `{}` connection; customer tokens take their scopes from a `token` one",
+                    conn.plugin
+                )));
+            }
+            let role = conn
+                .roles
+                .get(rname)
+                .ok_or_else(|| bad(format!("customer_tokens.roles: `{r}`: connection `{cname}` has no role `{rname}`")))?;
+            let env = role.environment.clone().unwrap_or_else(|| conn.environment.clone());
+            if role.scopes.is_empty() {
+                return Err(bad(format!("customer_tokens.roles: `{r}` grants no scopes")));
+            }
+            let mut scopes = BTreeMap::new();
+            for s in &role.scopes {
+                let doc = self.scopes.get(s).ok_or_else(|| bad(format!("customer_tokens: scope `{s}` of `{r}` is not in [scopes]")))?;
+                if doc.allows.trim().is_empty() || doc.denies.trim().is_empty() {
+                    return Err(bad(format!(
+                        "customer_tokens: scope `{s}` of `{r}` needs both `allows` and `denies` in [scopes.\"{s}\"]: customers choose scopes by these texts"
+                    )));
+                }
+                scopes.insert(s.clone(), ScopeText { allows: doc.allows.clone(), denies: doc.denies.clone() });
+            }
+            if out.insert(env.clone(), Environment { role: r.clone(), scopes }).is_some() {
+                return Err(bad(format!(
+                    "customer_tokens.roles: two roles have environment `{env}`; one role per environment"
+                )));
+            }
+        }
+        for r in ct.dev_policy.forbidden.iter().chain(&ct.dev_policy.confirm) {
+            for s in &r.scopes {
+                if !out.values().any(|e| e.scopes.contains_key(s)) {
+                    return Err(bad(format!("customer_tokens.dev_policy rule `{}`: scope `{s}` is in no customer token role", r.name)));
+                }
+            }
+        }
+        for (name, rs) in &ct.resource_servers {
+            for e in &rs.environments {
+                if !out.contains_key(e) {
+                    return Err(bad(format!("customer_tokens.resource_servers.{name}: no environment `{e}`")));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads a TOML file, applies `LESSOR_*` environment overrides, checks it.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Config::load_with(path, |_| {})
@@ -770,6 +840,11 @@ impl Config {
         for iss in self.issuers.values_mut() {
             if let Some(p) = iss.jwks_file.as_mut() {
                 fix(p);
+            }
+        }
+        if let Some(ct) = self.customer_tokens.as_mut() {
+            for rs in ct.resource_servers.values_mut() {
+                fix(&mut rs.secret_file);
             }
         }
         if let Some(rest) = self.store.strip_prefix("sqlite://") {
@@ -1039,6 +1114,9 @@ impl Config {
         if let Some(p) = &self.people {
             p.validate().map_err(ConfigError::Invalid)?;
         }
+        if self.customer_tokens.is_some() {
+            self.customer_token_catalogue()?;
+        }
         if self.leases.revoke_timeout.is_zero() {
             return bad("leases.revoke_timeout must be more than 0".into());
         }
@@ -1128,6 +1206,52 @@ mod tests {
         .unwrap();
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("scope `orders.read` is not in the [scopes] catalogue"), "{err}");
+    }
+
+    #[test]
+    fn customer_token_roles_need_a_token_role_and_scopes_that_say_what_they_do_not_allow() {
+        let base = r#"
+            [scopes."a.read"]
+            allows = "Read a."
+            denies = "Cannot change a."
+            [scopes."b.write"]
+            allows = "Change b."
+            [connections.tok]
+            plugin = "token"
+            environment = "production"
+            [connections.tok.roles.ok]
+            max_ttl = "10m"
+            scopes = ["a.read"]
+            [connections.tok.roles.vague]
+            max_ttl = "10m"
+            scopes = ["a.read", "b.write"]
+            [connections.pki]
+            plugin = "pki"
+            [connections.pki.roles.web]
+            max_ttl = "10m"
+        "#;
+        let with = |ct: &str| Config::from_toml(&format!("{base}\n[customer_tokens]\n{ct}")).unwrap().validate();
+        with(r#"roles = ["tok/ok"]"#).unwrap();
+        let cat = Config::from_toml(&format!("{base}\n[customer_tokens]\nroles = [\"tok/ok\"]")).unwrap().customer_token_catalogue().unwrap();
+        assert_eq!(cat["production"].scopes["a.read"].denies, "Cannot change a.");
+        for (ct, want) in [
+            (r#"roles = ["tok/vague"]"#, "scope `b.write` of `tok/vague` needs both `allows` and `denies`"),
+            (r#"roles = ["pki/web"]"#, "is a `pki` connection"),
+            (r#"roles = ["tok/nope"]"#, "has no role `nope`"),
+            (r#"roles = ["tok"]"#, "is not `connection/role`"),
+            ("roles = []", "at least one token-plugin role"),
+            (r#"roles = ["tok/ok"]
+                default_expiry = "45d""#, "must be one of the presets"),
+            (r#"roles = ["tok/ok"]
+                rotation_overlap = "15d""#, "rotation_overlap `15d` must be between 1d and 14d"),
+            (r#"roles = ["tok/ok"]
+                introspection_cache_ttl = "11s""#, "introspection_cache_ttl"),
+            (r#"roles = ["tok/ok"]
+                token_prefix = "BAD""#, "token_prefix"),
+        ] {
+            let err = with(ct).unwrap_err().to_string();
+            assert!(err.contains(want), "{ct}: {err}");
+        }
     }
 
     #[test]

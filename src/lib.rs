@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod dev_idp;
+pub mod customer_tokens;
 pub mod duration;
 #[doc(hidden)]
 pub mod fuzz;

@@ -24,6 +24,7 @@ use crate::audit::{ActorInfo, Audit, Event};
 use crate::config::Config;
 use crate::connections::kek::Kek;
 use crate::connections::{ConnectionMeta, RootCredentials};
+use crate::customer_tokens::CustomerTokens;
 use crate::http::{router, AppState};
 use crate::identity::Verifier;
 use crate::lease::reconcile::Reconciler;
@@ -43,6 +44,8 @@ pub struct Running {
     pub leases: LeaseService,
     /// Vendor objects against leases (`lessor reconcile`, scheduled passes).
     pub reconciler: Arc<Reconciler>,
+    /// Customer API tokens, when `[customer_tokens]` is configured.
+    pub customer_tokens: Option<Arc<CustomerTokens>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -54,6 +57,11 @@ impl Running {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        // The HTTP server has stopped: no introspection queues a use any
+        // more, so this drain loses nothing.
+        if let Some(ct) = &self.customer_tokens {
+            ct.usage().flush().await;
         }
         // Nothing calls a plugin any more: stop their processes.
         self.leases.catalog.shutdown().await;
@@ -147,6 +155,21 @@ pub async fn start(cfg: Config, listener: TcpListener) -> anyhow::Result<Running
 /// [`start`], with the plugin catalogue given instead of built from the
 /// config (tests run fake plugins this way).
 pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Option<Arc<Catalog>>) -> anyhow::Result<Running> {
+    start_inner(cfg, listener, extra, lessor_plugin::system_clock()).await
+}
+
+/// [`start`], with the clock customer tokens read (expiry, overlaps,
+/// warnings) given: tests move time with it.
+pub async fn start_with_clock(cfg: Config, listener: TcpListener, clock: lessor_plugin::Clock) -> anyhow::Result<Running> {
+    start_inner(cfg, listener, None, clock).await
+}
+
+async fn start_inner(
+    cfg: Config,
+    listener: TcpListener,
+    extra: Option<Arc<Catalog>>,
+    clock: lessor_plugin::Clock,
+) -> anyhow::Result<Running> {
     cfg.validate()?;
     // TLS files first: a bad certificate stops the start before anything.
     let tls = cfg.tls.as_ref().map(crate::tls::Tls::load).transpose()?;
@@ -236,7 +259,7 @@ pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Optio
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     #[cfg(not(unix))]
     let hup = None;
-    tasks.push(tokio::spawn(watch_policies(policy, audit, cfg.policy_poll, hup, rx.clone())));
+    tasks.push(tokio::spawn(watch_policies(policy, audit.clone(), cfg.policy_poll, hup, rx.clone())));
 
     let admin_requires_client_cert = cfg.tls.as_ref().is_some_and(|t| t.admin_requires_client_cert);
     let brake = Arc::new(crate::http::brake::AuthBrake::new(
@@ -260,6 +283,20 @@ pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Optio
         }
         None => None,
     };
+    let customer_tokens = match &cfg.customer_tokens {
+        None => None,
+        Some(ct) => {
+            let catalogue = cfg.customer_token_catalogue()?;
+            // TEST/DEV authorization until Cedar decides people's token actions.
+            let authz = Arc::new(crate::customer_tokens::authz::DevListPolicy::new(&ct.dev_policy));
+            let svc = CustomerTokens::new(store.clone(), audit.clone(), ct.clone(), catalogue, authz, clock)
+                .map_err(|e| anyhow!("config: {e}"))?;
+            let svc = Arc::new(svc);
+            tasks.push(tokio::spawn(svc.clone().run(rx.clone())));
+            tasks.push(tokio::spawn(svc.usage().clone().run(ct.usage_flush_interval, rx.clone())));
+            Some(svc)
+        }
+    };
     let state = AppState {
         leases: leases.clone(),
         verifier,
@@ -269,6 +306,7 @@ pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Optio
         vault,
         reconciler: reconciler.clone(),
         people,
+        customer_tokens: customer_tokens.clone(),
     };
     let app = router(state, &cfg.limits);
     let addr = listener.local_addr()?;
@@ -292,7 +330,7 @@ pub async fn start_with_catalog(cfg: Config, listener: TcpListener, extra: Optio
         }
     }
     tracing::info!(%addr, store = store.backend(), policies = policy_count(&leases), "lessor is serving");
-    Ok(Running { addr, store, leases, reconciler, shutdown, tasks })
+    Ok(Running { addr, store, leases, reconciler, customer_tokens, shutdown, tasks })
 }
 
 fn policy_count(l: &LeaseService) -> usize {

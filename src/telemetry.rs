@@ -53,6 +53,16 @@ pub struct Metrics {
     pub reconcile_strays: IntCounterVec,
     /// Active leases whose vendor object the last reconcile pass did not find.
     pub reconcile_missing: IntGaugeVec,
+    /// Customer tokens that work, by account and state (active, retiring).
+    pub customer_tokens: IntGaugeVec,
+    /// Active customer tokens with a warning, by account and warning
+    /// (expires_soon, not_rotated). Never a token's name or id.
+    pub customer_token_warnings: IntGaugeVec,
+    /// Introspections by outcome (active, inactive, unknown, malformed,
+    /// unauthenticated).
+    pub customer_token_introspections: IntCounterVec,
+    /// Token uses not recorded (queue full, store write failed).
+    pub customer_token_uses_dropped: IntCounter,
 }
 
 /// Outcomes of issue and renew requests (`outcome` label).
@@ -181,6 +191,28 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["connection"],
     )?;
+    let customer_tokens = IntGaugeVec::new(
+        Opts::new("lessor_customer_tokens", "Customer API tokens that work, by account and state (active, retiring)"),
+        &["account", "state"],
+    )?;
+    let customer_token_warnings = IntGaugeVec::new(
+        Opts::new(
+            "lessor_customer_token_warnings",
+            "Active customer API tokens with a warning, by account and warning (expires_soon, not_rotated)",
+        ),
+        &["account", "warning"],
+    )?;
+    let customer_token_introspections = IntCounterVec::new(
+        Opts::new(
+            "lessor_customer_token_introspections_total",
+            "Customer token introspections by outcome (active, inactive, unknown, malformed, unauthenticated)",
+        ),
+        &["outcome"],
+    )?;
+    let customer_token_uses_dropped = IntCounter::new(
+        "lessor_customer_token_uses_dropped_total",
+        "Customer token uses not recorded (usage queue full, or the store write failed)",
+    )?;
     let build_info = IntGaugeVec::new(Opts::new("lessor_build_info", "Build information"), &["version"])?;
     build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     for c in [
@@ -210,6 +242,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(connection_breaker_open.clone()),
         Box::new(reconcile_strays.clone()),
         Box::new(reconcile_missing.clone()),
+        Box::new(customer_tokens.clone()),
+        Box::new(customer_token_warnings.clone()),
+        Box::new(customer_token_introspections.clone()),
+        Box::new(customer_token_uses_dropped.clone()),
         Box::new(build_info),
     ] {
         registry.register(c)?;
@@ -242,6 +278,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         connection_breaker_open,
         reconcile_strays,
         reconcile_missing,
+        customer_tokens,
+        customer_token_warnings,
+        customer_token_introspections,
+        customer_token_uses_dropped,
     })
 }
 

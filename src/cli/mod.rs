@@ -1,7 +1,7 @@
 //! The command line (clap): the daemon (`serve`, `dev`), offline checks
 //! (`check`, `policy test`), the audit tools (`audit verify|hash|query`)
-//! and the client (`creds`, `lease ...`, `admin-token ...`, `login`, `logout`,
-//! `whoami`).
+//! and the client (`creds`, `lease ...`, `admin-token ...`, `token ...`, `login`,
+//! `logout`, `whoami`).
 //! Errors print one clear line and exit non-zero.
 
 use std::path::PathBuf;
@@ -19,6 +19,7 @@ pub use client::{render_reconcile, render_status};
 pub mod connection;
 mod dev;
 mod login;
+mod token;
 
 #[derive(Debug, Parser)]
 #[command(name = "lessor", version, about = "Dynamic secrets broker: workload JWT -> Cedar policy -> short-lived, leased credentials")]
@@ -94,6 +95,14 @@ enum Command {
         conn: client::ConnArgs,
         #[command(subcommand)]
         cmd: connection::ConnectionCmd,
+    },
+    /// Customer API tokens of an account (as a signed-in person): create
+    /// (summary first, token shown once), list, show, rotate, revoke.
+    Token {
+        #[command(flatten)]
+        conn: token::TokenConn,
+        #[command(subcommand)]
+        cmd: token::TokenCmd,
     },
     /// Admin tokens: create (shown once), list, revoke.
     AdminToken {
@@ -204,6 +213,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Login(a) => login::login(a).await,
         Command::Logout(a) => login::logout(a).await,
         Command::Whoami { addr } => login::whoami(addr).await,
+        Command::Token { conn, cmd } => token::run(conn, cmd).await,
     }
 }
 

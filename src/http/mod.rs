@@ -30,6 +30,7 @@ mod admin;
 mod admin_tokens;
 pub mod brake;
 mod connections;
+mod customer_tokens;
 mod error;
 mod leases;
 mod openapi;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub reconciler: Arc<crate::lease::reconcile::Reconciler>,
     /// People sign-in and sessions, when `[people]` is configured.
     pub people: Option<Arc<crate::people::People>>,
+    /// Customer API tokens, when `[customer_tokens]` is configured.
+    pub customer_tokens: Option<Arc<crate::customer_tokens::CustomerTokens>>,
 }
 
 /// Builds the router for `/v1` and the well-known endpoints.
@@ -109,6 +112,11 @@ pub fn router(state: AppState, limits: &crate::config::Limits) -> Router {
         .route("/v1/people/device/token", post(people::device_token).layer(public()))
         .route("/v1/people/me", get(people::me))
         .route("/v1/people/logout", post(people::logout))
+        .route("/v1/accounts/{account}/tokens", get(customer_tokens::list).post(customer_tokens::create))
+        .route("/v1/accounts/{account}/tokens/preview", post(customer_tokens::preview))
+        .route("/v1/accounts/{account}/tokens/{id}", get(customer_tokens::show).delete(customer_tokens::revoke))
+        .route("/v1/accounts/{account}/tokens/{id}/rotate", post(customer_tokens::rotate))
+        .route("/v1/introspect", post(customer_tokens::introspect))
         .route("/v1/plugins/{connection}/{document}", get(public::connection_document).layer(public()))
         .route("/v1/plugins/{connection}/{role}/{document}", get(public::role_document).layer(public()))
         .route("/v1/pki/{*rest}", get(public::pki_document).layer(public()))

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
-use super::{admin, admin_tokens, connections, leases, people, public};
+use super::{admin, admin_tokens, connections, customer_tokens, leases, people, public};
 
 /// Security scheme names, as operations list them.
 pub const WORKLOAD_JWT: &str = "workload_jwt";
@@ -59,6 +59,13 @@ pub const PERSON_COOKIE: &str = "person_cookie";
         connections::activate,
         connections::rollback,
         connections::rotate,
+        customer_tokens::preview,
+        customer_tokens::create,
+        customer_tokens::list,
+        customer_tokens::show,
+        customer_tokens::rotate,
+        customer_tokens::revoke,
+        customer_tokens::introspect,
         public::connection_document,
         public::role_document,
         public::pki_document,
@@ -80,6 +87,7 @@ pub const PERSON_COOKIE: &str = "person_cookie";
         (name = "admin", description = "Operators: list and bulk-revoke leases, jobs, replicas, status, reconcile, policy explain."),
         (name = "connections", description = "Root credentials of vendor connections: set, verify, approve, activate, roll back, rotate."),
         (name = "people", description = "Signed-in people: who am I, sign out."),
+        (name = "customer-tokens", description = "Customer API tokens: people of an account create, list, rotate and revoke them; resource servers introspect them (RFC 7662)."),
         (name = "public", description = "Unauthenticated: PKI CA chains and CRLs, the token JWKS, introspection, health, metrics, this document."),
     ),
 )]
@@ -115,6 +123,13 @@ pub const ERRORS: &[(&str, &str, &[u16])] = &[
     ("post", "/v1/admin/connections/{name}/activate", &[400, 401, 403, 404, 409, 413, 500, 502, 503]),
     ("post", "/v1/admin/connections/{name}/rollback", &[400, 401, 403, 404, 409, 500, 502, 503]),
     ("post", "/v1/admin/connections/{name}/rotate", &[400, 401, 403, 404, 409, 500, 502, 503]),
+    ("post", "/v1/accounts/{account}/tokens/preview", &[400, 401, 403, 404, 409, 413, 500, 503]),
+    ("post", "/v1/accounts/{account}/tokens", &[400, 401, 403, 404, 409, 413, 500, 503]),
+    ("get", "/v1/accounts/{account}/tokens", &[400, 401, 403, 404, 500, 503]),
+    ("get", "/v1/accounts/{account}/tokens/{id}", &[400, 401, 403, 404, 500, 503]),
+    ("post", "/v1/accounts/{account}/tokens/{id}/rotate", &[400, 401, 403, 404, 409, 413, 500, 503]),
+    ("delete", "/v1/accounts/{account}/tokens/{id}", &[400, 401, 403, 404, 409, 500, 503]),
+    ("post", "/v1/introspect", &[400, 401, 404, 413, 500, 503]),
     ("get", "/v1/plugins/{connection}/{document}", &[404, 500, 503]),
     ("get", "/v1/plugins/{connection}/{role}/{document}", &[404, 500, 503]),
     ("get", "/v1/pki/{role}/{document}", &[404, 500, 503]),
@@ -169,6 +184,10 @@ pub fn document() -> Value {
         PERSON_COOKIE: {
             "type": "apiKey", "in": "cookie", "name": "lessor_session",
             "description": "The browser session cookie set by `/v1/people/callback`; state-changing requests also need the `X-Lessor-CSRF` header (the `csrf_token` of `/v1/people/me`).",
+        },
+        "resource_server": {
+            "type": "http", "scheme": "basic",
+            "description": "A resource server's client id and secret (`[customer_tokens.resource_servers.<id>]`).",
         },
         CLIENT_CERT: {
             "type": "mutualTLS",

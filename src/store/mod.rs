@@ -1,10 +1,10 @@
 //! The lease store: leases, bulk revocation jobs, root-credential versions,
-//! plugin state, replicas and metadata, admin tokens, Vault API sessions and
-//! person sessions.
+//! plugin state, replicas and metadata, admin tokens, Vault API sessions,
+//! person sessions and customer API tokens.
 //!
 //! `Store` bundles one focused trait per part ([`LeaseStore`], [`JobStore`],
 //! [`SecretStore`], [`PluginStateStore`], [`ClusterStore`],
-//! [`AdminTokenStore`], [`SessionStore`], [`PersonSessionStore`]), each in its own module with its
+//! [`AdminTokenStore`], [`SessionStore`], [`PersonSessionStore`], [`CustomerTokenStore`]), each in its own module with its
 //! types; methods on `dyn Store` need no import. `sqlite.rs` is the embedded
 //! default and `postgres.rs` implements the same traits (one child module
 //! per trait) with the same migrations (numbers and names; a test checks). The backend is chosen from an explicit
@@ -24,6 +24,7 @@ use time::OffsetDateTime;
 
 pub mod admin_tokens;
 pub mod cluster;
+pub mod customer_tokens;
 pub mod jobs;
 pub mod leases;
 pub mod person_sessions;
@@ -36,6 +37,7 @@ pub mod sqlite;
 pub mod state;
 
 pub use admin_tokens::{AdminToken, AdminTokenStore};
+pub use customer_tokens::{AccountTokenCounts, CustomerToken, CustomerTokenStore, DayCount, TokenUse, TokenWarning};
 pub use cluster::{ClusterStore, LockHolder, Replica, StoreLock};
 pub use jobs::{JobStatus, JobStore, RevokeFilter};
 pub use leases::{DueLease, EndReason, Lease, LeaseCounts, LeaseFilter, LeaseState, LeaseStore, RoleCounts};
@@ -65,7 +67,16 @@ pub enum StoreError {
 /// [`ClusterStore`], [`AdminTokenStore`], [`SessionStore`]).
 #[async_trait]
 pub trait Store:
-    LeaseStore + JobStore + SecretStore + PluginStateStore + ClusterStore + AdminTokenStore + SessionStore + PersonSessionStore + Send + Sync + 'static
+    LeaseStore
+    + JobStore
+    + SecretStore
+    + PluginStateStore
+    + ClusterStore
+    + AdminTokenStore
+    + SessionStore
+    + PersonSessionStore
+    + CustomerTokenStore
+    + Send + Sync + 'static
 {
     /// Short backend name for logs (`sqlite`, `postgres`).
     fn backend(&self) -> &'static str;

@@ -41,6 +41,7 @@ use super::{ClusterStore, JobStore, LeaseStore, PluginStateStore, SecretStore};
 
 mod admin_tokens;
 mod cluster;
+mod customer_tokens;
 mod jobs;
 mod leases;
 mod person_sessions;

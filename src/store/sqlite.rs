@@ -31,6 +31,7 @@ enum Bind {
     Int(i64),
     OptInt(Option<i64>),
     Text(String),
+    OptText(Option<String>),
     Blob(Vec<u8>),
     Bool(bool),
 }
@@ -120,6 +121,7 @@ impl Writer {
                 Bind::Int(v) => q.bind(v),
                 Bind::OptInt(v) => q.bind(v),
                 Bind::Text(v) => q.bind(v),
+                Bind::OptText(v) => q.bind(v),
                 Bind::Blob(v) => q.bind(v),
                 Bind::Bool(v) => q.bind(v),
             };
@@ -169,6 +171,7 @@ impl Writer {
 
 mod admin_tokens;
 mod cluster;
+mod customer_tokens;
 mod jobs;
 mod leases;
 mod person_sessions;

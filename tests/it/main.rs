@@ -6,6 +6,7 @@ mod admin_tokens;
 mod approvals;
 mod audit;
 mod connections;
+mod customer_tokens;
 mod engine;
 mod external;
 mod dead_vendor;

@@ -145,6 +145,8 @@ pub struct Opts {
     pub policy: String,
     /// Store URL instead of the temp dir's SQLite file.
     pub store: Option<String>,
+    /// The clock customer tokens read (`server::start_with_clock`).
+    pub clock: Option<lessor_plugin::Clock>,
 }
 
 /// A daemon on a temp dir. Keep `dir` alive as long as the daemon.
@@ -283,7 +285,10 @@ impl Daemon {
         }
         let cfg = Config::from_toml(&text).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let running = server::start(cfg, listener).await.unwrap();
+        let running = match &opts.clock {
+            Some(c) => server::start_with_clock(cfg, listener, c.clone()).await.unwrap(),
+            None => server::start(cfg, listener).await.unwrap(),
+        };
         let addr = running.addr;
         let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
         Daemon {

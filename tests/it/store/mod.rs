@@ -6,6 +6,7 @@
 //! PostgreSQL's claims across replicas).
 
 mod cluster;
+mod customer_tokens;
 mod jobs;
 mod leases;
 mod person_sessions;

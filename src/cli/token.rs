@@ -1,0 +1,224 @@
+//! `lessor token create|list|show|rotate|revoke`: customer API tokens
+//! through the daemon's `/v1/accounts/{account}/tokens`, as the signed-in
+//! person. `create` shows the summary (account, environment, scopes with
+//! what each allows and does not, "Expires on ...", creator) and asks
+//! before it creates; the token is printed once (stdout).
+//!
+//! The person's session comes from [`credential`]: `--session-file` or
+//! `$LESSOR_SESSION` today (`lsr_person_...`); `lessor login` keeps it in
+//! the user's config dir once sign-in is merged.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Subcommand};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+
+use super::client::call;
+use super::AddrArg;
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenConn {
+    #[command(flatten)]
+    addr: AddrArg,
+    /// File holding your session (`lsr_person_...`, from `lessor login`;
+    /// else $LESSOR_SESSION).
+    #[arg(long, env = "LESSOR_SESSION_FILE")]
+    session_file: Option<PathBuf>,
+    /// The customer account (your group `account:<name>`).
+    #[arg(long, short)]
+    account: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a token: shows what it will be, asks, then prints it once.
+    Create {
+        /// What it is for ("billing sync for NetSuite").
+        #[arg(long)]
+        name: String,
+        /// A scope from the catalogue; repeat for several.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Needed when several environments are configured.
+        #[arg(long)]
+        environment: Option<String>,
+        /// 24h, 30d (default), 90d or 180d.
+        #[arg(long)]
+        expires_in: Option<String>,
+        /// Confirm a scope combination policy marks as broad.
+        #[arg(long)]
+        confirm: bool,
+        /// Do not ask before creating.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// List the account's tokens (history included; never a token).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one token with its last uses and daily counts.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a token (same name, scopes, owner); the old one keeps
+    /// working for the overlap. The replacement is printed once.
+    Rotate {
+        id: String,
+        /// 1d..14d (default 7d).
+        #[arg(long)]
+        overlap: Option<String>,
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// Revoke a token now; returns once every replica refuses it.
+    Revoke { id: String },
+}
+
+/// The person's session token.
+fn credential(c: &TokenConn) -> anyhow::Result<SecretString> {
+    if let Some(f) = &c.session_file {
+        let t = std::fs::read_to_string(f).with_context(|| format!("reading the session from {}", f.display()))?;
+        return Ok(SecretString::from(t.trim().to_owned()));
+    }
+    match std::env::var("LESSOR_SESSION") {
+        Ok(t) if !t.trim().is_empty() => Ok(SecretString::from(t.trim().to_owned())),
+        _ => Err(anyhow!("customer tokens are managed by people: sign in (`lessor login`) and pass --session-file or set LESSOR_SESSION")),
+    }
+}
+
+/// The summary a person confirms, as printed.
+pub fn render_summary(s: &Value) -> String {
+    let mut out = String::new();
+    let st = |k: &str| s[k].as_str().unwrap_or("?").to_owned();
+    out.push_str(&format!("Token       {}\n", st("name")));
+    out.push_str(&format!("Account     {}\n", st("account")));
+    out.push_str(&format!("Environment {}\n", st("environment")));
+    out.push_str("Scopes\n");
+    for sc in s["scopes"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  {}\n", sc["name"].as_str().unwrap_or("?")));
+        out.push_str(&format!("    allows:         {}\n", sc["allows"].as_str().unwrap_or("")));
+        out.push_str(&format!("    does not allow: {}\n", sc["denies"].as_str().unwrap_or("")));
+    }
+    out.push_str(&format!("{}\n", st("expires_on")));
+    out.push_str(&format!("Created by  {}\n", st("creator")));
+    out
+}
+
+/// The list as a table (never a token: its prefix and last 4).
+pub fn render_list(v: &Value) -> String {
+    let mut out = format!("{:<22} {:<28} {:<9} {:<11} {:<12} {:<21} {:<21} WARNINGS\n", "ID", "NAME", "STATE", "ENV", "TOKEN", "EXPIRES", "LAST USED");
+    for t in v["tokens"].as_array().into_iter().flatten() {
+        let s = |k: &str| t[k].as_str().map(|x| x.get(..19).unwrap_or(x).to_owned()).unwrap_or_else(|| "-".into());
+        let name: String = t["name"].as_str().unwrap_or("").chars().take(28).collect();
+        let mut state = s("state");
+        if state == "retiring" {
+            state = format!("retiring until {}", s("retiring_until"));
+        }
+        let warnings: Vec<String> =
+            t["warnings"].as_array().into_iter().flatten().filter_map(|w| w["message"].as_str().map(str::to_owned)).collect();
+        out.push_str(&format!(
+            "{:<22} {:<28} {:<9} {:<11} {:<12} {:<21} {:<21} {}\n",
+            s("id"),
+            name,
+            state,
+            s("environment"),
+            s("token_hint"),
+            s("expires_at"),
+            s("last_used_at"),
+            if warnings.is_empty() { "-".into() } else { warnings.join("; ") }
+        ));
+    }
+    out
+}
+
+pub async fn run(c: TokenConn, cmd: TokenCmd) -> anyhow::Result<ExitCode> {
+    let base = format!("{}/v1/accounts/{}/tokens", c.addr.addr.trim_end_matches('/'), c.account);
+    let token = credential(&c)?;
+    match cmd {
+        TokenCmd::Create { name, scopes, environment, expires_in, confirm, yes } => {
+            let body = json!({ "name": name, "scopes": scopes, "environment": environment, "expires_in": expires_in, "confirm": confirm });
+            let p = call(reqwest::Method::POST, format!("{base}/preview"), &token, Some(body.clone())).await?;
+            eprint!("{}", render_summary(&p["summary"]));
+            if !yes {
+                eprint!("Create this token? [y/N] ");
+                std::io::stderr().flush().ok();
+                let mut line = String::new();
+                std::io::stdin().lock().read_line(&mut line)?;
+                if !matches!(line.trim(), "y" | "Y" | "yes") {
+                    eprintln!("nothing created");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            let v = call(reqwest::Method::POST, base, &token, Some(body)).await?;
+            let secret = v["token"].as_str().ok_or_else(|| anyhow!("the daemon's answer holds no token"))?;
+            eprintln!("token `{}` ({}); it is shown this once:", v["record"]["id"].as_str().unwrap_or("?"), v["summary"]["expires_on"].as_str().unwrap_or(""));
+            println!("{secret}");
+        }
+        TokenCmd::List { json } => {
+            let v = call(reqwest::Method::GET, base, &token, None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", render_list(&v));
+            }
+        }
+        TokenCmd::Show { id, json } => {
+            let v = call(reqwest::Method::GET, format!("{base}/{id}"), &token, None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", render_list(&json!({ "tokens": [v.clone()] })));
+                println!("scopes: {}", v["scopes"].as_array().into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(" "));
+                for u in v["uses"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {} {} {} {}",
+                        u["at"].as_str().unwrap_or("?"),
+                        if u["ok"] == true { "ok    " } else { "failed" },
+                        u["source"].as_str().unwrap_or("?"),
+                        u["user_agent"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        TokenCmd::Rotate { id, overlap, confirm } => {
+            let v = call(reqwest::Method::POST, format!("{base}/{id}/rotate"), &token, Some(json!({ "overlap": overlap, "confirm": confirm }))).await?;
+            let secret = v["token"].as_str().ok_or_else(|| anyhow!("the daemon's answer holds no token"))?;
+            eprintln!(
+                "replacement `{}`; `{id}` keeps working until {}. The replacement is shown this once:",
+                v["record"]["id"].as_str().unwrap_or("?"),
+                v["old"]["retiring_until"].as_str().unwrap_or("?")
+            );
+            println!("{secret}");
+        }
+        TokenCmd::Revoke { id } => {
+            let v = call(reqwest::Method::DELETE, format!("{base}/{id}"), &token, None).await?;
+            println!("token `{id}` is {}", v["state"].as_str().unwrap_or("?"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_and_the_list_show_what_a_person_decides_on() {
+        let s = json!({"name": "billing sync", "account": "acme", "environment": "production",
+            "scopes": [{"name": "invoices.read", "allows": "Read invoices.", "denies": "Cannot send invoices."}],
+            "expires_on": "Expires on 12 March 2027", "creator": "carol@example.com"});
+        let r = render_summary(&s);
+        assert!(r.contains("Account     acme") && r.contains("does not allow: Cannot send invoices.") && r.contains("Expires on 12 March 2027"), "{r}");
+        let l = render_list(&json!({"tokens": [{"id": "ctk_1", "name": "billing sync", "state": "retiring", "retiring_until": "2027-03-12T10:00:00Z",
+            "environment": "production", "token_hint": "lsrc_…Ab1z", "expires_at": "2027-04-01T00:00:00Z", "last_used_at": null,
+            "warnings": [{"kind": "expires_soon", "message": "expires on 1 April 2027; rotate it before then"}]}]}));
+        assert!(l.contains("retiring until 2027-03-12T10:00:00") && l.contains("lsrc_…Ab1z") && l.contains("expires on 1 April 2027"), "{l}");
+    }
+}
