@@ -38,8 +38,87 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() as f64 - 1.0) * p) as usize]
+}
+
+/// The 1-minute load average (the machine is shared).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_owned)).unwrap_or_default()
+}
+
+/// CPU time (user + system) of process `pid` ("self" for this one) so far,
+/// in seconds.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name (which may hold spaces): utime and stime are
+    // fields 14 and 15, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok());
+    tick(11).zip(tick(12)).map(|(u, s)| (u + s) / 100.0).unwrap_or(f64::NAN)
+}
+
+/// One timed run: rate, latency percentiles (ms) and CPU per operation (us)
+/// of this process and of the servers together.
+#[derive(Clone, Copy)]
+struct Run {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    cpu_us: f64,
+    server_us: f64,
+}
+
+/// Measures the CPU of this process and the servers around a run.
+struct Meter {
+    servers: Vec<String>,
+    start: Instant,
+    cpu: f64,
+    server_cpu: f64,
+}
+
+impl Meter {
+    fn start(servers: &[String]) -> Meter {
+        let server_cpu = servers.iter().map(|p| cpu_seconds(p)).sum();
+        Meter { servers: servers.to_vec(), start: Instant::now(), cpu: cpu_seconds("self"), server_cpu }
+    }
+
+    fn stop(self, n: usize, mut lat: Vec<f64>) -> Run {
+        let rate = n as f64 / self.start.elapsed().as_secs_f64();
+        let per = |d: f64| d * 1e6 / n as f64;
+        let server_cpu: f64 = self.servers.iter().map(|p| cpu_seconds(p)).sum();
+        Run {
+            rate,
+            p50: pct(&mut lat, 0.5),
+            p99: pct(&mut lat, 0.99),
+            cpu_us: per(cpu_seconds("self") - self.cpu),
+            server_us: per(server_cpu - self.server_cpu),
+        }
+    }
+}
+
+/// Medians over rounds, field by field.
+fn median(runs: &[Run]) -> Run {
+    let m = |f: fn(&Run) -> f64| pct(&mut runs.iter().map(f).collect::<Vec<_>>(), 0.5);
+    Run { rate: m(|r| r.rate), p50: m(|r| r.p50), p99: m(|r| r.p99), cpu_us: m(|r| r.cpu_us), server_us: m(|r| r.server_us) }
+}
+
+fn line(what: &str, r: &Run) {
+    println!(
+        "  {what:<50} {:8.0}/s  p50 {:6.2} ms  p99 {:6.2} ms  CPU/op: this process {:5.0} us, redis-servers {:5.0} us",
+        r.rate, r.p50, r.p99, r.cpu_us, r.server_us
+    );
+}
+
+/// The server's process id (`INFO server`).
+async fn server_pid(r: &TempRedis, password: &str) -> String {
+    let mut c = admin(r, password).await;
+    let info: String = redis::cmd("INFO").arg("server").query_async(&mut c).await.expect("info");
+    info.lines().find_map(|l| l.strip_prefix("process_id:")).expect("process_id").trim().to_owned()
 }
 
 async fn admin(r: &TempRedis, password: &str) -> redis::aio::MultiplexedConnection {
@@ -48,9 +127,8 @@ async fn admin(r: &TempRedis, password: &str) -> redis::aio::MultiplexedConnecti
 }
 
 /// The raw baseline: `CLIENTS` clients, each with its own connection to each
-/// node; per user the same commands lessor sends. Returns (issues/s,
-/// revocations/s).
-async fn raw(nodes: &[&TempRedis], password: &str, round: usize) -> (f64, f64) {
+/// node; per user the same commands lessor sends. Returns (issue, revoke).
+async fn raw(nodes: &[&TempRedis], pids: &[String], password: &str, round: usize) -> (Run, Run) {
     let mut rates = Vec::new();
     for deleting in [false, true] {
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -62,16 +140,18 @@ async fn raw(nodes: &[&TempRedis], password: &str, round: usize) -> (f64, f64) {
             }
             conns.push(per);
         }
-        let start = Instant::now();
+        let meter = Meter::start(pids);
         let mut set = tokio::task::JoinSet::new();
         for per in conns {
             let next = next.clone();
             set.spawn(async move {
+                let mut lat = Vec::new();
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if i >= N {
                         break;
                     }
+                    let t = Instant::now();
                     let name = format!("raw_bench_{round}_{i:032x}");
                     let pw = hex::encode(rand::random::<[u8; 32]>());
                     let hash = format!("#{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(pw.as_bytes())));
@@ -93,24 +173,29 @@ async fn raw(nodes: &[&TempRedis], password: &str, round: usize) -> (f64, f64) {
                         });
                     }
                     futures::future::join_all(all).await;
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
                 }
+                lat
             });
         }
-        while set.join_next().await.is_some() {}
-        rates.push(N as f64 / start.elapsed().as_secs_f64());
+        let mut lat = Vec::new();
+        while let Some(r) = set.join_next().await {
+            lat.extend(r.expect("client"));
+        }
+        rates.push(meter.stop(N, lat));
     }
     (rates[0], rates[1])
 }
 
-/// Issues one lease per JWT through lessor; returns (rate, p50 ms, p99 ms,
-/// lease ids).
-async fn lessor_issue(url: &str, jwts: Vec<String>) -> (f64, f64, f64, Vec<String>) {
+/// Issues one lease of `role` per JWT through lessor; returns the run and
+/// the lease ids.
+async fn lessor_issue(url: &str, pids: &[String], role: &str, jwts: Vec<String>) -> (Run, Vec<String>) {
     let http = reqwest::Client::new();
     let jwts = Arc::new(std::sync::Mutex::new(jwts));
-    let start = Instant::now();
+    let meter = Meter::start(pids);
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..CLIENTS {
-        let (http, url, jwts) = (http.clone(), url.to_owned(), jwts.clone());
+        let (http, url, jwts, role) = (http.clone(), url.to_owned(), jwts.clone(), role.to_owned());
         set.spawn(async move {
             let (mut lat, mut ids) = (Vec::new(), Vec::new());
             loop {
@@ -119,7 +204,7 @@ async fn lessor_issue(url: &str, jwts: Vec<String>) -> (f64, f64, f64, Vec<Strin
                 let r = http
                     .post(format!("{url}/v1/leases"))
                     .bearer_auth(jwt)
-                    .json(&serde_json::json!({"role": "cache/app", "ttl": "10m"}))
+                    .json(&serde_json::json!({"role": role, "ttl": "10m"}))
                     .send()
                     .await
                     .expect("request");
@@ -137,29 +222,35 @@ async fn lessor_issue(url: &str, jwts: Vec<String>) -> (f64, f64, f64, Vec<Strin
         lat.extend(l);
         ids.extend(i);
     }
-    let rate = ids.len() as f64 / start.elapsed().as_secs_f64();
-    (rate, pct(&mut lat, 0.5), pct(&mut lat, 0.99), ids)
+    (meter.stop(ids.len(), lat), ids)
 }
 
-/// Revokes every lease through lessor (admin token); returns revocations/s.
-async fn lessor_revoke(url: &str, admin: &str, ids: Vec<String>) -> f64 {
+/// Revokes every lease through lessor (admin token).
+async fn lessor_revoke(url: &str, pids: &[String], admin: &str, ids: Vec<String>) -> Run {
     let http = reqwest::Client::new();
     let n = ids.len();
     let ids = Arc::new(std::sync::Mutex::new(ids));
-    let start = Instant::now();
+    let meter = Meter::start(pids);
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..CLIENTS {
         let (http, url, ids, admin) = (http.clone(), url.to_owned(), ids.clone(), admin.to_owned());
         set.spawn(async move {
+            let mut lat = Vec::new();
             loop {
                 let Some(id) = ids.lock().expect("lock").pop() else { break };
+                let t = Instant::now();
                 let r = http.delete(format!("{url}/v1/leases/{id}")).bearer_auth(&admin).send().await.expect("request");
                 assert_eq!(r.status().as_u16(), 200);
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
             }
+            lat
         });
     }
-    while set.join_next().await.is_some() {}
-    n as f64 / start.elapsed().as_secs_f64()
+    let mut lat = Vec::new();
+    while let Some(r) = set.join_next().await {
+        lat.extend(r.expect("client"));
+    }
+    meter.stop(n, lat)
 }
 
 #[tokio::main]
@@ -194,6 +285,10 @@ algorithms = ["ES256"]
 preset = "github-actions"
 [scopes."cache.read"]
 allows = "Read keys under cache:."
+[connections.token]
+plugin = "token"
+[connections.token.roles.plain]
+max_ttl = "1h"
 
 [connections.cache]
 plugin = "redis"
@@ -226,33 +321,40 @@ default_scopes = ["cache.read"]
             })
             .collect()
     };
+    let pids = vec![server_pid(&a, &password).await, server_pid(&b, &password).await];
     // Warm-up: connections, JWKS, caches.
-    let (_, _, _, ids) = lessor_issue(&url, mint("warm", CLIENTS * 4)).await;
-    lessor_revoke(&url, &admin_token, ids).await;
+    let (_, ids) = lessor_issue(&url, &pids, "cache/app", mint("warm", CLIENTS * 4)).await;
+    lessor_revoke(&url, &pids, &admin_token, ids).await;
 
+    // Rounds alternate raw and lessor; medians are reported (runs on a
+    // shared 2-core machine vary by several percent).
     let nodes = [&a, &b];
-    let (mut raw_i, mut raw_r, mut rates, mut p50s, mut p99s, mut revs) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let load_start = loadavg();
+    let (mut raw_i, mut raw_r, mut issues, mut revokes, mut tokens) = (vec![], vec![], vec![], vec![], vec![]);
     for round in 0..ROUNDS {
-        let (i, r) = raw(&nodes, &password, round).await;
+        let (i, r) = raw(&nodes, &pids, &password, round).await;
         raw_i.push(i);
         raw_r.push(r);
-        let (rate, p50, p99, ids) = lessor_issue(&url, mint(&format!("svc{round}-"), N)).await;
-        rates.push(rate);
-        p50s.push(p50);
-        p99s.push(p99);
-        revs.push(lessor_revoke(&url, &admin_token, ids).await);
+        let (issue, ids) = lessor_issue(&url, &pids, "cache/app", mint(&format!("svc{round}-"), N)).await;
+        issues.push(issue);
+        revokes.push(lessor_revoke(&url, &pids, &admin_token, ids).await);
+        // The same path with a vendor that costs nothing (a lessor-signed
+        // token): lessor's own share.
+        tokens.push(lessor_issue(&url, &pids, "token/plain", mint(&format!("tok{round}-"), N)).await.0);
+        println!("  (round {}: load average {})", round + 1, loadavg());
     }
-    let med = |v: &mut Vec<f64>| pct(v, 0.5);
-    let (ri, rr, li, p50, p99, lr) = (med(&mut raw_i), med(&mut raw_r), med(&mut rates), med(&mut p50s), med(&mut p99s), med(&mut revs));
+    let (ri, rr, li, lr, lt) = (median(&raw_i), median(&raw_r), median(&issues), median(&revokes), median(&tokens));
     println!(
-        "Redis ACL users on 2 nodes, {CLIENTS} concurrent clients, {N} users per run, median of {ROUNDS} runs, {} CPU(s)",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        "Redis ACL users on 2 nodes, {CLIENTS} concurrent clients, {N} users per run, median of {ROUNDS} runs, {} CPU(s), load average {load_start} at the start, {} at the end",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        loadavg()
     );
-    println!("  raw issue (SETUSER + ACL SAVE per node):          {ri:8.0} users/s");
-    println!("  lessor issue over HTTP (JWT, policy, lease, user): {li:8.0} users/s  (p50 {p50:.1} ms, p99 {p99:.1} ms)");
-    println!("  ratio lessor / raw issue: {:.2}", li / ri);
-    println!("  raw revoke (DELUSER + CLIENT KILL + ACL SAVE):     {rr:8.0} users/s");
-    println!("  lessor revoke over HTTP (DELETE /v1/leases/id):    {lr:8.0} users/s");
-    println!("  ratio lessor / raw revoke: {:.2}", lr / rr);
+    line("raw issue (SETUSER + ACL SAVE per node)", &ri);
+    line("lessor issue over HTTP (JWT, policy, lease, user)", &li);
+    println!("  ratio lessor / raw issue: {:.2}", li.rate / ri.rate);
+    line("raw revoke (DELUSER + CLIENT KILL + ACL SAVE)", &rr);
+    line("lessor revoke over HTTP (DELETE /v1/leases/id)", &lr);
+    println!("  ratio lessor / raw revoke: {:.2}", lr.rate / rr.rate);
+    line("lessor alone, token role (no vendor call)", &lt);
     running.shutdown().await;
 }

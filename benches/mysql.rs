@@ -1,0 +1,392 @@
+//! MySQL/MariaDB user issuance and revocation: lessor over HTTP vs the same
+//! statements sent straight to a throwaway MariaDB, at the same concurrency
+//! (`cargo bench --bench mysql`). Not a test: it reports numbers and their
+//! ratio.
+//!
+//! lessor's path per issue: a fresh workload JWT verified, policy decided,
+//! the lease written pending then active (SQLite, durable), and on one
+//! pooled admin connection `SELECT @@version, @@sql_mode`, `CREATE USER
+//! ... IDENTIFIED BY PASSWORD '*<hash>'` (the password's
+//! `mysql_native_password` hash, made client-side), `GRANT orders_reader`,
+//! `SET DEFAULT ROLE`. Per revocation: `DELETE /v1/leases/{id}`, the lease
+//! written, and the session read, the lease's accounts looked up in
+//! `mysql.user`, `ALTER USER ... ACCOUNT LOCK`, its sessions listed (and
+//! killed), `DROP USER IF EXISTS`, its sessions listed again.
+//!
+//! The raw baselines use one connection per client: issue sends the same
+//! three account statements (hash made by the client per user); revoke
+//! either only `DROP USER` or the same lock / sessions / drop / sessions
+//! sequence lessor sends (without its lookup by lease id).
+//!
+//! CPU per operation is read from `/proc` for this process (the daemon
+//! runs in it, with the HTTP clients) and for `mariadbd`.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lessor::config::Config;
+use lessor::identity::dev::{jwks_path, DevIssuer, DEV_AUDIENCE, DEV_ISSUER};
+use lessor_mysql::testkit::TempMariadb;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::mysql::MySqlPoolOptions;
+
+const CLIENTS: usize = 8;
+const N: usize = 1000;
+const ROUNDS: usize = 3;
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read policies") {
+        let p = e.expect("entry").path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(p.file_name().expect("name")));
+        } else {
+            std::fs::copy(&p, to.join(p.file_name().expect("name"))).expect("copy");
+        }
+    }
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p) as usize]
+}
+
+/// The 1-minute load average (the machine is shared).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_owned)).unwrap_or_default()
+}
+
+/// CPU time (user + system) of process `pid` ("self" for this one) so far,
+/// in seconds.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name (which may hold spaces): utime and stime are
+    // fields 14 and 15, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok());
+    tick(11).zip(tick(12)).map(|(u, s)| (u + s) / 100.0).unwrap_or(f64::NAN)
+}
+
+/// One timed run: rate, latency percentiles (ms) and CPU per operation (us)
+/// of this process and of the server.
+#[derive(Clone, Copy)]
+struct Run {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    cpu_us: f64,
+    server_us: f64,
+}
+
+/// Measures the CPU of this process and the server around a run of `n`
+/// operations.
+struct Meter {
+    server: String,
+    start: Instant,
+    cpu: f64,
+    server_cpu: f64,
+}
+
+impl Meter {
+    fn start(server: &str) -> Meter {
+        Meter { server: server.to_owned(), start: Instant::now(), cpu: cpu_seconds("self"), server_cpu: cpu_seconds(server) }
+    }
+
+    fn stop(self, n: usize, mut lat: Vec<f64>) -> Run {
+        let rate = n as f64 / self.start.elapsed().as_secs_f64();
+        let per = |d: f64| d * 1e6 / n as f64;
+        Run {
+            rate,
+            p50: pct(&mut lat, 0.5),
+            p99: pct(&mut lat, 0.99),
+            cpu_us: per(cpu_seconds("self") - self.cpu),
+            server_us: per(cpu_seconds(&self.server) - self.server_cpu),
+        }
+    }
+}
+
+fn raw_name(round: usize, i: usize) -> String {
+    // As long as lessor's (`lessor_app_<repository>_<32 hex>`).
+    format!("raw_bench_acme_svc_{round}_{i:032x}")
+}
+
+/// The raw baseline, `CLIENTS` clients with one connection each: creates
+/// `N` users (issue), then drops them (`full`: lock, sessions, drop,
+/// sessions, as lessor does; else `DROP USER` alone). Returns (issue,
+/// revoke).
+async fn raw(db: &TempMariadb, pid: &str, round: usize, full: bool) -> (Run, Run) {
+    let pool = MySqlPoolOptions::new()
+        .min_connections(CLIENTS as u32)
+        .max_connections(CLIENTS as u32)
+        .connect(&db.admin_dsn())
+        .await
+        .expect("connect");
+    let mut runs = Vec::new();
+    for deleting in [false, true] {
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut conns = Vec::new();
+        for _ in 0..CLIENTS {
+            conns.push(pool.acquire().await.expect("acquire"));
+        }
+        let meter = Meter::start(pid);
+        let mut set = tokio::task::JoinSet::new();
+        for mut conn in conns {
+            let next = next.clone();
+            set.spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= N {
+                        break;
+                    }
+                    let t = Instant::now();
+                    let name = raw_name(round, i);
+                    let acct = format!("'{name}'@'%'");
+                    let stmts = if !deleting {
+                        let pw = SecretString::from(hex::encode(rand::random::<[u8; 32]>()));
+                        let hash = lessor_mysql::naming::native_hash(&pw);
+                        vec![
+                            format!("CREATE USER {acct} IDENTIFIED BY PASSWORD '{}'", hash.expose_secret()),
+                            format!("GRANT `orders_reader` TO {acct}"),
+                            format!("SET DEFAULT ROLE `orders_reader` FOR {acct}"),
+                        ]
+                    } else if full {
+                        vec![format!("ALTER USER {acct} ACCOUNT LOCK"), String::new(), format!("DROP USER IF EXISTS {acct}"), String::new()]
+                    } else {
+                        vec![format!("DROP USER {acct}")]
+                    };
+                    for sql in &stmts {
+                        if sql.is_empty() {
+                            // The sessions of the user (none here, as in lessor's run).
+                            let ids: Vec<u64> = sqlx::query_scalar(
+                                "SELECT CAST(ID AS UNSIGNED) FROM information_schema.PROCESSLIST WHERE USER = ? AND ID <> CONNECTION_ID()",
+                            )
+                            .bind(&name)
+                            .fetch_all(&mut *conn)
+                            .await
+                            .expect("sessions");
+                            assert!(ids.is_empty());
+                        } else {
+                            sqlx::Executor::execute(&mut *conn, sql.as_str()).await.expect("statement");
+                        }
+                    }
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                lat
+            });
+        }
+        let mut lat = Vec::new();
+        while let Some(r) = set.join_next().await {
+            lat.extend(r.expect("client"));
+        }
+        runs.push(meter.stop(N, lat));
+    }
+    pool.close().await;
+    (runs[0], runs[1])
+}
+
+/// Issues one lease of `role` per JWT through lessor; returns the run and
+/// the lease ids.
+async fn lessor_issue(url: &str, pid: &str, role: &str, jwts: Vec<String>) -> (Run, Vec<String>) {
+    let http = reqwest::Client::new();
+    let n = jwts.len();
+    let jwts = Arc::new(std::sync::Mutex::new(jwts));
+    let meter = Meter::start(pid);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let (http, url, jwts, role) = (http.clone(), url.to_owned(), jwts.clone(), role.to_owned());
+        set.spawn(async move {
+            let (mut lat, mut ids) = (Vec::new(), Vec::new());
+            loop {
+                let Some(jwt) = jwts.lock().expect("lock").pop() else { break };
+                let t = Instant::now();
+                let r = http
+                    .post(format!("{url}/v1/leases"))
+                    .bearer_auth(jwt)
+                    .json(&serde_json::json!({"role": role, "ttl": "10m"}))
+                    .send()
+                    .await
+                    .expect("request");
+                let status = r.status().as_u16();
+                let v: serde_json::Value = r.json().await.expect("json");
+                assert_eq!(status, 201, "{v}");
+                ids.push(v["lease_id"].as_str().expect("lease_id").to_owned());
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            (lat, ids)
+        });
+    }
+    let (mut lat, mut ids) = (Vec::new(), Vec::new());
+    while let Some(r) = set.join_next().await {
+        let (l, i) = r.expect("client");
+        lat.extend(l);
+        ids.extend(i);
+    }
+    assert_eq!(ids.len(), n);
+    (meter.stop(n, lat), ids)
+}
+
+/// Revokes every lease through lessor (admin token).
+async fn lessor_revoke(url: &str, pid: &str, admin: &str, ids: Vec<String>) -> Run {
+    let http = reqwest::Client::new();
+    let n = ids.len();
+    let ids = Arc::new(std::sync::Mutex::new(ids));
+    let meter = Meter::start(pid);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let (http, url, ids, admin) = (http.clone(), url.to_owned(), ids.clone(), admin.to_owned());
+        set.spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let Some(id) = ids.lock().expect("lock").pop() else { break };
+                let t = Instant::now();
+                let r = http.delete(format!("{url}/v1/leases/{id}")).bearer_auth(&admin).send().await.expect("request");
+                let status = r.status().as_u16();
+                let body = r.text().await.unwrap_or_default();
+                assert_eq!(status, 200, "{body}");
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            lat
+        });
+    }
+    let mut lat = Vec::new();
+    while let Some(r) = set.join_next().await {
+        lat.extend(r.expect("client"));
+    }
+    meter.stop(n, lat)
+}
+
+/// Medians over rounds, field by field.
+fn median(runs: &[Run]) -> Run {
+    let m = |f: fn(&Run) -> f64| pct(&mut runs.iter().map(f).collect::<Vec<_>>(), 0.5);
+    Run { rate: m(|r| r.rate), p50: m(|r| r.p50), p99: m(|r| r.p99), cpu_us: m(|r| r.cpu_us), server_us: m(|r| r.server_us) }
+}
+
+fn line(what: &str, r: &Run) {
+    println!(
+        "  {what:<52} {:8.0}/s  p50 {:6.2} ms  p99 {:6.2} ms  CPU/op: this process {:5.0} us, mariadbd {:5.0} us",
+        r.rate, r.p50, r.p99, r.cpu_us, r.server_us
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let db = TempMariadb::start().unwrap_or_else(|e| panic!("{e}"));
+    db.sql_as("admin", db.admin_password(), "CREATE ROLE orders_reader; GRANT SELECT ON app.orders TO orders_reader")
+        .expect("server role");
+    let pid = std::fs::read_to_string(db.dir().join("pid")).expect("mariadbd pid file").trim().to_owned();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &dir.join("policies"));
+    std::fs::write(
+        dir.join("policies/bench.cedar"),
+        "@id(\"bench\")\npermit(principal, action == Lessor::Action::\"issue\", resource is Lessor::Role);\n",
+    )
+    .expect("policy");
+    let dev = DevIssuer::load_or_create(dir).expect("dev issuer");
+    std::fs::write(dir.join("my.dsn"), db.admin_dsn()).expect("dsn");
+    let cfg = format!(
+        r#"
+listen = "127.0.0.1:0"
+store = "sqlite://{db}"
+data_dir = "{dir}"
+policies = "{dir}/policies"
+[quotas]
+max_active_per_owner = 0
+issues_per_minute_per_owner = 0
+[issuers.dev]
+issuer = "{DEV_ISSUER}"
+jwks_file = "{jwks}"
+audiences = ["{DEV_AUDIENCE}"]
+algorithms = ["ES256"]
+preset = "github-actions"
+[scopes."orders.read"]
+allows = "Read orders."
+[connections.token]
+plugin = "token"
+[connections.token.roles.plain]
+max_ttl = "1h"
+
+[connections.my]
+plugin = "mysql"
+[connections.my.config]
+dsn_file = "{dir}/my.dsn"
+pool_size = {CLIENTS}
+[connections.my.roles.app]
+max_ttl = "1h"
+scopes = ["orders.read"]
+default_scopes = ["orders.read"]
+[connections.my.roles.app.config]
+database = "app"
+[connections.my.roles.app.config.roles]
+"orders.read" = ["orders_reader"]
+"#,
+        db = dir.join("lessor.db").display(),
+        dir = dir.display(),
+        jwks = jwks_path(dir).display(),
+    );
+    let cfg = Config::from_toml(&cfg).expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let running = lessor::server::start(cfg, listener).await.expect("start");
+    let url = format!("http://{}", running.addr);
+    let admin_token = std::fs::read_to_string(dir.join("admin.token")).expect("admin token").trim().to_owned();
+    // Fresh workload JWTs, minted before each timed run (the issuer signs
+    // them, not lessor).
+    let mint = |tag: &str, n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let claims = DevIssuer::github_claims(&format!("acme/{tag}{i}"), "refs/heads/main", None);
+                dev.mint(claims, Duration::from_secs(600)).expect("mint").expose_secret().to_owned()
+            })
+            .collect()
+    };
+    // Warm-up: connections, JWKS, caches.
+    let (_, ids) = lessor_issue(&url, &pid, "my/app", mint("warm", CLIENTS * 4)).await;
+    lessor_revoke(&url, &pid, &admin_token, ids).await;
+
+    // Three rounds, alternating raw and lessor, reporting medians (raw issue
+    // runs twice a round): runs on a shared 2-core machine vary by several
+    // percent.
+    let (mut raw_i, mut drop_only, mut raw_full, mut issues, mut revokes, mut tokens) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let load_start = loadavg();
+    for round in 0..ROUNDS {
+        let (i, d) = raw(&db, &pid, 2 * round, false).await;
+        raw_i.push(i);
+        drop_only.push(d);
+        let (i, f) = raw(&db, &pid, 2 * round + 1, true).await;
+        raw_i.push(i);
+        raw_full.push(f);
+        let jwts = mint(&format!("svc{round}-"), N);
+        let (issue, ids) = lessor_issue(&url, &pid, "my/app", jwts).await;
+        issues.push(issue);
+        revokes.push(lessor_revoke(&url, &pid, &admin_token, ids).await);
+        // The same path with a vendor that costs nothing (a lessor-signed
+        // token): lessor's own share.
+        tokens.push(lessor_issue(&url, &pid, "token/plain", mint(&format!("tok{round}-"), N)).await.0);
+        println!("  (round {}: load average {})", round + 1, loadavg());
+    }
+    let (ri, rd, rf, li, lr, lt) =
+        (median(&raw_i), median(&drop_only), median(&raw_full), median(&issues), median(&revokes), median(&tokens));
+    let left = db.users_with_prefix("lessor_").expect("users");
+    assert!(left.is_empty(), "users left after revocation: {}", left.len());
+    println!(
+        "MariaDB users, {CLIENTS} concurrent clients, {N} users per run, median of {ROUNDS} runs, {} CPU(s), load average {load_start} at the start, {} at the end",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        loadavg()
+    );
+    line("raw issue (CREATE USER + GRANT + SET DEFAULT ROLE)", &ri);
+    line("lessor issue over HTTP (JWT, policy, lease, user)", &li);
+    println!("  ratio lessor / raw issue: {:.2}", li.rate / ri.rate);
+    line("raw revoke, DROP USER alone", &rd);
+    line("raw revoke, lock + sessions + drop + sessions", &rf);
+    line("lessor revoke over HTTP (DELETE /v1/leases/id)", &lr);
+    println!("  ratio lessor / raw revoke: {:.2} (DROP USER alone), {:.2} (same sequence)", lr.rate / rd.rate, lr.rate / rf.rate);
+    line("lessor alone, token role (no vendor call)", &lt);
+    running.shutdown().await;
+}
