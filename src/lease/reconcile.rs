@@ -247,7 +247,7 @@ impl Reconciler {
         let mut out: Vec<VendorObject> = Vec::new();
         loop {
             let after = out.last().map(|o| o.name.clone());
-            let page = match tokio::time::timeout(self.call_timeout, plugin.list_objects(after.as_deref(), PAGE)).await {
+            let page = match lessor_plugin::call::bounded("list_objects", self.call_timeout, plugin.list_objects(after.as_deref(), PAGE)).await {
                 Ok(r) => r?,
                 Err(_) => {
                     return Err(PluginError::Retryable(format!(
@@ -459,7 +459,7 @@ impl Reconciler {
                 root_version: None,
             },
         };
-        let result = match tokio::time::timeout(self.call_timeout, plugin.revoke(&lref)).await {
+        let result = match lessor_plugin::call::bounded("revoke", self.call_timeout, plugin.revoke(&lref)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("revocation did not finish within {}", crate::fmt_duration(self.call_timeout))),

@@ -1487,7 +1487,9 @@ impl Plugin for PostgresPlugin {
             return Err(fail(e).await);
         }
 
-        // 2. End its sessions.
+        // 2. End its sessions. Between steps: past the call's deadline stop
+        //    here (logins are already blocked; the retry finishes the rest).
+        lessor_plugin::call::check("ending the sessions of the lease's roles")?;
         for (name, oid) in &found {
             match terminate_sessions(&mut conn, *oid).await {
                 Ok(0) => {}
@@ -1506,6 +1508,7 @@ impl Plugin for PostgresPlugin {
             admin: &admin.name,
         };
         for (name, oid) in &found {
+            lessor_plugin::call::check(&format!("dropping `{name}`"))?;
             let mut tries = 0;
             loop {
                 match self.drop_role(&root, &mut conn, &ctx, name, *oid).await {
@@ -1745,6 +1748,9 @@ impl RootCredentials for PostgresPlugin {
         }
         let q = quote_ident(&user).map_err(|e| PluginError::Permanent(e.to_string()))?;
         let v = crate::sql::quote_literal(&verifier).map_err(|e| PluginError::Permanent(e.to_string()))?;
+        // Past the deadline nobody would receive the new DSN: do not change
+        // the password then.
+        lessor_plugin::call::check(&format!("changing the password of `{user}`"))?;
         if let Err(e) = exec(&mut conn, &format!("ALTER ROLE {q} PASSWORD {v}")).await {
             let mut err = self
                 .fail(&root, e, db, &format!("changing the password of `{user}`"))
