@@ -23,16 +23,19 @@ use crate::support::{Daemon, Issuer, Opts};
 /// scheduled passes off and the given grace.
 async fn daemon(iss: &Issuer, pg: &TempPostgres, conn: &str, grace: &str, store: Option<String>) -> (Daemon, tempfile::TempDir) {
     let aux = tempfile::tempdir().unwrap();
-    let toml = pg_toml(pg, aux.path()).replace("[connections.pg", &format!("[connections.{conn}"));
-    let d = Daemon::start_with(Opts {
+    let d = Daemon::start_with(opts(iss, pg, conn, grace, store, aux.path())).await;
+    (d, aux)
+}
+
+fn opts(iss: &Issuer, pg: &TempPostgres, conn: &str, grace: &str, store: Option<String>, aux: &Path) -> Opts {
+    let toml = pg_toml(pg, aux).replace("[connections.pg", &format!("[connections.{conn}"));
+    Opts {
         issuer_url: iss.url.clone(),
         extra_toml: format!("{toml}\n[reconcile]\ninterval = \"0s\"\ngrace = \"{grace}\"\n"),
         policy: PG_POLICY.replace("\"pg/app\"", &format!("\"{conn}/app\"")),
         store,
         ..Default::default()
-    })
-    .await;
-    (d, aux)
+    }
 }
 
 async fn issue(d: &Daemon, iss: &Issuer, conn: &str) -> (String, String) {
@@ -260,4 +263,64 @@ async fn passes_are_one_at_a_time_across_replicas_on_a_postgres_store() {
     let lite = lessor::store::open(&format!("sqlite://{}", dir.path().join("l.db").display())).await.unwrap();
     let a = lite.try_lock("reconcile").await.unwrap();
     assert!(a.is_some());
+}
+
+/// A stray without a lease row waits out its grace once: the time a pass
+/// first saw it is kept in the store, so a restart neither starts the grace
+/// over nor forgets it; revoked or gone, it is forgotten.
+#[tokio::test]
+async fn a_strays_grace_is_counted_once_across_a_restart() {
+    let iss = Issuer::start().await;
+    let pg = start_pg();
+    let aux = tempfile::tempdir().unwrap();
+    let o = opts(&iss, &pg, "rc5", "4s", None, aux.path());
+    let mut d = Daemon::start_with(o.clone()).await;
+    let (deleted, deleted_role) = issue(&d, &iss, "rc5").await;
+    sqlx::query("DELETE FROM leases WHERE id = ?").bind(&deleted).execute(&mut sqlite(&d).await).await.unwrap();
+    let sneaky = format!("lessor_app_sneaky_{}", hex32());
+    let vanishing = format!("lessor_app_vanishing_{}", hex32());
+    pg.psql("postgres", &format!("CREATE ROLE {sneaky} LOGIN; CREATE ROLE {vanishing} LOGIN")).unwrap();
+
+    let t0 = std::time::Instant::now();
+    let v = pass(&d).await;
+    let strays = conn_report(&v, "rc5")["strays"].as_array().unwrap().clone();
+    assert_eq!(strays.len(), 3, "{v}");
+    assert!(strays.iter().all(|s| s["outcome"] == "waiting" && s["reason"] == "no_lease"), "{v}");
+    let after_of = |strays: &[Value], name: &str| strays.iter().find(|s| s["object"] == name).map(|s| s["revoke_after"].clone());
+    let (due_deleted, due_sneaky) = (after_of(&strays, &deleted_role).unwrap(), after_of(&strays, &sneaky).unwrap());
+    let recorded = |d: &Daemon| {
+        let store = d.running().store.clone();
+        async move { store.stray_objects("rc5", 100).await.unwrap() }
+    };
+    let mut all = vec![deleted_role.clone(), sneaky.clone(), vanishing.clone()];
+    all.sort();
+    assert_eq!(recorded(&d).await, all);
+
+    // Restarted half-way through the grace; meanwhile one stray was
+    // dropped by hand.
+    d.stop().await;
+    pg.psql("postgres", &format!("DROP ROLE {vanishing}")).unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let d = Daemon::start_in(&d.dir, &o).await;
+    let v = pass(&d).await;
+    let strays = conn_report(&v, "rc5")["strays"].as_array().unwrap().clone();
+    assert_eq!(strays.len(), 2, "{v}");
+    assert!(strays.iter().all(|s| s["outcome"] == "waiting"), "{v}");
+    assert_eq!(after_of(&strays, &deleted_role), Some(due_deleted), "the same deadline, not a new grace: {v}");
+    assert_eq!(after_of(&strays, &sneaky), Some(due_sneaky), "{v}");
+    let mut left = vec![deleted_role.clone(), sneaky.clone()];
+    left.sort();
+    assert_eq!(recorded(&d).await, left, "the vanished one is forgotten");
+
+    // The original grace (4s from the first pass), well short of a new one
+    // (4s from the second): revoked.
+    tokio::time::sleep(Duration::from_millis(4100).saturating_sub(t0.elapsed())).await;
+    let v = pass(&d).await;
+    let strays = conn_report(&v, "rc5")["strays"].as_array().unwrap().clone();
+    assert_eq!(strays.len(), 2, "{v}");
+    assert!(strays.iter().all(|s| s["outcome"] == "revoked"), "{v}");
+    assert!(!role_exists(&pg, &sneaky) && !role_exists(&pg, &deleted_role));
+    assert!(recorded(&d).await.is_empty(), "revoked ones are forgotten");
+    let v = pass(&d).await;
+    assert_eq!(v["clean"], true, "{v}");
 }
