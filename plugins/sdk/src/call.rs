@@ -8,7 +8,7 @@
 //! dropped it). The trait's method signatures do not change; a plugin that
 //! makes several vendor round trips reads the scope between them:
 //!
-//! ```ignore
+//! ```text
 //! lessor_plugin::call::check("DROP ROLE")?; // deadline passed: stop here, retryable
 //! let step = lessor_plugin::call::remaining().unwrap_or(DEFAULT).min(MY_STEP_TIMEOUT);
 //! ```
