@@ -370,6 +370,12 @@ pub struct LeaseSettings {
     /// [`LeaseSettings::call_timeout`]).
     #[serde(default, rename = "call_timeout", with = "crate::duration::serde_opt")]
     pub call_timeout_set: Option<Duration>,
+    /// Longest one check (`validate_root`) or rotation (`rotate_root`) of a
+    /// managed root credential may take; past it the call is cancelled, it
+    /// fails naming this setting and nothing changes (no version stored,
+    /// the active one stays). Between 1s and 10m.
+    #[serde(default = "default_root_timeout", with = "crate::duration::serde")]
+    pub root_timeout: Duration,
     /// PostgreSQL store with replicas: how long expiry work a replica took
     /// stays reserved for it after its last heartbeat. A live replica renews
     /// its claims every `claim_timeout / 3`, so a slow batch keeps them; a
@@ -415,6 +421,14 @@ fn default_retry_max() -> Duration {
 fn default_revoke_timeout() -> Duration {
     Duration::from_secs(60)
 }
+/// Default of `leases.root_timeout`.
+pub const DEFAULT_ROOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bounds of `leases.root_timeout`.
+pub const ROOT_TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(600));
+
+fn default_root_timeout() -> Duration {
+    DEFAULT_ROOT_TIMEOUT
+}
 fn default_claim_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -449,6 +463,7 @@ impl Default for LeaseSettings {
             retry_max: default_retry_max(),
             revoke_timeout: default_revoke_timeout(),
             call_timeout_set: None,
+            root_timeout: default_root_timeout(),
             claim_timeout: default_claim_timeout(),
             retention: default_retention(),
         }
@@ -1127,6 +1142,15 @@ impl Config {
                 crate::fmt_duration(self.leases.pending_grace)
             ));
         }
+        let (lo, hi) = ROOT_TIMEOUT_RANGE;
+        if self.leases.root_timeout < lo || self.leases.root_timeout > hi {
+            return bad(format!(
+                "leases.root_timeout is {}; it must be between {} and {}",
+                crate::fmt_duration(self.leases.root_timeout),
+                crate::fmt_duration(lo),
+                crate::fmt_duration(hi)
+            ));
+        }
         if self.leases.claim_timeout < Duration::from_millis(300) {
             return bad(format!(
                 "leases.claim_timeout is {}; it must be at least 300ms (heartbeats renew claims every claim_timeout / 3)",
@@ -1184,6 +1208,14 @@ mod tests {
         c.leases.pending_grace = Duration::from_secs(3);
         c.validate().unwrap();
         assert_eq!(c.leases.call_timeout(), Duration::from_millis(1500));
+        // The root-credential bound: 60s unless set, within 1s..10m.
+        assert_eq!(c.leases.root_timeout, Duration::from_secs(60));
+        let c2 = Config::from_toml("[leases]\nroot_timeout = \"500ms\"").unwrap();
+        let err = c2.validate().unwrap_err().to_string();
+        assert!(err.contains("leases.root_timeout is 500ms; it must be between 1s and 10m"), "{err}");
+        let c3 = Config::from_toml("[leases]\nroot_timeout = \"2h\"").unwrap();
+        assert!(c3.validate().unwrap_err().to_string().contains("leases.root_timeout is 2h"));
+        Config::from_toml("[leases]\nroot_timeout = \"5s\"").unwrap().validate().unwrap();
     }
 
     #[test]

@@ -214,7 +214,8 @@ async fn start_inner(
         policy.clone(),
         audit.clone(),
         seal.derive_hmac_key(crate::connections::FINGERPRINT_KEY_PURPOSE),
-    ));
+    )
+    .with_timeouts(cfg.leases.call_timeout(), cfg.leases.root_timeout));
     roots.start().await.context("root credentials")?;
     let leases = LeaseService::new(store.clone(), catalog, policy.clone(), cfg.leases.clone()).with_quotas(cfg.quotas.clone())
         .with_audit(audit.clone())

@@ -275,7 +275,7 @@ async fn check(path: &std::path::Path, connections: bool) -> anyhow::Result<Exit
     let mut failed = 0;
     for (name, plugin) in &catalog.connections {
         let limit = cfg.leases.call_timeout();
-        let checked = tokio::time::timeout(limit, plugin.validate()).await.unwrap_or_else(|_| {
+        let checked = lessor_plugin::call::bounded("validate", limit, plugin.validate()).await.unwrap_or_else(|_| {
             Err(lessor_plugin::PluginError::Retryable(format!("no answer within {} (leases.call_timeout)", crate::fmt_duration(limit))))
         });
         match checked {

@@ -239,6 +239,10 @@ pub struct RootCredentials {
     installed: std::sync::Mutex<HashMap<String, Installed>>,
     /// Serializes installs per process (they are rare).
     sync_lock: tokio::sync::Mutex<()>,
+    /// Bound on one `install_root` / `remove_root` (`leases.call_timeout`).
+    call_timeout: Duration,
+    /// Bound on one `validate_root` / `rotate_root` (`leases.root_timeout`).
+    root_timeout: Duration,
 }
 
 /// Purpose label of the fingerprint key ([`crate::seal::Seal::derive_hmac_key`]).
@@ -315,7 +319,23 @@ impl RootCredentials {
             fingerprint_key,
             installed: std::sync::Mutex::new(HashMap::new()),
             sync_lock: tokio::sync::Mutex::new(()),
+            call_timeout: crate::config::LeaseSettings::default().call_timeout(),
+            root_timeout: crate::config::DEFAULT_ROOT_TIMEOUT,
         }
+    }
+
+    /// The bounds on plugin calls: `install_root` / `remove_root` by
+    /// `call_timeout` (`leases.call_timeout`), `validate_root` /
+    /// `rotate_root` by `root_timeout` (`leases.root_timeout`).
+    pub fn with_timeouts(mut self, call_timeout: Duration, root_timeout: Duration) -> Self {
+        self.call_timeout = call_timeout;
+        self.root_timeout = root_timeout;
+        self
+    }
+
+    /// `op` of `conn` past its bound, as a plugin error naming the setting.
+    fn elapsed(conn: &str, e: lessor_plugin::call::Elapsed, setting: &str) -> PluginError {
+        PluginError::Retryable(format!("connection `{conn}`: {e} ({setting}); the plugin was told to stop"))
     }
 
     /// At start: refuses a store whose root credentials were written under
@@ -382,9 +402,9 @@ impl RootCredentials {
         for v in wanted.iter().filter(|v| v.state == SecretState::Retiring) {
             if !now.all.contains(&v.version) {
                 let secret = kek::decrypt(&self.kek, conn, v.version, &v.ciphertext, &v.wrapped_dek, &v.kek_id).await?;
-                plugin
-                    .install_root(v.version, secret, false)
+                lessor_plugin::call::bounded("install_root", self.call_timeout, plugin.install_root(v.version, secret, false))
                     .await
+                    .unwrap_or_else(|e| Err(Self::elapsed(conn, e, "leases.call_timeout")))
                     .map_err(|e| ConnError::Plugin { connection: conn.into(), message: plugin_msg(&e) })?;
                 now.all.insert(v.version);
             }
@@ -392,9 +412,9 @@ impl RootCredentials {
         if let Some(v) = wanted.iter().find(|v| v.state == SecretState::Active) {
             if now.active != Some(v.version) {
                 let secret = kek::decrypt(&self.kek, conn, v.version, &v.ciphertext, &v.wrapped_dek, &v.kek_id).await?;
-                plugin
-                    .install_root(v.version, secret, true)
+                lessor_plugin::call::bounded("install_root", self.call_timeout, plugin.install_root(v.version, secret, true))
                     .await
+                    .unwrap_or_else(|e| Err(Self::elapsed(conn, e, "leases.call_timeout")))
                     .map_err(|e| ConnError::Plugin { connection: conn.into(), message: plugin_msg(&e) })?;
                 now.all.insert(v.version);
                 tracing::info!(connection = conn, version = v.version, "root credential installed as active");
@@ -403,7 +423,10 @@ impl RootCredentials {
         now.active = active;
         let keep: BTreeSet<i64> = wanted.iter().map(|v| v.version).collect();
         for gone in now.all.difference(&keep).copied().collect::<Vec<_>>() {
-            if let Err(e) = plugin.remove_root(gone).await {
+            let removed = lessor_plugin::call::bounded("remove_root", self.call_timeout, plugin.remove_root(gone))
+                .await
+                .unwrap_or_else(|e| Err(Self::elapsed(conn, e, "leases.call_timeout")));
+            if let Err(e) = removed {
                 tracing::warn!(connection = conn, version = gone, error = %e, "removing a retired root credential failed");
             }
             now.all.remove(&gone);
@@ -677,7 +700,9 @@ impl RootCredentials {
         let plugin = self.plugins.get(conn).cloned().ok_or_else(|| ConnError::NotFound(conn.to_owned()))?;
         let secret = kek::decrypt(&self.kek, conn, v.version, &v.ciphertext, &v.wrapped_dek, &v.kek_id).await?;
         let validated = match plugin.root_credentials() {
-            Some(root) => root.validate_root(&secret).await,
+            Some(root) => lessor_plugin::call::bounded("validate_root", self.root_timeout, root.validate_root(&secret))
+                .await
+                .unwrap_or_else(|e| Err(Self::elapsed(conn, e, "leases.root_timeout"))),
             None => Err(PluginError::Unsupported("managed root credentials".into())),
         };
         let result = match validated {
@@ -896,7 +921,12 @@ impl RootCredentials {
             return Err(ConnError::Conflict(format!("connection `{conn}` has no active root credential to rotate from")));
         }
         self.ensure_current(conn).await?;
-        let secret = match root.rotate_root().await {
+        // Bounded: past `leases.root_timeout` the call is cancelled, no
+        // version is stored and the active one stays active.
+        let rotated = lessor_plugin::call::bounded("rotate_root", self.root_timeout, root.rotate_root())
+            .await
+            .unwrap_or_else(|e| Err(Self::elapsed(conn, e, "leases.root_timeout")));
+        let secret = match rotated {
             Ok(s) => s,
             Err(e) => {
                 let e = ConnError::Plugin { connection: conn.into(), message: plugin_msg(&e) };

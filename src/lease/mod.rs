@@ -602,7 +602,7 @@ impl LeaseService {
         // Bounded: past the call timeout the issue is cancelled and its
         // pending lease revoked below, like any failed issue.
         let limit = self.settings.call_timeout();
-        let issued = match tokio::time::timeout(limit, role.plugin.issue(req)).await.unwrap_or_else(|_| {
+        let issued = match lessor_plugin::call::bounded("issue", limit, role.plugin.issue(req)).await.unwrap_or_else(|_| {
             Err(PluginError::Retryable(format!("the plugin did not finish issuing within {}", crate::fmt_duration(limit))))
         }) {
             Ok(i) => i,
@@ -679,7 +679,7 @@ impl LeaseService {
             root_version: lease.root_version,
         };
         let limit = self.settings.revoke_timeout;
-        let outcome = match tokio::time::timeout(limit, role.plugin.revoke(&lref)).await {
+        let outcome = match lessor_plugin::call::bounded("revoke", limit, role.plugin.revoke(&lref)).await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err(format!("revocation did not finish within {}", crate::fmt_duration(limit))),
         };
@@ -872,7 +872,7 @@ impl LeaseService {
             root_version: lease.root_version,
         };
         let limit = self.settings.call_timeout();
-        let vendor_exp = tokio::time::timeout(limit, role.plugin.renew(RenewRequest { lease: lref, expires_at: new_exp }))
+        let vendor_exp = lessor_plugin::call::bounded("renew", limit, role.plugin.renew(RenewRequest { lease: lref, expires_at: new_exp }))
             .await
             .unwrap_or_else(|_| {
                 Err(PluginError::Retryable(format!("the plugin did not finish renewing within {}", crate::fmt_duration(limit))))
@@ -1121,7 +1121,7 @@ impl LeaseService {
         // replicas, this replica's claim) forever: past the timeout the
         // attempt is a failure like any other and is retried later.
         let limit = self.settings.revoke_timeout;
-        let (outcome, seen) = match tokio::time::timeout(limit, role.plugin.revoke(&lref)).await {
+        let (outcome, seen) = match lessor_plugin::call::bounded("revoke", limit, role.plugin.revoke(&lref)).await {
             Ok(Ok(())) => (Ok(()), breaker::Observed::Answered),
             Ok(Err(e @ PluginError::Retryable(_))) => (Err(e.to_string()), breaker::Observed::Retryable),
             Ok(Err(e)) => (Err(e.to_string()), breaker::Observed::Answered),

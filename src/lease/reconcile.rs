@@ -9,7 +9,9 @@
 //! - an object whose lease ended, or whose lease row does not exist, is a
 //!   **stray**: revoked through the plugin (by its lease id, like a pending
 //!   lease) once it has been a stray for `grace` (its lease ended `grace`
-//!   ago; with no row, this replica first saw it `grace` ago), audited
+//!   ago; with no row, a pass first saw it `grace` ago: that time is kept in
+//!   the store ([`crate::store::ClusterStore::stray_first_seen`]), so a
+//!   restart or another replica does not start the grace over), audited
 //!   (`reconcile.revoke`, connection and object name) and counted
 //!   (`lessor_reconcile_strays_total{connection,outcome}`);
 //! - an active lease whose object is not there is **missing**: reported
@@ -26,7 +28,7 @@
 //! Must not import: http, sqlx.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lessor_plugin::{LeaseId, LeaseRef, Plugin, PluginError, VendorObject};
@@ -43,6 +45,8 @@ use crate::telemetry::metrics;
 pub const PAGE: u32 = 1_000;
 /// Most objects listed per connection per pass.
 pub const MAX_OBJECTS: usize = 100_000;
+/// [`MAX_OBJECTS`] as the store's limit type.
+const MAX_OBJECTS_U32: u32 = MAX_OBJECTS as u32;
 /// Most active leases loaded per role per pass (for the missing check).
 pub const MAX_LEASES: u32 = 10_000;
 /// Most single lease reads per connection per pass (objects whose lease is
@@ -168,9 +172,6 @@ pub struct Reconciler {
     settings: ReconcileSettings,
     /// Longest one vendor call (list page, revocation) may take.
     call_timeout: Duration,
-    /// (connection, object name) -> when this process first saw it as a
-    /// stray without a lease row. Forgotten once the object is gone.
-    first_seen: Mutex<HashMap<(String, String), OffsetDateTime>>,
     /// One pass at a time in this process.
     running: tokio::sync::Mutex<()>,
 }
@@ -199,7 +200,6 @@ impl Reconciler {
             audit,
             settings,
             call_timeout,
-            first_seen: Mutex::new(HashMap::new()),
             running: tokio::sync::Mutex::new(()),
         }
     }
@@ -247,7 +247,7 @@ impl Reconciler {
         let mut out: Vec<VendorObject> = Vec::new();
         loop {
             let after = out.last().map(|o| o.name.clone());
-            let page = match tokio::time::timeout(self.call_timeout, plugin.list_objects(after.as_deref(), PAGE)).await {
+            let page = match lessor_plugin::call::bounded("list_objects", self.call_timeout, plugin.list_objects(after.as_deref(), PAGE)).await {
                 Ok(r) => r?,
                 Err(_) => {
                     return Err(PluginError::Retryable(format!(
@@ -316,6 +316,13 @@ impl Reconciler {
         rep: &mut ConnectionReport,
     ) -> Result<(), StoreError> {
         let grace = time::Duration::try_from(self.settings.grace).unwrap_or(time::Duration::MAX);
+        // Whether every object at the vendor was listed: only then is one
+        // not listed known to be gone.
+        let listing_complete = !rep.truncated;
+        // Strays without a lease row whose first-seen time is kept; those
+        // that are no such stray any more are forgotten after the loop.
+        let recorded: HashSet<String> = self.store.stray_objects(name, MAX_OBJECTS_U32).await?.into_iter().collect();
+        let mut still: HashSet<String> = HashSet::new();
         // The connection's active leases, after the listing: a lease that
         // ended meanwhile is not among them, and its object is then judged
         // by its end time (within grace: left alone).
@@ -343,6 +350,7 @@ impl Reconciler {
             }
             if lookups >= MAX_LOOKUPS {
                 rep.truncated = true;
+                still.insert(o.name.clone());
                 continue;
             }
             lookups += 1;
@@ -355,7 +363,12 @@ impl Reconciler {
                 // revoked by the worker. Never touched here.
                 Some(l) if l.state.is_live() => continue,
                 Some(l) => (StrayKind::LeaseEnded, l.ended_at.unwrap_or(l.issued_at)),
-                None => (StrayKind::NoLease, self.first_seen(name, &o.name, now)),
+                None => {
+                    let at = self.store.stray_first_seen(name, &o.name, crate::store::to_ms(now)).await?;
+                    // A time that does not read back: count from now
+                    // rather than revoke early.
+                    (StrayKind::NoLease, crate::store::from_ms(at).unwrap_or(now).min(now))
+                }
             };
             let due = since.checked_add(grace).unwrap_or(time::PrimitiveDateTime::MAX.assume_utc());
             let outcome = if now < due {
@@ -367,15 +380,18 @@ impl Reconciler {
                 budget -= 1;
                 self.revoke(name, plugin, &o, &id, kind, lease.as_ref(), trigger).await?
             };
-            if outcome == StrayOutcome::Revoked {
-                self.forget(name, &o.name);
+            if kind == StrayKind::NoLease && outcome != StrayOutcome::Revoked {
+                still.insert(o.name.clone());
             }
             rep.strays.push(Stray { name: o.name, lease_id: Some(id), kind, outcome });
         }
-        // Objects gone since: no first-seen time to keep.
-        if let Ok(mut fs) = self.first_seen.lock() {
-            fs.retain(|(c, n), _| c != name || present.contains(n));
-        }
+        // Revoked, gone since, or with a lease row now: no first-seen time
+        // to keep. One not listed by a truncated listing may still be there.
+        let forget: Vec<String> = recorded
+            .into_iter()
+            .filter(|n| !still.contains(n) && (present.contains(n) || listing_complete))
+            .collect();
+        self.store.stray_forget(name, &forget).await?;
 
         // Missing: active leases issued `grace` before the listing (so their
         // object was made before it), not scheduled for revocation, and
@@ -408,20 +424,6 @@ impl Reconciler {
             }
         }
         Ok(())
-    }
-
-    fn first_seen(&self, connection: &str, object: &str, now: OffsetDateTime) -> OffsetDateTime {
-        match self.first_seen.lock() {
-            Ok(mut fs) => *fs.entry((connection.to_owned(), object.to_owned())).or_insert(now),
-            // A poisoned map: start the grace again rather than revoke early.
-            Err(_) => now,
-        }
-    }
-
-    fn forget(&self, connection: &str, object: &str) {
-        if let Ok(mut fs) = self.first_seen.lock() {
-            fs.remove(&(connection.to_owned(), object.to_owned()));
-        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -459,7 +461,7 @@ impl Reconciler {
                 root_version: None,
             },
         };
-        let result = match tokio::time::timeout(self.call_timeout, plugin.revoke(&lref)).await {
+        let result = match lessor_plugin::call::bounded("revoke", self.call_timeout, plugin.revoke(&lref)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("revocation did not finish within {}", crate::fmt_duration(self.call_timeout))),

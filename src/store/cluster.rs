@@ -6,7 +6,8 @@
 //! `replicas` (`within`) use the database's clock on both backends (SQLite's
 //! `'now'`, PostgreSQL's `clock_timestamp()`), so a replica with a skewed
 //! clock is neither listed as gone nor kept alive by it; the others read no
-//! clock.
+//! clock; `stray_first_seen` records the caller's clock (the reconciler
+//! compares it with its own).
 //!
 //! Must not import: http, policy, identity.
 
@@ -94,4 +95,19 @@ pub trait ClusterStore: Send + Sync {
     async fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError>;
 
     async fn meta_put_if_absent(&self, key: &str, value: &str) -> Result<bool, StoreError>;
+
+    /// The reconciler's memory of a stray without a lease row: records
+    /// `now_ms` (unix ms, the caller's clock) as when `object` of
+    /// `connection` was first seen, unless a time is recorded already, and
+    /// returns the recorded one. Kept across restarts and replicas, so a
+    /// stray's grace period is counted once.
+    async fn stray_first_seen(&self, connection: &str, object: &str, now_ms: i64) -> Result<i64, StoreError>;
+
+    /// The objects of `connection` with a recorded first-seen time, in name
+    /// order, at most `limit`.
+    async fn stray_objects(&self, connection: &str, limit: u32) -> Result<Vec<String>, StoreError>;
+
+    /// Forgets the first-seen times of `objects` of `connection` (revoked,
+    /// or no longer at the vendor). Unknown ones are ignored.
+    async fn stray_forget(&self, connection: &str, objects: &[String]) -> Result<(), StoreError>;
 }

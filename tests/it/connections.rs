@@ -36,6 +36,18 @@ pub(crate) struct FakeRoot {
     /// (lease id, root version) of each revocation.
     revoked: Mutex<Vec<(String, Option<i64>)>>,
     rotations: Mutex<u32>,
+    /// When set, `rotate_root` takes this long (a vendor that hangs).
+    rotate_delay: Mutex<Option<std::time::Duration>>,
+    /// What the plugin saw of its call scope: (call, time left at its start).
+    scopes: Mutex<Vec<(&'static str, Option<std::time::Duration>)>>,
+    /// Set when a slow rotation saw its call cancelled.
+    rotate_cancelled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FakeRoot {
+    fn saw(&self, op: &'static str) {
+        self.scopes.lock().unwrap().push((op, lessor_plugin::call::remaining()));
+    }
 }
 
 fn parse(secret: &str) -> Result<Validation, PluginError> {
@@ -65,6 +77,7 @@ impl Plugin for FakeRoot {
         parse(&secret.ok_or_else(|| PluginError::Misconfigured("no root credential".into()))?)
     }
     async fn issue(&self, req: IssueRequest) -> Result<Issued, PluginError> {
+        self.saw("issue");
         let v = self.active.lock().unwrap().ok_or_else(|| PluginError::Misconfigured("no root credential installed".into()))?;
         Ok(Issued {
             handle: json!({"id": req.lease_id.to_string()}),
@@ -107,6 +120,20 @@ impl RootCredentials for FakeRoot {
         Ok(())
     }
     async fn rotate_root(&self) -> Result<SecretString, PluginError> {
+        self.saw("rotate_root");
+        let delay = *self.rotate_delay.lock().unwrap();
+        if let Some(delay) = delay {
+            // A multi-step plugin: watches its call's cancellation (as a
+            // task it spawned would) and stops between steps.
+            let token = lessor_plugin::call::cancellation().expect("rotate_root runs inside a call scope");
+            let flag = self.rotate_cancelled.clone();
+            tokio::spawn(async move {
+                token.cancelled().await;
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            tokio::time::sleep(delay).await;
+            lessor_plugin::call::check("changing the password")?;
+        }
         *self.rotations.lock().unwrap() += 1;
         Ok(SecretString::from(format!("lessor_admin:app:ROTATED-{}", hex::encode(rand::random::<[u8; 8]>()))))
     }
@@ -168,12 +195,17 @@ impl Fakes {
 
 /// Starts the real server on `dir` with the fake plugins as the catalogue.
 pub(crate) async fn start(dir: &Path, iss: &str, extra: &str, store: Option<&str>, fakes: &Fakes) -> anyhow::Result<Daemon> {
+    start_with(dir, iss, extra, "", store, fakes).await
+}
+
+/// [`start`] with extra `[leases]` settings.
+async fn start_with(dir: &Path, iss: &str, extra: &str, leases: &str, store: Option<&str>, fakes: &Fakes) -> anyhow::Result<Daemon> {
     let policies = dir.join("policies");
     if !policies.exists() {
         copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &policies);
         std::fs::write(policies.join("test-extra.cedar"), POLICY).unwrap();
     }
-    let mut text = config_text(dir, &policies, iss, extra, "");
+    let mut text = config_text(dir, &policies, iss, extra, leases);
     if let Some(s) = store {
         text = text.replace(&format!("store = \"sqlite://{}\"", dir.join("lessor.db").display()), &format!("store = \"{s}\""));
     }
@@ -493,6 +525,66 @@ async fn staging_needs_no_approval_and_a_wrong_kek_stops_the_start() {
     let d = start(tmp.path(), &iss.url, &toml, None, &fresh).await.unwrap();
     assert_eq!(*fresh.stg.active.lock().unwrap(), Some(1));
     drop(d);
+}
+
+/// A rotation that outlives `leases.root_timeout` fails naming the setting,
+/// is cancelled (the plugin sees it and stops before its vendor step), and
+/// changes nothing: no new version, the active one stays active and in use.
+/// Plugins see the core's deadline inside their calls.
+#[tokio::test]
+async fn a_hung_rotation_times_out_precisely_and_changes_nothing() {
+    let iss = Issuer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let fakes = Fakes::new();
+    let toml = fake_toml("90d", "2099-01-01");
+    let d = start_with(tmp.path(), &iss.url, &toml, "call_timeout = \"7s\"\nroot_timeout = \"1s\"", None, &fakes).await.unwrap();
+    let api = Api { d: &d, seen: Mutex::new(Vec::new()) };
+    assert_eq!(api.set("stg", &d.admin, "lessor_admin:app:stg-secret").await.0, 201);
+    assert_eq!(api.post("/v1/admin/connections/stg/verify", &d.admin, json!({})).await.0, 200);
+    assert_eq!(api.post("/v1/admin/connections/stg/activate", &d.admin, json!({})).await.0, 200);
+    assert_eq!(api.issue_version("stg/app", &iss.token()).await.1, Some(1));
+    // The issue ran under `leases.call_timeout`.
+    let (op, left) = fakes.stg.scopes.lock().unwrap()[0];
+    assert_eq!(op, "issue");
+    let left = left.expect("issue sees its deadline");
+    assert!(left <= std::time::Duration::from_secs(7) && left > std::time::Duration::from_secs(5), "{left:?}");
+    let before = d.running().store.secret_versions(Some("stg")).await.unwrap();
+
+    *fakes.stg.rotate_delay.lock().unwrap() = Some(std::time::Duration::from_secs(5));
+    let t0 = std::time::Instant::now();
+    let (s, v) = api.post("/v1/admin/connections/stg/rotate", &d.admin, json!({})).await;
+    let took = t0.elapsed();
+    assert_eq!(s, 502, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("connection `stg`: `rotate_root` did not finish within 1s (leases.root_timeout); the plugin was told to stop"),
+        "{msg}"
+    );
+    assert!(took < std::time::Duration::from_secs(4), "the core waited {took:?}, not the 1s bound");
+    // The plugin saw the 1s deadline and then its cancellation.
+    let (op, left) = *fakes.stg.scopes.lock().unwrap().last().unwrap();
+    assert_eq!(op, "rotate_root");
+    assert!(left.is_some_and(|l| l <= std::time::Duration::from_secs(1)), "{left:?}");
+    for _ in 0..50 {
+        if fakes.stg.rotate_cancelled.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(fakes.stg.rotate_cancelled.load(std::sync::atomic::Ordering::SeqCst), "the rotation was not cancelled");
+    // Nothing changed: the same versions in the same states, no rotation
+    // finished at the vendor, issuance still on version 1.
+    let after = d.running().store.secret_versions(Some("stg")).await.unwrap();
+    let states = |vs: &[lessor::store::SecretVersion]| vs.iter().map(|v| (v.version, v.state)).collect::<Vec<_>>();
+    assert_eq!(states(&after), states(&before));
+    assert_eq!(states(&after), vec![(1, lessor::store::SecretState::Active)]);
+    assert_eq!(*fakes.stg.rotations.lock().unwrap(), 0);
+    assert_eq!(api.issue_version("stg/app", &iss.token()).await.1, Some(1));
+
+    // Without the hang the same rotation goes through.
+    *fakes.stg.rotate_delay.lock().unwrap() = None;
+    let (s, v) = api.post("/v1/admin/connections/stg/rotate", &d.admin, json!({})).await;
+    assert_eq!((s, v["version"].as_i64()), (200, Some(2)), "{v}");
 }
 
 fn base64_key() -> String {

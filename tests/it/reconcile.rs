@@ -3,7 +3,8 @@
 //! or ended by hand) are found, revoked after the grace period, audited and
 //! counted; a clean vendor reports nothing; an issue in flight (pending
 //! lease) is never touched; a dropped role is reported missing, not
-//! revoked; passes are one at a time across replicas.
+//! revoked; passes are one at a time across replicas; a stray's grace
+//! survives a restart. The same on MariaDB (Redis: `redis_users`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,16 +24,19 @@ use crate::support::{Daemon, Issuer, Opts};
 /// scheduled passes off and the given grace.
 async fn daemon(iss: &Issuer, pg: &TempPostgres, conn: &str, grace: &str, store: Option<String>) -> (Daemon, tempfile::TempDir) {
     let aux = tempfile::tempdir().unwrap();
-    let toml = pg_toml(pg, aux.path()).replace("[connections.pg", &format!("[connections.{conn}"));
-    let d = Daemon::start_with(Opts {
+    let d = Daemon::start_with(opts(iss, pg, conn, grace, store, aux.path())).await;
+    (d, aux)
+}
+
+fn opts(iss: &Issuer, pg: &TempPostgres, conn: &str, grace: &str, store: Option<String>, aux: &Path) -> Opts {
+    let toml = pg_toml(pg, aux).replace("[connections.pg", &format!("[connections.{conn}"));
+    Opts {
         issuer_url: iss.url.clone(),
         extra_toml: format!("{toml}\n[reconcile]\ninterval = \"0s\"\ngrace = \"{grace}\"\n"),
         policy: PG_POLICY.replace("\"pg/app\"", &format!("\"{conn}/app\"")),
         store,
         ..Default::default()
-    })
-    .await;
-    (d, aux)
+    }
 }
 
 async fn issue(d: &Daemon, iss: &Issuer, conn: &str) -> (String, String) {
@@ -260,4 +264,146 @@ async fn passes_are_one_at_a_time_across_replicas_on_a_postgres_store() {
     let lite = lessor::store::open(&format!("sqlite://{}", dir.path().join("l.db").display())).await.unwrap();
     let a = lite.try_lock("reconcile").await.unwrap();
     assert!(a.is_some());
+}
+
+/// A stray without a lease row waits out its grace once: the time a pass
+/// first saw it is kept in the store, so a restart neither starts the grace
+/// over nor forgets it; revoked or gone, it is forgotten.
+#[tokio::test]
+async fn a_strays_grace_is_counted_once_across_a_restart() {
+    let iss = Issuer::start().await;
+    let pg = start_pg();
+    let aux = tempfile::tempdir().unwrap();
+    let o = opts(&iss, &pg, "rc5", "4s", None, aux.path());
+    let mut d = Daemon::start_with(o.clone()).await;
+    let (deleted, deleted_role) = issue(&d, &iss, "rc5").await;
+    sqlx::query("DELETE FROM leases WHERE id = ?").bind(&deleted).execute(&mut sqlite(&d).await).await.unwrap();
+    let sneaky = format!("lessor_app_sneaky_{}", hex32());
+    let vanishing = format!("lessor_app_vanishing_{}", hex32());
+    pg.psql("postgres", &format!("CREATE ROLE {sneaky} LOGIN; CREATE ROLE {vanishing} LOGIN")).unwrap();
+
+    let t0 = std::time::Instant::now();
+    let v = pass(&d).await;
+    let strays = conn_report(&v, "rc5")["strays"].as_array().unwrap().clone();
+    assert_eq!(strays.len(), 3, "{v}");
+    assert!(strays.iter().all(|s| s["outcome"] == "waiting" && s["reason"] == "no_lease"), "{v}");
+    let after_of = |strays: &[Value], name: &str| strays.iter().find(|s| s["object"] == name).map(|s| s["revoke_after"].clone());
+    let (due_deleted, due_sneaky) = (after_of(&strays, &deleted_role).unwrap(), after_of(&strays, &sneaky).unwrap());
+    let recorded = |d: &Daemon| {
+        let store = d.running().store.clone();
+        async move { store.stray_objects("rc5", 100).await.unwrap() }
+    };
+    let mut all = vec![deleted_role.clone(), sneaky.clone(), vanishing.clone()];
+    all.sort();
+    assert_eq!(recorded(&d).await, all);
+
+    // Restarted half-way through the grace; meanwhile one stray was
+    // dropped by hand.
+    d.stop().await;
+    pg.psql("postgres", &format!("DROP ROLE {vanishing}")).unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let d = Daemon::start_in(&d.dir, &o).await;
+    let v = pass(&d).await;
+    let strays = conn_report(&v, "rc5")["strays"].as_array().unwrap().clone();
+    assert_eq!(strays.len(), 2, "{v}");
+    assert!(strays.iter().all(|s| s["outcome"] == "waiting"), "{v}");
+    assert_eq!(after_of(&strays, &deleted_role), Some(due_deleted), "the same deadline, not a new grace: {v}");
+    assert_eq!(after_of(&strays, &sneaky), Some(due_sneaky), "{v}");
+    let mut left = vec![deleted_role.clone(), sneaky.clone()];
+    left.sort();
+    assert_eq!(recorded(&d).await, left, "the vanished one is forgotten");
+
+    // The original grace (4s from the first pass), well short of a new one
+    // (4s from the second): revoked.
+    tokio::time::sleep(Duration::from_millis(4100).saturating_sub(t0.elapsed())).await;
+    let v = pass(&d).await;
+    let strays = conn_report(&v, "rc5")["strays"].as_array().unwrap().clone();
+    assert_eq!(strays.len(), 2, "{v}");
+    assert!(strays.iter().all(|s| s["outcome"] == "revoked"), "{v}");
+    assert!(!role_exists(&pg, &sneaky) && !role_exists(&pg, &deleted_role));
+    assert!(recorded(&d).await.is_empty(), "revoked ones are forgotten");
+    let v = pass(&d).await;
+    assert_eq!(v["clean"], true, "{v}");
+}
+
+/// MariaDB through the whole daemon: a clean server reports no stray; a
+/// user made behind lessor's back in its shape, and one whose lease row was
+/// deleted by hand, are found, left alone within the grace, then dropped
+/// (gone from `mysql.user`), audited and counted; a user that only shares
+/// the prefix is never touched.
+#[tokio::test]
+async fn mariadb_strays_are_revoked_after_the_grace_and_a_clean_server_has_none() {
+    let iss = Issuer::start().await;
+    let db = crate::mysql::start_mariadb();
+    let aux = tempfile::tempdir().unwrap();
+    let toml = crate::mysql::my_toml(&db, aux.path()).replace("[connections.my", "[connections.rmy");
+    let d = Daemon::start_with(Opts {
+        issuer_url: iss.url.clone(),
+        extra_toml: format!("{toml}\n[reconcile]\ninterval = \"0s\"\ngrace = \"3s\"\n"),
+        policy: crate::mysql::MY_POLICY.replace("\"my/app\"", "\"rmy/app\""),
+        ..Default::default()
+    })
+    .await;
+    let users = || db.users_with_prefix("lessor_").unwrap();
+
+    // Clean: one live lease, its user, nothing stray.
+    let (kept, kept_user) = issue(&d, &iss, "rmy").await;
+    let v = pass(&d).await;
+    let c = conn_report(&v, "rmy");
+    assert_eq!((c["status"].as_str(), c["objects"].as_u64()), (Some("checked"), Some(1)), "{v}");
+    assert!(c["strays"].as_array().unwrap().is_empty() && c["missing_count"] == 0, "{v}");
+    assert_eq!(v["clean"], true, "{v}");
+
+    // A lease row deleted by hand, a user made by hand in lessor's shape,
+    // and one that only shares the prefix.
+    let (deleted, deleted_user) = issue(&d, &iss, "rmy").await;
+    sqlx::query("DELETE FROM leases WHERE id = ?").bind(&deleted).execute(&mut sqlite(&d).await).await.unwrap();
+    let sneaky = format!("lessor_app_sneaky_{}", hex32());
+    db.sql(&format!("CREATE USER '{sneaky}'@'%' IDENTIFIED BY 'behind-the-back'; CREATE USER 'lessor_admin2'@'%'")).unwrap();
+    let revoked_before = strays_counted("rmy", "revoked");
+
+    let v = pass(&d).await;
+    let c = conn_report(&v, "rmy");
+    assert_eq!(c["objects"], 3, "kept, deleted, sneaky: {v}");
+    let strays = c["strays"].as_array().unwrap();
+    assert_eq!(strays.len(), 2, "{v}");
+    assert!(strays.iter().all(|s| s["outcome"] == "waiting" && s["reason"] == "no_lease"), "{v}");
+    let names: std::collections::BTreeSet<&str> = strays.iter().map(|s| s["object"].as_str().unwrap()).collect();
+    assert_eq!(names, [deleted_user.as_str(), sneaky.as_str()].into_iter().collect(), "{v}");
+    for u in [&kept_user, &deleted_user, &sneaky] {
+        assert!(users().contains(u), "{u} is untouched within the grace");
+    }
+
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let v = pass(&d).await;
+    let c = conn_report(&v, "rmy");
+    let strays = c["strays"].as_array().unwrap();
+    assert_eq!(strays.len(), 2, "{v}");
+    assert!(strays.iter().all(|s| s["outcome"] == "revoked"), "{v}");
+    let left = users();
+    assert!(!left.contains(&deleted_user) && !left.contains(&sneaky), "strays dropped from mysql.user: {left:?}");
+    assert!(left.contains(&kept_user) && left.contains(&"lessor_admin2".to_string()), "{left:?}");
+    assert_eq!(d.lease_state(&kept).await, "active");
+    assert_eq!(strays_counted("rmy", "revoked") - revoked_before, 2);
+    assert_eq!(strays_counted("rmy", "failed"), 0);
+    let entries = Daemon::eventually(Duration::from_secs(5), || async {
+        let es: Vec<Value> = audit_entries(&d.dir)
+            .into_iter()
+            .filter(|e| e["action"] == "reconcile.revoke" && e["details"]["connection"] == "rmy")
+            .collect();
+        (es.len() >= 2).then_some(es)
+    })
+    .await
+    .expect("two reconcile.revoke entries");
+    assert_eq!(entries.len(), 2);
+    assert!(entries.iter().all(|e| e["outcome"] == "ok" && e["details"]["stray"] == "no_lease"), "{entries:?}");
+    let audited: std::collections::BTreeSet<&str> = entries.iter().map(|e| e["details"]["object"].as_str().unwrap()).collect();
+    assert_eq!(audited, names);
+    let metrics = reqwest::get(format!("{}/metrics", d.url)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"lessor_reconcile_strays_total{connection="rmy",outcome="revoked"} 2"#), "{metrics}");
+
+    let v = pass(&d).await;
+    let c = conn_report(&v, "rmy");
+    assert_eq!((c["objects"].as_u64(), c["strays"].as_array().unwrap().len()), (Some(1), 0), "{v}");
+    assert_eq!(v["clean"], true, "{v}");
 }

@@ -119,9 +119,15 @@ impl Inner {
         }
     }
 
-    async fn call(&self, method: &'static str, params: Value) -> Result<Value, PluginError> {
+    /// One call, bounded by `call_timeout` and by what is left of the core's
+    /// deadline for it (which the plugin receives as `deadline_ms`).
+    async fn call(&self, method: &'static str, mut params: Value) -> Result<Value, PluginError> {
         let s = self.session(method)?;
-        self.call_on(&s, method, params, self.call_timeout).await
+        let timeout = lessor_plugin::call::remaining().map_or(self.call_timeout, |left| left.min(self.call_timeout));
+        if let Value::Object(m) = &mut params {
+            m.insert("deadline_ms".into(), json!(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)));
+        }
+        self.call_on(&s, method, params, timeout).await
     }
 
     async fn call_on(&self, s: &Session, method: &'static str, params: Value, timeout: Duration) -> Result<Value, PluginError> {

@@ -517,6 +517,9 @@ impl Plugin for RedisPlugin {
                 let users = self.lease_users(n, hint, hex).await?;
                 let mut deleted = 0usize;
                 for u in &users {
+                    // Past the call's deadline, start no further deletion:
+                    // the node counts as not done and the retry finishes it.
+                    lessor_plugin::call::check(&format!("deleting `{u}`")).map_err(|e| NodeError::Unreachable(e.to_string()))?;
                     if Self::delete_user(n, u).await? {
                         deleted += 1;
                     }

@@ -25,11 +25,14 @@
 //! through the explicit [`Issued::exposing_secrets`] path, never by accident
 //! and never through `Debug`.
 //!
-//! Calls are bounded by the core: each `issue`, `renew`, `revoke` and
-//! `validate` runs under a deadline, and a call past it is cancelled (its
+//! Calls are bounded by the core: each `issue`, `renew`, `revoke`,
+//! `validate`, `list_objects`, `validate_root`, `rotate_root` and
+//! `install_root` runs under a deadline, and a call past it is cancelled (its
 //! future dropped). A plugin must therefore leave nothing half-made that it
 //! cannot find again from the lease id; the core revokes a lease whose issue
-//! was cancelled.
+//! was cancelled. Inside a call, [`call`] gives the deadline and a
+//! cancellation token, so a plugin making several round trips stops between
+//! them ([`call::check`]) rather than start a step nobody waits for.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -40,6 +43,7 @@ use secrecy::{SecretBox, SecretString};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+pub mod call;
 mod state;
 pub use state::{MemoryState, StateError, StateStore};
 

@@ -111,4 +111,42 @@ impl ClusterStore for PgStore {
             .map_err(interpret_error)?;
         Ok(())
     }
+
+    async fn stray_first_seen(&self, connection: &str, object: &str, now_ms: i64) -> Result<i64, StoreError> {
+        // One statement: the recorded time if there is one (the no-op update
+        // makes RETURNING answer for an existing row), else `now_ms`.
+        sqlx::query_scalar(
+            "INSERT INTO reconcile_strays (connection, object, first_seen_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (connection, object) DO UPDATE SET first_seen_at = reconcile_strays.first_seen_at \
+             RETURNING first_seen_at",
+        )
+        .bind(connection)
+        .bind(object)
+        .bind(now_ms)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(interpret_error)
+    }
+
+    async fn stray_objects(&self, connection: &str, limit: u32) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT object FROM reconcile_strays WHERE connection = $1 ORDER BY object COLLATE \"C\" LIMIT $2")
+            .bind(connection)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(interpret_error)
+    }
+
+    async fn stray_forget(&self, connection: &str, objects: &[String]) -> Result<(), StoreError> {
+        if objects.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM reconcile_strays WHERE connection = $1 AND object = ANY($2)")
+            .bind(connection)
+            .bind(objects)
+            .execute(&self.pool)
+            .await
+            .map_err(interpret_error)?;
+        Ok(())
+    }
 }

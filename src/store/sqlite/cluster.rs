@@ -71,4 +71,41 @@ impl ClusterStore for SqliteStore {
         self.writer.exec("DELETE FROM replicas WHERE id = ?", vec![Bind::Text(self.id.clone())]).await?;
         Ok(())
     }
+
+    async fn stray_first_seen(&self, connection: &str, object: &str, now_ms: i64) -> Result<i64, StoreError> {
+        self.writer
+            .exec(
+                "INSERT INTO reconcile_strays (connection, object, first_seen_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (connection, object) DO NOTHING",
+                vec![Bind::Text(connection.into()), Bind::Text(object.into()), Bind::Int(now_ms)],
+            )
+            .await?;
+        sqlx::query_scalar("SELECT first_seen_at FROM reconcile_strays WHERE connection = ? AND object = ?")
+            .bind(connection)
+            .bind(object)
+            .fetch_one(&self.read)
+            .await
+            .map_err(interpret_error)
+    }
+
+    async fn stray_objects(&self, connection: &str, limit: u32) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT object FROM reconcile_strays WHERE connection = ? ORDER BY object LIMIT ?")
+            .bind(connection)
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await
+            .map_err(interpret_error)
+    }
+
+    async fn stray_forget(&self, connection: &str, objects: &[String]) -> Result<(), StoreError> {
+        for o in objects {
+            self.writer
+                .exec(
+                    "DELETE FROM reconcile_strays WHERE connection = ? AND object = ?",
+                    vec![Bind::Text(connection.into()), Bind::Text(o.clone())],
+                )
+                .await?;
+        }
+        Ok(())
+    }
 }

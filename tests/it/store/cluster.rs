@@ -1,6 +1,7 @@
 //! [`ClusterStore`] conformance: shared metadata written once (exactly one
 //! of racing writers wins), replica heartbeats by the database's clock,
-//! listed while recent, removed on shutdown.
+//! listed while recent, removed on shutdown; the reconciler's first-seen
+//! times of strays, recorded once (racing writers agree) and forgotten.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,4 +63,26 @@ pub async fn suite(s: Arc<dyn Store>) {
     s.remove_replica().await.unwrap();
     assert!(s.replicas(Duration::from_secs(60)).await.unwrap().is_empty());
 
+    // Strays' first-seen times: the first recorded time stays (the caller's
+    // clock, not the database's), per connection and object.
+    assert_eq!(s.stray_first_seen("pg", "lessor_a", 1_000).await.unwrap(), 1_000);
+    assert_eq!(s.stray_first_seen("pg", "lessor_a", 9_000).await.unwrap(), 1_000, "kept, not moved");
+    assert_eq!(s.stray_first_seen("pg2", "lessor_a", 5_000).await.unwrap(), 5_000, "per connection");
+    assert_eq!(s.stray_first_seen("pg", "lessor_b", 7_000).await.unwrap(), 7_000);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let s = s.clone();
+        set.spawn(async move { s.stray_first_seen("pg", "lessor_race", 100 + i).await.unwrap() });
+    }
+    let seen: std::collections::BTreeSet<i64> = set.join_all().await.into_iter().collect();
+    assert_eq!(seen.len(), 1, "racing passes agree on one first-seen time: {seen:?}");
+    let strings = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(s.stray_objects("pg", 100).await.unwrap(), strings(&["lessor_a", "lessor_b", "lessor_race"]));
+    assert_eq!(s.stray_objects("pg", 2).await.unwrap(), strings(&["lessor_a", "lessor_b"]), "bounded");
+    s.stray_forget("pg", &strings(&["lessor_a", "lessor_race", "never_recorded"])).await.unwrap();
+    s.stray_forget("pg", &[]).await.unwrap();
+    assert_eq!(s.stray_objects("pg", 100).await.unwrap(), strings(&["lessor_b"]));
+    assert_eq!(s.stray_objects("pg2", 100).await.unwrap(), strings(&["lessor_a"]), "another connection's stay");
+    // Forgotten, seen again: a new first-seen time.
+    assert_eq!(s.stray_first_seen("pg", "lessor_a", 20_000).await.unwrap(), 20_000);
 }

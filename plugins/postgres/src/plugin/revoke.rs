@@ -155,7 +155,9 @@ impl PostgresPlugin {
             return Err(fail(e).await);
         }
 
-        // 2. End its sessions.
+        // 2. End its sessions. Between steps: past the call's deadline stop
+        //    here (logins are already blocked; the retry finishes the rest).
+        lessor_plugin::call::check("ending the sessions of the lease's roles")?;
         for (name, oid) in &found {
             match terminate_sessions(&mut conn, *oid).await {
                 Ok(0) => {}
@@ -174,6 +176,7 @@ impl PostgresPlugin {
             admin: &admin.name,
         };
         for (name, oid) in &found {
+            lessor_plugin::call::check(&format!("dropping `{name}`"))?;
             let mut tries = 0;
             loop {
                 match self.drop_role(&root, &mut conn, &ctx, name, *oid).await {

@@ -234,6 +234,9 @@ impl RootCredentials for PostgresPlugin {
         }
         let q = quote_ident(&user).map_err(|e| PluginError::Permanent(e.to_string()))?;
         let v = crate::sql::quote_literal(&verifier).map_err(|e| PluginError::Permanent(e.to_string()))?;
+        // Past the deadline nobody would receive the new DSN: do not change
+        // the password then.
+        lessor_plugin::call::check(&format!("changing the password of `{user}`"))?;
         if let Err(e) = exec(&mut conn, &format!("ALTER ROLE {q} PASSWORD {v}")).await {
             let mut err = self
                 .fail(&root, e, db, &format!("changing the password of `{user}`"))
