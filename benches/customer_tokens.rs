@@ -12,6 +12,10 @@
 //!
 //! `LESSOR_BENCH_REQUESTS=N` changes the requests per round (default 20,000).
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{copy_dir, cpu_seconds, cpus, loadavg, pct};
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,43 +51,6 @@ impl Report {
         println!("lessor customer token introspection: summary ({} CPUs, load average {})", cpus(), loadavg());
         for r in &self.rows {
             println!("  {:<w0$}  {:>w1$}  {:<w2$}  {}", r[0], r[1], r[2], r[3], w0 = w[0], w1 = w[1], w2 = w[2]);
-        }
-    }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_owned)).unwrap_or_default()
-}
-
-fn cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// CPU time (user + system) of this process so far, in seconds.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok());
-    tick(11).zip(tick(12)).map(|(u, s)| (u + s) / 100.0).unwrap_or(f64::NAN)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read policies") {
-        let p = e.expect("entry").path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(p.file_name().expect("name")));
-        } else {
-            std::fs::copy(&p, to.join(p.file_name().expect("name"))).expect("copy");
         }
     }
 }

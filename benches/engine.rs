@@ -15,6 +15,10 @@
 //! `LESSOR_BENCH_PARTS=1,4` runs only some parts; `LESSOR_BENCH_LEASES=N`
 //! seeds N leases instead of a million (for a quick look, not for figures).
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{copy_dir, cpu_seconds, cpus, loadavg, pct};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -66,23 +70,6 @@ impl Report {
     }
 }
 
-/// The 1-minute load average (the machine is shared).
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_owned)).unwrap_or_default()
-}
-
-fn cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn thousands(n: f64) -> String {
     let s = format!("{:.0}", n);
     let (sign, digits) = s.strip_prefix('-').map(|d| ("-", d)).unwrap_or(("", &s));
@@ -97,18 +84,6 @@ fn thousands(n: f64) -> String {
 }
 
 // ---------------------------------------------------------------- setup
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read policies") {
-        let p = e.expect("entry").path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(p.file_name().expect("name")));
-        } else {
-            std::fs::copy(&p, to.join(p.file_name().expect("name"))).expect("copy");
-        }
-    }
-}
 
 /// A daemon's directory: the example policies, the dev issuer (whose JWKS
 /// file the config trusts) and the config text.
@@ -257,17 +232,6 @@ struct Run {
     /// per request: what the rate would be on idle cores, as the machine
     /// is shared with other work.
     cpu_us: f64,
-}
-
-/// CPU time (user + system) of this process so far, in seconds.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime, stime
-    // are fields 14 and 15, in clock ticks (100 per second on Linux).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok());
-    tick(11).zip(tick(12)).map(|(u, s)| (u + s) / 100.0).unwrap_or(f64::NAN)
 }
 
 /// `jwts.len()` native issue requests for `role` (`POST /v1/leases`, one

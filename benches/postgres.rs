@@ -11,6 +11,10 @@
 //! (not object privileges) keeps concurrent transactions from conflicting on
 //! one ACL row ("tuple concurrently updated"), for both.
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{copy_dir, pct};
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,23 +27,6 @@ use secrecy::ExposeSecret;
 const CLIENTS: usize = 8;
 const N: usize = 1600;
 const ROUNDS: usize = 3;
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read policies") {
-        let p = e.expect("entry").path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(p.file_name().expect("name")));
-        } else {
-            std::fs::copy(&p, to.join(p.file_name().expect("name"))).expect("copy");
-        }
-    }
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p) as usize]
-}
 
 /// The raw baseline. `verifier`: send what lessor sends, a SCRAM-SHA-256
 /// verifier the client computes per role (the same statement); otherwise a

@@ -12,6 +12,10 @@
 //! The raw path sends the same commands (one `ACL SAVE` per change, as a
 //! naive client would), one connection per client and node.
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{copy_dir, cpu_seconds_of, loadavg, pct};
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,43 +28,6 @@ use secrecy::ExposeSecret;
 const CLIENTS: usize = 8;
 const N: usize = 800;
 const ROUNDS: usize = 3;
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read policies") {
-        let p = e.expect("entry").path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(p.file_name().expect("name")));
-        } else {
-            std::fs::copy(&p, to.join(p.file_name().expect("name"))).expect("copy");
-        }
-    }
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p) as usize]
-}
-
-/// The 1-minute load average (the machine is shared).
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_owned)).unwrap_or_default()
-}
-
-/// CPU time (user + system) of process `pid` ("self" for this one) so far,
-/// in seconds.
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name (which may hold spaces): utime and stime are
-    // fields 14 and 15, in clock ticks (100 per second on Linux).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok());
-    tick(11).zip(tick(12)).map(|(u, s)| (u + s) / 100.0).unwrap_or(f64::NAN)
-}
 
 /// One timed run: rate, latency percentiles (ms) and CPU per operation (us)
 /// of this process and of the servers together.
@@ -83,19 +50,19 @@ struct Meter {
 
 impl Meter {
     fn start(servers: &[String]) -> Meter {
-        let server_cpu = servers.iter().map(|p| cpu_seconds(p)).sum();
-        Meter { servers: servers.to_vec(), start: Instant::now(), cpu: cpu_seconds("self"), server_cpu }
+        let server_cpu = servers.iter().map(|p| cpu_seconds_of(p)).sum();
+        Meter { servers: servers.to_vec(), start: Instant::now(), cpu: cpu_seconds_of("self"), server_cpu }
     }
 
     fn stop(self, n: usize, mut lat: Vec<f64>) -> Run {
         let rate = n as f64 / self.start.elapsed().as_secs_f64();
         let per = |d: f64| d * 1e6 / n as f64;
-        let server_cpu: f64 = self.servers.iter().map(|p| cpu_seconds(p)).sum();
+        let server_cpu: f64 = self.servers.iter().map(|p| cpu_seconds_of(p)).sum();
         Run {
             rate,
             p50: pct(&mut lat, 0.5),
             p99: pct(&mut lat, 0.99),
-            cpu_us: per(cpu_seconds("self") - self.cpu),
+            cpu_us: per(cpu_seconds_of("self") - self.cpu),
             server_us: per(server_cpu - self.server_cpu),
         }
     }

@@ -209,6 +209,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["outcome"],
     )?;
+    // Every outcome from the start, so a dashboard's rate() has a series
+    // before the first introspection.
+    for o in ["active", "inactive", "unknown", "malformed", "unauthenticated"] {
+        customer_token_introspections.with_label_values(&[o]);
+    }
     let customer_token_uses_dropped = IntCounter::new(
         "lessor_customer_token_uses_dropped_total",
         "Customer token uses not recorded (usage queue full, or the store write failed)",

@@ -481,6 +481,11 @@ async fn introspect_inner(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
+    // No credentials at all: 401 whether or not customer tokens are
+    // configured (the endpoint always needs a resource server's).
+    if basic(headers).is_none() && service(st).is_err() {
+        return Ok(invalid_client("introspection needs a resource server's client id and secret (HTTP Basic)"));
+    }
     let svc = service(st)?;
     let m = crate::telemetry::metrics();
     // The resource server first: O(1), before the body is looked at.
