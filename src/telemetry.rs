@@ -63,6 +63,10 @@ pub struct Metrics {
     pub customer_token_introspections: IntCounterVec,
     /// Token uses not recorded (queue full, store write failed).
     pub customer_token_uses_dropped: IntCounter,
+    /// People's sign-ins by configured provider, way (browser, device),
+    /// outcome (ok, refused) and refusal reason (a fixed set; `none` when
+    /// ok). Never a person's name, email or subject.
+    pub people_sign_ins: IntCounterVec,
 }
 
 /// Outcomes of issue and renew requests (`outcome` label).
@@ -218,6 +222,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "lessor_customer_token_uses_dropped_total",
         "Customer token uses not recorded (usage queue full, or the store write failed)",
     )?;
+    let people_sign_ins = IntCounterVec::new(
+        Opts::new(
+            "lessor_people_sign_ins_total",
+            "People's sign-ins by configured provider, way (browser, device), outcome (ok, refused) and refusal reason",
+        ),
+        &["provider", "via", "outcome", "reason"],
+    )?;
     let build_info = IntGaugeVec::new(Opts::new("lessor_build_info", "Build information"), &["version"])?;
     build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     for c in [
@@ -251,6 +262,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(customer_token_warnings.clone()),
         Box::new(customer_token_introspections.clone()),
         Box::new(customer_token_uses_dropped.clone()),
+        Box::new(people_sign_ins.clone()),
         Box::new(build_info),
     ] {
         registry.register(c)?;
@@ -287,6 +299,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         customer_token_warnings,
         customer_token_introspections,
         customer_token_uses_dropped,
+        people_sign_ins,
     })
 }
 

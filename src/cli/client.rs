@@ -20,7 +20,8 @@ pub struct ConnArgs {
     /// File holding a workload JWT (else $LESSOR_JWT).
     #[arg(long)]
     pub(super) jwt_file: Option<PathBuf>,
-    /// Admin token file (else $LESSOR_ADMIN_TOKEN, else .lessor-dev/admin.token).
+    /// Admin token file (else $LESSOR_ADMIN_TOKEN; after a `lessor login`
+    /// session and $LESSOR_JWT, .lessor-dev/admin.token).
     #[arg(long, env = "LESSOR_ADMIN_TOKEN_FILE")]
     pub(super) admin_token_file: Option<PathBuf>,
 }
@@ -87,16 +88,52 @@ pub(super) fn jwt(file: Option<&Path>) -> anyhow::Result<SecretString> {
     }
 }
 
-pub(super) fn admin_token(file: Option<&Path>) -> Option<SecretString> {
-    let read = |p: &Path| std::fs::read_to_string(p).ok().map(|t| SecretString::from(t.trim().to_owned()));
+fn read_token(p: &Path) -> Option<SecretString> {
+    std::fs::read_to_string(p).ok().map(|t| SecretString::from(t.trim().to_owned()))
+}
+
+/// The admin token given on purpose: `--admin-token-file`, else
+/// `$LESSOR_ADMIN_TOKEN`.
+pub(super) fn explicit_admin_token(file: Option<&Path>) -> Option<SecretString> {
     if let Some(f) = file {
-        return read(f);
+        return read_token(f);
     }
-    if let Ok(t) = std::env::var("LESSOR_ADMIN_TOKEN") {
-        return Some(SecretString::from(t));
-    }
+    std::env::var("LESSOR_ADMIN_TOKEN").ok().map(SecretString::from)
+}
+
+/// `lessor dev`'s admin token, found without being asked for
+/// (`$LESSOR_DEV_DIR/admin.token`, else `.lessor-dev/admin.token`).
+pub(super) fn dev_admin_token() -> Option<SecretString> {
     let dev_dir = std::env::var("LESSOR_DEV_DIR").unwrap_or_else(|_| ".lessor-dev".into());
-    read(&Path::new(&dev_dir).join("admin.token"))
+    read_token(&Path::new(&dev_dir).join("admin.token"))
+}
+
+pub(super) fn admin_token(file: Option<&Path>) -> Option<SecretString> {
+    explicit_admin_token(file).or_else(dev_admin_token)
+}
+
+/// The credential of a command people and admins both run (`lessor
+/// connection ...`, `lessor lease show|revoke`): `--jwt-file`; else an admin
+/// token given on purpose; else the person session `lessor login` stored
+/// for `base`; else `$LESSOR_JWT`; else `lessor dev`'s admin token. A
+/// signed-in person beats the dev admin token lying in the directory (which
+/// would approve as break-glass, not as them) and a leftover `LESSOR_JWT`.
+pub(super) fn operator_credential(base: &str, admin_file: Option<&Path>, jwt_file: Option<&Path>) -> anyhow::Result<SecretString> {
+    if jwt_file.is_some() {
+        return jwt(jwt_file);
+    }
+    if let Some(t) = explicit_admin_token(admin_file) {
+        return Ok(t);
+    }
+    if let Some(t) = person_session(base)? {
+        return Ok(t);
+    }
+    if let Ok(t) = jwt(None) {
+        return Ok(t);
+    }
+    dev_admin_token().ok_or_else(|| {
+        anyhow!("no credential: pass --admin-token-file or --jwt-file, set LESSOR_ADMIN_TOKEN or LESSOR_JWT, or `lessor login`")
+    })
 }
 
 /// The person session `lessor login` stored for `base`, if any (an error
@@ -191,18 +228,7 @@ pub async fn lease(c: ConnArgs, cmd: LeaseCmd) -> anyhow::Result<ExitCode> {
     let base = c.addr.addr.trim_end_matches('/').to_owned();
     // Owners use their JWT; admins their token. Prefer a JWT when one is set
     // explicitly, else the admin token.
-    let cred = || -> anyhow::Result<SecretString> {
-        if c.jwt_file.is_some() {
-            return jwt(c.jwt_file.as_deref());
-        }
-        admin_token(c.admin_token_file.as_deref()).map(Ok).unwrap_or_else(|| {
-            jwt(None).or_else(|_| {
-                person_session(&base)?.ok_or_else(|| {
-                    anyhow!("no credential: pass --admin-token-file, set LESSOR_ADMIN_TOKEN, set LESSOR_JWT, or `lessor login`")
-                })
-            })
-        })
-    };
+    let cred = || operator_credential(&base, c.admin_token_file.as_deref(), c.jwt_file.as_deref());
     match cmd {
         LeaseCmd::List { role, state, subject, limit, json } => {
             let token = admin_token(c.admin_token_file.as_deref())

@@ -14,7 +14,7 @@ use clap::Subcommand;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
-use super::client::{admin_token, call, jwt, person_session, ConnArgs};
+use super::client::{call, operator_credential, ConnArgs};
 use crate::config::{Config, KekConfig};
 use crate::connections::kek::{self, Kek};
 
@@ -118,18 +118,7 @@ fn print_version(v: &Value) {
 
 pub async fn run(c: ConnArgs, cmd: ConnectionCmd) -> anyhow::Result<ExitCode> {
     let base = format!("{}/v1/admin/connections", c.addr.addr.trim_end_matches('/'));
-    let token = if c.jwt_file.is_some() {
-        jwt(c.jwt_file.as_deref())?
-    } else {
-        let addr = c.addr.addr.trim_end_matches('/');
-        admin_token(c.admin_token_file.as_deref()).map(Ok).unwrap_or_else(|| {
-            jwt(None).or_else(|_| {
-                person_session(addr)?.ok_or_else(|| {
-                    anyhow!("no credential: pass --admin-token-file or --jwt-file, set LESSOR_JWT, or `lessor login`")
-                })
-            })
-        })?
-    };
+    let token = operator_credential(c.addr.addr.trim_end_matches('/'), c.admin_token_file.as_deref(), c.jwt_file.as_deref())?;
     use reqwest::Method;
     match cmd {
         ConnectionCmd::List { json } => {

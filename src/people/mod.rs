@@ -249,6 +249,11 @@ impl People {
         for (name, p) in &cfg.providers {
             let secret = p.read_secret(name)?;
             providers.insert(name.clone(), Provider::new(name, p.clone(), secret, http.clone())?);
+            // Successful sign-ins start at 0 (not absent), so rates and
+            // ratios over them are defined from the first scrape.
+            for via in ["browser", "device"] {
+                crate::telemetry::metrics().people_sign_ins.with_label_values(&[name.as_str(), via, "ok", "none"]);
+            }
         }
         Ok(People {
             providers,
@@ -338,7 +343,20 @@ impl People {
         Ok(LoginStart { authorization_url: url.into(), cookie: self.seal_b64(LOGIN_AAD, &pending)? })
     }
 
-    fn denied(&self, meta: &RequestMeta, provider: &str, via: &str, r: &LoginRefusal) {
+    /// Counts a sign-in in `lessor_people_sign_ins_total`. The provider
+    /// label is a configured name (anything else, e.g. from a cookie that
+    /// did not open, is `unknown`), the reason a fixed `&'static str`.
+    fn count(&self, provider: &str, via: &'static str, reason: Option<&'static str>) {
+        let provider = if self.providers.contains_key(provider) { provider } else { "unknown" };
+        let (outcome, reason) = match reason {
+            None => ("ok", "none"),
+            Some(r) => ("refused", r),
+        };
+        crate::telemetry::metrics().people_sign_ins.with_label_values(&[provider, via, outcome, reason]).inc();
+    }
+
+    fn denied(&self, meta: &RequestMeta, provider: &str, via: &'static str, r: &LoginRefusal) {
+        self.count(provider, via, Some(r.reason));
         self.audit.note(
             Event::new("person.login", "denied")
                 .request(Some(meta))
@@ -424,6 +442,7 @@ impl People {
         // Audited before it exists: no session without its entry.
         self.audit.record(session_event("person.login", "ok", &session, Some(meta))).await?;
         self.store.person_session_create(&session).await?;
+        self.count(&p.name, via, None);
         Ok(Opened { token, session, return_to: String::new() })
     }
 
@@ -501,7 +520,11 @@ impl People {
     /// Polls a device sign-in: [`PeopleError::Pending`] until the person
     /// approves it at the provider, then a new session.
     pub async fn device_poll(&self, device_code: &str, meta: &RequestMeta) -> Result<Opened, PeopleError> {
-        let pending: PendingDevice = self.open_b64(DEVICE_AAD, device_code, "device code")?;
+        let pending: PendingDevice = self.open_b64(DEVICE_AAD, device_code, "device code").inspect_err(|e| {
+            if let PeopleError::Refused(r) = e {
+                self.count("", "device", Some(r.reason));
+            }
+        })?;
         let p = self.provider(Some(&pending.p))?;
         let fail = |e: PeopleError| {
             if let PeopleError::Refused(r) = &e {

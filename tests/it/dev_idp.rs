@@ -623,3 +623,163 @@ fn lessor_dev_runs_the_provider_for_its_people() {
     // Stopped with the daemon.
     assert!(std::net::TcpStream::connect(issuer.trim_start_matches("http://")).is_err(), "the provider outlived lessor dev");
 }
+
+/// The newcomer's one click, end to end with the real `lessor dev`: the
+/// printed sign-in link, followed by a browser that keeps cookies, goes to
+/// the dev provider's page; the alice button sends it back to lessor's
+/// callback, which opens a session: `/v1/people/me` says alice in
+/// platform. Then `lessor login --provider dev` (the device flow, approved
+/// on the dev provider's /device page) and `lessor whoami`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lessor_dev_signs_a_newcomer_in_with_one_click_and_lessor_login() {
+    use crate::people::{cli, Browser};
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("dev");
+    let data_s = data.display().to_string();
+    let log = tmp.path().join("dev.log");
+    let (child, link) =
+        super::binary::spawn_until(&["dev", "--listen", "127.0.0.1:0", "--data-dir", &data_s], repo, &[], &log, "Sign in: ");
+    let base = link.split("/v1/").next().unwrap().to_owned();
+    assert!(link.ends_with("/v1/people/login?provider=dev") && !base.ends_with(":0"), "{link}");
+
+    // The link: lessor sends the browser to the dev provider.
+    let b = Browser::new();
+    let r = b.get(&link).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let auth = r.location.clone().unwrap();
+    assert!(auth.contains("/authorize?"), "{auth}");
+    assert_eq!(query(&Url::parse(&auth).unwrap(), "redirect_uri").as_deref(), Some(format!("{base}/v1/people/callback").as_str()));
+    // The provider's page: one button per dev user.
+    let r = b.get(&auth).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for u in ["alice", "bob", "carol", "dave"] {
+        assert!(r.body.contains(&format!("name=\"user\" value=\"{u}\"")), "{}", r.body);
+    }
+    let mut form = hidden_fields(&r.body);
+    form.push(("user".into(), "alice".into()));
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let action = {
+        let u = Url::parse(&auth).unwrap();
+        format!("{}://{}/authorize", u.scheme(), u.host_str().unwrap().to_owned() + ":" + &u.port().unwrap().to_string())
+    };
+    let r = b.post_form(&action, &form).await;
+    let back = r.location.clone().unwrap_or_else(|| panic!("no redirect after the click: {} {}", r.status, r.body));
+    assert!(back.starts_with(&format!("{base}/v1/people/callback?")), "{back}");
+    // The callback: a session cookie, then back to where the link started.
+    let r = b.get(&back).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert!(r.set_cookies.iter().any(|c| c.starts_with("lessor_session=lsr_person_")), "{:?}", r.set_cookies);
+    let r = b.get(&format!("{base}/v1/people/me")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let me: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(me["person"]["provider"], "dev");
+    assert_eq!(me["person"]["email"], "alice@example.com");
+    assert_eq!(me["person"]["name"], "Alice Platform");
+    assert_eq!(me["person"]["groups"], serde_json::json!(["platform"]));
+    // people.cedar lets platform read connections: Cedar decided for her.
+    let r = b.get(&format!("{base}/v1/admin/connections")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // `lessor login --provider dev`: the device flow against the dev daemon.
+    let home = tempfile::tempdir().unwrap();
+    let mut login = Command::new(crate::support::daemon::BIN)
+        .args(["login", "--addr", &base, "--provider", "dev"])
+        .env("XDG_CONFIG_HOME", home.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = login.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let mut verification = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while verification.is_none() && Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            if let Some(v) = l.strip_prefix("verification: ") {
+                verification = Some(v.trim().to_owned());
+            }
+            lines.push(l);
+        }
+    }
+    let Some(verification) = verification else {
+        let _ = login.kill();
+        panic!("lessor login printed no verification page: {lines:?}");
+    };
+    // The person opens the page, sees the code and clicks bob.
+    let h = http();
+    let html = h.get(&verification).send().await.unwrap().text().await.unwrap();
+    let mut form = hidden_fields(&html);
+    assert!(!form.is_empty(), "the confirmation page: {html}");
+    form.push(("user".into(), "bob".into()));
+    let device = format!("{}/device", verification.split("/device").next().unwrap());
+    let r = h.post(&device).form(&form).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = login.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = login.kill();
+                panic!("lessor login did not finish after approval");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .unwrap();
+    while let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+        lines.push(l);
+    }
+    assert!(status.success(), "lessor login failed: {lines:?}");
+    assert!(lines.iter().any(|l| l.contains("signed in as bob@example.com (dev#")), "{lines:?}");
+    let (code, out, err) = cli(&["whoami", "--addr", &base], home.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Bob Finance <bob@example.com>") && out.contains("finance"), "{out}");
+    // Where `lessor dev`'s admin token lies about (LESSOR_DEV_DIR), a
+    // signed-in person's `lessor connection` commands still run as them,
+    // never silently as the admin token (an approval would be break-glass).
+    let o = Command::new(crate::support::daemon::BIN)
+        .args(["connection", "list"])
+        .env("LESSOR_ADDR", &base)
+        .env("XDG_CONFIG_HOME", home.path())
+        .env("LESSOR_DEV_DIR", &data)
+        .env_remove("LESSOR_ADMIN_TOKEN")
+        .env_remove("LESSOR_JWT")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let audit = || -> Vec<Value> {
+        std::fs::read_to_string(data.join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let mut seen = None;
+    for _ in 0..50 {
+        seen = audit().into_iter().find(|e| {
+            e["action"] == "decide" && e["details"]["policy_action"] == "connection_read" && e["actor"]["name"] == "bob@example.com"
+        });
+        if seen.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = seen.expect("`lessor connection list` ran as bob (else as the dev admin token)");
+    assert_eq!((seen["actor"]["kind"].as_str(), seen["actor"]["claims_policy"].as_str()), (Some("person"), Some("dev")), "{seen}");
+    super::binary::stop(child);
+}

@@ -31,9 +31,9 @@ fn oidc_dir() -> PathBuf {
 }
 
 /// The provider process; killed on drop.
-struct OidcProvider {
+pub(crate) struct OidcProvider {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for OidcProvider {
@@ -44,7 +44,7 @@ impl Drop for OidcProvider {
 }
 
 impl OidcProvider {
-    fn start(redirect_uri: &str, secret_file: &Path) -> OidcProvider {
+    pub(crate) fn start(redirect_uri: &str, secret_file: &Path) -> OidcProvider {
         let node = Command::new("node").arg("--version").output();
         assert!(
             node.is_ok_and(|o| o.status.success()),
@@ -86,18 +86,33 @@ impl OidcProvider {
 }
 
 /// A daemon with `[people]` pointing at a fresh oidc-provider.
-struct Setup {
-    d: Daemon,
-    op: OidcProvider,
+pub(crate) struct Setup {
+    pub(crate) d: Daemon,
+    /// The provider of the first name given to [`setup_with`] (`test` for [`setup`]).
+    pub(crate) op: OidcProvider,
+    /// One more provider per further name.
+    pub(crate) others: Vec<OidcProvider>,
+    /// The workload issuer (its server task lives as long as the test's runtime).
+    pub(crate) iss: Issuer,
     _tmp: tempfile::TempDir,
 }
 
 async fn setup(people_extra: &str) -> Setup {
+    setup_with(people_extra, &["test"], "", "").await
+}
+
+/// A daemon whose `[people]` has one oidc-provider per name in `providers`
+/// (each its own process and issuer), `extra` appended to the config and
+/// `policy` written as `policies/test-extra.cedar`.
+pub(crate) async fn setup_with(people_extra: &str, providers: &[&str], extra: &str, policy: &str) -> Setup {
     let issuer = Issuer::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let policies = dir.join("policies");
     copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &policies);
+    if !policy.is_empty() {
+        std::fs::write(policies.join("test-extra.cedar"), policy).unwrap();
+    }
     // Bind first: the redirect URI registered at the provider names the port.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -109,20 +124,23 @@ async fn setup(people_extra: &str) -> Setup {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let op = OidcProvider::start(&format!("{url}/v1/people/callback"), &secret_file);
-    let people = format!(
-        r#"
-[people]
-{people_extra}
-[people.providers.test]
+    let mut ops: Vec<OidcProvider> =
+        providers.iter().map(|_| OidcProvider::start(&format!("{url}/v1/people/callback"), &secret_file)).collect();
+    let mut people = format!("\n[people]\n{people_extra}\n");
+    for (name, op) in providers.iter().zip(&ops) {
+        people.push_str(&format!(
+            r#"
+[people.providers.{name}]
 issuer = "{op}"
 client_id = "lessor"
 client_secret_file = "{secret}"
 scopes = ["openid", "email", "profile", "groups"]
 "#,
-        op = op.url,
-        secret = secret_file.display()
-    );
+            op = op.url,
+            secret = secret_file.display()
+        ));
+    }
+    people.push_str(extra);
     let text = config_text(&dir, &policies, &issuer.url, &people, "")
         .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:0\"\npublic_url = \"{url}\""), 1);
     let cfg = Config::from_toml(&text).unwrap();
@@ -138,28 +156,27 @@ scopes = ["openid", "email", "profile", "groups"]
         http: reqwest::Client::new(),
         _tmp: None,
     };
-    // The workload issuer's server task lives on as long as the test's runtime.
-    drop(issuer);
-    Setup { d, op, _tmp: tmp }
+    let op = ops.remove(0);
+    Setup { d, op, others: ops, iss: issuer, _tmp: tmp }
 }
 
 /// A browser: no redirects followed, cookies kept per host:port (path and
 /// expiry honoured enough for these flows).
 #[derive(Clone)]
-struct Browser {
+pub(crate) struct Browser {
     http: reqwest::Client,
     jar: Arc<Mutex<BTreeMap<(String, String), String>>>,
 }
 
-struct Resp {
-    status: u16,
-    location: Option<String>,
-    set_cookies: Vec<String>,
-    body: String,
+pub(crate) struct Resp {
+    pub(crate) status: u16,
+    pub(crate) location: Option<String>,
+    pub(crate) set_cookies: Vec<String>,
+    pub(crate) body: String,
 }
 
 impl Browser {
-    fn new() -> Browser {
+    pub(crate) fn new() -> Browser {
         Browser {
             http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
             jar: Arc::new(Mutex::new(BTreeMap::new())),
@@ -171,15 +188,15 @@ impl Browser {
         format!("{}:{}", u.host_str().unwrap(), u.port_or_known_default().unwrap())
     }
 
-    fn cookie(&self, url: &str, name: &str) -> Option<String> {
+    pub(crate) fn cookie(&self, url: &str, name: &str) -> Option<String> {
         self.jar.lock().unwrap().get(&(Self::host(url), name.to_owned())).cloned()
     }
 
-    fn set_cookie(&self, url: &str, name: &str, value: &str) {
+    pub(crate) fn set_cookie(&self, url: &str, name: &str, value: &str) {
         self.jar.lock().unwrap().insert((Self::host(url), name.to_owned()), value.to_owned());
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder, url: &str) -> Resp {
+    pub(crate) async fn send(&self, req: reqwest::RequestBuilder, url: &str) -> Resp {
         let host = Self::host(url);
         let cookies: Vec<String> = self
             .jar
@@ -213,15 +230,24 @@ impl Browser {
         Resp { status, location, set_cookies, body }
     }
 
-    async fn get(&self, url: &str) -> Resp {
+    pub(crate) async fn get(&self, url: &str) -> Resp {
         self.send(self.http.get(url), url).await
     }
 
-    async fn post_form(&self, url: &str, form: &[(&str, &str)]) -> Resp {
+    pub(crate) async fn post_form(&self, url: &str, form: &[(&str, &str)]) -> Resp {
         self.send(self.http.post(url).form(form), url).await
     }
 
-    async fn post_json(&self, url: &str, body: Value, csrf: Option<&str>) -> Resp {
+    /// A JSON request with the cookies (and the CSRF header when given).
+    pub(crate) async fn send_json(&self, method: reqwest::Method, url: &str, body: Value, csrf: Option<&str>) -> Resp {
+        let mut req = self.http.request(method, url).json(&body);
+        if let Some(c) = csrf {
+            req = req.header("x-lessor-csrf", c);
+        }
+        self.send(req, url).await
+    }
+
+    pub(crate) async fn post_json(&self, url: &str, body: Value, csrf: Option<&str>) -> Resp {
         let mut req = self.http.post(url).json(&body);
         if let Some(c) = csrf {
             req = req.header("x-lessor-csrf", c);
@@ -230,7 +256,7 @@ impl Browser {
     }
 
     /// Follows redirects on the provider until one points back at lessor.
-    async fn follow_until(&self, mut r: Resp, stop_at: &str) -> (Resp, Option<String>) {
+    pub(crate) async fn follow_until(&self, mut r: Resp, stop_at: &str) -> (Resp, Option<String>) {
         for _ in 0..10 {
             match r.location.clone() {
                 Some(l) if l.starts_with(stop_at) => return (r, Some(l)),
@@ -244,7 +270,7 @@ impl Browser {
     /// Signs `user` in at the provider starting from its authorization URL
     /// and returns the URL the provider sends the browser back to (lessor's
     /// callback).
-    async fn authorize(&self, auth_url: &str, user: &str, lessor: &str) -> String {
+    pub(crate) async fn authorize(&self, auth_url: &str, user: &str, lessor: &str) -> String {
         let r = self.get(auth_url).await;
         let (r, back) = self.follow_until(r, lessor).await;
         if let Some(b) = back {
@@ -262,15 +288,20 @@ impl Browser {
 
     /// The whole browser sign-in; `tamper` may change the authorization URL
     /// before the browser visits it. Returns the callback's answer.
-    async fn sign_in(&self, d: &Daemon, user: &str, tamper: impl FnOnce(String) -> String) -> Resp {
-        let r = self.get(&format!("{}/v1/people/login?provider=test&return_to=/v1/people/me", d.url)).await;
+    pub(crate) async fn sign_in(&self, d: &Daemon, user: &str, tamper: impl FnOnce(String) -> String) -> Resp {
+        self.sign_in_at(d, "test", user, tamper).await
+    }
+
+    /// [`Browser::sign_in`] at the provider lessor calls `provider`.
+    pub(crate) async fn sign_in_at(&self, d: &Daemon, provider: &str, user: &str, tamper: impl FnOnce(String) -> String) -> Resp {
+        let r = self.get(&format!("{}/v1/people/login?provider={provider}&return_to=/v1/people/me", d.url)).await;
         assert_eq!(r.status, 302, "{}", r.body);
         let auth = tamper(r.location.unwrap());
         let back = self.authorize(&auth, user, &d.url).await;
         self.get(&back).await
     }
 
-    async fn me(&self, d: &Daemon) -> (u16, Value) {
+    pub(crate) async fn me(&self, d: &Daemon) -> (u16, Value) {
         let r = self.get(&format!("{}/v1/people/me", d.url)).await;
         (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
     }
@@ -290,7 +321,7 @@ fn with_param(url: &str, name: &str, value: &str) -> String {
     u.to_string()
 }
 
-fn audit_lines(d: &Daemon) -> Vec<Value> {
+pub(crate) fn audit_lines(d: &Daemon) -> Vec<Value> {
     std::fs::read_to_string(d.dir.join("audit.log"))
         .unwrap_or_default()
         .lines()
@@ -298,7 +329,7 @@ fn audit_lines(d: &Daemon) -> Vec<Value> {
         .collect()
 }
 
-async fn audit_has(d: &Daemon, pred: impl Fn(&Value) -> bool) -> bool {
+pub(crate) async fn audit_has(d: &Daemon, pred: impl Fn(&Value) -> bool) -> bool {
     Daemon::eventually(Duration::from_secs(5), || {
         let found = audit_lines(d).iter().any(&pred);
         async move { found.then_some(()) }
@@ -544,7 +575,7 @@ async fn sessions_end_after_the_idle_and_the_absolute_timeout() {
 }
 
 /// Approves a device user code through the provider's device pages as `user`.
-async fn approve_device(op: &str, user_code: &str, user: &str) {
+pub(crate) async fn approve_device(op: &str, user_code: &str, user: &str) {
     let b = Browser::new();
     let xsrf = |body: &str| {
         let i = body.find("name=\"xsrf\" value=\"").expect("no xsrf in the device page") + 19;
@@ -571,7 +602,7 @@ async fn approve_device(op: &str, user_code: &str, user: &str) {
     assert!(r.body.contains("device approved"), "{} {}", r.status, r.body);
 }
 
-fn cli(args: &[&str], home: &Path) -> (i32, String, String) {
+pub(crate) fn cli(args: &[&str], home: &Path) -> (i32, String, String) {
     let o = Command::new(BIN)
         .args(args)
         .env("XDG_CONFIG_HOME", home)
@@ -807,4 +838,70 @@ fn lessor_check_reads_the_client_secret_and_refuses_one_others_can_read() {
     std::fs::write(&cfg, config_text(dir, &policies, "https://issuer.example", &people.replace("10m", "48h"), "")).unwrap();
     let (ok, out) = check();
     assert!(!ok && out.contains("people.idle_timeout is 48h"), "{out}");
+}
+
+/// `lessor_people_sign_ins_total{provider,via,outcome,reason}`: a
+/// successful browser sign-in, a refused one (state mismatch) and a device
+/// sign-in are counted under the provider's configured name; no label
+/// holds a person's subject, email or name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_are_counted_by_provider_and_outcome_never_by_person() {
+    // A provider name no other test uses: the metrics are the process's.
+    let s = setup_with("", &["metered"], "", "").await;
+    let d = &s.d;
+    let scrape = || async {
+        let text = d.http.get(format!("{}/metrics", d.url)).send().await.unwrap().text().await.unwrap();
+        text.lines().filter(|l| l.starts_with("lessor_people_sign_ins_total{")).map(str::to_owned).collect::<Vec<_>>()
+    };
+    let value = |lines: &[String], labels: &[(&str, &str)]| -> f64 {
+        lines
+            .iter()
+            .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .unwrap_or(0.0)
+    };
+    let ok_browser = [("provider", "metered"), ("via", "browser"), ("outcome", "ok"), ("reason", "none")];
+    let ok_device = [("provider", "metered"), ("via", "device"), ("outcome", "ok"), ("reason", "none")];
+    let mismatch = [("provider", "metered"), ("via", "browser"), ("outcome", "refused"), ("reason", "state_mismatch")];
+    let before = scrape().await;
+    // Configured providers start at 0, not absent.
+    assert!(before.iter().any(|l| l.contains("provider=\"metered\"") && l.contains("via=\"device\"")), "{before:?}");
+    assert_eq!(value(&before, &ok_browser), 0.0);
+
+    let b = Browser::new();
+    assert_eq!(b.sign_in_at(d, "metered", "alice", |u| u).await.status, 302);
+    let b = Browser::new();
+    let r = b.get(&format!("{}/v1/people/login?provider=metered", d.url)).await;
+    let back = b.authorize(&r.location.unwrap(), "bob", &d.url).await;
+    assert_eq!(b.get(&with_param(&back, "state", "forged-state")).await.status, 401);
+    // The device flow, approved at the provider.
+    let r = reqwest::Client::new().post(format!("{}/v1/people/device", d.url)).json(&json!({"provider": "metered"})).send().await.unwrap();
+    let start: Value = r.json().await.unwrap();
+    approve_device(&s.op.url, start["user_code"].as_str().unwrap(), "carol").await;
+    // Approved before the first poll; then at the provider's interval.
+    let interval = Duration::from_secs(start["interval"].as_u64().unwrap_or(5));
+    let mut done = false;
+    for _ in 0..5 {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/people/device/token", d.url))
+            .json(&json!({"device_code": start["device_code"]}))
+            .send()
+            .await
+            .unwrap();
+        if r.status().is_success() {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(interval).await;
+    }
+    assert!(done, "the device sign-in did not finish");
+
+    let after = scrape().await;
+    assert_eq!(value(&after, &ok_browser) - value(&before, &ok_browser), 1.0, "{after:?}");
+    assert_eq!(value(&after, &mismatch) - value(&before, &mismatch), 1.0, "{after:?}");
+    assert_eq!(value(&after, &ok_device) - value(&before, &ok_device), 1.0, "{after:?}");
+    let all = d.http.get(format!("{}/metrics", d.url)).send().await.unwrap().text().await.unwrap();
+    for who in ["alice", "bob", "carol", "Example.com", "example.com", "Platform"] {
+        assert!(!all.contains(who), "`{who}` in a metric: {all}");
+    }
 }

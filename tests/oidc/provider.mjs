@@ -35,6 +35,9 @@ const USERS = {
   bob: { name: 'Bob Finance', groups: ['finance'] },
   carol: { name: 'Carol Acme', groups: ['account:acme'] },
   dave: { name: 'Dave Globex', groups: ['account:globex'] },
+  // Another subject with alice's email (in finance): one person with two
+  // accounts must still not approve their own change.
+  'a.smith': { name: 'A. Smith', groups: ['finance'], email: 'alice@example.com' },
 };
 
 // Listen first: the issuer URL names the port.
@@ -73,7 +76,7 @@ const provider = new Provider(issuer, {
     if (!u) return undefined;
     return {
       accountId: id,
-      claims: async () => ({ sub: id, email: `${id}@Example.com`, email_verified: true, name: u.name, groups: u.groups }),
+      claims: async () => ({ sub: id, email: u.email || `${id}@Example.com`, email_verified: true, name: u.name, groups: u.groups }),
     };
   },
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
