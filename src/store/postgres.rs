@@ -39,6 +39,31 @@ use super::{
 };
 use super::{ClusterStore, JobStore, LeaseStore, PluginStateStore, SecretStore};
 
+/// `?` inside a transaction: on error, roll back and wait for it before the
+/// error goes to the caller. Dropping a sqlx `Transaction` only queues its
+/// ROLLBACK (a task spawned when the connection returns to the pool sends
+/// it), and PostgreSQL sends a statement's error before it aborts the
+/// transaction: either way the caller could act (and find rows still
+/// locked, skipped by `SKIP LOCKED`) before the transaction is over.
+/// Waiting for the ROLLBACK's reply orders everything after the abort.
+macro_rules! tx_try {
+    ($tx:ident, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return Err(crate::store::postgres::abort($tx, interpret_error(e)).await),
+        }
+    };
+}
+
+/// Ends a failed transaction (see [`tx_try`]) and hands back its error.
+async fn abort(tx: sqlx::Transaction<'_, Postgres>, e: StoreError) -> StoreError {
+    if let Err(r) = tx.rollback().await {
+        // The connection is broken: the server ends the transaction with it.
+        tracing::debug!(error = %r, "rolling back a failed transaction failed");
+    }
+    e
+}
+
 mod admin_tokens;
 mod cluster;
 mod customer_tokens;

@@ -319,20 +319,6 @@ impl Api<'_> {
     }
 }
 
-/// Captures debug logs of everything on this (current-thread) runtime.
-#[derive(Clone, Default)]
-struct LogBuf(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
@@ -346,16 +332,29 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+fn installed_root_note() {
+    tracing::info!("log capture: a callsite first hit elsewhere");
+}
+
+/// The capture sees an event whose callsite another thread hit first (with
+/// no subscriber of its own there): with a per-test `set_default` that first
+/// hit cached the callsite as off for the process whenever the capturing
+/// test's subscriber was the only one, and the test lost the event. Events
+/// of other threads are not in this test's capture.
+#[test]
+fn log_capture_sees_a_callsite_first_hit_on_another_thread() {
+    let logs = crate::support::logs::capture();
+    std::thread::spawn(installed_root_note).join().unwrap();
+    assert!(logs.text().is_empty(), "another thread's event was captured: {}", logs.text());
+    installed_root_note();
+    tracing::debug!(level = "debug", "log capture: debug too");
+    let text = logs.text();
+    assert!(text.contains("a callsite first hit elsewhere") && text.contains("debug too"), "{text}");
+}
+
 #[tokio::test]
 async fn production_needs_a_verified_secret_and_a_second_person_and_switches_issuance() {
-    let logs = LogBuf::default();
-    let w = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || w.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = crate::support::logs::capture();
 
     let iss = Issuer::start().await;
     let tmp = tempfile::tempdir().unwrap();
@@ -469,7 +468,7 @@ async fn production_needs_a_verified_secret_and_a_second_person_and_switches_iss
     drop(api);
     let mut d = d;
     d.stop().await;
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(logs.contains("root credential installed as active"), "debug logs were captured");
     let rotated_pw = rotated.rsplit(':').next().unwrap().to_owned();
     for needle in [CANARY, rotated_pw.as_str()] {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod logs;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

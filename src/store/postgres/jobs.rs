@@ -13,6 +13,23 @@ impl JobStore for PgStore {
     ) -> Result<i64, StoreError> {
         let filter = serde_json::to_string(f).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.pool.begin().await.map_err(interpret_error)?;
+        // The job row first: a caller racing for the same id fails here, on
+        // the primary key, before it has touched (and locked) a lease. Taking
+        // the leases first made every loser rewrite them all, and its locks
+        // outlived its error: PostgreSQL sends the error before it aborts the
+        // transaction, so a `due()` right after could skip them all.
+        tx_try!(
+            tx,
+            sqlx::query(
+                "INSERT INTO jobs (id, kind, filter, created_by, created_at, total) VALUES ($1, 'revoke', $2, $3, $4, 0)",
+            )
+            .bind(id)
+            .bind(filter)
+            .bind(created_by)
+            .bind(to_ms(now))
+            .execute(&mut *tx)
+            .await
+        );
         let mut qb = QueryBuilder::<Postgres>::new("UPDATE leases SET job_id = ");
         qb.push_bind(id.to_owned())
             .push(", next_attempt_at = ")
@@ -34,18 +51,8 @@ impl JobStore for PgStore {
         if let Some(t) = f.issued_after_ms {
             qb.push(" AND issued_at >= ").push_bind(t);
         }
-        let n = qb.build().execute(&mut *tx).await.map_err(interpret_error)?.rows_affected() as i64;
-        sqlx::query(
-            "INSERT INTO jobs (id, kind, filter, created_by, created_at, total) VALUES ($1, 'revoke', $2, $3, $4, $5)",
-        )
-        .bind(id)
-        .bind(filter)
-        .bind(created_by)
-        .bind(to_ms(now))
-        .bind(n)
-        .execute(&mut *tx)
-        .await
-        .map_err(interpret_error)?;
+        let n = tx_try!(tx, qb.build().execute(&mut *tx).await).rows_affected() as i64;
+        tx_try!(tx, sqlx::query("UPDATE jobs SET total = $1 WHERE id = $2").bind(n).bind(id).execute(&mut *tx).await);
         tx.commit().await.map_err(interpret_error)?;
         Ok(n)
     }
