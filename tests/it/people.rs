@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use crate::support::{config_text, copy_dir, Daemon, Issuer};
 
-const BIN: &str = env!("CARGO_BIN_EXE_lessor");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_lessor");
 const SECRET: &str = "lessor-test-client-secret";
 
 fn oidc_dir() -> PathBuf {
@@ -31,9 +31,9 @@ fn oidc_dir() -> PathBuf {
 }
 
 /// The provider process; killed on drop.
-struct OidcProvider {
+pub(crate) struct OidcProvider {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for OidcProvider {
@@ -86,13 +86,21 @@ impl OidcProvider {
 }
 
 /// A daemon with `[people]` pointing at a fresh oidc-provider.
-struct Setup {
-    d: Daemon,
-    op: OidcProvider,
+pub(crate) struct Setup {
+    pub(crate) d: Daemon,
+    pub(crate) op: OidcProvider,
+    /// The workload issuer the daemon trusts.
+    pub(crate) iss: Issuer,
     _tmp: tempfile::TempDir,
 }
 
 async fn setup(people_extra: &str) -> Setup {
+    setup_with(people_extra, "test", "").await
+}
+
+/// A daemon whose `[people]` provider `provider` is a fresh oidc-provider,
+/// with `extra` appended to its config.
+pub(crate) async fn setup_with(people_extra: &str, provider: &str, extra: &str) -> Setup {
     let issuer = Issuer::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
@@ -114,11 +122,12 @@ async fn setup(people_extra: &str) -> Setup {
         r#"
 [people]
 {people_extra}
-[people.providers.test]
+[people.providers.{provider}]
 issuer = "{op}"
 client_id = "lessor"
 client_secret_file = "{secret}"
 scopes = ["openid", "email", "profile", "groups"]
+{extra}
 "#,
         op = op.url,
         secret = secret_file.display()
@@ -138,28 +147,26 @@ scopes = ["openid", "email", "profile", "groups"]
         http: reqwest::Client::new(),
         _tmp: None,
     };
-    // The workload issuer's server task lives on as long as the test's runtime.
-    drop(issuer);
-    Setup { d, op, _tmp: tmp }
+    Setup { d, op, iss: issuer, _tmp: tmp }
 }
 
 /// A browser: no redirects followed, cookies kept per host:port (path and
 /// expiry honoured enough for these flows).
 #[derive(Clone)]
-struct Browser {
-    http: reqwest::Client,
+pub(crate) struct Browser {
+    pub(crate) http: reqwest::Client,
     jar: Arc<Mutex<BTreeMap<(String, String), String>>>,
 }
 
-struct Resp {
-    status: u16,
-    location: Option<String>,
-    set_cookies: Vec<String>,
-    body: String,
+pub(crate) struct Resp {
+    pub(crate) status: u16,
+    pub(crate) location: Option<String>,
+    pub(crate) set_cookies: Vec<String>,
+    pub(crate) body: String,
 }
 
 impl Browser {
-    fn new() -> Browser {
+    pub(crate) fn new() -> Browser {
         Browser {
             http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
             jar: Arc::new(Mutex::new(BTreeMap::new())),
@@ -171,7 +178,7 @@ impl Browser {
         format!("{}:{}", u.host_str().unwrap(), u.port_or_known_default().unwrap())
     }
 
-    fn cookie(&self, url: &str, name: &str) -> Option<String> {
+    pub(crate) fn cookie(&self, url: &str, name: &str) -> Option<String> {
         self.jar.lock().unwrap().get(&(Self::host(url), name.to_owned())).cloned()
     }
 
@@ -179,7 +186,7 @@ impl Browser {
         self.jar.lock().unwrap().insert((Self::host(url), name.to_owned()), value.to_owned());
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder, url: &str) -> Resp {
+    pub(crate) async fn send(&self, req: reqwest::RequestBuilder, url: &str) -> Resp {
         let host = Self::host(url);
         let cookies: Vec<String> = self
             .jar
@@ -213,7 +220,7 @@ impl Browser {
         Resp { status, location, set_cookies, body }
     }
 
-    async fn get(&self, url: &str) -> Resp {
+    pub(crate) async fn get(&self, url: &str) -> Resp {
         self.send(self.http.get(url), url).await
     }
 
@@ -221,7 +228,7 @@ impl Browser {
         self.send(self.http.post(url).form(form), url).await
     }
 
-    async fn post_json(&self, url: &str, body: Value, csrf: Option<&str>) -> Resp {
+    pub(crate) async fn post_json(&self, url: &str, body: Value, csrf: Option<&str>) -> Resp {
         let mut req = self.http.post(url).json(&body);
         if let Some(c) = csrf {
             req = req.header("x-lessor-csrf", c);
@@ -263,14 +270,19 @@ impl Browser {
     /// The whole browser sign-in; `tamper` may change the authorization URL
     /// before the browser visits it. Returns the callback's answer.
     async fn sign_in(&self, d: &Daemon, user: &str, tamper: impl FnOnce(String) -> String) -> Resp {
-        let r = self.get(&format!("{}/v1/people/login?provider=test&return_to=/v1/people/me", d.url)).await;
+        self.sign_in_with(d, "test", user, tamper).await
+    }
+
+    /// [`Browser::sign_in`] through provider `provider`.
+    pub(crate) async fn sign_in_with(&self, d: &Daemon, provider: &str, user: &str, tamper: impl FnOnce(String) -> String) -> Resp {
+        let r = self.get(&format!("{}/v1/people/login?provider={provider}&return_to=/v1/people/me", d.url)).await;
         assert_eq!(r.status, 302, "{}", r.body);
         let auth = tamper(r.location.unwrap());
         let back = self.authorize(&auth, user, &d.url).await;
         self.get(&back).await
     }
 
-    async fn me(&self, d: &Daemon) -> (u16, Value) {
+    pub(crate) async fn me(&self, d: &Daemon) -> (u16, Value) {
         let r = self.get(&format!("{}/v1/people/me", d.url)).await;
         (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
     }
@@ -544,7 +556,7 @@ async fn sessions_end_after_the_idle_and_the_absolute_timeout() {
 }
 
 /// Approves a device user code through the provider's device pages as `user`.
-async fn approve_device(op: &str, user_code: &str, user: &str) {
+pub(crate) async fn approve_device(op: &str, user_code: &str, user: &str) {
     let b = Browser::new();
     let xsrf = |body: &str| {
         let i = body.find("name=\"xsrf\" value=\"").expect("no xsrf in the device page") + 19;
@@ -571,7 +583,7 @@ async fn approve_device(op: &str, user_code: &str, user: &str) {
     assert!(r.body.contains("device approved"), "{} {}", r.status, r.body);
 }
 
-fn cli(args: &[&str], home: &Path) -> (i32, String, String) {
+pub(crate) fn cli(args: &[&str], home: &Path) -> (i32, String, String) {
     let o = Command::new(BIN)
         .args(args)
         .env("XDG_CONFIG_HOME", home)
