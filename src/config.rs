@@ -783,13 +783,6 @@ impl Config {
                 )));
             }
         }
-        for r in ct.dev_policy.forbidden.iter().chain(&ct.dev_policy.confirm) {
-            for s in &r.scopes {
-                if !out.values().any(|e| e.scopes.contains_key(s)) {
-                    return Err(bad(format!("customer_tokens.dev_policy rule `{}`: scope `{s}` is in no customer token role", r.name)));
-                }
-            }
-        }
         for (name, rs) in &ct.resource_servers {
             for e in &rs.environments {
                 if !out.contains_key(e) {

@@ -260,7 +260,7 @@ async fn start_inner(
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     #[cfg(not(unix))]
     let hup = None;
-    tasks.push(tokio::spawn(watch_policies(policy, audit.clone(), cfg.policy_poll, hup, rx.clone())));
+    tasks.push(tokio::spawn(watch_policies(policy.clone(), audit.clone(), cfg.policy_poll, hup, rx.clone())));
 
     let admin_requires_client_cert = cfg.tls.as_ref().is_some_and(|t| t.admin_requires_client_cert);
     let brake = Arc::new(crate::http::brake::AuthBrake::new(
@@ -288,8 +288,8 @@ async fn start_inner(
         None => None,
         Some(ct) => {
             let catalogue = cfg.customer_token_catalogue()?;
-            // TEST/DEV authorization until Cedar decides people's token actions.
-            let authz = Arc::new(crate::customer_tokens::authz::DevListPolicy::new(&ct.dev_policy));
+            // Cedar decides people's token actions, with the live policy set.
+            let authz = Arc::new(crate::customer_tokens::authz::CedarTokens::new(policy.clone()));
             let svc = CustomerTokens::new(store.clone(), audit.clone(), ct.clone(), catalogue, authz, clock)
                 .map_err(|e| anyhow!("config: {e}"))?;
             let svc = Arc::new(svc);

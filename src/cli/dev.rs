@@ -92,7 +92,9 @@ const EXAMPLE_POLICIES: &[(&str, &str)] = &[
     ("github/database.cedar", include_str!("../../policies/github/database.cedar")),
     ("kubernetes/service-accounts.cedar", include_str!("../../policies/kubernetes/service-accounts.cedar")),
     ("operators.cedar", include_str!("../../policies/operators.cedar")),
+    ("customer_tokens.cedar", include_str!("../../policies/customer_tokens.cedar")),
     ("tests/examples.toml", include_str!("../../policies/tests/examples.toml")),
+    ("tests/customer_tokens.toml", include_str!("../../policies/tests/customer_tokens.toml")),
 ];
 
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {

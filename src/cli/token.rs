@@ -4,9 +4,9 @@
 //! what each allows and does not, "Expires on ...", creator) and asks
 //! before it creates; the token is printed once (stdout).
 //!
-//! The person's session comes from [`credential`]: `--session-file` or
-//! `$LESSOR_SESSION` today (`lsr_person_...`); `lessor login` keeps it in
-//! the user's config dir once sign-in is merged.
+//! The person's session comes from [`credential`]: the one `lessor login`
+//! keeps in the user's config dir for this `--addr` (by default), or, for
+//! scripts, `--session-file` / `$LESSOR_SESSION` (`lsr_person_...`).
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -24,8 +24,8 @@ use super::AddrArg;
 pub struct TokenConn {
     #[command(flatten)]
     addr: AddrArg,
-    /// File holding your session (`lsr_person_...`, from `lessor login`;
-    /// else $LESSOR_SESSION).
+    /// File holding a session token (`lsr_person_...`); by default the
+    /// session `lessor login` stored for this address (else $LESSOR_SESSION).
     #[arg(long, env = "LESSOR_SESSION_FILE")]
     session_file: Option<PathBuf>,
     /// The customer account (your group `account:<name>`).
@@ -87,10 +87,15 @@ fn credential(c: &TokenConn) -> anyhow::Result<SecretString> {
         let t = std::fs::read_to_string(f).with_context(|| format!("reading the session from {}", f.display()))?;
         return Ok(SecretString::from(t.trim().to_owned()));
     }
-    match std::env::var("LESSOR_SESSION") {
-        Ok(t) if !t.trim().is_empty() => Ok(SecretString::from(t.trim().to_owned())),
-        _ => Err(anyhow!("customer tokens are managed by people: sign in (`lessor login`) and pass --session-file or set LESSOR_SESSION")),
+    if let Ok(t) = std::env::var("LESSOR_SESSION") {
+        if !t.trim().is_empty() {
+            return Ok(SecretString::from(t.trim().to_owned()));
+        }
     }
+    let addr = c.addr.addr.trim_end_matches('/');
+    super::login::stored_session(addr)?.ok_or_else(|| {
+        anyhow!("customer tokens are managed by people: not signed in to {addr}; run `lessor login --addr {addr}` (or pass --session-file / set LESSOR_SESSION)")
+    })
 }
 
 /// The summary a person confirms, as printed.

@@ -4,21 +4,25 @@
 //!   `x` when one of their groups is `<account_group_prefix>x`. A person who
 //!   is not a member gets 404 for the account and its tokens (the service
 //!   answers as if they did not exist).
-//! - **Decisions** ([`TokenAuthorizer`]): which scopes, expiries and
-//!   confirmations a member may use. Cedar decides these (`Lessor::Person`,
-//!   actions `token_create|token_read|token_rotate|token_revoke` on
-//!   `Lessor::Account` with a `TokenContext`); until that is merged,
-//!   [`DevListPolicy`] is the test/dev implementation, driven by
-//!   `[customer_tokens.dev_policy]`.
+//! - **Decisions** ([`TokenAuthorizer`], implemented by [`CedarTokens`]):
+//!   which scopes, expiries and confirmations a member may use. Cedar
+//!   decides (`Lessor::Person`, actions `token_create|token_read|
+//!   token_rotate|token_revoke` on `Lessor::Account` with a
+//!   `TokenContext`), with the live policy set (reloads apply to the next
+//!   request). A denial is *confirmable* when the same request with
+//!   `confirmed = true` is allowed: policies write a broad combination as
+//!   `forbid (...) when { ... } unless { context.confirmed };`, and lessor
+//!   finds out by deciding once more, so no annotation can disagree with
+//!   what the policy does.
 //!
 //! Must not import: http, store, config.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::Arc;
 
-use crate::customer_tokens::config::{ComboRule, DevPolicyConfig, LONGEST_PRESET};
+use crate::policy::{Action, PersonInfo, PolicyEngine};
 use crate::principal::Person;
+
+pub use crate::policy::TokenContext;
 
 /// What a person asks to do (Cedar's `token_*` actions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,11 +36,15 @@ pub enum TokenAction {
 impl TokenAction {
     /// The Cedar action id.
     pub fn as_str(self) -> &'static str {
+        self.policy_action().as_str()
+    }
+
+    fn policy_action(self) -> Action {
         match self {
-            TokenAction::Create => "token_create",
-            TokenAction::Read => "token_read",
-            TokenAction::Rotate => "token_rotate",
-            TokenAction::Revoke => "token_revoke",
+            TokenAction::Create => Action::TokenCreate,
+            TokenAction::Read => Action::TokenRead,
+            TokenAction::Rotate => Action::TokenRotate,
+            TokenAction::Revoke => Action::TokenRevoke,
         }
     }
 }
@@ -47,32 +55,27 @@ pub struct AccountInfo {
     pub name: String,
 }
 
-/// Cedar's `TokenContext`: what the decision may look at.
+/// A permission: the policies that gave it (for the audit).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenContext {
-    pub scopes: Vec<String>,
-    pub expires_in_seconds: i64,
-    pub environment: String,
-    /// The request's `confirm` field.
-    pub confirmed: bool,
-    /// Unix seconds.
-    pub now: i64,
-    pub source_ip: IpAddr,
+pub struct Allowed {
+    pub policies: Vec<String>,
 }
 
 /// A refusal: shown to the person as is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denied {
     pub message: String,
-    /// The deciding policy (or rule) id.
-    pub policy: Option<String>,
+    /// The deciding policy ids (the forbids; none when nothing permitted).
+    pub policies: Vec<String>,
+    /// Their reasons (for the audit).
+    pub reasons: Vec<String>,
     /// True when the same request with `confirm = true` would be allowed.
     pub confirmable: bool,
 }
 
 /// The one seam between customer tokens and the policy engine.
 pub trait TokenAuthorizer: Send + Sync {
-    fn decide(&self, person: &Person, action: TokenAction, account: &AccountInfo, ctx: &TokenContext) -> Result<(), Denied>;
+    fn decide(&self, person: &Person, action: TokenAction, account: &AccountInfo, ctx: &TokenContext) -> Result<Allowed, Denied>;
 }
 
 /// Membership: one of the person's groups is `<prefix><account>`.
@@ -88,72 +91,68 @@ pub fn accounts_of(person: &Person, prefix: &str) -> Vec<String> {
     v
 }
 
-/// TEST/DEV ONLY: decisions from `[customer_tokens.dev_policy]` lists
-/// (forbidden and confirm-only scope combinations, longest expiry per
-/// account; otherwise the presets' 180 days). Every member may read,
-/// rotate and revoke. Replaced by the Cedar implementation at merge.
-pub struct DevListPolicy {
-    forbidden: Vec<ComboRule>,
-    confirm: Vec<ComboRule>,
-    max_expiry_by_account: BTreeMap<String, Duration>,
-}
-
-impl DevListPolicy {
-    /// From the config section (already validated: the durations parse).
-    pub fn new(cfg: &DevPolicyConfig) -> DevListPolicy {
-        let max_expiry_by_account = cfg
-            .max_expiry_by_account
-            .iter()
-            .filter_map(|(a, v)| crate::duration::parse(v).ok().map(|d| (a.clone(), d)))
-            .collect();
-        DevListPolicy { forbidden: cfg.forbidden.clone(), confirm: cfg.confirm.clone(), max_expiry_by_account }
+/// A person as Cedar sees them (`Lessor::Person`).
+fn person_info(p: &Person) -> PersonInfo {
+    PersonInfo {
+        provider: p.provider.clone(),
+        issuer: p.issuer.clone(),
+        subject: p.subject.clone(),
+        email: p.email.clone(),
+        name: p.name.clone(),
+        groups: p.groups.clone(),
     }
 }
 
-fn holds(rule: &ComboRule, scopes: &[String]) -> bool {
-    rule.scopes.iter().all(|s| scopes.contains(s))
+/// Cedar decides: the live policy set of `engine` (a reload applies to the
+/// next decision).
+pub struct CedarTokens {
+    engine: Arc<PolicyEngine>,
 }
 
-impl TokenAuthorizer for DevListPolicy {
-    fn decide(&self, _person: &Person, action: TokenAction, account: &AccountInfo, ctx: &TokenContext) -> Result<(), Denied> {
-        if !matches!(action, TokenAction::Create | TokenAction::Rotate) {
-            return Ok(());
+impl CedarTokens {
+    pub fn new(engine: Arc<PolicyEngine>) -> CedarTokens {
+        CedarTokens { engine }
+    }
+}
+
+impl TokenAuthorizer for CedarTokens {
+    fn decide(&self, person: &Person, action: TokenAction, account: &AccountInfo, ctx: &TokenContext) -> Result<Allowed, Denied> {
+        let policies = self.engine.current();
+        let who = person_info(person);
+        let failed = |e: crate::policy::PolicyError| Denied {
+            message: format!("`{}` on account `{}` could not be decided: {e}", action.as_str(), account.name),
+            policies: vec![],
+            reasons: vec![],
+            confirmable: false,
+        };
+        let d = policies.decide_token(&who, action.policy_action(), &account.name, ctx).map_err(failed)?;
+        if d.allowed {
+            return Ok(Allowed { policies: d.policy_ids() });
         }
-        if let Some(r) = self.forbidden.iter().find(|r| holds(r, &ctx.scopes)) {
-            return Err(Denied {
-                message: format!("scopes {} together are forbidden by policy `{}`: {}", r.scopes.join(" + "), r.name, r.reason),
-                policy: Some(r.name.clone()),
-                confirmable: false,
-            });
-        }
+        let ids = d.policy_ids();
+        let reasons: Vec<String> = d.policies.iter().filter_map(|p| p.reason.clone()).collect();
+        // Confirmable: the same request, confirmed, is allowed.
         if !ctx.confirmed {
-            if let Some(r) = self.confirm.iter().find(|r| holds(r, &ctx.scopes)) {
+            let confirmed = TokenContext { confirmed: true, ..ctx.clone() };
+            if policies.decide_token(&who, action.policy_action(), &account.name, &confirmed).is_ok_and(|c| c.allowed) {
+                let why: Vec<String> = d
+                    .policies
+                    .iter()
+                    .map(|p| match &p.reason {
+                        Some(r) => format!("policy `{}`: {r}", p.id),
+                        None => format!("policy `{}`", p.id),
+                    })
+                    .collect();
+                let scopes = if ctx.scopes.is_empty() { "this request".to_string() } else { format!("scopes {}", ctx.scopes.join(" + ")) };
                 return Err(Denied {
-                    message: format!(
-                        "scopes {} together need an explicit confirmation (`confirm`: true), policy `{}`: {}",
-                        r.scopes.join(" + "),
-                        r.name,
-                        r.reason
-                    ),
-                    policy: Some(r.name.clone()),
+                    message: format!("{scopes} need an explicit confirmation (`confirm`: true); {}", why.join("; ")),
+                    policies: ids,
+                    reasons,
                     confirmable: true,
                 });
             }
         }
-        let max = self.max_expiry_by_account.get(&account.name).copied().unwrap_or(LONGEST_PRESET);
-        if ctx.expires_in_seconds > crate::duration::secs_i64(max) {
-            return Err(Denied {
-                message: format!(
-                    "an expiry of {} is longer than account `{}` may use ({}; policy `dev-max-expiry`)",
-                    crate::customer_tokens::fmt_days(Duration::from_secs(ctx.expires_in_seconds.unsigned_abs())),
-                    account.name,
-                    crate::customer_tokens::fmt_days(max)
-                ),
-                policy: Some("dev-max-expiry".into()),
-                confirmable: false,
-            });
-        }
-        Ok(())
+        Err(Denied { message: d.message, policies: ids, reasons, confirmable: false })
     }
 }
 
@@ -179,40 +178,5 @@ mod tests {
         assert!(!member_of(&p, "account:", "globex"));
         assert!(!member_of(&p, "account:", "acm"));
         assert_eq!(accounts_of(&p, "account:"), vec!["acme".to_owned()]);
-    }
-
-    #[test]
-    fn the_dev_lists_forbid_confirm_and_bound_expiry() {
-        let cfg = DevPolicyConfig {
-            forbidden: vec![ComboRule {
-                name: "no-data-and-security".into(),
-                scopes: vec!["customers.read".into(), "security.write".into()],
-                reason: "too broad".into(),
-            }],
-            confirm: vec![ComboRule { name: "billing-write".into(), scopes: vec!["a".into(), "b".into()], reason: "r".into() }],
-            max_expiry_by_account: [("acme".to_owned(), "365d".to_owned())].into(),
-        };
-        let pol = DevListPolicy::new(&cfg);
-        let p = person(&["account:acme"]);
-        let ctx = |scopes: &[&str], days: i64, confirmed| TokenContext {
-            scopes: scopes.iter().map(|s| s.to_string()).collect(),
-            expires_in_seconds: days * 86400,
-            environment: "production".into(),
-            confirmed,
-            now: 0,
-            source_ip: IpAddr::from([127, 0, 0, 1]),
-        };
-        let acme = AccountInfo { name: "acme".into() };
-        let globex = AccountInfo { name: "globex".into() };
-        let e = pol.decide(&p, TokenAction::Create, &acme, &ctx(&["customers.read", "security.write"], 30, true)).unwrap_err();
-        assert_eq!(e.policy.as_deref(), Some("no-data-and-security"));
-        assert!(!e.confirmable && e.message.contains("too broad"), "{e:?}");
-        let e = pol.decide(&p, TokenAction::Create, &acme, &ctx(&["a", "b"], 30, false)).unwrap_err();
-        assert!(e.confirmable && e.message.contains("confirm"), "{e:?}");
-        pol.decide(&p, TokenAction::Create, &acme, &ctx(&["a", "b"], 30, true)).unwrap();
-        pol.decide(&p, TokenAction::Create, &acme, &ctx(&["a"], 365, false)).unwrap();
-        let e = pol.decide(&p, TokenAction::Create, &globex, &ctx(&["a"], 365, false)).unwrap_err();
-        assert_eq!(e.policy.as_deref(), Some("dev-max-expiry"));
-        pol.decide(&p, TokenAction::Read, &globex, &ctx(&["customers.read", "security.write"], 999, false)).unwrap();
     }
 }

@@ -1,7 +1,7 @@
 //! `[customer_tokens]`: which token-plugin roles customers' tokens draw
 //! their scopes from, the token prefix, expiry and rotation settings, the
-//! introspection cache, usage records, warnings, resource servers and the
-//! test/dev authorization lists.
+//! introspection cache, usage records, warnings and resource servers
+//! (who may do what is Cedar's: `policies/customer_tokens.cedar`).
 //!
 //! ```toml
 //! [customer_tokens]
@@ -149,12 +149,6 @@ pub struct CustomerTokensConfig {
     /// API servers allowed to introspect, by client id.
     #[serde(default)]
     pub resource_servers: BTreeMap<String, ResourceServerConfig>,
-    /// TEST/DEV authorization only (`authz::DevListPolicy`): which scope
-    /// combinations are forbidden or need a confirmation and how long a
-    /// token may live. Cedar (`Lessor::Person`, `token_*` actions) replaces
-    /// it.
-    #[serde(default)]
-    pub dev_policy: DevPolicyConfig,
 }
 
 /// `[customer_tokens.resource_servers.<name>]`.
@@ -172,32 +166,6 @@ pub struct ResourceServerConfig {
 /// A resource server as loaded: client id, SHA-256 of its secret,
 /// environments it may introspect (empty: all).
 pub type LoadedResourceServer = (String, [u8; 32], Vec<String>);
-
-/// `[customer_tokens.dev_policy]` (test/dev only).
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct DevPolicyConfig {
-    /// Scope combinations no token may have.
-    #[serde(default)]
-    pub forbidden: Vec<ComboRule>,
-    /// Scope combinations a token may have only with `confirm = true`.
-    #[serde(default)]
-    pub confirm: Vec<ComboRule>,
-    /// Longest expiry by account, beyond the presets (at most 730d).
-    #[serde(default)]
-    pub max_expiry_by_account: BTreeMap<String, String>,
-}
-
-/// A scope combination: every scope in `scopes` held by one token.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ComboRule {
-    /// Named in refusals, like a policy id.
-    pub name: String,
-    pub scopes: Vec<String>,
-    /// Why, in plain language (shown to the person).
-    pub reason: String,
-}
 
 impl CustomerTokensConfig {
     /// Checks what needs no other section (roles and scopes are checked
@@ -255,19 +223,6 @@ impl CustomerTokensConfig {
             }
             if rs.secret_file.as_os_str().is_empty() {
                 return Err(format!("customer_tokens.resource_servers.{name}.secret_file is empty"));
-            }
-        }
-        for (account, v) in &self.dev_policy.max_expiry_by_account {
-            let dd = crate::duration::parse(v).map_err(|e| format!("customer_tokens.dev_policy.max_expiry_by_account.{account}: {e}"))?;
-            if dd > HARD_MAX_EXPIRY {
-                return Err(format!(
-                    "customer_tokens.dev_policy.max_expiry_by_account.{account} `{v}` exceeds the 730d limit on customer tokens"
-                ));
-            }
-        }
-        for r in self.dev_policy.forbidden.iter().chain(&self.dev_policy.confirm) {
-            if r.scopes.len() < 2 {
-                return Err(format!("customer_tokens.dev_policy rule `{}`: a combination names at least 2 scopes", r.name));
             }
         }
         Ok(())

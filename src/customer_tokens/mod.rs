@@ -21,7 +21,7 @@
 //! The clock is injected ([`lessor_plugin::Clock`], as plugins get it), so
 //! tests move time for expiry, overlaps and warnings.
 //!
-//! Must not import: http, sqlx, policy, config, lease, connections.
+//! Must not import: http, sqlx, config, lease, connections.
 
 pub mod authz;
 pub mod config;
@@ -41,7 +41,7 @@ use time::OffsetDateTime;
 use crate::audit::{Audit, AuditError, Event};
 use crate::principal::{Actor, Person, RequestMeta};
 use crate::store::{CustomerToken, DayCount, Store, StoreError, TokenUse, TokenWarning};
-use authz::{member_of, AccountInfo, Denied, TokenAction, TokenAuthorizer, TokenContext};
+use authz::{member_of, AccountInfo, Allowed, Denied, TokenAction, TokenAuthorizer, TokenContext};
 use config::{CustomerTokensConfig, HARD_MAX_EXPIRY, LONGEST_PRESET, MAX_OVERLAP, MIN_OVERLAP, PRESETS};
 use usage::UsageRecorder;
 
@@ -372,18 +372,28 @@ impl CustomerTokens {
         account: &AccountInfo,
         ctx: TokenContext,
     ) -> Result<(), CtError> {
-        match self.authz.decide(person, action, account, &ctx) {
-            Ok(()) => Ok(()),
-            Err(Denied { message, policy, confirmable }) => {
-                let mut ev = Event::new("customer_token.decide", "denied")
-                    .request(Some(meta))
-                    .actor(Actor::Person(person.clone()).audit_info())
-                    .detail("account", account.name.clone())
-                    .detail("policy_action", action.as_str())
-                    .detail("scopes", ctx.scopes.clone())
-                    .error(if confirmable { "confirmation_required" } else { "policy_denied" }, message.clone());
-                ev.policies = policy.clone().map(|p| vec![p]);
+        let decision = self.authz.decide(person, action, account, &ctx);
+        let mut ev = Event::new("decide", if decision.is_ok() { "allow" } else { "deny" })
+            .request(Some(meta))
+            .actor(Actor::Person(person.clone()).audit_info())
+            .detail("policy_action", action.as_str())
+            .detail("account", account.name.clone())
+            .detail("environment", ctx.environment.clone())
+            .detail("scopes", ctx.scopes.clone())
+            .detail("expires_in_seconds", ctx.expires_in_seconds)
+            .detail("confirmed", ctx.confirmed);
+        match decision {
+            Ok(Allowed { policies }) => {
+                ev.policies = Some(policies);
                 self.audit.note(ev);
+                Ok(())
+            }
+            Err(Denied { message, policies, reasons, confirmable }) => {
+                ev = ev.error(if confirmable { "confirmation_required" } else { "policy_denied" }, message.clone());
+                ev.policies = Some(policies.clone());
+                ev.reasons = Some(reasons);
+                self.audit.note(ev);
+                let policy = policies.into_iter().next();
                 if confirmable {
                     Err(CtError::ConfirmationRequired { message, policy })
                 } else {

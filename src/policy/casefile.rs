@@ -32,6 +32,19 @@
 //! expect = "allow"
 //! ```
 //!
+//! ```toml
+//! [[case]]                     # customer tokens: the resource is an account
+//! name = "acme may not mix customer data and security settings"
+//! action = "token_create"      # token_create, token_read, token_rotate, token_revoke
+//! account = "acme"
+//! environment = "production"
+//! scopes = ["customers.read", "security.write"]
+//! expires_in = "30d"           # default 30d for create and rotate, 0 otherwise
+//! confirm = true               # context.confirmed (default false)
+//! person = { provider = "customers", subject = "carol", groups = ["account:acme"] }
+//! expect = "deny"
+//! ```
+//!
 //! A case names its principal either as `principal` (a workload: issuer,
 //! subject, mapped claims) or as `person` (a person: provider, issuer,
 //! subject, email, name, groups).
@@ -43,7 +56,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Action, AnyPrincipal, ConnectionInfo, PersonInfo, Policies, Principal, RequestContext, RoleInfo, Target};
+use super::{Action, AnyPrincipal, ConnectionInfo, PersonInfo, Policies, Principal, RequestContext, RoleInfo, Target, TokenContext};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -94,6 +107,18 @@ pub struct Case {
     /// Connection name, for the `connection_*` actions.
     #[serde(default)]
     pub connection: Option<String>,
+    /// Account name, for the `token_*` actions (`Lessor::Account`).
+    #[serde(default)]
+    pub account: Option<String>,
+    /// The token's environment (`context.environment`, `token_*` actions).
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// The token's lifetime (`context.expires_in_seconds`, `token_*` actions).
+    #[serde(default)]
+    pub expires_in: Option<String>,
+    /// The request's `confirm` field (`context.confirmed`, `token_*` actions).
+    #[serde(default)]
+    pub confirm: bool,
     #[serde(default = "default_action")]
     pub action: String,
     /// A workload: `issuer`, `subject` and mapped claims.
@@ -147,14 +172,19 @@ pub enum CaseResource {
     Role(RoleInfo),
     System,
     Connection(ConnectionInfo),
+    /// An account and the token request's context (`token_*` actions).
+    Account { name: String, ctx: TokenContext },
 }
 
 impl CaseResource {
-    pub fn target(&self) -> Target<'_> {
+    /// The target of a role, system or connection action (`None` for an
+    /// account: [`Policies::decide_case`] decides those).
+    pub fn target(&self) -> Option<Target<'_>> {
         match self {
-            CaseResource::Role(r) => Target::Role(r),
-            CaseResource::System => Target::System,
-            CaseResource::Connection(c) => Target::Connection(c),
+            CaseResource::Role(r) => Some(Target::Role(r)),
+            CaseResource::System => Some(Target::System),
+            CaseResource::Connection(c) => Some(Target::Connection(c)),
+            CaseResource::Account { .. } => None,
         }
     }
 }
@@ -171,7 +201,16 @@ pub struct CaseRequest {
 impl Policies {
     /// Decides a case's request.
     pub fn decide_case(&self, r: &CaseRequest) -> Result<super::Decision, super::PolicyError> {
-        self.decide_on(&r.principal, r.action, r.resource.target(), &r.ctx)
+        match (&r.resource, &r.principal) {
+            (CaseResource::Account { name, ctx }, AnyPrincipal::Person(p)) => self.decide_token(p, r.action, name, ctx),
+            (CaseResource::Account { .. }, AnyPrincipal::Workload(_)) => {
+                Err(super::PolicyError::Request("customer-token actions are decided for people only".into()))
+            }
+            (res, who) => {
+                let target = res.target().ok_or_else(|| super::PolicyError::Request("no target".into()))?;
+                self.decide_on(who, r.action, target, &r.ctx)
+            }
+        }
     }
 }
 
@@ -248,13 +287,47 @@ impl Case {
                 })
             }
         };
-        if matches!(principal, AnyPrincipal::Person(_)) && action != Action::Admin && !Action::CONNECTION.contains(&action) {
+        let token_action = Action::TOKEN.contains(&action);
+        if matches!(principal, AnyPrincipal::Person(_)) && action != Action::Admin && !Action::CONNECTION.contains(&action) && !token_action {
             return Err(CaseError {
                 field: "action",
-                message: format!("people are decided for `admin` and `connection_*` actions, not `{}`", action.as_str()),
+                message: format!("people are decided for `admin`, `connection_*` and `token_*` actions, not `{}`", action.as_str()),
             });
         }
-        let resource = if action == Action::Admin {
+        if token_action && !matches!(principal, AnyPrincipal::Person(_)) {
+            return Err(CaseError { field: "person", message: format!("`{}` is decided for people only: give a `person`", action.as_str()) });
+        }
+        let now = match self.now {
+            Some(n) => crate::duration::unix_time(n).map_err(case_error("now"))?.unix_timestamp(),
+            None => time::OffsetDateTime::now_utc().unix_timestamp(),
+        };
+        let source_ip = self.source_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        if !token_action {
+            for (field, given) in [("account", self.account.is_some()), ("environment", self.environment.is_some()), ("expires_in", self.expires_in.is_some()), ("confirm", self.confirm)] {
+                if given {
+                    return Err(CaseError { field, message: format!("`{field}` is for `token_*` actions only") });
+                }
+            }
+        }
+        let resource = if token_action {
+            let Some(name) = &self.account else {
+                return Err(CaseError { field: "account", message: format!("action `{}` needs an `account`", action.as_str()) });
+            };
+            let expires_in_seconds = match (&self.expires_in, action) {
+                (Some(t), _) => crate::duration::secs_i64(crate::duration::parse(t).map_err(case_error("expires_in"))?),
+                (None, Action::TokenCreate | Action::TokenRotate) => 30 * 86_400,
+                (None, _) => 0,
+            };
+            let ctx = TokenContext {
+                scopes: self.scopes.clone(),
+                expires_in_seconds,
+                environment: self.environment.clone().unwrap_or_default(),
+                confirmed: self.confirm,
+                now,
+                source_ip,
+            };
+            CaseResource::Account { name: name.clone(), ctx }
+        } else if action == Action::Admin {
             CaseResource::System
         } else if Action::CONNECTION.contains(&action) {
             let Some(c) = &self.connection else {
@@ -289,15 +362,11 @@ impl Case {
             }
             None => role.map(|r| r.max_ttl_seconds).unwrap_or_default(),
         };
-        let now = match self.now {
-            Some(n) => crate::duration::unix_time(n).map_err(case_error("now"))?.unix_timestamp(),
-            None => time::OffsetDateTime::now_utc().unix_timestamp(),
-        };
         let ctx = RequestContext {
             ttl_seconds,
             scopes: self.scopes.clone(),
             now,
-            source_ip: self.source_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            source_ip,
             vault_role: self.vault_role.clone(),
         };
         Ok(CaseRequest { principal, action, resource, ctx })

@@ -74,6 +74,13 @@ pub enum Action {
     ConnectionActivate,
     /// Have lessor make, verify and activate a new one at the vendor.
     ConnectionRotate,
+    /// Customer API tokens of an account (resource `Lessor::Account`,
+    /// context `TokenContext`; principals are people only): create one
+    /// (and preview it), read the account's tokens, rotate, revoke.
+    TokenCreate,
+    TokenRead,
+    TokenRotate,
+    TokenRevoke,
 }
 
 impl Action {
@@ -87,6 +94,9 @@ impl Action {
         Action::ConnectionActivate,
         Action::ConnectionRotate,
     ];
+
+    /// The actions on an account's customer tokens.
+    pub const TOKEN: [Action; 4] = [Action::TokenCreate, Action::TokenRead, Action::TokenRotate, Action::TokenRevoke];
 
     pub const ALL: [Action; 5] = [Action::Issue, Action::Renew, Action::Revoke, Action::Read, Action::Admin];
 
@@ -103,6 +113,10 @@ impl Action {
             Action::ConnectionApprove => "connection_approve",
             Action::ConnectionActivate => "connection_activate",
             Action::ConnectionRotate => "connection_rotate",
+            Action::TokenCreate => "token_create",
+            Action::TokenRead => "token_read",
+            Action::TokenRotate => "token_rotate",
+            Action::TokenRevoke => "token_revoke",
         }
     }
 
@@ -114,8 +128,9 @@ impl Action {
 impl FromStr for Action {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Action::ALL.into_iter().chain(Action::CONNECTION).find(|a| a.as_str() == s).ok_or_else(|| {
-            let known: Vec<&str> = Action::ALL.into_iter().chain(Action::CONNECTION).map(Action::as_str).collect();
+        let all = || Action::ALL.into_iter().chain(Action::CONNECTION).chain(Action::TOKEN);
+        all().find(|a| a.as_str() == s).ok_or_else(|| {
+            let known: Vec<&str> = all().map(Action::as_str).collect();
             format!("unknown action `{s}` (known: {})", known.join(", "))
         })
     }
@@ -169,6 +184,24 @@ pub enum Target<'a> {
     Role(&'a RoleInfo),
     System,
     Connection(&'a ConnectionInfo),
+}
+
+/// The context of a customer-token decision (`Lessor::TokenContext`; the
+/// resource is the account, `Lessor::Account`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenContext {
+    /// The token's scopes (asked for, or the token's own).
+    pub scopes: Vec<String>,
+    /// The token's lifetime (0 for read and revoke).
+    pub expires_in_seconds: i64,
+    /// The token's environment ("" when listing an account).
+    pub environment: String,
+    /// The request's `confirm` field: policies forbid broad combinations
+    /// `unless { context.confirmed }`.
+    pub confirmed: bool,
+    /// Unix seconds.
+    pub now: i64,
+    pub source_ip: IpAddr,
 }
 
 /// A workload as policy sees it (`Lessor::Workload`).
@@ -778,6 +811,9 @@ impl Policies {
     /// - a permit of `connection_approve` that workloads can match (not
     ///   restricted to `principal is Lessor::Person`): lessor refuses every
     ///   workload approval, so the policy says something lessor never does;
+    /// - a permit of `token_create` or `token_rotate` that does not test
+    ///   `context.expires_in_seconds`, so customer tokens may live up to
+    ///   lessor's hard limit (730 days) rather than the presets;
     /// - a permit that does not pin `principal.issuer` (or, for a policy
     ///   only for people, `principal.provider`), so any configured issuer or
     ///   provider whose tokens carry the claims or groups it tests is admitted.
@@ -809,6 +845,15 @@ impl Policies {
                      workloads) could set and approve a production root credential; lessor refuses the same \
                      provider#subject and the same email, not one person's second account elsewhere: give approval \
                      to other people",
+                    m.location, m.id
+                ));
+            }
+            let grants_tokens = self.covers(p, Action::TokenCreate) || self.covers(p, Action::TokenRotate);
+            if grants_tokens && !p.to_json().is_ok_and(|j| j.to_string().contains("expires_in_seconds")) {
+                let m = self.deciding(p.id());
+                out.push(format!(
+                    "{}: policy `{}` permits token_create or token_rotate without bounding context.expires_in_seconds: \
+                     customer tokens it admits may live up to lessor's 730-day limit, beyond the 180-day presets",
                     m.location, m.id
                 ));
             }
@@ -941,13 +986,61 @@ impl Policies {
         }
         let context = Context::from_pairs(pairs)
         .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let target = match target {
+            Target::Role(r) => format!("role `{}`", r.name),
+            Target::System => "lessor".into(),
+            Target::Connection(c) => format!("connection `{}`", c.name),
+        };
+        self.evaluate(who, action, (puid, pent), (ruid, rent), &slice_key, &target, context)
+    }
+
+    /// Decides a customer-token action by a person on an account
+    /// (`Lessor::Account`, context `TokenContext`). No slice: the full set
+    /// decides (token management is rare next to introspection, which
+    /// policy never sees).
+    pub fn decide_token(&self, person: &PersonInfo, action: Action, account: &str, ctx: &TokenContext) -> Result<Decision, PolicyError> {
+        if !Action::TOKEN.contains(&action) {
+            return Err(PolicyError::Request(format!("`{}` is not a customer-token action", action.as_str())));
+        }
+        let who = Who::Person(person);
+        let principal = Self::principal_entity(who)?;
+        let s = RestrictedExpression::new_string;
+        let ruid = entity_uid("Lessor::Account", account)?;
+        let rent = Entity::new(ruid.clone(), [("name".to_string(), s(account.to_owned()))].into_iter().collect(), Default::default())
+            .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let context = Context::from_pairs([
+            ("scopes".to_string(), RestrictedExpression::new_set(ctx.scopes.iter().cloned().map(s))),
+            ("expires_in_seconds".to_string(), RestrictedExpression::new_long(ctx.expires_in_seconds)),
+            ("environment".to_string(), s(ctx.environment.clone())),
+            ("confirmed".to_string(), RestrictedExpression::new_bool(ctx.confirmed)),
+            ("now".to_string(), RestrictedExpression::new_long(ctx.now)),
+            ("source_ip".to_string(), RestrictedExpression::new_ip(ctx.source_ip.to_string())),
+        ])
+        .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let key = (action, format!("account:{account}"));
+        self.evaluate(who, action, principal, (ruid, rent), &key, &format!("account `{account}`"), context)
+    }
+
+    /// Evaluates one request against the slice for `slice_key` (or the
+    /// full set) and explains the answer.
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate(
+        &self,
+        who: Who<'_>,
+        action: Action,
+        (puid, pent): (EntityUid, Entity),
+        (ruid, rent): (EntityUid, Entity),
+        slice_key: &(Action, String),
+        target: &str,
+        context: Context,
+    ) -> Result<Decision, PolicyError> {
         // The context is built here with the schema's types; validating it
         // again per request would only cost time.
         let request = Request::new(puid, action.uid()?, ruid, context, None)
             .map_err(|e| PolicyError::Request(e.to_string()))?;
         let entities = Entities::from_entities(self.action_entities.iter().cloned().chain([pent, rent]), None)
             .map_err(|e| PolicyError::Request(e.to_string()))?;
-        let slice = self.slices.get(&slice_key);
+        let slice = self.slices.get(slice_key);
         let set = slice.map(|s| s.for_principal(who)).unwrap_or(&self.full);
         let response = Authorizer::new().is_authorized(&request, set, &entities);
         let allowed = response.decision() == CedarDecision::Allow;
@@ -955,11 +1048,6 @@ impl Policies {
         policies.sort_by(|a, b| a.id.cmp(&b.id));
         // Policy ids inside Cedar are the authors' @id values.
         let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
-        let target = match target {
-            Target::Role(r) => format!("role `{}`", r.name),
-            Target::System => "lessor".into(),
-            Target::Connection(c) => format!("connection `{}`", c.name),
-        };
         let candidates: Vec<DecidingPolicy> = if !allowed && policies.is_empty() {
             slice
                 .map(|s| &s.all)
@@ -1344,6 +1432,50 @@ permit(principal is Lessor::Person, action == Lessor::Action::"connection_read",
         let ap = about("any-provider");
         assert!(ap.len() == 1 && ap[0].contains("does not pin principal.provider"), "{w:?}");
         assert_eq!(w.len(), 3, "{w:?}");
+    }
+
+    /// Customer-token decisions: an account resource and a `TokenContext`;
+    /// a forbid `unless { context.confirmed }` gives way to a confirmed
+    /// request; a token permit without an expiry bound is warned about.
+    #[test]
+    fn token_actions_are_decided_on_accounts_with_the_token_context() {
+        let text = r#"
+@id("members") permit(principal is Lessor::Person, action in [Lessor::Action::"token_create", Lessor::Action::"token_read"], resource is Lessor::Account)
+  when { principal.provider == "customers" && context.expires_in_seconds <= 15552000 };
+@id("unbounded") permit(principal is Lessor::Person, action == Lessor::Action::"token_rotate", resource == Lessor::Account::"globex")
+  when { principal.provider == "customers" };
+@id("broad") @reason("broad") forbid(principal, action == Lessor::Action::"token_create", resource)
+  when { context.scopes.contains("security.write") && context.environment == "production" } unless { context.confirmed };
+"#;
+        let src = vec![("s.cedarschema".to_string(), SCHEMA.to_string()), ("p.cedar".to_string(), text.to_string())];
+        let p = Policies::from_sources(&src, &[]).unwrap();
+        let mut carol = person("carol", "carol@example.com", &["account:acme"]);
+        carol.provider = "customers".into();
+        let ctx = |scopes: &[&str], days: i64, confirmed: bool| TokenContext {
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            expires_in_seconds: days * 86_400,
+            environment: "production".into(),
+            confirmed,
+            now: 0,
+            source_ip: IpAddr::from([127, 0, 0, 1]),
+        };
+        let d = p.decide_token(&carol, Action::TokenCreate, "acme", &ctx(&["invoices.read"], 30, false)).unwrap();
+        assert_eq!((d.allowed, d.policy_ids()), (true, vec!["members".to_string()]));
+        assert!(d.message.contains("on account `acme` for person `customers#carol`"), "{}", d.message);
+        let d = p.decide_token(&carol, Action::TokenCreate, "acme", &ctx(&["security.write"], 30, false)).unwrap();
+        assert_eq!((d.allowed, d.policy_ids()), (false, vec!["broad".to_string()]));
+        assert!(d.message.contains("policy `broad` forbids it: broad"), "{}", d.message);
+        assert!(p.decide_token(&carol, Action::TokenCreate, "acme", &ctx(&["security.write"], 30, true)).unwrap().allowed);
+        assert!(!p.decide_token(&carol, Action::TokenCreate, "acme", &ctx(&["invoices.read"], 181, false)).unwrap().allowed);
+        assert!(!p.decide_token(&carol, Action::TokenRotate, "acme", &ctx(&[], 30, false)).unwrap().allowed);
+        assert!(p.decide_token(&carol, Action::TokenRotate, "globex", &ctx(&[], 700, false)).unwrap().allowed);
+        let mut staff = carol.clone();
+        staff.provider = "corp".into();
+        assert!(!p.decide_token(&staff, Action::TokenRead, "acme", &ctx(&[], 0, false)).unwrap().allowed);
+        assert!(p.decide_token(&carol, Action::Admin, "acme", &ctx(&[], 0, false)).is_err(), "only token actions");
+        let w = p.warnings();
+        assert!(w.iter().any(|x| x.contains("`unbounded`") && x.contains("expires_in_seconds")), "{w:?}");
+        assert!(!w.iter().any(|x| x.contains("`members`")), "{w:?}");
     }
 
     /// Policies on action groups (`action in Lessor::Action::"write"`) are

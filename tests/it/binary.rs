@@ -222,7 +222,7 @@ fn check_and_policy_test_report_precisely() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (code, out, err) = run(&["policy", "test", "policies/tests"], repo, &[]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("26 passed, 0 failed"), "{out}");
+    assert!(out.contains("36 passed, 0 failed"), "{out}");
 
     let tmp = tempfile::tempdir().unwrap();
     let bad = tmp.path().join("bad.toml");

@@ -1,9 +1,9 @@
-//! Customer API tokens end to end (issue 13): the service with `Person`
-//! values (sign-in is another helper's; the HTTP management API takes
-//! people from the `Caller` extractor, so here it is only shown refusing
-//! workloads and admins) and introspection over real HTTP with a resource
-//! server's credentials, an injected clock for expiry, overlaps and
-//! warnings, and two replicas on one PostgreSQL store for revocation.
+//! Customer API tokens at the service level (issue 13): the service with
+//! `Person` values, decided by Cedar with the shipped example policies, and
+//! introspection over real HTTP with a resource server's credentials, an
+//! injected clock for expiry, overlaps and warnings, and two replicas on one
+//! PostgreSQL store for revocation. The same flows with a real sign-in over
+//! HTTP are in `people_tokens.rs`.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -17,6 +17,9 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::support::{Daemon, Issuer, Opts};
+
+#[path = "customer_tokens_http.rs"]
+mod over_http;
 
 const SECRET: &str = "billing-api-secret-0123456789abcdef0123456789";
 const SANDBOX_SECRET: &str = "sandbox-api-secret-0123456789abcdef0123456789";
@@ -59,7 +62,9 @@ pub fn dave() -> Person {
 }
 
 /// The customer-token part of a daemon's config: two environments from two
-/// token-plugin roles, two resource servers, dev-policy lists.
+/// token-plugin roles, two resource servers. Decisions are Cedar's, with the
+/// shipped `policies/customer_tokens.cedar` (the daemon's policy directory
+/// is a copy of the repository's).
 pub fn ct_toml(secret_dir: &std::path::Path, extra: &str) -> String {
     std::fs::write(secret_dir.join("billing.secret"), format!("{SECRET}\n")).unwrap();
     std::fs::write(secret_dir.join("sandbox.secret"), SANDBOX_SECRET).unwrap();
@@ -95,10 +100,6 @@ secret_file = "{dir}/billing.secret"
 secret_file = "{dir}/sandbox.secret"
 environments = ["sandbox"]
 
-[customer_tokens.dev_policy]
-forbidden = [{{ name = "no-customer-data-with-security", scopes = ["customers.read", "security.write"], reason = "one token must not both read customer data and change security settings" }}]
-confirm = [{{ name = "confirm-invoices-with-security", scopes = ["invoices.read", "security.write"], reason = "reading invoices and changing security settings is broad" }}]
-max_expiry_by_account = {{ globex = "365d" }}
 "#,
         dir = secret_dir.display()
     )
@@ -431,11 +432,39 @@ async fn a_forbidden_scope_combination_is_refused_with_the_policys_reason_and_a_
     r.confirm = true;
     ct.create(&carol, &meta(), "acme", &r).await.unwrap();
     let denied = Daemon::eventually(Duration::from_secs(5), || async {
-        audit_entries(&env.d).into_iter().find(|e| e["action"] == "customer_token.decide" && e["error_kind"] == "policy_denied")
+        audit_entries(&env.d).into_iter().find(|e| e["action"] == "decide" && e["error_kind"] == "policy_denied")
     })
     .await
     .expect("the denial is audited");
     assert_eq!(denied["policies"][0], "no-customer-data-with-security");
+    assert_eq!(denied["details"]["policy_action"], "token_create");
+    assert_eq!(denied["actor"]["kind"], "person");
+    assert_eq!(denied["reasons"][0], "one token must not both read customer data and change security settings");
+    // Permissions are audited too, with the permitting policy.
+    let allowed = Daemon::eventually(Duration::from_secs(5), || async {
+        audit_entries(&env.d).into_iter().find(|e| e["action"] == "decide" && e["outcome"] == "allow" && e["details"]["confirmed"] == true)
+    })
+    .await
+    .expect("the confirmed creation's decision is audited");
+    assert_eq!(allowed["policies"][0], "members-create-tokens-up-to-180-days");
+
+    // A policy change applies to the next request, without a restart.
+    std::fs::write(
+        env.d.policies.join("freeze.cedar"),
+        "@id(\"acme-freeze\")\n@reason(\"acme's tokens are frozen during the audit\")\n\
+         forbid(principal, action == Lessor::Action::\"token_create\", resource == Lessor::Account::\"acme\");\n",
+    )
+    .unwrap();
+    let message = Daemon::eventually(Duration::from_secs(10), || async {
+        match ct.preview(&carol, &meta(), "acme", &req("after", &["invoices.read"])) {
+            Err(CtError::Denied { message, policy }) if policy.as_deref() == Some("acme-freeze") => Some(message),
+            _ => None,
+        }
+    })
+    .await
+    .expect("the reloaded policy decides");
+    assert!(message.contains("frozen during the audit"), "{message}");
+    ct.preview(&dave(), &meta(), "globex", &req("other account", &["invoices.read"])).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

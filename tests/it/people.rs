@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use crate::support::{config_text, copy_dir, Daemon, Issuer};
 
-const BIN: &str = env!("CARGO_BIN_EXE_lessor");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_lessor");
 const SECRET: &str = "lessor-test-client-secret";
 
 fn oidc_dir() -> PathBuf {
@@ -164,7 +164,7 @@ scopes = ["openid", "email", "profile", "groups"]
 /// expiry honoured enough for these flows).
 #[derive(Clone)]
 pub(crate) struct Browser {
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     jar: Arc<Mutex<BTreeMap<(String, String), String>>>,
 }
 
