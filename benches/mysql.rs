@@ -23,7 +23,7 @@
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{copy_dir, cpu_seconds_of, loadavg, pct};
+use support::{copy_dir, loadavg, median_run, print_run, Meter, Run};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,44 +39,6 @@ use sqlx::mysql::MySqlPoolOptions;
 const CLIENTS: usize = 8;
 const N: usize = 1000;
 const ROUNDS: usize = 3;
-
-/// One timed run: rate, latency percentiles (ms) and CPU per operation (us)
-/// of this process and of the server.
-#[derive(Clone, Copy)]
-struct Run {
-    rate: f64,
-    p50: f64,
-    p99: f64,
-    cpu_us: f64,
-    server_us: f64,
-}
-
-/// Measures the CPU of this process and the server around a run of `n`
-/// operations.
-struct Meter {
-    server: String,
-    start: Instant,
-    cpu: f64,
-    server_cpu: f64,
-}
-
-impl Meter {
-    fn start(server: &str) -> Meter {
-        Meter { server: server.to_owned(), start: Instant::now(), cpu: cpu_seconds_of("self"), server_cpu: cpu_seconds_of(server) }
-    }
-
-    fn stop(self, n: usize, mut lat: Vec<f64>) -> Run {
-        let rate = n as f64 / self.start.elapsed().as_secs_f64();
-        let per = |d: f64| d * 1e6 / n as f64;
-        Run {
-            rate,
-            p50: pct(&mut lat, 0.5),
-            p99: pct(&mut lat, 0.99),
-            cpu_us: per(cpu_seconds_of("self") - self.cpu),
-            server_us: per(cpu_seconds_of(&self.server) - self.server_cpu),
-        }
-    }
-}
 
 fn raw_name(round: usize, i: usize) -> String {
     // As long as lessor's (`lessor_app_<repository>_<32 hex>`).
@@ -101,7 +63,7 @@ async fn raw(db: &TempMariadb, pid: &str, round: usize, full: bool) -> (Run, Run
         for _ in 0..CLIENTS {
             conns.push(pool.acquire().await.expect("acquire"));
         }
-        let meter = Meter::start(pid);
+        let meter = Meter::start(&[pid]);
         let mut set = tokio::task::JoinSet::new();
         for mut conn in conns {
             let next = next.clone();
@@ -164,7 +126,7 @@ async fn lessor_issue(url: &str, pid: &str, role: &str, jwts: Vec<String>) -> (R
     let http = reqwest::Client::new();
     let n = jwts.len();
     let jwts = Arc::new(std::sync::Mutex::new(jwts));
-    let meter = Meter::start(pid);
+    let meter = Meter::start(&[pid]);
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..CLIENTS {
         let (http, url, jwts, role) = (http.clone(), url.to_owned(), jwts.clone(), role.to_owned());
@@ -204,7 +166,7 @@ async fn lessor_revoke(url: &str, pid: &str, admin: &str, ids: Vec<String>) -> R
     let http = reqwest::Client::new();
     let n = ids.len();
     let ids = Arc::new(std::sync::Mutex::new(ids));
-    let meter = Meter::start(pid);
+    let meter = Meter::start(&[pid]);
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..CLIENTS {
         let (http, url, ids, admin) = (http.clone(), url.to_owned(), ids.clone(), admin.to_owned());
@@ -229,17 +191,12 @@ async fn lessor_revoke(url: &str, pid: &str, admin: &str, ids: Vec<String>) -> R
     meter.stop(n, lat)
 }
 
-/// Medians over rounds, field by field.
 fn median(runs: &[Run]) -> Run {
-    let m = |f: fn(&Run) -> f64| pct(&mut runs.iter().map(f).collect::<Vec<_>>(), 0.5);
-    Run { rate: m(|r| r.rate), p50: m(|r| r.p50), p99: m(|r| r.p99), cpu_us: m(|r| r.cpu_us), server_us: m(|r| r.server_us) }
+    median_run(runs)
 }
 
 fn line(what: &str, r: &Run) {
-    println!(
-        "  {what:<52} {:8.0}/s  p50 {:6.2} ms  p99 {:6.2} ms  CPU/op: this process {:5.0} us, mariadbd {:5.0} us",
-        r.rate, r.p50, r.p99, r.cpu_us, r.server_us
-    );
+    print_run(what, r, "mariadbd");
 }
 
 #[tokio::main]

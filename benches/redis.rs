@@ -14,7 +14,7 @@
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{copy_dir, cpu_seconds_of, loadavg, pct};
+use support::{copy_dir, loadavg, median_run, print_run, Meter, Run};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,56 +29,12 @@ const CLIENTS: usize = 8;
 const N: usize = 800;
 const ROUNDS: usize = 3;
 
-/// One timed run: rate, latency percentiles (ms) and CPU per operation (us)
-/// of this process and of the servers together.
-#[derive(Clone, Copy)]
-struct Run {
-    rate: f64,
-    p50: f64,
-    p99: f64,
-    cpu_us: f64,
-    server_us: f64,
-}
-
-/// Measures the CPU of this process and the servers around a run.
-struct Meter {
-    servers: Vec<String>,
-    start: Instant,
-    cpu: f64,
-    server_cpu: f64,
-}
-
-impl Meter {
-    fn start(servers: &[String]) -> Meter {
-        let server_cpu = servers.iter().map(|p| cpu_seconds_of(p)).sum();
-        Meter { servers: servers.to_vec(), start: Instant::now(), cpu: cpu_seconds_of("self"), server_cpu }
-    }
-
-    fn stop(self, n: usize, mut lat: Vec<f64>) -> Run {
-        let rate = n as f64 / self.start.elapsed().as_secs_f64();
-        let per = |d: f64| d * 1e6 / n as f64;
-        let server_cpu: f64 = self.servers.iter().map(|p| cpu_seconds_of(p)).sum();
-        Run {
-            rate,
-            p50: pct(&mut lat, 0.5),
-            p99: pct(&mut lat, 0.99),
-            cpu_us: per(cpu_seconds_of("self") - self.cpu),
-            server_us: per(server_cpu - self.server_cpu),
-        }
-    }
-}
-
-/// Medians over rounds, field by field.
 fn median(runs: &[Run]) -> Run {
-    let m = |f: fn(&Run) -> f64| pct(&mut runs.iter().map(f).collect::<Vec<_>>(), 0.5);
-    Run { rate: m(|r| r.rate), p50: m(|r| r.p50), p99: m(|r| r.p99), cpu_us: m(|r| r.cpu_us), server_us: m(|r| r.server_us) }
+    median_run(runs)
 }
 
 fn line(what: &str, r: &Run) {
-    println!(
-        "  {what:<50} {:8.0}/s  p50 {:6.2} ms  p99 {:6.2} ms  CPU/op: this process {:5.0} us, redis-servers {:5.0} us",
-        r.rate, r.p50, r.p99, r.cpu_us, r.server_us
-    );
+    print_run(what, r, "redis-servers");
 }
 
 /// The server's process id (`INFO server`).

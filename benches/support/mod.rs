@@ -54,3 +54,59 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// One timed run of a vendor bench: rate, latency percentiles (ms) and CPU
+/// per operation (us) of this process and of the vendor's servers together.
+#[derive(Clone, Copy)]
+pub struct Run {
+    pub rate: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub cpu_us: f64,
+    pub server_us: f64,
+}
+
+/// Measures the CPU of this process and of the servers (by pid) around a
+/// run.
+pub struct Meter {
+    servers: Vec<String>,
+    start: std::time::Instant,
+    cpu: f64,
+    server_cpu: f64,
+}
+
+impl Meter {
+    pub fn start<S: AsRef<str>>(servers: &[S]) -> Meter {
+        let servers: Vec<String> = servers.iter().map(|s| s.as_ref().to_owned()).collect();
+        let server_cpu = servers.iter().map(|p| cpu_seconds_of(p)).sum();
+        Meter { servers, start: std::time::Instant::now(), cpu: cpu_seconds(), server_cpu }
+    }
+
+    /// The run of `n` operations with latencies `lat` (ms).
+    pub fn stop(self, n: usize, mut lat: Vec<f64>) -> Run {
+        let rate = n as f64 / self.start.elapsed().as_secs_f64();
+        let per = |d: f64| d * 1e6 / n as f64;
+        let server_cpu: f64 = self.servers.iter().map(|p| cpu_seconds_of(p)).sum();
+        Run {
+            rate,
+            p50: pct(&mut lat, 0.5),
+            p99: pct(&mut lat, 0.99),
+            cpu_us: per(cpu_seconds() - self.cpu),
+            server_us: per(server_cpu - self.server_cpu),
+        }
+    }
+}
+
+/// Medians over rounds, field by field.
+pub fn median_run(runs: &[Run]) -> Run {
+    let m = |f: fn(&Run) -> f64| pct(&mut runs.iter().map(f).collect::<Vec<_>>(), 0.5);
+    Run { rate: m(|r| r.rate), p50: m(|r| r.p50), p99: m(|r| r.p99), cpu_us: m(|r| r.cpu_us), server_us: m(|r| r.server_us) }
+}
+
+/// One result line; `servers` names the vendor's processes.
+pub fn print_run(what: &str, r: &Run, servers: &str) {
+    println!(
+        "  {what:<52} {:8.0}/s  p50 {:6.2} ms  p99 {:6.2} ms  CPU/op: this process {:5.0} us, {servers} {:5.0} us",
+        r.rate, r.p50, r.p99, r.cpu_us, r.server_us
+    );
+}

@@ -20,7 +20,7 @@ use crate::support::Daemon;
 /// `customers` (the name the example policies pin).
 async fn start() -> (Setup, tempfile::TempDir) {
     let secrets = tempfile::tempdir().unwrap();
-    let s = setup_with("", "customers", &ct_toml(secrets.path(), "")).await;
+    let s = setup_with("", &["customers"], &ct_toml(secrets.path(), ""), "").await;
     (s, secrets)
 }
 
