@@ -21,6 +21,13 @@
 //! The clock is injected ([`lessor_plugin::Clock`], as plugins get it), so
 //! tests move time for expiry, overlaps and warnings.
 //!
+//! Why one file (about 850 lines): preview, create, rotate, revoke and
+//! introspect share one state machine (active, retiring, revoked, expired at
+//! the injected clock) and one cache invariant (no entry older than
+//! `introspection_cache_ttl`, which revoke waits out); split apart, each
+//! piece would have to restate both. Format, authorization, usage records
+//! and config already live in child modules.
+//!
 //! Must not import: http, sqlx, config, lease, connections.
 
 pub mod authz;
