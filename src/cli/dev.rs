@@ -129,6 +129,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let idp = start_dev_idp(dir, listen).await?;
     let mut text = config_text(dir, &policies, listen);
     text.push_str(&people_section(&idp.issuer, &dev_idp_secret_path(dir)));
+    let api_secret = dev_api_secret_path(dir);
+    ensure_dev_api_secret(&api_secret)?;
+    text.push_str(&customer_tokens_section(&api_secret));
     if let Some(dsn) = &args.postgres {
         let f = dir.join("postgres.dsn");
         let _ = std::fs::remove_file(&f);
@@ -165,6 +168,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         args.mysql.is_some(),
     );
     print_people(&running.addr.to_string(), &idp.issuer);
+    print_customer_tokens(&running.addr.to_string(), &api_secret);
     running.run_until_signal().await;
     idp.shutdown().await;
     Ok(ExitCode::SUCCESS)
@@ -173,6 +177,62 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
 /// The dev provider's client secret (0600), regenerated at each start.
 pub fn dev_idp_secret_path(dir: &Path) -> PathBuf {
     dir.join("dev-idp.client-secret")
+}
+
+/// The dev resource server's (`dev-api`) introspection secret (0600). Kept
+/// across restarts, unlike the dev provider's: it is what a developer's own
+/// API server is configured with.
+pub fn dev_api_secret_path(dir: &Path) -> PathBuf {
+    dir.join("dev-api.secret")
+}
+
+fn ensure_dev_api_secret(f: &Path) -> anyhow::Result<()> {
+    use rand::RngCore;
+    if f.exists() {
+        return Ok(());
+    }
+    let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+    rand::rng().fill_bytes(&mut raw[..]);
+    let hex = zeroize::Zeroizing::new(hex::encode(&raw[..]));
+    crate::seal::write_private_file(f, hex.as_bytes()).with_context(|| format!("writing {}", f.display()))
+}
+
+/// The dev config's customer tokens: the scopes `policies/customer_tokens.cedar`
+/// speaks of, a token-plugin role `api/customers` for them, and one resource
+/// server `dev-api` whose secret is in [`dev_api_secret_path`]. carol
+/// (account:acme) and dave (account:globex) manage their accounts' tokens.
+pub fn customer_tokens_section(secret_file: &Path) -> String {
+    format!(
+        r#"
+# Customer API tokens (the SaaS case): carol manages account acme's tokens,
+# dave globex's (`lessor login`, then `lessor token --account acme ...`);
+# your API verifies them at POST /v1/introspect as resource server dev-api.
+[scopes."customers.read"]
+allows = "Read customer records: names, emails, addresses."
+denies = "Cannot change customers or see payment details."
+[scopes."invoices.read"]
+allows = "Read invoices and their line items."
+denies = "Cannot create, change or send invoices."
+[scopes."security.write"]
+allows = "Change security settings: SSO, two-factor rules, allowed IP ranges."
+denies = "Cannot read customer data or invoices."
+
+[connections.api]
+plugin = "token"
+environment = "staging"
+owner = "saas-team"
+[connections.api.roles.customers]
+description = "The scopes customers choose from for their API tokens."
+max_ttl = "1h"
+scopes = ["orders.read", "customers.read", "invoices.read", "security.write"]
+
+[customer_tokens]
+roles = ["api/customers"]
+[customer_tokens.resource_servers.dev-api]
+secret_file = {secret}
+"#,
+        secret = toml_str(secret_file)
+    )
 }
 
 /// Starts the dev OpenID provider on a free loopback port, with lessor at
@@ -224,6 +284,20 @@ fn print_people(addr: &str, issuer: &str) {
         crate::dev_idp::DEV_USERS.iter().map(|u| format!("{} ({})", u.login, u.groups.join(", "))).collect();
     println!("People: dev OpenID provider at {issuer} with users {}", users.join(", "));
     println!("Sign in: http://{addr}/v1/people/login?provider=dev");
+}
+
+fn print_customer_tokens(addr: &str, secret_file: &Path) {
+    let addr_flag = if addr == "127.0.0.1:8200" { String::new() } else { format!(" --addr http://{addr}") };
+    println!();
+    println!("Customer API tokens, as carol of account acme (sign in as carol when the page asks):");
+    let exe = exe_display();
+    println!("  {exe} login{addr_flag} --provider dev");
+    println!("  {exe} token{addr_flag} --account acme create --name \"billing sync\" --scope invoices.read");
+    println!("Your API checks a token (resource server dev-api, secret in {}):", secret_file.display());
+    println!(
+        "  curl -s -u dev-api:$(cat {}) -d token=<the token> http://{addr}/v1/introspect",
+        secret_file.display()
+    );
 }
 
 fn token(t: TokenArgs) -> anyhow::Result<ExitCode> {
@@ -437,15 +511,20 @@ database = "{database}"
     )
 }
 
-fn print_intro(addr: &str, dir: &Path, cfg: &Path, policies: &Path, pg: bool, redis: bool, my: bool) {
-    let exe = std::env::current_exe()
+/// How to type this binary from the current directory (`target/release/lessor`).
+fn exe_display() -> String {
+    std::env::current_exe()
         .ok()
         .and_then(|p| {
             let cwd = std::env::current_dir().ok()?;
             Some(p.strip_prefix(&cwd).map(|r| r.to_path_buf()).unwrap_or(p))
         })
         .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "lessor".into());
+        .unwrap_or_else(|| "lessor".into())
+}
+
+fn print_intro(addr: &str, dir: &Path, cfg: &Path, policies: &Path, pg: bool, redis: bool, my: bool) {
+    let exe = exe_display();
     let addr_env = if addr == "127.0.0.1:8200" { String::new() } else { format!("export LESSOR_ADDR=http://{addr}\n  ") };
     println!(
         r#"

@@ -118,29 +118,105 @@ pub fn render_summary(s: &Value) -> String {
 
 /// The list as a table (never a token: its prefix and last 4).
 pub fn render_list(v: &Value) -> String {
-    let mut out = format!("{:<22} {:<28} {:<9} {:<11} {:<12} {:<21} {:<21} WARNINGS\n", "ID", "NAME", "STATE", "ENV", "TOKEN", "EXPIRES", "LAST USED");
+    let mut out = format!("{:<22} {:<28} {:<25} {:<11} {:<12} {:<21} {:<21} WARNINGS\n", "ID", "NAME", "STATE", "ENV", "TOKEN", "EXPIRES", "LAST USED");
     for t in v["tokens"].as_array().into_iter().flatten() {
-        let s = |k: &str| t[k].as_str().map(|x| x.get(..19).unwrap_or(x).to_owned()).unwrap_or_else(|| "-".into());
+        // Only times are cut (to the second); an id must stay whole to be typed back.
+        let s = |k: &str| t[k].as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
+        let time = |k: &str| t[k].as_str().map(|x| x.get(..19).unwrap_or(x).to_owned()).unwrap_or_else(|| "-".into());
         let name: String = t["name"].as_str().unwrap_or("").chars().take(28).collect();
         let mut state = s("state");
         if state == "retiring" {
-            state = format!("retiring until {}", s("retiring_until"));
+            // The date only, to keep the columns; `show` has the time.
+            let until = t["retiring_until"].as_str().and_then(|u| u.get(..10)).unwrap_or("?");
+            state = format!("retiring until {until}");
         }
         let warnings: Vec<String> =
             t["warnings"].as_array().into_iter().flatten().filter_map(|w| w["message"].as_str().map(str::to_owned)).collect();
         out.push_str(&format!(
-            "{:<22} {:<28} {:<9} {:<11} {:<12} {:<21} {:<21} {}\n",
+            "{:<22} {:<28} {:<25} {:<11} {:<12} {:<21} {:<21} {}\n",
             s("id"),
             name,
             state,
             s("environment"),
             s("token_hint"),
-            s("expires_at"),
-            s("last_used_at"),
+            time("expires_at"),
+            time("last_used_at"),
             if warnings.is_empty() { "-".into() } else { warnings.join("; ") }
         ));
     }
     out
+}
+
+/// One token in full: what it is, its history (created, rotated, revoked:
+/// when and by whom), its last uses and daily counts. Never the token.
+pub fn render_show(t: &Value) -> String {
+    let s = |k: &str| t[k].as_str().unwrap_or("-").to_owned();
+    let by = |at: &str, who: &str| match (t[at].as_str(), t[who].as_str()) {
+        (Some(a), Some(w)) => format!("{a} by {w}"),
+        (Some(a), None) => a.to_owned(),
+        _ => "-".to_owned(),
+    };
+    let mut state = s("state");
+    if let Some(u) = t["retiring_until"].as_str() {
+        state = format!("{state} (works until {u})");
+    }
+    let scopes: Vec<&str> = t["scopes"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let mut out = String::new();
+    for (k, v) in [
+        ("Token", format!("{} ({})", s("name"), s("id"))),
+        ("Account", s("account")),
+        ("Environment", s("environment")),
+        ("State", state),
+        ("Secret", format!("{} (shown only at creation)", s("token_hint"))),
+        ("Scopes", scopes.join(" ")),
+        ("Owner", s("owner")),
+        ("Created", by("created_at", "created_by")),
+        ("Expires", s("expires_at")),
+        ("Rotated", by("rotated_at", "rotated_by")),
+        ("Replaces", s("replaces")),
+        ("Replaced by", s("replaced_by")),
+        ("Revoked", by("revoked_at", "revoked_by")),
+        ("Last used", s("last_used_at")),
+    ] {
+        out.push_str(&format!("{k:<12} {v}\n"));
+    }
+    for w in t["warnings"].as_array().into_iter().flatten() {
+        out.push_str(&format!("{:<12} {}\n", "Warning", w["message"].as_str().unwrap_or("?")));
+    }
+    let uses = t["uses"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !uses.is_empty() {
+        out.push_str("Last uses:\n");
+        for u in uses {
+            out.push_str(&format!(
+                "  {} {} {} {}\n",
+                u["at"].as_str().unwrap_or("?"),
+                if u["ok"] == true { "ok    " } else { "failed" },
+                u["source"].as_str().unwrap_or("?"),
+                u["user_agent"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    let days = t["days"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !days.is_empty() {
+        out.push_str("Uses per day:\n");
+        for d in days {
+            out.push_str(&format!("  {} {} ok, {} failed\n", d["day"].as_str().unwrap_or("?"), d["ok"], d["failed"]));
+        }
+    }
+    out
+}
+
+/// The API's 409 `confirmation_required` names the JSON field; on the
+/// command line it is a flag.
+fn confirm_hint(r: anyhow::Result<Value>) -> anyhow::Result<Value> {
+    r.map_err(|e| {
+        let m = e.to_string();
+        if m.ends_with("(HTTP 409)") && m.contains("confirmation") {
+            anyhow!("{m}\nIf that is intended, run the same command again with --confirm.")
+        } else {
+            e
+        }
+    })
 }
 
 pub async fn run(c: TokenConn, cmd: TokenCmd) -> anyhow::Result<ExitCode> {
@@ -149,7 +225,7 @@ pub async fn run(c: TokenConn, cmd: TokenCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         TokenCmd::Create { name, scopes, environment, expires_in, confirm, yes } => {
             let body = json!({ "name": name, "scopes": scopes, "environment": environment, "expires_in": expires_in, "confirm": confirm });
-            let p = call(reqwest::Method::POST, format!("{base}/preview"), &token, Some(body.clone())).await?;
+            let p = confirm_hint(call(reqwest::Method::POST, format!("{base}/preview"), &token, Some(body.clone())).await)?;
             eprint!("{}", render_summary(&p["summary"]));
             if !yes {
                 eprint!("Create this token? [y/N] ");
@@ -179,21 +255,12 @@ pub async fn run(c: TokenConn, cmd: TokenCmd) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                print!("{}", render_list(&json!({ "tokens": [v.clone()] })));
-                println!("scopes: {}", v["scopes"].as_array().into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(" "));
-                for u in v["uses"].as_array().into_iter().flatten() {
-                    println!(
-                        "  {} {} {} {}",
-                        u["at"].as_str().unwrap_or("?"),
-                        if u["ok"] == true { "ok    " } else { "failed" },
-                        u["source"].as_str().unwrap_or("?"),
-                        u["user_agent"].as_str().unwrap_or("")
-                    );
-                }
+                print!("{}", render_show(&v));
             }
         }
         TokenCmd::Rotate { id, overlap, confirm } => {
-            let v = call(reqwest::Method::POST, format!("{base}/{id}/rotate"), &token, Some(json!({ "overlap": overlap, "confirm": confirm }))).await?;
+            let body = json!({ "overlap": overlap, "confirm": confirm });
+            let v = confirm_hint(call(reqwest::Method::POST, format!("{base}/{id}/rotate"), &token, Some(body)).await)?;
             let secret = v["token"].as_str().ok_or_else(|| anyhow!("the daemon's answer holds no token"))?;
             eprintln!(
                 "replacement `{}`; `{id}` keeps working until {}. The replacement is shown this once:",
@@ -221,9 +288,20 @@ mod tests {
             "expires_on": "Expires on 12 March 2027", "creator": "carol@example.com"});
         let r = render_summary(&s);
         assert!(r.contains("Account     acme") && r.contains("does not allow: Cannot send invoices.") && r.contains("Expires on 12 March 2027"), "{r}");
-        let l = render_list(&json!({"tokens": [{"id": "ctk_1", "name": "billing sync", "state": "retiring", "retiring_until": "2027-03-12T10:00:00Z",
+        let l = render_list(&json!({"tokens": [{"id": "ctk_47f333dd3ea25601", "name": "billing sync", "state": "retiring", "retiring_until": "2027-03-12T10:00:00Z",
             "environment": "production", "token_hint": "lsrc_…Ab1z", "expires_at": "2027-04-01T00:00:00Z", "last_used_at": null,
             "warnings": [{"kind": "expires_soon", "message": "expires on 1 April 2027; rotate it before then"}]}]}));
-        assert!(l.contains("retiring until 2027-03-12T10:00:00") && l.contains("lsrc_…Ab1z") && l.contains("expires on 1 April 2027"), "{l}");
+        assert!(l.contains("ctk_47f333dd3ea25601 "), "the whole id, to type back: {l}");
+        let shown = render_show(&json!({"id": "ctk_2", "name": "billing sync", "account": "acme", "state": "revoked",
+            "token_hint": "lsrc_…Ab1z", "scopes": ["invoices.read"], "owner": "carol@example.com",
+            "created_at": "2026-11-01T00:00:00Z", "created_by": "dev#c", "rotated_at": null, "replaces": "ctk_1",
+            "revoked_at": "2026-11-30T00:00:00Z", "revoked_by": "dev#d", "warnings": [],
+            "uses": [{"at": "2026-11-29T10:00:00Z", "ok": true, "source": "203.0.113.7", "user_agent": "sync/1"}],
+            "days": [{"day": "2026-11-29", "ok": 3, "failed": 1}]}));
+        for want in ["Created      2026-11-01T00:00:00Z by dev#c", "Revoked      2026-11-30T00:00:00Z by dev#d", "Rotated      -",
+            "Replaces     ctk_1", "ok     203.0.113.7 sync/1", "2026-11-29 3 ok, 1 failed", "lsrc_…Ab1z"] {
+            assert!(shown.contains(want), "`{want}` in:\n{shown}");
+        }
+        assert!(l.contains("retiring until 2027-03-12 ") && l.contains("lsrc_…Ab1z") && l.contains("expires on 1 April 2027"), "{l}");
     }
 }

@@ -246,6 +246,22 @@ async fn lessor_token_uses_the_login_session() {
     assert_eq!(c, 0, "{out}{err}");
     assert!(out.contains("cli sync") && out.contains("active") && out.contains(&format!("…{}", &token[token.len() - 4..])), "{out}");
     assert!(!out.contains(&token[5..]), "{out}");
+    // `show`: the whole history, never the token.
+    let id = out.lines().find(|l| l.contains("cli sync")).and_then(|l| l.split_whitespace().next()).unwrap().to_owned();
+    let (c, out, err) = cli(&["token", "--account", "acme", "--addr", addr, "show", &id], home.path());
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.contains(&format!("({id})")) && out.contains("Created ") && out.contains(" by customers#carol"), "{out}");
+    assert!(!out.contains(&token[5..]), "{out}");
+    // A broad combination: refused until --confirm, and the error says so.
+    let broad = ["token", "--account", "acme", "--addr", addr, "create", "--name", "broad", "--environment", "production", "--scope", "invoices.read", "--scope", "security.write", "--yes"];
+    let (c, out, err) = cli(&broad, home.path());
+    assert_ne!(c, 0, "{out}");
+    assert!(err.contains("--confirm") && err.contains("confirm-invoices-with-security"), "{err}");
+    let mut confirmed = broad.to_vec();
+    confirmed.push("--confirm");
+    let (c, out, err) = cli(&confirmed, home.path());
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.trim_start().starts_with("lsrc_"), "{out}");
     // Another account's tokens: 404, said plainly.
     let (c, _, err) = cli(&["token", "--account", "globex", "--addr", addr, "list"], home.path());
     assert_ne!(c, 0);

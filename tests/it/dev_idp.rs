@@ -624,6 +624,40 @@ fn lessor_dev_runs_the_provider_for_its_people() {
     assert!(std::net::TcpStream::connect(issuer.trim_start_matches("http://")).is_err(), "the provider outlived lessor dev");
 }
 
+/// A browser that follows `lessor dev`'s printed sign-in link, clicks
+/// `user` on the dev provider's page and comes back with a session.
+async fn click_through_dev_sign_in(link: &str, base: &str, user: &str) -> crate::people::Browser {
+    use crate::people::Browser;
+    // The link: lessor sends the browser to the dev provider.
+    let b = Browser::new();
+    let r = b.get(link).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let auth = r.location.clone().unwrap();
+    assert!(auth.contains("/authorize?"), "{auth}");
+    assert_eq!(query(&Url::parse(&auth).unwrap(), "redirect_uri").as_deref(), Some(format!("{base}/v1/people/callback").as_str()));
+    // The provider's page: one button per dev user.
+    let r = b.get(&auth).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for u in ["alice", "bob", "carol", "dave"] {
+        assert!(r.body.contains(&format!("name=\"user\" value=\"{u}\"")), "{}", r.body);
+    }
+    let mut form = hidden_fields(&r.body);
+    form.push(("user".into(), user.into()));
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let action = {
+        let u = Url::parse(&auth).unwrap();
+        format!("{}://{}/authorize", u.scheme(), u.host_str().unwrap().to_owned() + ":" + &u.port().unwrap().to_string())
+    };
+    let r = b.post_form(&action, &form).await;
+    let back = r.location.clone().unwrap_or_else(|| panic!("no redirect after the click: {} {}", r.status, r.body));
+    assert!(back.starts_with(&format!("{base}/v1/people/callback?")), "{back}");
+    // The callback: a session cookie, then back to where the link started.
+    let r = b.get(&back).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert!(r.set_cookies.iter().any(|c| c.starts_with("lessor_session=lsr_person_")), "{:?}", r.set_cookies);
+    b
+}
+
 /// The newcomer's one click, end to end with the real `lessor dev`: the
 /// printed sign-in link, followed by a browser that keeps cookies, goes to
 /// the dev provider's page; the alice button sends it back to lessor's
@@ -632,7 +666,7 @@ fn lessor_dev_runs_the_provider_for_its_people() {
 /// on the dev provider's /device page) and `lessor whoami`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lessor_dev_signs_a_newcomer_in_with_one_click_and_lessor_login() {
-    use crate::people::{cli, Browser};
+    use crate::people::cli;
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     use std::time::Instant;
@@ -647,33 +681,7 @@ async fn lessor_dev_signs_a_newcomer_in_with_one_click_and_lessor_login() {
     let base = link.split("/v1/").next().unwrap().to_owned();
     assert!(link.ends_with("/v1/people/login?provider=dev") && !base.ends_with(":0"), "{link}");
 
-    // The link: lessor sends the browser to the dev provider.
-    let b = Browser::new();
-    let r = b.get(&link).await;
-    assert_eq!(r.status, 302, "{}", r.body);
-    let auth = r.location.clone().unwrap();
-    assert!(auth.contains("/authorize?"), "{auth}");
-    assert_eq!(query(&Url::parse(&auth).unwrap(), "redirect_uri").as_deref(), Some(format!("{base}/v1/people/callback").as_str()));
-    // The provider's page: one button per dev user.
-    let r = b.get(&auth).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    for u in ["alice", "bob", "carol", "dave"] {
-        assert!(r.body.contains(&format!("name=\"user\" value=\"{u}\"")), "{}", r.body);
-    }
-    let mut form = hidden_fields(&r.body);
-    form.push(("user".into(), "alice".into()));
-    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let action = {
-        let u = Url::parse(&auth).unwrap();
-        format!("{}://{}/authorize", u.scheme(), u.host_str().unwrap().to_owned() + ":" + &u.port().unwrap().to_string())
-    };
-    let r = b.post_form(&action, &form).await;
-    let back = r.location.clone().unwrap_or_else(|| panic!("no redirect after the click: {} {}", r.status, r.body));
-    assert!(back.starts_with(&format!("{base}/v1/people/callback?")), "{back}");
-    // The callback: a session cookie, then back to where the link started.
-    let r = b.get(&back).await;
-    assert_eq!(r.status, 302, "{}", r.body);
-    assert!(r.set_cookies.iter().any(|c| c.starts_with("lessor_session=lsr_person_")), "{:?}", r.set_cookies);
+    let b = click_through_dev_sign_in(&link, &base, "alice").await;
     let r = b.get(&format!("{base}/v1/people/me")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let me: Value = serde_json::from_str(&r.body).unwrap();
@@ -782,4 +790,75 @@ async fn lessor_dev_signs_a_newcomer_in_with_one_click_and_lessor_login() {
     let seen = seen.expect("`lessor connection list` ran as bob (else as the dev admin token)");
     assert_eq!((seen["actor"]["kind"].as_str(), seen["actor"]["claims_policy"].as_str()), (Some("person"), Some("dev")), "{seen}");
     super::binary::stop(child);
+}
+
+/// `lessor dev` runs customer tokens as well: carol (account:acme) signs in
+/// with one click and creates a token; resource server `dev-api`, with the
+/// secret `lessor dev` wrote (0600), introspects it as active for acme;
+/// the policy's "too broad" combination asks for confirmation; dave
+/// (account:globex) does not see acme. After a restart on the same data
+/// directory the secret and the token still hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lessor_dev_lets_carol_create_a_customer_token_that_dev_api_introspects() {
+    use std::os::unix::fs::PermissionsExt;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("dev");
+    let data_s = data.display().to_string();
+    let log = tmp.path().join("dev.log");
+    let args = ["dev", "--listen", "127.0.0.1:0", "--data-dir", data_s.as_str()];
+    let (child, link) = super::binary::spawn_until(&args, repo, &[], &log, "Sign in: ");
+    let base = link.split("/v1/").next().unwrap().to_owned();
+    let secret_file = data.join("dev-api.secret");
+    assert_eq!(std::fs::metadata(&secret_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    let introspect = |base: String, secret: String, token: String| async move {
+        let r = http()
+            .post(format!("{base}/v1/introspect"))
+            .basic_auth("dev-api", Some(secret.trim()))
+            .form(&[("token", token.as_str())])
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+    };
+
+    let carol = click_through_dev_sign_in(&link, &base, "carol").await;
+    let me: Value = serde_json::from_str(&carol.get(&format!("{base}/v1/people/me")).await.body).unwrap();
+    assert_eq!(me["person"]["groups"], serde_json::json!(["account:acme"]), "{me}");
+    let csrf = me["csrf_token"].as_str().unwrap().to_owned();
+    let tokens = format!("{base}/v1/accounts/acme/tokens");
+    let r = carol
+        .post_json(&tokens, serde_json::json!({"name": "billing sync", "scopes": ["invoices.read", "security.write"]}), Some(&csrf))
+        .await;
+    assert_eq!(r.status, 409, "the shipped policy calls this broad: {}", r.body);
+    assert!(r.body.contains("confirmation_required"), "{}", r.body);
+    let r = carol.post_json(&tokens, serde_json::json!({"name": "billing sync", "scopes": ["invoices.read"]}), Some(&csrf)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    let token = v["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("lsrc_"), "{token}");
+
+    let (st, i) = introspect(base.clone(), secret.clone(), token.clone()).await;
+    assert_eq!(st, 200, "{i}");
+    assert_eq!((i["active"].as_bool(), i["account"].as_str(), i["scope"].as_str()), (Some(true), Some("acme"), Some("invoices.read")), "{i}");
+    assert_eq!(i["environment"], "staging");
+    let (st, _) = introspect(base.clone(), "0".repeat(64), token.clone()).await;
+    assert_eq!(st, 401, "a wrong resource-server secret is refused");
+
+    let dave = click_through_dev_sign_in(&link, &base, "dave").await;
+    assert_eq!(dave.get(&tokens).await.status, 404, "globex's dave does not see acme");
+    super::binary::stop(child);
+
+    // Same data directory again: the secret is kept, the token still works.
+    let (child, link) = super::binary::spawn_until(&args, repo, &[], &log, "Sign in: ");
+    let base = link.split("/v1/").next().unwrap().to_owned();
+    assert_eq!(std::fs::read_to_string(&secret_file).unwrap(), secret, "dev-api's secret survives a restart");
+    let (st, i) = introspect(base, secret.clone(), token.clone()).await;
+    assert_eq!((st, i["active"].as_bool()), (200, Some(true)), "{i}");
+    super::binary::stop(child);
+    let text = std::fs::read_to_string(&log).unwrap();
+    for (what, v) in [("customer token", token.as_str()), ("dev-api secret", secret.trim())] {
+        assert!(!text.contains(v), "the {what} is in lessor dev's log");
+    }
 }
