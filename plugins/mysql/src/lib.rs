@@ -33,7 +33,10 @@
 //! `'user'@'host'`), `{{user}}`, `{{host}}` (string literals),
 //! `{{claim:ATTR}}` (a literal) and `{{claim_ident:ATTR}}` (a backtick
 //! identifier). Placeholders stand only at top level; literals are escaped
-//! for the session's `NO_BACKSLASH_ESCAPES` setting. See [`sql`].
+//! for the session's `NO_BACKSLASH_ESCAPES` setting. A pool learns that
+//! setting (and the server's flavour) from its first connection; a later
+//! connection opened after the server's default changed is set back to the
+//! pool's mode at connect, so no operation needs to ask. See [`sql`].
 //!
 //! # Lifecycle
 //! - **issue**: `CREATE USER` with a 256-bit random password (on MariaDB as

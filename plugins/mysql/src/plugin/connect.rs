@@ -104,15 +104,66 @@ pub(super) async fn exec(conn: &mut MySqlConnection, sql: &str) -> Result<(), sq
     sqlx::Executor::execute(conn, sql).await.map(|_| ())
 }
 
-pub(super) async fn session(conn: &mut MySqlConnection) -> Result<Session, sqlx::Error> {
+/// What `conn` talks to and its `sql_mode`, read from the server (one
+/// round trip).
+async fn read_session(conn: &mut MySqlConnection) -> Result<(Session, String), sqlx::Error> {
     let row = sqlx::query("SELECT CAST(@@version AS CHAR), CAST(@@SESSION.sql_mode AS CHAR)").fetch_one(conn).await?;
     let version: String = row.try_get(0)?;
     let mode: String = row.try_get(1)?;
     let no_escapes = mode.split(',').any(|m| m.trim().eq_ignore_ascii_case("NO_BACKSLASH_ESCAPES"));
-    Ok(Session {
-        flavor: Flavor::of_version(&version),
-        backslash: if no_escapes { Backslash::Literal } else { Backslash::Escapes },
-    })
+    let session = Session { flavor: Flavor::of_version(&version), backslash: if no_escapes { Backslash::Literal } else { Backslash::Escapes } };
+    Ok((session, mode))
+}
+
+/// `mode` with `NO_BACKSLASH_ESCAPES` on or off as `want` says, every other
+/// mode kept; `None` when `mode` holds anything but mode names (letters,
+/// digits, `_` and commas), which is then not sent back to the server.
+pub(super) fn mode_with(mode: &str, want: Backslash) -> Option<String> {
+    if !mode.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b',' || b == b' ') {
+        return None;
+    }
+    let mut parts: Vec<&str> = mode
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty() && !m.eq_ignore_ascii_case("NO_BACKSLASH_ESCAPES"))
+        .collect();
+    if want == Backslash::Literal {
+        parts.push("NO_BACKSLASH_ESCAPES");
+    }
+    Some(parts.join(","))
+}
+
+/// Run once on each new pooled connection (`after_connect`): the first
+/// connection of a pool records what the server is and how its session
+/// reads backslashes; every later connection is set to that same backslash
+/// mode (`SET SESSION sql_mode`) when the server's default changed since.
+/// So one pool has one mode, known without asking per operation: values
+/// are quoted for it, and nothing lessor sends changes `sql_mode` (templates
+/// that would are refused at load).
+pub(super) async fn pin_session(conn: &mut MySqlConnection, pinned: &OnceLock<Session>) -> Result<(), sqlx::Error> {
+    let (found, mode) = read_session(conn).await?;
+    let want = *pinned.get_or_init(|| found);
+    if want.backslash != found.backslash {
+        let Some(set) = mode_with(&mode, want.backslash) else {
+            return Err(sqlx::Error::Protocol(format!("the server's sql_mode `{mode}` is not a list of mode names")));
+        };
+        // Only names and commas: no quoting question in either mode.
+        exec(conn, &format!("SET SESSION sql_mode = '{set}'")).await?;
+        tracing::info!(
+            backslash_escapes = want.backslash == Backslash::Escapes,
+            "the server's default sql_mode changed; this connection keeps its pool's NO_BACKSLASH_ESCAPES setting"
+        );
+    }
+    Ok(())
+}
+
+/// The session of a connection of `root`'s pool: pinned at connect (see
+/// [`pin_session`]), or read when the pool has none (a probe).
+pub(super) async fn session(root: &Root, conn: &mut MySqlConnection) -> Result<Session, sqlx::Error> {
+    match root.session.get() {
+        Some(s) => Ok(*s),
+        None => Ok(read_session(conn).await?.0),
+    }
 }
 
 impl MysqlPlugin {
@@ -197,5 +248,20 @@ impl MysqlPlugin {
             Err(_) => format!("no TCP connection within {}", humantime::format_duration(limit)),
         };
         Some(PluginError::Retryable(format!("cannot reach MySQL/MariaDB at {}: {reason}", t.addr())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_with_sets_only_the_backslash_flag_and_refuses_anything_but_names() {
+        let on = "STRICT_TRANS_TABLES,NO_BACKSLASH_ESCAPES,PIPES_AS_CONCAT";
+        assert_eq!(mode_with(on, Backslash::Escapes).as_deref(), Some("STRICT_TRANS_TABLES,PIPES_AS_CONCAT"));
+        assert_eq!(mode_with("STRICT_TRANS_TABLES", Backslash::Literal).as_deref(), Some("STRICT_TRANS_TABLES,NO_BACKSLASH_ESCAPES"));
+        assert_eq!(mode_with("", Backslash::Literal).as_deref(), Some("NO_BACKSLASH_ESCAPES"));
+        assert_eq!(mode_with("no_backslash_escapes", Backslash::Escapes).as_deref(), Some(""));
+        assert_eq!(mode_with("A'; DROP USER x; --", Backslash::Escapes), None);
     }
 }

@@ -106,7 +106,7 @@ impl MysqlPlugin {
             check_issue(KIND, &self.connection, &req, role, |s| role.config.roles.contains_key(s) || role.config.grants.contains_key(s), "a user")?;
         let root = self.active_root()?;
         let mut conn = self.acquire(&root).await?;
-        let sess = session(&mut conn).await.map_err(|e| self.fail(&root, e, "reading the session's sql_mode"))?;
+        let sess = session(&root, &mut conn).await.map_err(|e| self.fail(&root, e, "reading the session's sql_mode"))?;
         let server_roles = role.config.server_roles(&scopes);
         if sess.flavor == Flavor::MariaDb && server_roles.len() > 1 {
             return Err(PluginError::Permanent(format!(

@@ -22,7 +22,7 @@ mod root;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -97,6 +97,9 @@ struct Root {
     target: Target,
     options: MySqlConnectOptions,
     pool: MySqlPool,
+    /// What the pool's sessions talk to and their backslash mode, pinned
+    /// by the first connection ([`connect::pin_session`]).
+    session: Arc<OnceLock<Session>>,
     /// The DSN's password, raw and percent-decoded: scrubbed from every
     /// message as a last line.
     never_show: Vec<SecretString>,
@@ -122,7 +125,8 @@ impl VersionedRoot for Root {
     }
 }
 
-/// What the admin session is talking to, asked once per operation.
+/// What the admin session is talking to: the server's flavour and how the
+/// session reads backslashes in literals.
 #[derive(Debug, Clone, Copy)]
 struct Session {
     flavor: Flavor,
@@ -192,14 +196,20 @@ impl MysqlPlugin {
     fn root(&self, version: Option<i64>, dsn: SecretString) -> Result<Root, String> {
         let (options, never_show) = connect_options(&dsn)?;
         let target = Target::of(&options);
+        let session = Arc::new(OnceLock::new());
+        let pinned = session.clone();
         let pool = MySqlPoolOptions::new()
             .max_connections(self.config.pool_size)
             .min_connections(0)
             .acquire_timeout(self.config.connect_timeout)
             .idle_timeout(Some(Duration::from_secs(300)))
             .test_before_acquire(false)
+            .after_connect(move |conn, _| {
+                let pinned = pinned.clone();
+                Box::pin(async move { pin_session(conn, &pinned).await })
+            })
             .connect_lazy_with(options.clone());
-        Ok(Root { version, dsn, target, options, pool, never_show })
+        Ok(Root { version, dsn, target, options, pool, session, never_show })
     }
 
     fn active_root(&self) -> Result<Arc<Root>, PluginError> {

@@ -58,7 +58,7 @@ impl MysqlPlugin {
         let pattern = format!("{}!_%{}", like_escape(prefix), like_escape(&suffix));
         let hint = lease.handle.as_ref().and_then(|h| Some((h.get("user")?.as_str()?, h.get("host")?.as_str()?)));
         let hint = hint.filter(|(u, _)| u.starts_with(&format!("{prefix}_")) && u.ends_with(&suffix));
-        let sess = session(conn).await.map_err(|e| self.fail(root, e, "reading the session's sql_mode"))?;
+        let sess = session(root, conn).await.map_err(|e| self.fail(root, e, "reading the session's sql_mode"))?;
         let accounts = find_accounts(conn, hint, &pattern).await.map_err(|e| self.fail(root, e, "finding the lease's accounts"))?;
         let mut killed = 0;
         for (user, host) in &accounts {
@@ -99,7 +99,7 @@ impl MysqlPlugin {
     pub(super) async fn list_accounts(&self, after: Option<&str>, limit: u32) -> Result<Vec<VendorObject>, PluginError> {
         let root = self.active_root()?;
         let mut conn = self.acquire(&root).await?;
-        let sess = session(&mut conn).await.map_err(|e| self.fail(&root, e, "reading the session's sql_mode"))?;
+        let sess = session(&root, &mut conn).await.map_err(|e| self.fail(&root, e, "reading the session's sql_mode"))?;
         if sess.flavor == Flavor::MySql {
             return Err(PluginError::Unsupported(
                 "listing accounts on MySQL 8: its user names (at most 32 characters) hold only part of the lease id".into(),

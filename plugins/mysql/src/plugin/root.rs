@@ -85,6 +85,7 @@ impl RootCredentials for MysqlPlugin {
             dsn: SecretString::from(String::new()),
             target: target.clone(),
             pool: MySqlPoolOptions::new().max_connections(1).connect_lazy_with(options.clone()),
+            session: Arc::new(OnceLock::new()),
             options: options.clone(),
             never_show,
         };
@@ -136,7 +137,7 @@ impl RootCredentials for MysqlPlugin {
             PluginError::Permanent(format!("connection `{}`: the active DSN {m}", self.connection))
         })?;
         let mut conn = self.acquire(&root).await?;
-        let sess = session(&mut conn).await.map_err(|e| self.fail(&root, e, "reading the session's sql_mode"))?;
+        let sess = session(&root, &mut conn).await.map_err(|e| self.fail(&root, e, "reading the session's sql_mode"))?;
         let admin = whoami(&mut conn).await.map_err(|e| self.fail(&root, e, "asking who the admin is"))?;
         if admin.user != root.target.user {
             return Err(PluginError::Permanent(format!(

@@ -163,6 +163,49 @@ async fn claims_cannot_inject_sql_with_or_without_backslash_escapes() {
     assert_eq!(db.lease_users().len(), 2, "the two rounds' users, nothing more");
 }
 
+/// lessor learns a pool's backslash mode from its first connection and
+/// does not ask again per operation. When the server's default `sql_mode`
+/// changes while the pool lives, the connections opened afterwards must
+/// still read literals the way lessor quotes them: hostile values issued
+/// through new connections land byte for byte, in both directions.
+#[tokio::test]
+async fn new_pooled_connections_keep_the_pools_backslash_mode_when_the_servers_default_changes() {
+    let mut db = Db::start();
+    db.sql("CREATE TABLE app.audit (who varchar(200), what varchar(200))");
+    let grants = json!({"x": ["INSERT INTO app.audit (who, what) VALUES ({{claim:team}}, {{claim:subject}})"]});
+    let modes = ["STRICT_TRANS_TABLES", "STRICT_TRANS_TABLES,NO_BACKSLASH_ESCAPES"];
+    for (round, (first, then)) in [(modes[0], modes[1]), (modes[1], modes[0])].into_iter().enumerate() {
+        db.sql(&format!("SET GLOBAL sql_mode = '{first}'"));
+        let c = db.connection(&db.db.admin_dsn(), json!({"pool_size": 4}));
+        let p = build(c, vec![role("r", &["x"], json!({ "grants": grants }))]).await;
+        let issue = |p: std::sync::Arc<dyn lessor_plugin::Plugin>, tag: String| async move {
+            let mut req = request(&lease_id(), "r", &["x"], Duration::from_secs(600));
+            req.workload.attributes.insert("team".into(), format!("x\\'; DROP USER canary; -- \\ {tag}"));
+            req.workload.subject = format!("s'\\\"`\\{tag}");
+            let want = (req.workload.attributes["team"].clone(), req.workload.subject.clone());
+            p.issue(req).await.unwrap();
+            want
+        };
+        // The pool's first connection, in `first`.
+        let mut wants = vec![issue(p.clone(), format!("{round}-a")).await];
+        db.sql(&format!("SET GLOBAL sql_mode = '{then}'"));
+        // Four at once: at least three new connections, opened in `then`.
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..4 {
+            set.spawn(issue(p.clone(), format!("{round}-b{i}")));
+        }
+        while let Some(w) = set.join_next().await {
+            wants.push(w.unwrap());
+        }
+        assert_eq!(db.sql("SELECT COUNT(*) FROM mysql.user WHERE User = 'canary'"), "1", "{first} -> {then}");
+        for (team, subject) in wants {
+            let tag = team.rsplit(' ').next().unwrap().to_owned();
+            let row = db.sql(&format!("SELECT HEX(who), HEX(what) FROM app.audit WHERE HEX(who) LIKE '%{}'", hex::encode_upper(&tag)));
+            assert_eq!(row, format!("{}\t{}", hex::encode_upper(&team), hex::encode_upper(&subject)), "{first} -> {then}, {tag}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn claims_in_comments_literals_and_executable_comments_are_refused_at_load() {
     let mut db = Db::start();
