@@ -308,12 +308,6 @@ impl LeaseService {
         self
     }
 
-    /// Live leases of `role` (all when `None`), from the store's counts
-    /// table: O(states x shards), exact, the same on every replica.
-    async fn live_count(&self, role: Option<&str>) -> Result<i64, LeaseError> {
-        Ok(self.store.count_live(&LeaseFilter { role: role.map(str::to_owned), ..Default::default() }).await?)
-    }
-
     /// Writes audit entries to `audit` (the default writes none).
     pub fn with_audit(mut self, audit: Audit) -> Self {
         self.audit = audit;
@@ -357,37 +351,32 @@ impl LeaseService {
             ));
         }
         let owner = self.quotas.max_active_per_owner;
-        if owner > 0 {
-            let f = LeaseFilter { issuer: Some(w.issuer.clone()), subject: Some(w.subject.clone()), ..Default::default() };
-            let n = self.store.count_live(&f).await?;
-            if n as u64 >= owner {
-                return Err(reject(
-                    "owner",
-                    format!(
-                        "quota: workload `{}` holds {n} live leases (limit {owner} per workload); revoke some or let them expire",
-                        w.subject
-                    ),
-                    None,
-                ));
-            }
-        }
         let per_role = role.cfg.max_active.unwrap_or(self.quotas.max_active_per_role);
-        if per_role > 0 {
-            let n = self.live_count(Some(&role.name)).await?;
-            if n as u64 >= per_role {
-                return Err(reject(
-                    "role",
-                    format!("quota: role `{}` has {n} live leases (limit {per_role} for this role)", role.name),
-                    None,
-                ));
-            }
-        }
         let total = self.quotas.max_active_total;
-        if total > 0 {
-            let n = self.live_count(None).await?;
-            if n as u64 >= total {
-                return Err(reject("total", format!("quota: lessor holds {n} live leases (limit {total} in all)"), None));
-            }
+        if owner == 0 && per_role == 0 && total == 0 {
+            return Ok(());
+        }
+        // The three counts in one read of the counts tables.
+        let n = self.store.quota_counts(&w.issuer, &w.subject, &role.name).await?;
+        if owner > 0 && n.owner as u64 >= owner {
+            return Err(reject(
+                "owner",
+                format!(
+                    "quota: workload `{}` holds {} live leases (limit {owner} per workload); revoke some or let them expire",
+                    w.subject, n.owner
+                ),
+                None,
+            ));
+        }
+        if per_role > 0 && n.role as u64 >= per_role {
+            return Err(reject(
+                "role",
+                format!("quota: role `{}` has {} live leases (limit {per_role} for this role)", role.name, n.role),
+                None,
+            ));
+        }
+        if total > 0 && n.total as u64 >= total {
+            return Err(reject("total", format!("quota: lessor holds {} live leases (limit {total} in all)", n.total), None));
         }
         Ok(())
     }

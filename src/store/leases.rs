@@ -185,6 +185,15 @@ pub type LeaseCounts = Vec<(String, String, LeaseState, i64)>;
 /// Counts for metrics: (role, plugin) -> n.
 pub type RoleCounts = Vec<(String, String, i64)>;
 
+/// What the quotas compare on every issue: live leases of one workload,
+/// of one role, and in all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaCounts {
+    pub owner: i64,
+    pub role: i64,
+    pub total: i64,
+}
+
 /// Leases: written pending before a plugin creates anything, then moved
 /// by conditional updates (`WHERE state IN ...`) so racing actors never
 /// move one backwards.
@@ -318,6 +327,11 @@ pub trait LeaseStore: Send + Sync {
     /// Live leases (pending, active, revoke_failed) matching `filter`'s
     /// role / issuer + subject (all when both are unset).
     async fn count_live(&self, filter: &LeaseFilter) -> Result<i64, StoreError>;
+
+    /// The quotas' three counts (the workload `issuer` + `subject`, `role`,
+    /// all), from the counts tables in one read: each equals `count_live`
+    /// with the matching filter.
+    async fn quota_counts(&self, issuer: &str, subject: &str, role: &str) -> Result<QuotaCounts, StoreError>;
 
     /// The live lease that has waited longest for its revocation: active
     /// past expiry, scheduled by a bulk job, or failed and retrying. For an

@@ -40,7 +40,7 @@ pub use admin_tokens::{AdminToken, AdminTokenStore};
 pub use customer_tokens::{AccountTokenCounts, CustomerToken, CustomerTokenStore, DayCount, TokenUse, TokenWarning};
 pub use cluster::{ClusterStore, LockHolder, Replica, StoreLock};
 pub use jobs::{JobStatus, JobStore, RevokeFilter};
-pub use leases::{DueLease, EndReason, Lease, LeaseCounts, LeaseFilter, LeaseState, LeaseStore, RoleCounts};
+pub use leases::{DueLease, EndReason, Lease, LeaseCounts, LeaseFilter, LeaseState, LeaseStore, QuotaCounts, RoleCounts};
 pub use person_sessions::{PersonSession, PersonSessionStore};
 pub use plugin_state::PluginStateStore;
 pub use secrets::{Rewrap, SecretState, SecretStore, SecretSwitch, SecretVersion};
@@ -134,6 +134,24 @@ pub(crate) fn fast_count_sql(f: &LeaseFilter, ph1: &str, ph2: &str) -> Option<(S
         )),
         _ => None,
     }
+}
+
+/// [`LeaseStore::quota_counts`] in one statement: owner (`ph1` issuer,
+/// `ph2` subject), role (`ph3`) and total, from the counts tables.
+pub(crate) fn quota_counts_sql(ph1: &str, ph2: &str, ph3: &str) -> String {
+    format!(
+        "SELECT (SELECT COALESCE(MAX(n), 0) FROM owner_counts WHERE issuer = {ph1} AND subject = {ph2}) AS owner, \
+         (SELECT COALESCE(CAST(SUM(n) AS BIGINT), 0) FROM lease_counts WHERE role = {ph3}) AS role_n, \
+         (SELECT COALESCE(CAST(SUM(n) AS BIGINT), 0) FROM lease_counts) AS total"
+    )
+}
+
+pub(crate) fn quota_counts_of<R: sqlx::Row>(row: &R) -> Result<QuotaCounts, sqlx::Error>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(QuotaCounts { owner: row.try_get("owner")?, role: row.try_get("role_n")?, total: row.try_get("total")? })
 }
 
 pub(crate) fn switch_condition(s: &SecretSwitch) -> (String, Vec<i64>) {

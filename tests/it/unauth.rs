@@ -173,7 +173,15 @@ async fn assert_counts_match(s: &Arc<dyn Store>, when: &str) {
     for ((issuer, subject), n) in &owners {
         let f = LeaseFilter { issuer: Some(issuer.clone()), subject: Some(subject.clone()), ..Default::default() };
         assert_eq!(s.count_live(&f).await.unwrap(), *n, "{when}: owner {subject}");
+        // The quotas' one read says the same as the three counts.
+        for role in ["token/orders", "pki/web", "none/such"] {
+            let q = s.quota_counts(issuer, subject, role).await.unwrap();
+            let r = all.iter().filter(|l| l.role == role).count() as i64;
+            assert_eq!((q.owner, q.role, q.total), (*n, r, all.len() as i64), "{when}: quota counts {subject} {role}");
+        }
     }
+    let q = s.quota_counts("https://iss", "nobody", "none/such").await.unwrap();
+    assert_eq!((q.owner, q.role, q.total), (0, 0, all.len() as i64), "{when}: quota counts of a stranger");
 }
 
 /// Every lease transition keeps the counts exact.

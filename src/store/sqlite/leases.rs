@@ -327,6 +327,17 @@ impl LeaseStore for SqliteStore {
         row.try_get::<i64, _>(0).map_err(interpret_error)
     }
 
+    async fn quota_counts(&self, issuer: &str, subject: &str, role: &str) -> Result<super::super::QuotaCounts, StoreError> {
+        let row = sqlx::query(&crate::store::quota_counts_sql("?1", "?2", "?3"))
+            .bind(issuer)
+            .bind(subject)
+            .bind(role)
+            .fetch_one(&self.read)
+            .await
+            .map_err(interpret_error)?;
+        crate::store::quota_counts_of(&row).map_err(interpret_error)
+    }
+
     async fn oldest_overdue(&self, now: OffsetDateTime) -> Result<Option<Lease>, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT {LEASE_COLUMNS} FROM leases WHERE (state = 'active' AND (expires_at <= ? OR end_reason IS NOT NULL)) OR state = 'revoke_failed' ORDER BY expires_at LIMIT 1"
