@@ -225,6 +225,9 @@ impl ConnectionView {
 struct Installed {
     active: Option<i64>,
     all: BTreeSet<i64>,
+    /// The switch count ([`RootCredentials::switches`]) when the last
+    /// successful sync began; `None` before one.
+    synced_at: Option<u64>,
 }
 
 /// The root credential service (one per process).
@@ -237,6 +240,11 @@ pub struct RootCredentials {
     audit: Audit,
     fingerprint_key: ring::hmac::Key,
     installed: std::sync::Mutex<HashMap<String, Installed>>,
+    /// Switches of an active version this process has begun, counted
+    /// before each is written: with an exclusive store (SQLite) no other
+    /// process switches, so a sync that began after the latest one installed
+    /// what the store says, and an issue need not ask.
+    switches: std::sync::atomic::AtomicU64,
     /// Serializes installs per process (they are rare).
     sync_lock: tokio::sync::Mutex<()>,
     /// Bound on one `install_root` / `remove_root` (`leases.call_timeout`).
@@ -318,6 +326,7 @@ impl RootCredentials {
             audit,
             fingerprint_key,
             installed: std::sync::Mutex::new(HashMap::new()),
+            switches: std::sync::atomic::AtomicU64::new(0),
             sync_lock: tokio::sync::Mutex::new(()),
             call_timeout: crate::config::LeaseSettings::default().call_timeout(),
             root_timeout: crate::config::DEFAULT_ROOT_TIMEOUT,
@@ -374,9 +383,15 @@ impl RootCredentials {
     }
 
     /// Before an issue: makes sure the plugin uses the store's active
-    /// version (one indexed lookup when nothing changed).
+    /// version (one indexed lookup when nothing changed; none with an
+    /// exclusive store when no switch began since the last sync).
     pub async fn ensure_current(&self, conn: &str) -> Result<(), ConnError> {
         if !self.is_managed(conn) {
+            return Ok(());
+        }
+        if self.store.exclusive()
+            && self.installed(conn).synced_at == Some(self.switches.load(std::sync::atomic::Ordering::SeqCst))
+        {
             return Ok(());
         }
         let active = self.store.secret_active_version(conn).await?;
@@ -392,6 +407,7 @@ impl RootCredentials {
         let Some(plugin) = self.plugins.get(conn).cloned() else { return Ok(()) };
         let Some(plugin) = plugin.root_credentials() else { return Ok(()) };
         let _g = self.sync_lock.lock().await;
+        let began = self.switches.load(std::sync::atomic::Ordering::SeqCst);
         let versions = self.store.secret_versions(Some(conn)).await?;
         let mut now = self.installed(conn);
         let wanted: Vec<&SecretVersion> =
@@ -431,6 +447,7 @@ impl RootCredentials {
             }
             now.all.remove(&gone);
         }
+        now.synced_at = Some(began);
         if let Ok(mut m) = self.installed.lock() {
             m.insert(conn.to_owned(), now);
         }
@@ -866,6 +883,7 @@ impl RootCredentials {
             at: now,
             retiring_until: now + m.overlap,
         };
+        self.switches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if !self.store.secret_switch(&s).await? {
             let e = ConnError::Conflict(format!("connection `{conn}` version {} changed meanwhile; look again", v.version));
             self.audit.note(self.event(action, "denied", actor, meta, conn).detail("version", v.version).error("refused", e.to_string()));
@@ -962,6 +980,7 @@ impl RootCredentials {
             retiring_until: now + m.overlap,
         };
         let previous = self.store.secret_active_version(conn).await?;
+        self.switches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if !self.store.secret_switch(&s).await? {
             return Err(ConnError::Conflict(format!("connection `{conn}` version {} changed meanwhile", v.version)));
         }

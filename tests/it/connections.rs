@@ -42,6 +42,8 @@ pub(crate) struct FakeRoot {
     scopes: Mutex<Vec<(&'static str, Option<std::time::Duration>)>>,
     /// Set when a slow rotation saw its call cancelled.
     rotate_cancelled: Arc<std::sync::atomic::AtomicBool>,
+    /// How many of the next `install_root` calls fail (a vendor hiccup).
+    failing_installs: Mutex<u32>,
 }
 
 impl FakeRoot {
@@ -109,6 +111,13 @@ impl RootCredentials for FakeRoot {
         parse(candidate.expose_secret())
     }
     async fn install_root(&self, version: i64, secret: SecretString, active: bool) -> Result<(), PluginError> {
+        {
+            let mut failing = self.failing_installs.lock().unwrap();
+            if *failing > 0 {
+                *failing -= 1;
+                return Err(PluginError::Retryable("vendor hiccup".into()));
+            }
+        }
         self.installed.lock().unwrap().insert(version, secret.expose_secret().to_owned());
         if active {
             *self.active.lock().unwrap() = Some(version);
@@ -524,6 +533,34 @@ async fn staging_needs_no_approval_and_a_wrong_kek_stops_the_start() {
     let d = start(tmp.path(), &iss.url, &toml, None, &fresh).await.unwrap();
     assert_eq!(*fresh.stg.active.lock().unwrap(), Some(1));
     drop(d);
+}
+
+/// On SQLite (one process owns the store) an issue does not ask the store
+/// for the active root version while no switch began since the last
+/// install; but a switch whose install failed is still installed by the
+/// next issue, which then uses the new version.
+#[tokio::test]
+async fn a_switch_whose_install_failed_is_installed_by_the_next_issue() {
+    let iss = Issuer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let fakes = Fakes::new();
+    let d = start(tmp.path(), &iss.url, &fake_toml("90d", "2099-01-01"), None, &fakes).await.unwrap();
+    let api = Api { d: &d, seen: Mutex::new(Vec::new()) };
+    for (version, secret) in [(1, "lessor_admin:app:one"), (2, "lessor_admin:app:two")] {
+        assert_eq!(api.set("stg", &d.admin, secret).await.0, 201);
+        assert_eq!(api.post("/v1/admin/connections/stg/verify", &d.admin, json!({})).await.0, 200);
+        if version == 2 {
+            // The switch is stored, its install fails.
+            *fakes.stg.failing_installs.lock().unwrap() = 1;
+        }
+        let (s, v) = api.post("/v1/admin/connections/stg/activate", &d.admin, json!({})).await;
+        assert_eq!((s, v["version"].as_i64()), (200, Some(version)), "{v}");
+        if version == 2 {
+            assert_eq!(*fakes.stg.active.lock().unwrap(), Some(1), "the failed install left version 1 in the plugin");
+        }
+        assert_eq!(api.issue_version("stg/app", &iss.token()).await.1, Some(version), "issued under the store's active version");
+        assert_eq!(*fakes.stg.active.lock().unwrap(), Some(version));
+    }
 }
 
 /// A rotation that outlives `leases.root_timeout` fails naming the setting,
