@@ -223,7 +223,7 @@ impl MysqlPlugin {
         scrub_error(&root.never_show, err)
     }
 
-    /// A pooled admin connection. With nothing idle, the server's port is
+    /// A pooled admin connection. With no connection open, the server's port is
     /// tried first so "connection refused" is a retryable error at once
     /// (the pool would retry until `connect_timeout`).
     pub(super) async fn acquire(&self, root: &Root) -> Result<sqlx::pool::PoolConnection<sqlx::MySql>, PluginError> {
@@ -233,11 +233,13 @@ impl MysqlPlugin {
         root.pool.acquire().await.map_err(|e| self.fail(root, e, "connecting"))
     }
 
-    /// With nothing idle in the pool, tries the server's port first, so
-    /// "connection refused" is a retryable error at once (the pool would
-    /// retry until `connect_timeout`).
+    /// With no connection open in the pool, tries the server's port first,
+    /// so "connection refused" is a retryable error at once (the pool would
+    /// retry until `connect_timeout`). Not when connections are open but all
+    /// busy: that is load, not a dead server, and a probe per request would
+    /// cost both sides a TCP handshake (and MariaDB a thread) each time.
     pub(super) async fn refused(&self, root: &Root) -> Option<PluginError> {
-        if root.pool.num_idle() > 0 || root.options.get_socket().is_some() {
+        if root.pool.size() > 0 || root.options.get_socket().is_some() {
             return None;
         }
         let t = &root.target;

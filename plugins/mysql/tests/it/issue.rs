@@ -206,6 +206,39 @@ async fn new_pooled_connections_keep_the_pools_backslash_mode_when_the_servers_d
     }
 }
 
+/// Under load (every pooled connection busy) a request waits for the pool:
+/// it does not open a TCP probe to the server each time, which cost both
+/// sides a handshake per request. Counted with the server's `Connections`
+/// status (every connection attempt, probes included).
+#[tokio::test]
+async fn a_busy_pool_does_not_probe_the_server_per_request() {
+    let mut db = Db::start();
+    let c = db.connection(&db.db.admin_dsn(), json!({"pool_size": 2}));
+    let p = build(c, roles()).await;
+    let connections = |db: &Db| db.sql("SHOW GLOBAL STATUS LIKE 'Connections'").split('\t').nth(1).unwrap().parse::<u64>().unwrap();
+    // Warm: both connections open.
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let p = p.clone();
+        set.spawn(async move { p.issue(request(&lease_id(), "orders", &["orders.read"], Duration::from_secs(600))).await });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap().unwrap();
+    }
+    let before = connections(&db);
+    for _ in 0..40 {
+        let p = p.clone();
+        set.spawn(async move { p.issue(request(&lease_id(), "orders", &["orders.read"], Duration::from_secs(600))).await });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap().unwrap();
+    }
+    // The test's own `mariadb` client calls count too (one each).
+    let opened = connections(&db) - before - 1;
+    assert!(opened <= 2, "40 issues through a warm pool of 2 opened {opened} connections to the server");
+    assert_eq!(db.lease_users().len(), 42);
+}
+
 #[tokio::test]
 async fn claims_in_comments_literals_and_executable_comments_are_refused_at_load() {
     let mut db = Db::start();

@@ -258,12 +258,14 @@ impl PostgresPlugin {
 
     /// Fails fast when the server refuses connections. sqlx's pool retries
     /// a refused connect (with backoff) until `connect_timeout`, so with no
-    /// idle connection to hand out (acquiring means connecting), the
+    /// connection open (acquiring means connecting), the
     /// server's port is tried first: "connection refused" (or nothing
     /// answering within `connect_timeout`) is a retryable error at once.
-    /// PostgreSQL does not log a connection that sends nothing.
+    /// PostgreSQL does not log a connection that sends nothing. Only with
+    /// no connection open: busy connections mean load, not a dead server,
+    /// and a probe per request would cost a TCP handshake each time.
     pub(super) async fn refused(&self, root: &Root, pool: &PgPool, db: &str) -> Option<PluginError> {
-        if pool.num_idle() > 0 {
+        if pool.size() > 0 {
             return None;
         }
         let t = &root.target;
