@@ -401,3 +401,36 @@ async fn a_template_with_two_statements_is_refused() {
     assert!(matches!(e, PluginError::Misconfigured(ref m) if m.contains("more than one SQL statement")), "{e}");
     assert!(pg.role_exists("canary"));
 }
+
+/// Under load (every pooled connection busy) a request waits for the pool:
+/// it does not open a TCP probe to the server each time (a handshake, and
+/// for PostgreSQL a forked backend, per request). Counted in the server's
+/// log with `log_connections` (every TCP connection, probes included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_pool_does_not_probe_the_server_per_request() {
+    let mut pg = Pg::start();
+    pg.psql("ALTER SYSTEM SET log_connections = on");
+    pg.psql("SELECT pg_reload_conf()");
+    let p = pg.plugin(serde_json::json!({"pool_size": 2})).await;
+    let burst = |n: usize| {
+        let p = p.clone();
+        async move {
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..n {
+                let p = p.clone();
+                set.spawn(async move { p.issue(request(&lease_id(), "orders", &["orders.read"], MAX_TTL / 2)).await });
+            }
+            while let Some(r) = set.join_next().await {
+                r.unwrap().unwrap_or_else(|e| panic!("issue failed: {e}"));
+            }
+        }
+    };
+    let log = pg.pg.dir().join("server.log");
+    let tcp_connections = || std::fs::read_to_string(&log).unwrap().matches("connection received: host=127.0.0.1").count();
+    // Warm: both connections open.
+    burst(2).await;
+    let before = tcp_connections();
+    burst(40).await;
+    let opened = tcp_connections() - before;
+    assert!(opened <= 2, "40 issues through a warm pool of 2 opened {opened} TCP connections to the server");
+}
