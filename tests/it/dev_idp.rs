@@ -563,21 +563,35 @@ async fn end_session_returns_only_to_registered_uris() {
     idp.shutdown().await;
 }
 
+/// A data directory and log file for a `lessor dev` run.
+struct Dev {
+    tmp: tempfile::TempDir,
+    data: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl Dev {
+    fn new() -> Dev {
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, log) = (tmp.path().join("dev"), tmp.path().join("dev.log"));
+        Dev { tmp, data, log }
+    }
+}
+
+/// `lessor dev` on a free port with its state in `data`, from the
+/// repository (its `policies/`), until it prints `marker`: the child and the
+/// URL after the marker.
+fn spawn_dev(data: &std::path::Path, log: &std::path::Path, marker: &str) -> (std::process::Child, String) {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let data = data.display().to_string();
+    super::binary::spawn_until(&["dev", "--listen", "127.0.0.1:0", "--data-dir", &data], repo, &[], log, marker)
+}
+
 #[test]
 fn lessor_dev_runs_the_provider_for_its_people() {
     use std::os::unix::fs::PermissionsExt;
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("dev");
-    let data_s = data.display().to_string();
-    let log = tmp.path().join("dev.log");
-    let (child, issuer) = super::binary::spawn_until(
-        &["dev", "--listen", "127.0.0.1:0", "--data-dir", &data_s],
-        repo,
-        &[],
-        &log,
-        "dev OpenID provider at ",
-    );
+    let Dev { tmp: _tmp, data, log } = Dev::new();
+    let (child, issuer) = spawn_dev(&data, &log, "dev OpenID provider at ");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let secret_file = data.join("dev-idp.client-secret");
     assert_eq!(std::fs::metadata(&secret_file).unwrap().permissions().mode() & 0o777, 0o600);
@@ -671,13 +685,8 @@ async fn lessor_dev_signs_a_newcomer_in_with_one_click_and_lessor_login() {
     use std::process::{Command, Stdio};
     use std::time::Instant;
 
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("dev");
-    let data_s = data.display().to_string();
-    let log = tmp.path().join("dev.log");
-    let (child, link) =
-        super::binary::spawn_until(&["dev", "--listen", "127.0.0.1:0", "--data-dir", &data_s], repo, &[], &log, "Sign in: ");
+    let Dev { tmp: _tmp, data, log } = Dev::new();
+    let (child, link) = spawn_dev(&data, &log, "Sign in: ");
     let base = link.split("/v1/").next().unwrap().to_owned();
     assert!(link.ends_with("/v1/people/login?provider=dev") && !base.ends_with(":0"), "{link}");
 
@@ -801,13 +810,8 @@ async fn lessor_dev_signs_a_newcomer_in_with_one_click_and_lessor_login() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lessor_dev_lets_carol_create_a_customer_token_that_dev_api_introspects() {
     use std::os::unix::fs::PermissionsExt;
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("dev");
-    let data_s = data.display().to_string();
-    let log = tmp.path().join("dev.log");
-    let args = ["dev", "--listen", "127.0.0.1:0", "--data-dir", data_s.as_str()];
-    let (child, link) = super::binary::spawn_until(&args, repo, &[], &log, "Sign in: ");
+    let Dev { tmp: _tmp, data, log } = Dev::new();
+    let (child, link) = spawn_dev(&data, &log, "Sign in: ");
     let base = link.split("/v1/").next().unwrap().to_owned();
     let secret_file = data.join("dev-api.secret");
     assert_eq!(std::fs::metadata(&secret_file).unwrap().permissions().mode() & 0o777, 0o600);
@@ -851,7 +855,7 @@ async fn lessor_dev_lets_carol_create_a_customer_token_that_dev_api_introspects(
     super::binary::stop(child);
 
     // Same data directory again: the secret is kept, the token still works.
-    let (child, link) = super::binary::spawn_until(&args, repo, &[], &log, "Sign in: ");
+    let (child, link) = spawn_dev(&data, &log, "Sign in: ");
     let base = link.split("/v1/").next().unwrap().to_owned();
     assert_eq!(std::fs::read_to_string(&secret_file).unwrap(), secret, "dev-api's secret survives a restart");
     let (st, i) = introspect(base, secret.clone(), token.clone()).await;
