@@ -7,9 +7,10 @@
 //! Installing: the plugin holds the active version (new issuance) and the
 //! retiring ones (revocation of leases issued under them). Before each issue
 //! on a managed connection the active version id is read from the store
-//! (one indexed lookup) and installed if it changed, so replicas switch
-//! together; a background poll does the same and retires versions whose
-//! overlap ended.
+//! (one indexed lookup; skipped with an exclusive store while no switch
+//! began since the last install) and installed if it changed, so replicas
+//! switch together; a background poll does the same and retires versions
+//! whose overlap ended.
 //!
 //! After it is saved a secret is never returned: views carry its version,
 //! fingerprint (the first 8 hex digits of HMAC-SHA256 under a key derived
