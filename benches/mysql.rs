@@ -20,10 +20,14 @@
 //!
 //! CPU per operation is read from `/proc` for this process (the daemon
 //! runs in it, with the HTTP clients) and for `mariadbd`.
+//!
+//! Two layouts, each reported on its own: every process on every CPU, then
+//! this process on half of the CPUs and `mariadbd` on the other half (as
+//! when the database runs on hosts of its own; see `benches/redis.rs`).
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{copy_dir, loadavg, median_run, print_run, Meter, Run};
+use support::{copy_dir, layout_tag, layouts, loadavg, median_run, print_run, Layout, Meter, Run};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -199,12 +203,29 @@ fn line(what: &str, r: &Run) {
     print_run(what, r, "mariadbd");
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let db = TempMariadb::start().unwrap_or_else(|e| panic!("{e}"));
     db.sql_as("admin", db.admin_password(), "CREATE ROLE orders_reader; GRANT SELECT ON app.orders TO orders_reader")
         .expect("server role");
     let pid = std::fs::read_to_string(db.dir().join("pid")).expect("mariadbd pid file").trim().to_owned();
+    let pids = [pid.clone()];
+    for (k, layout) in layouts().into_iter().enumerate() {
+        // Pinned before lessor's runtime starts: its workers (one per CPU it
+        // may use, as in a container of that size) and every thread lessor
+        // starts keep to the layout's CPUs.
+        layout.apply(&pids);
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(run(layout, 10 * k, &db, &pid));
+    }
+    Layout::Shared.apply(&pids);
+}
+
+/// A fresh lessor in front of the server, and the rounds of one layout
+/// (raw users numbered from `first`).
+async fn run(layout: Layout, first: usize, db: &TempMariadb, pid: &str) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &dir.join("policies"));
@@ -271,8 +292,8 @@ database = "app"
             .collect()
     };
     // Warm-up: connections, JWKS, caches.
-    let (_, ids) = lessor_issue(&url, &pid, "my/app", mint("warm", CLIENTS * 4)).await;
-    lessor_revoke(&url, &pid, &admin_token, ids).await;
+    let (_, ids) = lessor_issue(&url, pid, "my/app", mint("warm", CLIENTS * 4)).await;
+    lessor_revoke(&url, pid, &admin_token, ids).await;
 
     // Three rounds, alternating raw and lessor, reporting medians (raw issue
     // runs twice a round): runs on a shared 2-core machine vary by several
@@ -280,19 +301,20 @@ database = "app"
     let (mut raw_i, mut drop_only, mut raw_full, mut issues, mut revokes, mut tokens) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     let load_start = loadavg();
     for round in 0..ROUNDS {
-        let (i, d) = raw(&db, &pid, 2 * round, false).await;
+        let n = first + 2 * round;
+        let (i, d) = raw(db, pid, n, false).await;
         raw_i.push(i);
         drop_only.push(d);
-        let (i, f) = raw(&db, &pid, 2 * round + 1, true).await;
+        let (i, f) = raw(db, pid, n + 1, true).await;
         raw_i.push(i);
         raw_full.push(f);
-        let jwts = mint(&format!("svc{round}-"), N);
-        let (issue, ids) = lessor_issue(&url, &pid, "my/app", jwts).await;
+        let tag = format!("{}{round}", layout_tag(layout));
+        let (issue, ids) = lessor_issue(&url, pid, "my/app", mint(&format!("svc{tag}-"), N)).await;
         issues.push(issue);
-        revokes.push(lessor_revoke(&url, &pid, &admin_token, ids).await);
+        revokes.push(lessor_revoke(&url, pid, &admin_token, ids).await);
         // The same path with a vendor that costs nothing (a lessor-signed
         // token): lessor's own share.
-        tokens.push(lessor_issue(&url, &pid, "token/plain", mint(&format!("tok{round}-"), N)).await.0);
+        tokens.push(lessor_issue(&url, pid, "token/plain", mint(&format!("tok{tag}-"), N)).await.0);
         println!("  (round {}: load average {})", round + 1, loadavg());
     }
     let (ri, rd, rf, li, lr, lt) =
@@ -300,8 +322,8 @@ database = "app"
     let left = db.users_with_prefix("lessor_").expect("users");
     assert!(left.is_empty(), "users left after revocation: {}", left.len());
     println!(
-        "MariaDB users, {CLIENTS} concurrent clients, {N} users per run, median of {ROUNDS} runs, {} CPU(s), load average {load_start} at the start, {} at the end",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "MariaDB users, {CLIENTS} concurrent clients, {N} users per run, median of {ROUNDS} runs, {}; load average {load_start} at the start, {} at the end",
+        layout.describe(),
         loadavg()
     );
     line("raw issue (CREATE USER + GRANT + SET DEFAULT ROLE)", &ri);

@@ -11,10 +11,17 @@
 //! written, and on both nodes `ACL DELUSER`, `CLIENT KILL USER`, `ACL SAVE`.
 //! The raw path sends the same commands (one `ACL SAVE` per change, as a
 //! naive client would), one connection per client and node.
+//!
+//! Two layouts, each reported on its own: every process on every CPU (lessor
+//! and Redis compete for the same cores, as on one small machine), then this
+//! process (lessor and the HTTP clients, or the raw clients) on half of the
+//! CPUs and the Redis servers on the other half, as when the vendor runs on
+//! hosts of its own: there the ratio says what putting lessor in front of
+//! the vendor costs in throughput when each has its own CPU.
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{copy_dir, loadavg, median_run, print_run, Meter, Run};
+use support::{copy_dir, layout_tag, layouts, loadavg, median_run, print_run, Layout, Meter, Run};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -51,7 +58,7 @@ async fn admin(r: &TempRedis, password: &str) -> redis::aio::MultiplexedConnecti
 
 /// The raw baseline: `CLIENTS` clients, each with its own connection to each
 /// node; per user the same commands lessor sends. Returns (issue, revoke).
-async fn raw(nodes: &[&TempRedis], pids: &[String], password: &str, round: usize) -> (Run, Run) {
+async fn raw(nodes: &[&TempRedis], pids: &[String], password: &str, round: &str) -> (Run, Run) {
     let mut rates = Vec::new();
     for deleting in [false, true] {
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -66,7 +73,7 @@ async fn raw(nodes: &[&TempRedis], pids: &[String], password: &str, round: usize
         let meter = Meter::start(pids);
         let mut set = tokio::task::JoinSet::new();
         for per in conns {
-            let next = next.clone();
+            let (next, round) = (next.clone(), round.to_owned());
             set.spawn(async move {
                 let mut lat = Vec::new();
                 loop {
@@ -176,11 +183,28 @@ async fn lessor_revoke(url: &str, pids: &[String], admin: &str, ids: Vec<String>
     meter.stop(n, lat)
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let a = TempRedis::start().unwrap_or_else(|e| panic!("{e}"));
     let password = a.admin_password().to_owned();
     let b = TempRedis::start_with_password(&password).unwrap_or_else(|e| panic!("{e}"));
+    let pids = runtime().block_on(async { vec![server_pid(&a, &password).await, server_pid(&b, &password).await] });
+    for layout in layouts() {
+        // Pinned before lessor's runtime starts: its workers (one per CPU it
+        // may use, as in a container of that size) and every thread lessor
+        // starts keep to the layout's CPUs.
+        layout.apply(&pids);
+        runtime().block_on(run(layout, &a, &b, &password, &pids));
+    }
+    Layout::Shared.apply(&pids);
+}
+
+/// A runtime with one worker per CPU this process may use now.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime")
+}
+
+/// A fresh lessor in front of the two nodes, and the rounds of one layout.
+async fn run(layout: Layout, a: &TempRedis, b: &TempRedis, password: &str, pids: &[String]) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &dir.join("policies"));
@@ -190,7 +214,7 @@ async fn main() {
     )
     .expect("policy");
     let dev = DevIssuer::load_or_create(dir).expect("dev issuer");
-    std::fs::write(dir.join("redis.password"), &password).expect("password");
+    std::fs::write(dir.join("redis.password"), password).expect("password");
     let cfg = format!(
         r#"
 listen = "127.0.0.1:0"
@@ -244,32 +268,32 @@ default_scopes = ["cache.read"]
             })
             .collect()
     };
-    let pids = vec![server_pid(&a, &password).await, server_pid(&b, &password).await];
     // Warm-up: connections, JWKS, caches.
-    let (_, ids) = lessor_issue(&url, &pids, "cache/app", mint("warm", CLIENTS * 4)).await;
-    lessor_revoke(&url, &pids, &admin_token, ids).await;
+    let (_, ids) = lessor_issue(&url, pids, "cache/app", mint("warm", CLIENTS * 4)).await;
+    lessor_revoke(&url, pids, &admin_token, ids).await;
 
     // Rounds alternate raw and lessor; medians are reported (runs on a
     // shared 2-core machine vary by several percent).
-    let nodes = [&a, &b];
+    let nodes = [a, b];
     let load_start = loadavg();
     let (mut raw_i, mut raw_r, mut issues, mut revokes, mut tokens) = (vec![], vec![], vec![], vec![], vec![]);
     for round in 0..ROUNDS {
-        let (i, r) = raw(&nodes, &pids, &password, round).await;
+        let tag = format!("{}{round}", layout_tag(layout));
+        let (i, r) = raw(&nodes, pids, password, &tag).await;
         raw_i.push(i);
         raw_r.push(r);
-        let (issue, ids) = lessor_issue(&url, &pids, "cache/app", mint(&format!("svc{round}-"), N)).await;
+        let (issue, ids) = lessor_issue(&url, pids, "cache/app", mint(&format!("svc{tag}-"), N)).await;
         issues.push(issue);
-        revokes.push(lessor_revoke(&url, &pids, &admin_token, ids).await);
+        revokes.push(lessor_revoke(&url, pids, &admin_token, ids).await);
         // The same path with a vendor that costs nothing (a lessor-signed
         // token): lessor's own share.
-        tokens.push(lessor_issue(&url, &pids, "token/plain", mint(&format!("tok{round}-"), N)).await.0);
+        tokens.push(lessor_issue(&url, pids, "token/plain", mint(&format!("tok{tag}-"), N)).await.0);
         println!("  (round {}: load average {})", round + 1, loadavg());
     }
     let (ri, rr, li, lr, lt) = (median(&raw_i), median(&raw_r), median(&issues), median(&revokes), median(&tokens));
     println!(
-        "Redis ACL users on 2 nodes, {CLIENTS} concurrent clients, {N} users per run, median of {ROUNDS} runs, {} CPU(s), load average {load_start} at the start, {} at the end",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "Redis ACL users on 2 nodes, {CLIENTS} concurrent clients, {N} users per run, median of {ROUNDS} runs, {}; load average {load_start} at the start, {} at the end",
+        layout.describe(),
         loadavg()
     );
     line("raw issue (SETUSER + ACL SAVE per node)", &ri);

@@ -110,3 +110,76 @@ pub fn print_run(what: &str, r: &Run, servers: &str) {
         r.rate, r.p50, r.p99, r.cpu_us, r.server_us
     );
 }
+
+/// Where the processes of a vendor bench run: all on every CPU (as on one
+/// shared machine), or the vendor's servers on one half of the CPUs and this
+/// process (lessor and the load's clients, or the raw clients) on the other,
+/// as when the vendor runs on its own hosts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    Shared,
+    Split,
+}
+
+impl Layout {
+    pub fn describe(self) -> String {
+        let n = cpus();
+        match self {
+            Layout::Shared => format!("all processes on all {n} CPUs"),
+            Layout::Split => {
+                let (mine, theirs) = split_cpus();
+                format!("this process (lessor + clients) on CPU {mine}, the vendor's servers on CPU {theirs}")
+            }
+        }
+    }
+
+    /// Pins this process and the servers `pids` to the layout's CPUs (every
+    /// thread, with `taskset`; threads started later inherit it).
+    pub fn apply(self, pids: &[String]) {
+        let n = cpus();
+        let all = format!("0-{}", n.saturating_sub(1));
+        let (mine, theirs) = match self {
+            Layout::Shared => (all.clone(), all),
+            Layout::Split => split_cpus(),
+        };
+        taskset(&std::process::id().to_string(), &mine);
+        for p in pids {
+            taskset(p, &theirs);
+        }
+    }
+}
+
+/// The first half of the CPUs (at least one) and the rest, as taskset lists.
+fn split_cpus() -> (String, String) {
+    let n = cpus().max(2);
+    let half = n / 2;
+    let list = |from: usize, to: usize| if from == to { from.to_string() } else { format!("{from}-{to}") };
+    (list(0, half - 1), list(half, n - 1))
+}
+
+fn taskset(pid: &str, cpus: &str) {
+    let st = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, pid])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("taskset (Debian package util-linux)");
+    assert!(st.success(), "taskset -a -p -c {cpus} {pid} failed");
+}
+
+/// The layouts a vendor bench runs: shared, then split where there are at
+/// least two CPUs.
+pub fn layouts() -> Vec<Layout> {
+    if cpus() >= 2 {
+        vec![Layout::Shared, Layout::Split]
+    } else {
+        vec![Layout::Shared]
+    }
+}
+
+/// A short tag for names made in a layout's rounds (unique per layout).
+pub fn layout_tag(l: Layout) -> &'static str {
+    match l {
+        Layout::Shared => "s",
+        Layout::Split => "p",
+    }
+}
