@@ -68,6 +68,8 @@ impl Running {
         let audit = &self.leases.audit;
         audit.note(Event::new("service.stop", "ok").actor(ActorInfo::system("lessor")));
         audit.shutdown().await;
+        // Last: everything above may still write.
+        self.store.close().await;
     }
 
     /// Waits until a shutdown signal (SIGINT/SIGTERM), then shuts down.

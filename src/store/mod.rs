@@ -86,6 +86,12 @@ pub trait Store:
     fn exclusive(&self) -> bool;
 
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Ends the store at shutdown, once nothing writes any more: queued
+    /// writes finish, then connections close (SQLite: the writer thread has
+    /// ended and the database files are settled when this returns). Every
+    /// later call fails with `Unavailable`.
+    async fn close(&self);
 }
 
 /// The extra condition on the version a [`SecretSwitch`] makes active, with

@@ -273,4 +273,8 @@ impl Store for PgStore {
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(interpret_error)?;
         Ok(())
     }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
 }

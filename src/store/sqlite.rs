@@ -68,6 +68,12 @@ struct WriteReq {
     reply: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
 }
 
+enum Msg {
+    Write(WriteReq),
+    /// Finish the writes taken so far, close the connection, then answer.
+    Close(tokio::sync::oneshot::Sender<()>),
+}
+
 /// Group commit: one thread owns the writing connection, takes every write
 /// that is queued, runs them in one transaction and commits once (one
 /// fsync), then answers each with its own result. Under load, concurrent
@@ -81,7 +87,7 @@ struct WriteReq {
 /// costs one wake-up of this thread and one per answer.
 #[derive(Clone)]
 struct Writer {
-    tx: tokio::sync::mpsc::Sender<WriteReq>,
+    tx: tokio::sync::mpsc::Sender<Msg>,
 }
 
 const MAX_BATCH: usize = 256;
@@ -92,8 +98,8 @@ const PREPARED: usize = 128;
 impl Writer {
     /// Opens the writing connection to the (already created and migrated)
     /// database `path` and starts the thread that owns it. The thread ends,
-    /// closing the connection, when every sender (every clone of the
-    /// store) is gone.
+    /// closing the connection, at [`Writer::close`] or when every sender
+    /// (every clone of the store) is gone.
     fn spawn(path: &Path) -> Result<Writer, StoreError> {
         use rusqlite::OpenFlags;
         let unavailable = |e: rusqlite::Error| StoreError::Unavailable(format!("cannot open {} for writing: {e}", path.display()));
@@ -107,25 +113,58 @@ impl Writer {
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
             .map_err(unavailable)?;
         conn.set_prepared_statement_cache_capacity(PREPARED);
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<WriteReq>(4096);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(4096);
         std::thread::Builder::new()
             .name("lessor-store".into())
             .spawn(move || {
                 let mut conn = conn;
                 let mut batch = Vec::with_capacity(MAX_BATCH);
+                let mut closing = None;
                 while let Some(first) = rx.blocking_recv() {
-                    batch.push(first);
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(r) => batch.push(r),
-                            Err(_) => break,
+                    let mut next = Some(first);
+                    while let Some(m) = next.take() {
+                        match m {
+                            Msg::Write(w) => batch.push(w),
+                            Msg::Close(done) => {
+                                closing = Some(done);
+                                break;
+                            }
+                        }
+                        if batch.len() < MAX_BATCH {
+                            next = rx.try_recv().ok();
                         }
                     }
-                    Writer::run(&mut conn, &mut batch);
+                    if !batch.is_empty() {
+                        Writer::run(&mut conn, &mut batch);
+                    }
+                    if closing.is_some() {
+                        break;
+                    }
+                }
+                // Writes sent after the close find the channel gone.
+                drop(rx);
+                if let Err((c, e)) = conn.close() {
+                    tracing::warn!(error = %e, "closing the SQLite writer's connection failed");
+                    // Dropping it would try again and panic; the process is
+                    // ending and SQLite recovers an unclosed WAL database.
+                    std::mem::forget(c);
+                }
+                if let Some(done) = closing {
+                    let _ = done.send(());
                 }
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")))?;
         Ok(Writer { tx })
+    }
+
+    /// Finishes every write sent before this and ends the thread; returns
+    /// once its connection is closed.
+    async fn close(&self) {
+        let (done, closed) = tokio::sync::oneshot::channel();
+        if self.tx.send(Msg::Close(done)).await.is_ok() {
+            // An error: the thread had ended already.
+            let _ = closed.await;
+        }
     }
 
     fn run(conn: &mut rusqlite::Connection, batch: &mut Vec<WriteReq>) {
@@ -203,7 +242,7 @@ impl Writer {
     async fn exec_all(&self, stmts: Vec<Stmt>) -> Result<u64, StoreError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
-            .send(WriteReq { stmts, reply })
+            .send(Msg::Write(WriteReq { stmts, reply }))
             .await
             .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?;
         rx.await.map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
@@ -362,5 +401,12 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.read).await.map_err(interpret_error)?;
         Ok(())
+    }
+
+    async fn close(&self) {
+        // Readers first: the last connection to close checkpoints the WAL
+        // and removes it, which a read-only connection cannot do.
+        self.read.close().await;
+        self.writer.close().await;
     }
 }

@@ -106,6 +106,44 @@ async fn concurrent_writes_commit_together_and_fail_alone() {
     assert_eq!(all.len(), 180, "every non-duplicate write is durable");
 }
 
+/// `close` finishes the writes sent before it, then ends the writer: the
+/// database files are settled when it returns (the WAL checkpointed and
+/// removed), later calls fail as unavailable, and the data is all there on
+/// the next open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_close_finishes_queued_writes_and_settles_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let url = format!("sqlite://{}", path.display());
+    let s = lessor::store::open(&url).await.unwrap();
+    // Writes in flight when the close is sent.
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let s = s.clone();
+        set.spawn(async move { s.insert_pending(&lease(&format!("c{i}"), "token/orders", "x", 60)).await });
+    }
+    s.insert_pending(&lease("before-close", "token/orders", "x", 60)).await.unwrap();
+    s.close().await;
+    let wal = dir.path().join("s.db-wal");
+    assert!(!wal.exists(), "the WAL is checkpointed and removed when close returns");
+    let mut done = 0;
+    while let Some(r) = set.join_next().await {
+        match r.unwrap() {
+            Ok(()) => done += 1,
+            Err(lessor::store::StoreError::Unavailable(m)) => assert!(m.contains("stopped"), "{m}"),
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    let err = s.insert_pending(&lease("after-close", "token/orders", "x", 60)).await.unwrap_err();
+    assert!(matches!(err, lessor::store::StoreError::Unavailable(_)), "{err}");
+    drop(s);
+    let again = lessor::store::open(&url).await.unwrap();
+    let all = again.list(&LeaseFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    assert!(all.iter().any(|l| l.id.as_str() == "before-close"));
+    assert!(!all.iter().any(|l| l.id.as_str() == "after-close"));
+    assert_eq!(all.len(), done + 1, "every write answered Ok is on disk, and only those");
+}
+
 /// A fresh SQLite store in a temp dir (kept alive by the returned guard).
 pub async fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().unwrap();
