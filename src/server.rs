@@ -6,8 +6,9 @@
 //! policy watcher -> HTTP. Shutdown stops the HTTP listener (in-flight
 //! requests finish), then the background tasks, then the plugins (external
 //! plugin processes get `shutdown`), then the audit log (a final
-//! signed checkpoint). SIGHUP reloads policies and reopens the audit file
-//! (log rotation).
+//! signed checkpoint), then the store (queued writes finish; SQLite's writer
+//! thread ends and the WAL is checkpointed). SIGHUP reloads policies and
+//! reopens the audit file (log rotation).
 
 use std::net::SocketAddr;
 use std::path::Path;
