@@ -161,8 +161,8 @@ impl Writer {
     /// once its connection is closed.
     async fn close(&self) {
         let (done, closed) = tokio::sync::oneshot::channel();
+        // A send error: the thread had ended already.
         if self.tx.send(Msg::Close(done)).await.is_ok() {
-            // An error: the thread had ended already.
             let _ = closed.await;
         }
     }
