@@ -50,8 +50,9 @@
 //!   `{"user", "host"}`; public: `username`, `host`, `port`, `account_host`,
 //!   `roles`, `database`, `expires_at`; secret: `password`, `dsn`.
 //! - **renew**: nothing changes at the server (checks the account exists).
-//! - **revoke** (idempotent): finds the accounts by handle or by the lease
-//!   suffix in `mysql.user`, then per account `ALTER USER ... ACCOUNT LOCK`,
+//! - **revoke** (idempotent): finds the account by its handle (one row by
+//!   key), or when there is none or it is gone, every account with the
+//!   lease's suffix in `mysql.user`; then per account `ALTER USER ... ACCOUNT LOCK`,
 //!   `KILL CONNECTION` of each of its sessions, `DROP USER IF EXISTS`, and
 //!   kills any session that slipped in. An account that is gone counts as
 //!   revoked.

@@ -74,6 +74,23 @@ async fn a_user_of_another_lease_or_outside_the_prefix_is_never_touched() {
     assert!(db.login(&a, "SELECT 1").is_err() && db.login(&b, "SELECT 1").is_ok());
 }
 
+/// The handle's account is looked up by key; when it is not there (moved
+/// to another host behind lessor's back), the lease's accounts are still
+/// found by name and dropped.
+#[tokio::test]
+async fn an_account_moved_away_from_its_handle_is_still_found_and_dropped() {
+    let mut db = Db::start();
+    let p = db.plugin().await;
+    let id = lease_id();
+    let issued = p.issue(request(&id, "plain", &[], Duration::from_secs(600))).await.unwrap();
+    let user = username(&issued);
+    assert_eq!(issued.handle["host"], "%");
+    db.sql(&format!("RENAME USER '{user}'@'%' TO '{user}'@'localhost'"));
+    assert_eq!(db.sql(&format!("SELECT Host FROM mysql.user WHERE User = '{user}'")), "localhost");
+    p.revoke(&lease(&id, "plain", Some(&issued))).await.unwrap();
+    assert!(db.lease_users().is_empty(), "left: {:?}", db.lease_users());
+}
+
 /// Workloads hanging up mid-issue (the request future dropped at any
 /// point) leave nothing that revocation by lease id cannot find.
 #[tokio::test]
