@@ -143,11 +143,10 @@ impl Writer {
                 }
                 // Writes sent after the close find the channel gone.
                 drop(rx);
-                if let Err((c, e)) = conn.close() {
+                // (On failure the connection is dropped, which tries once
+                // more; SQLite recovers a WAL database left open.)
+                if let Err((_, e)) = conn.close() {
                     tracing::warn!(error = %e, "closing the SQLite writer's connection failed");
-                    // Dropping it would try again and panic; the process is
-                    // ending and SQLite recovers an unclosed WAL database.
-                    std::mem::forget(c);
                 }
                 if let Some(done) = closing {
                     let _ = done.send(());
