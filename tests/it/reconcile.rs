@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lessor::store::{Lease, LeaseState, Store};
+use lessor_mysql::testkit::Server;
 use lessor_plugin::LeaseId;
 use lessor_postgres::testkit::TempPostgres;
 use serde_json::{json, Value};
@@ -326,84 +327,95 @@ async fn a_strays_grace_is_counted_once_across_a_restart() {
     assert_eq!(v["clean"], true, "{v}");
 }
 
-/// MariaDB through the whole daemon: a clean server reports no stray; a
-/// user made behind lessor's back in its shape, and one whose lease row was
-/// deleted by hand, are found, left alone within the grace, then dropped
-/// (gone from `mysql.user`), audited and counted; a user that only shares
-/// the prefix is never touched.
-#[tokio::test]
-async fn mariadb_strays_are_revoked_after_the_grace_and_a_clean_server_has_none() {
-    let iss = Issuer::start().await;
-    let db = crate::mysql::start_mariadb();
-    let aux = tempfile::tempdir().unwrap();
-    let toml = crate::mysql::my_toml(&db, aux.path()).replace("[connections.my", "[connections.rmy");
-    let d = Daemon::start_with(Opts {
-        issuer_url: iss.url.clone(),
-        extra_toml: format!("{toml}\n[reconcile]\ninterval = \"0s\"\ngrace = \"3s\"\n"),
-        policy: crate::mysql::MY_POLICY.replace("\"my/app\"", "\"rmy/app\""),
-        ..Default::default()
-    })
-    .await;
-    let users = || db.users_with_prefix("lessor_").unwrap();
+crate::mysql::each_server! {
+    /// MariaDB and MySQL 8 through the whole daemon: a clean server reports no stray; a
+    /// user made behind lessor's back in its shape, and one whose lease row was
+    /// deleted by hand, are found, left alone within the grace, then dropped
+    /// (gone from `mysql.user`), audited and counted; a user that only shares
+    /// the prefix is never touched.
+    test(tokio::test)
+    async fn mysql_strays_are_revoked_after_the_grace_and_a_clean_server_has_none(server) {
+        let iss = Issuer::start().await;
+        let db = crate::mysql::start_server(server);
+        // Each server its own connection name: the strays counter is per
+        // process.
+        let rmy = match server {
+            Server::MariaDb => "rmy",
+            Server::Mysql8 => "rmy8",
+        };
+        let aux = tempfile::tempdir().unwrap();
+        let toml = crate::mysql::my_toml(&db, aux.path()).replace("[connections.my", &format!("[connections.{rmy}"));
+        let d = Daemon::start_with(Opts {
+            issuer_url: iss.url.clone(),
+            extra_toml: format!("{toml}\n[reconcile]\ninterval = \"0s\"\ngrace = \"3s\"\n"),
+            policy: crate::mysql::MY_POLICY.replace("\"my/app\"", &format!("\"{rmy}/app\"")),
+            ..Default::default()
+        })
+        .await;
+        let users = || db.users_with_prefix("lessor_").unwrap();
 
-    // Clean: one live lease, its user, nothing stray.
-    let (kept, kept_user) = issue(&d, &iss, "rmy").await;
-    let v = pass(&d).await;
-    let c = conn_report(&v, "rmy");
-    assert_eq!((c["status"].as_str(), c["objects"].as_u64()), (Some("checked"), Some(1)), "{v}");
-    assert!(c["strays"].as_array().unwrap().is_empty() && c["missing_count"] == 0, "{v}");
-    assert_eq!(v["clean"], true, "{v}");
+        // Clean: one live lease, its user, nothing stray.
+        let (kept, kept_user) = issue(&d, &iss, rmy).await;
+        let v = pass(&d).await;
+        let c = conn_report(&v, rmy);
+        assert_eq!((c["status"].as_str(), c["objects"].as_u64()), (Some("checked"), Some(1)), "{v}");
+        assert!(c["strays"].as_array().unwrap().is_empty() && c["missing_count"] == 0, "{v}");
+        assert_eq!(v["clean"], true, "{v}");
 
-    // A lease row deleted by hand, a user made by hand in lessor's shape,
-    // and one that only shares the prefix.
-    let (deleted, deleted_user) = issue(&d, &iss, "rmy").await;
-    sqlx::query("DELETE FROM leases WHERE id = ?").bind(&deleted).execute(&mut sqlite(&d).await).await.unwrap();
-    let sneaky = format!("lessor_app_sneaky_{}", hex32());
-    db.sql(&format!("CREATE USER '{sneaky}'@'%' IDENTIFIED BY 'behind-the-back'; CREATE USER 'lessor_admin2'@'%'")).unwrap();
-    let revoked_before = strays_counted("rmy", "revoked");
+        // A lease row deleted by hand, a user made by hand in lessor's shape,
+        // and one that only shares the prefix.
+        let (deleted, deleted_user) = issue(&d, &iss, rmy).await;
+        sqlx::query("DELETE FROM leases WHERE id = ?").bind(&deleted).execute(&mut sqlite(&d).await).await.unwrap();
+        let sneaky = match server {
+            Server::MariaDb => format!("lessor_app_sneaky_{}", hex32()),
+            Server::Mysql8 => lessor_mysql::mysql_user("lessor", &hex32()),
+        };
+        db.sql(&format!("CREATE USER '{sneaky}'@'%' IDENTIFIED BY 'behind-the-back'; CREATE USER 'lessor_admin2'@'%'")).unwrap();
+        let revoked_before = strays_counted(rmy, "revoked");
 
-    let v = pass(&d).await;
-    let c = conn_report(&v, "rmy");
-    assert_eq!(c["objects"], 3, "kept, deleted, sneaky: {v}");
-    let strays = c["strays"].as_array().unwrap();
-    assert_eq!(strays.len(), 2, "{v}");
-    assert!(strays.iter().all(|s| s["outcome"] == "waiting" && s["reason"] == "no_lease"), "{v}");
-    let names: std::collections::BTreeSet<&str> = strays.iter().map(|s| s["object"].as_str().unwrap()).collect();
-    assert_eq!(names, [deleted_user.as_str(), sneaky.as_str()].into_iter().collect(), "{v}");
-    for u in [&kept_user, &deleted_user, &sneaky] {
-        assert!(users().contains(u), "{u} is untouched within the grace");
+        let v = pass(&d).await;
+        let c = conn_report(&v, rmy);
+        assert_eq!(c["objects"], 3, "kept, deleted, sneaky: {v}");
+        let strays = c["strays"].as_array().unwrap();
+        assert_eq!(strays.len(), 2, "{v}");
+        assert!(strays.iter().all(|s| s["outcome"] == "waiting" && s["reason"] == "no_lease"), "{v}");
+        let names: std::collections::BTreeSet<&str> = strays.iter().map(|s| s["object"].as_str().unwrap()).collect();
+        assert_eq!(names, [deleted_user.as_str(), sneaky.as_str()].into_iter().collect(), "{v}");
+        for u in [&kept_user, &deleted_user, &sneaky] {
+            assert!(users().contains(u), "{u} is untouched within the grace");
+        }
+
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        let v = pass(&d).await;
+        let c = conn_report(&v, rmy);
+        let strays = c["strays"].as_array().unwrap();
+        assert_eq!(strays.len(), 2, "{v}");
+        assert!(strays.iter().all(|s| s["outcome"] == "revoked"), "{v}");
+        let left = users();
+        assert!(!left.contains(&deleted_user) && !left.contains(&sneaky), "strays dropped from mysql.user: {left:?}");
+        assert!(left.contains(&kept_user) && left.contains(&"lessor_admin2".to_string()), "{left:?}");
+        assert_eq!(d.lease_state(&kept).await, "active");
+        assert_eq!(strays_counted(rmy, "revoked") - revoked_before, 2);
+        assert_eq!(strays_counted(rmy, "failed"), 0);
+        let entries = Daemon::eventually(Duration::from_secs(5), || async {
+            let es: Vec<Value> = audit_entries(&d.dir)
+                .into_iter()
+                .filter(|e| e["action"] == "reconcile.revoke" && e["details"]["connection"] == rmy)
+                .collect();
+            (es.len() >= 2).then_some(es)
+        })
+        .await
+        .expect("two reconcile.revoke entries");
+        assert_eq!(entries.len(), 2);
+        assert!(entries.iter().all(|e| e["outcome"] == "ok" && e["details"]["stray"] == "no_lease"), "{entries:?}");
+        let audited: std::collections::BTreeSet<&str> = entries.iter().map(|e| e["details"]["object"].as_str().unwrap()).collect();
+        assert_eq!(audited, names);
+        let metrics = reqwest::get(format!("{}/metrics", d.url)).await.unwrap().text().await.unwrap();
+        assert!(metrics.contains(&format!(r#"lessor_reconcile_strays_total{{connection="{rmy}",outcome="revoked"}} 2"#)), "{metrics}");
+
+        let v = pass(&d).await;
+        let c = conn_report(&v, rmy);
+        assert_eq!((c["objects"].as_u64(), c["strays"].as_array().unwrap().len()), (Some(1), 0), "{v}");
+        assert_eq!(v["clean"], true, "{v}");
     }
-
-    tokio::time::sleep(Duration::from_millis(3100)).await;
-    let v = pass(&d).await;
-    let c = conn_report(&v, "rmy");
-    let strays = c["strays"].as_array().unwrap();
-    assert_eq!(strays.len(), 2, "{v}");
-    assert!(strays.iter().all(|s| s["outcome"] == "revoked"), "{v}");
-    let left = users();
-    assert!(!left.contains(&deleted_user) && !left.contains(&sneaky), "strays dropped from mysql.user: {left:?}");
-    assert!(left.contains(&kept_user) && left.contains(&"lessor_admin2".to_string()), "{left:?}");
-    assert_eq!(d.lease_state(&kept).await, "active");
-    assert_eq!(strays_counted("rmy", "revoked") - revoked_before, 2);
-    assert_eq!(strays_counted("rmy", "failed"), 0);
-    let entries = Daemon::eventually(Duration::from_secs(5), || async {
-        let es: Vec<Value> = audit_entries(&d.dir)
-            .into_iter()
-            .filter(|e| e["action"] == "reconcile.revoke" && e["details"]["connection"] == "rmy")
-            .collect();
-        (es.len() >= 2).then_some(es)
-    })
-    .await
-    .expect("two reconcile.revoke entries");
-    assert_eq!(entries.len(), 2);
-    assert!(entries.iter().all(|e| e["outcome"] == "ok" && e["details"]["stray"] == "no_lease"), "{entries:?}");
-    let audited: std::collections::BTreeSet<&str> = entries.iter().map(|e| e["details"]["object"].as_str().unwrap()).collect();
-    assert_eq!(audited, names);
-    let metrics = reqwest::get(format!("{}/metrics", d.url)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(r#"lessor_reconcile_strays_total{connection="rmy",outcome="revoked"} 2"#), "{metrics}");
-
-    let v = pass(&d).await;
-    let c = conn_report(&v, "rmy");
-    assert_eq!((c["objects"].as_u64(), c["strays"].as_array().unwrap().len()), (Some(1), 0), "{v}");
-    assert_eq!(v["clean"], true, "{v}");
 }

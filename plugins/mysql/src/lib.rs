@@ -46,13 +46,16 @@
 //!   ROLE`, then the grant templates. Neither server has transactional
 //!   account statements (each commits at once), so a failure part way drops
 //!   the account again. Name: MariaDB `<prefix>_<readable>_<lease hex>`
-//!   (at most 80 characters); MySQL `<prefix>_<lease hex tail>` (32). Handle:
+//!   (at most 80 characters); MySQL `<prefix>_<the lease id's 128 bits in
+//!   22 base-62 digits>` (at most 31 of its 32). Either way the whole lease
+//!   id, so a listed name maps back to its lease. Handle:
 //!   `{"user", "host"}`; public: `username`, `host`, `port`, `account_host`,
 //!   `roles`, `database`, `expires_at`; secret: `password`, `dsn`.
 //! - **renew**: nothing changes at the server (checks the account exists).
 //! - **revoke** (idempotent): finds the account by its handle (one row by
 //!   key), or when there is none or it is gone, every account with the
-//!   lease's suffix in `mysql.user`; then per account `ALTER USER ... ACCOUNT LOCK`,
+//!   lease's names in `mysql.user` (MariaDB: the prefix and the lease's hex
+//!   suffix; MySQL: the one name); then per account `ALTER USER ... ACCOUNT LOCK`,
 //!   `KILL CONNECTION` of each of its sessions, `DROP USER IF EXISTS`, and
 //!   kills any session that slipped in. An account that is gone counts as
 //!   revoked.
@@ -66,11 +69,17 @@
 //! it is back (the expiry jobs are durable; nothing is orphaned).
 //!
 //! # Listing (the reconciler)
-//! `list_objects` lists, on MariaDB, the users named
-//! `<prefix>_<readable>_<32 hex>` (never the admin's user, never a server
-//! role), each mapped back to the lease id `lse_<hex>`, in byte order of
-//! their names. On MySQL 8 it answers `Unsupported`: its 32-character names
-//! hold only the tail of the lease id.
+//! `list_objects` lists the users in lessor's shape, each mapped back to its
+//! lease id `lse_<hex>`, in byte order of their names, never the admin's
+//! own user: on MariaDB `<prefix>_<readable>_<32 hex>` (never a server
+//! role), on MySQL `<prefix>_<22 base-62 digits>` (MySQL marks no account
+//! as a role, so a role in that shape is listed too; a name whose digits
+//! exceed 128 bits is listed with no lease id, which the reconciler
+//! reports and never revokes).
+//!
+//! # Tested on
+//! MariaDB 10.11 (Debian 12's package) and MySQL 8.0 (Ubuntu 22.04's
+//! package), the same tests on each.
 //!
 //! # Root credentials
 //! The admin DSN is the connection's root credential
@@ -91,5 +100,5 @@ pub mod sql;
 pub mod testkit;
 
 pub use config::{ConnectionConfig, DsnSource, RoleConfig};
-pub use naming::{lease_hex, lease_suffix, user_name, Flavor};
+pub use naming::{lease_hex, lease_suffix, mysql_lease_of, mysql_user, user_name, Flavor};
 pub use plugin::{build, registration, validate_config, MysqlPlugin, KIND};

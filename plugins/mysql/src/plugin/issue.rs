@@ -175,8 +175,9 @@ impl MysqlPlugin {
         let (root, mut conn) = self.lease_conn(&req.lease).await?;
         let hex = lease_hex(&req.lease.lease_id).unwrap_or_default();
         let prefix = &self.config.user_prefix;
-        let pattern = format!("{}!_%{}", like_escape(prefix), like_escape(&lease_suffix(prefix, &hex)));
-        let found = find_accounts(&mut conn, None, &pattern).await.map_err(|e| self.fail(&root, e, "finding the lease's account"))?;
+        let sess = session(&root, &mut conn).await.map_err(|e| self.fail(&root, e, "reading the session's sql_mode"))?;
+        let names = Names::of(sess.flavor, prefix, &hex);
+        let found = find_accounts(&mut conn, None, &names).await.map_err(|e| self.fail(&root, e, "finding the lease's account"))?;
         if found.is_empty() || hex.is_empty() {
             return Err(PluginError::Permanent(format!(
                 "the account of lease `{}` no longer exists at {}; it was revoked",

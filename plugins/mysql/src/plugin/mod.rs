@@ -40,7 +40,7 @@ use tracing::instrument;
 use zeroize::Zeroizing;
 
 use crate::config::{ConnectionConfig, RoleConfig};
-use crate::naming::{lease_hex, lease_suffix, native_hash, new_password, user_name, Flavor};
+use crate::naming::{lease_hex, lease_suffix, mysql_lease_of, mysql_owned_regex, mysql_user, native_hash, new_password, user_name, Flavor};
 use crate::sql::{account, like_escape, quote_ident, quote_literal, Backslash, Vars};
 
 use connect::*;

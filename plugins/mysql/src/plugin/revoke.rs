@@ -1,20 +1,46 @@
 //! Revoking and listing: a lease's accounts found by name, each locked,
 //! its sessions killed and dropped; lessor's accounts listed for the
-//! reconciler (MariaDB). Must not import: the core (`lessor`).
+//! reconciler. Must not import: the core (`lessor`).
 
 use super::*;
 use lessor_plugin_sql::naming::{lease_of, owned_regex};
 
+/// How a lease's accounts are named on the connection's server.
+pub(super) enum Names {
+    /// MariaDB: every user with the prefix and the lease's hex suffix (its
+    /// readable middle may differ between roles and workloads).
+    Like(String),
+    /// MySQL: the one user name the lease id gives.
+    Exactly(String),
+}
+
+impl Names {
+    pub(super) fn of(flavor: Flavor, prefix: &str, hex: &str) -> Names {
+        match flavor {
+            Flavor::MariaDb => Names::Like(format!("{}!_%{}", like_escape(prefix), like_escape(&lease_suffix(prefix, hex)))),
+            Flavor::MySql => Names::Exactly(mysql_user(prefix, hex)),
+        }
+    }
+
+    /// Whether `user` is one of these names (a handle is trusted only then).
+    fn covers(&self, prefix: &str, hex: &str, user: &str) -> bool {
+        match self {
+            Names::Like(_) => user.starts_with(&format!("{prefix}_")) && user.ends_with(&format!("_{}", lease_suffix(prefix, hex))),
+            Names::Exactly(name) => user == name,
+        }
+    }
+}
+
 /// The accounts of a lease: the handle's account when the handle belongs
 /// to the lease and the account exists (a lookup by key: on MariaDB
 /// `mysql.user` is a view that decodes every row it reads, so a pattern
-/// costs the server a pass over all its accounts); otherwise every user with
-/// the connection's prefix and the lease's suffix (a lease left pending has
-/// no handle, and a revocation retried after the drop finds nothing by it).
+/// costs the server a pass over all its accounts); otherwise every account
+/// with the lease's names (a lease left pending has no handle, and a
+/// revocation retried after the drop finds nothing by it).
 pub(super) async fn find_accounts(
     conn: &mut MySqlConnection,
     hint: Option<(&str, &str)>,
-    pattern: &str,
+    names: &Names,
 ) -> Result<Vec<(String, String)>, sqlx::Error> {
     if let Some((user, host)) = hint {
         let rows = sqlx::query("SELECT CAST(User AS CHAR), CAST(Host AS CHAR) FROM mysql.user WHERE User = ? AND Host = ?")
@@ -26,12 +52,22 @@ pub(super) async fn find_accounts(
             return rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect();
         }
     }
-    let rows = sqlx::query(
-        "SELECT CAST(User AS CHAR), CAST(Host AS CHAR) FROM mysql.user WHERE User LIKE ? ESCAPE '!' ORDER BY User, Host",
-    )
-    .bind(pattern)
-    .fetch_all(conn)
-    .await?;
+    let rows = match names {
+        Names::Like(pattern) => {
+            sqlx::query(
+                "SELECT CAST(User AS CHAR), CAST(Host AS CHAR) FROM mysql.user WHERE User LIKE ? ESCAPE '!' ORDER BY User, Host",
+            )
+            .bind(pattern)
+            .fetch_all(conn)
+            .await?
+        }
+        Names::Exactly(user) => {
+            sqlx::query("SELECT CAST(User AS CHAR), CAST(Host AS CHAR) FROM mysql.user WHERE User = ? ORDER BY Host")
+                .bind(user)
+                .fetch_all(conn)
+                .await?
+        }
+    };
     rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
 }
 
@@ -64,12 +100,11 @@ impl MysqlPlugin {
             return Ok((0, 0));
         };
         let prefix = &self.config.user_prefix;
-        let suffix = lease_suffix(prefix, &hex);
-        let pattern = format!("{}!_%{}", like_escape(prefix), like_escape(&suffix));
-        let hint = lease.handle.as_ref().and_then(|h| Some((h.get("user")?.as_str()?, h.get("host")?.as_str()?)));
-        let hint = hint.filter(|(u, _)| u.starts_with(&format!("{prefix}_")) && u.ends_with(&suffix));
         let sess = session(root, conn).await.map_err(|e| self.fail(root, e, "reading the session's sql_mode"))?;
-        let accounts = find_accounts(conn, hint, &pattern).await.map_err(|e| self.fail(root, e, "finding the lease's accounts"))?;
+        let names = Names::of(sess.flavor, prefix, &hex);
+        let hint = lease.handle.as_ref().and_then(|h| Some((h.get("user")?.as_str()?, h.get("host")?.as_str()?)));
+        let hint = hint.filter(|(u, _)| names.covers(prefix, &hex, u));
+        let accounts = find_accounts(conn, hint, &names).await.map_err(|e| self.fail(root, e, "finding the lease's accounts"))?;
         let mut killed = 0;
         for (user, host) in &accounts {
             let acct = account(user, host, sess.backslash).map_err(|e| PluginError::Permanent(e.to_string()))?;
@@ -99,41 +134,56 @@ impl MysqlPlugin {
         Ok(())
     }
 
-    /// MariaDB users named like this connection's leases
-    /// (`<prefix>_<readable>_<32 hex>`, see [`owned_regex`]), read from
+    /// The users named like this connection's leases, read from
     /// `mysql.user` with the active root credential, one name per user
-    /// (whatever its hosts), in byte order. Never the admin's own user, never
-    /// a server role. MySQL 8's 32-character names hold only part of the
-    /// lease id, so there the listing is `Unsupported`.
+    /// (whatever its hosts), in byte order, each mapped back to its lease
+    /// id. MariaDB: `<prefix>_<readable>_<32 hex>` ([`owned_regex`]), never a
+    /// server role. MySQL: `<prefix>_<22 base-62 digits>`
+    /// ([`mysql_lease_of`]; MySQL keeps no mark of a role, so a role in that
+    /// shape is listed too). Never the admin's own user.
     #[instrument(skip_all, fields(connection = %self.connection))]
     pub(super) async fn list_accounts(&self, after: Option<&str>, limit: u32) -> Result<Vec<VendorObject>, PluginError> {
         let root = self.active_root()?;
         let mut conn = self.acquire(&root).await?;
         let sess = session(&root, &mut conn).await.map_err(|e| self.fail(&root, e, "reading the session's sql_mode"))?;
-        if sess.flavor == Flavor::MySql {
-            return Err(PluginError::Unsupported(
-                "listing accounts on MySQL 8: its user names (at most 32 characters) hold only part of the lease id".into(),
-            ));
-        }
         let prefix = &self.config.user_prefix;
-        let rows = sqlx::query(
-            "SELECT CAST(User AS BINARY) AS u FROM mysql.user \
-             WHERE User LIKE ? ESCAPE '!' AND CAST(User AS BINARY) REGEXP ? AND CAST(User AS BINARY) > CAST(? AS BINARY) \
-             AND is_role <> 'Y' AND User <> SUBSTRING_INDEX(CURRENT_USER(), '@', 1) \
-             GROUP BY u ORDER BY u LIMIT ?",
-        )
-        .bind(format!("{}!_%", like_escape(prefix)))
-        .bind(owned_regex(prefix))
-        .bind(after.unwrap_or(""))
-        .bind(u64::from(limit))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| self.fail(&root, e, "listing users"))?;
+        let sql = match sess.flavor {
+            Flavor::MariaDb => {
+                "SELECT CAST(User AS BINARY) AS u FROM mysql.user \
+                 WHERE User LIKE ? ESCAPE '!' AND CAST(User AS BINARY) REGEXP ? AND CAST(User AS BINARY) > CAST(? AS BINARY) \
+                 AND is_role <> 'Y' AND User <> SUBSTRING_INDEX(CURRENT_USER(), '@', 1) \
+                 GROUP BY u ORDER BY u LIMIT ?"
+            }
+            // ICU regular expressions take no binary strings; `c`: case
+            // sensitive (the digits are).
+            Flavor::MySql => {
+                "SELECT CAST(User AS BINARY) AS u FROM mysql.user \
+                 WHERE User LIKE ? ESCAPE '!' AND REGEXP_LIKE(User, ?, 'c') AND CAST(User AS BINARY) > CAST(? AS BINARY) \
+                 AND User <> SUBSTRING_INDEX(CURRENT_USER(), '@', 1) \
+                 GROUP BY u ORDER BY u LIMIT ?"
+            }
+        };
+        let regex = match sess.flavor {
+            Flavor::MariaDb => owned_regex(prefix),
+            Flavor::MySql => mysql_owned_regex(prefix),
+        };
+        let rows = sqlx::query(sql)
+            .bind(format!("{}!_%", like_escape(prefix)))
+            .bind(regex)
+            .bind(after.unwrap_or(""))
+            .bind(u64::from(limit))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.fail(&root, e, "listing users"))?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let raw: Vec<u8> = r.try_get(0).map_err(|e| PluginError::Permanent(format!("listing users: {e}")))?;
             let name = String::from_utf8(raw).map_err(|_| PluginError::Permanent("listing users: a user name is not UTF-8".into()))?;
-            out.push(VendorObject { lease_id: lease_of(&name), name });
+            let lease_id = match sess.flavor {
+                Flavor::MariaDb => lease_of(&name),
+                Flavor::MySql => mysql_lease_of(prefix, &name),
+            };
+            out.push(VendorObject { lease_id, name });
         }
         Ok(out)
     }

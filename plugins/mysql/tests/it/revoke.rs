@@ -18,126 +18,137 @@ fn lease(id: &LeaseId, role: &str, issued: Option<&Issued>) -> LeaseRef {
 }
 
 async fn session(db: &Db, issued: &Issued) -> MySqlConnection {
-    let dsn = db.db.dsn(&username(issued), issued.secret["password"].expose_secret(), "app");
+    let dsn = db.db.dsn(
+        &username(issued),
+        issued.secret["password"].expose_secret(),
+        "app",
+    );
     MySqlConnection::connect(&dsn).await.unwrap()
 }
 
-#[tokio::test]
-async fn revoke_locks_ends_open_sessions_and_drops_the_user() {
-    let mut db = Db::start();
-    let p = db.plugin().await;
-    let id = lease_id();
-    let issued = p.issue(request(&id, "orders", &["orders.read"], Duration::from_secs(600))).await.unwrap();
-    // Two sessions the workload keeps open (one mid-transaction).
-    let mut a = session(&db, &issued).await;
-    let mut b = session(&db, &issued).await;
-    sqlx::query("BEGIN").execute(&mut b).await.unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders").fetch_one(&mut a).await.unwrap();
-    assert_eq!(n, 1);
-    let user = username(&issued);
-    assert_eq!(db.sql(&format!("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{user}'")), "2");
-
-    p.revoke(&lease(&id, "orders", Some(&issued))).await.unwrap();
-    for c in [&mut a, &mut b] {
-        let r: Result<i64, _> = sqlx::query_scalar("SELECT COUNT(*) FROM orders").fetch_one(c).await;
-        assert!(r.is_err(), "a session of a revoked user still answers");
-    }
-    assert_eq!(db.sql(&format!("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{user}'")), "0");
-    assert!(db.lease_users().is_empty());
-    assert!(db.login(&issued, "SELECT 1").is_err());
-    // Already gone: revoked.
-    p.revoke(&lease(&id, "orders", Some(&issued))).await.unwrap();
-    // Renewing it says so.
-    let e = p
-        .renew(RenewRequest { lease: lease(&id, "orders", Some(&issued)), expires_at: OffsetDateTime::now_utc() + Duration::from_secs(900) })
-        .await
-        .unwrap_err();
-    assert!(matches!(&e, PluginError::Permanent(m) if m.contains("no longer exists")), "{e:?}");
-}
-
-#[tokio::test]
-async fn a_user_of_another_lease_or_outside_the_prefix_is_never_touched() {
-    let mut db = Db::start();
-    let p = db.plugin().await;
-    let mine = lease_id();
-    let other = lease_id();
-    let a = p.issue(request(&mine, "plain", &[], Duration::from_secs(600))).await.unwrap();
-    let b = p.issue(request(&other, "plain", &[], Duration::from_secs(600))).await.unwrap();
-    // A handle pointing at another lease's user (or an outside account) is ignored.
-    let mut forged = lease(&mine, "plain", Some(&a));
-    forged.handle = Some(serde_json::json!({"user": "canary", "host": "%"}));
-    p.revoke(&forged).await.unwrap();
-    assert_eq!(db.sql("SELECT COUNT(*) FROM mysql.user WHERE User = 'canary'"), "1");
-    forged.handle = Some(b.handle.clone());
-    p.revoke(&forged).await.unwrap();
-    assert_eq!(db.lease_users(), vec![username(&b)]);
-    assert!(db.login(&a, "SELECT 1").is_err() && db.login(&b, "SELECT 1").is_ok());
-}
-
-/// The handle's account is looked up by key; when it is not there (moved
-/// to another host behind lessor's back), the lease's accounts are still
-/// found by name and dropped.
-#[tokio::test]
-async fn an_account_moved_away_from_its_handle_is_still_found_and_dropped() {
-    let mut db = Db::start();
-    let p = db.plugin().await;
-    let id = lease_id();
-    let issued = p.issue(request(&id, "plain", &[], Duration::from_secs(600))).await.unwrap();
-    let user = username(&issued);
-    assert_eq!(issued.handle["host"], "%");
-    db.sql(&format!("RENAME USER '{user}'@'%' TO '{user}'@'localhost'"));
-    assert_eq!(db.sql(&format!("SELECT Host FROM mysql.user WHERE User = '{user}'")), "localhost");
-    p.revoke(&lease(&id, "plain", Some(&issued))).await.unwrap();
-    assert!(db.lease_users().is_empty(), "left: {:?}", db.lease_users());
-}
-
-/// Workloads hanging up mid-issue (the request future dropped at any
-/// point) leave nothing that revocation by lease id cannot find.
-#[tokio::test]
-async fn clients_hanging_up_mid_issue_leave_nothing_behind() {
-    let mut db = Db::start();
-    let p = db.plugin().await;
-    let mut ids = Vec::new();
-    for i in 0..40u64 {
+each_server! {
+    async fn revoke_locks_ends_open_sessions_and_drops_the_user(server) {
+        let mut db = Db::start(server);
+        let p = db.plugin().await;
         let id = lease_id();
-        ids.push(id.clone());
-        let fut = p.issue(request(&id, "orders", &["orders.read"], Duration::from_secs(600)));
-        // Cut off after 0..~20 ms: before, during and after the statements.
-        let _ = tokio::time::timeout(Duration::from_micros(i * 500), fut).await;
+        let issued = p.issue(request(&id, "orders", &["orders.read"], Duration::from_secs(600))).await.unwrap();
+        // Two sessions the workload keeps open (one mid-transaction).
+        let mut a = session(&db, &issued).await;
+        let mut b = session(&db, &issued).await;
+        // (Not a prepared statement: MySQL 8 prepares no BEGIN.)
+        sqlx::raw_sql("BEGIN").execute(&mut b).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders").fetch_one(&mut a).await.unwrap();
+        assert_eq!(n, 1);
+        let user = username(&issued);
+        assert_eq!(db.sql(&format!("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{user}'")), "2");
+
+        p.revoke(&lease(&id, "orders", Some(&issued))).await.unwrap();
+        for c in [&mut a, &mut b] {
+            let r: Result<i64, _> = sqlx::query_scalar("SELECT COUNT(*) FROM orders").fetch_one(c).await;
+            assert!(r.is_err(), "a session of a revoked user still answers");
+        }
+        assert_eq!(db.sql(&format!("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{user}'")), "0");
+        assert!(db.lease_users().is_empty());
+        assert!(db.login(&issued, "SELECT 1").is_err());
+        // Already gone: revoked.
+        p.revoke(&lease(&id, "orders", Some(&issued))).await.unwrap();
+        // Renewing it says so.
+        let e = p
+            .renew(RenewRequest { lease: lease(&id, "orders", Some(&issued)), expires_at: OffsetDateTime::now_utc() + Duration::from_secs(900) })
+            .await
+            .unwrap_err();
+        assert!(matches!(&e, PluginError::Permanent(m) if m.contains("no longer exists")), "{e:?}");
     }
-    // What the core does with the pending leases: revoke each by id alone.
-    for id in &ids {
-        p.revoke(&lease(id, "orders", None)).await.unwrap();
-    }
-    assert!(db.lease_users().is_empty(), "orphans: {:?}", db.lease_users());
 }
 
-#[tokio::test]
-async fn server_down_during_revoke_is_retryable_and_revoke_finishes_after() {
-    let mut db = Db::start();
-    let p = db.plugin().await;
-    let id = lease_id();
-    let issued = p.issue(request(&id, "orders", &["orders.read"], Duration::from_secs(600))).await.unwrap();
-    db.db.stop().unwrap();
-    let e = p.revoke(&lease(&id, "orders", Some(&issued))).await.unwrap_err();
-    assert!(e.is_retryable(), "{e:?}");
-    assert!(e.to_string().contains(&format!("127.0.0.1:{}", db.db.port())), "{e}");
-    let e = p.issue(request(&lease_id(), "orders", &["orders.read"], Duration::from_secs(600))).await.unwrap_err();
-    assert!(e.is_retryable(), "{e:?}");
-    db.db.restart().unwrap();
-    assert!(db.login(&issued, "SELECT 1").is_ok(), "the user outlives the outage");
-    p.revoke(&lease(&id, "orders", Some(&issued))).await.unwrap();
-    assert!(db.lease_users().is_empty());
+each_server! {
+    async fn a_user_of_another_lease_or_outside_the_prefix_is_never_touched(server) {
+        let mut db = Db::start(server);
+        let p = db.plugin().await;
+        let mine = lease_id();
+        let other = lease_id();
+        let a = p.issue(request(&mine, "plain", &[], Duration::from_secs(600))).await.unwrap();
+        let b = p.issue(request(&other, "plain", &[], Duration::from_secs(600))).await.unwrap();
+        // A handle pointing at another lease's user (or an outside account) is ignored.
+        let mut forged = lease(&mine, "plain", Some(&a));
+        forged.handle = Some(serde_json::json!({"user": "canary", "host": "%"}));
+        p.revoke(&forged).await.unwrap();
+        assert_eq!(db.sql("SELECT COUNT(*) FROM mysql.user WHERE User = 'canary'"), "1");
+        forged.handle = Some(b.handle.clone());
+        p.revoke(&forged).await.unwrap();
+        assert_eq!(db.lease_users(), vec![username(&b)]);
+        assert!(db.login(&a, "SELECT 1").is_err() && db.login(&b, "SELECT 1").is_ok());
+    }
 }
 
-#[tokio::test]
-async fn renew_keeps_the_user_working() {
-    let mut db = Db::start();
-    let p: std::sync::Arc<dyn Plugin> = db.plugin().await;
-    let id = lease_id();
-    let issued = p.issue(request(&id, "orders", &["orders.read"], Duration::from_secs(60))).await.unwrap();
-    let later = OffsetDateTime::now_utc() + Duration::from_secs(1800);
-    let got = p.renew(RenewRequest { lease: lease(&id, "orders", Some(&issued)), expires_at: later }).await.unwrap();
-    assert_eq!(got, later);
-    assert_eq!(db.login(&issued, "SELECT id FROM app.orders").unwrap(), "1");
+each_server! {
+    /// The handle's account is looked up by key; when it is not there (moved
+    /// to another host behind lessor's back), the lease's accounts are still
+    /// found by name and dropped.
+    async fn an_account_moved_away_from_its_handle_is_still_found_and_dropped(server) {
+        let mut db = Db::start(server);
+        let p = db.plugin().await;
+        let id = lease_id();
+        let issued = p.issue(request(&id, "plain", &[], Duration::from_secs(600))).await.unwrap();
+        let user = username(&issued);
+        assert_eq!(issued.handle["host"], "%");
+        db.sql(&format!("RENAME USER '{user}'@'%' TO '{user}'@'localhost'"));
+        assert_eq!(db.sql(&format!("SELECT Host FROM mysql.user WHERE User = '{user}'")), "localhost");
+        p.revoke(&lease(&id, "plain", Some(&issued))).await.unwrap();
+        assert!(db.lease_users().is_empty(), "left: {:?}", db.lease_users());
+    }
+}
+
+each_server! {
+    /// Workloads hanging up mid-issue (the request future dropped at any
+    /// point) leave nothing that revocation by lease id cannot find.
+    async fn clients_hanging_up_mid_issue_leave_nothing_behind(server) {
+        let mut db = Db::start(server);
+        let p = db.plugin().await;
+        let mut ids = Vec::new();
+        for i in 0..40u64 {
+            let id = lease_id();
+            ids.push(id.clone());
+            let fut = p.issue(request(&id, "orders", &["orders.read"], Duration::from_secs(600)));
+            // Cut off after 0..~20 ms: before, during and after the statements.
+            let _ = tokio::time::timeout(Duration::from_micros(i * 500), fut).await;
+        }
+        // What the core does with the pending leases: revoke each by id alone.
+        for id in &ids {
+            p.revoke(&lease(id, "orders", None)).await.unwrap();
+        }
+        assert!(db.lease_users().is_empty(), "orphans: {:?}", db.lease_users());
+    }
+}
+
+each_server! {
+    async fn server_down_during_revoke_is_retryable_and_revoke_finishes_after(server) {
+        let mut db = Db::start(server);
+        let p = db.plugin().await;
+        let id = lease_id();
+        let issued = p.issue(request(&id, "orders", &["orders.read"], Duration::from_secs(600))).await.unwrap();
+        db.db.stop().unwrap();
+        let e = p.revoke(&lease(&id, "orders", Some(&issued))).await.unwrap_err();
+        assert!(e.is_retryable(), "{e:?}");
+        assert!(e.to_string().contains(&format!("127.0.0.1:{}", db.db.port())), "{e}");
+        let e = p.issue(request(&lease_id(), "orders", &["orders.read"], Duration::from_secs(600))).await.unwrap_err();
+        assert!(e.is_retryable(), "{e:?}");
+        db.db.restart().unwrap();
+        assert!(db.login(&issued, "SELECT 1").is_ok(), "the user outlives the outage");
+        p.revoke(&lease(&id, "orders", Some(&issued))).await.unwrap();
+        assert!(db.lease_users().is_empty());
+    }
+}
+
+each_server! {
+    async fn renew_keeps_the_user_working(server) {
+        let mut db = Db::start(server);
+        let p: std::sync::Arc<dyn Plugin> = db.plugin().await;
+        let id = lease_id();
+        let issued = p.issue(request(&id, "orders", &["orders.read"], Duration::from_secs(60))).await.unwrap();
+        let later = OffsetDateTime::now_utc() + Duration::from_secs(1800);
+        let got = p.renew(RenewRequest { lease: lease(&id, "orders", Some(&issued)), expires_at: later }).await.unwrap();
+        assert_eq!(got, later);
+        assert_eq!(db.login(&issued, "SELECT id FROM app.orders").unwrap(), "1");
+    }
 }

@@ -9,78 +9,85 @@ fn secret(s: &str) -> SecretString {
     SecretString::from(s.to_owned())
 }
 
-#[tokio::test]
-async fn validate_names_the_admin_and_the_server() {
-    let mut db = Db::start();
-    let p = db.plugin().await;
-    let v = p.validate().await.unwrap();
-    assert_eq!(v.identity, "admin@%");
-    assert_eq!(v.details["flavor"], "MariaDB");
-    assert!(v.details["version"].contains("MariaDB"), "{v:?}");
-    assert!(v.warnings.is_empty(), "{v:?}");
+each_server! {
+    async fn validate_names_the_admin_and_the_server(server) {
+        let mut db = Db::start(server);
+        let p = db.plugin().await;
+        let v = p.validate().await.unwrap();
+        assert_eq!(v.identity, "admin@%");
+        let (flavor, version) = match server {
+            lessor_mysql::testkit::Server::MariaDb => ("MariaDB", "MariaDB"),
+            lessor_mysql::testkit::Server::Mysql8 => ("MySQL", "8.0."),
+        };
+        assert_eq!(v.details["flavor"], flavor);
+        assert!(v.details["version"].contains(version), "{v:?}");
+        assert!(v.warnings.is_empty(), "{v:?}");
+    }
 }
 
-#[tokio::test]
-async fn candidates_are_checked_precisely() {
-    let db = Db::start();
-    let p = build(json!({"connect_timeout": "2s"}), roles()).await;
-    let v = p.root_credentials().unwrap().validate_root(&secret(&db.db.admin_dsn())).await.unwrap();
-    assert_eq!(v.identity, "admin@%");
+each_server! {
+    async fn candidates_are_checked_precisely(server) {
+        let db = Db::start(server);
+        let p = build(json!({"connect_timeout": "2s"}), roles()).await;
+        let v = p.root_credentials().unwrap().validate_root(&secret(&db.db.admin_dsn())).await.unwrap();
+        assert_eq!(v.identity, "admin@%");
 
-    let wrong = db.db.dsn("admin", "not-the-password", "");
-    let e = p.root_credentials().unwrap().validate_root(&secret(&wrong)).await.unwrap_err();
-    assert!(matches!(&e, PluginError::Permanent(m) if *m == format!("password rejected for user `admin` at 127.0.0.1:{}", db.db.port())), "{e:?}");
-    assert!(!e.to_string().contains("not-the-password"));
+        let wrong = db.db.dsn("admin", "not-the-password", "");
+        let e = p.root_credentials().unwrap().validate_root(&secret(&wrong)).await.unwrap_err();
+        assert!(matches!(&e, PluginError::Permanent(m) if *m == format!("password rejected for user `admin` at 127.0.0.1:{}", db.db.port())), "{e:?}");
+        assert!(!e.to_string().contains("not-the-password"));
 
-    db.sql("CREATE USER weak@'%' IDENTIFIED BY 'weakpw'; GRANT SELECT ON *.* TO weak@'%'");
-    let e = p.root_credentials().unwrap().validate_root(&secret(&db.db.dsn("weak", "weakpw", ""))).await.unwrap_err();
-    assert!(matches!(&e, PluginError::Permanent(m) if m == "`weak@%` lacks CREATE USER (needed to create lease users)"), "{e:?}");
-    db.sql("GRANT CREATE USER ON *.* TO weak@'%'");
-    let e = p.root_credentials().unwrap().validate_root(&secret(&db.db.dsn("weak", "weakpw", ""))).await.unwrap_err();
-    assert!(matches!(&e, PluginError::Permanent(m) if m.contains("lacks GRANT OPTION")), "{e:?}");
-    db.sql("GRANT CREATE USER ON *.* TO weak@'%' WITH GRANT OPTION");
-    let v = p.root_credentials().unwrap().validate_root(&secret(&db.db.dsn("weak", "weakpw", ""))).await.unwrap();
-    assert!(v.warnings.iter().any(|w| w.contains("lacks PROCESS")), "{v:?}");
+        db.sql("CREATE USER weak@'%' IDENTIFIED BY 'weakpw'; GRANT SELECT ON *.* TO weak@'%'");
+        let e = p.root_credentials().unwrap().validate_root(&secret(&db.db.dsn("weak", "weakpw", ""))).await.unwrap_err();
+        assert!(matches!(&e, PluginError::Permanent(m) if m == "`weak@%` lacks CREATE USER (needed to create lease users)"), "{e:?}");
+        db.sql("GRANT CREATE USER ON *.* TO weak@'%'");
+        let e = p.root_credentials().unwrap().validate_root(&secret(&db.db.dsn("weak", "weakpw", ""))).await.unwrap_err();
+        assert!(matches!(&e, PluginError::Permanent(m) if m.contains("lacks GRANT OPTION")), "{e:?}");
+        db.sql("GRANT CREATE USER ON *.* TO weak@'%' WITH GRANT OPTION");
+        let v = p.root_credentials().unwrap().validate_root(&secret(&db.db.dsn("weak", "weakpw", ""))).await.unwrap();
+        assert!(v.warnings.iter().any(|w| w.contains("lacks PROCESS")), "{v:?}");
 
-    let e = p.root_credentials().unwrap().validate_root(&secret(&db.db.dsn("admin", db.db.admin_password(), "nosuchdb"))).await.unwrap_err();
-    assert!(matches!(&e, PluginError::Permanent(m) if m.contains("cannot use database")), "{e:?}");
+        let e = p.root_credentials().unwrap().validate_root(&secret(&db.db.dsn("admin", db.db.admin_password(), "nosuchdb"))).await.unwrap_err();
+        assert!(matches!(&e, PluginError::Permanent(m) if m.contains("cannot use database")), "{e:?}");
+    }
 }
 
-#[tokio::test]
-async fn managed_root_issues_rotates_and_old_leases_still_revoke() {
-    let db = Db::start();
-    db.sql("CREATE USER lessor_admin@'%' IDENTIFIED BY 'first'; GRANT ALL ON *.* TO lessor_admin@'%' WITH GRANT OPTION");
-    db.db
-        .sql_as("admin", db.db.admin_password(), "GRANT orders_reader TO lessor_admin@'%' WITH ADMIN OPTION; GRANT invoices_reader TO lessor_admin@'%' WITH ADMIN OPTION")
+each_server! {
+    async fn managed_root_issues_rotates_and_old_leases_still_revoke(server) {
+        let db = Db::start(server);
+        db.sql("CREATE USER lessor_admin@'%' IDENTIFIED BY 'first'; GRANT ALL ON *.* TO lessor_admin@'%' WITH GRANT OPTION");
+        db.db
+            .sql_as("admin", db.db.admin_password(), "GRANT orders_reader TO lessor_admin@'%' WITH ADMIN OPTION; GRANT invoices_reader TO lessor_admin@'%' WITH ADMIN OPTION")
+            .unwrap();
+        let p = build(json!({"connect_timeout": "2s", "user_prefix": "jit"}), roles()).await;
+        let e = p.issue(request(&lease_id(), "plain", &[], Duration::from_secs(600))).await.unwrap_err();
+        assert!(matches!(&e, PluginError::Retryable(m) if m.contains("has no active root credential")), "{e:?}");
+        let v1 = db.db.dsn("lessor_admin", "first", "");
+        p.root_credentials().unwrap().install_root(1, secret(&v1), true).await.unwrap();
+        let id = lease_id();
+        let issued = p.issue(request(&id, "orders", &["orders.read"], Duration::from_secs(600))).await.unwrap();
+        assert_eq!(issued.root_version, Some(1));
+
+        let v2 = p.root_credentials().unwrap().rotate_root().await.unwrap();
+        assert!(v2.expose_secret().starts_with("mysql://lessor_admin:") && !v2.expose_secret().contains(":first@"));
+        assert!(db.db.sql_as("lessor_admin", "first", "SELECT 1").is_err(), "the old password no longer works");
+        p.root_credentials().unwrap().validate_root(&v2).await.unwrap();
+        p.root_credentials().unwrap().install_root(2, v2, true).await.unwrap();
+        p.root_credentials().unwrap().install_root(1, secret(&v1), false).await.unwrap();
+        // The lease of version 1 is revoked (through the active root when v1 no
+        // longer logs in: its pooled connection is still logged in here).
+        p.revoke(&lessor_plugin::LeaseRef {
+            lease_id: id,
+            role: "orders".into(),
+            handle: Some(issued.handle.clone()),
+            expires_at: issued.expires_at,
+            root_version: Some(1),
+        })
+        .await
         .unwrap();
-    let p = build(json!({"connect_timeout": "2s", "user_prefix": "jit"}), roles()).await;
-    let e = p.issue(request(&lease_id(), "plain", &[], Duration::from_secs(600))).await.unwrap_err();
-    assert!(matches!(&e, PluginError::Retryable(m) if m.contains("has no active root credential")), "{e:?}");
-    let v1 = db.db.dsn("lessor_admin", "first", "");
-    p.root_credentials().unwrap().install_root(1, secret(&v1), true).await.unwrap();
-    let id = lease_id();
-    let issued = p.issue(request(&id, "orders", &["orders.read"], Duration::from_secs(600))).await.unwrap();
-    assert_eq!(issued.root_version, Some(1));
-
-    let v2 = p.root_credentials().unwrap().rotate_root().await.unwrap();
-    assert!(v2.expose_secret().starts_with("mysql://lessor_admin:") && !v2.expose_secret().contains(":first@"));
-    assert!(db.db.sql_as("lessor_admin", "first", "SELECT 1").is_err(), "the old password no longer works");
-    p.root_credentials().unwrap().validate_root(&v2).await.unwrap();
-    p.root_credentials().unwrap().install_root(2, v2, true).await.unwrap();
-    p.root_credentials().unwrap().install_root(1, secret(&v1), false).await.unwrap();
-    // The lease of version 1 is revoked (through the active root when v1 no
-    // longer logs in: its pooled connection is still logged in here).
-    p.revoke(&lessor_plugin::LeaseRef {
-        lease_id: id,
-        role: "orders".into(),
-        handle: Some(issued.handle.clone()),
-        expires_at: issued.expires_at,
-        root_version: Some(1),
-    })
-    .await
-    .unwrap();
-    assert!(db.db.users_with_prefix("jit_").unwrap().is_empty());
-    let e = p.root_credentials().unwrap().remove_root(2).await.unwrap_err();
-    assert!(matches!(e, PluginError::InvalidRequest(_)));
-    p.root_credentials().unwrap().remove_root(1).await.unwrap();
+        assert!(db.db.users_with_prefix("jit_").unwrap().is_empty());
+        let e = p.root_credentials().unwrap().remove_root(2).await.unwrap_err();
+        assert!(matches!(e, PluginError::InvalidRequest(_)));
+        p.root_credentials().unwrap().remove_root(1).await.unwrap();
+    }
 }

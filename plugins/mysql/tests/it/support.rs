@@ -1,4 +1,4 @@
-//! Shared helpers: a throwaway server with database `app` and server role
+//! Shared helpers: a throwaway server (MariaDB or MySQL 8) with database `app` and server role
 //! `orders_reader`, plugin construction over a DSN file, issuing, and
 //! logging in as issued users.
 
@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lessor_mysql::testkit::TempMariadb;
+use lessor_mysql::testkit::{Server, TempMysql};
 use lessor_plugin::secrecy::ExposeSecret;
 use lessor_plugin::{IssueRequest, Issued, LeaseId, Plugin, PluginContext, RoleSpec, Workload};
 use serde_json::{json, Value};
@@ -15,13 +15,38 @@ use time::OffsetDateTime;
 pub const MAX_TTL: Duration = Duration::from_secs(3600);
 
 pub struct Db {
-    pub db: TempMariadb,
+    pub db: TempMysql,
     files: Vec<tempfile::NamedTempFile>,
 }
 
+/// A test run once against MariaDB and once against MySQL 8:
+/// `each_server! { async fn name(server) { ... } }` makes the tests
+/// `name::mariadb` and `name::mysql8`, each calling the body with its
+/// [`Server`].
+macro_rules! each_server {
+    ($(#[$attr:meta])* async fn $name:ident($server:ident) $body:block) => {
+        $(#[$attr])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn case($server: lessor_mysql::testkit::Server) $body
+            #[tokio::test]
+            async fn mariadb() {
+                case(lessor_mysql::testkit::Server::MariaDb).await
+            }
+            #[tokio::test]
+            async fn mysql8() {
+                case(lessor_mysql::testkit::Server::Mysql8).await
+            }
+        }
+    };
+}
+pub(crate) use each_server;
+
 impl Db {
-    pub fn start() -> Db {
-        let db = TempMariadb::start().expect("start MariaDB");
+    pub fn start(server: Server) -> Db {
+        let db =
+            TempMysql::start(server).unwrap_or_else(|e| panic!("starting {}: {e}", server.label()));
         // Made by `admin`, which thereby holds them WITH ADMIN OPTION (what
         // granting them to lease users needs).
         let pw = db.admin_password().to_owned();
@@ -32,7 +57,10 @@ impl Db {
              CREATE ROLE invoices_reader; GRANT SELECT ON app.invoices TO invoices_reader",
         )
         .unwrap();
-        Db { db, files: Vec::new() }
+        Db {
+            db,
+            files: Vec::new(),
+        }
     }
 
     pub fn sql(&self, sql: &str) -> String {
@@ -64,7 +92,11 @@ impl Db {
     }
 
     pub fn login(&self, issued: &Issued, sql: &str) -> Result<String, String> {
-        self.db.sql_as(&username(issued), issued.secret["password"].expose_secret(), sql)
+        self.db.sql_as(
+            &username(issued),
+            issued.secret["password"].expose_secret(),
+            sql,
+        )
     }
 }
 
@@ -72,19 +104,31 @@ pub async fn build(connection: Value, roles: Vec<RoleSpec>) -> Arc<dyn Plugin> {
     try_build(connection, roles).await.unwrap()
 }
 
-pub async fn try_build(connection: Value, roles: Vec<RoleSpec>) -> Result<Arc<dyn Plugin>, lessor_plugin::PluginError> {
+pub async fn try_build(
+    connection: Value,
+    roles: Vec<RoleSpec>,
+) -> Result<Arc<dyn Plugin>, lessor_plugin::PluginError> {
     let ctx = PluginContext::for_tests("my", "https://lessor.test");
     lessor_mysql::build(ctx, connection, roles).await
 }
 
 pub fn role(name: &str, scopes: &[&str], config: Value) -> RoleSpec {
-    RoleSpec { name: name.into(), scopes: scopes.iter().map(|s| s.to_string()).collect(), max_ttl: MAX_TTL, config }
+    RoleSpec {
+        name: name.into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        max_ttl: MAX_TTL,
+        config,
+    }
 }
 
 /// `orders`: scope `orders.read` -> server role `orders_reader`.
 pub fn roles() -> Vec<RoleSpec> {
     vec![
-        role("orders", &["orders.read"], json!({"roles": {"orders.read": ["orders_reader"]}, "database": "app"})),
+        role(
+            "orders",
+            &["orders.read"],
+            json!({"roles": {"orders.read": ["orders_reader"]}, "database": "app"}),
+        ),
         role("plain", &[], json!(null)),
     ]
 }
@@ -97,7 +141,10 @@ pub fn request(id: &LeaseId, role: &str, scopes: &[&str], ttl: Duration) -> Issu
     IssueRequest {
         lease_id: id.clone(),
         role: role.into(),
-        workload: Workload { subject: "repo:acme/orders-api:ref:refs/heads/main".into(), ..Default::default() },
+        workload: Workload {
+            subject: "repo:acme/orders-api:ref:refs/heads/main".into(),
+            ..Default::default()
+        },
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         expires_at: OffsetDateTime::now_utc() + ttl,
         params: Default::default(),
