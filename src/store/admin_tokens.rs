@@ -37,19 +37,22 @@ where
     R: Row,
     for<'a> &'a str: ColumnIndex<R>,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<String>: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
 {
-    let err = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
-    let opt = |col: &str| -> Result<Option<OffsetDateTime>, StoreError> {
-        row.try_get::<Option<i64>, _>(col).map_err(err)?.map(from_ms).transpose()
-    };
+    admin_token_from(&super::rows::SqlxRow(row))
+}
+
+/// Reads the admin-token columns from a row of either driver.
+pub(crate) fn admin_token_from(c: &impl super::rows::Cols) -> Result<AdminToken, StoreError> {
+    let opt = |col: &str| -> Result<Option<OffsetDateTime>, StoreError> { c.opt_int(col)?.map(from_ms).transpose() };
     Ok(AdminToken {
-        name: row.try_get("name").map_err(err)?,
-        token_hash: row.try_get("token_hash").map_err(err)?,
-        created_by: row.try_get("created_by").map_err(err)?,
-        created_at: from_ms(row.try_get("created_at").map_err(err)?)?,
-        expires_at: from_ms(row.try_get("expires_at").map_err(err)?)?,
+        name: c.text("name")?,
+        token_hash: c.text("token_hash")?,
+        created_by: c.text("created_by")?,
+        created_at: from_ms(c.int("created_at")?)?,
+        expires_at: from_ms(c.int("expires_at")?)?,
         last_used_at: opt("last_used_at")?,
         revoked_at: opt("revoked_at")?,
     })

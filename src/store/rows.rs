@@ -46,6 +46,65 @@ where
     v.map(from_ms).transpose()
 }
 
+/// A row read by column name, whichever driver read it: sqlx's rows of
+/// both backends ([`SqlxRow`]) and rusqlite's, for the SQLite store's
+/// point reads (see `sqlite::Fast`).
+pub(crate) trait Cols {
+    fn text(&self, col: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, col: &str) -> Result<i64, StoreError>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError>;
+}
+
+/// A sqlx row as [`Cols`].
+pub(crate) struct SqlxRow<'a, R>(pub &'a R);
+
+impl<R> Cols for SqlxRow<'_, R>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn text(&self, col: &str) -> Result<String, StoreError> {
+        get(self.0, col)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
+        get(self.0, col)
+    }
+    fn int(&self, col: &str) -> Result<i64, StoreError> {
+        get(self.0, col)
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError> {
+        get(self.0, col)
+    }
+}
+
+impl Cols for rusqlite::Row<'_> {
+    fn text(&self, col: &str) -> Result<String, StoreError> {
+        self.get(col).map_err(|e| StoreError::Corrupt(format!("column {col}: {e}")))
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
+        self.get(col).map_err(|e| StoreError::Corrupt(format!("column {col}: {e}")))
+    }
+    fn int(&self, col: &str) -> Result<i64, StoreError> {
+        self.get(col).map_err(|e| StoreError::Corrupt(format!("column {col}: {e}")))
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError> {
+        self.get(col).map_err(|e| StoreError::Corrupt(format!("column {col}: {e}")))
+    }
+}
+
+fn json_of<T: serde::de::DeserializeOwned>(c: &impl Cols, col: &str) -> Result<T, StoreError> {
+    serde_json::from_str(&c.text(col)?).map_err(|e| StoreError::Corrupt(format!("column {col}: {e}")))
+}
+
+fn opt_time_of(c: &impl Cols, col: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+    c.opt_int(col)?.map(from_ms).transpose()
+}
+
 /// Reads the lease columns (`LEASE_COLUMNS` of either backend).
 pub(crate) fn lease_from_row<R>(row: &R) -> Result<Lease, StoreError>
 where
@@ -56,32 +115,37 @@ where
     for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
 {
-    let state: String = get(row, "state")?;
-    let handle: Option<String> = get(row, "handle")?;
-    let end_reason: Option<String> = get(row, "end_reason")?;
+    lease_from(&SqlxRow(row))
+}
+
+/// Reads the lease columns from a row of either driver.
+pub(crate) fn lease_from(c: &impl Cols) -> Result<Lease, StoreError> {
+    let state = c.text("state")?;
+    let handle = c.opt_text("handle")?;
+    let end_reason = c.opt_text("end_reason")?;
     Ok(Lease {
-        id: LeaseId::new(get::<R, String>(row, "id")?),
-        role: get(row, "role")?,
-        plugin: get(row, "plugin")?,
-        issuer: get(row, "issuer")?,
-        subject: get(row, "subject")?,
-        claims: json_col(row, "claims")?,
-        scopes: json_col(row, "scopes")?,
-        policies: json_col(row, "policies")?,
+        id: LeaseId::new(c.text("id")?),
+        role: c.text("role")?,
+        plugin: c.text("plugin")?,
+        issuer: c.text("issuer")?,
+        subject: c.text("subject")?,
+        claims: json_of(c, "claims")?,
+        scopes: json_of(c, "scopes")?,
+        policies: json_of(c, "policies")?,
         state: LeaseState::from_str(&state).map_err(StoreError::Corrupt)?,
-        issued_at: from_ms(get(row, "issued_at")?)?,
-        expires_at: from_ms(get(row, "expires_at")?)?,
-        max_expires_at: from_ms(get(row, "max_expires_at")?)?,
+        issued_at: from_ms(c.int("issued_at")?)?,
+        expires_at: from_ms(c.int("expires_at")?)?,
+        max_expires_at: from_ms(c.int("max_expires_at")?)?,
         handle: handle
             .map(|h| serde_json::from_str::<Handle>(&h))
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("handle: {e}")))?,
-        attempts: get(row, "attempts")?,
-        last_error: get(row, "last_error")?,
-        next_attempt_at: opt_time(row, "next_attempt_at")?,
+        attempts: c.int("attempts")?,
+        last_error: c.opt_text("last_error")?,
+        next_attempt_at: opt_time_of(c, "next_attempt_at")?,
         end_reason: end_reason.map(|r| EndReason::from_str(&r)).transpose().map_err(StoreError::Corrupt)?,
-        ended_at: opt_time(row, "ended_at")?,
-        root_version: get(row, "root_version")?,
+        ended_at: opt_time_of(c, "ended_at")?,
+        root_version: c.opt_int("root_version")?,
     })
 }
 

@@ -264,6 +264,7 @@ fn write_error(e: rusqlite::Error) -> StoreError {
 
 mod admin_tokens;
 mod cluster;
+mod fast;
 mod customer_tokens;
 mod jobs;
 mod leases;
@@ -290,6 +291,8 @@ const NOT_SET_ASIDE: &str = "id NOT IN (SELECT value FROM json_each(?4))";
 pub struct SqliteStore {
     /// Readers (WAL lets them run beside the writer).
     read: SqlitePool,
+    /// Point reads on the calling thread (see [`fast`]).
+    fast: fast::Fast,
     /// The one writer. SQLite admits one writer at a time; funnelling writes
     /// through one connection queues them (async, in order) instead of
     /// letting connections collide and back off in SQLite's busy handler,
@@ -357,11 +360,13 @@ impl SqliteStore {
         // created and migrated the database.
         sqlx::Connection::close(write).await.map_err(interpret_error)?;
         let writer = Writer::spawn(p)?;
+        let readers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
+        let fast = fast::Fast::open(p, readers)?;
         // One process per SQLite store (the lock above): a replica row left
         // by an earlier process is stale.
         writer.exec("DELETE FROM replicas", vec![]).await?;
         let id = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 8]>()));
-        Ok(SqliteStore { read, writer, _lock: Some(lock), id, quarantine: Quarantine::new() })
+        Ok(SqliteStore { read, fast, writer, _lock: Some(lock), id, quarantine: Quarantine::new() })
     }
 }
 
@@ -406,6 +411,7 @@ impl Store for SqliteStore {
         // Readers first: the last connection to close checkpoints the WAL
         // and removes it, which a read-only connection cannot do.
         self.read.close().await;
+        self.fast.close();
         self.writer.close().await;
     }
 }

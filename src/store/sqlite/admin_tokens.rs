@@ -1,10 +1,13 @@
-//! [`AdminTokenStore`] on SQLite: reads on the reader pool, writes through
-//! the one writer (a create is one all-or-nothing write).
+//! [`AdminTokenStore`] on SQLite: the lookup by hash on the point readers,
+//! other reads on the reader pool, writes through the one writer (a create
+//! is one all-or-nothing write).
+
+use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::{interpret_error, to_ms, Bind, SqliteStore, Stmt, StoreError};
+use super::{fast, interpret_error, to_ms, Bind, SqliteStore, Stmt, StoreError};
 use crate::store::admin_tokens::{admin_token_from_row, AdminToken, AdminTokenStore, ADMIN_TOKEN_COLUMNS};
 
 const INSERT: &str =
@@ -44,12 +47,13 @@ impl AdminTokenStore for SqliteStore {
     }
 
     async fn admin_token_by_hash(&self, hash: &str) -> Result<Option<AdminToken>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens WHERE token_hash = ?"))
-            .bind(hash)
-            .fetch_optional(&self.read)
-            .await
-            .map_err(interpret_error)?;
-        row.as_ref().map(admin_token_from_row).transpose()
+        static BY_HASH: LazyLock<String> =
+            LazyLock::new(|| format!("SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens WHERE token_hash = ?"));
+        self.fast.read(|c| {
+            let mut st = c.prepare_cached(&BY_HASH).map_err(fast::read_error)?;
+            let mut rows = st.query([hash]).map_err(fast::read_error)?;
+            rows.next().map_err(fast::read_error)?.map(crate::store::admin_tokens::admin_token_from).transpose()
+        })
     }
 
     async fn admin_tokens(&self) -> Result<Vec<AdminToken>, StoreError> {

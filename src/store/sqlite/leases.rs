@@ -1,5 +1,8 @@
-//! [`LeaseStore`] on SQLite: reads on the reader pool, writes through the
-//! one writer (each write one statement, or all-or-nothing).
+//! [`LeaseStore`] on SQLite: a lease by id and the quota counts on the
+//! point readers, other reads on the reader pool, writes through the one
+//! writer (each write one statement, or all-or-nothing).
+
+use std::sync::LazyLock;
 
 use super::*;
 
@@ -52,12 +55,12 @@ impl LeaseStore for SqliteStore {
     }
 
     async fn get(&self, id: &LeaseId) -> Result<Option<Lease>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {LEASE_COLUMNS} FROM leases WHERE id = ?"))
-            .bind(id.as_str())
-            .fetch_optional(&self.read)
-            .await
-            .map_err(interpret_error)?;
-        row.as_ref().map(lease_from_row).transpose()
+        static BY_ID: LazyLock<String> = LazyLock::new(|| format!("SELECT {LEASE_COLUMNS} FROM leases WHERE id = ?"));
+        self.fast.read(|c| {
+            let mut st = c.prepare_cached(&BY_ID).map_err(fast::read_error)?;
+            let mut rows = st.query([id.as_str()]).map_err(fast::read_error)?;
+            rows.next().map_err(fast::read_error)?.map(crate::store::rows::lease_from).transpose()
+        })
     }
 
     async fn list(&self, f: &LeaseFilter) -> Result<Vec<Lease>, StoreError> {
@@ -328,14 +331,14 @@ impl LeaseStore for SqliteStore {
     }
 
     async fn quota_counts(&self, issuer: &str, subject: &str, role: &str) -> Result<super::super::QuotaCounts, StoreError> {
-        let row = sqlx::query(&crate::store::quota_counts_sql("?1", "?2", "?3"))
-            .bind(issuer)
-            .bind(subject)
-            .bind(role)
-            .fetch_one(&self.read)
-            .await
-            .map_err(interpret_error)?;
-        crate::store::quota_counts_of(&row).map_err(interpret_error)
+        static SQL: LazyLock<String> = LazyLock::new(|| crate::store::quota_counts_sql("?1", "?2", "?3"));
+        self.fast.read(|c| {
+            let mut st = c.prepare_cached(&SQL).map_err(fast::read_error)?;
+            st.query_row([issuer, subject, role], |r| {
+                Ok(super::super::QuotaCounts { owner: r.get("owner")?, role: r.get("role_n")?, total: r.get("total")? })
+            })
+            .map_err(fast::read_error)
+        })
     }
 
     async fn oldest_overdue(&self, now: OffsetDateTime) -> Result<Option<Lease>, StoreError> {

@@ -144,6 +144,58 @@ async fn sqlite_close_finishes_queued_writes_and_settles_the_files() {
     assert_eq!(all.len(), done + 1, "every write answered Ok is on disk, and only those");
 }
 
+/// SQLite's point reads (a lease by id, the quota counts, an admin token by
+/// hash) run on a few connections of their own on the caller's thread:
+/// more concurrent readers than connections all get answers, each sees
+/// every write acknowledged before it, a row that does not decode is
+/// `Corrupt` (not an outage), and after `close` they fail as unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_point_reads_see_acknowledged_writes_and_stop_at_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let s = lessor::store::open(&format!("sqlite://{}", path.display())).await.unwrap();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let s = s.clone();
+        set.spawn(async move {
+            let id = format!("p{i}");
+            let subject = format!("w{}", i % 4);
+            s.insert_pending(&lease(&id, "token/orders", &subject, 600)).await.unwrap();
+            let got = s.get(&LeaseId::new(&id)).await.unwrap().expect("an acknowledged insert is read back");
+            assert_eq!((got.state, got.subject.as_str()), (LeaseState::Pending, subject.as_str()));
+            let n = s.quota_counts("https://iss", &subject, "token/orders").await.unwrap();
+            assert!(n.owner >= 1 && n.role >= n.owner && n.total >= n.role, "{n:?}");
+            let until = OffsetDateTime::now_utc() + Duration::from_secs(600);
+            assert!(s.activate(&LeaseId::new(&id), &json!({"k": i}), until).await.unwrap());
+            let got = s.get(&LeaseId::new(&id)).await.unwrap().unwrap();
+            assert_eq!((got.state, got.handle), (LeaseState::Active, Some(json!({"k": i}))));
+            for _ in 0..20 {
+                assert!(s.get(&LeaseId::new(format!("p{}", (i * 7) % 64))).await.is_ok());
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    let n = s.quota_counts("https://iss", "w0", "token/orders").await.unwrap();
+    assert_eq!((n.owner, n.role, n.total), (16, 64, 64));
+    assert!(s.get(&LeaseId::new("nope")).await.unwrap().is_none());
+
+    // A row that does not decode.
+    let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    sqlx::query("UPDATE leases SET claims = '{not json' WHERE id = 'p1'").execute(&mut c).await.unwrap();
+    sqlx::Connection::close(c).await.unwrap();
+    let err = s.get(&LeaseId::new("p1")).await.unwrap_err();
+    assert!(matches!(&err, lessor::store::StoreError::Corrupt(m) if m.contains("claims")), "{err:?}");
+
+    s.close().await;
+    let err = s.get(&LeaseId::new("p2")).await.unwrap_err();
+    assert!(matches!(err, lessor::store::StoreError::Unavailable(_)), "{err}");
+    let err = s.quota_counts("https://iss", "w0", "token/orders").await.unwrap_err();
+    assert!(matches!(err, lessor::store::StoreError::Unavailable(_)), "{err}");
+    assert!(!dir.path().join("s.db-wal").exists(), "every reader closed: the WAL is removed");
+}
+
 /// A fresh SQLite store in a temp dir (kept alive by the returned guard).
 pub async fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().unwrap();
