@@ -1,14 +1,15 @@
 //! MySQL/MariaDB user issuance and revocation: lessor over HTTP vs the same
-//! statements sent straight to a throwaway MariaDB, at the same concurrency
-//! (`cargo bench --bench mysql`). Not a test: it reports numbers and their
-//! ratio.
+//! statements sent straight to the server, at the same concurrency, on a
+//! throwaway MariaDB and then a throwaway MySQL 8 (`cargo bench --bench
+//! mysql`; `LESSOR_BENCH_SERVERS=mariadb` or `=mysql8` for one). Not a
+//! test: it reports numbers and their ratio.
 //!
 //! lessor's path per issue: a fresh workload JWT verified, policy decided,
 //! the lease written pending then active (SQLite, durable), and on one
-//! pooled admin connection `SELECT @@version, @@sql_mode`, `CREATE USER
-//! ... IDENTIFIED BY PASSWORD '*<hash>'` (the password's
-//! `mysql_native_password` hash, made client-side), `GRANT orders_reader`,
-//! `SET DEFAULT ROLE`. Per revocation: `DELETE /v1/leases/{id}`, the lease
+//! pooled admin connection `CREATE USER ... IDENTIFIED BY PASSWORD
+//! '*<hash>'` on MariaDB (the password's `mysql_native_password` hash, made
+//! client-side; MySQL 8 gets `IDENTIFIED BY '<password>'`), `GRANT
+//! orders_reader`, `SET DEFAULT ROLE`. Per revocation: `DELETE /v1/leases/{id}`, the lease
 //! written, and the session read, the lease's accounts looked up in
 //! `mysql.user`, `ALTER USER ... ACCOUNT LOCK`, its sessions listed (and
 //! killed), `DROP USER IF EXISTS`, its sessions listed again.
@@ -19,10 +20,11 @@
 //! sequence lessor sends (without its lookup by lease id).
 //!
 //! CPU per operation is read from `/proc` for this process (the daemon
-//! runs in it, with the HTTP clients) and for `mariadbd`.
+//! runs in it, with the HTTP clients) and for the server (`mariadbd`,
+//! `mysqld`).
 //!
 //! Two layouts, each reported on its own: every process on every CPU, then
-//! this process on half of the CPUs and `mariadbd` on the other half (as
+//! this process on half of the CPUs and the server on the other half (as
 //! when the database runs on hosts of its own; see `benches/redis.rs`).
 
 #[path = "support/mod.rs"]
@@ -44,9 +46,33 @@ const CLIENTS: usize = 8;
 const N: usize = 1000;
 const ROUNDS: usize = 3;
 
-fn raw_name(round: usize, i: usize) -> String {
-    // As long as lessor's (`lessor_app_<repository>_<32 hex>`).
-    format!("raw_bench_acme_svc_{round}_{i:032x}")
+fn raw_name(server: Server, round: usize, i: usize) -> String {
+    match server {
+        // As long as lessor's (`lessor_app_<repository>_<32 hex>`).
+        Server::MariaDb => format!("raw_bench_acme_svc_{round}_{i:032x}"),
+        // As long as lessor's (`lessor_<22 base-62 digits>`).
+        Server::Mysql8 => format!("rawb_{round:03}_{i:021}"),
+    }
+}
+
+/// The servers to run on: `LESSOR_BENCH_SERVERS` (`mariadb`, `mysql8`,
+/// comma-separated), both by default.
+fn servers() -> Vec<Server> {
+    let want = std::env::var("LESSOR_BENCH_SERVERS").unwrap_or_else(|_| "mariadb,mysql8".into());
+    want.split(',')
+        .map(|s| match s.trim() {
+            "mariadb" => Server::MariaDb,
+            "mysql8" => Server::Mysql8,
+            other => panic!("LESSOR_BENCH_SERVERS: unknown server `{other}` (mariadb, mysql8)"),
+        })
+        .collect()
+}
+
+fn daemon_name(server: Server) -> &'static str {
+    match server {
+        Server::MariaDb => "mariadbd",
+        Server::Mysql8 => "mysqld",
+    }
 }
 
 /// The raw baseline, `CLIENTS` clients with one connection each: creates
@@ -54,6 +80,7 @@ fn raw_name(round: usize, i: usize) -> String {
 /// sessions, as lessor does; else `DROP USER` alone). Returns (issue,
 /// revoke).
 async fn raw(db: &TempMysql, pid: &str, round: usize, full: bool) -> (Run, Run) {
+    let server = db.server();
     let pool = MySqlPoolOptions::new()
         .min_connections(CLIENTS as u32)
         .max_connections(CLIENTS as u32)
@@ -79,16 +106,22 @@ async fn raw(db: &TempMysql, pid: &str, round: usize, full: bool) -> (Run, Run) 
                         break;
                     }
                     let t = Instant::now();
-                    let name = raw_name(round, i);
+                    let name = raw_name(server, round, i);
                     let acct = format!("'{name}'@'%'");
                     let stmts = if !deleting {
                         let pw = SecretString::from(hex::encode(rand::random::<[u8; 32]>()));
-                        let hash = lessor_mysql::naming::native_hash(&pw);
-                        vec![
-                            format!("CREATE USER {acct} IDENTIFIED BY PASSWORD '{}'", hash.expose_secret()),
-                            format!("GRANT `orders_reader` TO {acct}"),
-                            format!("SET DEFAULT ROLE `orders_reader` FOR {acct}"),
-                        ]
+                        match server {
+                            Server::MariaDb => vec![
+                                format!("CREATE USER {acct} IDENTIFIED BY PASSWORD '{}'", lessor_mysql::naming::native_hash(&pw).expose_secret()),
+                                format!("GRANT `orders_reader` TO {acct}"),
+                                format!("SET DEFAULT ROLE `orders_reader` FOR {acct}"),
+                            ],
+                            Server::Mysql8 => vec![
+                                format!("CREATE USER {acct} IDENTIFIED BY '{}'", pw.expose_secret()),
+                                format!("GRANT `orders_reader` TO {acct}"),
+                                format!("SET DEFAULT ROLE ALL TO {acct}"),
+                            ],
+                        }
                     } else if full {
                         vec![format!("ALTER USER {acct} ACCOUNT LOCK"), String::new(), format!("DROP USER IF EXISTS {acct}"), String::new()]
                     } else {
@@ -199,28 +232,26 @@ fn median(runs: &[Run]) -> Run {
     median_run(runs)
 }
 
-fn line(what: &str, r: &Run) {
-    print_run(what, r, "mariadbd");
-}
-
 fn main() {
-    let db = TempMysql::start(Server::MariaDb).unwrap_or_else(|e| panic!("{e}"));
-    db.sql_as("admin", db.admin_password(), "CREATE ROLE orders_reader; GRANT SELECT ON app.orders TO orders_reader")
-        .expect("server role");
-    let pid = std::fs::read_to_string(db.dir().join("pid")).expect("mariadbd pid file").trim().to_owned();
-    let pids = [pid.clone()];
-    for (k, layout) in layouts().into_iter().enumerate() {
-        // Pinned before lessor's runtime starts: its workers (one per CPU it
-        // may use, as in a container of that size) and every thread lessor
-        // starts keep to the layout's CPUs.
-        layout.apply(&pids);
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(run(layout, 10 * k, &db, &pid));
+    for server in servers() {
+        let db = TempMysql::start(server).unwrap_or_else(|e| panic!("{e}"));
+        db.sql_as("admin", db.admin_password(), "CREATE ROLE orders_reader; GRANT SELECT ON app.orders TO orders_reader")
+            .expect("server role");
+        let pid = std::fs::read_to_string(db.dir().join("pid")).expect("server pid file").trim().to_owned();
+        let pids = [pid.clone()];
+        for (k, layout) in layouts().into_iter().enumerate() {
+            // Pinned before lessor's runtime starts: its workers (one per CPU
+            // it may use, as in a container of that size) and every thread
+            // lessor starts keep to the layout's CPUs.
+            layout.apply(&pids);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(run(layout, 10 * k, &db, &pid));
+        }
+        Layout::Shared.apply(&pids);
     }
-    Layout::Shared.apply(&pids);
 }
 
 /// A fresh lessor in front of the server, and the rounds of one layout
@@ -321,8 +352,11 @@ database = "app"
         (median(&raw_i), median(&drop_only), median(&raw_full), median(&issues), median(&revokes), median(&tokens));
     let left = db.users_with_prefix("lessor_").expect("users");
     assert!(left.is_empty(), "users left after revocation: {}", left.len());
+    let server = db.server();
+    let line = |what: &str, r: &Run| print_run(what, r, daemon_name(server));
     println!(
-        "MariaDB users, {CLIENTS} concurrent clients, {N} users per run, median of {ROUNDS} runs, {}; load average {load_start} at the start, {} at the end",
+        "{} users, {CLIENTS} concurrent clients, {N} users per run, median of {ROUNDS} runs, {}; load average {load_start} at the start, {} at the end",
+        server.label(),
         layout.describe(),
         loadavg()
     );
