@@ -12,8 +12,11 @@ pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_owned)).unwrap_or_default()
 }
 
+/// The CPUs this bench may use, as at its first call: the layouts pin this
+/// process to fewer, which `available_parallelism` would then report.
 pub fn cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
 /// The `p` quantile (0..=1) of `v` (sorted in place); NaN when empty.
