@@ -6,6 +6,51 @@ use std::sync::LazyLock;
 
 use super::*;
 
+/// The due leases query (`?1` now, `?2` the pending cutoff, `?3` the
+/// limit per connection, `?4` the ids set aside; `skip_sql` leaves out
+/// connections).
+fn due_sql(skip_sql: &str) -> String {
+    format!(
+        "WITH u AS (
+           SELECT id, role, expires_at AS due_at FROM leases
+             WHERE state = 'active' AND expires_at <= ?1 AND {NOT_SET_ASIDE}
+           UNION ALL
+           SELECT id, role, next_attempt_at FROM leases
+             WHERE state = 'active' AND next_attempt_at <= ?1 AND {NOT_SET_ASIDE}
+           UNION ALL
+           SELECT id, role, issued_at FROM leases
+             WHERE state = 'pending' AND issued_at < MIN(?2, {DB_NOW_MS} - (?1 - ?2)) AND {NOT_SET_ASIDE}
+           UNION ALL
+           SELECT id, role, next_attempt_at FROM leases
+             WHERE state = 'revoke_failed' AND next_attempt_at <= ?1 AND {NOT_SET_ASIDE}
+         ), d AS (
+           SELECT id, MIN(role) AS role, MIN(due_at) AS due_at FROM u GROUP BY id
+         ), kept AS (
+           SELECT * FROM d {skip_sql}
+         ), r AS (
+           SELECT id AS rid, due_at, ROW_NUMBER() OVER (
+               PARTITION BY substr(role, 1, instr(role || '/', '/') - 1) ORDER BY due_at, id
+             ) AS turn
+             FROM kept
+         )
+         SELECT {LEASE_COLUMNS}, r.due_at FROM r JOIN leases ON leases.id = r.rid
+           WHERE r.turn <= ?3 ORDER BY r.turn, r.due_at, r.rid"
+    )
+}
+
+/// The earliest time anything falls due (`?1`: the ids set aside). Each
+/// branch reads one index: `leases_due`, and `leases_retry`, which holds
+/// only rows with a `next_attempt_at` (hence the `IS NOT NULL`).
+fn next_due_sql() -> String {
+    format!(
+        "SELECT MIN(t) AS t FROM (
+           SELECT MIN(expires_at) AS t FROM leases WHERE state = 'active' AND {NOT_SET_ASIDE}
+           UNION ALL SELECT MIN(next_attempt_at) FROM leases
+             WHERE state IN ('active', 'revoke_failed') AND next_attempt_at IS NOT NULL AND {NOT_SET_ASIDE})",
+        NOT_SET_ASIDE = NOT_SET_ASIDE.replace("?4", "?1")
+    )
+}
+
 #[async_trait]
 impl LeaseStore for SqliteStore {
     async fn insert_pending(&self, l: &Lease) -> Result<(), StoreError> {
@@ -233,32 +278,7 @@ impl LeaseStore for SqliteStore {
         // role's part before `/`), taken round-robin: one connection's
         // backlog never keeps another's due leases out of the batch.
         // Ranked over narrow rows, then only the chosen ones read in full.
-        let sql = format!(
-            "WITH u AS (
-               SELECT id, role, expires_at AS due_at FROM leases
-                 WHERE state = 'active' AND expires_at <= ?1 AND {NOT_SET_ASIDE}
-               UNION ALL
-               SELECT id, role, next_attempt_at FROM leases
-                 WHERE state = 'active' AND next_attempt_at <= ?1 AND {NOT_SET_ASIDE}
-               UNION ALL
-               SELECT id, role, issued_at FROM leases
-                 WHERE state = 'pending' AND issued_at < MIN(?2, {DB_NOW_MS} - (?1 - ?2)) AND {NOT_SET_ASIDE}
-               UNION ALL
-               SELECT id, role, next_attempt_at FROM leases
-                 WHERE state = 'revoke_failed' AND next_attempt_at <= ?1 AND {NOT_SET_ASIDE}
-             ), d AS (
-               SELECT id, MIN(role) AS role, MIN(due_at) AS due_at FROM u GROUP BY id
-             ), kept AS (
-               SELECT * FROM d {skip_sql}
-             ), r AS (
-               SELECT id AS rid, due_at, ROW_NUMBER() OVER (
-                   PARTITION BY substr(role, 1, instr(role || '/', '/') - 1) ORDER BY due_at, id
-                 ) AS turn
-                 FROM kept
-             )
-             SELECT {LEASE_COLUMNS}, r.due_at FROM r JOIN leases ON leases.id = r.rid
-               WHERE r.turn <= ?3 ORDER BY r.turn, r.due_at, r.rid"
-        );
+        let sql = due_sql(&skip_sql);
         // `?4`: rows set aside as undecodable (a JSON array of ids).
         let mut q = sqlx::query(&sql)
             .bind(to_ms(now))
@@ -278,13 +298,7 @@ impl LeaseStore for SqliteStore {
     async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
         // Rows set aside are no work: counting them would wake the worker
         // in a loop for a lease it never gets.
-        let row = sqlx::query(&format!(
-            "SELECT MIN(t) AS t FROM (
-               SELECT MIN(expires_at) AS t FROM leases WHERE state = 'active' AND {NOT_SET_ASIDE}
-               UNION ALL SELECT MIN(next_attempt_at) FROM leases
-                 WHERE state IN ('active', 'revoke_failed') AND {NOT_SET_ASIDE})",
-            NOT_SET_ASIDE = NOT_SET_ASIDE.replace("?4", "?1")
-        ))
+        let row = sqlx::query(&next_due_sql())
         .bind(to_json(&self.quarantine.ids())?)
         .fetch_one(&self.read)
         .await
@@ -350,5 +364,48 @@ impl LeaseStore for SqliteStore {
         .await
         .map_err(interpret_error)?;
         row.as_ref().map(lease_from_row).transpose()
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+
+    /// The expiry worker's reads stay index searches with the partial
+    /// indexes of migration 0014 (a query that no longer implies an index's
+    /// condition silently becomes a scan of every lease).
+    #[tokio::test]
+    async fn due_and_job_reads_search_their_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let s = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+        let plan = |sql: String, binds: usize| {
+            let read = s.read.clone();
+            async move {
+                let sql = format!("EXPLAIN QUERY PLAN {sql}");
+                let mut q = sqlx::query(&sql);
+                for _ in 0..binds {
+                    q = q.bind("[]");
+                }
+                let rows = q.fetch_all(&read).await.unwrap();
+                rows.iter().map(|r| r.get::<String, _>("detail")).collect::<Vec<_>>().join("; ")
+            }
+        };
+        let p = plan(next_due_sql(), 1).await;
+        assert!(p.contains("USING INDEX leases_due (state=?)") && p.contains("USING INDEX leases_retry (state=? AND next_attempt_at>?)"), "{p}");
+        // The four branches: expired, scheduled, orphaned pending, failed.
+        let p = plan(due_sql(""), 4).await;
+        assert_eq!(p.matches("USING INDEX leases_retry (state=? AND next_attempt_at<?)").count(), 2, "{p}");
+        assert_eq!(p.matches("USING INDEX leases_due (state=?").count(), 2, "{p}");
+        assert!(!p.contains("SCAN leases"), "{p}");
+        let p = plan(crate::store::rows::JOB_PROGRESS_SQL.to_owned(), 1).await;
+        assert!(p.contains("INDEX leases_job (job_id=?)"), "{p}");
+        let partial: Vec<(String, String)> = sqlx::query_as("SELECT name, sql FROM sqlite_master WHERE name IN ('leases_retry', 'leases_job') ORDER BY name")
+            .fetch_all(&s.read)
+            .await
+            .unwrap();
+        assert_eq!(partial.len(), 2);
+        assert!(partial[0].1.ends_with("WHERE job_id IS NOT NULL") && partial[1].1.ends_with("WHERE next_attempt_at IS NOT NULL"), "{partial:?}");
+        s.close().await;
     }
 }
