@@ -16,6 +16,9 @@
 //!   The admin account needs CREATE USER and GRANT OPTION (and the roles it
 //!   grants WITH ADMIN OPTION, or ROLE_ADMIN on MySQL), PROCESS and
 //!   CONNECTION ADMIN (or SUPER) to end sessions, and SELECT on `mysql.user`.
+//!   On MariaDB, setting another account's default role takes UPDATE on the
+//!   `mysql` database; without it the new account logs in and sets its own
+//!   (its host pattern must then admit lessor).
 //! - `pool_size` (default 4), `connect_timeout` (default `"5s"`).
 //! - `user_prefix` (default `"lessor"`; `a-z0-9_`, at most 8 bytes).
 //!

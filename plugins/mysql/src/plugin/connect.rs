@@ -20,6 +20,9 @@ pub(super) mod er {
     pub const ACCESS_DENIED: u16 = 1045;
     /// Unknown database.
     pub const BAD_DB: u16 = 1049;
+    /// Access denied to a database (MariaDB's `SET DEFAULT ROLE ... FOR`
+    /// without UPDATE on `mysql`).
+    pub const DBACCESS_DENIED: u16 = 1044;
     /// Operation CREATE USER / ALTER USER / DROP USER failed for an account.
     pub const CANNOT_USER: u16 = 1396;
     /// Unknown thread id (a session that ended by itself).

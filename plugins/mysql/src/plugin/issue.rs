@@ -17,7 +17,7 @@ impl MysqlPlugin {
     /// MySQL and MariaDB commit every account statement at once (no
     /// transactional DDL), so a failure part way drops the account again.
     pub(super) async fn create(&self, root: &Root, conn: &mut MySqlConnection, sess: Session, job: &Creation<'_>) -> Result<(), PluginError> {
-        let Creation { acct, password, server_roles, grants } = *job;
+        let Creation { acct, user, password, server_roles, grants } = *job;
         let hash = native_hash(password);
         let create = Zeroizing::new(match sess.flavor {
             // The authentication string, not the password, reaches the server.
@@ -44,7 +44,7 @@ impl MysqlPlugin {
                 err
             });
         }
-        let result = self.grant_all(root, conn, sess, acct, server_roles, grants).await;
+        let result = self.grant_all(root, conn, sess, (acct, user, password), server_roles, grants).await;
         if let Err(e) = result {
             if let Err(d) = exec(conn, &format!("DROP USER IF EXISTS {acct}")).await {
                 tracing::warn!(error = %self.fail(root, d, "dropping"), "a half-created account was not dropped; revocation of the pending lease will");
@@ -54,15 +54,17 @@ impl MysqlPlugin {
         Ok(())
     }
 
+    /// `login`: the account (quoted), its user name and password.
     pub(super) async fn grant_all(
         &self,
         root: &Root,
         conn: &mut MySqlConnection,
         sess: Session,
-        acct: &str,
+        login: (&str, &str, &SecretString),
         server_roles: &[String],
         grants: &[(String, String)],
     ) -> Result<(), PluginError> {
+        let (acct, user, password) = login;
         if !server_roles.is_empty() {
             let list = server_roles
                 .iter()
@@ -87,8 +89,16 @@ impl MysqlPlugin {
                 Flavor::MySql => format!("SET DEFAULT ROLE ALL TO {acct}"),
                 Flavor::MariaDb => format!("SET DEFAULT ROLE {list} FOR {acct}"),
             };
-            if let Err(e) = exec(conn, &default).await {
-                return Err(self.fail(root, e, "setting the default role"));
+            match exec(conn, &default).await {
+                Ok(()) => {}
+                // MariaDB lets an admin set another account's default role
+                // only with UPDATE on the `mysql` database (which would let
+                // it rewrite any account's privileges). Without it, the new
+                // account sets its own, which needs no privilege.
+                Err(e) if sess.flavor == Flavor::MariaDb && db_number(&e) == Some(er::DBACCESS_DENIED) => {
+                    self.own_default_role(root, user, password, &list).await?;
+                }
+                Err(e) => return Err(self.fail(root, e, "setting the default role")),
             }
         }
         for (label, sql) in grants {
@@ -130,7 +140,7 @@ impl MysqlPlugin {
         }
         let acct = account(&user, host, sess.backslash).map_err(|e| PluginError::Permanent(e.to_string()))?;
         let password = new_password()?;
-        let job = Creation { acct: &acct, password: &password, server_roles: &server_roles, grants: &grants };
+        let job = Creation { acct: &acct, user: &user, password: &password, server_roles: &server_roles, grants: &grants };
         self.create(&root, &mut conn, sess, &job).await?;
         tracing::debug!(mysql_user = %user, scopes = scopes.len(), root_version = ?root.version, "account created");
 
@@ -164,6 +174,36 @@ impl MysqlPlugin {
             expires_at: req.expires_at,
             root_version: root.version,
         })
+    }
+
+    /// Logs in as the new MariaDB account (the admin's server, port and TLS
+    /// settings) and sets its own default role. The account's host pattern
+    /// must admit lessor's address.
+    async fn own_default_role(&self, root: &Root, user: &str, password: &SecretString, roles: &str) -> Result<(), PluginError> {
+        let options = root.options.clone().username(user).password(password.expose_secret()).database("");
+        let connect = tokio::time::timeout(self.config.connect_timeout, MySqlConnection::connect_with(&options)).await;
+        let mut conn = match connect {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) if db_number(&e) == Some(er::ACCESS_DENIED) => {
+                return Err(PluginError::Permanent(format!(
+                    "setting the default role: the admin lacks UPDATE on the `mysql` database, and the new account \
+                     cannot log in from lessor's address to set its own (its host pattern must admit lessor, or grant \
+                     the admin UPDATE ON mysql.*): {}",
+                    self.fail(root, e, "logging in as the new account")
+                )))
+            }
+            Ok(Err(e)) => return Err(self.fail(root, e, "logging in as the new account to set its default role")),
+            Err(_) => {
+                return Err(PluginError::Retryable(format!(
+                    "logging in as the new account to set its default role: no connection to {} within {}",
+                    root.target.addr(),
+                    humantime::format_duration(self.config.connect_timeout)
+                )))
+            }
+        };
+        let set = exec(&mut conn, &format!("SET DEFAULT ROLE {roles}")).await;
+        let _ = sqlx::Connection::close(conn).await;
+        set.map_err(|e| self.fail(root, e, "setting the account's own default role"))
     }
 
     /// The account needs no change (its end is lessor's revocation); renew

@@ -138,6 +138,9 @@ struct Session {
 struct Creation<'a> {
     /// `'user'@'host'`, quoted.
     acct: &'a str,
+    /// The user name alone (a MariaDB account may log in to set its own
+    /// default role, see `issue.rs`).
+    user: &'a str,
     password: &'a SecretString,
     server_roles: &'a [String],
     /// (label, rendered statement)

@@ -91,3 +91,69 @@ each_server! {
         p.root_credentials().unwrap().remove_root(1).await.unwrap();
     }
 }
+
+each_server! {
+    /// The least-privileged admin the README sets up (CREATE USER, PROCESS
+    /// and the privilege to end sessions, SELECT on `mysql.user`, the server
+    /// roles WITH ADMIN OPTION) validates without warnings and runs the
+    /// whole lifecycle: issue, a working login (through its default role),
+    /// revoke ending its session. On MariaDB such an admin may not set
+    /// another account's default role: the account sets its own, and when
+    /// its host pattern keeps lessor out, the issue fails saying so and
+    /// leaves no account.
+    async fn the_readmes_least_privileged_admin_is_enough(server) {
+        let mut db = Db::start(server);
+        let end_sessions = match server {
+            lessor_mysql::testkit::Server::MariaDb => "CONNECTION ADMIN",
+            lessor_mysql::testkit::Server::Mysql8 => "CONNECTION_ADMIN",
+        };
+        db.sql(&format!(
+            "CREATE USER lessor_admin@'%' IDENTIFIED BY 'least-privileged'; \
+             GRANT CREATE USER, PROCESS, {end_sessions} ON *.* TO lessor_admin@'%' WITH GRANT OPTION; \
+             GRANT SELECT ON mysql.user TO lessor_admin@'%'"
+        ));
+        // By the account that made the role and holds it WITH ADMIN OPTION.
+        db.db.sql_as("admin", db.db.admin_password(), "GRANT orders_reader TO lessor_admin@'%' WITH ADMIN OPTION").unwrap();
+        let c = db.connection(&db.db.dsn("lessor_admin", "least-privileged", ""), json!({}));
+        let p = build(c, roles()).await;
+        let v = p.validate().await.unwrap();
+        assert_eq!(v.identity, "lessor_admin@%");
+        assert!(v.warnings.is_empty(), "{v:?}");
+        let id = lease_id();
+        let issued = p.issue(request(&id, "orders", &["orders.read"], Duration::from_secs(600))).await.unwrap();
+        assert_eq!(db.login(&issued, "SELECT COUNT(*) FROM app.orders").unwrap(), "1");
+        let user = username(&issued);
+        let pw = issued.secret["password"].expose_secret().to_owned();
+        // A session the workload keeps open, ended by the revocation.
+        let mut open = <sqlx::MySqlConnection as sqlx::Connection>::connect(&db.db.dsn(&user, &pw, "app")).await.unwrap();
+        p.revoke(&lessor_plugin::LeaseRef {
+            lease_id: id,
+            role: "orders".into(),
+            handle: Some(issued.handle.clone()),
+            expires_at: issued.expires_at,
+            root_version: None,
+        })
+        .await
+        .unwrap();
+        let r: Result<i64, _> = sqlx::query_scalar("SELECT COUNT(*) FROM orders").fetch_one(&mut open).await;
+        assert!(r.is_err(), "the open session ended");
+        assert_eq!(db.lease_users(), vec!["lessor_admin".to_string()], "only the admin is left");
+
+        let far = role("far", &["orders.read"], json!({"roles": {"orders.read": ["orders_reader"]}, "host": "10.9.9.%"}));
+        let c = db.connection(&db.db.dsn("lessor_admin", "least-privileged", ""), json!({}));
+        let p = build(c, vec![far]).await;
+        let r = p.issue(request(&lease_id(), "far", &["orders.read"], Duration::from_secs(600))).await;
+        match server {
+            lessor_mysql::testkit::Server::MariaDb => {
+                let e = r.unwrap_err();
+                assert!(matches!(&e, PluginError::Permanent(m) if m.contains("host pattern must admit lessor")), "{e:?}");
+                assert!(!format!("{e:?}").contains("least-privileged"));
+                assert_eq!(db.lease_users(), vec!["lessor_admin".to_string()], "the half-made account is dropped");
+            }
+            // MySQL sets it for the admin with no more privileges.
+            lessor_mysql::testkit::Server::Mysql8 => {
+                r.unwrap();
+            }
+        }
+    }
+}
