@@ -112,15 +112,7 @@ pub fn mysql_lease_of(prefix: &str, name: &str) -> Option<lessor_plugin::LeaseId
 /// The regular expression (MySQL's ICU syntax) of [`mysql_lease_of`]'s
 /// shape, for listing.
 pub fn mysql_owned_regex(prefix: &str) -> String {
-    let mut p = String::from("^");
-    for c in prefix.chars() {
-        if !c.is_ascii_alphanumeric() {
-            p.push('\\');
-        }
-        p.push(c);
-    }
-    p.push_str(&format!("_[0-9A-Za-z]{{{MYSQL_ID_LEN}}}$"));
-    p
+    format!("^{}_[0-9A-Za-z]{{{MYSQL_ID_LEN}}}$", lessor_plugin_sql::naming::regex_literal(prefix))
 }
 
 /// The `mysql_native_password` authentication string of `password`:

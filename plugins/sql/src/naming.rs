@@ -77,14 +77,19 @@ pub fn readable_name(max: usize, prefix: &str, role: &str, workload: &Workload, 
 /// The admin (`lessor_admin`) and anything else merely starting with the
 /// prefix does not match, so the reconciler can never take it.
 pub fn owned_regex(prefix: &str) -> String {
-    let mut p = String::from("^");
-    for c in prefix.chars() {
+    format!("^{}_.+_[0-9a-f]{{{LEASE_HEX_LEN}}}$", regex_literal(prefix))
+}
+
+/// `s` as a literal in a regular expression (every character but letters
+/// and digits escaped; POSIX and ICU syntax alike).
+pub fn regex_literal(s: &str) -> String {
+    let mut p = String::with_capacity(s.len() * 2);
+    for c in s.chars() {
         if !c.is_ascii_alphanumeric() {
             p.push('\\');
         }
         p.push(c);
     }
-    p.push_str(&format!("_.+_[0-9a-f]{{{LEASE_HEX_LEN}}}$"));
     p
 }
 
