@@ -62,10 +62,6 @@ pub fn start_server(server: Server) -> TempMysql {
     db
 }
 
-pub fn start_mariadb() -> TempMysql {
-    start_server(Server::MariaDb)
-}
-
 /// A test run once against MariaDB and once against MySQL 8
 /// (`each_server! { test(tokio::test) async fn name(server) { ... } }`): makes
 /// `name::mariadb` and `name::mysql8`, each calling the body with its
@@ -249,40 +245,42 @@ each_server! {
     }
 }
 
-/// `lessor dev --mysql <DSN>`: one flag adds a MySQL / MariaDB role whose
-/// login can read the DSN's database and nothing else.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dev_mode_serves_mysql_users_with_one_flag() {
-    let db = start_mariadb();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("dev");
-    let data_s = data.display().to_string();
-    let dsn = db.dsn("admin", db.admin_password(), "app");
-    let (child, addr) = spawn_until(
-        &["dev", "--listen", "127.0.0.1:0", "--data-dir", &data_s, "--mysql", &dsn],
-        repo,
-        &[],
-        &tmp.path().join("dev.log"),
-        "lessor dev is serving on ",
-    );
-    let bin = env!("CARGO_BIN_EXE_lessor");
-    let out = std::process::Command::new(bin).args(["dev", "token", "--data-dir", &data_s]).current_dir(repo).output().unwrap();
-    assert!(out.status.success());
-    let jwt = String::from_utf8(out.stdout).unwrap();
-    let out = std::process::Command::new(bin)
-        .args(["creds", "my/readonly", "--ttl", "5m"])
-        .current_dir(repo)
-        .env("LESSOR_JWT", jwt.trim())
-        .env("LESSOR_ADDR", &addr)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let (user, pw) = (v["credential"]["username"].as_str().unwrap(), v["credential"]["password"].as_str().unwrap());
-    assert_eq!(db.sql_as(user, pw, "SELECT COUNT(*) FROM app.orders").unwrap(), "1");
-    assert!(db.sql_as(user, pw, "INSERT INTO app.orders VALUES (9)").unwrap_err().contains("denied"));
-    let cfg = std::fs::read_to_string(data.join("lessor.toml")).unwrap();
-    assert!(!cfg.contains(db.admin_password()), "the DSN is in a private file, not in the config");
-    stop(child);
+each_server! {
+    /// `lessor dev --mysql <DSN>`: one flag adds a MySQL / MariaDB role whose
+    /// login can read the DSN's database and nothing else.
+    test(tokio::test(flavor = "multi_thread", worker_threads = 2))
+    async fn dev_mode_serves_mysql_users_with_one_flag(server) {
+        let db = start_server(server);
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("dev");
+        let data_s = data.display().to_string();
+        let dsn = db.dsn("admin", db.admin_password(), "app");
+        let (child, addr) = spawn_until(
+            &["dev", "--listen", "127.0.0.1:0", "--data-dir", &data_s, "--mysql", &dsn],
+            repo,
+            &[],
+            &tmp.path().join("dev.log"),
+            "lessor dev is serving on ",
+        );
+        let bin = env!("CARGO_BIN_EXE_lessor");
+        let out = std::process::Command::new(bin).args(["dev", "token", "--data-dir", &data_s]).current_dir(repo).output().unwrap();
+        assert!(out.status.success());
+        let jwt = String::from_utf8(out.stdout).unwrap();
+        let out = std::process::Command::new(bin)
+            .args(["creds", "my/readonly", "--ttl", "5m"])
+            .current_dir(repo)
+            .env("LESSOR_JWT", jwt.trim())
+            .env("LESSOR_ADDR", &addr)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let (user, pw) = (v["credential"]["username"].as_str().unwrap(), v["credential"]["password"].as_str().unwrap());
+        assert_eq!(db.sql_as(user, pw, "SELECT COUNT(*) FROM app.orders").unwrap(), "1");
+        assert!(db.sql_as(user, pw, "INSERT INTO app.orders VALUES (9)").unwrap_err().contains("denied"));
+        let cfg = std::fs::read_to_string(data.join("lessor.toml")).unwrap();
+        assert!(!cfg.contains(db.admin_password()), "the DSN is in a private file, not in the config");
+        stop(child);
+    }
 }
