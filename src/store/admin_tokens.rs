@@ -5,7 +5,6 @@
 //! their encodings (unix ms) are the same in both migrations (0006).
 
 use async_trait::async_trait;
-use sqlx::{ColumnIndex, Decode, Row, Type};
 use time::OffsetDateTime;
 
 use super::{from_ms, StoreError};
@@ -34,12 +33,7 @@ pub(crate) const ADMIN_TOKEN_COLUMNS: &str = "name, token_hash, created_by, crea
 
 pub(crate) fn admin_token_from_row<R>(row: &R) -> Result<AdminToken, StoreError>
 where
-    R: Row,
-    for<'a> &'a str: ColumnIndex<R>,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> Option<String>: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'a> super::rows::SqlxRow<'a, R>: super::rows::Cols,
 {
     admin_token_from(&super::rows::SqlxRow(row))
 }

@@ -108,12 +108,7 @@ fn opt_time_of(c: &impl Cols, col: &str) -> Result<Option<OffsetDateTime>, Store
 /// Reads the lease columns (`LEASE_COLUMNS` of either backend).
 pub(crate) fn lease_from_row<R>(row: &R) -> Result<Lease, StoreError>
 where
-    R: Row,
-    for<'a> &'a str: ColumnIndex<R>,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> Option<String>: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'a> SqlxRow<'a, R>: Cols,
 {
     lease_from(&SqlxRow(row))
 }
