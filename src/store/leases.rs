@@ -202,6 +202,14 @@ pub trait LeaseStore: Send + Sync {
     /// Records a new lease in state `pending`. On a shared store (PostgreSQL)
     /// the row carries this replica's claim, renewed by its heartbeat, so a
     /// pending lease whose replica died is orphaned once the claim lapses.
+    ///
+    /// Returns once the row is committed: visible, and kept through a crash
+    /// of lessor. SQLite returns before the row is on disk (no fsync of its
+    /// own): the activation that follows is durable and takes it to disk,
+    /// and no credential is returned before that. So only a power loss or OS
+    /// crash in between can lose a pending row, and then what it named is a
+    /// vendor object whose secret nobody received (the reconciler's stray).
+    /// PostgreSQL waits for its own flush, as for every write.
     async fn insert_pending(&self, lease: &Lease) -> Result<(), StoreError>;
 
     /// `pending` -> `active` with the plugin's handle. False if the lease was

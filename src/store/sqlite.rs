@@ -1,6 +1,9 @@
 //! SQLite backend (the embedded default): WAL, `synchronous = FULL` so an
-//! acknowledged lease survives `kill -9` and power loss, and an exclusive
-//! lock file so two processes never share one database file.
+//! acknowledged write survives `kill -9` and power loss (one exception: a
+//! pending lease row is acknowledged once committed, kept through `kill -9`,
+//! and reaches the disk with its activation; see
+//! [`LeaseStore::insert_pending`]), and an exclusive lock file so two
+//! processes never share one database file.
 //!
 //! This file holds the connection, the writer task and shared SQL; each
 //! part of the store is implemented in a child module (`leases.rs`,
@@ -65,6 +68,11 @@ struct Stmt {
 /// `must_affect` statement changed nothing).
 struct WriteReq {
     stmts: Vec<Stmt>,
+    /// Whether the answer waits for the disk (`synchronous = FULL`: kept
+    /// through a power loss), or only for the commit (`NORMAL`: kept through
+    /// a crash of lessor, on disk with the next durable commit). See
+    /// [`LeaseStore::insert_pending`](super::LeaseStore::insert_pending).
+    durable: bool,
     reply: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
 }
 
@@ -72,12 +80,18 @@ enum Msg {
     Write(WriteReq),
     /// Finish the writes taken so far, close the connection, then answer.
     Close(tokio::sync::oneshot::Sender<()>),
+    /// Finish the writes taken so far, then answer the connection's
+    /// `PRAGMA synchronous` (what the last commit ran at).
+    #[cfg(test)]
+    Level(tokio::sync::oneshot::Sender<i64>),
 }
 
 /// Group commit: one thread owns the writing connection, takes every write
 /// that is queued, runs them in one transaction and commits once (one
 /// fsync), then answers each with its own result. Under load, concurrent
-/// requests share a commit; alone, a write commits at once.
+/// requests share a commit; alone, a write commits at once. A batch whose
+/// writes all only need to be committed (a pending lease) commits without
+/// the fsync; the next durable commit syncs the WAL, and with it them.
 ///
 /// The thread calls SQLite directly (rusqlite, on the same SQLite library
 /// sqlx links), not through sqlx: sqlx runs each statement of a connection
@@ -120,6 +134,7 @@ impl Writer {
                 let mut conn = conn;
                 let mut batch = Vec::with_capacity(MAX_BATCH);
                 let mut closing = None;
+                let mut synced = true;
                 while let Some(first) = rx.blocking_recv() {
                     let mut next = Some(first);
                     while let Some(m) = next.take() {
@@ -129,13 +144,20 @@ impl Writer {
                                 closing = Some(done);
                                 break;
                             }
+                            #[cfg(test)]
+                            Msg::Level(reply) => {
+                                if !batch.is_empty() {
+                                    Writer::run(&mut conn, &mut batch, &mut synced);
+                                }
+                                let _ = reply.send(conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap_or(-1));
+                            }
                         }
                         if batch.len() < MAX_BATCH {
                             next = rx.try_recv().ok();
                         }
                     }
                     if !batch.is_empty() {
-                        Writer::run(&mut conn, &mut batch);
+                        Writer::run(&mut conn, &mut batch, &mut synced);
                     }
                     if closing.is_some() {
                         break;
@@ -166,7 +188,21 @@ impl Writer {
         }
     }
 
-    fn run(conn: &mut rusqlite::Connection, batch: &mut Vec<WriteReq>) {
+    /// Runs and commits `batch`; `synced`: whether the connection is at
+    /// `synchronous = FULL` (switched per batch, only when it changes).
+    fn run(conn: &mut rusqlite::Connection, batch: &mut Vec<WriteReq>, synced: &mut bool) {
+        let durable = batch.iter().any(|w| w.durable);
+        if durable != *synced {
+            let pragma = if durable { "PRAGMA synchronous = FULL" } else { "PRAGMA synchronous = NORMAL" };
+            if let Err(e) = conn.execute_batch(pragma) {
+                let msg = e.to_string();
+                for r in batch.drain(..) {
+                    let _ = r.reply.send(Err(StoreError::Unavailable(msg.clone())));
+                }
+                return;
+            }
+            *synced = durable;
+        }
         let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => {
@@ -238,10 +274,20 @@ impl Writer {
         self.exec_all(vec![Stmt { sql: sql.into(), binds, must_affect: false }]).await
     }
 
+    /// `exec`, answered once committed (visible, kept through a crash of
+    /// lessor) without waiting for the disk (see [`WriteReq::durable`]).
+    async fn exec_committed(&self, sql: impl Into<String>, binds: Vec<Bind>) -> Result<u64, StoreError> {
+        self.send(vec![Stmt { sql: sql.into(), binds, must_affect: false }], false).await
+    }
+
     async fn exec_all(&self, stmts: Vec<Stmt>) -> Result<u64, StoreError> {
+        self.send(stmts, true).await
+    }
+
+    async fn send(&self, stmts: Vec<Stmt>, durable: bool) -> Result<u64, StoreError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
-            .send(Msg::Write(WriteReq { stmts, reply }))
+            .send(Msg::Write(WriteReq { stmts, durable, reply }))
             .await
             .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?;
         rx.await.map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
@@ -413,5 +459,104 @@ impl Store for SqliteStore {
         self.read.close().await;
         self.fast.close();
         self.writer.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `PRAGMA synchronous` values.
+    const NORMAL: i64 = 1;
+    const FULL: i64 = 2;
+
+    fn write(sql: &str, durable: bool) -> (WriteReq, tokio::sync::oneshot::Receiver<Result<u64, StoreError>>) {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        (WriteReq { stmts: vec![Stmt { sql: sql.into(), binds: vec![], must_affect: false }], durable, reply }, rx)
+    }
+
+    fn level(conn: &rusqlite::Connection) -> i64 {
+        conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap()
+    }
+
+    /// A batch commits at `FULL` (fsync) when any write in it must reach
+    /// the disk, at `NORMAL` only when none must, and every write is
+    /// answered with its own result either way.
+    #[test]
+    fn a_batch_waits_for_the_disk_when_any_write_in_it_must() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = rusqlite::Connection::open(dir.path().join("w.db")).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; CREATE TABLE t (x INTEGER PRIMARY KEY)").unwrap();
+        let mut synced = true;
+        let steps: [(&[(&str, bool)], i64); 5] = [
+            (&[("INSERT INTO t VALUES (1)", false)], NORMAL),
+            (&[("INSERT INTO t VALUES (2)", false), ("INSERT INTO t VALUES (3)", true)], FULL),
+            (&[("INSERT INTO t VALUES (4)", true), ("INSERT INTO t VALUES (4)", false)], FULL),
+            (&[("INSERT INTO t VALUES (5)", false), ("INSERT INTO t VALUES (6)", false)], NORMAL),
+            (&[("INSERT INTO t VALUES (7)", true)], FULL),
+        ];
+        for (i, (writes, want)) in steps.into_iter().enumerate() {
+            let (mut batch, mut answers): (Vec<_>, Vec<_>) = writes.iter().map(|(sql, d)| write(sql, *d)).unzip();
+            Writer::run(&mut conn, &mut batch, &mut synced);
+            assert_eq!(level(&conn), want, "step {i}: the commit's synchronous level");
+            assert_eq!(synced, want == FULL, "step {i}");
+            for (j, rx) in answers.iter_mut().enumerate() {
+                let got = rx.try_recv().expect("answered once the batch is done");
+                // Step 2's second write repeats a key: it fails alone.
+                if (i, j) == (2, 1) {
+                    assert!(matches!(got, Err(StoreError::Conflict(_))), "step {i} write {j}: {got:?}");
+                } else {
+                    assert_eq!(got.unwrap(), 1, "step {i} write {j}");
+                }
+            }
+        }
+        let n: i64 = conn.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 7);
+    }
+
+    /// The issue path's two writes: the pending row only needs the commit
+    /// (the credential is returned only after the activation, whose fsync
+    /// takes the pending row to disk too); the activation waits for the
+    /// disk, and so does any other write.
+    #[tokio::test]
+    async fn a_pending_lease_is_committed_and_its_activation_reaches_the_disk() {
+        use super::super::LeaseState;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        let lease = Lease {
+            id: LeaseId::new("lse_0123456789abcdef0123456789abcdef"),
+            role: "db/r".into(),
+            plugin: "postgres".into(),
+            issuer: "https://issuer.test".into(),
+            subject: "sub".into(),
+            claims: serde_json::json!({}),
+            scopes: vec![],
+            policies: vec![],
+            state: LeaseState::Pending,
+            issued_at: now,
+            expires_at: now + time::Duration::minutes(10),
+            max_expires_at: now + time::Duration::minutes(10),
+            handle: None,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: None,
+            end_reason: None,
+            ended_at: None,
+            root_version: None,
+        };
+        let probe = |w: Writer| async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            assert!(w.tx.send(Msg::Level(tx)).await.is_ok());
+            rx.await.unwrap()
+        };
+        assert_eq!(probe(store.writer.clone()).await, FULL, "a fresh writer is at FULL");
+        store.insert_pending(&lease).await.unwrap();
+        assert_eq!(probe(store.writer.clone()).await, NORMAL, "insert_pending commits without the fsync");
+        assert_eq!(store.get(&lease.id).await.unwrap().unwrap().state, LeaseState::Pending, "and is visible at once");
+        assert!(store.activate(&lease.id, &serde_json::json!({"user": "u"}), lease.expires_at).await.unwrap());
+        assert_eq!(probe(store.writer.clone()).await, FULL, "the activation waits for the disk");
+        store.close().await;
     }
 }

@@ -55,7 +55,7 @@ fn next_due_sql() -> String {
 impl LeaseStore for SqliteStore {
     async fn insert_pending(&self, l: &Lease) -> Result<(), StoreError> {
         self.writer
-            .exec(
+            .exec_committed(
                 "INSERT INTO leases (id, role, plugin, issuer, subject, claims, scopes, policies, state, \
                  issued_at, expires_at, max_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
                 vec![
