@@ -1,7 +1,8 @@
-//! SQLite backend (the embedded default): WAL, `synchronous = FULL` so an
-//! acknowledged write survives `kill -9` and power loss (one exception: a
-//! pending lease row is acknowledged once committed, kept through `kill -9`,
-//! and reaches the disk with its activation; see
+//! SQLite backend (the embedded default): WAL, synced after each group
+//! commit before its writes are answered, so an acknowledged write survives
+//! `kill -9` and power loss (one exception: a pending lease row is answered
+//! once committed, kept through `kill -9`, and reaches the disk with the
+//! next sync, at the latest its activation's; see
 //! [`LeaseStore::insert_pending`]), and an exclusive lock file so two
 //! processes never share one database file.
 //!
@@ -68,9 +69,9 @@ struct Stmt {
 /// `must_affect` statement changed nothing).
 struct WriteReq {
     stmts: Vec<Stmt>,
-    /// Whether the answer waits for the disk (`synchronous = FULL`: kept
-    /// through a power loss), or only for the commit (`NORMAL`: kept through
-    /// a crash of lessor, on disk with the next durable commit). See
+    /// Whether the answer waits for the disk (a sync of the WAL after the
+    /// commit: kept through a power loss), or only for the commit (kept
+    /// through a crash of lessor, on disk with the next sync). See
     /// [`LeaseStore::insert_pending`](super::LeaseStore::insert_pending).
     durable: bool,
     reply: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
@@ -80,25 +81,34 @@ enum Msg {
     Write(WriteReq),
     /// Finish the writes taken so far, close the connection, then answer.
     Close(tokio::sync::oneshot::Sender<()>),
-    /// Finish the writes taken so far, then answer the connection's
-    /// `PRAGMA synchronous` (what the last commit ran at).
-    #[cfg(test)]
-    Level(tokio::sync::oneshot::Sender<i64>),
 }
 
 /// Group commit: one thread owns the writing connection, takes every write
-/// that is queued, runs them in one transaction and commits once (one
-/// fsync), then answers each with its own result. Under load, concurrent
-/// requests share a commit; alone, a write commits at once. A batch whose
-/// writes all only need to be committed (a pending lease) commits without
-/// the fsync; the next durable commit syncs the WAL, and with it them.
+/// that is queued, runs them in one transaction and commits once. Writes
+/// that only need the commit (a pending lease row, see [`WriteReq::durable`])
+/// are answered then; the others' answers go to the sync thread, which
+/// makes the WAL durable (`fdatasync`) and only then sends them. Under
+/// load, concurrent requests share a commit, and batches committed while a
+/// sync runs share the next sync; alone, a write commits and syncs at once.
+///
+/// Why the sync has a thread of its own: with SQLite's `synchronous =
+/// FULL` the commit itself syncs, so every write queued behind it, even
+/// one that needs no sync, waited for the disk. Here the connection runs
+/// `synchronous = NORMAL` (a commit writes the WAL without syncing it;
+/// checkpoints still sync the WAL before copying it and the database file
+/// after), and the sync thread syncs the WAL after the commit, before a
+/// durable write is answered: acknowledged means on disk, as with `FULL`.
+/// A committed write is visible to readers up to one sync before it is
+/// durable; nothing acts on a vendor without an acknowledged write first
+/// (ARCHITECTURE.md).
 ///
 /// The thread calls SQLite directly (rusqlite, on the same SQLite library
 /// sqlx links), not through sqlx: sqlx runs each statement of a connection
 /// on that connection's own worker thread, so a batch cost two thread
 /// hand-offs per statement plus BEGIN and COMMIT, and on a 2-core machine
 /// those hand-offs, not SQLite, were most of a write's CPU. Here a batch
-/// costs one wake-up of this thread and one per answer.
+/// costs one wake-up of this thread, one of the sync thread when a write
+/// in it is durable, and one per answer.
 #[derive(Clone)]
 struct Writer {
     tx: tokio::sync::mpsc::Sender<Msg>,
@@ -109,12 +119,34 @@ const MAX_BATCH: usize = 256;
 /// Distinct write statements kept prepared (there are about 60).
 const PREPARED: usize = 128;
 
+type Reply = tokio::sync::oneshot::Sender<Result<u64, StoreError>>;
+
+/// Answers of a committed batch, waiting for the WAL to be synced.
+type Answers = Vec<(Reply, Result<u64, StoreError>)>;
+
+/// How the WAL file is made durable: `fdatasync` in production; tests put
+/// a gate or a failure in between.
+type SyncFn = std::sync::Arc<dyn Fn(&File) -> std::io::Result<()> + Send + Sync>;
+
+fn fdatasync() -> SyncFn {
+    std::sync::Arc::new(|f: &File| f.sync_data())
+}
+
+enum ToSync {
+    /// A committed batch's durable answers, sent once a sync that started
+    /// after the commit has ended.
+    Answers(Answers),
+    /// Sync what is left, answer it, and end.
+    Close(std::sync::mpsc::Sender<()>),
+}
+
 impl Writer {
     /// Opens the writing connection to the (already created and migrated)
-    /// database `path` and starts the thread that owns it. The thread ends,
-    /// closing the connection, at [`Writer::close`] or when every sender
-    /// (every clone of the store) is gone.
-    fn spawn(path: &Path) -> Result<Writer, StoreError> {
+    /// database `path` and starts the thread that owns it and the thread
+    /// that syncs its WAL with `sync`. The threads end, closing the
+    /// connection, at [`Writer::close`] or when every sender (every clone
+    /// of the store) is gone.
+    fn spawn(path: &Path, sync: SyncFn) -> Result<Writer, StoreError> {
         use rusqlite::OpenFlags;
         let unavailable = |e: rusqlite::Error| StoreError::Unavailable(format!("cannot open {} for writing: {e}", path.display()));
         let conn = rusqlite::Connection::open_with_flags(
@@ -123,10 +155,25 @@ impl Writer {
         )
         .map_err(unavailable)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(unavailable)?;
-        // The same settings as every sqlx connection of this store.
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+        // NORMAL: commits write the WAL without syncing it; the sync thread
+        // does, before a durable write is answered (see above).
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(unavailable)?;
         conn.set_prepared_statement_cache_capacity(PREPARED);
+        // The WAL exists while any connection is open and is rewritten in
+        // place (no `journal_size_limit`, no TRUNCATE checkpoint); this
+        // connection keeps it until it closes, after the sync thread ends.
+        let wal_path = format!("{}-wal", path.display());
+        let wal = File::open(&wal_path).map_err(|e| StoreError::Unavailable(format!("cannot open {wal_path}: {e}")))?;
+        let (sync_tx, sync_rx) = std::sync::mpsc::channel::<ToSync>();
+        // Set once a sync failed: the disk may have dropped what it was
+        // given, so no later write is acknowledged either.
+        let failed = std::sync::Arc::new(std::sync::OnceLock::<String>::new());
+        let failed_at_sync = failed.clone();
+        std::thread::Builder::new()
+            .name("lessor-sync".into())
+            .spawn(move || Writer::sync_loop(&wal, &wal_path, &sync, &sync_rx, &failed_at_sync))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the store's sync thread: {e}")))?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(4096);
         std::thread::Builder::new()
             .name("lessor-store".into())
@@ -134,7 +181,6 @@ impl Writer {
                 let mut conn = conn;
                 let mut batch = Vec::with_capacity(MAX_BATCH);
                 let mut closing = None;
-                let mut synced = true;
                 while let Some(first) = rx.blocking_recv() {
                     let mut next = Some(first);
                     while let Some(m) = next.take() {
@@ -144,20 +190,25 @@ impl Writer {
                                 closing = Some(done);
                                 break;
                             }
-                            #[cfg(test)]
-                            Msg::Level(reply) => {
-                                if !batch.is_empty() {
-                                    Writer::run(&mut conn, &mut batch, &mut synced);
-                                }
-                                let _ = reply.send(conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap_or(-1));
-                            }
                         }
                         if batch.len() < MAX_BATCH {
                             next = rx.try_recv().ok();
                         }
                     }
+                    if let Some(why) = failed.get() {
+                        for w in batch.drain(..) {
+                            let _ = w.reply.send(Err(StoreError::Unavailable(why.clone())));
+                        }
+                    }
                     if !batch.is_empty() {
-                        Writer::run(&mut conn, &mut batch, &mut synced);
+                        let durable = Writer::run(&mut conn, &mut batch);
+                        if !durable.is_empty() {
+                            if let Err(std::sync::mpsc::SendError(ToSync::Answers(lost))) = sync_tx.send(ToSync::Answers(durable)) {
+                                for (reply, _) in lost {
+                                    let _ = reply.send(Err(StoreError::Unavailable("the store's sync thread has stopped".into())));
+                                }
+                            }
+                        }
                     }
                     if closing.is_some() {
                         break;
@@ -165,6 +216,12 @@ impl Writer {
                 }
                 // Writes sent after the close find the channel gone.
                 drop(rx);
+                // Every committed batch synced and answered before the
+                // connection closes.
+                let (synced, wait) = std::sync::mpsc::channel();
+                if sync_tx.send(ToSync::Close(synced)).is_ok() {
+                    let _ = wait.recv();
+                }
                 // (On failure the connection is dropped, which tries once
                 // more; SQLite recovers a WAL database left open.)
                 if let Err((_, e)) = conn.close() {
@@ -178,8 +235,8 @@ impl Writer {
         Ok(Writer { tx })
     }
 
-    /// Finishes every write sent before this and ends the thread; returns
-    /// once its connection is closed.
+    /// Finishes every write sent before this and ends the threads; returns
+    /// once the connection is closed.
     async fn close(&self) {
         let (done, closed) = tokio::sync::oneshot::channel();
         // A send error: the thread had ended already.
@@ -188,21 +245,11 @@ impl Writer {
         }
     }
 
-    /// Runs and commits `batch`; `synced`: whether the connection is at
-    /// `synchronous = FULL` (switched per batch, only when it changes).
-    fn run(conn: &mut rusqlite::Connection, batch: &mut Vec<WriteReq>, synced: &mut bool) {
-        let durable = batch.iter().any(|w| w.durable);
-        if durable != *synced {
-            let pragma = if durable { "PRAGMA synchronous = FULL" } else { "PRAGMA synchronous = NORMAL" };
-            if let Err(e) = conn.execute_batch(pragma) {
-                let msg = e.to_string();
-                for r in batch.drain(..) {
-                    let _ = r.reply.send(Err(StoreError::Unavailable(msg.clone())));
-                }
-                return;
-            }
-            *synced = durable;
-        }
+    /// Runs `batch` in one transaction and commits it, answers the writes
+    /// that need only the commit, and returns the durable ones' answers,
+    /// to send once the WAL is synced (none when the transaction could not
+    /// start or commit: every write was answered with that error).
+    fn run(conn: &mut rusqlite::Connection, batch: &mut Vec<WriteReq>) -> Answers {
         let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => {
@@ -210,7 +257,7 @@ impl Writer {
                 for r in batch.drain(..) {
                     let _ = r.reply.send(Err(StoreError::Unavailable(msg.clone())));
                 }
-                return;
+                return Vec::new();
             }
         };
         let mut results = Vec::with_capacity(batch.len());
@@ -225,9 +272,15 @@ impl Writer {
         }
         match tx.commit() {
             Ok(()) => {
+                let mut durable = Vec::new();
                 for (r, res) in batch.drain(..).zip(results) {
-                    let _ = r.reply.send(res);
+                    if r.durable {
+                        durable.push((r.reply, res));
+                    } else {
+                        let _ = r.reply.send(res);
+                    }
                 }
+                durable
             }
             Err(e) => {
                 // (Dropping the transaction rolled it back.)
@@ -235,6 +288,55 @@ impl Writer {
                 for r in batch.drain(..) {
                     let _ = r.reply.send(Err(StoreError::Unavailable(format!("commit failed: {msg}"))));
                 }
+                Vec::new()
+            }
+        }
+    }
+
+    /// The sync thread: takes every committed batch queued, syncs the WAL
+    /// once for all of them (each was committed, so written to the file,
+    /// before it was queued), then answers them. After a failed sync it
+    /// answers every write, then and later, with that failure.
+    fn sync_loop(wal: &File, wal_path: &str, sync: &SyncFn, rx: &std::sync::mpsc::Receiver<ToSync>, failed: &std::sync::OnceLock<String>) {
+        let mut waiting: Vec<Answers> = Vec::new();
+        while let Ok(first) = rx.recv() {
+            let mut closing = None;
+            let mut next = Some(first);
+            while let Some(m) = next.take() {
+                match m {
+                    ToSync::Answers(a) => waiting.push(a),
+                    ToSync::Close(done) => {
+                        closing = Some(done);
+                        break;
+                    }
+                }
+                next = rx.try_recv().ok();
+            }
+            if !waiting.is_empty() {
+                let outcome = match failed.get() {
+                    Some(why) => Err(why.clone()),
+                    None => sync(wal).map_err(|e| {
+                        tracing::error!(error = %e, wal = wal_path, "store sync failed; every later write fails until restart");
+                        failed
+                            .get_or_init(|| {
+                                format!(
+                                    "syncing {wal_path} failed ({e}); writes since the last sync may not be on disk, so \
+                                     lessor acknowledges no more writes: restart it once the disk is healthy"
+                                )
+                            })
+                            .clone()
+                    }),
+                };
+                for (reply, result) in waiting.drain(..).flatten() {
+                    let _ = reply.send(match &outcome {
+                        Ok(()) => result,
+                        Err(why) => Err(StoreError::Unavailable(why.clone())),
+                    });
+                }
+            }
+            if let Some(done) = closing {
+                let _ = done.send(());
+                return;
             }
         }
     }
@@ -366,6 +468,11 @@ fn interpret_error(e: sqlx::Error) -> StoreError {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub async fn open(path: &str) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(path, fdatasync()).await
+    }
+
+    /// [`SqliteStore::open`], making the WAL durable with `sync`.
+    async fn open_with(path: &str, sync: SyncFn) -> Result<SqliteStore, StoreError> {
         let p = Path::new(path);
         if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -405,7 +512,7 @@ impl SqliteStore {
         // The writer has its own connection (see [`Writer`]); this one only
         // created and migrated the database.
         sqlx::Connection::close(write).await.map_err(interpret_error)?;
-        let writer = Writer::spawn(p)?;
+        let writer = Writer::spawn(p, sync)?;
         let readers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
         let fast = fast::Fast::open(p, readers)?;
         // One process per SQLite store (the lock above): a replica row left
@@ -464,69 +571,20 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::LeaseState;
     use super::*;
-
-    /// `PRAGMA synchronous` values.
-    const NORMAL: i64 = 1;
-    const FULL: i64 = 2;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
     fn write(sql: &str, durable: bool) -> (WriteReq, tokio::sync::oneshot::Receiver<Result<u64, StoreError>>) {
         let (reply, rx) = tokio::sync::oneshot::channel();
         (WriteReq { stmts: vec![Stmt { sql: sql.into(), binds: vec![], must_affect: false }], durable, reply }, rx)
     }
 
-    fn level(conn: &rusqlite::Connection) -> i64 {
-        conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap()
-    }
-
-    /// A batch commits at `FULL` (fsync) when any write in it must reach
-    /// the disk, at `NORMAL` only when none must, and every write is
-    /// answered with its own result either way.
-    #[test]
-    fn a_batch_waits_for_the_disk_when_any_write_in_it_must() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = rusqlite::Connection::open(dir.path().join("w.db")).unwrap();
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; CREATE TABLE t (x INTEGER PRIMARY KEY)").unwrap();
-        let mut synced = true;
-        let steps: [(&[(&str, bool)], i64); 5] = [
-            (&[("INSERT INTO t VALUES (1)", false)], NORMAL),
-            (&[("INSERT INTO t VALUES (2)", false), ("INSERT INTO t VALUES (3)", true)], FULL),
-            (&[("INSERT INTO t VALUES (4)", true), ("INSERT INTO t VALUES (4)", false)], FULL),
-            (&[("INSERT INTO t VALUES (5)", false), ("INSERT INTO t VALUES (6)", false)], NORMAL),
-            (&[("INSERT INTO t VALUES (7)", true)], FULL),
-        ];
-        for (i, (writes, want)) in steps.into_iter().enumerate() {
-            let (mut batch, mut answers): (Vec<_>, Vec<_>) = writes.iter().map(|(sql, d)| write(sql, *d)).unzip();
-            Writer::run(&mut conn, &mut batch, &mut synced);
-            assert_eq!(level(&conn), want, "step {i}: the commit's synchronous level");
-            assert_eq!(synced, want == FULL, "step {i}");
-            for (j, rx) in answers.iter_mut().enumerate() {
-                let got = rx.try_recv().expect("answered once the batch is done");
-                // Step 2's second write repeats a key: it fails alone.
-                if (i, j) == (2, 1) {
-                    assert!(matches!(got, Err(StoreError::Conflict(_))), "step {i} write {j}: {got:?}");
-                } else {
-                    assert_eq!(got.unwrap(), 1, "step {i} write {j}");
-                }
-            }
-        }
-        let n: i64 = conn.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
-        assert_eq!(n, 7);
-    }
-
-    /// The issue path's two writes: the pending row only needs the commit
-    /// (the credential is returned only after the activation, whose fsync
-    /// takes the pending row to disk too); the activation waits for the
-    /// disk, and so does any other write.
-    #[tokio::test]
-    async fn a_pending_lease_is_committed_and_its_activation_reaches_the_disk() {
-        use super::super::LeaseState;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+    fn lease(n: u8) -> Lease {
         let now = OffsetDateTime::now_utc();
-        let lease = Lease {
-            id: LeaseId::new("lse_0123456789abcdef0123456789abcdef"),
+        Lease {
+            id: LeaseId::new(format!("lse_{n:032x}")),
             role: "db/r".into(),
             plugin: "postgres".into(),
             issuer: "https://issuer.test".into(),
@@ -545,18 +603,107 @@ mod tests {
             end_reason: None,
             ended_at: None,
             root_version: None,
-        };
-        let probe = |w: Writer| async move {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            assert!(w.tx.send(Msg::Level(tx)).await.is_ok());
-            rx.await.unwrap()
-        };
-        assert_eq!(probe(store.writer.clone()).await, FULL, "a fresh writer is at FULL");
-        store.insert_pending(&lease).await.unwrap();
-        assert_eq!(probe(store.writer.clone()).await, NORMAL, "insert_pending commits without the fsync");
-        assert_eq!(store.get(&lease.id).await.unwrap().unwrap().state, LeaseState::Pending, "and is visible at once");
-        assert!(store.activate(&lease.id, &serde_json::json!({"user": "u"}), lease.expires_at).await.unwrap());
-        assert_eq!(probe(store.writer.clone()).await, FULL, "the activation waits for the disk");
+        }
+    }
+
+    /// A batch's writes that need only the commit are answered by `run`;
+    /// the durable ones are handed back for the sync thread, each with its
+    /// own result (a duplicate key fails alone).
+    #[test]
+    fn a_batch_answers_what_needs_only_the_commit_and_hands_the_rest_to_the_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = rusqlite::Connection::open(dir.path().join("w.db")).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; CREATE TABLE t (x INTEGER PRIMARY KEY)").unwrap();
+        let writes = [("INSERT INTO t VALUES (1)", false), ("INSERT INTO t VALUES (2)", true), ("INSERT INTO t VALUES (1)", true), ("INSERT INTO t VALUES (3)", false)];
+        let (mut batch, mut answers): (Vec<_>, Vec<_>) = writes.iter().map(|(sql, d)| write(sql, *d)).unzip();
+        let durable = Writer::run(&mut conn, &mut batch);
+        assert!(batch.is_empty());
+        assert_eq!(answers[0].try_recv().unwrap().unwrap(), 1);
+        assert_eq!(answers[3].try_recv().unwrap().unwrap(), 1);
+        assert!(answers[1].try_recv().is_err() && answers[2].try_recv().is_err(), "durable writes wait for the sync");
+        let results: Vec<_> = durable.into_iter().map(|(_, r)| r).collect();
+        assert!(matches!(results.as_slice(), [Ok(1), Err(StoreError::Conflict(_))]), "{results:?}");
+        let n: i64 = conn.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 3);
+    }
+
+    /// A sync that the test holds until told: `hold` on, each call waits
+    /// for a token on `go`; `started` counts calls.
+    struct Gate {
+        hold: AtomicBool,
+        started: AtomicUsize,
+        go: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    fn gate() -> (Arc<Gate>, std::sync::mpsc::Sender<()>, SyncFn) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let g = Arc::new(Gate { hold: AtomicBool::new(false), started: AtomicUsize::new(0), go: Mutex::new(rx) });
+        let g2 = g.clone();
+        let sync: SyncFn = Arc::new(move |f: &File| {
+            g2.started.fetch_add(1, Ordering::SeqCst);
+            if g2.hold.load(Ordering::SeqCst) {
+                let _ = g2.go.lock().unwrap().recv();
+            }
+            f.sync_data()
+        });
+        (g, tx, sync)
+    }
+
+    /// The issue path's two writes: the pending row is answered once
+    /// committed, even while the disk is held, and is visible at once; the
+    /// activation is answered only after a sync that started after its
+    /// commit has ended.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pending_row_is_answered_at_its_commit_and_the_activation_only_after_a_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (g, go, sync) = gate();
+        let store = Arc::new(SqliteStore::open_with(dir.path().join("s.db").to_str().unwrap(), sync).await.unwrap());
+        let l = lease(1);
+        g.hold.store(true, Ordering::SeqCst);
+        let before = g.started.load(Ordering::SeqCst);
+        tokio::time::timeout(Duration::from_secs(5), store.insert_pending(&l)).await.expect("answered with the disk held").unwrap();
+        assert_eq!(store.get(&l.id).await.unwrap().unwrap().state, LeaseState::Pending, "visible at once");
+        assert_eq!(g.started.load(Ordering::SeqCst), before, "a pending row alone costs no sync");
+        let s2 = store.clone();
+        let id = l.id.clone();
+        let mut activation = tokio::spawn(async move { s2.activate(&id, &serde_json::json!({"user": "u"}), l.expires_at).await });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut activation).await.is_err(),
+            "the activation must not be answered while its sync is held"
+        );
+        assert_eq!(g.started.load(Ordering::SeqCst), before + 1, "its sync started after its commit");
+        g.hold.store(false, Ordering::SeqCst);
+        go.send(()).unwrap();
+        let activated = tokio::time::timeout(Duration::from_secs(5), activation).await.expect("answered after the sync").unwrap();
+        assert!(activated.unwrap());
+        store.close().await;
+    }
+
+    /// After a failed sync, the writes waiting for it and every later one
+    /// fail (the disk may have dropped what it had), committed-only ones
+    /// included, with a message that says what to do.
+    #[tokio::test]
+    async fn after_a_failed_sync_that_write_and_every_later_one_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let fail = Arc::new(AtomicBool::new(false));
+        let f2 = fail.clone();
+        let sync: SyncFn = Arc::new(move |f: &File| {
+            if f2.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected EIO"));
+            }
+            f.sync_data()
+        });
+        let store = SqliteStore::open_with(dir.path().join("s.db").to_str().unwrap(), sync).await.unwrap();
+        let l = lease(2);
+        store.insert_pending(&l).await.unwrap();
+        fail.store(true, Ordering::SeqCst);
+        let err = store.activate(&l.id, &serde_json::json!({}), l.expires_at).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, StoreError::Unavailable(_)) && msg.contains("injected EIO") && msg.contains("restart"), "{msg}");
+        fail.store(false, Ordering::SeqCst);
+        assert!(matches!(store.insert_pending(&lease(3)).await, Err(StoreError::Unavailable(m)) if m.contains("injected EIO")));
+        assert!(matches!(store.activate(&l.id, &serde_json::json!({}), l.expires_at).await, Err(StoreError::Unavailable(_))));
+        assert!(store.get(&lease(3).id).await.unwrap().is_none(), "a write refused after the failure changes nothing");
         store.close().await;
     }
 }
