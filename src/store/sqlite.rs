@@ -161,8 +161,10 @@ impl Writer {
             .map_err(unavailable)?;
         conn.set_prepared_statement_cache_capacity(PREPARED);
         // The WAL exists while any connection is open and is rewritten in
-        // place (no `journal_size_limit`, no TRUNCATE checkpoint); this
-        // connection keeps it until it closes, after the sync thread ends.
+        // place (no `journal_size_limit`, no TRUNCATE checkpoint); a first
+        // read makes sure this connection has it open, and it keeps it
+        // until it closes, after the sync thread ends.
+        conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).map_err(unavailable)?;
         let wal_path = format!("{}-wal", path.display());
         let wal = File::open(&wal_path).map_err(|e| StoreError::Unavailable(format!("cannot open {wal_path}: {e}")))?;
         let (sync_tx, sync_rx) = std::sync::mpsc::channel::<ToSync>();
