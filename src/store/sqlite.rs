@@ -112,6 +112,8 @@ enum Msg {
 #[derive(Clone)]
 struct Writer {
     tx: tokio::sync::mpsc::Sender<Msg>,
+    /// Why writes fail since a sync failed (see [`Writer::sync_loop`]).
+    failed: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 const MAX_BATCH: usize = 256;
@@ -165,13 +167,17 @@ impl Writer {
         // read makes sure this connection has it open, and it keeps it
         // until it closes, after the sync thread ends.
         conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).map_err(unavailable)?;
-        let wal_path = format!("{}-wal", path.display());
+        // The name SQLite gives the WAL: its own (absolute, symlinks
+        // resolved) name of the database file plus `-wal`.
+        let db_file = conn.path().filter(|p| !p.is_empty()).unwrap_or(&path.to_string_lossy()).to_owned();
+        let wal_path = format!("{db_file}-wal");
         let wal = File::open(&wal_path).map_err(|e| StoreError::Unavailable(format!("cannot open {wal_path}: {e}")))?;
         let (sync_tx, sync_rx) = std::sync::mpsc::channel::<ToSync>();
         // Set once a sync failed: the disk may have dropped what it was
         // given, so no later write is acknowledged either.
         let failed = std::sync::Arc::new(std::sync::OnceLock::<String>::new());
         let failed_at_sync = failed.clone();
+        let failed_at_write = failed.clone();
         std::thread::Builder::new()
             .name("lessor-sync".into())
             .spawn(move || Writer::sync_loop(&wal, &wal_path, &sync, &sync_rx, &failed_at_sync))
@@ -197,7 +203,7 @@ impl Writer {
                             next = rx.try_recv().ok();
                         }
                     }
-                    if let Some(why) = failed.get() {
+                    if let Some(why) = failed_at_write.get() {
                         for w in batch.drain(..) {
                             let _ = w.reply.send(Err(StoreError::Unavailable(why.clone())));
                         }
@@ -234,7 +240,7 @@ impl Writer {
                 }
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")))?;
-        Ok(Writer { tx })
+        Ok(Writer { tx, failed })
     }
 
     /// Finishes every write sent before this and ends the threads; returns
@@ -558,6 +564,10 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        // Not ready while writes fail (a failed sync, until restart).
+        if let Some(why) = self.writer.failed.get() {
+            return Err(StoreError::Unavailable(why.clone()));
+        }
         sqlx::query("SELECT 1").execute(&self.read).await.map_err(interpret_error)?;
         Ok(())
     }
@@ -698,14 +708,46 @@ mod tests {
         let store = SqliteStore::open_with(dir.path().join("s.db").to_str().unwrap(), sync).await.unwrap();
         let l = lease(2);
         store.insert_pending(&l).await.unwrap();
+        store.ping().await.unwrap();
         fail.store(true, Ordering::SeqCst);
         let err = store.activate(&l.id, &serde_json::json!({}), l.expires_at).await.unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, StoreError::Unavailable(_)) && msg.contains("injected EIO") && msg.contains("restart"), "{msg}");
         fail.store(false, Ordering::SeqCst);
+        assert!(matches!(store.ping().await, Err(StoreError::Unavailable(m)) if m.contains("restart")), "health says not ready");
         assert!(matches!(store.insert_pending(&lease(3)).await, Err(StoreError::Unavailable(m)) if m.contains("injected EIO")));
         assert!(matches!(store.activate(&l.id, &serde_json::json!({}), l.expires_at).await, Err(StoreError::Unavailable(_))));
         assert!(store.get(&lease(3).id).await.unwrap().is_none(), "a write refused after the failure changes nothing");
+        store.close().await;
+    }
+
+    /// The file synced is the WAL SQLite writes, also when the store's path
+    /// is a symlink (SQLite names the WAL after the resolved file; a stale
+    /// `<link>-wal` must not be the one synced).
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_wal_synced_is_the_one_sqlite_writes_behind_a_symlink() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.db");
+        let link = dir.path().join("link.db");
+        std::fs::write(&real, b"").unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        // A stale file where a naive `<path>-wal` would look.
+        std::fs::write(dir.path().join("link.db-wal"), b"").unwrap();
+        let synced = Arc::new(Mutex::new(Vec::new()));
+        let s2 = synced.clone();
+        let sync: SyncFn = Arc::new(move |f: &File| {
+            s2.lock().unwrap().push(f.metadata()?.ino());
+            f.sync_data()
+        });
+        let store = SqliteStore::open_with(link.to_str().unwrap(), sync).await.unwrap();
+        let l = lease(4);
+        store.insert_pending(&l).await.unwrap();
+        assert!(store.activate(&l.id, &serde_json::json!({}), l.expires_at).await.unwrap());
+        let wal = std::fs::metadata(dir.path().join("real.db-wal")).expect("SQLite's WAL beside the real file").ino();
+        let inodes = synced.lock().unwrap().clone();
+        assert!(!inodes.is_empty() && inodes.iter().all(|i| *i == wal), "synced {inodes:?}, SQLite's WAL is {wal}");
         store.close().await;
     }
 }
