@@ -454,9 +454,11 @@ pub struct SqliteStore {
     /// letting connections collide and back off in SQLite's busy handler,
     /// which sleeps for up to 100 ms at a time, and lets them share commits.
     writer: Writer,
-    // Held for the life of the store: the OS lock that keeps a second
-    // process off this database.
-    _lock: Option<File>,
+    /// Held for the life of the store: the OS lock (`flock`) that keeps a
+    /// second process off this database. Released explicitly at `close`:
+    /// a child process forked by another thread of this process shares the
+    /// lock until it execs, so closing the file alone may not release it.
+    lock: Option<File>,
     /// This process's replica id (there is only ever one on SQLite).
     id: String,
     /// Due rows that did not decode, left out of `due()` by id.
@@ -527,7 +529,7 @@ impl SqliteStore {
         // by an earlier process is stale.
         writer.exec("DELETE FROM replicas", vec![]).await?;
         let id = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 8]>()));
-        Ok(SqliteStore { read, fast, writer, _lock: Some(lock), id, quarantine: Quarantine::new() })
+        Ok(SqliteStore { read, fast, writer, lock: Some(lock), id, quarantine: Quarantine::new() })
     }
 }
 
@@ -578,6 +580,11 @@ impl Store for SqliteStore {
         self.read.close().await;
         self.fast.close();
         self.writer.close().await;
+        if let Some(lock) = &self.lock {
+            if let Err(e) = lock.unlock() {
+                tracing::warn!(error = %e, "releasing the SQLite store's lock file failed; it is released when lessor exits");
+            }
+        }
     }
 }
 

@@ -144,6 +144,42 @@ async fn sqlite_close_finishes_queued_writes_and_settles_the_files() {
     assert_eq!(all.len(), done + 1, "every write answered Ok is on disk, and only those");
 }
 
+/// `close` releases the store's lock even while other threads of the
+/// process start child processes (each shares the lock's open file until
+/// it execs): the store reopens at once, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_close_releases_the_lock_while_other_threads_spawn_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = std::process::Command::new("true").status();
+                }
+            })
+        })
+        .collect();
+    for i in 0..40 {
+        let s = match lessor::store::open(&url).await {
+            Ok(s) => s,
+            Err(e) => {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                panic!("reopen {i} after close: {e}");
+            }
+        };
+        s.insert_pending(&lease(&format!("l{i}"), "token/orders", "x", 60)).await.unwrap();
+        s.close().await;
+        drop(s);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in spawners {
+        t.join().unwrap();
+    }
+}
+
 /// SQLite's point reads (a lease by id, the quota counts, an admin token by
 /// hash) run on a few connections of their own on the caller's thread:
 /// more concurrent readers than connections all get answers, each sees
