@@ -16,6 +16,7 @@
 use std::fs::File;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -74,7 +75,7 @@ struct WriteReq {
     /// through a crash of lessor, on disk with the next sync). See
     /// [`LeaseStore::insert_pending`](super::LeaseStore::insert_pending).
     durable: bool,
-    reply: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
+    reply: Reply,
 }
 
 enum Msg {
@@ -113,7 +114,7 @@ enum Msg {
 struct Writer {
     tx: tokio::sync::mpsc::Sender<Msg>,
     /// Why writes fail since a sync failed (see [`Writer::sync_loop`]).
-    failed: std::sync::Arc<std::sync::OnceLock<String>>,
+    failed: Arc<OnceLock<String>>,
 }
 
 const MAX_BATCH: usize = 256;
@@ -128,10 +129,10 @@ type Answers = Vec<(Reply, Result<u64, StoreError>)>;
 
 /// How the WAL file is made durable: `fdatasync` in production; tests put
 /// a gate or a failure in between.
-type SyncFn = std::sync::Arc<dyn Fn(&File) -> std::io::Result<()> + Send + Sync>;
+type SyncFn = Arc<dyn Fn(&File) -> std::io::Result<()> + Send + Sync>;
 
 fn fdatasync() -> SyncFn {
-    std::sync::Arc::new(|f: &File| f.sync_data())
+    Arc::new(|f: &File| f.sync_data())
 }
 
 enum ToSync {
@@ -139,7 +140,7 @@ enum ToSync {
     /// after the commit has ended.
     Answers(Answers),
     /// Sync what is left, answer it, and end.
-    Close(std::sync::mpsc::Sender<()>),
+    Close(mpsc::Sender<()>),
 }
 
 impl Writer {
@@ -172,10 +173,10 @@ impl Writer {
         let db_file = conn.path().filter(|p| !p.is_empty()).unwrap_or(&path.to_string_lossy()).to_owned();
         let wal_path = format!("{db_file}-wal");
         let wal = File::open(&wal_path).map_err(|e| StoreError::Unavailable(format!("cannot open {wal_path}: {e}")))?;
-        let (sync_tx, sync_rx) = std::sync::mpsc::channel::<ToSync>();
+        let (sync_tx, sync_rx) = mpsc::channel::<ToSync>();
         // Set once a sync failed: the disk may have dropped what it was
         // given, so no later write is acknowledged either.
-        let failed = std::sync::Arc::new(std::sync::OnceLock::<String>::new());
+        let failed = Arc::new(OnceLock::<String>::new());
         let failed_at_sync = failed.clone();
         let failed_at_write = failed.clone();
         std::thread::Builder::new()
@@ -211,7 +212,7 @@ impl Writer {
                     if !batch.is_empty() {
                         let durable = Writer::run(&mut conn, &mut batch);
                         if !durable.is_empty() {
-                            if let Err(std::sync::mpsc::SendError(ToSync::Answers(lost))) = sync_tx.send(ToSync::Answers(durable)) {
+                            if let Err(mpsc::SendError(ToSync::Answers(lost))) = sync_tx.send(ToSync::Answers(durable)) {
                                 for (reply, _) in lost {
                                     let _ = reply.send(Err(StoreError::Unavailable("the store's sync thread has stopped".into())));
                                 }
@@ -226,7 +227,7 @@ impl Writer {
                 drop(rx);
                 // Every committed batch synced and answered before the
                 // connection closes.
-                let (synced, wait) = std::sync::mpsc::channel();
+                let (synced, wait) = mpsc::channel();
                 if sync_tx.send(ToSync::Close(synced)).is_ok() {
                     let _ = wait.recv();
                 }
@@ -305,7 +306,7 @@ impl Writer {
     /// once for all of them (each was committed, so written to the file,
     /// before it was queued), then answers them. After a failed sync it
     /// answers every write, then and later, with that failure.
-    fn sync_loop(wal: &File, wal_path: &str, sync: &SyncFn, rx: &std::sync::mpsc::Receiver<ToSync>, failed: &std::sync::OnceLock<String>) {
+    fn sync_loop(wal: &File, wal_path: &str, sync: &SyncFn, rx: &mpsc::Receiver<ToSync>, failed: &OnceLock<String>) {
         let mut waiting: Vec<Answers> = Vec::new();
         while let Ok(first) = rx.recv() {
             let mut closing = None;
@@ -593,7 +594,7 @@ mod tests {
     use super::super::LeaseState;
     use super::*;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     fn write(sql: &str, durable: bool) -> (WriteReq, tokio::sync::oneshot::Receiver<Result<u64, StoreError>>) {
         let (reply, rx) = tokio::sync::oneshot::channel();
@@ -651,11 +652,11 @@ mod tests {
     struct Gate {
         hold: AtomicBool,
         started: AtomicUsize,
-        go: Mutex<std::sync::mpsc::Receiver<()>>,
+        go: Mutex<mpsc::Receiver<()>>,
     }
 
-    fn gate() -> (Arc<Gate>, std::sync::mpsc::Sender<()>, SyncFn) {
-        let (tx, rx) = std::sync::mpsc::channel();
+    fn gate() -> (Arc<Gate>, mpsc::Sender<()>, SyncFn) {
+        let (tx, rx) = mpsc::channel();
         let g = Arc::new(Gate { hold: AtomicBool::new(false), started: AtomicUsize::new(0), go: Mutex::new(rx) });
         let g2 = g.clone();
         let sync: SyncFn = Arc::new(move |f: &File| {
