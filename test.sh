@@ -92,6 +92,11 @@ fi
 command -v python3 >/dev/null 2>&1 || apt_install python3
 
 cargo --version
+# A CI run builds once from a clean clone: incremental compilation state
+# would only add gigabytes to target/ and time to the build.
+if [ "${CI:-}" = true ]; then
+  export CARGO_INCREMENTAL=0
+fi
 # The benchmarks are not tests, but they must keep compiling (dev profile:
 # only the bench files themselves are built).
 cargo test --workspace --benches --no-run
