@@ -245,13 +245,19 @@ impl Writer {
     }
 
     /// Finishes every write sent before this and ends the threads; returns
-    /// once the connection is closed.
-    async fn close(&self) {
+    /// `true` once the connection is closed, `false` when that took longer
+    /// than `limit` (a sync that does not return: a hung disk or network
+    /// filesystem). The threads are then left behind, still holding the
+    /// connection; nothing they hold was acknowledged as durable.
+    async fn close(&self, limit: Duration) -> bool {
         let (done, closed) = tokio::sync::oneshot::channel();
-        // A send error: the thread had ended already.
-        if self.tx.send(Msg::Close(done)).await.is_ok() {
-            let _ = closed.await;
-        }
+        let close = async {
+            // A send error: the thread had ended already.
+            if self.tx.send(Msg::Close(done)).await.is_ok() {
+                let _ = closed.await;
+            }
+        };
+        tokio::time::timeout(limit, close).await.is_ok()
     }
 
     /// Runs `batch` in one transaction and commits it, answers the writes
@@ -576,11 +582,32 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        self.close_within(CLOSE_LIMIT).await;
+    }
+}
+
+/// How long closing waits for the writer's last commit and sync: a shutdown
+/// must end even when the disk hangs (the supervisor's kill would come
+/// next; systemd waits 90 s by default, Kubernetes 30 s).
+const CLOSE_LIMIT: Duration = Duration::from_secs(20);
+
+impl SqliteStore {
+    /// Closes the store, waiting at most `limit` for the writer. Past it,
+    /// the lock file stays locked (the writer thread still holds the
+    /// database open) until the process exits.
+    async fn close_within(&self, limit: Duration) {
         // Readers first: the last connection to close checkpoints the WAL
         // and removes it, which a read-only connection cannot do.
         self.read.close().await;
         self.fast.close();
-        self.writer.close().await;
+        if !self.writer.close(limit).await {
+            tracing::error!(
+                limit_seconds = limit.as_secs(),
+                "the store's writer did not finish within the limit (a sync of the disk does not return); \
+                 closing without it: writes not yet acknowledged may be lost, acknowledged ones are on disk"
+            );
+            return;
+        }
         if let Some(lock) = &self.lock {
             if let Err(e) = lock.unlock() {
                 tracing::warn!(error = %e, "releasing the SQLite store's lock file failed; it is released when lessor exits");
@@ -697,6 +724,41 @@ mod tests {
         let activated = tokio::time::timeout(Duration::from_secs(5), activation).await.expect("answered after the sync").unwrap();
         assert!(activated.unwrap());
         store.close().await;
+    }
+
+    /// A sync that never returns (a hung disk) cannot hold a shutdown: the
+    /// close gives up after its limit, and keeps the lock file locked while
+    /// the writer still holds the database open, so no second store opens
+    /// it meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_sync_does_not_hold_close_and_the_lock_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let (g, go, sync) = gate();
+        let store = Arc::new(SqliteStore::open_with(path.to_str().unwrap(), sync).await.unwrap());
+        let l = lease(5);
+        store.insert_pending(&l).await.unwrap();
+        g.hold.store(true, Ordering::SeqCst);
+        let s2 = store.clone();
+        let id = l.id.clone();
+        let activation = tokio::spawn(async move { s2.activate(&id, &serde_json::json!({}), l.expires_at).await });
+        while g.started.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let t = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), store.close_within(Duration::from_millis(300)))
+            .await
+            .expect("close must give up on a hung sync");
+        assert!(t.elapsed() >= Duration::from_millis(300), "it waited its limit first");
+        assert!(!activation.is_finished(), "a write whose sync hangs is never acknowledged");
+        assert!(
+            matches!(SqliteStore::open(path.to_str().unwrap()).await, Err(StoreError::Locked(_))),
+            "the lock is kept while the writer holds the database"
+        );
+        // The disk comes back: the write is acknowledged and the threads end.
+        g.hold.store(false, Ordering::SeqCst);
+        go.send(()).unwrap();
+        assert!(tokio::time::timeout(Duration::from_secs(5), activation).await.expect("answered").unwrap().unwrap());
     }
 
     /// After a failed sync, the writes waiting for it and every later one
