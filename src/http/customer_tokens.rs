@@ -31,13 +31,13 @@ impl From<CtError> for ApiError {
             CtError::NotFound(m) => ApiError::not_found(m),
             CtError::Denied { message, policy } => {
                 let mut a = ApiError::new(StatusCode::FORBIDDEN, "policy_denied", message);
-                a.details = policy.map(|p| serde_json::json!({ "policy": p }));
+                a.details = policy.map(|p| Box::new(serde_json::json!({ "policy": p })));
                 a
             }
             CtError::ConfirmationRequired { message, policy } => {
                 let mut a = ApiError::new(StatusCode::CONFLICT, "confirmation_required", message);
                 a.field = Some("confirm".into());
-                a.details = policy.map(|p| serde_json::json!({ "policy": p }));
+                a.details = policy.map(|p| Box::new(serde_json::json!({ "policy": p })));
                 a
             }
             CtError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),

@@ -17,7 +17,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
-    pub details: Option<serde_json::Value>,
+    /// Boxed: it is rare, and keeps `Result<_, ApiError>` small.
+    pub details: Option<Box<serde_json::Value>>,
     auth_challenge: bool,
     pub(crate) retry_after: Option<u64>,
 }
@@ -91,7 +92,7 @@ impl From<LeaseError> for ApiError {
             LeaseError::BadRequest { field, message } => ApiError::bad_request(field, message),
             LeaseError::Denied(d) => {
                 let mut a = ApiError::new(StatusCode::FORBIDDEN, "policy_denied", d.message.clone());
-                a.details = serde_json::to_value(&*d).ok();
+                a.details = serde_json::to_value(&*d).ok().map(Box::new);
                 a
             }
             LeaseError::NotFound(_) | LeaseError::JobNotFound(_) => ApiError::not_found(e.to_string()),
@@ -114,7 +115,7 @@ impl From<LeaseError> for ApiError {
             },
             LeaseError::Quota { quota, message, retry_after } => {
                 let mut a = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message);
-                a.details = Some(serde_json::json!({ "quota": quota }));
+                a.details = Some(Box::new(serde_json::json!({ "quota": quota })));
                 a.retry_after = retry_after;
                 a
             }
@@ -181,7 +182,7 @@ impl IntoResponse for ApiError {
             if self.status == StatusCode::TOO_MANY_REQUESTS {
                 err["quota"] = d["quota"].clone();
             } else {
-                err["decision"] = d;
+                err["decision"] = *d;
             }
         }
         let mut resp = (self.status, axum::Json(json!({ "error": err }))).into_response();

@@ -44,7 +44,7 @@ impl From<PeopleError> for ApiError {
                     _ => StatusCode::UNAUTHORIZED,
                 };
                 let mut a = ApiError::new(status, "sign_in_refused", format!("sign-in refused: {}", r.message));
-                a.details = Some(json!({ "reason": r.reason }));
+                a.details = Some(Box::new(json!({ "reason": r.reason })));
                 a
             }
             PeopleError::Pending(code) => {

@@ -173,7 +173,7 @@ impl MysqlPlugin {
     /// A connection for renewing or revoking `lease`: from the root it was
     /// issued under while that one is installed; from the active root when
     /// that one no longer logs in (its password was rotated away).
-    pub(super) async fn lease_conn(&self, lease: &LeaseRef) -> Result<(Arc<Root>, sqlx::pool::PoolConnection<sqlx::MySql>), PluginError> {
+    pub(super) async fn lease_conn(&self, lease: &LeaseRef) -> Result<(Arc<Root>, Pooled), PluginError> {
         let root = self.root_for(lease)?;
         if let Some(e) = self.refused(&root).await {
             return Err(e);
@@ -229,7 +229,7 @@ impl MysqlPlugin {
     /// A pooled admin connection. With no connection open, the server's port is
     /// tried first so "connection refused" is a retryable error at once
     /// (the pool would retry until `connect_timeout`).
-    pub(super) async fn acquire(&self, root: &Root) -> Result<sqlx::pool::PoolConnection<sqlx::MySql>, PluginError> {
+    pub(super) async fn acquire(&self, root: &Root) -> Result<Pooled, PluginError> {
         if let Some(e) = self.refused(root).await {
             return Err(e);
         }

@@ -142,6 +142,7 @@ impl MysqlPlugin {
         let password = new_password()?;
         let job = Creation { acct: &acct, user: &user, password: &password, server_roles: &server_roles, grants: &grants };
         self.create(&root, &mut conn, sess, &job).await?;
+        conn.release();
         tracing::debug!(mysql_user = %user, scopes = scopes.len(), root_version = ?root.version, "account created");
 
         let mut public = Map::new();
@@ -218,6 +219,7 @@ impl MysqlPlugin {
         let sess = session(&root, &mut conn).await.map_err(|e| self.fail(&root, e, "reading the session's sql_mode"))?;
         let names = Names::of(sess.flavor, prefix, &hex);
         let found = find_accounts(&mut conn, None, &names).await.map_err(|e| self.fail(&root, e, "finding the lease's account"))?;
+        conn.release();
         if found.is_empty() || hex.is_empty() {
             return Err(PluginError::Permanent(format!(
                 "the account of lease `{}` no longer exists at {}; it was revoked",

@@ -16,6 +16,7 @@
 
 mod connect;
 mod issue;
+mod pool;
 mod revoke;
 mod root;
 
@@ -33,7 +34,7 @@ use lessor_plugin::{
 use lessor_plugin_sql::root::{check_expiry, dsn_part, find_role, parse_roles, rfc3339, scrub_error, scrub_with, RootVersions, VersionedRoot};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::{ConnectOptions, Connection, Row};
 use time::OffsetDateTime;
 use tracing::instrument;
@@ -44,6 +45,7 @@ use crate::naming::{lease_hex, lease_suffix, mysql_lease_of, mysql_owned_regex, 
 use crate::sql::{account, like_escape, quote_ident, quote_literal, Backslash, Vars};
 
 use connect::*;
+use pool::{ConnPool, Pooled};
 use revoke::*;
 
 /// The plugin kind in config (`plugin = "mysql"`).
@@ -90,13 +92,16 @@ struct Target {
 /// A configured role: its parsed table and `max_ttl`.
 type Role = lessor_plugin_sql::root::Role<RoleConfig>;
 
+/// Pooled admin connections idle this long are closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// One root credential (admin DSN) and its lazily connecting pool.
 struct Root {
     version: Option<i64>,
     dsn: SecretString,
     target: Target,
     options: MySqlConnectOptions,
-    pool: MySqlPool,
+    pool: ConnPool,
     /// What the pool's sessions talk to and their backslash mode, pinned
     /// by the first connection ([`connect::pin_session`]).
     session: Arc<OnceLock<Session>>,
@@ -200,18 +205,7 @@ impl MysqlPlugin {
         let (options, never_show) = connect_options(&dsn)?;
         let target = Target::of(&options);
         let session = Arc::new(OnceLock::new());
-        let pinned = session.clone();
-        let pool = MySqlPoolOptions::new()
-            .max_connections(self.config.pool_size)
-            .min_connections(0)
-            .acquire_timeout(self.config.connect_timeout)
-            .idle_timeout(Some(Duration::from_secs(300)))
-            .test_before_acquire(false)
-            .after_connect(move |conn, _| {
-                let pinned = pinned.clone();
-                Box::pin(async move { pin_session(conn, &pinned).await })
-            })
-            .connect_lazy_with(options.clone());
+        let pool = ConnPool::new(options.clone(), session.clone(), self.config.pool_size, self.config.connect_timeout, IDLE_TIMEOUT);
         Ok(Root { version, dsn, target, options, pool, session, never_show })
     }
 

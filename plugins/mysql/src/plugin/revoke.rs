@@ -128,6 +128,7 @@ impl MysqlPlugin {
     pub(super) async fn revoke_accounts(&self, lease: &LeaseRef) -> Result<(), PluginError> {
         let (root, mut conn) = self.lease_conn(lease).await?;
         let (dropped, killed) = self.drop_accounts(&root, &mut conn, lease).await?;
+        conn.release();
         if dropped > 0 {
             tracing::debug!(accounts = dropped, sessions_ended = killed, "lease accounts dropped");
         }
@@ -175,6 +176,7 @@ impl MysqlPlugin {
             .fetch_all(&mut *conn)
             .await
             .map_err(|e| self.fail(&root, e, "listing users"))?;
+        conn.release();
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let raw: Vec<u8> = r.try_get(0).map_err(|e| PluginError::Permanent(format!("listing users: {e}")))?;

@@ -64,7 +64,9 @@ impl MysqlPlugin {
     pub(super) async fn validate_active(&self) -> Result<Validation, PluginError> {
         let root = self.active_root()?;
         let mut conn = self.acquire(&root).await?;
-        Ok(self.admin_validation(&mut conn, &root).await?.1)
+        let (_, v) = self.admin_validation(&mut conn, &root).await?;
+        conn.release();
+        Ok(v)
     }
 }
 
@@ -84,7 +86,7 @@ impl RootCredentials for MysqlPlugin {
             version: None,
             dsn: SecretString::from(String::new()),
             target: target.clone(),
-            pool: MySqlPoolOptions::new().max_connections(1).connect_lazy_with(options.clone()),
+            pool: ConnPool::new(options.clone(), Arc::new(OnceLock::new()), 1, self.config.connect_timeout, IDLE_TIMEOUT),
             session: Arc::new(OnceLock::new()),
             options: options.clone(),
             never_show,
@@ -156,6 +158,7 @@ impl RootCredentials for MysqlPlugin {
             let err = self.fail(&root, e, &format!("changing the password of {acct}"));
             return Err(scrub_error(&[password, hash], err));
         }
+        conn.release();
         // The pooled connections stay logged in; new ones need the new DSN.
         tracing::info!(mysql_user = %admin.current, "root password rotated; the previous one no longer works");
         Ok(dsn)

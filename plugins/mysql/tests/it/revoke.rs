@@ -1,8 +1,10 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use lessor_plugin::secrecy::ExposeSecret;
 use lessor_plugin::{Issued, LeaseId, LeaseRef, Plugin, PluginError, RenewRequest};
 use sqlx::{Connection, MySqlConnection};
+use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::support::*;
@@ -150,5 +152,55 @@ each_server! {
         let got = p.renew(RenewRequest { lease: lease(&id, "orders", Some(&issued)), expires_at: later }).await.unwrap();
         assert_eq!(got, later);
         assert_eq!(db.login(&issued, "SELECT id FROM app.orders").unwrap(), "1");
+    }
+}
+
+each_server! {
+    /// A pooled admin connection is reused with no round trip of its own
+    /// (sqlx's pool pinged each one it took back: one `COM_PING` per issue
+    /// and per revocation); one idle for over a second is pinged before
+    /// use; one left by a failed operation is closed, not reused.
+    async fn pooled_connections_are_reused_without_a_ping_and_closed_after_a_failure(server) {
+        let mut db = Db::start(server);
+        let c = db.connection(&db.db.admin_dsn(), json!({"pool_size": 2}));
+        let mut specs = roles();
+        specs.push(role("broken", &["x"], json!({"grants": {"x": ["GRANT SELECT ON app.missing_table TO {{name}}"]}})));
+        let p = build(c, specs).await;
+        let status = |db: &Db, name: &str| -> u64 {
+            db.sql(&format!("SHOW GLOBAL STATUS LIKE '{name}'")).split('\t').nth(1).unwrap().trim().parse().unwrap()
+        };
+        let issue = |p: Arc<dyn Plugin>| async move {
+            let id = lease_id();
+            let issued = p.issue(request(&id, "orders", &["orders.read"], Duration::from_secs(600))).await.unwrap();
+            (id, issued)
+        };
+        // Warm: one connection open.
+        let (id, issued) = issue(p.clone()).await;
+        p.revoke(&lease(&id, "orders", Some(&issued))).await.unwrap();
+        let (pings, connections) = (status(&db, "Com_admin_commands"), status(&db, "Connections"));
+        for _ in 0..20 {
+            let (id, issued) = issue(p.clone()).await;
+            p.revoke(&lease(&id, "orders", Some(&issued))).await.unwrap();
+        }
+        // (Each status read is a client connection of its own.)
+        assert_eq!(status(&db, "Connections") - connections, 1, "40 operations opened no connection");
+        assert_eq!(status(&db, "Com_admin_commands") - pings, 0, "40 operations sent no ping");
+        assert!(db.lease_users().is_empty());
+
+        // Idle for over a second: pinged once, then used.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let pings = status(&db, "Com_admin_commands");
+        let (id, issued) = issue(p.clone()).await;
+        assert_eq!(status(&db, "Com_admin_commands") - pings, 1, "an idle connection is checked before use");
+
+        // A failed operation's connection is closed: the next one opens anew.
+        let e = p.issue(request(&lease_id(), "broken", &["x"], Duration::from_secs(600))).await.unwrap_err();
+        assert!(e.to_string().contains("missing_table"), "{e}");
+        let connections = status(&db, "Connections");
+        p.revoke(&lease(&id, "orders", Some(&issued))).await.unwrap();
+        // The status read, then (the pool has no connection open any more)
+        // the TCP probe that tells a dead server at once, and a new one.
+        assert_eq!(status(&db, "Connections") - connections, 3, "the failed issue's connection was not reused");
+        assert!(db.lease_users().is_empty(), "{:?}", db.lease_users());
     }
 }

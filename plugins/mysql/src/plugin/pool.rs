@@ -1,0 +1,162 @@
+//! The admin connections of one root credential: at most `size` open, each
+//! new one pinned to the pool's session ([`pin_session`]), and reused with
+//! no round trip of their own. Must not import: the core (`lessor`).
+//!
+//! Why not sqlx's pool: it sends a `COM_PING` on every connection it takes
+//! back (sqlx-core 0.8, unconditionally), one more round trip to the server
+//! and a wake-up of its connection thread per operation (measured: one
+//! `Com_admin_commands` per issue and per revocation; README, the MySQL
+//! bench). Here a connection goes back to the pool only when the operation
+//! that held it says it ended cleanly ([`Pooled::release`]); one dropped
+//! without that (an error, a cancelled call) is closed, so a connection
+//! left mid-statement is never handed out again. One idle for a while is
+//! pinged before use (the server may have restarted or timed it out).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::*;
+
+/// A connection idle at least this long is pinged before it is used.
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+pub(super) struct ConnPool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: MySqlConnectOptions,
+    /// What the pool's sessions talk to, pinned by the first connection.
+    session: Arc<OnceLock<Session>>,
+    /// One per connection in use: at most `size`.
+    permits: Arc<Semaphore>,
+    /// Released connections and when; the last released is used first.
+    idle: Mutex<Vec<(MySqlConnection, Instant)>>,
+    /// Connections open: in use plus idle.
+    open: AtomicUsize,
+    acquire_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+/// A connection taken from a [`ConnPool`]. Dereferences to the connection.
+/// Dropped without [`Pooled::release`], it is closed.
+pub(super) struct Pooled {
+    conn: Option<MySqlConnection>,
+    pool: Arc<Inner>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ConnPool {
+    /// A pool that connects when first used.
+    pub(super) fn new(
+        options: MySqlConnectOptions,
+        session: Arc<OnceLock<Session>>,
+        size: u32,
+        acquire_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> ConnPool {
+        let size = usize::try_from(size.max(1)).unwrap_or(1);
+        ConnPool {
+            inner: Arc::new(Inner {
+                options,
+                session,
+                permits: Arc::new(Semaphore::new(size)),
+                idle: Mutex::new(Vec::new()),
+                open: AtomicUsize::new(0),
+                acquire_timeout,
+                idle_timeout,
+            }),
+        }
+    }
+
+    /// Connections open (in use and idle).
+    pub(super) fn size(&self) -> usize {
+        self.inner.open.load(Ordering::Relaxed)
+    }
+
+    /// A connection: an idle one (pinged first when idle a while), else a
+    /// new one, waiting for a free slot at most the acquire timeout (then
+    /// `PoolTimedOut`).
+    pub(super) async fn acquire(&self) -> Result<Pooled, sqlx::Error> {
+        let inner = &self.inner;
+        let deadline = tokio::time::Instant::now() + inner.acquire_timeout;
+        let permit = tokio::time::timeout_at(deadline, inner.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        while let Some((mut conn, since)) = self.take_idle() {
+            if since.elapsed() < CHECK_IDLE_AFTER {
+                return Ok(Pooled { conn: Some(conn), pool: inner.clone(), _permit: permit });
+            }
+            match tokio::time::timeout_at(deadline, conn.ping()).await {
+                Ok(Ok(())) => return Ok(Pooled { conn: Some(conn), pool: inner.clone(), _permit: permit }),
+                // Gone (a restart, the server's idle timeout): try the next.
+                _ => {
+                    inner.open.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let connect = async {
+            let mut conn = MySqlConnection::connect_with(&inner.options).await?;
+            pin_session(&mut conn, &inner.session).await?;
+            Ok::<_, sqlx::Error>(conn)
+        };
+        let conn = tokio::time::timeout_at(deadline, connect).await.map_err(|_| sqlx::Error::PoolTimedOut)??;
+        inner.open.fetch_add(1, Ordering::Relaxed);
+        Ok(Pooled { conn: Some(conn), pool: inner.clone(), _permit: permit })
+    }
+
+    /// The most recently released idle connection; closes those idle past
+    /// the idle timeout on the way.
+    fn take_idle(&self) -> Option<(MySqlConnection, Instant)> {
+        let inner = &self.inner;
+        let Ok(mut idle) = inner.idle.lock() else { return None };
+        let stale = idle.iter().take_while(|(_, t)| t.elapsed() >= inner.idle_timeout).count();
+        if stale > 0 {
+            idle.drain(..stale);
+            inner.open.fetch_sub(stale, Ordering::Relaxed);
+        }
+        idle.pop()
+    }
+}
+
+impl Pooled {
+    /// Returns the connection to the pool: the operation that held it ended
+    /// cleanly (no statement in flight, nothing left to read).
+    pub(super) fn release(mut self) {
+        if let Some(conn) = self.conn.take() {
+            match self.pool.idle.lock() {
+                Ok(mut idle) => idle.push((conn, Instant::now())),
+                Err(_) => {
+                    self.pool.open.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if self.conn.take().is_some() {
+            // Not released: closed (its socket), never reused.
+            self.pool.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = MySqlConnection;
+    fn deref(&self) -> &MySqlConnection {
+        // Present until `release` or drop, which take `self`.
+        self.conn.as_ref().unwrap_or_else(|| unreachable!("a pooled connection is used after its release"))
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut MySqlConnection {
+        self.conn.as_mut().unwrap_or_else(|| unreachable!("a pooled connection is used after its release"))
+    }
+}
