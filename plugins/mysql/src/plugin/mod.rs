@@ -92,7 +92,8 @@ struct Target {
 /// A configured role: its parsed table and `max_ttl`.
 type Role = lessor_plugin_sql::root::Role<RoleConfig>;
 
-/// Pooled admin connections idle this long are closed.
+/// Pooled admin connections idle this long are closed (at the pool's next
+/// use; see [`pool`]).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// One root credential (admin DSN) and its lazily connecting pool.

@@ -91,12 +91,17 @@ impl ConnPool {
             if since.elapsed() < CHECK_IDLE_AFTER {
                 return Ok(Pooled { conn: Some(conn), pool: inner.clone(), _permit: permit });
             }
-            match tokio::time::timeout_at(deadline, conn.ping()).await {
-                Ok(Ok(())) => return Ok(Pooled { conn: Some(conn), pool: inner.clone(), _permit: permit }),
-                // Gone (a restart, the server's idle timeout): try the next.
-                _ => {
-                    inner.open.fetch_sub(1, Ordering::Relaxed);
-                }
+            let pinged = tokio::time::timeout_at(deadline, conn.ping()).await;
+            if let Ok(Ok(())) = pinged {
+                return Ok(Pooled { conn: Some(conn), pool: inner.clone(), _permit: permit });
+            }
+            // Gone (a restart, the server's idle timeout): closed.
+            drop(conn);
+            inner.open.fetch_sub(1, Ordering::Relaxed);
+            if pinged.is_err() {
+                // No answer within the acquire timeout: the next idle one
+                // would get no time at all; keep it for a later call.
+                return Err(sqlx::Error::PoolTimedOut);
             }
         }
         let connect = async {
@@ -110,7 +115,9 @@ impl ConnPool {
     }
 
     /// The most recently released idle connection; closes those idle past
-    /// the idle timeout on the way.
+    /// the idle timeout on the way (there is no reaper task: an unused
+    /// pool's connections end at its next use, or by the server's own
+    /// `wait_timeout`).
     fn take_idle(&self) -> Option<(MySqlConnection, Instant)> {
         let inner = &self.inner;
         let Ok(mut idle) = inner.idle.lock() else { return None };
