@@ -1,6 +1,6 @@
 //! Reaching the server with a root credential: parsing an admin DSN
 //! without echoing it, the target for messages, pools and connections
-//! (with a TCP probe so "connection refused" fails at once), what the
+//! ("connection refused" fails at once), what the
 //! session talks to (flavour, backslash mode), and the mapping of sqlx
 //! errors to [`PluginError`] (scrubbed of the DSN's password). Must not
 //! import: the core (`lessor`).
@@ -175,9 +175,6 @@ impl MysqlPlugin {
     /// that one no longer logs in (its password was rotated away).
     pub(super) async fn lease_conn(&self, lease: &LeaseRef) -> Result<(Arc<Root>, Pooled), PluginError> {
         let root = self.root_for(lease)?;
-        if let Some(e) = self.refused(&root).await {
-            return Err(e);
-        }
         match root.pool.acquire().await {
             Ok(c) => Ok((root, c)),
             Err(e) if db_number(&e) == Some(er::ACCESS_DENIED) => {
@@ -226,33 +223,11 @@ impl MysqlPlugin {
         scrub_error(&root.never_show, err)
     }
 
-    /// A pooled admin connection. With no connection open, the server's port is
-    /// tried first so "connection refused" is a retryable error at once
-    /// (the pool would retry until `connect_timeout`).
+    /// A pooled admin connection. A dead server is a retryable error at
+    /// once: the pool makes one connection attempt, it does not retry until
+    /// `connect_timeout` as sqlx's did.
     pub(super) async fn acquire(&self, root: &Root) -> Result<Pooled, PluginError> {
-        if let Some(e) = self.refused(root).await {
-            return Err(e);
-        }
         root.pool.acquire().await.map_err(|e| self.fail(root, e, "connecting"))
-    }
-
-    /// With no connection open in the pool, tries the server's port first,
-    /// so "connection refused" is a retryable error at once (the pool would
-    /// retry until `connect_timeout`). Not when connections are open but all
-    /// busy: that is load, not a dead server, and a probe per request would
-    /// cost both sides a TCP handshake (and MariaDB a thread) each time.
-    pub(super) async fn refused(&self, root: &Root) -> Option<PluginError> {
-        if root.pool.size() > 0 || root.options.get_socket().is_some() {
-            return None;
-        }
-        let t = &root.target;
-        let limit = self.config.connect_timeout;
-        let reason = match tokio::time::timeout(limit, tokio::net::TcpStream::connect((t.host.as_str(), t.port))).await {
-            Ok(Ok(_)) => return None,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no TCP connection within {}", humantime::format_duration(limit)),
-        };
-        Some(PluginError::Retryable(format!("cannot reach MySQL/MariaDB at {}: {reason}", t.addr())))
     }
 }
 

@@ -12,7 +12,6 @@
 //! left mid-statement is never handed out again. One idle for a while is
 //! pinged before use (the server may have restarted or timed it out).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -35,14 +34,13 @@ struct Inner {
     permits: Arc<Semaphore>,
     /// Released connections and when; the last released is used first.
     idle: Mutex<Vec<(MySqlConnection, Instant)>>,
-    /// Connections open: in use plus idle.
-    open: AtomicUsize,
     acquire_timeout: Duration,
     idle_timeout: Duration,
 }
 
 /// A connection taken from a [`ConnPool`]. Dereferences to the connection.
-/// Dropped without [`Pooled::release`], it is closed.
+/// Dropped without [`Pooled::release`], it is closed (its socket), never
+/// reused.
 pub(super) struct Pooled {
     conn: Option<MySqlConnection>,
     pool: Arc<Inner>,
@@ -65,16 +63,10 @@ impl ConnPool {
                 session,
                 permits: Arc::new(Semaphore::new(size)),
                 idle: Mutex::new(Vec::new()),
-                open: AtomicUsize::new(0),
                 acquire_timeout,
                 idle_timeout,
             }),
         }
-    }
-
-    /// Connections open (in use and idle).
-    pub(super) fn size(&self) -> usize {
-        self.inner.open.load(Ordering::Relaxed)
     }
 
     /// A connection: an idle one (pinged first when idle a while), else a
@@ -97,7 +89,6 @@ impl ConnPool {
             }
             // Gone (a restart, the server's idle timeout): closed.
             drop(conn);
-            inner.open.fetch_sub(1, Ordering::Relaxed);
             if pinged.is_err() {
                 // No answer within the acquire timeout: the next idle one
                 // would get no time at all; keep it for a later call.
@@ -110,7 +101,6 @@ impl ConnPool {
             Ok::<_, sqlx::Error>(conn)
         };
         let conn = tokio::time::timeout_at(deadline, connect).await.map_err(|_| sqlx::Error::PoolTimedOut)??;
-        inner.open.fetch_add(1, Ordering::Relaxed);
         Ok(Pooled { conn: Some(conn), pool: inner.clone(), _permit: permit })
     }
 
@@ -122,10 +112,7 @@ impl ConnPool {
         let inner = &self.inner;
         let Ok(mut idle) = inner.idle.lock() else { return None };
         let stale = idle.iter().take_while(|(_, t)| t.elapsed() >= inner.idle_timeout).count();
-        if stale > 0 {
-            idle.drain(..stale);
-            inner.open.fetch_sub(stale, Ordering::Relaxed);
-        }
+        idle.drain(..stale);
         idle.pop()
     }
 }
@@ -134,22 +121,8 @@ impl Pooled {
     /// Returns the connection to the pool: the operation that held it ended
     /// cleanly (no statement in flight, nothing left to read).
     pub(super) fn release(mut self) {
-        if let Some(conn) = self.conn.take() {
-            match self.pool.idle.lock() {
-                Ok(mut idle) => idle.push((conn, Instant::now())),
-                Err(_) => {
-                    self.pool.open.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        if self.conn.take().is_some() {
-            // Not released: closed (its socket), never reused.
-            self.pool.open.fetch_sub(1, Ordering::Relaxed);
+        if let (Some(conn), Ok(mut idle)) = (self.conn.take(), self.pool.idle.lock()) {
+            idle.push((conn, Instant::now()));
         }
     }
 }
