@@ -579,7 +579,8 @@ impl LeaseService {
                 error: PluginError::Retryable(e.to_string()),
             })?;
         }
-        self.store.insert_pending(&lease).await?;
+        // Committed, its sync started: it runs while the plugin works.
+        let on_disk = self.store.insert_pending(&lease).await?;
         let req = lessor_plugin::IssueRequest {
             lease_id: lease.id.clone(),
             role: role.short.clone(),
@@ -631,6 +632,14 @@ impl LeaseService {
         lease.root_version = issued.root_version;
         lease.handle = Some(issued.handle.clone());
         lease.expires_at = expires_at;
+        // No credential leaves before its lease is on disk, at least as
+        // pending (the activation is committed and synced next: a power
+        // loss before then leaves a pending lease, which recovery revokes).
+        if let Err(e) = on_disk.wait().await {
+            tracing::warn!(lease_id = %lease.id, error = %e, "the pending lease did not reach the disk; revoking the credential");
+            let _ = self.revoke_lease_by(&lease, EndReason::Orphaned, ActorInfo::system("issue-cleanup"), None).await;
+            return Err(e.into());
+        }
         self.note_expiry(expires_at);
         Ok((lease, issued))
     }
@@ -1244,6 +1253,9 @@ pub fn backoff(base: Duration, max: Duration, attempts: i64) -> Duration {
     let jitter = rand::rng().random_range(0.8..=1.2);
     exp.mul_f64(jitter).min(max)
 }
+
+#[cfg(test)]
+mod on_disk_tests;
 
 #[cfg(test)]
 mod tests {

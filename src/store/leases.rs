@@ -194,6 +194,35 @@ pub struct QuotaCounts {
     pub total: i64,
 }
 
+/// A committed write on its way to the disk ([`LeaseStore::insert_pending`]).
+#[derive(Debug)]
+pub struct OnDisk(Option<tokio::sync::oneshot::Receiver<Result<u64, StoreError>>>);
+
+impl OnDisk {
+    /// Already on disk (a backend whose commit waits for its flush).
+    pub fn now() -> OnDisk {
+        OnDisk(None)
+    }
+
+    /// On disk once `synced` answers (with `Ok`).
+    pub(crate) fn after(synced: tokio::sync::oneshot::Receiver<Result<u64, StoreError>>) -> OnDisk {
+        OnDisk(Some(synced))
+    }
+
+    /// Waits until the write is on disk: `Unavailable` if the sync failed
+    /// or the store stopped first (the write may then be lost with the
+    /// next power loss).
+    pub async fn wait(self) -> Result<(), StoreError> {
+        match self.0 {
+            None => Ok(()),
+            Some(rx) => match rx.await {
+                Ok(r) => r.map(|_| ()),
+                Err(_) => Err(StoreError::Unavailable("the store stopped before the write was on disk".into())),
+            },
+        }
+    }
+}
+
 /// Leases: written pending before a plugin creates anything, then moved
 /// by conditional updates (`WHERE state IN ...`) so racing actors never
 /// move one backwards.
@@ -204,13 +233,14 @@ pub trait LeaseStore: Send + Sync {
     /// pending lease whose replica died is orphaned once the claim lapses.
     ///
     /// Returns once the row is committed: visible, and kept through a crash
-    /// of lessor. SQLite returns before the row is on disk (no fsync of its
-    /// own): the activation that follows is durable and takes it to disk,
-    /// and no credential is returned before that. So only a power loss or OS
-    /// crash in between can lose a pending row, and then what it named is a
-    /// vendor object whose secret nobody received (the reconciler's stray).
-    /// PostgreSQL waits for its own flush, as for every write.
-    async fn insert_pending(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// of lessor. The [`OnDisk`] it returns resolves once the row is also on
+    /// disk: SQLite starts that sync at the commit, so it runs while the
+    /// plugin creates the credential, and the caller waits for it before
+    /// returning the credential (a power loss before then can lose the row;
+    /// what it named is a vendor object whose secret nobody received, the
+    /// reconciler's stray). PostgreSQL waits for its own flush, as for
+    /// every write, and returns an `OnDisk` that is already resolved.
+    async fn insert_pending(&self, lease: &Lease) -> Result<OnDisk, StoreError>;
 
     /// `pending` -> `active` with the plugin's handle. False if the lease was
     /// no longer pending (cleanup got there first).
@@ -221,6 +251,13 @@ pub trait LeaseStore: Send + Sync {
     /// `pending` -> `active` with the plugin's handle and the root
     /// credential version it issued under. False if the lease was no longer
     /// pending, or the orphan sweep has taken it ([`LeaseStore::mark_orphaned`]).
+    ///
+    /// Returns once committed: kept through a crash of lessor. SQLite syncs
+    /// it right after without waiting: a power loss before that sync leaves
+    /// the lease `pending` on disk (its [`OnDisk`] resolved before the
+    /// credential left), and recovery revokes it like any issue cut short,
+    /// so the credential ends early and is never orphaned. PostgreSQL waits
+    /// for its flush.
     async fn activate_at_version(
         &self,
         id: &LeaseId,

@@ -1,9 +1,10 @@
 //! SQLite backend (the embedded default): WAL, synced after each group
 //! commit before its writes are answered, so an acknowledged write survives
-//! `kill -9` and power loss (one exception: a pending lease row is answered
-//! once committed, kept through `kill -9`, and reaches the disk with the
-//! next sync, at the latest its activation's; see
-//! [`LeaseStore::insert_pending`]), and an exclusive lock file so two
+//! `kill -9` and power loss (two exceptions on the issue path, answered
+//! once committed, kept through `kill -9`, and synced right after: a
+//! pending lease row, whose caller waits for that sync before returning a
+//! credential, and its activation; see [`LeaseStore::insert_pending`] and
+//! [`LeaseStore::activate_at_version`]), and an exclusive lock file so two
 //! processes never share one database file.
 //!
 //! This file holds the connection, the writer task and shared SQL; each
@@ -19,8 +20,9 @@
 use std::fs::File;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use lessor_plugin::{Handle, LeaseId};
@@ -73,12 +75,24 @@ struct Stmt {
 /// `must_affect` statement changed nothing).
 struct WriteReq {
     stmts: Vec<Stmt>,
-    /// Whether the answer waits for the disk (a sync of the WAL after the
-    /// commit: kept through a power loss), or only for the commit (kept
-    /// through a crash of lessor, on disk with the next sync). See
-    /// [`LeaseStore::insert_pending`](super::LeaseStore::insert_pending).
-    durable: bool,
+    answer: Answer,
     reply: Reply,
+}
+
+/// When a write is answered. Every committed batch is synced, whether or
+/// not anyone waits for it: at once when someone does, else within
+/// [`LAZY_SYNC`].
+enum Answer {
+    /// After a sync of the WAL that started after its commit: kept through
+    /// a power loss.
+    Synced,
+    /// At its commit: kept through a crash of lessor, on disk with the next
+    /// sync, at the latest [`LAZY_SYNC`] later (an activation, see
+    /// [`LeaseStore::activate_at_version`](super::LeaseStore::activate_at_version)).
+    Committed,
+    /// At its commit, and again through this once synced (a pending lease
+    /// row and its [`OnDisk`](super::OnDisk)).
+    CommittedThenSynced(Reply),
 }
 
 enum Msg {
@@ -89,11 +103,11 @@ enum Msg {
 
 /// Group commit: one thread owns the writing connection, takes every write
 /// that is queued, runs them in one transaction and commits once. Writes
-/// that only need the commit (a pending lease row, see [`WriteReq::durable`])
-/// are answered then; the others' answers go to the sync thread, which
-/// makes the WAL durable (`fdatasync`) and only then sends them. Under
-/// load, concurrent requests share a commit, and batches committed while a
-/// sync runs share the next sync; alone, a write commits and syncs at once.
+/// that only need the commit (the issue path's, see [`Answer`]) are
+/// answered then; the others' answers go to the sync thread, which makes
+/// the WAL durable (`fdatasync`) and only then sends them. Under load,
+/// concurrent requests share a commit, and batches committed while a sync
+/// runs share the next sync; alone, a write commits and syncs at once.
 ///
 /// Why the sync has a thread of its own: with SQLite's `synchronous =
 /// FULL` the commit itself syncs, so every write queued behind it, even
@@ -111,8 +125,8 @@ enum Msg {
 /// on that connection's own worker thread, so a batch cost two thread
 /// hand-offs per statement plus BEGIN and COMMIT, and on a 2-core machine
 /// those hand-offs, not SQLite, were most of a write's CPU. Here a batch
-/// costs one wake-up of this thread, one of the sync thread when a write
-/// in it is durable, and one per answer.
+/// costs one wake-up of this thread, one of the sync thread, and one per
+/// answer.
 #[derive(Clone)]
 struct Writer {
     tx: tokio::sync::mpsc::Sender<Msg>,
@@ -121,6 +135,12 @@ struct Writer {
 }
 
 const MAX_BATCH: usize = 256;
+
+/// The longest a batch nobody waits for stays unsynced when no other write
+/// brings a sync first. Under load the next sync someone waits for takes
+/// it along (a sync of its own would cost CPU and disk for nothing); idle,
+/// it is on disk this much later.
+const LAZY_SYNC: Duration = Duration::from_millis(20);
 
 /// Distinct write statements kept prepared (there are about 60).
 const PREPARED: usize = 128;
@@ -132,16 +152,20 @@ type Answers = Vec<(Reply, Result<u64, StoreError>)>;
 
 /// How the WAL file is made durable: `fdatasync` in production; tests put
 /// a gate or a failure in between.
-type SyncFn = Arc<dyn Fn(&File) -> std::io::Result<()> + Send + Sync>;
+pub(crate) type SyncFn = Arc<dyn Fn(&File) -> std::io::Result<()> + Send + Sync>;
 
 fn fdatasync() -> SyncFn {
     Arc::new(|f: &File| f.sync_data())
 }
 
 enum ToSync {
-    /// A committed batch's durable answers, sent once a sync that started
-    /// after the commit has ended.
+    /// A committed batch's answers that wait for the disk, sent once a sync
+    /// that started after the commit has ended.
     Answers(Answers),
+    /// A batch nobody waits for was committed: sync within [`LAZY_SYNC`].
+    /// Sent when `lazy` (shared by both threads) was clear, so once per sync
+    /// at most; the sync thread clears it before each sync.
+    Lazy,
     /// Sync what is left, answer it, and end.
     Close(mpsc::Sender<()>),
 }
@@ -152,7 +176,9 @@ impl Writer {
     /// that syncs its WAL with `sync`. The threads end, closing the
     /// connection, at [`Writer::close`] or when every sender (every clone
     /// of the store) is gone.
-    fn spawn(path: &Path, sync: SyncFn) -> Result<Writer, StoreError> {
+    /// A batch nobody waits for is synced at most `lazy` after its commit
+    /// ([`LAZY_SYNC`]).
+    fn spawn(path: &Path, sync: SyncFn, lazy_sync: Duration) -> Result<Writer, StoreError> {
         use rusqlite::OpenFlags;
         let unavailable = |e: rusqlite::Error| StoreError::Unavailable(format!("cannot open {} for writing: {e}", path.display()));
         let conn = rusqlite::Connection::open_with_flags(
@@ -177,6 +203,8 @@ impl Writer {
         let wal_path = format!("{db_file}-wal");
         let wal = File::open(&wal_path).map_err(|e| StoreError::Unavailable(format!("cannot open {wal_path}: {e}")))?;
         let (sync_tx, sync_rx) = mpsc::channel::<ToSync>();
+        let lazy = Arc::new(AtomicBool::new(false));
+        let lazy_at_sync = lazy.clone();
         // Set once a sync failed: the disk may have dropped what it was
         // given, so no later write is acknowledged either.
         let failed = Arc::new(OnceLock::<String>::new());
@@ -184,7 +212,7 @@ impl Writer {
         let failed_at_write = failed.clone();
         std::thread::Builder::new()
             .name("lessor-sync".into())
-            .spawn(move || Writer::sync_loop(&wal, &wal_path, &sync, &sync_rx, &failed_at_sync))
+            .spawn(move || Writer::sync_loop(&wal, &wal_path, (&sync, lazy_sync), &sync_rx, &lazy_at_sync, &failed_at_sync))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store's sync thread: {e}")))?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(4096);
         std::thread::Builder::new()
@@ -213,13 +241,20 @@ impl Writer {
                         }
                     }
                     if !batch.is_empty() {
-                        let durable = Writer::run(&mut conn, &mut batch);
-                        if !durable.is_empty() {
-                            if let Err(mpsc::SendError(ToSync::Answers(lost))) = sync_tx.send(ToSync::Answers(durable)) {
-                                for (reply, _) in lost {
-                                    let _ = reply.send(Err(StoreError::Unavailable("the store's sync thread has stopped".into())));
+                        match Writer::run(&mut conn, &mut batch) {
+                            Some(durable) if !durable.is_empty() => {
+                                if let Err(mpsc::SendError(ToSync::Answers(lost))) = sync_tx.send(ToSync::Answers(durable)) {
+                                    for (reply, _) in lost {
+                                        let _ = reply.send(Err(StoreError::Unavailable("the store's sync thread has stopped".into())));
+                                    }
                                 }
                             }
+                            Some(_) if !lazy.swap(true, Ordering::SeqCst) => {
+                                // (A send error: the sync thread has ended;
+                                // the close reports it.)
+                                let _ = sync_tx.send(ToSync::Lazy);
+                            }
+                            _ => {}
                         }
                     }
                     if closing.is_some() {
@@ -264,10 +299,11 @@ impl Writer {
     }
 
     /// Runs `batch` in one transaction and commits it, answers the writes
-    /// that need only the commit, and returns the durable ones' answers,
-    /// to send once the WAL is synced (none when the transaction could not
-    /// start or commit: every write was answered with that error).
-    fn run(conn: &mut rusqlite::Connection, batch: &mut Vec<WriteReq>) -> Answers {
+    /// that need only the commit, and returns the answers to send once the
+    /// WAL is synced (maybe none: the batch is synced all the same; `None`
+    /// when the transaction could not start or commit: every write was
+    /// answered with that error).
+    fn run(conn: &mut rusqlite::Connection, batch: &mut Vec<WriteReq>) -> Option<Answers> {
         let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => {
@@ -275,7 +311,7 @@ impl Writer {
                 for r in batch.drain(..) {
                     let _ = r.reply.send(Err(StoreError::Unavailable(msg.clone())));
                 }
-                return Vec::new();
+                return None;
             }
         };
         let mut results = Vec::with_capacity(batch.len());
@@ -292,13 +328,21 @@ impl Writer {
             Ok(()) => {
                 let mut durable = Vec::new();
                 for (r, res) in batch.drain(..).zip(results) {
-                    if r.durable {
-                        durable.push((r.reply, res));
-                    } else {
-                        let _ = r.reply.send(res);
+                    match r.answer {
+                        Answer::Synced => durable.push((r.reply, res)),
+                        Answer::Committed => {
+                            let _ = r.reply.send(res);
+                        }
+                        Answer::CommittedThenSynced(then) => {
+                            // (A failed write's caller waits for nothing more.)
+                            if let Ok(n) = res {
+                                durable.push((then, Ok(n)));
+                            }
+                            let _ = r.reply.send(res);
+                        }
                     }
                 }
-                durable
+                Some(durable)
             }
             Err(e) => {
                 // (Dropping the transaction rolled it back.)
@@ -306,7 +350,7 @@ impl Writer {
                 for r in batch.drain(..) {
                     let _ = r.reply.send(Err(StoreError::Unavailable(format!("commit failed: {msg}"))));
                 }
-                Vec::new()
+                None
             }
         }
     }
@@ -315,14 +359,39 @@ impl Writer {
     /// once for all of them (each was committed, so written to the file,
     /// before it was queued), then answers them. After a failed sync it
     /// answers every write, then and later, with that failure.
-    fn sync_loop(wal: &File, wal_path: &str, sync: &SyncFn, rx: &mpsc::Receiver<ToSync>, failed: &OnceLock<String>) {
+    fn sync_loop(
+        wal: &File,
+        wal_path: &str,
+        (sync, lazy_sync): (&SyncFn, Duration),
+        rx: &mpsc::Receiver<ToSync>,
+        lazy: &AtomicBool,
+        failed: &OnceLock<String>,
+    ) {
         let mut waiting: Vec<Answers> = Vec::new();
-        while let Ok(first) = rx.recv() {
+        // Since when a committed batch nobody waits for is unsynced.
+        let mut unsynced: Option<Instant> = None;
+        loop {
+            let first = match unsynced {
+                None => rx.recv().ok(),
+                Some(since) => match rx.recv_timeout(lazy_sync.saturating_sub(since.elapsed())) {
+                    Ok(m) => Some(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => Some(ToSync::Answers(Vec::new())),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                },
+            };
+            let Some(first) = first else { return };
             let mut closing = None;
             let mut next = Some(first);
+            let mut due = false;
             while let Some(m) = next.take() {
                 match m {
-                    ToSync::Answers(a) => waiting.push(a),
+                    ToSync::Answers(a) => {
+                        waiting.push(a);
+                        due = true;
+                    }
+                    ToSync::Lazy => {
+                        unsynced.get_or_insert_with(Instant::now);
+                    }
                     ToSync::Close(done) => {
                         closing = Some(done);
                         break;
@@ -330,7 +399,11 @@ impl Writer {
                 }
                 next = rx.try_recv().ok();
             }
-            if !waiting.is_empty() {
+            if due || (closing.is_some() && unsynced.is_some()) {
+                // Cleared first: a batch committed after this point sends
+                // `Lazy` again; one committed before is in this sync.
+                lazy.store(false, Ordering::SeqCst);
+                unsynced = None;
                 let outcome = match failed.get() {
                     Some(why) => Err(why.clone()),
                     None => sync(wal).map_err(|e| {
@@ -395,19 +468,27 @@ impl Writer {
     }
 
     /// `exec`, answered once committed (visible, kept through a crash of
-    /// lessor) without waiting for the disk (see [`WriteReq::durable`]).
+    /// lessor); synced next, without waiting (see [`Answer::Committed`]).
     async fn exec_committed(&self, sql: impl Into<String>, binds: Vec<Bind>) -> Result<u64, StoreError> {
-        self.send(vec![Stmt { sql: sql.into(), binds, must_affect: false }], false).await
+        self.send(vec![Stmt { sql: sql.into(), binds, must_affect: false }], Answer::Committed).await
+    }
+
+    /// `exec_committed`, with the way to wait for its sync.
+    async fn exec_pending(&self, sql: impl Into<String>, binds: Vec<Bind>) -> Result<super::OnDisk, StoreError> {
+        let (then, synced) = tokio::sync::oneshot::channel();
+        let stmts = vec![Stmt { sql: sql.into(), binds, must_affect: false }];
+        self.send(stmts, Answer::CommittedThenSynced(then)).await?;
+        Ok(super::OnDisk::after(synced))
     }
 
     async fn exec_all(&self, stmts: Vec<Stmt>) -> Result<u64, StoreError> {
-        self.send(stmts, true).await
+        self.send(stmts, Answer::Synced).await
     }
 
-    async fn send(&self, stmts: Vec<Stmt>, durable: bool) -> Result<u64, StoreError> {
+    async fn send(&self, stmts: Vec<Stmt>, answer: Answer) -> Result<u64, StoreError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
-            .send(Msg::Write(WriteReq { stmts, durable, reply }))
+            .send(Msg::Write(WriteReq { stmts, answer, reply }))
             .await
             .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?;
         rx.await.map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
@@ -492,7 +573,13 @@ impl SqliteStore {
     }
 
     /// [`SqliteStore::open`], making the WAL durable with `sync`.
-    async fn open_with(path: &str, sync: SyncFn) -> Result<SqliteStore, StoreError> {
+    pub(crate) async fn open_with(path: &str, sync: SyncFn) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_tuned(path, sync, LAZY_SYNC).await
+    }
+
+    /// [`SqliteStore::open_with`], syncing a batch nobody waits for at most
+    /// `lazy_sync` after its commit.
+    async fn open_tuned(path: &str, sync: SyncFn, lazy_sync: Duration) -> Result<SqliteStore, StoreError> {
         let p = Path::new(path);
         if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -532,7 +619,7 @@ impl SqliteStore {
         // The writer has its own connection (see [`Writer`]); this one only
         // created and migrated the database.
         sqlx::Connection::close(write).await.map_err(interpret_error)?;
-        let writer = Writer::spawn(p, sync)?;
+        let writer = Writer::spawn(p, sync, lazy_sync)?;
         let readers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
         let fast = fast::Fast::open(p, readers)?;
         // One process per SQLite store (the lock above): a replica row left
@@ -626,9 +713,9 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Mutex;
 
-    fn write(sql: &str, durable: bool) -> (WriteReq, tokio::sync::oneshot::Receiver<Result<u64, StoreError>>) {
+    fn write(sql: &str, answer: Answer) -> (WriteReq, tokio::sync::oneshot::Receiver<Result<u64, StoreError>>) {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        (WriteReq { stmts: vec![Stmt { sql: sql.into(), binds: vec![], must_affect: false }], durable, reply }, rx)
+        (WriteReq { stmts: vec![Stmt { sql: sql.into(), binds: vec![], must_affect: false }], answer, reply }, rx)
     }
 
     fn lease(n: u8) -> Lease {
@@ -657,41 +744,64 @@ mod tests {
     }
 
     /// A batch's writes that need only the commit are answered by `run`;
-    /// the durable ones are handed back for the sync thread, each with its
-    /// own result (a duplicate key fails alone).
+    /// the durable ones, and the second answer of a pending row, are handed
+    /// back for the sync thread, each with its own result (a duplicate key
+    /// fails alone, and its caller waits for no sync).
     #[test]
     fn a_batch_answers_what_needs_only_the_commit_and_hands_the_rest_to_the_sync() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = rusqlite::Connection::open(dir.path().join("w.db")).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; CREATE TABLE t (x INTEGER PRIMARY KEY)").unwrap();
-        let writes = [("INSERT INTO t VALUES (1)", false), ("INSERT INTO t VALUES (2)", true), ("INSERT INTO t VALUES (1)", true), ("INSERT INTO t VALUES (3)", false)];
-        let (mut batch, mut answers): (Vec<_>, Vec<_>) = writes.iter().map(|(sql, d)| write(sql, *d)).unzip();
-        let durable = Writer::run(&mut conn, &mut batch);
+        let (then4, mut synced4) = tokio::sync::oneshot::channel();
+        let (then5, mut synced5) = tokio::sync::oneshot::channel();
+        let writes = [
+            ("INSERT INTO t VALUES (1)", Answer::Committed),
+            ("INSERT INTO t VALUES (2)", Answer::Synced),
+            ("INSERT INTO t VALUES (1)", Answer::Synced),
+            ("INSERT INTO t VALUES (3)", Answer::Committed),
+            ("INSERT INTO t VALUES (4)", Answer::CommittedThenSynced(then4)),
+            ("INSERT INTO t VALUES (4)", Answer::CommittedThenSynced(then5)),
+        ];
+        let (mut batch, mut answers): (Vec<_>, Vec<_>) = writes.into_iter().map(|(sql, a)| write(sql, a)).unzip();
+        let durable = Writer::run(&mut conn, &mut batch).expect("committed");
         assert!(batch.is_empty());
         assert_eq!(answers[0].try_recv().unwrap().unwrap(), 1);
         assert_eq!(answers[3].try_recv().unwrap().unwrap(), 1);
+        assert_eq!(answers[4].try_recv().unwrap().unwrap(), 1, "a pending row is answered at its commit");
+        assert!(matches!(answers[5].try_recv().unwrap(), Err(StoreError::Conflict(_))));
         assert!(answers[1].try_recv().is_err() && answers[2].try_recv().is_err(), "durable writes wait for the sync");
-        let results: Vec<_> = durable.into_iter().map(|(_, r)| r).collect();
-        assert!(matches!(results.as_slice(), [Ok(1), Err(StoreError::Conflict(_))]), "{results:?}");
+        assert!(synced4.try_recv().is_err(), "its second answer waits for the sync");
+        let results: Vec<_> = durable.into_iter().map(|(reply, r)| (reply, r.map_err(|e| e.to_string()))).collect();
+        assert_eq!(results.len(), 3, "the two synced writes and the pending row's second answer; nothing for the failed one");
+        for (reply, r) in results {
+            let _ = reply.send(r.map_err(StoreError::Unavailable));
+        }
+        assert_eq!(answers[1].try_recv().unwrap().unwrap(), 1);
+        assert!(matches!(answers[2].try_recv().unwrap(), Err(StoreError::Unavailable(m)) if m.contains("UNIQUE")));
+        assert_eq!(synced4.try_recv().unwrap().unwrap(), 1);
+        assert!(matches!(synced5.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Closed)), "a failed pending row never looks synced");
         let n: i64 = conn.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
-        assert_eq!(n, 3);
+        assert_eq!(n, 4);
     }
 
     /// A sync that the test holds until told: `hold` on, each call waits
     /// for a token on `go`; `started` counts calls.
     struct Gate {
         hold: AtomicBool,
+        /// A sync is waiting at the gate.
+        held: AtomicBool,
         started: AtomicUsize,
         go: Mutex<mpsc::Receiver<()>>,
     }
 
     fn gate() -> (Arc<Gate>, mpsc::Sender<()>, SyncFn) {
         let (tx, rx) = mpsc::channel();
-        let g = Arc::new(Gate { hold: AtomicBool::new(false), started: AtomicUsize::new(0), go: Mutex::new(rx) });
+        let g = Arc::new(Gate { hold: AtomicBool::new(false), held: AtomicBool::new(false), started: AtomicUsize::new(0), go: Mutex::new(rx) });
         let g2 = g.clone();
         let sync: SyncFn = Arc::new(move |f: &File| {
             g2.started.fetch_add(1, Ordering::SeqCst);
             if g2.hold.load(Ordering::SeqCst) {
+                g2.held.store(true, Ordering::SeqCst);
                 let _ = g2.go.lock().unwrap().recv();
             }
             f.sync_data()
@@ -699,33 +809,67 @@ mod tests {
         (g, tx, sync)
     }
 
-    /// The issue path's two writes: the pending row is answered once
-    /// committed, even while the disk is held, and is visible at once; the
-    /// activation is answered only after a sync that started after its
-    /// commit has ended.
+    /// The issue path's two writes are answered at their commits, visible
+    /// at once, while the disk is held; the pending row's sync starts at
+    /// its commit (during the vendor call) and its `OnDisk` resolves only
+    /// once that sync has ended; the activation is synced next although
+    /// nobody waits: within `LAZY_SYNC` when nothing else brings a sync.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_pending_row_is_answered_at_its_commit_and_the_activation_only_after_a_sync() {
+    async fn the_issue_path_is_answered_at_its_commits_and_the_pending_row_is_on_disk_before_the_credential_leaves() {
         let dir = tempfile::tempdir().unwrap();
         let (g, go, sync) = gate();
         let store = Arc::new(SqliteStore::open_with(dir.path().join("s.db").to_str().unwrap(), sync).await.unwrap());
         let l = lease(1);
         g.hold.store(true, Ordering::SeqCst);
         let before = g.started.load(Ordering::SeqCst);
-        tokio::time::timeout(Duration::from_secs(5), store.insert_pending(&l)).await.expect("answered with the disk held").unwrap();
+        let on_disk =
+            tokio::time::timeout(Duration::from_secs(5), store.insert_pending(&l)).await.expect("answered with the disk held").unwrap();
         assert_eq!(store.get(&l.id).await.unwrap().unwrap().state, LeaseState::Pending, "visible at once");
-        assert_eq!(g.started.load(Ordering::SeqCst), before, "a pending row alone costs no sync");
-        let s2 = store.clone();
-        let id = l.id.clone();
-        let mut activation = tokio::spawn(async move { s2.activate(&id, &serde_json::json!({"user": "u"}), l.expires_at).await });
+        let mut on_disk = tokio::spawn(on_disk.wait());
+        // The vendor call: the pending row's sync has started meanwhile.
+        while !g.held.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let activated = tokio::time::timeout(Duration::from_secs(5), store.activate(&l.id, &serde_json::json!({"user": "u"}), l.expires_at))
+            .await
+            .expect("the activation is answered with the disk held");
+        assert!(activated.unwrap());
+        assert_eq!(store.get(&l.id).await.unwrap().unwrap().state, LeaseState::Active);
         assert!(
-            tokio::time::timeout(Duration::from_millis(300), &mut activation).await.is_err(),
-            "the activation must not be answered while its sync is held"
+            tokio::time::timeout(Duration::from_millis(300), &mut on_disk).await.is_err(),
+            "the pending row is not on disk while its sync is held"
         );
-        assert_eq!(g.started.load(Ordering::SeqCst), before + 1, "its sync started after its commit");
+        assert_eq!(g.started.load(Ordering::SeqCst), before + 1, "its sync started at its commit");
         g.hold.store(false, Ordering::SeqCst);
         go.send(()).unwrap();
-        let activated = tokio::time::timeout(Duration::from_secs(5), activation).await.expect("answered after the sync").unwrap();
-        assert!(activated.unwrap());
+        tokio::time::timeout(Duration::from_secs(5), on_disk).await.expect("on disk after the sync").unwrap().unwrap();
+        // The activation committed during the held sync: synced after it,
+        // nobody waiting.
+        let synced = async {
+            while g.started.load(Ordering::SeqCst) < before + 2 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), synced).await.expect("the activation is synced without anyone asking");
+        store.close().await;
+    }
+
+    /// A batch nobody waits for rides on the next sync someone waits for,
+    /// under load one sync per credential, not two.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_activation_rides_on_the_next_sync_someone_waits_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let (g, _go, sync) = gate();
+        // Never on its own within the test: only a waited-for sync takes it.
+        let store = SqliteStore::open_tuned(dir.path().join("s.db").to_str().unwrap(), sync, Duration::from_secs(3600)).await.unwrap();
+        let (a, b) = (lease(7), lease(8));
+        store.insert_pending(&a).await.unwrap().wait().await.unwrap();
+        let before = g.started.load(Ordering::SeqCst);
+        // The activation, then at once the next issue's pending row.
+        assert!(store.activate(&a.id, &serde_json::json!({}), a.expires_at).await.unwrap());
+        store.insert_pending(&b).await.unwrap().wait().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(g.started.load(Ordering::SeqCst), before + 1, "one sync took both");
         store.close().await;
     }
 
@@ -740,12 +884,14 @@ mod tests {
         let (g, go, sync) = gate();
         let store = Arc::new(SqliteStore::open_with(path.to_str().unwrap(), sync).await.unwrap());
         let l = lease(5);
-        store.insert_pending(&l).await.unwrap();
+        store.insert_pending(&l).await.unwrap().wait().await.unwrap();
+        assert!(store.activate(&l.id, &serde_json::json!({}), l.expires_at).await.unwrap());
         g.hold.store(true, Ordering::SeqCst);
         let s2 = store.clone();
         let id = l.id.clone();
-        let activation = tokio::spawn(async move { s2.activate(&id, &serde_json::json!({}), l.expires_at).await });
-        while g.started.load(Ordering::SeqCst) == 0 {
+        // A renewal is acknowledged only once on disk.
+        let renewal = tokio::spawn(async move { s2.renew(&id, OffsetDateTime::now_utc(), l.expires_at + time::Duration::minutes(1)).await });
+        while !g.held.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let t = std::time::Instant::now();
@@ -753,7 +899,7 @@ mod tests {
             .await
             .expect("close must give up on a hung sync");
         assert!(t.elapsed() >= Duration::from_millis(300), "it waited its limit first");
-        assert!(!activation.is_finished(), "a write whose sync hangs is never acknowledged");
+        assert!(!renewal.is_finished(), "a write whose sync hangs is never acknowledged");
         assert!(
             matches!(SqliteStore::open(path.to_str().unwrap()).await, Err(StoreError::Locked(_))),
             "the lock is kept while the writer holds the database"
@@ -761,12 +907,13 @@ mod tests {
         // The disk comes back: the write is acknowledged and the threads end.
         g.hold.store(false, Ordering::SeqCst);
         go.send(()).unwrap();
-        assert!(tokio::time::timeout(Duration::from_secs(5), activation).await.expect("answered").unwrap().unwrap());
+        assert!(tokio::time::timeout(Duration::from_secs(5), renewal).await.expect("answered").unwrap().unwrap());
     }
 
-    /// After a failed sync, the writes waiting for it and every later one
-    /// fail (the disk may have dropped what it had), committed-only ones
-    /// included, with a message that says what to do.
+    /// After a failed sync, the writes waiting for it (here a pending row's
+    /// `OnDisk`) and every later one fail (the disk may have dropped what
+    /// it had), committed-only ones included, with a message that says
+    /// what to do.
     #[tokio::test]
     async fn after_a_failed_sync_that_write_and_every_later_one_fail() {
         let dir = tempfile::tempdir().unwrap();
@@ -780,10 +927,12 @@ mod tests {
         });
         let store = SqliteStore::open_with(dir.path().join("s.db").to_str().unwrap(), sync).await.unwrap();
         let l = lease(2);
-        store.insert_pending(&l).await.unwrap();
+        store.insert_pending(&l).await.unwrap().wait().await.unwrap();
         store.ping().await.unwrap();
         fail.store(true, Ordering::SeqCst);
-        let err = store.activate(&l.id, &serde_json::json!({}), l.expires_at).await.unwrap_err();
+        // Answered at its commit; the sync its caller waits for fails.
+        let on_disk = store.insert_pending(&lease(4)).await.unwrap();
+        let err = on_disk.wait().await.unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, StoreError::Unavailable(_)) && msg.contains("injected EIO") && msg.contains("restart"), "{msg}");
         fail.store(false, Ordering::SeqCst);

@@ -5,7 +5,7 @@ use super::*;
 
 #[async_trait]
 impl LeaseStore for PgStore {
-    async fn insert_pending(&self, l: &Lease) -> Result<(), StoreError> {
+    async fn insert_pending(&self, l: &Lease) -> Result<crate::store::OnDisk, StoreError> {
         // Claimed by this replica while it issues (the heartbeat renews it;
         // activation releases it): if the replica dies, the claim lapses after
         // `claim_timeout` and another replica revokes the orphan.
@@ -30,7 +30,7 @@ impl LeaseStore for PgStore {
         .execute(&self.pool)
         .await
         .map_err(interpret_error)?;
-        Ok(())
+        Ok(crate::store::OnDisk::now())
     }
 
     async fn activate_at_version(

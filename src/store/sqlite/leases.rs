@@ -53,9 +53,9 @@ fn next_due_sql() -> String {
 
 #[async_trait]
 impl LeaseStore for SqliteStore {
-    async fn insert_pending(&self, l: &Lease) -> Result<(), StoreError> {
+    async fn insert_pending(&self, l: &Lease) -> Result<crate::store::OnDisk, StoreError> {
         self.writer
-            .exec_committed(
+            .exec_pending(
                 "INSERT INTO leases (id, role, plugin, issuer, subject, claims, scopes, policies, state, \
                  issued_at, expires_at, max_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
                 vec![
@@ -72,8 +72,7 @@ impl LeaseStore for SqliteStore {
                     Bind::Int(to_ms(l.max_expires_at)),
                 ],
             )
-            .await?;
-        Ok(())
+            .await
     }
 
     async fn activate_at_version(
@@ -85,7 +84,7 @@ impl LeaseStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let n = self
             .writer
-            .exec(
+            .exec_committed(
                 "UPDATE leases SET state = 'active', handle = ?, expires_at = ?, root_version = ? \
                  WHERE id = ? AND state = 'pending' AND end_reason IS NOT 'orphaned'",
                 vec![

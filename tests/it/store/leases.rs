@@ -163,7 +163,7 @@ async fn concurrent_transitions(s: &Arc<dyn Store>) {
     }
     let results = set.join_all().await;
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
-    assert!(results.iter().all(|r| matches!(r, Ok(()) | Err(StoreError::Conflict(_)))), "{results:?}");
+    assert!(results.iter().all(|r| matches!(r, Ok(_) | Err(StoreError::Conflict(_)))), "{results:?}");
     assert!(s.finish(&LeaseId::new("race-insert"), EndReason::Orphaned, now).await.unwrap());
 }
 

@@ -96,7 +96,10 @@ async fn concurrent_writes_commit_together_and_fail_alone() {
     while let Some(r) = set.join_next().await {
         let (_, res) = r.unwrap();
         match res {
-            Ok(()) => ok += 1,
+            Ok(on_disk) => {
+                on_disk.wait().await.unwrap();
+                ok += 1
+            }
             Err(lessor::store::StoreError::Conflict(_)) => dup += 1,
             Err(e) => panic!("unexpected error: {e}"),
         }
@@ -129,7 +132,7 @@ async fn sqlite_close_finishes_queued_writes_and_settles_the_files() {
     let mut done = 0;
     while let Some(r) = set.join_next().await {
         match r.unwrap() {
-            Ok(()) => done += 1,
+            Ok(_) => done += 1,
             Err(lessor::store::StoreError::Unavailable(m)) => assert!(m.contains("stopped"), "{m}"),
             Err(e) => panic!("unexpected error: {e}"),
         }

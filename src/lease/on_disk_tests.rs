@@ -1,0 +1,135 @@
+//! The issue path and the disk (SQLite): a credential leaves only once its
+//! pending lease row is on disk, although both lease writes are answered
+//! at their commits ([`crate::store::OnDisk`]).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lessor_plugin::{Capabilities, IssueRequest, Issued, LeaseRef, Plugin, PluginError, RenewRequest, Revocation, Validation};
+use time::OffsetDateTime;
+
+use super::{IssueInput, LeaseService};
+use crate::config::LeaseSettings;
+use crate::identity::VerifiedWorkload;
+use crate::plugins::{Catalog, Role};
+use crate::policy::{PolicyEngine, RoleInfo};
+use crate::principal::RequestMeta;
+use crate::store::sqlite::{SqliteStore, SyncFn};
+use crate::store::{LeaseFilter, LeaseState, Store};
+
+/// A vendor that creates at once.
+struct AtOnce;
+
+#[async_trait]
+impl Plugin for AtOnce {
+    fn kind(&self) -> &str {
+        "instant"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { can_renew: false, revocation: Revocation::Immediate }
+    }
+    async fn validate(&self) -> Result<Validation, PluginError> {
+        Ok(Validation { identity: "instant".into(), details: BTreeMap::new(), warnings: vec![] })
+    }
+    async fn issue(&self, req: IssueRequest) -> Result<Issued, PluginError> {
+        Ok(Issued {
+            handle: serde_json::json!({ "name": req.lease_id.as_str() }),
+            public: serde_json::Map::new(),
+            secret: BTreeMap::new(),
+            expires_at: req.expires_at,
+            root_version: None,
+        })
+    }
+    async fn renew(&self, _: RenewRequest) -> Result<OffsetDateTime, PluginError> {
+        Err(PluginError::Unsupported("renew".into()))
+    }
+    async fn revoke(&self, _: &LeaseRef) -> Result<(), PluginError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_credential_leaves_before_its_pending_row_is_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    // The disk, held on demand: while `hold` is set, a sync waits for `go`.
+    let hold = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(AtomicBool::new(false));
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let wait = Mutex::new(wait);
+    let (h, hd) = (hold.clone(), held.clone());
+    let sync: SyncFn = Arc::new(move |f: &File| {
+        if h.load(Ordering::SeqCst) {
+            hd.store(true, Ordering::SeqCst);
+            let _ = wait.lock().unwrap().recv();
+        }
+        f.sync_data()
+    });
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_with(dir.path().join("l.db").to_str().unwrap(), sync).await.unwrap());
+    let info = RoleInfo {
+        name: "token/orders".into(),
+        connection: "token".into(),
+        plugin: "instant".into(),
+        environment: "staging".into(),
+        scopes: vec![],
+        max_ttl_seconds: 3600,
+    };
+    let plugin = Arc::new(AtOnce);
+    let role = Role {
+        name: "token/orders".into(),
+        connection: "token".into(),
+        short: "orders".into(),
+        kind: "instant".into(),
+        plugin: plugin.clone(),
+        cfg: toml::from_str("max_ttl = \"1h\"").unwrap(),
+        info: info.clone(),
+    };
+    let catalog = Catalog {
+        roles: BTreeMap::from([("token/orders".to_string(), Arc::new(role))]),
+        connections: BTreeMap::from([("token".to_string(), plugin as Arc<dyn Plugin>)]),
+        scopes: BTreeMap::new(),
+    };
+    // The shipped policy `gh-acme-orders-tokens` allows this workload.
+    let engine = PolicyEngine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), vec![info]).unwrap();
+    let svc = LeaseService::new(store.clone(), Arc::new(catalog), Arc::new(engine), LeaseSettings::default());
+    let w = VerifiedWorkload {
+        issuer_name: "dev".into(),
+        issuer: "https://dev-issuer.lessor.localhost".into(),
+        subject: "repo:acme/api:ref:refs/heads/main".into(),
+        attributes: BTreeMap::from([("repository_owner".to_string(), "acme".to_string())]),
+        expires_at: OffsetDateTime::now_utc() + time::Duration::minutes(5),
+    };
+    let input = || IssueInput { role: "token/orders".into(), ttl: Some("5m".into()), scopes: None, params: serde_json::Map::new() };
+
+    // With the disk free, an issue goes through.
+    svc.issue(&w, input(), &RequestMeta::internal()).await.expect("issued");
+
+    hold.store(true, Ordering::SeqCst);
+    let (s2, w2) = (svc.clone(), w.clone());
+    let mut issue = tokio::spawn(async move { s2.issue(&w2, input(), &RequestMeta::internal()).await });
+    // The vendor has created it and the activation is committed: all that
+    // is left is the pending row's sync, which the disk holds.
+    let active = async {
+        loop {
+            let live = store.list(&LeaseFilter { limit: 100, ..Default::default() }).await.unwrap();
+            if held.load(Ordering::SeqCst) && live.iter().filter(|l| l.state == LeaseState::Active).count() == 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), active).await.expect("created and activated with the disk held");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut issue).await.is_err(),
+        "the credential must not leave while its pending row is not on disk"
+    );
+    hold.store(false, Ordering::SeqCst);
+    go.send(()).unwrap();
+    let issued = tokio::time::timeout(Duration::from_secs(10), issue).await.expect("returned once on disk").unwrap().expect("issued");
+    assert_eq!(issued.lease.state, LeaseState::Active);
+    store.close().await;
+}
