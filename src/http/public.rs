@@ -183,7 +183,7 @@ pub async fn health(State(st): State<AppState>) -> Response {
 }
 
 /// Prometheus metrics; the store-backed gauges (leases by state, expiring,
-/// quota use) are read at scrape time from the store's counts tables
+/// quota use) are read at scrape time from the store's counts
 /// (O(roles x states), not O(leases)), so they are right on every replica
 /// and after restarts.
 #[utoipa::path(

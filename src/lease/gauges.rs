@@ -1,9 +1,9 @@
 //! Metric series the lease service owns beyond per-request counters: the
 //! label sets created at start (so the first increment shows in `rate()`),
 //! and the gauges refreshed from the store at scrape time, so they are right
-//! on every replica and after restarts. Those reads are of the counts tables
-//! the store keeps in the same transaction as each lease change (migration
-//! 0006): a scrape costs O(roles x states), never O(leases).
+//! on every replica and after restarts. Those reads are of the counts the
+//! store keeps with each lease change ([`crate::store::LeaseStore::counts`]):
+//! a scrape costs O(roles x states), never O(leases).
 
 use time::OffsetDateTime;
 

@@ -332,7 +332,7 @@ impl LeaseService {
     }
 
     /// Refuses an issue that would exceed a quota. Checked before anything
-    /// is written. Counts are exact reads of the store's counts tables
+    /// is written. Counts are exact reads of the store's counts
     /// (O(1) in the number of leases). Concurrent issues can overshoot
     /// a limit by the number in flight.
     async fn check_quotas(&self, w: &VerifiedWorkload, role: &Role) -> Result<(), LeaseError> {
@@ -356,7 +356,7 @@ impl LeaseService {
         if owner == 0 && per_role == 0 && total == 0 {
             return Ok(());
         }
-        // The three counts in one read of the counts tables.
+        // The three counts in one read of the store's counts.
         let n = self.store.quota_counts(&w.issuer, &w.subject, &role.name).await?;
         if owner > 0 && n.owner as u64 >= owner {
             return Err(reject(

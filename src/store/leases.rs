@@ -356,13 +356,14 @@ pub trait LeaseStore: Send + Sync {
     /// When the next lease falls due (expiry or retry), if any.
     async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError>;
 
-    /// Live leases by role, plugin and state, from the counts table the
-    /// store keeps in the same transaction as each lease change.
+    /// Live leases by role, plugin and state, from the counts the store
+    /// keeps with each lease change (PostgreSQL: tables changed in the same
+    /// transaction; SQLite: its writer's, in memory, changed at the commit).
     async fn counts(&self) -> Result<LeaseCounts, StoreError>;
 
     /// Active leases whose expiry is at or before `before`, to the minute
     /// (due ones not yet revoked included), by role and plugin. Reads the
-    /// per-minute counts table, O(roles x minutes in the window).
+    /// per-minute counts, O(roles x minutes in the window).
     async fn expiring(&self, before: OffsetDateTime) -> Result<RoleCounts, StoreError>;
 
     /// The most live leases any one workload (issuer + subject) holds; 0
@@ -374,7 +375,7 @@ pub trait LeaseStore: Send + Sync {
     async fn count_live(&self, filter: &LeaseFilter) -> Result<i64, StoreError>;
 
     /// The quotas' three counts (the workload `issuer` + `subject`, `role`,
-    /// all), from the counts tables in one read: each equals `count_live`
+    /// all), from the counts in one read: each equals `count_live`
     /// with the matching filter.
     async fn quota_counts(&self, issuer: &str, subject: &str, role: &str) -> Result<QuotaCounts, StoreError>;
 

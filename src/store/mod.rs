@@ -98,8 +98,9 @@ pub trait Store:
 /// its `?`/`$n`-free integer parameters appended in order: the SQL uses `?`;
 /// PostgreSQL callers renumber.
 /// Live leases by role, plugin and state from the trigger-kept
-/// `lease_counts` table (migration 0006): O(roles x states x shards) rows,
-/// whatever the number of leases. Same SQL on both backends.
+/// `lease_counts` table (migration 0009): O(roles x states x shards) rows,
+/// whatever the number of leases. PostgreSQL only (SQLite's counts are in
+/// its writer's memory since migration 0015).
 pub(crate) const COUNTS_SQL: &str = "SELECT role, plugin, state, CAST(SUM(n) AS BIGINT) AS n FROM lease_counts \
      GROUP BY role, plugin, state HAVING SUM(n) <> 0";
 

@@ -10,10 +10,11 @@
 //! This file holds the connection, the writer task and shared SQL; each
 //! part of the store is implemented in a child module (`leases.rs`,
 //! `jobs.rs`, `secrets.rs`, `plugin_state.rs`, `cluster.rs`,
-//! `admin_tokens.rs`, `sessions.rs`). Why it is one piece past 800 lines:
-//! the writer and sync threads, their protocol (`Msg`, `ToSync`, `SyncFn`)
-//! and the tests that hold the disk between them (a third of the file)
-//! share private types that splitting would have to make crate-visible.
+//! `admin_tokens.rs`, `sessions.rs`), the writer's live-lease counts in
+//! `counts.rs`. Why it is one piece past 800 lines: the writer and sync
+//! threads, their protocol (`Msg`, `Answer`, `ToSync`, `SyncFn`) and the
+//! tests that hold the disk between them (two fifths of the file) share
+//! private types that splitting would have to make crate-visible.
 //!
 //! Must not import: http, policy, identity.
 
@@ -21,7 +22,7 @@ use std::fs::File;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{mpsc, Arc, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -130,6 +131,8 @@ enum Msg {
 #[derive(Clone)]
 struct Writer {
     tx: tokio::sync::mpsc::Sender<Msg>,
+    /// Live-lease counts, changed by the writer at each commit.
+    counts: Arc<std::sync::RwLock<counts::Counts>>,
     /// Why writes fail since a sync failed (see [`Writer::sync_loop`]).
     failed: Arc<OnceLock<String>>,
 }
@@ -192,6 +195,11 @@ impl Writer {
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(unavailable)?;
         conn.set_prepared_statement_cache_capacity(PREPARED);
+        // Counted once from the leases, then kept by the writer.
+        let counts = Arc::new(std::sync::RwLock::new(counts::load(&conn).map_err(unavailable)?));
+        let deltas = counts::Deltas::default();
+        counts::install(&conn, deltas.clone()).map_err(unavailable)?;
+        let counts_at_write = counts.clone();
         // The WAL exists while any connection is open and is rewritten in
         // place (no `journal_size_limit`, no TRUNCATE checkpoint); a first
         // read makes sure this connection has it open, and it keeps it
@@ -241,7 +249,7 @@ impl Writer {
                         }
                     }
                     if !batch.is_empty() {
-                        match Writer::run(&mut conn, &mut batch) {
+                        match Writer::run(&mut conn, &mut batch, (&deltas, &counts_at_write)) {
                             Some(durable) if !durable.is_empty() => {
                                 if let Err(mpsc::SendError(ToSync::Answers(lost))) = sync_tx.send(ToSync::Answers(durable)) {
                                     for (reply, _) in lost {
@@ -279,7 +287,7 @@ impl Writer {
                 }
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")))?;
-        Ok(Writer { tx, failed })
+        Ok(Writer { tx, counts, failed })
     }
 
     /// Finishes every write sent before this and ends the threads; returns
@@ -303,7 +311,15 @@ impl Writer {
     /// WAL is synced (maybe none: the batch is synced all the same; `None`
     /// when the transaction could not start or commit: every write was
     /// answered with that error).
-    fn run(conn: &mut rusqlite::Connection, batch: &mut Vec<WriteReq>) -> Option<Answers> {
+    /// The triggers report count changes into `deltas`; those of a write
+    /// undone are dropped, the rest applied to `counts` at the commit,
+    /// before any write of the batch is answered.
+    fn run(
+        conn: &mut rusqlite::Connection,
+        batch: &mut Vec<WriteReq>,
+        (deltas, counts): (&counts::Deltas, &std::sync::RwLock<counts::Counts>),
+    ) -> Option<Answers> {
+        counts::clear(deltas);
         let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => {
@@ -316,15 +332,29 @@ impl Writer {
         };
         let mut results = Vec::with_capacity(batch.len());
         for r in batch.iter() {
-            if let [one] = r.stmts.as_slice() {
+            let mark = counts::mark(deltas);
+            let result = if let [one] = r.stmts.as_slice() {
                 // A failed statement (a duplicate id) is undone alone; SQLite
                 // keeps the rest of the transaction.
-                results.push(Writer::one(&tx, one));
+                Writer::one(&tx, one)
             } else {
-                results.push(Writer::all_or_nothing(&tx, &r.stmts));
+                Writer::all_or_nothing(&tx, &r.stmts)
+            };
+            let undone = match (&result, r.stmts.len()) {
+                (Err(_), _) => true,
+                (Ok(n), more) => more > 1 && *n != 1,
+            };
+            if undone {
+                counts::undo_to(deltas, mark);
             }
+            results.push(result);
         }
-        match tx.commit() {
+        let committed = tx.commit();
+        match &committed {
+            Ok(()) => counts::commit(deltas, counts),
+            Err(_) => counts::clear(deltas),
+        }
+        match committed {
             Ok(()) => {
                 let mut durable = Vec::new();
                 for (r, res) in batch.drain(..).zip(results) {
@@ -511,6 +541,7 @@ fn write_error(e: rusqlite::Error) -> StoreError {
 
 mod admin_tokens;
 mod cluster;
+mod counts;
 mod fast;
 mod customer_tokens;
 mod jobs;
@@ -567,6 +598,15 @@ fn interpret_error(e: sqlx::Error) -> StoreError {
 }
 
 impl SqliteStore {
+    /// The live-lease counts as of the last commit; `Unavailable` once the
+    /// store is closed, like every other read.
+    fn live_counts(&self) -> Result<std::sync::RwLockReadGuard<'_, counts::Counts>, StoreError> {
+        if self.writer.tx.is_closed() {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
+        Ok(self.writer.counts.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub async fn open(path: &str) -> Result<SqliteStore, StoreError> {
         SqliteStore::open_with(path, fdatasync()).await
@@ -708,7 +748,7 @@ impl SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::LeaseState;
+    use super::super::{LeaseState, QuotaCounts};
     use super::*;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Mutex;
@@ -763,7 +803,8 @@ mod tests {
             ("INSERT INTO t VALUES (4)", Answer::CommittedThenSynced(then5)),
         ];
         let (mut batch, mut answers): (Vec<_>, Vec<_>) = writes.into_iter().map(|(sql, a)| write(sql, a)).unzip();
-        let durable = Writer::run(&mut conn, &mut batch).expect("committed");
+        let (deltas, counts) = (counts::Deltas::default(), std::sync::RwLock::default());
+        let durable = Writer::run(&mut conn, &mut batch, (&deltas, &counts)).expect("committed");
         assert!(batch.is_empty());
         assert_eq!(answers[0].try_recv().unwrap().unwrap(), 1);
         assert_eq!(answers[3].try_recv().unwrap().unwrap(), 1);
@@ -782,6 +823,48 @@ mod tests {
         assert!(matches!(synced5.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Closed)), "a failed pending row never looks synced");
         let n: i64 = conn.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 4);
+    }
+
+    /// The writer's counts follow only what commits: a duplicate insert, a
+    /// statement that fails after its triggers fired for an earlier row,
+    /// and an all-or-nothing write undone change nothing; a restart counts
+    /// the same from the leases.
+    #[tokio::test]
+    async fn counts_follow_only_what_commits_and_a_restart_counts_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+        let (a, b) = (lease(1), lease(2));
+        store.insert_pending(&a).await.unwrap();
+        store.insert_pending(&b).await.unwrap();
+        let quota = |s: &SqliteStore| {
+            let c = s.live_counts().unwrap();
+            (c.quota(&a.issuer, &a.subject, &a.role), c.by_state().unwrap(), c.max_per_owner())
+        };
+        let two = quota(&store);
+        assert_eq!(two.0, QuotaCounts { owner: 2, role: 2, total: 2 });
+        assert!(matches!(store.insert_pending(&a).await, Err(StoreError::Conflict(_))));
+        // The first row is updated (its triggers fire), the second breaks
+        // the primary key: the statement is undone.
+        let err = store.writer.exec("UPDATE leases SET state = 'revoked', id = 'same'", vec![]).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+        let undone = store
+            .writer
+            .exec_all(vec![
+                Stmt { sql: "UPDATE leases SET state = 'revoked' WHERE id = ?".into(), binds: vec![Bind::Text(a.id.to_string())], must_affect: true },
+                Stmt { sql: "UPDATE leases SET state = 'revoked' WHERE id = 'none'".into(), binds: vec![], must_affect: true },
+            ])
+            .await
+            .unwrap();
+        assert_eq!(undone, 0);
+        assert_eq!(quota(&store), two, "nothing undone is counted");
+        assert!(store.finish(&a.id, super::super::EndReason::Revoked, OffsetDateTime::now_utc()).await.unwrap());
+        let one = quota(&store);
+        assert_eq!(one.0, QuotaCounts { owner: 1, role: 1, total: 1 });
+        store.close().await;
+        let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+        assert_eq!(quota(&store), one, "counted again from the leases");
+        store.close().await;
     }
 
     /// A sync that the test holds until told: `hold` on, each call waits

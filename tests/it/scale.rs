@@ -1,6 +1,7 @@
 //! The lease engine at scale on the embedded store: mass expiry is revoked
 //! promptly while the API keeps answering, and a restart with many leases
-//! serves at once (nothing is loaded per lease at start).
+//! serves at once (at start the store counts the live leases in one pass,
+//! and keeps nothing per lease).
 
 use std::time::{Duration, Instant};
 

@@ -307,35 +307,26 @@ impl LeaseStore for SqliteStore {
     }
 
     async fn counts(&self) -> Result<LeaseCounts, StoreError> {
-        // The trigger-kept counts table (migration 0006), not the leases.
-        let rows = sqlx::query(crate::store::COUNTS_SQL).fetch_all(&self.read).await.map_err(interpret_error)?;
-        rows.iter().map(crate::store::rows::state_count_row).collect()
+        // The writer's counts (`counts.rs`), not the leases.
+        self.live_counts()?.by_state()
     }
 
     async fn expiring(&self, before: OffsetDateTime) -> Result<RoleCounts, StoreError> {
-        let rows = sqlx::query(&crate::store::expiring_sql("?"))
-            .bind(crate::store::expiry_minute(before))
-            .fetch_all(&self.read)
-            .await
-            .map_err(interpret_error)?;
-        rows.iter().map(crate::store::rows::count_row).collect()
+        Ok(self.live_counts()?.expiring(crate::store::expiry_minute(before)))
     }
 
     async fn max_live_per_owner(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query(crate::store::MAX_OWNER_SQL).fetch_one(&self.read).await.map_err(interpret_error)?;
-        row.try_get("n").map_err(interpret_error)
+        Ok(self.live_counts()?.max_per_owner())
     }
 
     async fn count_live(&self, f: &LeaseFilter) -> Result<i64, StoreError> {
-        // Role-only, owner-only and unfiltered counts come from the counts
-        // tables (what the quotas ask on every issue); anything else counts rows.
-        if let Some((sql, binds)) = crate::store::fast_count_sql(f, "?", "?") {
-            let mut q = sqlx::query(&sql);
-            for b in binds {
-                q = q.bind(b);
-            }
-            let row = q.fetch_one(&self.read).await.map_err(interpret_error)?;
-            return row.try_get::<i64, _>("n").map_err(interpret_error);
+        // Role-only, owner-only and unfiltered counts come from the writer's
+        // counts (what the quotas ask on every issue); anything else counts rows.
+        match (&f.role, &f.issuer, &f.subject) {
+            (None, None, None) => return Ok(self.live_counts()?.total()),
+            (Some(role), None, None) => return Ok(self.live_counts()?.role(role)),
+            (None, Some(issuer), Some(subject)) => return Ok(self.live_counts()?.owner(issuer, subject)),
+            _ => {}
         }
         let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT COUNT(*) FROM leases WHERE state IN {LIVE}"));
         push_filter(&mut qb, &LeaseFilter { state: None, ..f.clone() });
@@ -344,14 +335,7 @@ impl LeaseStore for SqliteStore {
     }
 
     async fn quota_counts(&self, issuer: &str, subject: &str, role: &str) -> Result<super::super::QuotaCounts, StoreError> {
-        static SQL: LazyLock<String> = LazyLock::new(|| crate::store::quota_counts_sql("?1", "?2", "?3"));
-        self.fast.read(|c| {
-            let mut st = c.prepare_cached(&SQL).map_err(fast::read_error)?;
-            st.query_row([issuer, subject, role], |r| {
-                Ok(super::super::QuotaCounts { owner: r.get("owner")?, role: r.get("role_n")?, total: r.get("total")? })
-            })
-            .map_err(fast::read_error)
-        })
+        Ok(self.live_counts()?.quota(issuer, subject, role))
     }
 
     async fn oldest_overdue(&self, now: OffsetDateTime) -> Result<Option<Lease>, StoreError> {
