@@ -178,9 +178,8 @@ impl Writer {
     /// database `path` and starts the thread that owns it and the thread
     /// that syncs its WAL with `sync`. The threads end, closing the
     /// connection, at [`Writer::close`] or when every sender (every clone
-    /// of the store) is gone.
-    /// A batch nobody waits for is synced at most `lazy` after its commit
-    /// ([`LAZY_SYNC`]).
+    /// of the store) is gone. A batch nobody waits for is synced at most
+    /// `lazy_sync` after its commit ([`LAZY_SYNC`]).
     fn spawn(path: &Path, sync: SyncFn, lazy_sync: Duration) -> Result<Writer, StoreError> {
         use rusqlite::OpenFlags;
         let unavailable = |e: rusqlite::Error| StoreError::Unavailable(format!("cannot open {} for writing: {e}", path.display()));
@@ -310,10 +309,9 @@ impl Writer {
     /// that need only the commit, and returns the answers to send once the
     /// WAL is synced (maybe none: the batch is synced all the same; `None`
     /// when the transaction could not start or commit: every write was
-    /// answered with that error).
-    /// The triggers report count changes into `deltas`; those of a write
-    /// undone are dropped, the rest applied to `counts` at the commit,
-    /// before any write of the batch is answered.
+    /// answered with that error). The triggers report count changes into
+    /// `deltas`; those of a write undone are dropped, the rest applied to
+    /// `counts` at the commit, before any write of the batch is answered.
     fn run(
         conn: &mut rusqlite::Connection,
         batch: &mut Vec<WriteReq>,
