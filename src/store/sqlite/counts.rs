@@ -28,6 +28,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use rusqlite::functions::FunctionFlags;
 
 use super::super::{LeaseCounts, LeaseState, QuotaCounts, RoleCounts, StoreError};
+// The live states in SQL, as the store's queries test them.
+use super::LIVE;
 
 /// One change a trigger reported, applied at its transaction's commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,9 +181,6 @@ impl Counts {
     }
 }
 
-/// The live states, as the triggers test them.
-const LIVE: &str = "('pending', 'active', 'revoke_failed')";
-
 /// `expires_at`'s minute in SQL, rounded down as [`crate::store::expiry_minute`] does.
 const MINUTE: &str = "(CASE WHEN expires_at >= 0 THEN expires_at / 60000 ELSE (expires_at - 59999) / 60000 END)";
 
@@ -223,7 +222,7 @@ struct Side<'a> {
 fn side<'a>(ctx: &'a rusqlite::functions::Context<'_>, first: usize) -> rusqlite::Result<Option<Side<'a>>> {
     let text = |i: usize| ctx.get_raw(first + i).as_str_or_null().map_err(|e| rusqlite::Error::UserFunctionError(e.into()));
     let Some(state) = text(2)? else { return Ok(None) };
-    if !matches!(state, "pending" | "active" | "revoke_failed") {
+    if !LeaseState::from_str(state).is_ok_and(LeaseState::is_live) {
         return Ok(None);
     }
     let (Some(role), Some(plugin), Some(issuer), Some(subject)) = (text(0)?, text(1)?, text(3)?, text(4)?) else {
