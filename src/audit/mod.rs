@@ -5,7 +5,7 @@
 //! thread with its sinks ([`writer`]).
 //!
 //! Fail closed: callers that grant or extend access `record` an entry and
-//! refuse (503) if it cannot be written (or queued within
+//! refuse (503) if it cannot be written (by the caller, or queued within
 //! [`Settings::queue_timeout`]); the queue is bounded, and entries that gate
 //! nothing (`note`) are dropped and counted when it is full, never waiting.
 //! Authentication failures are aggregated ([`aggregate`]). Sensitive values (tokens,
@@ -31,7 +31,7 @@ pub mod chain;
 pub mod keys;
 pub mod writer;
 
-use writer::{Msg, Writer};
+use writer::{Msg, Shared, Writer};
 
 use crate::identity::VerifiedWorkload;
 use crate::principal::{Actor, RequestMeta};
@@ -235,6 +235,9 @@ impl Event {
 
 
 struct Inner {
+    /// The writer (`None`: audit off), written by callers when they may
+    /// ([`Audit::write_inline`]) and by its thread.
+    writer: Option<Shared>,
     tx: Option<std::sync::Mutex<mpsc::Sender<Msg>>>,
     hmac: ring::hmac::Key,
     /// One permit per queued entry: the queue's bound.
@@ -257,6 +260,7 @@ impl Audit {
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut k);
         Audit {
             inner: Arc::new(Inner {
+                writer: None,
                 tx: None,
                 hmac: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k),
                 permits: Arc::new(tokio::sync::Semaphore::new(1)),
@@ -281,15 +285,20 @@ impl Audit {
             s.auth_failure_interval,
             s.auth_failures_in_full,
         )));
-        let w = Writer::open(s, stdout, signer, failures.clone())?;
+        let mut w = Writer::open(s, stdout, signer, failures.clone())?;
+        // Before any entry, which a caller may write as soon as this returns.
+        w.start();
+        let shared: Shared = Arc::new(std::sync::Mutex::new(w));
         let (tx, rx) = mpsc::channel();
+        let thread = shared.clone();
         std::thread::Builder::new()
             .name("lessor-audit".into())
-            .spawn(move || w.run(rx))
+            .spawn(move || writer::run(thread, rx))
             .map_err(|e| AuditError::Unavailable(format!("cannot start the audit writer: {e}")))?;
         let capacity = s.queue.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         Ok(Audit {
             inner: Arc::new(Inner {
+                writer: Some(shared),
                 tx: Some(std::sync::Mutex::new(tx)),
                 hmac,
                 permits: Arc::new(tokio::sync::Semaphore::new(capacity)),
@@ -321,6 +330,9 @@ impl Audit {
             return Ok(());
         }
         let json = Self::encode(&e)?;
+        if let Some(written) = self.write_inline(&json) {
+            return written.map(|_| ()).map_err(AuditError::Unavailable);
+        }
         let t = self.inner.queue_timeout;
         let permit = match tokio::time::timeout(t, self.inner.permits.clone().acquire_owned()).await {
             Ok(Ok(p)) => p,
@@ -350,20 +362,50 @@ impl Audit {
         if !self.enabled() {
             return;
         }
-        let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
+        if !self.submit(e, || true) {
             crate::telemetry::metrics().audit_write_failures.inc();
-            tracing::debug!(action = e.action, "audit queue full; entry dropped");
-            return;
-        };
-        self.queue(e, permit);
+            tracing::debug!("audit queue full; entry dropped");
+        }
     }
 
-    fn queue(&self, e: Event, permit: tokio::sync::OwnedSemaphorePermit) {
-        let sent = Self::encode(&e).and_then(|json| self.send(Msg::Entry { json, reply: None, permit: Some(permit) }));
-        if let Err(err) = sent {
+    /// Writes `e` inline when it may, else queues it if `room()` and a
+    /// permit allow; false when it was dropped for want of room. A failed
+    /// write is counted and logged by the writer.
+    fn submit(&self, e: Event, room: impl FnOnce() -> bool) -> bool {
+        let json = match Self::encode(&e) {
+            Ok(j) => j,
+            Err(err) => {
+                crate::telemetry::metrics().audit_write_failures.inc();
+                tracing::error!(error = %err, action = e.action, "audit entry lost");
+                return true;
+            }
+        };
+        if self.write_inline(&json).is_some() {
+            return true;
+        }
+        let permit = if room() { self.inner.permits.clone().try_acquire_owned().ok() } else { None };
+        let Some(permit) = permit else { return false };
+        if let Err(err) = self.send(Msg::Entry { json, reply: None, permit: Some(permit) }) {
             crate::telemetry::metrics().audit_write_failures.inc();
             tracing::error!(error = %err, action = e.action, "audit entry lost");
         }
+        true
+    }
+
+    /// Writes `json` on the caller's thread, or `None` when it must go
+    /// through the queue: an entry is queued (it goes first: a flow's
+    /// entries stay in order), the writer is busy (its thread writing a
+    /// batch: queued entries are group written), or the sinks may stall
+    /// ([`Writer::can_write_inline`]).
+    fn write_inline(&self, json: &str) -> Option<Result<u64, String>> {
+        if self.inner.permits.available_permits() < self.inner.capacity {
+            return None;
+        }
+        let mut w = self.inner.writer.as_ref()?.try_lock().ok()?;
+        if !w.can_write_inline(json.len()) {
+            return None;
+        }
+        Some(w.write_entries(&[json]))
     }
 
     /// A refused authentication: counted in the interval's summary
@@ -379,16 +421,14 @@ impl Audit {
         if !agg.count(issuer, reason, source) {
             return;
         }
-        if self.inner.permits.available_permits() <= self.inner.capacity / 2 {
-            agg.dropped();
-            return;
-        }
-        let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
-            agg.dropped();
-            return;
-        };
         drop(agg);
-        self.queue(entry(), permit);
+        // Queued only while the queue is at most half full.
+        let inner = &self.inner;
+        if !self.submit(entry(), || inner.permits.available_permits() > inner.capacity / 2) {
+            if let Ok(mut agg) = inner.failures.lock() {
+                agg.dropped();
+            }
+        }
     }
 
     /// `hmac-sha256:<hex>` of a sensitive value, under the deployment's
@@ -640,6 +680,57 @@ mod tests {
         assert!(err.starts_with("audit log unavailable: writing /dev/full:"), "{err}");
         assert!(err.contains("No space left on device"), "{err}");
         a.shutdown().await;
+    }
+
+    /// The lines of `text` that are entries (not checkpoints), by action.
+    fn actions(text: &str) -> Vec<String> {
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["type"] != "checkpoint")
+            .map(|v| v["details"]["n"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn callers_write_their_own_entries_and_never_ahead_of_a_queued_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        let a = Audit::open(&s).unwrap();
+        let ev = |n: &str| Event::new("issue", "ok").detail("n", n);
+        // The writer thread is held: an entry it had to carry would wait.
+        let (resume, paused) = std::sync::mpsc::channel();
+        a.send(Msg::Pause(paused)).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), a.record(ev("a")))
+            .await
+            .expect("a gating entry is written by its caller, with the writer thread held")
+            .unwrap();
+        a.note(ev("b"));
+        // The writer busy (its lock held): the next note is queued...
+        let lock = a.inner.writer.as_ref().unwrap().lock().unwrap();
+        a.note(ev("c"));
+        drop(lock);
+        // ...and a later gating entry, the writer free again, must not be
+        // written ahead of it.
+        let later = tokio::spawn({
+            let a = a.clone();
+            async move { a.record(ev("d")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!later.is_finished(), "written around the queued entry");
+        resume.send(()).unwrap();
+        later.await.unwrap().unwrap();
+        a.shutdown().await;
+        // After the shutdown checkpoint nothing is written, inline or not.
+        let err = a.record(ev("e")).await.unwrap_err().to_string();
+        assert!(err.contains("stopped"), "{err}");
+
+        let data = std::fs::read(dir.path().join("audit.log")).unwrap();
+        let text = String::from_utf8_lossy(&data);
+        assert_eq!(actions(&text), ["a", "b", "c", "d"], "{text}");
+        let head = writer::read_head(&writer::head_path(&dir.path().join("audit.log"))).unwrap();
+        let r = chain::verify(&data, &chain::VerifyOpts { head, ..Default::default() }).unwrap_or_else(|f| panic!("{f}\n{text}"));
+        assert!(r.head_checked);
+        assert!(text.lines().last().unwrap().contains("\"reason\":\"shutdown\""), "{text}");
     }
 
     #[tokio::test]
