@@ -2,8 +2,9 @@
 //!
 //! Owns everything under the `keys/`, `keyindex/` and `rotations/` state
 //! prefixes. Knows nothing of roles, claims or revocation. Private keys live in
-//! `secrecy` types and only ever leave this module as an `EncodingKey` built for
-//! one signature.
+//! `secrecy` types and, parsed once per signing key, in a `ring` key pair that
+//! never leaves this module (parsing a P-256 PKCS#8 key computes its public
+//! point: per signature it was about as costly as the signature).
 //!
 //! State layout (shared by every replica of a connection):
 //! - `keys/<kid>` (secret): the PKCS#8 DER private key.
@@ -23,7 +24,8 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use jsonwebtoken::{DecodingKey, EncodingKey};
+use jsonwebtoken::DecodingKey;
+use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use lessor_plugin::secrecy::{ExposeSecret, SecretBox};
 use lessor_plugin::{PluginError, StateError, StateStore};
 use serde::{Deserialize, Serialize};
@@ -116,7 +118,14 @@ impl std::fmt::Debug for PublicKey {
 pub struct Signer {
     pub kid: String,
     pub alg: Algorithm,
-    pkcs8: SecretBox<Vec<u8>>,
+    pair: KeyPair,
+}
+
+/// A parsed private key (ring's types print no secret in `Debug`, and
+/// `Signer`'s `Debug` shows neither).
+enum KeyPair {
+    Es256(EcdsaKeyPair),
+    EdDsa(Ed25519KeyPair),
 }
 
 impl std::fmt::Debug for Signer {
@@ -129,24 +138,57 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// Signs `claims` with header `alg` and `kid`.
+    /// The signer of key `kid` from its PKCS#8 DER.
+    pub fn new(kid: String, alg: Algorithm, pkcs8: &SecretBox<Vec<u8>>) -> Result<Signer, PluginError> {
+        let der = pkcs8.expose_secret();
+        let pair = match alg {
+            Algorithm::ES256 => EcdsaKeyPair::from_pkcs8(
+                &ECDSA_P256_SHA256_FIXED_SIGNING,
+                der,
+                &ring::rand::SystemRandom::new(),
+            )
+            .map(KeyPair::Es256)
+            .map_err(|e| e.to_string()),
+            Algorithm::EdDSA => Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+                .map(KeyPair::EdDsa)
+                .map_err(|e| e.to_string()),
+        }
+        .map_err(|e| {
+            PluginError::Permanent(format!(
+                "private key of signing key `{kid}` is not a usable {alg:?} PKCS#8 key: {e}"
+            ))
+        })?;
+        Ok(Signer { kid, alg, pair })
+    }
+
+    /// Signs `claims` (a compact JWS: header `alg`, `typ` and `kid`).
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, PluginError> {
-        let der = self.pkcs8.expose_secret();
-        let (key, alg) = match self.alg {
-            Algorithm::ES256 => (
-                EncodingKey::from_ec_der(der),
-                jsonwebtoken::Algorithm::ES256,
-            ),
-            Algorithm::EdDSA => (
-                EncodingKey::from_ed_der(der),
-                jsonwebtoken::Algorithm::EdDSA,
-            ),
+        let failed = |e: String| {
+            PluginError::Permanent(format!("signing with key `{}` failed: {e}", self.kid))
+        };
+        let alg = match self.alg {
+            Algorithm::ES256 => jsonwebtoken::Algorithm::ES256,
+            Algorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
         };
         let mut header = jsonwebtoken::Header::new(alg);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &key).map_err(|e| {
-            PluginError::Permanent(format!("signing with key `{}` failed: {e}", self.kid))
-        })
+        let part = |v: Result<Vec<u8>, serde_json::Error>| {
+            v.map(|json| URL_SAFE_NO_PAD.encode(json)).map_err(|e| failed(e.to_string()))
+        };
+        let mut jws = part(serde_json::to_vec(&header))?;
+        jws.push('.');
+        jws.push_str(&part(serde_json::to_vec(claims))?);
+        let signature = match &self.pair {
+            KeyPair::Es256(k) => k
+                .sign(&ring::rand::SystemRandom::new(), jws.as_bytes())
+                .map_err(|e| failed(e.to_string()))?
+                .as_ref()
+                .to_vec(),
+            KeyPair::EdDsa(k) => k.sign(jws.as_bytes()).as_ref().to_vec(),
+        };
+        jws.push('.');
+        jws.push_str(&URL_SAFE_NO_PAD.encode(signature));
+        Ok(jws)
     }
 }
 
@@ -482,11 +524,7 @@ impl KeyRing {
             .get_secret(&format!("{SECRET_PREFIX}{kid}"))
             .await?
             .ok_or_else(|| StateError(format!("private key of signing key `{kid}` is missing")))?;
-        let signer = Arc::new(Signer {
-            kid: kid.clone(),
-            alg: current.entry.alg,
-            pkcs8,
-        });
+        let signer = Arc::new(Signer::new(kid.clone(), current.entry.alg, &pkcs8)?);
         self.write_cache().signer = Some(signer.clone());
         Ok(signer)
     }
