@@ -66,13 +66,35 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     RT.get_or_init(|| tokio::runtime::Builder::new_current_thread().enable_all().build().expect("fuzz runtime"))
 }
 
+/// `lessor-fuzz-<pid>` in the temp dir: the verifier reads its JWKS file
+/// again on an unknown kid, so the file lives as long as the process (no
+/// destructor runs for a static). Left behind at exit, it is removed by
+/// the next process that finds its pid gone.
 fn scratch_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("lessor-fuzz-{}", std::process::id()));
+        let tmp = std::env::temp_dir();
+        remove_dead_scratch_dirs(&tmp);
+        let d = tmp.join(format!("lessor-fuzz-{}", std::process::id()));
         std::fs::create_dir_all(&d).expect("fuzz scratch dir");
         d
     })
+}
+
+/// Removes the `lessor-fuzz-<pid>` dirs in `tmp` whose process has ended
+/// (where `/proc` tells; elsewhere none).
+fn remove_dead_scratch_dirs(tmp: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("lessor-fuzz-")) else { continue };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 // ---------------------------------------------------------------- JWT
@@ -406,4 +428,25 @@ scopes = ["orders.read"]
 default_scopes = ["orders.read"]
 "#;
     vec![full.as_bytes().to_vec(), b"listen = \"0.0.0.0:8200\"\nstore = \"sqlite://x\"\n".to_vec(), Vec::new()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_dirs_of_ended_processes_are_removed_and_live_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dead = tmp.path().join("lessor-fuzz-4294967295");
+        let live = tmp.path().join(format!("lessor-fuzz-{}", std::process::id()));
+        let other = tmp.path().join("lessor-fuzz-notapid");
+        for d in [&dead, &live, &other] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("jwks.json"), "{}").unwrap();
+        }
+        remove_dead_scratch_dirs(tmp.path());
+        assert!(!dead.exists());
+        assert!(live.join("jwks.json").exists());
+        assert!(other.exists());
+    }
 }
