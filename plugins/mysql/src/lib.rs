@@ -55,13 +55,13 @@
 //!   `{"user", "host"}`; public: `username`, `host`, `port`, `account_host`,
 //!   `roles`, `database`, `expires_at`; secret: `password`, `dsn`.
 //! - **renew**: nothing changes at the server (checks the account exists).
-//! - **revoke** (idempotent): finds the account by its handle (one row by
-//!   key), or when there is none or it is gone, every account with the
-//!   lease's names in `mysql.user` (MariaDB: the prefix and the lease's hex
-//!   suffix; MySQL: the one name); then per account `ALTER USER ... ACCOUNT LOCK`,
+//! - **revoke** (idempotent): per account `ALTER USER ... ACCOUNT LOCK`,
 //!   `KILL CONNECTION` of each of its sessions, `DROP USER IF EXISTS`, and
-//!   kills any session that slipped in. An account that is gone counts as
-//!   revoked.
+//!   kills any session that slipped in. The handle's account is locked
+//!   straight away (no lookup: the lock says whether it exists); when there
+//!   is no handle or its account is gone, every account with the lease's
+//!   names in `mysql.user` (MariaDB: the prefix and the lease's hex suffix;
+//!   MySQL: the one name). An account that is gone counts as revoked.
 //!
 //! # Password expiry
 //! Neither MySQL nor MariaDB can end a password at an instant: `PASSWORD

@@ -218,7 +218,7 @@ impl MysqlPlugin {
         let prefix = &self.config.user_prefix;
         let sess = session(&root, &mut conn).await.map_err(|e| self.fail(&root, e, "reading the session's sql_mode"))?;
         let names = Names::of(sess.flavor, prefix, &hex);
-        let found = find_accounts(&mut conn, None, &names).await.map_err(|e| self.fail(&root, e, "finding the lease's account"))?;
+        let found = find_accounts(&mut conn, &names).await.map_err(|e| self.fail(&root, e, "finding the lease's account"))?;
         conn.release();
         if found.is_empty() || hex.is_empty() {
             return Err(PluginError::Permanent(format!(

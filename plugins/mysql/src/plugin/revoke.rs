@@ -31,27 +31,12 @@ impl Names {
     }
 }
 
-/// The accounts of a lease: the handle's account when the handle belongs
-/// to the lease and the account exists (a lookup by key: on MariaDB
-/// `mysql.user` is a view that decodes every row it reads, so a pattern
-/// costs the server a pass over all its accounts); otherwise every account
-/// with the lease's names (a lease left pending has no handle, and a
-/// revocation retried after the drop finds nothing by it).
-pub(super) async fn find_accounts(
-    conn: &mut MySqlConnection,
-    hint: Option<(&str, &str)>,
-    names: &Names,
-) -> Result<Vec<(String, String)>, sqlx::Error> {
-    if let Some((user, host)) = hint {
-        let rows = sqlx::query("SELECT CAST(User AS CHAR), CAST(Host AS CHAR) FROM mysql.user WHERE User = ? AND Host = ?")
-            .bind(user)
-            .bind(host)
-            .fetch_all(&mut *conn)
-            .await?;
-        if !rows.is_empty() {
-            return rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect();
-        }
-    }
+/// Every account with the lease's names (a lease left pending has no
+/// handle; a handle's account may have been moved or dropped). On MariaDB
+/// `mysql.user` is a view that decodes every row it reads: a pattern costs
+/// the server a pass over all its accounts, so revocation tries the
+/// handle's account first ([`MysqlPlugin::drop_accounts`]).
+pub(super) async fn find_accounts(conn: &mut MySqlConnection, names: &Names) -> Result<Vec<(String, String)>, sqlx::Error> {
     let rows = match names {
         Names::Like(pattern) => {
             sqlx::query(
@@ -94,6 +79,10 @@ pub(super) async fn kill_sessions(conn: &mut MySqlConnection, user: &str) -> Res
 impl MysqlPlugin {
     /// Locks, disconnects and drops every account of a lease; returns how
     /// many were dropped and sessions ended. Gone accounts count as done.
+    /// The handle's account (when the handle names one of the lease's) is
+    /// locked straight away: the lock says whether it exists, so a
+    /// revocation costs no lookup; only when it is gone are the lease's
+    /// accounts looked up by name.
     pub(super) async fn drop_accounts(&self, root: &Root, conn: &mut MySqlConnection, lease: &LeaseRef) -> Result<(usize, usize), PluginError> {
         let Some(hex) = lease_hex(&lease.lease_id) else {
             // Such an id never named an account.
@@ -103,25 +92,40 @@ impl MysqlPlugin {
         let sess = session(root, conn).await.map_err(|e| self.fail(root, e, "reading the session's sql_mode"))?;
         let names = Names::of(sess.flavor, prefix, &hex);
         let hint = lease.handle.as_ref().and_then(|h| Some((h.get("user")?.as_str()?, h.get("host")?.as_str()?)));
-        let hint = hint.filter(|(u, _)| names.covers(prefix, &hex, u));
-        let accounts = find_accounts(conn, hint, &names).await.map_err(|e| self.fail(root, e, "finding the lease's accounts"))?;
-        let mut killed = 0;
-        for (user, host) in &accounts {
-            let acct = account(user, host, sess.backslash).map_err(|e| PluginError::Permanent(e.to_string()))?;
-            // Locked first: no new session can start while the others end.
-            match exec(conn, &format!("ALTER USER {acct} ACCOUNT LOCK")).await {
-                Ok(()) => {}
-                Err(e) if db_number(&e) == Some(er::CANNOT_USER) => continue,
-                Err(e) => return Err(self.fail(root, e, &format!("locking account {acct}"))),
+        if let Some((user, host)) = hint.filter(|(u, _)| names.covers(prefix, &hex, u)) {
+            if let Some(killed) = self.drop_account(root, conn, sess, user, host).await? {
+                return Ok((1, killed));
             }
-            killed += kill_sessions(conn, user).await.map_err(|e| self.fail(root, e, &format!("ending the sessions of {acct}")))?;
-            exec(conn, &format!("DROP USER IF EXISTS {acct}"))
-                .await
-                .map_err(|e| self.fail(root, e, &format!("dropping account {acct}")))?;
-            // A session that logged in just before the lock.
-            killed += kill_sessions(conn, user).await.map_err(|e| self.fail(root, e, &format!("ending the sessions of {acct}")))?;
         }
-        Ok((accounts.len(), killed))
+        let accounts = find_accounts(conn, &names).await.map_err(|e| self.fail(root, e, "finding the lease's accounts"))?;
+        let (mut dropped, mut killed) = (0, 0);
+        for (user, host) in &accounts {
+            if let Some(k) = self.drop_account(root, conn, sess, user, host).await? {
+                dropped += 1;
+                killed += k;
+            }
+        }
+        Ok((dropped, killed))
+    }
+
+    /// Locks `user@host`, ends its sessions, drops it and ends any session
+    /// that started meanwhile; the sessions ended, or `None` when there is
+    /// no such account.
+    async fn drop_account(&self, root: &Root, conn: &mut MySqlConnection, sess: Session, user: &str, host: &str) -> Result<Option<usize>, PluginError> {
+        let acct = account(user, host, sess.backslash).map_err(|e| PluginError::Permanent(e.to_string()))?;
+        // Locked first: no new session can start while the others end.
+        match exec(conn, &format!("ALTER USER {acct} ACCOUNT LOCK")).await {
+            Ok(()) => {}
+            Err(e) if db_number(&e) == Some(er::CANNOT_USER) => return Ok(None),
+            Err(e) => return Err(self.fail(root, e, &format!("locking account {acct}"))),
+        }
+        let mut killed = kill_sessions(conn, user).await.map_err(|e| self.fail(root, e, &format!("ending the sessions of {acct}")))?;
+        exec(conn, &format!("DROP USER IF EXISTS {acct}"))
+            .await
+            .map_err(|e| self.fail(root, e, &format!("dropping account {acct}")))?;
+        // A session that logged in just before the lock.
+        killed += kill_sessions(conn, user).await.map_err(|e| self.fail(root, e, &format!("ending the sessions of {acct}")))?;
+        Ok(Some(killed))
     }
 
     #[instrument(skip_all, fields(connection = %self.connection, role = %lease.role, lease_id = %lease.lease_id))]

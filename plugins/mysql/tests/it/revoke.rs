@@ -84,6 +84,42 @@ each_server! {
 }
 
 each_server! {
+    /// With its handle, a revocation reads no account table: lock, the
+    /// sessions, drop, the sessions again (two SELECTs, both of
+    /// `information_schema.PROCESSLIST`). Without one (a lease left
+    /// pending), the lease's accounts are looked up by name first.
+    async fn a_revocation_with_its_handle_looks_nothing_up(server) {
+        let mut db = Db::start(server);
+        let p = db.plugin().await;
+        let read = |db: &Db| -> u64 {
+            db.sql("SHOW GLOBAL STATUS LIKE 'Com_select'").split('\t').nth(1).unwrap().trim().parse().unwrap()
+        };
+        // What a status read itself counts (MySQL's client selects its
+        // version comment on connect).
+        let own = {
+            let a = read(&db);
+            read(&db) - a
+        };
+        // SELECTs since `before`, the reads' own left out.
+        let since = |db: &Db, before: u64| read(db) - before - own;
+        let id = lease_id();
+        let issued = p.issue(request(&id, "plain", &[], Duration::from_secs(600))).await.unwrap();
+        let before = read(&db);
+        p.revoke(&lease(&id, "plain", Some(&issued))).await.unwrap();
+        assert_eq!(since(&db, before), 2, "the session listings only");
+        assert!(db.login(&issued, "SELECT 1").is_err());
+
+        let id = lease_id();
+        let issued = p.issue(request(&id, "plain", &[], Duration::from_secs(600))).await.unwrap();
+        let before = read(&db);
+        p.revoke(&lease(&id, "plain", None)).await.unwrap();
+        assert_eq!(since(&db, before), 3, "the lookup by name, then the session listings");
+        assert!(db.login(&issued, "SELECT 1").is_err());
+        assert!(db.lease_users().is_empty(), "left: {:?}", db.lease_users());
+    }
+}
+
+each_server! {
     /// The handle's account is looked up by key; when it is not there (moved
     /// to another host behind lessor's back), the lease's accounts are still
     /// found by name and dropped.
