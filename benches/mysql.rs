@@ -10,14 +10,15 @@
 //! '*<hash>'` on MariaDB (the password's `mysql_native_password` hash, made
 //! client-side; MySQL 8 gets `IDENTIFIED BY '<password>'`), `GRANT
 //! orders_reader`, `SET DEFAULT ROLE`. Per revocation: `DELETE /v1/leases/{id}`, the lease
-//! written, and the session read, the lease's accounts looked up in
-//! `mysql.user`, `ALTER USER ... ACCOUNT LOCK`, its sessions listed (and
-//! killed), `DROP USER IF EXISTS`, its sessions listed again.
+//! written, and the session read, `ALTER USER ... ACCOUNT LOCK` of the
+//! handle's account, its sessions ended (MariaDB: `KILL CONNECTION USER`;
+//! MySQL: listed from `information_schema.PROCESSLIST` and killed), `DROP
+//! USER IF EXISTS`, its sessions ended again.
 //!
 //! The raw baselines use one connection per client: issue sends the same
 //! three account statements (hash made by the client per user); revoke
 //! either only `DROP USER` or the same lock / sessions / drop / sessions
-//! sequence lessor sends (without its lookup by lease id).
+//! sequence lessor sends.
 //!
 //! CPU per operation is read from `/proc` for this process (the daemon
 //! runs in it, with the HTTP clients) and for the server (`mariadbd`,
@@ -146,7 +147,13 @@ async fn raw(db: &TempMysql, pid: &str, round: usize, full: bool) -> (Run, Run) 
                             ],
                         }
                     } else if full {
-                        vec![format!("ALTER USER {acct} ACCOUNT LOCK"), String::new(), format!("DROP USER IF EXISTS {acct}"), String::new()]
+                        // The sessions: one statement on MariaDB, a listing
+                        // (empty string) on MySQL, as lessor does.
+                        let sessions = match server {
+                            Server::MariaDb => format!("KILL CONNECTION USER '{name}'"),
+                            Server::Mysql8 => String::new(),
+                        };
+                        vec![format!("ALTER USER {acct} ACCOUNT LOCK"), sessions.clone(), format!("DROP USER IF EXISTS {acct}"), sessions]
                     } else {
                         vec![format!("DROP USER {acct}")]
                     };

@@ -56,7 +56,8 @@
 //!   `roles`, `database`, `expires_at`; secret: `password`, `dsn`.
 //! - **renew**: nothing changes at the server (checks the account exists).
 //! - **revoke** (idempotent): per account `ALTER USER ... ACCOUNT LOCK`,
-//!   `KILL CONNECTION` of each of its sessions, `DROP USER IF EXISTS`, and
+//!   its sessions ended (MariaDB: `KILL CONNECTION USER`; MySQL: `KILL
+//!   CONNECTION` of each one listed), `DROP USER IF EXISTS`, and
 //!   kills any session that slipped in. The handle's account is locked
 //!   straight away (no lookup: the lock says whether it exists); when there
 //!   is no handle or its account is gone, every account with the lease's

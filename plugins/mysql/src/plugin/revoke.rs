@@ -57,8 +57,16 @@ pub(super) async fn find_accounts(conn: &mut MySqlConnection, names: &Names) -> 
 }
 
 /// Ends every session of `user` but this one. A session that ended by
-/// itself meanwhile is fine.
-pub(super) async fn kill_sessions(conn: &mut MySqlConnection, user: &str) -> Result<usize, sqlx::Error> {
+/// itself meanwhile is fine. MariaDB ends them in one statement (`KILL
+/// CONNECTION USER`); MySQL has no such statement, so its sessions are
+/// listed from `information_schema.PROCESSLIST` (on MariaDB that listing
+/// builds a temporary table per query) and killed one by one.
+pub(super) async fn kill_sessions(conn: &mut MySqlConnection, sess: Session, user: &str) -> Result<usize, sqlx::Error> {
+    if sess.flavor == Flavor::MariaDb {
+        let name = quote_literal(user, sess.backslash).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        let done = sqlx::Executor::execute(&mut *conn, format!("KILL CONNECTION USER {name}").as_str()).await?;
+        return Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX));
+    }
     let ids: Vec<u64> = sqlx::query_scalar(
         "SELECT CAST(ID AS UNSIGNED) FROM information_schema.PROCESSLIST WHERE USER = ? AND ID <> CONNECTION_ID()",
     )
@@ -119,12 +127,12 @@ impl MysqlPlugin {
             Err(e) if db_number(&e) == Some(er::CANNOT_USER) => return Ok(None),
             Err(e) => return Err(self.fail(root, e, &format!("locking account {acct}"))),
         }
-        let mut killed = kill_sessions(conn, user).await.map_err(|e| self.fail(root, e, &format!("ending the sessions of {acct}")))?;
+        let mut killed = kill_sessions(conn, sess, user).await.map_err(|e| self.fail(root, e, &format!("ending the sessions of {acct}")))?;
         exec(conn, &format!("DROP USER IF EXISTS {acct}"))
             .await
             .map_err(|e| self.fail(root, e, &format!("dropping account {acct}")))?;
         // A session that logged in just before the lock.
-        killed += kill_sessions(conn, user).await.map_err(|e| self.fail(root, e, &format!("ending the sessions of {acct}")))?;
+        killed += kill_sessions(conn, sess, user).await.map_err(|e| self.fail(root, e, &format!("ending the sessions of {acct}")))?;
         Ok(Some(killed))
     }
 
