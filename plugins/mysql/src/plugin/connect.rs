@@ -107,6 +107,28 @@ pub(super) async fn exec(conn: &mut MySqlConnection, sql: &str) -> Result<(), sq
     sqlx::Executor::execute(conn, sql).await.map(|_| ())
 }
 
+/// Runs `stmts` in one round trip (a multi-statement text query; the
+/// server runs them in order and stops at the first error). Fails with the
+/// index of the statement that failed; those before it took effect, none
+/// after it ran.
+pub(super) async fn exec_batch(conn: &mut MySqlConnection, stmts: &[&str]) -> Result<(), (usize, sqlx::Error)> {
+    use futures_util::StreamExt;
+    let sql = Zeroizing::new(stmts.join(";\n"));
+    let mut results = sqlx::raw_sql(&sql).execute_many(conn);
+    let mut done = 0;
+    while let Some(r) = results.next().await {
+        match r {
+            Ok(_) => done += 1,
+            Err(e) => return Err((done, e)),
+        }
+    }
+    if done == stmts.len() {
+        Ok(())
+    } else {
+        Err((done, sqlx::Error::Protocol(format!("{} statements sent, {done} answered", stmts.len()))))
+    }
+}
+
 /// What `conn` talks to and its `sql_mode`, read from the server (one
 /// round trip).
 async fn read_session(conn: &mut MySqlConnection) -> Result<(Session, String), sqlx::Error> {

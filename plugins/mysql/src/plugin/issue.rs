@@ -6,16 +6,21 @@
 use super::*;
 use lessor_plugin_sql::issue::{check_issue, Checked};
 
-
+/// Why creating an account failed, and whether it exists by then.
+enum Failed {
+    NothingMade(PluginError),
+    AccountMade(PluginError),
+}
 
 impl MysqlPlugin {
     pub(super) fn render_err(&self, role: &str, e: crate::sql::RenderError) -> PluginError {
         PluginError::InvalidRequest(format!("role `{}/{role}`: {e}", self.connection))
     }
 
-    /// Creates the account, grants its roles and runs the grant templates.
-    /// MySQL and MariaDB commit every account statement at once (no
-    /// transactional DDL), so a failure part way drops the account again.
+    /// Creates the account, grants its server roles and makes them its
+    /// default (one round trip), then runs the grant templates. MySQL and
+    /// MariaDB commit every account statement at once (no transactional
+    /// DDL), so a failure part way drops the account again.
     pub(super) async fn create(&self, root: &Root, conn: &mut MySqlConnection, sess: Session, job: &Creation<'_>) -> Result<(), PluginError> {
         let Creation { acct, user, password, server_roles, grants } = *job;
         let hash = native_hash(password);
@@ -35,16 +40,11 @@ impl MysqlPlugin {
         });
         let never_show = [password.clone(), hash];
         let scrub = |e: PluginError| scrub_error(&never_show, e);
-        if let Err(e) = exec(conn, &create).await {
-            let exists = db_number(&e) == Some(er::CANNOT_USER);
-            let err = scrub(self.fail(root, e, "creating the account"));
-            return Err(if exists {
-                PluginError::Permanent(format!("account {acct} exists already (a lease id is never reused); revoke the lease to drop it"))
-            } else {
-                err
-            });
-        }
-        let result = self.grant_all(root, conn, sess, (acct, user, password), server_roles, grants).await;
+        let result = match self.create_account(root, conn, sess, (acct, user, password), &create, server_roles).await {
+            Ok(()) => self.run_grants(root, conn, grants).await,
+            Err(Failed::NothingMade(e)) => return Err(scrub(e)),
+            Err(Failed::AccountMade(e)) => Err(e),
+        };
         if let Err(e) = result {
             if let Err(d) = exec(conn, &format!("DROP USER IF EXISTS {acct}")).await {
                 tracing::warn!(error = %self.fail(root, d, "dropping"), "a half-created account was not dropped; revocation of the pending lease will");
@@ -54,53 +54,70 @@ impl MysqlPlugin {
         Ok(())
     }
 
-    /// `login`: the account (quoted), its user name and password.
-    pub(super) async fn grant_all(
+    /// `CREATE USER` (the statement `create`), a `GRANT` per server role and
+    /// `SET DEFAULT ROLE`, sent together: one round trip per issue instead
+    /// of one per statement. The server stops at the first failing
+    /// statement, whose position says what failed and whether the account
+    /// exists. `login`: the account (quoted), its user name and password.
+    async fn create_account(
         &self,
         root: &Root,
         conn: &mut MySqlConnection,
         sess: Session,
         login: (&str, &str, &SecretString),
+        create: &str,
         server_roles: &[String],
-        grants: &[(String, String)],
-    ) -> Result<(), PluginError> {
+    ) -> Result<(), Failed> {
         let (acct, user, password) = login;
-        if !server_roles.is_empty() {
-            let list = server_roles
-                .iter()
-                .map(|r| quote_ident(r))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| PluginError::Misconfigured(e.to_string()))?
-                .join(", ");
-            // One role per GRANT: MariaDB's syntax takes one.
-            for r in server_roles {
-                let q = quote_ident(r).map_err(|e| PluginError::Misconfigured(e.to_string()))?;
-                if let Err(e) = exec(conn, &format!("GRANT {q} TO {acct}")).await {
-                    let err = self.fail(root, e, &format!("granting role {r}"));
-                    return Err(match err {
-                        PluginError::Permanent(m) => PluginError::Permanent(format!(
-                            "{m} (the admin account needs each role WITH ADMIN OPTION, or ROLE_ADMIN on MySQL)"
-                        )),
-                        other => other,
-                    });
-                }
-            }
-            let default = match sess.flavor {
-                Flavor::MySql => format!("SET DEFAULT ROLE ALL TO {acct}"),
-                Flavor::MariaDb => format!("SET DEFAULT ROLE {list} FOR {acct}"),
-            };
-            match exec(conn, &default).await {
-                Ok(()) => {}
-                // MariaDB lets an admin set another account's default role
-                // only with UPDATE on the `mysql` database (which would let
-                // it rewrite any account's privileges). Without it, the new
-                // account sets its own, which needs no privilege.
-                Err(e) if sess.flavor == Flavor::MariaDb && db_number(&e) == Some(er::DBACCESS_DENIED) => {
-                    self.own_default_role(root, user, password, &list).await?;
-                }
-                Err(e) => return Err(self.fail(root, e, "setting the default role")),
-            }
+        let quoted = server_roles
+            .iter()
+            .map(|r| quote_ident(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Failed::NothingMade(PluginError::Misconfigured(e.to_string())))?;
+        // One role per GRANT: MariaDB's syntax takes one.
+        let grant_roles: Vec<String> = quoted.iter().map(|q| format!("GRANT {q} TO {acct}")).collect();
+        let list = quoted.join(", ");
+        let default = (!quoted.is_empty()).then(|| match sess.flavor {
+            Flavor::MySql => format!("SET DEFAULT ROLE ALL TO {acct}"),
+            Flavor::MariaDb => format!("SET DEFAULT ROLE {list} FOR {acct}"),
+        });
+        let mut stmts = vec![create];
+        stmts.extend(grant_roles.iter().map(String::as_str));
+        stmts.extend(default.as_deref());
+        let (at, e) = match exec_batch(conn, &stmts).await {
+            Ok(()) => return Ok(()),
+            Err(failed) => failed,
+        };
+        if at == 0 {
+            let exists = db_number(&e) == Some(er::CANNOT_USER);
+            let err = self.fail(root, e, "creating the account");
+            return Err(Failed::NothingMade(if exists {
+                PluginError::Permanent(format!("account {acct} exists already (a lease id is never reused); revoke the lease to drop it"))
+            } else {
+                err
+            }));
         }
+        if let Some(r) = server_roles.get(at - 1).filter(|_| at <= grant_roles.len()) {
+            return Err(Failed::AccountMade(match self.fail(root, e, &format!("granting role {r}")) {
+                PluginError::Permanent(m) => PluginError::Permanent(format!(
+                    "{m} (the admin account needs each role WITH ADMIN OPTION, or ROLE_ADMIN on MySQL)"
+                )),
+                other => other,
+            }));
+        }
+        // MariaDB lets an admin set another account's default role only
+        // with UPDATE on the `mysql` database (which would let it rewrite
+        // any account's privileges). Without it, the new account sets its
+        // own, which needs no privilege.
+        if sess.flavor == Flavor::MariaDb && db_number(&e) == Some(er::DBACCESS_DENIED) {
+            return self.own_default_role(root, user, password, &list).await.map_err(Failed::AccountMade);
+        }
+        Err(Failed::AccountMade(self.fail(root, e, "setting the default role")))
+    }
+
+    /// Runs the rendered grant templates, one statement at a time (each
+    /// error names its scope and statement).
+    async fn run_grants(&self, root: &Root, conn: &mut MySqlConnection, grants: &[(String, String)]) -> Result<(), PluginError> {
         for (label, sql) in grants {
             if let Err(e) = exec(conn, sql).await {
                 return Err(self.fail(root, e, &format!("{label} failed")));

@@ -161,6 +161,63 @@ each_server! {
 }
 
 each_server! {
+    /// The account statements (CREATE USER, a GRANT per server role, SET
+    /// DEFAULT ROLE) reach the server in one round trip: one command per
+    /// issue on a connected pool, counted by a proxy in front of the server
+    /// (three, one per statement, before they were sent together).
+    async fn an_issue_sends_its_account_statements_in_one_round_trip(server) {
+        let mut db = Db::start(server);
+        let proxy = CommandCounter::start(db.db.port()).await;
+        let dsn = format!("mysql://admin:{}@127.0.0.1:{}/?ssl-mode=disabled", db.db.admin_password(), proxy.port);
+        let c = db.connection(&dsn, json!({"pool_size": 1}));
+        let p = build(c, roles()).await;
+        // The first issue connects the pool (its session set-up sends
+        // commands of its own).
+        p.issue(request(&lease_id(), "orders", &["orders.read"], Duration::from_secs(600))).await.unwrap();
+        for _ in 0..3 {
+            let before = proxy.commands();
+            let issued = p.issue(request(&lease_id(), "orders", &["orders.read"], Duration::from_secs(600))).await.unwrap();
+            assert_eq!(proxy.commands() - before, 1, "one round trip per issue");
+            assert_eq!(db.login(&issued, "SELECT COUNT(*) FROM app.orders").unwrap(), "1", "granted and default");
+        }
+        assert_eq!(db.lease_users().len(), 4);
+    }
+}
+
+each_server! {
+    /// A server role the admin may not grant fails the issue naming that
+    /// role (the position of the failing statement in the round trip says
+    /// which), and the account made before it is dropped. On MySQL the
+    /// role that fails is the second of two.
+    async fn a_role_the_admin_cannot_grant_names_the_role_and_leaves_no_user(server) {
+        let mut db = Db::start(server);
+        let end_sessions = match server {
+            Server::MariaDb => "CONNECTION ADMIN",
+            Server::Mysql8 => "CONNECTION_ADMIN",
+        };
+        db.sql(&format!(
+            "CREATE USER lessor_admin@'%' IDENTIFIED BY 'no-invoices'; \
+             GRANT CREATE USER, PROCESS, {end_sessions} ON *.* TO lessor_admin@'%' WITH GRANT OPTION; \
+             GRANT SELECT ON mysql.user TO lessor_admin@'%'"
+        ));
+        // `orders_reader` it may grant, `invoices_reader` not.
+        db.db.sql_as("admin", db.db.admin_password(), "GRANT orders_reader TO lessor_admin@'%' WITH ADMIN OPTION").unwrap();
+        let mapped = match server {
+            Server::MariaDb => json!({"invoices.read": ["invoices_reader"]}),
+            Server::Mysql8 => json!({"invoices.read": ["orders_reader", "invoices_reader"]}),
+        };
+        let c = db.connection(&db.db.dsn("lessor_admin", "no-invoices", ""), json!({}));
+        let p = build(c, vec![role("invoices", &["invoices.read"], json!({"roles": mapped}))]).await;
+        let e = p.issue(request(&lease_id(), "invoices", &["invoices.read"], Duration::from_secs(600))).await.unwrap_err();
+        assert!(
+            matches!(&e, PluginError::Permanent(m) if m.contains("granting role invoices_reader") && m.contains("WITH ADMIN OPTION")),
+            "{e:?}"
+        );
+        assert_eq!(db.lease_users(), vec!["lessor_admin".to_string()], "the account made before the failing grant is dropped");
+    }
+}
+
+each_server! {
     /// The PostgreSQL plugin's injection tests, for MySQL's rules, in both
     /// backslash modes: hostile claims end up as data, byte for byte.
     async fn claims_cannot_inject_sql_with_or_without_backslash_escapes(server) {

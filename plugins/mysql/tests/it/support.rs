@@ -154,3 +154,60 @@ pub fn request(id: &LeaseId, role: &str, scopes: &[&str], ttl: Duration) -> Issu
 pub fn username(issued: &Issued) -> String {
     issued.public["username"].as_str().unwrap().to_owned()
 }
+
+/// A TCP proxy in front of a server that counts the commands its clients
+/// send: MySQL packets with sequence id 0, one per round trip a client
+/// starts (the handshake's packets carry higher ids). Connect to it with
+/// `ssl-mode=disabled` so the packets stay readable.
+pub struct CommandCounter {
+    pub port: u16,
+    commands: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CommandCounter {
+    pub async fn start(server_port: u16) -> CommandCounter {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let commands = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = commands.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(("127.0.0.1", server_port)).await.unwrap();
+                let (from_client, to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut from_client = from_client;
+                    loop {
+                        let mut head = [0u8; 4];
+                        if from_client.read_exact(&mut head).await.is_err() {
+                            return;
+                        }
+                        let len = usize::from(head[0]) | usize::from(head[1]) << 8 | usize::from(head[2]) << 16;
+                        let mut body = vec![0u8; len];
+                        if from_client.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        if head[3] == 0 {
+                            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        if to_server.write_all(&head).await.is_err() || to_server.write_all(&body).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut to_client = to_client;
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                });
+            }
+        });
+        CommandCounter { port, commands }
+    }
+
+    /// Commands sent through the proxy so far.
+    pub fn commands(&self) -> usize {
+        self.commands.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
