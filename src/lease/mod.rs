@@ -47,6 +47,7 @@ pub mod heartbeat;
 pub mod reconcile;
 pub mod retention;
 mod gauges;
+mod issue_times;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -227,6 +228,8 @@ pub struct LeaseService {
     pub roots: Option<Arc<crate::connections::RootCredentials>>,
     /// Per-connection revocation concurrency and circuit breakers.
     pub breakers: breaker::Breakers,
+    /// How long each role's vendor takes to issue.
+    issue_times: Arc<issue_times::IssueTimes>,
 }
 
 /// What `LeaseService::status` reports.
@@ -299,6 +302,7 @@ impl LeaseService {
             rate: Arc::new(RateLimiter::new(Quotas::default().issues_per_minute_per_owner)),
             quotas: Quotas::default(),
             roots: None,
+            issue_times: Arc::default(),
         }
     }
 
@@ -579,8 +583,11 @@ impl LeaseService {
                 error: PluginError::Retryable(e.to_string()),
             })?;
         }
-        // Committed, its sync started: it runs while the plugin works.
-        let on_disk = self.store.insert_pending(&lease).await?;
+        // Committed; its sync runs while the plugin works, started at once
+        // or, for a vendor that takes a while, up to half its usual time
+        // later so that other writes share it.
+        let within = self.issue_times.sync_within(&role.name);
+        let on_disk = self.store.insert_pending_within(&lease, within).await?;
         let req = lessor_plugin::IssueRequest {
             lease_id: lease.id.clone(),
             role: role.short.clone(),
@@ -592,7 +599,10 @@ impl LeaseService {
         // Bounded: past the call timeout the issue is cancelled and its
         // pending lease revoked below, like any failed issue.
         let limit = self.settings.call_timeout();
-        let issued = match lessor_plugin::call::bounded("issue", limit, role.plugin.issue(req)).await.unwrap_or_else(|_| {
+        let started = Instant::now();
+        let called = lessor_plugin::call::bounded("issue", limit, role.plugin.issue(req)).await;
+        self.issue_times.record(&role.name, started.elapsed());
+        let issued = match called.unwrap_or_else(|_| {
             Err(PluginError::Retryable(format!("the plugin did not finish issuing within {}", crate::fmt_duration(limit))))
         }) {
             Ok(i) => i,

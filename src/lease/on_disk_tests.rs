@@ -7,7 +7,7 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use lessor_plugin::{Capabilities, IssueRequest, Issued, LeaseRef, Plugin, PluginError, RenewRequest, Revocation, Validation};
@@ -70,39 +70,7 @@ async fn no_credential_leaves_before_its_pending_row_is_on_disk() {
         f.sync_data()
     });
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_with(dir.path().join("l.db").to_str().unwrap(), sync).await.unwrap());
-    let info = RoleInfo {
-        name: "token/orders".into(),
-        connection: "token".into(),
-        plugin: "instant".into(),
-        environment: "staging".into(),
-        scopes: vec![],
-        max_ttl_seconds: 3600,
-    };
-    let plugin = Arc::new(AtOnce);
-    let role = Role {
-        name: "token/orders".into(),
-        connection: "token".into(),
-        short: "orders".into(),
-        kind: "instant".into(),
-        plugin: plugin.clone(),
-        cfg: toml::from_str("max_ttl = \"1h\"").unwrap(),
-        info: info.clone(),
-    };
-    let catalog = Catalog {
-        roles: BTreeMap::from([("token/orders".to_string(), Arc::new(role))]),
-        connections: BTreeMap::from([("token".to_string(), plugin as Arc<dyn Plugin>)]),
-        scopes: BTreeMap::new(),
-    };
-    // The shipped policy `gh-acme-orders-tokens` allows this workload.
-    let engine = PolicyEngine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), vec![info]).unwrap();
-    let svc = LeaseService::new(store.clone(), Arc::new(catalog), Arc::new(engine), LeaseSettings::default());
-    let w = VerifiedWorkload {
-        issuer_name: "dev".into(),
-        issuer: "https://dev-issuer.lessor.localhost".into(),
-        subject: "repo:acme/api:ref:refs/heads/main".into(),
-        attributes: BTreeMap::from([("repository_owner".to_string(), "acme".to_string())]),
-        expires_at: OffsetDateTime::now_utc() + time::Duration::minutes(5),
-    };
+    let (svc, w) = service(store.clone(), Arc::new(AtOnce));
     let input = || IssueInput { role: "token/orders".into(), ttl: Some("5m".into()), scopes: None, params: serde_json::Map::new() };
 
     // With the disk free, an issue goes through.
@@ -127,6 +95,119 @@ async fn no_credential_leaves_before_its_pending_row_is_on_disk() {
         tokio::time::timeout(Duration::from_millis(300), &mut issue).await.is_err(),
         "the credential must not leave while its pending row is not on disk"
     );
+    hold.store(false, Ordering::SeqCst);
+    go.send(()).unwrap();
+    let issued = tokio::time::timeout(Duration::from_secs(10), issue).await.expect("returned once on disk").unwrap().expect("issued");
+    assert_eq!(issued.lease.state, LeaseState::Active);
+    store.close().await;
+}
+
+/// A lease service over `store` with one role, `token/orders`, made by
+/// `plugin`, and a workload the shipped policy allows it to.
+fn service(store: Arc<dyn Store>, plugin: Arc<dyn Plugin>) -> (LeaseService, VerifiedWorkload) {
+    let info = RoleInfo {
+        name: "token/orders".into(),
+        connection: "token".into(),
+        plugin: "instant".into(),
+        environment: "staging".into(),
+        scopes: vec![],
+        max_ttl_seconds: 3600,
+    };
+    let role = Role {
+        name: "token/orders".into(),
+        connection: "token".into(),
+        short: "orders".into(),
+        kind: "instant".into(),
+        plugin: plugin.clone(),
+        cfg: toml::from_str("max_ttl = \"1h\"").unwrap(),
+        info: info.clone(),
+    };
+    let catalog = Catalog {
+        roles: BTreeMap::from([("token/orders".to_string(), Arc::new(role))]),
+        connections: BTreeMap::from([("token".to_string(), plugin)]),
+        scopes: BTreeMap::new(),
+    };
+    // The shipped policy `gh-acme-orders-tokens` allows this workload.
+    let engine = PolicyEngine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), vec![info]).unwrap();
+    let svc = LeaseService::new(store, Arc::new(catalog), Arc::new(engine), LeaseSettings::default());
+    let w = VerifiedWorkload {
+        issuer_name: "dev".into(),
+        issuer: "https://dev-issuer.lessor.localhost".into(),
+        subject: "repo:acme/api:ref:refs/heads/main".into(),
+        attributes: BTreeMap::from([("repository_owner".to_string(), "acme".to_string())]),
+        expires_at: OffsetDateTime::now_utc() + time::Duration::minutes(5),
+    };
+    (svc, w)
+}
+
+/// A vendor that takes `SLOW` to create.
+struct Slow;
+
+const SLOW: Duration = Duration::from_millis(200);
+
+#[async_trait]
+impl Plugin for Slow {
+    fn kind(&self) -> &str {
+        "instant"
+    }
+    fn capabilities(&self) -> Capabilities {
+        AtOnce.capabilities()
+    }
+    async fn validate(&self) -> Result<Validation, PluginError> {
+        AtOnce.validate().await
+    }
+    async fn issue(&self, req: IssueRequest) -> Result<Issued, PluginError> {
+        tokio::time::sleep(SLOW).await;
+        AtOnce.issue(req).await
+    }
+    async fn renew(&self, r: RenewRequest) -> Result<OffsetDateTime, PluginError> {
+        AtOnce.renew(r).await
+    }
+    async fn revoke(&self, l: &LeaseRef) -> Result<(), PluginError> {
+        AtOnce.revoke(l).await
+    }
+}
+
+/// For a vendor that takes a while, the pending row's sync is put off
+/// (half the vendor's usual time, learnt from its calls, here capped at
+/// `LAZY_SYNC`, 20 ms) so that other writes can share it; the credential
+/// still leaves only once the row is on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_vendors_pending_row_puts_its_sync_off_and_is_on_disk_before_the_credential_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    // When each sync started; while `hold` is set, a sync waits for `go`.
+    let started = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let hold = Arc::new(AtomicBool::new(false));
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let wait = Mutex::new(wait);
+    let (st, h) = (started.clone(), hold.clone());
+    let sync: SyncFn = Arc::new(move |f: &File| {
+        st.lock().unwrap().push(Instant::now());
+        if h.load(Ordering::SeqCst) {
+            let _ = wait.lock().unwrap().recv();
+        }
+        f.sync_data()
+    });
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_with(dir.path().join("l.db").to_str().unwrap(), sync).await.unwrap());
+    let (svc, w) = service(store.clone(), Arc::new(Slow));
+    let input = || IssueInput { role: "token/orders".into(), ttl: Some("5m".into()), scopes: None, params: serde_json::Map::new() };
+    // The first issue teaches lessor how long the vendor takes; its
+    // activation's sync (nobody waits for it) is done 20 ms later.
+    svc.issue(&w, input(), &RequestMeta::internal()).await.expect("issued");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = Instant::now();
+    svc.issue(&w, input(), &RequestMeta::internal()).await.expect("issued");
+    let first = started.lock().unwrap().iter().copied().find(|t| *t >= t0).expect("a sync for the second issue");
+    // No other write asks for a sync: the pending row's starts at its
+    // deadline, 20 ms after its commit, never sooner.
+    assert!(first - t0 >= Duration::from_millis(20), "the pending row's sync started {:?} after the issue began", first - t0);
+
+    // Put off or not, no credential leaves before its row is on disk.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    hold.store(true, Ordering::SeqCst);
+    let (svc2, w2) = (svc.clone(), w.clone());
+    let mut issue = tokio::spawn(async move { svc2.issue(&w2, input(), &RequestMeta::internal()).await });
+    assert!(tokio::time::timeout(SLOW * 3, &mut issue).await.is_err(), "the credential must not leave while the disk is held");
     hold.store(false, Ordering::SeqCst);
     go.send(()).unwrap();
     let issued = tokio::time::timeout(Duration::from_secs(10), issue).await.expect("returned once on disk").unwrap().expect("issued");

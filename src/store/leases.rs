@@ -195,8 +195,16 @@ pub struct QuotaCounts {
 }
 
 /// A committed write on its way to the disk ([`LeaseStore::insert_pending`]).
-#[derive(Debug)]
-pub struct OnDisk(Option<tokio::sync::oneshot::Receiver<Result<u64, StoreError>>>);
+pub struct OnDisk(Option<(tokio::sync::oneshot::Receiver<Result<u64, StoreError>>, Demand)>);
+
+/// Tells the store that someone now waits for the write's sync.
+pub(crate) type Demand = Box<dyn FnOnce() + Send + Sync>;
+
+impl std::fmt::Debug for OnDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "OnDisk(on its way)" } else { "OnDisk(on disk)" })
+    }
+}
 
 impl OnDisk {
     /// Already on disk (a backend whose commit waits for its flush).
@@ -204,21 +212,27 @@ impl OnDisk {
         OnDisk(None)
     }
 
-    /// On disk once `synced` answers (with `Ok`).
-    pub(crate) fn after(synced: tokio::sync::oneshot::Receiver<Result<u64, StoreError>>) -> OnDisk {
-        OnDisk(Some(synced))
+    /// On disk once `synced` answers (with `Ok`); `demand` is called when
+    /// someone starts waiting for it before then.
+    pub(crate) fn after(synced: tokio::sync::oneshot::Receiver<Result<u64, StoreError>>, demand: Demand) -> OnDisk {
+        OnDisk(Some((synced, demand)))
     }
 
-    /// Waits until the write is on disk: `Unavailable` if the sync failed
-    /// or the store stopped first (the write may then be lost with the
-    /// next power loss).
+    /// Waits until the write is on disk (asking the store to sync now if
+    /// it is not yet): `Unavailable` if the sync failed or the store
+    /// stopped first (the write may then be lost with the next power loss).
     pub async fn wait(self) -> Result<(), StoreError> {
-        match self.0 {
-            None => Ok(()),
-            Some(rx) => match rx.await {
-                Ok(r) => r.map(|_| ()),
-                Err(_) => Err(StoreError::Unavailable("the store stopped before the write was on disk".into())),
-            },
+        use tokio::sync::oneshot::error::TryRecvError;
+        let stopped = || StoreError::Unavailable("the store stopped before the write was on disk".into());
+        let Some((mut rx, demand)) = self.0 else { return Ok(()) };
+        match rx.try_recv() {
+            Ok(r) => return r.map(|_| ()),
+            Err(TryRecvError::Closed) => return Err(stopped()),
+            Err(TryRecvError::Empty) => demand(),
+        }
+        match rx.await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(stopped()),
         }
     }
 }
@@ -234,13 +248,25 @@ pub trait LeaseStore: Send + Sync {
     ///
     /// Returns once the row is committed: visible, and kept through a crash
     /// of lessor. The [`OnDisk`] it returns resolves once the row is also on
-    /// disk: SQLite starts that sync at the commit, so it runs while the
-    /// plugin creates the credential, and the caller waits for it before
+    /// disk: SQLite starts that sync at the commit (or up to `within` later
+    /// with [`insert_pending_within`](Self::insert_pending_within)), so it
+    /// runs while the plugin creates the credential, and the caller waits
+    /// for it before
     /// returning the credential (a power loss before then can lose the row;
     /// what it named is a vendor object whose secret nobody received, the
     /// reconciler's stray). PostgreSQL waits for its own flush, as for
     /// every write, and returns an `OnDisk` that is already resolved.
     async fn insert_pending(&self, lease: &Lease) -> Result<OnDisk, StoreError>;
+
+    /// [`insert_pending`](Self::insert_pending) for a caller that will not
+    /// wait for the row to be on disk for about `within` (its vendor call
+    /// takes about that long): a backend that syncs apart from its commits
+    /// may put the sync off that long, or until the [`OnDisk`] is awaited,
+    /// so that other writes share it. By default `insert_pending`.
+    async fn insert_pending_within(&self, lease: &Lease, within: std::time::Duration) -> Result<OnDisk, StoreError> {
+        let _ = within;
+        self.insert_pending(lease).await
+    }
 
     /// `pending` -> `active` with the plugin's handle. False if the lease was
     /// no longer pending (cleanup got there first).

@@ -21,7 +21,7 @@
 use std::fs::File;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -92,8 +92,10 @@ enum Answer {
     /// [`LeaseStore::activate_at_version`](super::LeaseStore::activate_at_version)).
     Committed,
     /// At its commit, and again through this once synced (a pending lease
-    /// row and its [`OnDisk`](super::OnDisk)).
-    CommittedThenSynced(Reply),
+    /// row and its [`OnDisk`](super::OnDisk)). The sync may wait up to
+    /// this long after the commit (capped at [`LAZY_SYNC`]) for other
+    /// writes to share it, unless someone waits for it first.
+    CommittedThenSynced(Reply, Duration),
 }
 
 enum Msg {
@@ -131,6 +133,9 @@ enum Msg {
 #[derive(Clone)]
 struct Writer {
     tx: tokio::sync::mpsc::Sender<Msg>,
+    /// To the sync thread: an [`OnDisk`](super::OnDisk) awaited sends
+    /// [`ToSync::Demand`] through it.
+    to_sync: mpsc::Sender<ToSync>,
     /// Live-lease counts, changed by the writer at each commit.
     counts: Arc<std::sync::RwLock<counts::Counts>>,
     /// Why writes fail since a sync failed (see [`Writer::sync_loop`]).
@@ -153,6 +158,17 @@ type Reply = tokio::sync::oneshot::Sender<Result<u64, StoreError>>;
 /// Answers of a committed batch, waiting for the WAL to be synced.
 type Answers = Vec<(Reply, Result<u64, StoreError>)>;
 
+/// A committed batch: its number, when it committed, and the answers
+/// left for the sync thread (`deferred`: pending rows', whose sync may wait
+/// up to `within` after `at`).
+struct Done {
+    seq: u64,
+    at: Instant,
+    within: Duration,
+    durable: Answers,
+    deferred: Answers,
+}
+
 /// How the WAL file is made durable: `fdatasync` in production; tests put
 /// a gate or a failure in between.
 pub(crate) type SyncFn = Arc<dyn Fn(&File) -> std::io::Result<()> + Send + Sync>;
@@ -165,6 +181,14 @@ enum ToSync {
     /// A committed batch's answers that wait for the disk, sent once a sync
     /// that started after the commit has ended.
     Answers(Answers),
+    /// The second answers of a committed batch's pending rows (the batch
+    /// is commit number `seq`), sent once a sync that started after the
+    /// commit has ended; that sync starts by `by`, or at once when someone
+    /// waits ([`ToSync::Demand`]), or with any other sync.
+    Deferred { seq: u64, by: Instant, answers: Answers },
+    /// A caller waits for a pending row's sync: sync the deferred rows now
+    /// (or, when the row's answers are not here yet, as soon as they are).
+    Demand,
     /// A batch nobody waits for was committed: sync within [`LAZY_SYNC`].
     /// Sent when `lazy` (shared by both threads) was clear, so once per sync
     /// at most; the sync thread clears it before each sync.
@@ -210,8 +234,13 @@ impl Writer {
         let wal_path = format!("{db_file}-wal");
         let wal = File::open(&wal_path).map_err(|e| StoreError::Unavailable(format!("cannot open {wal_path}: {e}")))?;
         let (sync_tx, sync_rx) = mpsc::channel::<ToSync>();
+        let to_sync = sync_tx.clone();
         let lazy = Arc::new(AtomicBool::new(false));
         let lazy_at_sync = lazy.clone();
+        // The number of the last commit, set before any of its writes is
+        // answered; what a sync covers is read from it before the sync.
+        let committed = Arc::new(AtomicU64::new(0));
+        let committed_at_sync = committed.clone();
         // Set once a sync failed: the disk may have dropped what it was
         // given, so no later write is acknowledged either.
         let failed = Arc::new(OnceLock::<String>::new());
@@ -219,7 +248,9 @@ impl Writer {
         let failed_at_write = failed.clone();
         std::thread::Builder::new()
             .name("lessor-sync".into())
-            .spawn(move || Writer::sync_loop(&wal, &wal_path, (&sync, lazy_sync), &sync_rx, &lazy_at_sync, &failed_at_sync))
+            .spawn(move || {
+                Writer::sync_loop(&wal, &wal_path, (&sync, lazy_sync), &sync_rx, (&lazy_at_sync, &committed_at_sync), &failed_at_sync)
+            })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store's sync thread: {e}")))?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(4096);
         std::thread::Builder::new()
@@ -248,20 +279,32 @@ impl Writer {
                         }
                     }
                     if !batch.is_empty() {
-                        match Writer::run(&mut conn, &mut batch, (&deltas, &counts_at_write)) {
-                            Some(durable) if !durable.is_empty() => {
-                                if let Err(mpsc::SendError(ToSync::Answers(lost))) = sync_tx.send(ToSync::Answers(durable)) {
+                        if let Some(done) = Writer::run(&mut conn, &mut batch, (&deltas, &counts_at_write), &committed) {
+                            let lost = |m: ToSync| {
+                                if let ToSync::Answers(lost) | ToSync::Deferred { answers: lost, .. } = m {
                                     for (reply, _) in lost {
                                         let _ = reply.send(Err(StoreError::Unavailable("the store's sync thread has stopped".into())));
                                     }
                                 }
+                            };
+                            let waited_for = !done.durable.is_empty() || !done.deferred.is_empty();
+                            if !done.durable.is_empty() {
+                                if let Err(mpsc::SendError(m)) = sync_tx.send(ToSync::Answers(done.durable)) {
+                                    lost(m);
+                                }
                             }
-                            Some(_) if !lazy.swap(true, Ordering::SeqCst) => {
+                            if !done.deferred.is_empty() {
+                                let by = done.at + done.within.min(lazy_sync);
+                                if let Err(mpsc::SendError(m)) = sync_tx.send(ToSync::Deferred { seq: done.seq, by, answers: done.deferred }) {
+                                    lost(m);
+                                }
+                            }
+                            // A sync someone waits for takes the whole batch.
+                            if !waited_for && !lazy.swap(true, Ordering::SeqCst) {
                                 // (A send error: the sync thread has ended;
                                 // the close reports it.)
                                 let _ = sync_tx.send(ToSync::Lazy);
                             }
-                            _ => {}
                         }
                     }
                     if closing.is_some() {
@@ -286,7 +329,7 @@ impl Writer {
                 }
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")))?;
-        Ok(Writer { tx, counts, failed })
+        Ok(Writer { tx, to_sync, counts, failed })
     }
 
     /// Finishes every write sent before this and ends the threads; returns
@@ -305,18 +348,20 @@ impl Writer {
         tokio::time::timeout(limit, close).await.is_ok()
     }
 
-    /// Runs `batch` in one transaction and commits it, answers the writes
-    /// that need only the commit, and returns the answers to send once the
-    /// WAL is synced (maybe none: the batch is synced all the same; `None`
-    /// when the transaction could not start or commit: every write was
-    /// answered with that error). The triggers report count changes into
-    /// `deltas`; those of a write undone are dropped, the rest applied to
-    /// `counts` at the commit, before any write of the batch is answered.
+    /// Runs `batch` in one transaction and commits it, numbers the commit
+    /// (`committed`), answers the writes that need only the commit, and
+    /// returns the answers to send once the WAL is synced (maybe none: the
+    /// batch is synced all the same; `None` when the transaction could not
+    /// start or commit: every write was answered with that error). The
+    /// triggers report count changes into `deltas`; those of a write undone
+    /// are dropped, the rest applied to `counts` at the commit, before any
+    /// write of the batch is answered.
     fn run(
         conn: &mut rusqlite::Connection,
         batch: &mut Vec<WriteReq>,
         (deltas, counts): (&counts::Deltas, &std::sync::RwLock<counts::Counts>),
-    ) -> Option<Answers> {
+        committed: &AtomicU64,
+    ) -> Option<Done> {
         counts::clear(deltas);
         let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
             Ok(tx) => tx,
@@ -347,30 +392,32 @@ impl Writer {
             }
             results.push(result);
         }
-        let committed = tx.commit();
-        match &committed {
+        let committed_now = tx.commit();
+        match &committed_now {
             Ok(()) => counts::commit(deltas, counts),
             Err(_) => counts::clear(deltas),
         }
-        match committed {
+        match committed_now {
             Ok(()) => {
-                let mut durable = Vec::new();
+                let seq = committed.fetch_add(1, Ordering::SeqCst).saturating_add(1);
+                let mut done = Done { seq, at: Instant::now(), within: Duration::MAX, durable: Vec::new(), deferred: Vec::new() };
                 for (r, res) in batch.drain(..).zip(results) {
                     match r.answer {
-                        Answer::Synced => durable.push((r.reply, res)),
+                        Answer::Synced => done.durable.push((r.reply, res)),
                         Answer::Committed => {
                             let _ = r.reply.send(res);
                         }
-                        Answer::CommittedThenSynced(then) => {
+                        Answer::CommittedThenSynced(then, within) => {
                             // (A failed write's caller waits for nothing more.)
                             if let Ok(n) = res {
-                                durable.push((then, Ok(n)));
+                                done.deferred.push((then, Ok(n)));
+                                done.within = done.within.min(within);
                             }
                             let _ = r.reply.send(res);
                         }
                     }
                 }
-                Some(durable)
+                Some(done)
             }
             Err(e) => {
                 // (Dropping the transaction rolled it back.)
@@ -385,41 +432,67 @@ impl Writer {
 
     /// The sync thread: takes every committed batch queued, syncs the WAL
     /// once for all of them (each was committed, so written to the file,
-    /// before it was queued), then answers them. After a failed sync it
-    /// answers every write, then and later, with that failure.
+    /// before it was queued), then answers them. A batch of pending rows
+    /// may wait for its deadline (or for someone to wait for it, or for any
+    /// other sync), so that several share one sync while their vendors
+    /// work. After a failed sync it answers every write, then and later,
+    /// with that failure.
     fn sync_loop(
         wal: &File,
         wal_path: &str,
         (sync, lazy_sync): (&SyncFn, Duration),
         rx: &mpsc::Receiver<ToSync>,
-        lazy: &AtomicBool,
+        (lazy, committed): (&AtomicBool, &AtomicU64),
         failed: &OnceLock<String>,
     ) {
+        let answer = |answers: Answers, outcome: &Result<(), String>| {
+            for (reply, result) in answers {
+                let _ = reply.send(match outcome {
+                    Ok(()) => result,
+                    Err(why) => Err(StoreError::Unavailable(why.clone())),
+                });
+            }
+        };
         let mut waiting: Vec<Answers> = Vec::new();
-        // Since when a committed batch nobody waits for is unsynced.
-        let mut unsynced: Option<Instant> = None;
+        let mut deferred: Vec<Answers> = Vec::new();
+        // When a sync is due though nobody asks: the earliest deadline of
+        // a deferred batch, or `lazy_sync` after a batch nobody waits for.
+        // Set while anything committed is not yet synced.
+        let mut due_at: Option<Instant> = None;
+        // Someone waits for a pending row since the last sync.
+        let mut demanded = false;
+        // Every commit up to this number is on disk.
+        let mut synced_upto = 0u64;
         loop {
-            let first = match unsynced {
-                None => rx.recv().ok(),
-                Some(since) => match rx.recv_timeout(lazy_sync.saturating_sub(since.elapsed())) {
+            let mut next = match due_at {
+                None => match rx.recv() {
                     Ok(m) => Some(m),
-                    Err(mpsc::RecvTimeoutError::Timeout) => Some(ToSync::Answers(Vec::new())),
-                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                    Err(_) => return,
+                },
+                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(m) => Some(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 },
             };
-            let Some(first) = first else { return };
             let mut closing = None;
-            let mut next = Some(first);
             let mut due = false;
+            let soonest = |due_at: Option<Instant>, at: Instant| Some(due_at.map_or(at, |d| d.min(at)));
             while let Some(m) = next.take() {
                 match m {
                     ToSync::Answers(a) => {
                         waiting.push(a);
                         due = true;
                     }
-                    ToSync::Lazy => {
-                        unsynced.get_or_insert_with(Instant::now);
+                    // Synced already: a sync demanded for these rows
+                    // (after their commit) ran before their answers came.
+                    ToSync::Deferred { seq, answers, .. } if seq <= synced_upto => answer(answers, &Ok(())),
+                    ToSync::Deferred { by, answers, .. } => {
+                        deferred.push(answers);
+                        due_at = soonest(due_at, by);
                     }
+                    ToSync::Demand => demanded = true,
+                    ToSync::Lazy => due_at = soonest(due_at, Instant::now() + lazy_sync),
                     ToSync::Close(done) => {
                         closing = Some(done);
                         break;
@@ -427,11 +500,16 @@ impl Writer {
                 }
                 next = rx.try_recv().ok();
             }
-            if due || (closing.is_some() && unsynced.is_some()) {
+            let overdue = due_at.is_some_and(|at| at <= Instant::now());
+            if due || overdue || (demanded && !deferred.is_empty()) || (closing.is_some() && due_at.is_some()) {
                 // Cleared first: a batch committed after this point sends
                 // `Lazy` again; one committed before is in this sync.
                 lazy.store(false, Ordering::SeqCst);
-                unsynced = None;
+                due_at = None;
+                // Whoever asked committed before asking, so before this
+                // sync: it is covered, even if its rows' answers come later.
+                demanded = false;
+                let upto = committed.load(Ordering::SeqCst);
                 let outcome = match failed.get() {
                     Some(why) => Err(why.clone()),
                     None => sync(wal).map_err(|e| {
@@ -446,11 +524,11 @@ impl Writer {
                             .clone()
                     }),
                 };
-                for (reply, result) in waiting.drain(..).flatten() {
-                    let _ = reply.send(match &outcome {
-                        Ok(()) => result,
-                        Err(why) => Err(StoreError::Unavailable(why.clone())),
-                    });
+                if outcome.is_ok() {
+                    synced_upto = upto;
+                }
+                for a in waiting.drain(..).chain(deferred.drain(..)) {
+                    answer(a, &outcome);
                 }
             }
             if let Some(done) = closing {
@@ -501,12 +579,22 @@ impl Writer {
         self.send(vec![Stmt { sql: sql.into(), binds, must_affect: false }], Answer::Committed).await
     }
 
-    /// `exec_committed`, with the way to wait for its sync.
-    async fn exec_pending(&self, sql: impl Into<String>, binds: Vec<Bind>) -> Result<super::OnDisk, StoreError> {
+    /// `exec_committed`, with the way to wait for its sync, which may wait
+    /// up to `within` for other writes to share it unless the returned
+    /// [`OnDisk`](super::OnDisk) is awaited first.
+    async fn exec_pending(&self, sql: impl Into<String>, binds: Vec<Bind>, within: Duration) -> Result<super::OnDisk, StoreError> {
         let (then, synced) = tokio::sync::oneshot::channel();
         let stmts = vec![Stmt { sql: sql.into(), binds, must_affect: false }];
-        self.send(stmts, Answer::CommittedThenSynced(then)).await?;
-        Ok(super::OnDisk::after(synced))
+        self.send(stmts, Answer::CommittedThenSynced(then, within)).await?;
+        let to_sync = self.to_sync.clone();
+        Ok(super::OnDisk::after(
+            synced,
+            Box::new(move || {
+                // (A send error: the sync thread has ended, and the answer
+                // says so.)
+                let _ = to_sync.send(ToSync::Demand);
+            }),
+        ))
     }
 
     async fn exec_all(&self, stmts: Vec<Stmt>) -> Result<u64, StoreError> {
@@ -797,12 +885,16 @@ mod tests {
             ("INSERT INTO t VALUES (2)", Answer::Synced),
             ("INSERT INTO t VALUES (1)", Answer::Synced),
             ("INSERT INTO t VALUES (3)", Answer::Committed),
-            ("INSERT INTO t VALUES (4)", Answer::CommittedThenSynced(then4)),
-            ("INSERT INTO t VALUES (4)", Answer::CommittedThenSynced(then5)),
+            ("INSERT INTO t VALUES (4)", Answer::CommittedThenSynced(then4, Duration::ZERO)),
+            ("INSERT INTO t VALUES (4)", Answer::CommittedThenSynced(then5, Duration::ZERO)),
         ];
         let (mut batch, mut answers): (Vec<_>, Vec<_>) = writes.into_iter().map(|(sql, a)| write(sql, a)).unzip();
         let (deltas, counts) = (counts::Deltas::default(), std::sync::RwLock::default());
-        let durable = Writer::run(&mut conn, &mut batch, (&deltas, &counts)).expect("committed");
+        let seq = AtomicU64::new(6);
+        let done = Writer::run(&mut conn, &mut batch, (&deltas, &counts), &seq).expect("committed");
+        assert_eq!((done.seq, seq.load(Ordering::SeqCst)), (7, 7), "the commit is numbered");
+        assert_eq!(done.deferred.len(), 1, "the pending row's second answer waits apart");
+        let durable: Vec<_> = done.durable.into_iter().chain(done.deferred).collect();
         assert!(batch.is_empty());
         assert_eq!(answers[0].try_recv().unwrap().unwrap(), 1);
         assert_eq!(answers[3].try_recv().unwrap().unwrap(), 1);
@@ -933,6 +1025,98 @@ mod tests {
         };
         tokio::time::timeout(Duration::from_secs(10), synced).await.expect("the activation is synced without anyone asking");
         store.close().await;
+    }
+
+    /// Pending rows whose callers wait later (a vendor that takes a while)
+    /// share one sync: it is put off until someone waits, and it answers
+    /// every row committed before it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pending_rows_put_off_their_sync_until_someone_waits_and_share_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (g, _go, sync) = gate();
+        let store = SqliteStore::open_tuned(dir.path().join("s.db").to_str().unwrap(), sync, Duration::from_secs(3600)).await.unwrap();
+        let before = g.started.load(Ordering::SeqCst);
+        let mut waits = Vec::new();
+        for n in 0..5 {
+            waits.push(store.insert_pending_within(&lease(20 + n), Duration::from_secs(3600)).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(g.started.load(Ordering::SeqCst), before, "nobody waits yet: no sync");
+        for w in waits {
+            tokio::time::timeout(Duration::from_secs(5), w.wait()).await.expect("the first wait asks for the sync").unwrap();
+        }
+        assert_eq!(g.started.load(Ordering::SeqCst), before + 1, "one sync for the five rows");
+        store.close().await;
+    }
+
+    /// A pending row nobody waits for is synced by its deadline, not before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pending_row_nobody_waits_for_is_synced_by_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let (g, _go, sync) = gate();
+        let store = SqliteStore::open_tuned(dir.path().join("s.db").to_str().unwrap(), sync, Duration::from_secs(3600)).await.unwrap();
+        let before = g.started.load(Ordering::SeqCst);
+        let t = std::time::Instant::now();
+        let _on_disk = store.insert_pending_within(&lease(30), Duration::from_secs(1)).await.unwrap();
+        assert_eq!(g.started.load(Ordering::SeqCst), before, "not at its commit");
+        let synced = async {
+            while g.started.load(Ordering::SeqCst) == before {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), synced).await.expect("synced without anyone waiting");
+        assert!(t.elapsed() >= Duration::from_secs(1), "not before its deadline");
+        store.close().await;
+    }
+
+    /// The sync thread's bookkeeping for pending rows, driven by hand: a
+    /// caller may ask for the sync before its rows' answers reach the
+    /// thread (they are sent after the commit is answered); the rows are
+    /// then synced as soon as they come. Rows a sync already covered
+    /// (committed before it began) are answered without another.
+    #[test]
+    fn a_demand_ahead_of_its_rows_and_rows_already_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = File::create(dir.path().join("wal")).unwrap();
+        let (g, _go, sync) = gate();
+        let (tx, rx) = mpsc::channel();
+        let (lazy, committed, failed) = (AtomicBool::new(false), AtomicU64::new(0), OnceLock::new());
+        let far = || Instant::now() + Duration::from_secs(3600);
+        let answered = |mut rx: tokio::sync::oneshot::Receiver<Result<u64, StoreError>>| {
+            let until = Instant::now() + Duration::from_secs(5);
+            loop {
+                match rx.try_recv() {
+                    Ok(r) => return r.unwrap(),
+                    Err(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(2)),
+                    Err(e) => panic!("not answered: {e}"),
+                }
+            }
+        };
+        std::thread::scope(|s| {
+            // Dropped when this closure ends or fails: the thread then ends.
+            let tx = tx;
+            let (wal, sync, lazy, committed, failed) = (&wal, &sync, &lazy, &committed, &failed);
+            s.spawn(move || Writer::sync_loop(wal, "wal", (sync, Duration::from_secs(3600)), &rx, (lazy, committed), failed));
+            committed.store(1, Ordering::SeqCst);
+            tx.send(ToSync::Demand).unwrap();
+            let (then, synced) = tokio::sync::oneshot::channel();
+            tx.send(ToSync::Deferred { seq: 1, by: far(), answers: vec![(then, Ok(1))] }).unwrap();
+            assert_eq!(answered(synced), 1, "synced at once, not at its deadline");
+            assert_eq!(g.started.load(Ordering::SeqCst), 1);
+            // Commit 2, then a sync a durable write asks for, then commit
+            // 2's pending answers.
+            committed.store(2, Ordering::SeqCst);
+            let (reply, durable) = tokio::sync::oneshot::channel();
+            tx.send(ToSync::Answers(vec![(reply, Ok(1))])).unwrap();
+            assert_eq!(answered(durable), 1);
+            let (then, synced) = tokio::sync::oneshot::channel();
+            tx.send(ToSync::Deferred { seq: 2, by: far(), answers: vec![(then, Ok(1))] }).unwrap();
+            assert_eq!(answered(synced), 1, "answered at once");
+            assert_eq!(g.started.load(Ordering::SeqCst), 2, "without a sync of its own");
+            let (done, closed) = mpsc::channel();
+            tx.send(ToSync::Close(done)).unwrap();
+            closed.recv().unwrap();
+        });
     }
 
     /// A batch nobody waits for rides on the next sync someone waits for,

@@ -54,6 +54,10 @@ fn next_due_sql() -> String {
 #[async_trait]
 impl LeaseStore for SqliteStore {
     async fn insert_pending(&self, l: &Lease) -> Result<crate::store::OnDisk, StoreError> {
+        self.insert_pending_within(l, Duration::ZERO).await
+    }
+
+    async fn insert_pending_within(&self, l: &Lease, within: Duration) -> Result<crate::store::OnDisk, StoreError> {
         self.writer
             .exec_pending(
                 "INSERT INTO leases (id, role, plugin, issuer, subject, claims, scopes, policies, state, \
@@ -71,6 +75,7 @@ impl LeaseStore for SqliteStore {
                     Bind::Int(to_ms(l.expires_at)),
                     Bind::Int(to_ms(l.max_expires_at)),
                 ],
+                within,
             )
             .await
     }
