@@ -251,14 +251,18 @@ async fn a_saturated_unauthenticated_route_sheds_load_times_out_and_never_blocks
     let iss = Issuer::start().await;
     let limits = "[limits]\nrequest_timeout = \"3s\"\nunauthenticated_route_concurrency = 2\nunauthenticated_concurrency = 3";
     let d = Daemon::start_with(Opts { issuer_url: iss.url.clone(), extra_toml: limits.into(), ..Default::default() }).await;
-    let mut stalled = vec![stalled_introspection(d.addr).await, stalled_introspection(d.addr).await];
-
     // Once both stalled requests hold the route, a third is refused at once.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let refused = loop {
-        let r = d.http.post(format!("{}/v1/token/introspect", d.url)).json(&json!({"token": "x"})).send().await.unwrap();
-        if r.status().as_u16() == 503 {
-            break r.json::<Value>().await.unwrap();
+    // On a loaded machine the pair may reach its request timeout (3 s)
+    // before a probe lands: then, that pair ended, a fresh one is stalled.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (refused, mut stalled) = 'filled: loop {
+        let pair = vec![stalled_introspection(d.addr).await, stalled_introspection(d.addr).await];
+        let ended = Instant::now() + Duration::from_millis(3_500);
+        while Instant::now() < ended {
+            let r = d.http.post(format!("{}/v1/token/introspect", d.url)).json(&json!({"token": "x"})).send().await.unwrap();
+            if r.status().as_u16() == 503 {
+                break 'filled (r.json::<Value>().await.unwrap(), pair);
+            }
         }
         assert!(Instant::now() < deadline, "the route never filled up");
     };
