@@ -108,24 +108,24 @@ pub(super) async fn exec(conn: &mut MySqlConnection, sql: &str) -> Result<(), sq
 }
 
 /// Runs `stmts` in one round trip (a multi-statement text query; the
-/// server runs them in order and stops at the first error). Fails with the
-/// index of the statement that failed; those before it took effect, none
-/// after it ran.
-pub(super) async fn exec_batch(conn: &mut MySqlConnection, stmts: &[&str]) -> Result<(), (usize, sqlx::Error)> {
+/// server runs them in order and stops at the first error): the rows each
+/// affected, or the index of the statement that failed; those before it
+/// took effect, none after it ran.
+pub(super) async fn exec_batch(conn: &mut MySqlConnection, stmts: &[&str]) -> Result<Vec<u64>, (usize, sqlx::Error)> {
     use futures_util::StreamExt;
     let sql = Zeroizing::new(stmts.join(";\n"));
     let mut results = sqlx::raw_sql(&sql).execute_many(conn);
-    let mut done = 0;
+    let mut rows = Vec::with_capacity(stmts.len());
     while let Some(r) = results.next().await {
         match r {
-            Ok(_) => done += 1,
-            Err(e) => return Err((done, e)),
+            Ok(done) => rows.push(done.rows_affected()),
+            Err(e) => return Err((rows.len(), e)),
         }
     }
-    if done == stmts.len() {
-        Ok(())
+    if rows.len() == stmts.len() {
+        Ok(rows)
     } else {
-        Err((done, sqlx::Error::Protocol(format!("{} statements sent, {done} answered", stmts.len()))))
+        Err((rows.len(), sqlx::Error::Protocol(format!("{} statements sent, {} answered", stmts.len(), rows.len()))))
     }
 }
 

@@ -85,7 +85,7 @@ impl MysqlPlugin {
         stmts.extend(grant_roles.iter().map(String::as_str));
         stmts.extend(default.as_deref());
         let (at, e) = match exec_batch(conn, &stmts).await {
-            Ok(()) => return Ok(()),
+            Ok(_) => return Ok(()),
             Err(failed) => failed,
         };
         if at == 0 {

@@ -56,17 +56,12 @@ pub(super) async fn find_accounts(conn: &mut MySqlConnection, names: &Names) -> 
     rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
 }
 
-/// Ends every session of `user` but this one. A session that ended by
-/// itself meanwhile is fine. MariaDB ends them in one statement (`KILL
-/// CONNECTION USER`); MySQL has no such statement, so its sessions are
-/// listed from `information_schema.PROCESSLIST` (on MariaDB that listing
-/// builds a temporary table per query) and killed one by one.
-pub(super) async fn kill_sessions(conn: &mut MySqlConnection, sess: Session, user: &str) -> Result<usize, sqlx::Error> {
-    if sess.flavor == Flavor::MariaDb {
-        let name = quote_literal(user, sess.backslash).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-        let done = sqlx::Executor::execute(&mut *conn, format!("KILL CONNECTION USER {name}").as_str()).await?;
-        return Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX));
-    }
+/// Ends every session of `user` but this one, on MySQL, which has no
+/// statement for that (MariaDB's `KILL CONNECTION USER` goes in
+/// [`MysqlPlugin::drop_account`]'s round trip): its sessions are listed
+/// from `information_schema.PROCESSLIST` and killed one by one. A session
+/// that ended by itself meanwhile is fine.
+pub(super) async fn kill_sessions(conn: &mut MySqlConnection, user: &str) -> Result<usize, sqlx::Error> {
     let ids: Vec<u64> = sqlx::query_scalar(
         "SELECT CAST(ID AS UNSIGNED) FROM information_schema.PROCESSLIST WHERE USER = ? AND ID <> CONNECTION_ID()",
     )
@@ -118,21 +113,34 @@ impl MysqlPlugin {
 
     /// Locks `user@host`, ends its sessions, drops it and ends any session
     /// that started meanwhile; the sessions ended, or `None` when there is
-    /// no such account.
+    /// no such account. On MariaDB the four statements go in one round trip
+    /// (the lock failing stops the rest); MySQL lists the sessions it ends.
     async fn drop_account(&self, root: &Root, conn: &mut MySqlConnection, sess: Session, user: &str, host: &str) -> Result<Option<usize>, PluginError> {
         let acct = account(user, host, sess.backslash).map_err(|e| PluginError::Permanent(e.to_string()))?;
+        if sess.flavor == Flavor::MariaDb {
+            let name = quote_literal(user, sess.backslash).map_err(|e| PluginError::Permanent(e.to_string()))?;
+            let (lock, kill, drop) =
+                (format!("ALTER USER {acct} ACCOUNT LOCK"), format!("KILL CONNECTION USER {name}"), format!("DROP USER IF EXISTS {acct}"));
+            return match exec_batch(conn, &[&lock, &kill, &drop, &kill]).await {
+                Ok(rows) => Ok(Some(rows.iter().skip(1).step_by(2).map(|&n| usize::try_from(n).unwrap_or(usize::MAX)).fold(0, usize::saturating_add))),
+                Err((0, e)) if db_number(&e) == Some(er::CANNOT_USER) => Ok(None),
+                Err((0, e)) => Err(self.fail(root, e, &format!("locking account {acct}"))),
+                Err((2, e)) => Err(self.fail(root, e, &format!("dropping account {acct}"))),
+                Err((_, e)) => Err(self.fail(root, e, &format!("ending the sessions of {acct}"))),
+            };
+        }
         // Locked first: no new session can start while the others end.
         match exec(conn, &format!("ALTER USER {acct} ACCOUNT LOCK")).await {
             Ok(()) => {}
             Err(e) if db_number(&e) == Some(er::CANNOT_USER) => return Ok(None),
             Err(e) => return Err(self.fail(root, e, &format!("locking account {acct}"))),
         }
-        let mut killed = kill_sessions(conn, sess, user).await.map_err(|e| self.fail(root, e, &format!("ending the sessions of {acct}")))?;
+        let mut killed = kill_sessions(conn, user).await.map_err(|e| self.fail(root, e, &format!("ending the sessions of {acct}")))?;
         exec(conn, &format!("DROP USER IF EXISTS {acct}"))
             .await
             .map_err(|e| self.fail(root, e, &format!("dropping account {acct}")))?;
         // A session that logged in just before the lock.
-        killed += kill_sessions(conn, sess, user).await.map_err(|e| self.fail(root, e, &format!("ending the sessions of {acct}")))?;
+        killed += kill_sessions(conn, user).await.map_err(|e| self.fail(root, e, &format!("ending the sessions of {acct}")))?;
         Ok(Some(killed))
     }
 

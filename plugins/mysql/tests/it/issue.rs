@@ -167,10 +167,7 @@ each_server! {
     /// (three, one per statement, before they were sent together).
     async fn an_issue_sends_its_account_statements_in_one_round_trip(server) {
         let mut db = Db::start(server);
-        let proxy = CommandCounter::start(db.db.port()).await;
-        let dsn = format!("mysql://admin:{}@127.0.0.1:{}/?ssl-mode=disabled", db.db.admin_password(), proxy.port);
-        let c = db.connection(&dsn, json!({"pool_size": 1}));
-        let p = build(c, roles()).await;
+        let (proxy, p) = db.plugin_behind_a_counter().await;
         // The first issue connects the pool (its session set-up sends
         // commands of its own).
         p.issue(request(&lease_id(), "orders", &["orders.read"], Duration::from_secs(600))).await.unwrap();

@@ -87,6 +87,15 @@ impl Db {
         build(c, roles()).await
     }
 
+    /// A plugin connected as `admin` (one pooled connection, no TLS)
+    /// through a [`CommandCounter`], with the standard roles.
+    pub async fn plugin_behind_a_counter(&mut self) -> (CommandCounter, Arc<dyn Plugin>) {
+        let proxy = CommandCounter::start(self.db.port()).await;
+        let dsn = format!("mysql://admin:{}@127.0.0.1:{}/?ssl-mode=disabled", self.db.admin_password(), proxy.port);
+        let c = self.connection(&dsn, json!({"pool_size": 1}));
+        (proxy, build(c, roles()).await)
+    }
+
     pub fn lease_users(&self) -> Vec<String> {
         self.db.users_with_prefix("lessor_").unwrap()
     }
