@@ -53,22 +53,37 @@ impl Plugin for AtOnce {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_credential_leaves_before_its_pending_row_is_on_disk() {
-    let dir = tempfile::tempdir().unwrap();
-    // The disk, held on demand: while `hold` is set, a sync waits for `go`.
-    let hold = Arc::new(AtomicBool::new(false));
-    let held = Arc::new(AtomicBool::new(false));
+/// The store's disk, held on demand: while `hold` is set, a sync waits for
+/// a token on `go`; `held` is set once one waited; `started` holds when
+/// each sync began.
+struct HeldDisk {
+    hold: Arc<AtomicBool>,
+    held: Arc<AtomicBool>,
+    started: Arc<Mutex<Vec<Instant>>>,
+    go: std::sync::mpsc::Sender<()>,
+}
+
+fn held_disk() -> (HeldDisk, SyncFn) {
     let (go, wait) = std::sync::mpsc::channel::<()>();
     let wait = Mutex::new(wait);
-    let (h, hd) = (hold.clone(), held.clone());
+    let disk = HeldDisk { hold: Arc::default(), held: Arc::default(), started: Arc::default(), go };
+    let (hold, held, started) = (disk.hold.clone(), disk.held.clone(), disk.started.clone());
     let sync: SyncFn = Arc::new(move |f: &File| {
-        if h.load(Ordering::SeqCst) {
-            hd.store(true, Ordering::SeqCst);
+        started.lock().unwrap().push(Instant::now());
+        if hold.load(Ordering::SeqCst) {
+            held.store(true, Ordering::SeqCst);
             let _ = wait.lock().unwrap().recv();
         }
         f.sync_data()
     });
+    (disk, sync)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_credential_leaves_before_its_pending_row_is_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    // The disk, held on demand: while `hold` is set, a sync waits for `go`.
+    let (HeldDisk { hold, held, go, .. }, sync) = held_disk();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_with(dir.path().join("l.db").to_str().unwrap(), sync).await.unwrap());
     let (svc, w) = service(store.clone(), Arc::new(AtOnce));
     let input = || IssueInput { role: "token/orders".into(), ttl: Some("5m".into()), scopes: None, params: serde_json::Map::new() };
@@ -175,19 +190,7 @@ impl Plugin for Slow {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_vendors_pending_row_puts_its_sync_off_and_is_on_disk_before_the_credential_leaves() {
     let dir = tempfile::tempdir().unwrap();
-    // When each sync started; while `hold` is set, a sync waits for `go`.
-    let started = Arc::new(Mutex::new(Vec::<Instant>::new()));
-    let hold = Arc::new(AtomicBool::new(false));
-    let (go, wait) = std::sync::mpsc::channel::<()>();
-    let wait = Mutex::new(wait);
-    let (st, h) = (started.clone(), hold.clone());
-    let sync: SyncFn = Arc::new(move |f: &File| {
-        st.lock().unwrap().push(Instant::now());
-        if h.load(Ordering::SeqCst) {
-            let _ = wait.lock().unwrap().recv();
-        }
-        f.sync_data()
-    });
+    let (HeldDisk { hold, started, go, .. }, sync) = held_disk();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_with(dir.path().join("l.db").to_str().unwrap(), sync).await.unwrap());
     let (svc, w) = service(store.clone(), Arc::new(Slow));
     let input = || IssueInput { role: "token/orders".into(), ttl: Some("5m".into()), scopes: None, params: serde_json::Map::new() };

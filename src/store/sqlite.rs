@@ -1027,15 +1027,22 @@ mod tests {
         store.close().await;
     }
 
+    /// A store in `dir` behind a gate whose syncs come only when asked for
+    /// or due (never from `LAZY_SYNC` within a test), and the syncs so far.
+    async fn never_lazy(dir: &Path) -> (Arc<Gate>, SqliteStore, usize) {
+        let (g, _go, sync) = gate();
+        let store = SqliteStore::open_tuned(dir.join("s.db").to_str().unwrap(), sync, Duration::from_secs(3600)).await.unwrap();
+        let before = g.started.load(Ordering::SeqCst);
+        (g, store, before)
+    }
+
     /// Pending rows whose callers wait later (a vendor that takes a while)
     /// share one sync: it is put off until someone waits, and it answers
     /// every row committed before it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pending_rows_put_off_their_sync_until_someone_waits_and_share_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (g, _go, sync) = gate();
-        let store = SqliteStore::open_tuned(dir.path().join("s.db").to_str().unwrap(), sync, Duration::from_secs(3600)).await.unwrap();
-        let before = g.started.load(Ordering::SeqCst);
+        let (g, store, before) = never_lazy(dir.path()).await;
         let mut waits = Vec::new();
         for n in 0..5 {
             waits.push(store.insert_pending_within(&lease(20 + n), Duration::from_secs(3600)).await.unwrap());
@@ -1053,9 +1060,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pending_row_nobody_waits_for_is_synced_by_its_deadline() {
         let dir = tempfile::tempdir().unwrap();
-        let (g, _go, sync) = gate();
-        let store = SqliteStore::open_tuned(dir.path().join("s.db").to_str().unwrap(), sync, Duration::from_secs(3600)).await.unwrap();
-        let before = g.started.load(Ordering::SeqCst);
+        let (g, store, before) = never_lazy(dir.path()).await;
         let t = std::time::Instant::now();
         let _on_disk = store.insert_pending_within(&lease(30), Duration::from_secs(1)).await.unwrap();
         assert_eq!(g.started.load(Ordering::SeqCst), before, "not at its commit");
