@@ -28,19 +28,23 @@ async fn every_rejection_is_precise_and_creates_nothing() {
     let t = now();
     let base = iss.gh_claims("acme/api", "refs/heads/main");
 
+    // Times in whole seconds, checked a moment later by the daemon: each
+    // sits mid-way in its range, so a slow machine's second or two of
+    // slippage keeps the printed prefix.
     let mut c = base.clone();
     c.insert("iat".into(), json!(t - 480));
     c.insert("nbf".into(), json!(t - 480));
-    c.insert("exp".into(), json!(t - 180));
-    refused(&d, &iss.sign(&c), "token expired 3m ago").await;
+    c.insert("exp".into(), json!(t - 200));
+    refused(&d, &iss.sign(&c), "token expired 3m2").await;
 
     let mut c = base.clone();
-    c.insert("nbf".into(), json!(t + 600));
+    c.insert("nbf".into(), json!(t + 630));
     refused(&d, &iss.sign(&c), "not valid for another 10m").await;
 
     let mut c = base.clone();
-    c.insert("iat".into(), json!(t - 7200));
-    refused(&d, &iss.sign(&c), "token is 2h old; issuer").await;
+    c.insert("iat".into(), json!(t - 7230));
+    refused(&d, &iss.sign(&c), "token is 2h3").await;
+    refused(&d, &iss.sign(&c), " old; issuer `").await;
 
     let mut c = base.clone();
     c.insert("aud".into(), json!("someone-else"));
