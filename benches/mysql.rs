@@ -2,7 +2,10 @@
 //! statements sent straight to the server, at the same concurrency, on a
 //! throwaway MariaDB and then a throwaway MySQL 8 (`cargo bench --bench
 //! mysql`; `LESSOR_BENCH_SERVERS=mariadb` or `=mysql8` for one). Not a
-//! test: it reports numbers and their ratio.
+//! test: it reports numbers and their ratio. `LESSOR_BENCH_AUDIT=off` runs
+//! lessor with its audit log off (`[audit] sink = "off"`), to measure what
+//! the log costs; the summary line then says so, and such figures are not
+//! lessor's defaults.
 //!
 //! lessor's path per issue: a fresh workload JWT verified, policy decided,
 //! the lease written pending then active (SQLite, durable), and on one
@@ -91,6 +94,15 @@ fn servers() -> Vec<Server> {
             other => panic!("LESSOR_BENCH_SERVERS: unknown server `{other}` (mariadb, mysql8)"),
         })
         .collect()
+}
+
+/// Whether `LESSOR_BENCH_AUDIT=off` asks for lessor without its audit log.
+fn audit_off() -> bool {
+    match std::env::var("LESSOR_BENCH_AUDIT").as_deref() {
+        Ok("off") => true,
+        Ok("on") | Err(_) => false,
+        Ok(other) => panic!("LESSOR_BENCH_AUDIT: `{other}` (on, off)"),
+    }
 }
 
 fn daemon_name(server: Server) -> &'static str {
@@ -270,7 +282,10 @@ fn median(runs: &[Run]) -> Run {
 }
 
 fn main() {
-    for server in servers() {
+    // Settings checked before any server starts.
+    let servers = servers();
+    audit_off();
+    for server in servers {
         let db = TempMysql::start(server).unwrap_or_else(|e| panic!("{e}"));
         db.sql_as("admin", db.admin_password(), "CREATE ROLE orders_reader; GRANT SELECT ON app.orders TO orders_reader")
             .expect("server role");
@@ -344,7 +359,7 @@ database = "app"
         db = dir.join("lessor.db").display(),
         dir = dir.display(),
         jwks = jwks_path(dir).display(),
-        audit = if std::env::var("XNOAUDIT").is_ok() { "[audit]\nsink = \"off\"" } else { "" },
+        audit = if audit_off() { "[audit]\nsink = \"off\"" } else { "" },
     );
     let cfg = Config::from_toml(&cfg).expect("config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -397,9 +412,10 @@ database = "app"
     let server = db.server();
     let line = |what: &str, r: &Run| print_run(what, r, daemon_name(server));
     println!(
-        "{} users, {CLIENTS} concurrent clients, {N} users per run, median of {ROUNDS} runs, {}; load average {load_start} at the start, {} at the end",
+        "{} users, {CLIENTS} concurrent clients, {N} users per run, median of {ROUNDS} runs, {}{}; load average {load_start} at the start, {} at the end",
         server.label(),
         layout.describe(),
+        if audit_off() { ", lessor's audit log OFF" } else { "" },
         loadavg()
     );
     line("raw issue (CREATE USER + GRANT + SET DEFAULT ROLE)", &ri);
