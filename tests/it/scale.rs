@@ -76,6 +76,9 @@ async fn ten_thousand_leases_expiring_together_are_revoked_promptly_while_the_ap
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_100k_leases_serves_its_first_request_within_a_second() {
+    // A wall-clock claim: 0.29 s alone in a debug build, 1.57 s once beside
+    // the three-replica burst (a fresh-clone CI on a slow machine).
+    let _heavy = crate::support::heavy().await;
     let iss = Issuer::start().await;
     let opts = Opts {
         issuer_url: iss.url.clone(),

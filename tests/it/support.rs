@@ -123,10 +123,10 @@ impl Issuer {
     }
 }
 
-/// Tests that load the machine (floods, mass expiry, Schemathesis) or
-/// measure latency under a load of their own take this lock, so that on a
-/// 2-core machine one's figures are not another's noise. Other tests still
-/// run beside them.
+/// Tests that load the machine (floods, mass expiry, Schemathesis, three
+/// replicas) or measure a latency (under a load of their own, or a
+/// restart's first answer) take this lock, so that on a 2-core machine one's
+/// figures are not another's noise. Other tests still run beside them.
 pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
     static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     HEAVY.lock().await
