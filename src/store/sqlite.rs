@@ -12,16 +12,17 @@
 //! `jobs.rs`, `secrets.rs`, `plugin_state.rs`, `cluster.rs`,
 //! `admin_tokens.rs`, `sessions.rs`), the writer's live-lease counts in
 //! `counts.rs`. Why it is one piece past 800 lines: the writer and sync
-//! threads, their protocol (`Msg`, `Answer`, `ToSync`, `SyncFn`) and the
-//! tests that hold the disk between them (two fifths of the file) share
-//! private types that splitting would have to make crate-visible.
+//! threads, their protocol (`Msg`, `Answer`, `SyncFn`; the sync thread's
+//! own queue is in `sync.rs`) and the tests that hold the disk between
+//! them (two fifths of the file) share private types that splitting would
+//! have to make crate-visible.
 //!
 //! Must not import: http, policy, identity.
 
 use std::fs::File;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -128,17 +129,17 @@ enum Msg {
 /// on that connection's own worker thread, so a batch cost two thread
 /// hand-offs per statement plus BEGIN and COMMIT, and on a 2-core machine
 /// those hand-offs, not SQLite, were most of a write's CPU. Here a batch
-/// costs one wake-up of this thread, one of the sync thread, and one per
-/// answer.
+/// costs one wake-up of this thread and one per answer; the sync thread
+/// wakes about once per sync ([`sync::SyncQueue`]).
 #[derive(Clone)]
 struct Writer {
     tx: tokio::sync::mpsc::Sender<Msg>,
-    /// To the sync thread: an [`OnDisk`](super::OnDisk) awaited sends
-    /// [`ToSync::Demand`] through it.
-    to_sync: mpsc::Sender<ToSync>,
+    /// The sync thread's work: an [`OnDisk`](super::OnDisk) awaited
+    /// demands its sync through it.
+    to_sync: Arc<sync::SyncQueue>,
     /// Live-lease counts, changed by the writer at each commit.
     counts: Arc<std::sync::RwLock<counts::Counts>>,
-    /// Why writes fail since a sync failed (see [`Writer::sync_loop`]).
+    /// Why writes fail since a sync failed (see [`sync::SyncQueue::run`]).
     failed: Arc<OnceLock<String>>,
 }
 
@@ -177,26 +178,6 @@ fn fdatasync() -> SyncFn {
     Arc::new(|f: &File| f.sync_data())
 }
 
-enum ToSync {
-    /// A committed batch's answers that wait for the disk, sent once a sync
-    /// that started after the commit has ended.
-    Answers(Answers),
-    /// The second answers of a committed batch's pending rows (the batch
-    /// is commit number `seq`), sent once a sync that started after the
-    /// commit has ended; that sync starts by `by`, or at once when someone
-    /// waits ([`ToSync::Demand`]), or with any other sync.
-    Deferred { seq: u64, by: Instant, answers: Answers },
-    /// A caller waits for a pending row's sync: sync the deferred rows now
-    /// (or, when the row's answers are not here yet, as soon as they are).
-    Demand,
-    /// A batch nobody waits for was committed: sync within [`LAZY_SYNC`].
-    /// Sent when `lazy` (shared by both threads) was clear, so once per sync
-    /// at most; the sync thread clears it before each sync.
-    Lazy,
-    /// Sync what is left, answer it, and end.
-    Close(mpsc::Sender<()>),
-}
-
 impl Writer {
     /// Opens the writing connection to the (already created and migrated)
     /// database `path` and starts the thread that owns it and the thread
@@ -233,10 +214,8 @@ impl Writer {
         let db_file = conn.path().filter(|p| !p.is_empty()).unwrap_or(&path.to_string_lossy()).to_owned();
         let wal_path = format!("{db_file}-wal");
         let wal = File::open(&wal_path).map_err(|e| StoreError::Unavailable(format!("cannot open {wal_path}: {e}")))?;
-        let (sync_tx, sync_rx) = mpsc::channel::<ToSync>();
-        let to_sync = sync_tx.clone();
-        let lazy = Arc::new(AtomicBool::new(false));
-        let lazy_at_sync = lazy.clone();
+        let queue = Arc::new(sync::SyncQueue::new(lazy_sync));
+        let (to_sync, queue_at_sync) = (queue.clone(), queue.clone());
         // The number of the last commit, set before any of its writes is
         // answered; what a sync covers is read from it before the sync.
         let committed = Arc::new(AtomicU64::new(0));
@@ -248,14 +227,16 @@ impl Writer {
         let failed_at_write = failed.clone();
         std::thread::Builder::new()
             .name("lessor-sync".into())
-            .spawn(move || {
-                Writer::sync_loop(&wal, &wal_path, (&sync, lazy_sync), &sync_rx, (&lazy_at_sync, &committed_at_sync), &failed_at_sync)
-            })
+            .spawn(move || queue_at_sync.run(&wal, &wal_path, &sync, &committed_at_sync, &failed_at_sync))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store's sync thread: {e}")))?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(4096);
-        std::thread::Builder::new()
+        let queue_at_write = queue.clone();
+        let started = std::thread::Builder::new()
             .name("lessor-store".into())
             .spawn(move || {
+                let queue = queue_at_write;
+                // The sync thread ends with this one, even on a panic.
+                let _close = sync::CloseOnDrop(&queue);
                 let mut conn = conn;
                 let mut batch = Vec::with_capacity(MAX_BATCH);
                 let mut closing = None;
@@ -280,30 +261,16 @@ impl Writer {
                     }
                     if !batch.is_empty() {
                         if let Some(done) = Writer::run(&mut conn, &mut batch, (&deltas, &counts_at_write), &committed) {
-                            let lost = |m: ToSync| {
-                                if let ToSync::Answers(lost) | ToSync::Deferred { answers: lost, .. } = m {
-                                    for (reply, _) in lost {
-                                        let _ = reply.send(Err(StoreError::Unavailable("the store's sync thread has stopped".into())));
-                                    }
-                                }
-                            };
                             let waited_for = !done.durable.is_empty() || !done.deferred.is_empty();
                             if !done.durable.is_empty() {
-                                if let Err(mpsc::SendError(m)) = sync_tx.send(ToSync::Answers(done.durable)) {
-                                    lost(m);
-                                }
+                                queue.durable(done.durable);
                             }
                             if !done.deferred.is_empty() {
-                                let by = done.at + done.within.min(lazy_sync);
-                                if let Err(mpsc::SendError(m)) = sync_tx.send(ToSync::Deferred { seq: done.seq, by, answers: done.deferred }) {
-                                    lost(m);
-                                }
+                                queue.deferred(done.seq, done.at + done.within.min(lazy_sync), done.deferred);
                             }
                             // A sync someone waits for takes the whole batch.
-                            if !waited_for && !lazy.swap(true, Ordering::SeqCst) {
-                                // (A send error: the sync thread has ended;
-                                // the close reports it.)
-                                let _ = sync_tx.send(ToSync::Lazy);
+                            if !waited_for {
+                                queue.lazy();
                             }
                         }
                     }
@@ -316,9 +283,8 @@ impl Writer {
                 // Every committed batch synced and answered before the
                 // connection closes.
                 let (synced, wait) = mpsc::channel();
-                if sync_tx.send(ToSync::Close(synced)).is_ok() {
-                    let _ = wait.recv();
-                }
+                queue.close(Some(synced));
+                let _ = wait.recv();
                 // (On failure the connection is dropped, which tries once
                 // more; SQLite recovers a WAL database left open.)
                 if let Err((_, e)) = conn.close() {
@@ -328,7 +294,12 @@ impl Writer {
                     let _ = done.send(());
                 }
             })
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")));
+        if started.is_err() {
+            // The sync thread has nothing to wait for.
+            queue.close(None);
+        }
+        started?;
         Ok(Writer { tx, to_sync, counts, failed })
     }
 
@@ -430,114 +401,6 @@ impl Writer {
         }
     }
 
-    /// The sync thread: takes every committed batch queued, syncs the WAL
-    /// once for all of them (each was committed, so written to the file,
-    /// before it was queued), then answers them. A batch of pending rows
-    /// may wait for its deadline (or for someone to wait for it, or for any
-    /// other sync), so that several share one sync while their vendors
-    /// work. After a failed sync it answers every write, then and later,
-    /// with that failure.
-    fn sync_loop(
-        wal: &File,
-        wal_path: &str,
-        (sync, lazy_sync): (&SyncFn, Duration),
-        rx: &mpsc::Receiver<ToSync>,
-        (lazy, committed): (&AtomicBool, &AtomicU64),
-        failed: &OnceLock<String>,
-    ) {
-        let answer = |answers: Answers, outcome: &Result<(), String>| {
-            for (reply, result) in answers {
-                let _ = reply.send(match outcome {
-                    Ok(()) => result,
-                    Err(why) => Err(StoreError::Unavailable(why.clone())),
-                });
-            }
-        };
-        let mut waiting: Vec<Answers> = Vec::new();
-        let mut deferred: Vec<Answers> = Vec::new();
-        // When a sync is due though nobody asks: the earliest deadline of
-        // a deferred batch, or `lazy_sync` after a batch nobody waits for.
-        // Set while anything committed is not yet synced.
-        let mut due_at: Option<Instant> = None;
-        // Someone waits for a pending row since the last sync.
-        let mut demanded = false;
-        // Every commit up to this number is on disk.
-        let mut synced_upto = 0u64;
-        loop {
-            let mut next = match due_at {
-                None => match rx.recv() {
-                    Ok(m) => Some(m),
-                    Err(_) => return,
-                },
-                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                    Ok(m) => Some(m),
-                    Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                },
-            };
-            let mut closing = None;
-            let mut due = false;
-            let soonest = |due_at: Option<Instant>, at: Instant| Some(due_at.map_or(at, |d| d.min(at)));
-            while let Some(m) = next.take() {
-                match m {
-                    ToSync::Answers(a) => {
-                        waiting.push(a);
-                        due = true;
-                    }
-                    // Synced already: a sync demanded for these rows
-                    // (after their commit) ran before their answers came.
-                    ToSync::Deferred { seq, answers, .. } if seq <= synced_upto => answer(answers, &Ok(())),
-                    ToSync::Deferred { by, answers, .. } => {
-                        deferred.push(answers);
-                        due_at = soonest(due_at, by);
-                    }
-                    ToSync::Demand => demanded = true,
-                    ToSync::Lazy => due_at = soonest(due_at, Instant::now() + lazy_sync),
-                    ToSync::Close(done) => {
-                        closing = Some(done);
-                        break;
-                    }
-                }
-                next = rx.try_recv().ok();
-            }
-            let overdue = due_at.is_some_and(|at| at <= Instant::now());
-            if due || overdue || (demanded && !deferred.is_empty()) || (closing.is_some() && due_at.is_some()) {
-                // Cleared first: a batch committed after this point sends
-                // `Lazy` again; one committed before is in this sync.
-                lazy.store(false, Ordering::SeqCst);
-                due_at = None;
-                // Whoever asked committed before asking, so before this
-                // sync: it is covered, even if its rows' answers come later.
-                demanded = false;
-                let upto = committed.load(Ordering::SeqCst);
-                let outcome = match failed.get() {
-                    Some(why) => Err(why.clone()),
-                    None => sync(wal).map_err(|e| {
-                        tracing::error!(error = %e, wal = wal_path, "store sync failed; every later write fails until restart");
-                        failed
-                            .get_or_init(|| {
-                                format!(
-                                    "syncing {wal_path} failed ({e}); writes since the last sync may not be on disk, so \
-                                     lessor acknowledges no more writes: restart it once the disk is healthy"
-                                )
-                            })
-                            .clone()
-                    }),
-                };
-                if outcome.is_ok() {
-                    synced_upto = upto;
-                }
-                for a in waiting.drain(..).chain(deferred.drain(..)) {
-                    answer(a, &outcome);
-                }
-            }
-            if let Some(done) = closing {
-                let _ = done.send(());
-                return;
-            }
-        }
-    }
-
     fn one(conn: &rusqlite::Connection, st: &Stmt) -> Result<u64, StoreError> {
         let mut q = conn.prepare_cached(&st.sql).map_err(write_error)?;
         let n = q.execute(rusqlite::params_from_iter(st.binds.iter())).map_err(write_error)?;
@@ -587,14 +450,7 @@ impl Writer {
         let stmts = vec![Stmt { sql: sql.into(), binds, must_affect: false }];
         self.send(stmts, Answer::CommittedThenSynced(then, within)).await?;
         let to_sync = self.to_sync.clone();
-        Ok(super::OnDisk::after(
-            synced,
-            Box::new(move || {
-                // (A send error: the sync thread has ended, and the answer
-                // says so.)
-                let _ = to_sync.send(ToSync::Demand);
-            }),
-        ))
+        Ok(super::OnDisk::after(synced, Box::new(move || to_sync.demand())))
     }
 
     async fn exec_all(&self, stmts: Vec<Stmt>) -> Result<u64, StoreError> {
@@ -636,6 +492,7 @@ mod person_sessions;
 mod plugin_state;
 mod secrets;
 mod sessions;
+mod sync;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
 
@@ -1084,8 +941,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal = File::create(dir.path().join("wal")).unwrap();
         let (g, _go, sync) = gate();
-        let (tx, rx) = mpsc::channel();
-        let (lazy, committed, failed) = (AtomicBool::new(false), AtomicU64::new(0), OnceLock::new());
+        let queue = sync::SyncQueue::new(Duration::from_secs(3600));
+        let (committed, failed) = (AtomicU64::new(0), OnceLock::new());
         let far = || Instant::now() + Duration::from_secs(3600);
         let answered = |mut rx: tokio::sync::oneshot::Receiver<Result<u64, StoreError>>| {
             let until = Instant::now() + Duration::from_secs(5);
@@ -1098,29 +955,30 @@ mod tests {
             }
         };
         std::thread::scope(|s| {
-            // Dropped when this closure ends or fails: the thread then ends.
-            let tx = tx;
-            let (wal, sync, lazy, committed, failed) = (&wal, &sync, &lazy, &committed, &failed);
-            s.spawn(move || Writer::sync_loop(wal, "wal", (sync, Duration::from_secs(3600)), &rx, (lazy, committed), failed));
+            // Closed when this closure ends or fails: the thread then ends.
+            let close = sync::CloseOnDrop(&queue);
+            let (queue, wal, sync, committed, failed) = (&queue, &wal, &sync, &committed, &failed);
+            s.spawn(move || queue.run(wal, "wal", sync, committed, failed));
             committed.store(1, Ordering::SeqCst);
-            tx.send(ToSync::Demand).unwrap();
+            queue.demand();
             let (then, synced) = tokio::sync::oneshot::channel();
-            tx.send(ToSync::Deferred { seq: 1, by: far(), answers: vec![(then, Ok(1))] }).unwrap();
+            queue.deferred(1, far(), vec![(then, Ok(1))]);
             assert_eq!(answered(synced), 1, "synced at once, not at its deadline");
             assert_eq!(g.started.load(Ordering::SeqCst), 1);
             // Commit 2, then a sync a durable write asks for, then commit
             // 2's pending answers.
             committed.store(2, Ordering::SeqCst);
             let (reply, durable) = tokio::sync::oneshot::channel();
-            tx.send(ToSync::Answers(vec![(reply, Ok(1))])).unwrap();
+            queue.durable(vec![(reply, Ok(1))]);
             assert_eq!(answered(durable), 1);
             let (then, synced) = tokio::sync::oneshot::channel();
-            tx.send(ToSync::Deferred { seq: 2, by: far(), answers: vec![(then, Ok(1))] }).unwrap();
+            queue.deferred(2, far(), vec![(then, Ok(1))]);
             assert_eq!(answered(synced), 1, "answered at once");
             assert_eq!(g.started.load(Ordering::SeqCst), 2, "without a sync of its own");
             let (done, closed) = mpsc::channel();
-            tx.send(ToSync::Close(done)).unwrap();
+            queue.close(Some(done));
             closed.recv().unwrap();
+            drop(close);
         });
     }
 
