@@ -1071,6 +1071,33 @@ mod tests {
         store.close().await;
     }
 
+    /// A sync thread that dies (a bug: here its sync function panics)
+    /// leaves no caller waiting forever: the write waiting for that sync
+    /// and every later durable one fail, saying why.
+    #[tokio::test]
+    async fn a_sync_thread_that_dies_fails_its_waiting_writes_instead_of_hanging_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let die = Arc::new(AtomicBool::new(false));
+        let d2 = die.clone();
+        let sync: SyncFn = Arc::new(move |f: &File| {
+            assert!(!d2.load(Ordering::SeqCst), "injected bug in the sync");
+            f.sync_data()
+        });
+        let store = SqliteStore::open_with(dir.path().join("s.db").to_str().unwrap(), sync).await.unwrap();
+        store.insert_pending(&lease(5)).await.unwrap().wait().await.unwrap();
+        die.store(true, Ordering::SeqCst);
+        let waited = tokio::time::timeout(Duration::from_secs(5), async { store.insert_pending(&lease(6)).await.unwrap().wait().await })
+            .await
+            .expect("answered, not left waiting");
+        // (Its answer was in the dying sync's hands: dropped, so "stopped".)
+        assert!(matches!(&waited, Err(StoreError::Unavailable(m)) if m.contains("stopped")), "{waited:?}");
+        let later = tokio::time::timeout(Duration::from_secs(5), store.meta_put_if_absent("k", "v"))
+            .await
+            .expect("a later durable write is answered");
+        assert!(matches!(&later, Err(StoreError::Unavailable(m)) if m.contains("sync thread has stopped")), "{later:?}");
+        tokio::time::timeout(Duration::from_secs(5), store.close()).await.expect("closes");
+    }
+
     /// The file synced is the WAL SQLite writes, also when the store's path
     /// is a symlink (SQLite names the WAL after the resolved file; a stale
     /// `<link>-wal` must not be the one synced).

@@ -49,7 +49,13 @@ struct State {
     closing: bool,
     /// Told once the thread has ended after a close.
     closed: Option<mpsc::Sender<()>>,
+    /// The thread has ended (closed, or unwound from a bug): answers left
+    /// here would never be sent, so they fail at once.
+    ended: bool,
 }
+
+/// Why an answer handed to an ended sync thread fails.
+const ENDED: &str = "the store's sync thread has stopped";
 
 /// Sends each answer, or the sync's failure in its place.
 fn answer(answers: Answers, outcome: &Result<(), String>) {
@@ -74,7 +80,14 @@ impl SyncQueue {
     /// A committed batch's answers that wait for the disk: sent once a
     /// sync that started after the commit has ended.
     pub(super) fn durable(&self, answers: Answers) {
-        self.lock().waiting.push(answers);
+        let mut st = self.lock();
+        if st.ended {
+            drop(st);
+            answer(answers, &Err(ENDED.into()));
+            return;
+        }
+        st.waiting.push(answers);
+        drop(st);
         self.wake.notify_one();
     }
 
@@ -84,11 +97,12 @@ impl SyncQueue {
     /// with any other sync. Wakes the thread only when this moves its plan.
     pub(super) fn deferred(&self, seq: u64, by: Instant, answers: Answers) {
         let mut st = self.lock();
-        if seq <= st.synced_upto {
+        if seq <= st.synced_upto || st.ended {
             // Synced already: a sync demanded for these rows (after their
             // commit) ran before their answers came.
+            let outcome = if st.ended && seq > st.synced_upto { Err(ENDED.into()) } else { Ok(()) };
             drop(st);
-            answer(answers, &Ok(()));
+            answer(answers, &outcome);
             return;
         }
         st.deferred.push(answers);
@@ -128,7 +142,9 @@ impl SyncQueue {
     pub(super) fn close(&self, closed: Option<mpsc::Sender<()>>) {
         let mut st = self.lock();
         st.closing = true;
-        if closed.is_some() {
+        // (After the thread has ended, `closed` is dropped here: whoever
+        // waits on it returns at once.)
+        if closed.is_some() && !st.ended {
             st.closed = closed;
         }
         drop(st);
@@ -141,6 +157,7 @@ impl SyncQueue {
     /// then answers them. After a failed sync it answers every write, then
     /// and later, with that failure. Ends after [`SyncQueue::close`].
     pub(super) fn run(&self, wal: &File, wal_path: &str, sync: &SyncFn, committed: &AtomicU64, failed: &OnceLock<String>) {
+        let _ended = Ended(self);
         loop {
             let mut st = self.lock();
             let (sync_now, closing) = loop {
@@ -205,6 +222,25 @@ impl SyncQueue {
                 }
                 return;
             }
+        }
+    }
+}
+
+/// Marks the queue ended when the sync thread leaves its loop, however it
+/// leaves, and fails what is still queued: no caller waits forever.
+struct Ended<'a>(&'a SyncQueue);
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.ended = true;
+        let (waiting, deferred) = (std::mem::take(&mut st.waiting), std::mem::take(&mut st.deferred));
+        // A close waiting for this thread returns once this is dropped.
+        let closed = st.closed.take();
+        drop(st);
+        drop(closed);
+        for a in waiting.into_iter().chain(deferred) {
+            answer(a, &Err(ENDED.into()));
         }
     }
 }
