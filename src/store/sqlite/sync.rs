@@ -160,12 +160,22 @@ impl SyncQueue {
         let _ended = Ended(self);
         loop {
             let mut st = self.lock();
-            let (sync_now, closing) = loop {
+            loop {
                 let now = Instant::now();
                 let overdue = st.due_at.is_some_and(|at| at <= now);
-                let sync_now = !st.waiting.is_empty() || overdue || (st.demanded && !st.deferred.is_empty());
-                if sync_now || st.closing {
-                    break (sync_now || st.due_at.is_some(), st.closing);
+                if !st.waiting.is_empty() || overdue || (st.demanded && !st.deferred.is_empty()) {
+                    break;
+                }
+                if st.closing {
+                    // Closing: whatever is left (its batches committed
+                    // before the close) is synced now; nothing left, end.
+                    if st.due_at.is_some() {
+                        break;
+                    }
+                    if let Some(done) = st.closed.take() {
+                        let _ = done.send(());
+                    }
+                    return;
                 }
                 st = match st.due_at {
                     None => self.wake.wait(st).unwrap_or_else(PoisonError::into_inner),
@@ -173,54 +183,37 @@ impl SyncQueue {
                         self.wake.wait_timeout(st, at.saturating_duration_since(now)).unwrap_or_else(PoisonError::into_inner).0
                     }
                 };
-            };
-            if sync_now {
-                // Taken under the lock: a batch committed after this point
-                // plans another sync; one committed before is in this one.
-                // Whoever asked committed before asking, so before this
-                // sync: it is covered, even if its rows' answers come later.
-                st.due_at = None;
-                st.demanded = false;
-                let waiting = std::mem::take(&mut st.waiting);
-                let deferred = std::mem::take(&mut st.deferred);
-                let upto = committed.load(Ordering::SeqCst);
-                drop(st);
-                let outcome = match failed.get() {
-                    Some(why) => Err(why.clone()),
-                    None => sync(wal).map_err(|e| {
-                        tracing::error!(error = %e, wal = wal_path, "store sync failed; every later write fails until restart");
-                        failed
-                            .get_or_init(|| {
-                                format!(
-                                    "syncing {wal_path} failed ({e}); writes since the last sync may not be on disk, so \
-                                     lessor acknowledges no more writes: restart it once the disk is healthy"
-                                )
-                            })
-                            .clone()
-                    }),
-                };
-                if outcome.is_ok() {
-                    let mut st = self.lock();
-                    st.synced_upto = st.synced_upto.max(upto);
-                }
-                for a in waiting.into_iter().chain(deferred) {
-                    answer(a, &outcome);
-                }
-                if !closing {
-                    continue;
-                }
-                st = self.lock();
             }
-            if closing {
-                // Anything queued while the last sync ran is synced before
-                // the end (the writer has stopped committing by now).
-                if !st.waiting.is_empty() || !st.deferred.is_empty() || st.due_at.is_some() {
-                    continue;
-                }
-                if let Some(done) = st.closed.take() {
-                    let _ = done.send(());
-                }
-                return;
+            // Taken under the lock: a batch committed after this point
+            // plans another sync; one committed before is in this one.
+            // Whoever asked committed before asking, so before this
+            // sync: it is covered, even if its rows' answers come later.
+            st.due_at = None;
+            st.demanded = false;
+            let waiting = std::mem::take(&mut st.waiting);
+            let deferred = std::mem::take(&mut st.deferred);
+            let upto = committed.load(Ordering::SeqCst);
+            drop(st);
+            let outcome = match failed.get() {
+                Some(why) => Err(why.clone()),
+                None => sync(wal).map_err(|e| {
+                    tracing::error!(error = %e, wal = wal_path, "store sync failed; every later write fails until restart");
+                    failed
+                        .get_or_init(|| {
+                            format!(
+                                "syncing {wal_path} failed ({e}); writes since the last sync may not be on disk, so \
+                                 lessor acknowledges no more writes: restart it once the disk is healthy"
+                            )
+                        })
+                        .clone()
+                }),
+            };
+            if outcome.is_ok() {
+                let mut st = self.lock();
+                st.synced_upto = st.synced_upto.max(upto);
+            }
+            for a in waiting.into_iter().chain(deferred) {
+                answer(a, &outcome);
             }
         }
     }
