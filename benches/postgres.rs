@@ -1,21 +1,38 @@
-//! PostgreSQL role issuance: lessor over HTTP vs the same statements sent
-//! straight to the server, at the same concurrency (`cargo bench --bench
-//! postgres`). Not a test: it reports numbers and their ratio.
+//! PostgreSQL role issuance and revocation: lessor over HTTP vs the same
+//! statements sent straight to the server, at the same concurrency (`cargo
+//! bench --bench postgres`). Not a test: it reports numbers and their ratio.
 //!
-//! lessor's path per request: a fresh workload JWT verified, policy decided,
+//! lessor's path per issue: a fresh workload JWT verified, policy decided,
 //! the lease written pending then active (SQLite, durable), and in one
 //! PostgreSQL transaction CREATE ROLE ... PASSWORD <SCRAM verifier> VALID
-//! UNTIL ... + GRANT orders_reader (a group role holding SELECT on orders). The raw path runs that same
-//! transaction with a plaintext password (the server hashes it; lessor hashes
-//! client-side instead), on one connection per client. Granting a group role
-//! (not object privileges) keeps concurrent transactions from conflicting on
-//! one ACL row ("tuple concurrently updated"), for both.
+//! UNTIL ... + GRANT orders_reader (a group role holding SELECT on orders).
+//! The raw path runs that same transaction, with the verifier made by the
+//! client per role, and once more with a plaintext password (the server
+//! hashes it; lessor hashes client-side instead), on one connection per
+//! client. Granting a group role (not object privileges) keeps concurrent
+//! transactions from conflicting on one ACL row ("tuple concurrently
+//! updated"), for both.
+//!
+//! Per revocation: `DELETE /v1/leases/{id}`, the lease written, and the
+//! plugin's sequence (see `plugins/postgres/src/plugin/revoke.rs`): in one
+//! transaction who the admin is, the lease's roles by name, `NOLOGIN`;
+//! the role's sessions ended; in a second transaction `REASSIGN OWNED`,
+//! `DROP OWNED`, `DROP ROLE`; sessions ended again and the role checked
+//! gone. The raw baselines: `DROP ROLE` alone, and that same sequence.
+//!
+//! CPU per operation is read from `/proc` for this process (the daemon
+//! runs in it, with the HTTP clients) and for the server (the postmaster
+//! and its backends). Two layouts, each reported on its own: every process
+//! on every CPU, then this process on half of the CPUs and the server on
+//! the other half (as when the database runs on hosts of its own; see
+//! `benches/redis.rs`).
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{copy_dir, pct};
+use support::{copy_dir, layout_tag, layouts, loadavg, median_run, print_run, with_children, Layout, Meter, Run};
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,66 +40,142 @@ use lessor::config::Config;
 use lessor::identity::dev::{jwks_path, DevIssuer, DEV_AUDIENCE, DEV_ISSUER};
 use lessor_postgres::testkit::TempPostgres;
 use secrecy::ExposeSecret;
+use sqlx::postgres::PgPoolOptions;
 
 const CLIENTS: usize = 8;
-const N: usize = 1600;
+const N: usize = 1000;
 const ROUNDS: usize = 3;
 
-/// The raw baseline. `verifier`: send what lessor sends, a SCRAM-SHA-256
-/// verifier the client computes per role (the same statement); otherwise a
-/// plaintext password that the server hashes (what most tools send).
-async fn raw(pg: &TempPostgres, verifier: bool, round: usize) -> f64 {
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut set = tokio::task::JoinSet::new();
-    // One connection per client (the pool holds exactly CLIENTS).
-    let pool = sqlx::postgres::PgPoolOptions::new()
+/// A raw role's name: as long as lessor's (`lessor_<role>_<repository>_<32 hex>`).
+fn raw_name(tag: &str, round: usize, i: usize) -> String {
+    format!("rawbch_{tag}_svc{round}_{i:032x}")
+}
+
+/// How a raw run treats each role.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Raw {
+    /// Creates it with a SCRAM verifier the client makes (lessor's statement).
+    IssueVerifier,
+    /// Creates it with a plaintext password the server hashes.
+    IssuePlain,
+    /// `DROP ROLE` alone.
+    DropOnly,
+    /// The plugin's revocation sequence, statement for statement.
+    Revoke,
+}
+
+/// `CLIENTS` clients with one connection each run `N` roles named
+/// `raw_name(tag, round, i)` through `what`.
+async fn raw(pg: &TempPostgres, pid: &str, what: Raw, tag: &str, round: usize) -> Run {
+    let pool = PgPoolOptions::new()
         .min_connections(CLIENTS as u32)
         .max_connections(CLIENTS as u32)
         .connect(&pg.dsn("postgres", pg.superuser_password(), "app"))
         .await
         .expect("connect");
-    let start = Instant::now();
+    let mut conns = Vec::new();
     for _ in 0..CLIENTS {
-        let next = next.clone();
-        let pool = pool.clone();
+        conns.push(pool.acquire().await.expect("acquire"));
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let meter = Meter::start(&[pid]);
+    let mut set = tokio::task::JoinSet::new();
+    for mut conn in conns {
+        let (next, tag) = (next.clone(), tag.to_owned());
         set.spawn(async move {
+            let mut lat = Vec::new();
             loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= N {
                     break;
                 }
-                let name = format!("raw_bench_{}_{round}_{i:032x}", verifier as u8);
-                let pw: [u8; 32] = rand::random();
-                let pw = if verifier {
-                    let p = hex::encode(pw);
-                    tokio::task::spawn_blocking(move || lessor_postgres::scram::verifier(p.as_bytes()).expect("verifier"))
-                        .await
-                        .expect("hash")
-                } else {
-                    hex::encode(pw)
-                };
-                let sql = format!(
-                    "BEGIN; CREATE ROLE \"{name}\" LOGIN PASSWORD '{}' VALID UNTIL '2099-01-01T00:00:00Z'; \
-                     GRANT orders_reader TO \"{name}\"; COMMIT",
-                    pw
-                );
-                sqlx::raw_sql(&sql).execute(&pool).await.expect("create role");
+                let t = Instant::now();
+                let name = raw_name(&tag, round, i);
+                match what {
+                    Raw::IssueVerifier | Raw::IssuePlain => {
+                        let pw = hex::encode(rand::random::<[u8; 32]>());
+                        let pw = if what == Raw::IssueVerifier {
+                            tokio::task::spawn_blocking(move || lessor_postgres::scram::verifier(pw.as_bytes()).expect("verifier"))
+                                .await
+                                .expect("hash")
+                        } else {
+                            pw
+                        };
+                        let sql = format!(
+                            "BEGIN; CREATE ROLE \"{name}\" LOGIN PASSWORD '{pw}' VALID UNTIL '2099-01-01T00:00:00Z'; \
+                             GRANT orders_reader TO \"{name}\"; COMMIT"
+                        );
+                        // One simple query, as the plugin sends its script.
+                        sqlx::Executor::execute(&mut *conn, sql.as_str()).await.expect("create role");
+                    }
+                    Raw::DropOnly => {
+                        let sql = format!("DROP ROLE \"{name}\"");
+                        sqlx::Executor::execute(&mut *conn, sql.as_str()).await.expect("drop role");
+                    }
+                    Raw::Revoke => raw_revoke(&mut conn, &name).await,
+                }
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
             }
+            lat
         });
     }
-    while set.join_next().await.is_some() {}
-    N as f64 / start.elapsed().as_secs_f64()
+    let mut lat = Vec::new();
+    while let Some(r) = set.join_next().await {
+        lat.extend(r.expect("client"));
+    }
+    let run = meter.stop(N, lat);
+    pool.close().await;
+    run
 }
 
-async fn lessor_rate(url: &str, role: &str, jwts: Vec<String>) -> (f64, f64, f64) {
+/// The plugin's revocation of one role (a superuser admin, nothing owned),
+/// the same statements in the same round trips.
+async fn raw_revoke(conn: &mut sqlx::PgConnection, name: &str) {
+    use sqlx::Row;
+    // `BEGIN` and `COMMIT` as simple queries, as `Connection::begin` sends
+    // them; each other statement unprepared, as the plugin's `exec`.
+    sqlx::Executor::execute(&mut *conn, "BEGIN").await.expect("begin");
+    let me = sqlx::query("SELECT current_user::text, COALESCE((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("whoami");
+    let admin: String = me.try_get(0).expect("admin");
+    let suffix = name.rsplit_once('_').map(|(_, s)| s).unwrap_or(name);
+    let found = sqlx::query("SELECT rolname::text, oid::int8 FROM pg_roles WHERE rolname = $1 OR rolname LIKE $2 ORDER BY rolname")
+        .bind(name)
+        .bind(format!("rawbch\\_%\\_{suffix}"))
+        .fetch_all(&mut *conn)
+        .await
+        .expect("find");
+    let oid: i64 = found.first().expect("the role").try_get(1).expect("oid");
+    let nologin = format!("ALTER ROLE \"{name}\" NOLOGIN");
+    sqlx::query(&nologin).persistent(false).execute(&mut *conn).await.expect("nologin");
+    sqlx::Executor::execute(&mut *conn, "COMMIT").await.expect("commit");
+    let terminate = "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::int8 FROM pg_stat_activity \
+                     WHERE usesysid::int8 = $1 AND pid <> pg_backend_pid()";
+    let _: i64 = sqlx::query_scalar(terminate).bind(oid).fetch_one(&mut *conn).await.expect("sessions");
+    sqlx::Executor::execute(&mut *conn, "BEGIN").await.expect("begin");
+    for sql in [format!("REASSIGN OWNED BY \"{name}\" TO \"{admin}\""), format!("DROP OWNED BY \"{name}\""), format!("DROP ROLE \"{name}\"")] {
+        sqlx::query(&sql).persistent(false).execute(&mut *conn).await.expect("drop");
+    }
+    sqlx::Executor::execute(&mut *conn, "COMMIT").await.expect("commit");
+    let _: i64 = sqlx::query_scalar(terminate).bind(oid).fetch_one(&mut *conn).await.expect("sessions");
+    let gone = sqlx::query("SELECT 1 FROM pg_roles WHERE oid::int8 = $1").bind(oid).fetch_optional(&mut *conn).await.expect("gone");
+    assert!(gone.is_none());
+}
+
+/// Issues one lease of `role` per JWT through lessor; returns the run and
+/// the lease ids.
+async fn lessor_issue(url: &str, pid: &str, role: &str, jwts: Vec<String>) -> (Run, Vec<String>) {
     let http = reqwest::Client::new();
+    let n = jwts.len();
     let jwts = Arc::new(std::sync::Mutex::new(jwts));
-    let start = Instant::now();
+    let meter = Meter::start(&[pid]);
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..CLIENTS {
         let (http, url, jwts, role) = (http.clone(), url.to_owned(), jwts.clone(), role.to_owned());
         set.spawn(async move {
-            let mut lat = Vec::new();
+            let (mut lat, mut ids) = (Vec::new(), Vec::new());
             loop {
                 let Some(jwt) = jwts.lock().expect("lock").pop() else { break };
                 let t = Instant::now();
@@ -93,7 +186,43 @@ async fn lessor_rate(url: &str, role: &str, jwts: Vec<String>) -> (f64, f64, f64
                     .send()
                     .await
                     .expect("request");
-                assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap_or_default());
+                let status = r.status().as_u16();
+                let v: serde_json::Value = r.json().await.expect("json");
+                assert_eq!(status, 201, "{v}");
+                ids.push(v["lease_id"].as_str().expect("lease_id").to_owned());
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            (lat, ids)
+        });
+    }
+    let (mut lat, mut ids) = (Vec::new(), Vec::new());
+    while let Some(r) = set.join_next().await {
+        let (l, i) = r.expect("client");
+        lat.extend(l);
+        ids.extend(i);
+    }
+    assert_eq!(ids.len(), n);
+    (meter.stop(n, lat), ids)
+}
+
+/// Revokes every lease through lessor (admin token).
+async fn lessor_revoke(url: &str, pid: &str, admin: &str, ids: Vec<String>) -> Run {
+    let http = reqwest::Client::new();
+    let n = ids.len();
+    let ids = Arc::new(std::sync::Mutex::new(ids));
+    let meter = Meter::start(&[pid]);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let (http, url, ids, admin) = (http.clone(), url.to_owned(), ids.clone(), admin.to_owned());
+        set.spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let Some(id) = ids.lock().expect("lock").pop() else { break };
+                let t = Instant::now();
+                let r = http.delete(format!("{url}/v1/leases/{id}")).bearer_auth(&admin).send().await.expect("request");
+                let status = r.status().as_u16();
+                let body = r.text().await.unwrap_or_default();
+                assert_eq!(status, 200, "{body}");
                 lat.push(t.elapsed().as_secs_f64() * 1000.0);
             }
             lat
@@ -103,16 +232,32 @@ async fn lessor_rate(url: &str, role: &str, jwts: Vec<String>) -> (f64, f64, f64
     while let Some(r) = set.join_next().await {
         lat.extend(r.expect("client"));
     }
-    let rate = N as f64 / start.elapsed().as_secs_f64();
-    (rate, pct(&mut lat, 0.5), pct(&mut lat, 0.99))
+    meter.stop(n, lat)
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let pg = TempPostgres::start().unwrap_or_else(|e| panic!("{e}"));
     pg.psql("postgres", "CREATE DATABASE app").expect("create db");
     pg.psql("app", "CREATE TABLE orders (id int); CREATE ROLE orders_reader; GRANT SELECT ON orders TO orders_reader")
         .expect("create table");
+    let pid_file = std::fs::read_to_string(pg.dir().join("data/postmaster.pid")).expect("postmaster.pid");
+    let pid = pid_file.lines().next().expect("postmaster pid").trim().to_owned();
+    for layout in layouts() {
+        // Pinned before lessor's runtime starts: its workers (one per CPU
+        // it may use) and every thread it starts keep to the layout's CPUs;
+        // the server's later backends inherit the postmaster's.
+        layout.apply(&with_children(&pid));
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(run(layout, &pg, &pid));
+    }
+    Layout::Shared.apply(&with_children(&pid));
+}
+
+/// A fresh lessor in front of the server, and the rounds of one layout.
+async fn run(layout: Layout, pg: &TempPostgres, pid: &str) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &dir.join("policies"));
@@ -129,6 +274,9 @@ listen = "127.0.0.1:0"
 store = "sqlite://{db}"
 data_dir = "{dir}"
 policies = "{dir}/policies"
+[quotas]
+max_active_per_owner = 0
+issues_per_minute_per_owner = 0
 [issuers.dev]
 issuer = "{DEV_ISSUER}"
 jwks_file = "{jwks}"
@@ -162,71 +310,58 @@ default_scopes = ["orders.read"]
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let running = lessor::server::start(cfg, listener).await.expect("start");
     let url = format!("http://{}", running.addr);
-
-    // Fresh workload JWTs are minted before each timed run.
-    // Warm-up: connections, JWKS, caches.
-    let warm: Vec<String> = (0..CLIENTS * 4)
-        .map(|i| {
-            let claims = DevIssuer::github_claims(&format!("acme/warm{i}"), "refs/heads/main", None);
-            dev.mint(claims, Duration::from_secs(600)).expect("mint").expose_secret().to_owned()
-        })
-        .collect();
-    let _ = lessor_rate_n(&url, warm).await;
-
-    // LESSOR_BENCH_SKIP_RAW=1 measures lessor alone (for profiling).
-    // Three rounds, alternating, reporting medians: runs on a shared 2-core
-    // machine vary by several percent.
-    let skip = std::env::var_os("LESSOR_BENCH_SKIP_RAW").is_some();
-    let (mut raws, mut plains, mut rates, mut p50s, mut p99s) = (vec![], vec![], vec![], vec![], vec![]);
-    for round in 0..ROUNDS {
-        if !skip {
-            raws.push(raw(&pg, true, round).await);
-            plains.push(raw(&pg, false, round).await);
-        }
-        let jwts: Vec<String> = (0..N)
+    let admin_token = std::fs::read_to_string(dir.join("admin.token")).expect("admin token").trim().to_owned();
+    // Fresh workload JWTs, minted before each timed run (the issuer signs
+    // them, not lessor).
+    let mint = |tag: &str, n: usize| -> Vec<String> {
+        (0..n)
             .map(|i| {
-                let claims = DevIssuer::github_claims(&format!("acme/svc{round}-{i}"), "refs/heads/main", None);
+                let claims = DevIssuer::github_claims(&format!("acme/{tag}{i}"), "refs/heads/main", None);
                 dev.mint(claims, Duration::from_secs(600)).expect("mint").expose_secret().to_owned()
             })
-            .collect();
-        let (r, a, b) = lessor_rate(&url, "pg/app", jwts).await;
-        rates.push(r);
-        p50s.push(a);
-        p99s.push(b);
-    }
-    let med = |v: &mut Vec<f64>| if v.is_empty() { f64::NAN } else { pct(v, 0.5) };
-    let (raw_rate, raw_plain, rate, p50, p99) = (med(&mut raws), med(&mut plains), med(&mut rates), med(&mut p50s), med(&mut p99s));
-    // The same path with a vendor that costs nothing (lessor-signed token):
-    // lessor's own ceiling on this machine.
-    let tok_jwts: Vec<String> = (0..N)
-        .map(|i| {
-            let claims = DevIssuer::github_claims(&format!("acme/tok{i}"), "refs/heads/main", None);
-            dev.mint(claims, Duration::from_secs(600)).expect("mint").expose_secret().to_owned()
-        })
-        .collect();
-    let (tok_rate, tok_p50, _) = lessor_rate(&url, "token/plain", tok_jwts).await;
-    println!("PostgreSQL role issuance, {CLIENTS} concurrent clients, {N} roles per run, median of {ROUNDS} runs, {} CPU(s)",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    println!("  raw, same statements (SCRAM verifier made by the client): {raw_rate:8.0} roles/s");
-    println!("  raw, plaintext password (the server hashes it):           {raw_plain:8.0} roles/s");
-    println!("  lessor over HTTP (JWT, policy, durable lease, role):      {rate:8.0} roles/s  (p50 {p50:.1} ms, p99 {p99:.1} ms)");
-    println!("  ratio lessor / raw same statements: {:.2}   lessor / raw plaintext: {:.2}", rate / raw_rate, rate / raw_plain);
-    println!("  lessor alone, token role (no vendor call):                {tok_rate:8.0} issues/s (p50 {tok_p50:.1} ms)");
-    println!(
-        "  server sessions opened during the run: {}",
-        pg.psql("postgres", "SELECT sum(sessions) FROM pg_stat_database").unwrap_or_default()
-    );
-    running.shutdown().await;
-}
+            .collect()
+    };
+    // Warm-up: connections, JWKS, caches.
+    let (_, ids) = lessor_issue(&url, pid, "pg/app", mint("warm", CLIENTS * 4)).await;
+    lessor_revoke(&url, pid, &admin_token, ids).await;
 
-async fn lessor_rate_n(url: &str, jwts: Vec<String>) {
-    let http = reqwest::Client::new();
-    for jwt in jwts {
-        let _ = http
-            .post(format!("{url}/v1/leases"))
-            .bearer_auth(jwt)
-            .json(&serde_json::json!({"role": "pg/app", "ttl": "10m"}))
-            .send()
-            .await;
+    // Three rounds, alternating raw and lessor, reporting medians: runs on
+    // a shared 2-core machine vary by several percent.
+    let (mut raw_v, mut raw_p, mut drop_only, mut raw_full, mut issues, mut revokes, mut tokens) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let load_start = loadavg();
+    let tag = layout_tag(layout);
+    for round in 0..ROUNDS {
+        raw_v.push(raw(pg, pid, Raw::IssueVerifier, &format!("{tag}v"), round).await);
+        raw_full.push(raw(pg, pid, Raw::Revoke, &format!("{tag}v"), round).await);
+        raw_p.push(raw(pg, pid, Raw::IssuePlain, &format!("{tag}p"), round).await);
+        drop_only.push(raw(pg, pid, Raw::DropOnly, &format!("{tag}p"), round).await);
+        let (issue, ids) = lessor_issue(&url, pid, "pg/app", mint(&format!("svc{tag}{round}-"), N)).await;
+        issues.push(issue);
+        revokes.push(lessor_revoke(&url, pid, &admin_token, ids).await);
+        // The same path with a vendor that costs nothing (a lessor-signed
+        // token): lessor's own share.
+        tokens.push(lessor_issue(&url, pid, "token/plain", mint(&format!("tok{tag}{round}-"), N)).await.0);
+        println!("  (round {}: load average {})", round + 1, loadavg());
     }
+    let left = pg.psql("app", "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'lessor!_%' ESCAPE '!' OR rolname LIKE 'rawbch!_%' ESCAPE '!'");
+    assert_eq!(left.as_deref().map(str::trim), Ok("0"), "roles left after revocation");
+    let m = |v: &[Run]| median_run(v);
+    let (rv, rp, rd, rf, li, lr, lt) = (m(&raw_v), m(&raw_p), m(&drop_only), m(&raw_full), m(&issues), m(&revokes), m(&tokens));
+    let line = |what: &str, r: &Run| print_run(what, r, "postgres");
+    println!(
+        "PostgreSQL roles, {CLIENTS} concurrent clients, {N} roles per run, median of {ROUNDS} runs, {}; load average {load_start} at the start, {} at the end",
+        layout.describe(),
+        loadavg()
+    );
+    line("raw issue (CREATE ROLE + GRANT, client's verifier)", &rv);
+    line("raw issue, plaintext password (server hashes it)", &rp);
+    line("lessor issue over HTTP (JWT, policy, lease, role)", &li);
+    println!("  ratio lessor / raw issue: {:.2} (same statements), {:.2} (plaintext)", li.rate / rv.rate, li.rate / rp.rate);
+    line("raw revoke, DROP ROLE alone", &rd);
+    line("raw revoke, nologin + sessions + drop + check", &rf);
+    line("lessor revoke over HTTP (DELETE /v1/leases/id)", &lr);
+    println!("  ratio lessor / raw revoke: {:.2} (DROP ROLE alone), {:.2} (same sequence)", lr.rate / rd.rate, lr.rate / rf.rate);
+    line("lessor alone, token role (no vendor call)", &lt);
+    running.shutdown().await;
 }

@@ -40,6 +40,48 @@ pub fn cpu_seconds_of(pid: &str) -> f64 {
     tick(11).zip(tick(12)).map(|(u, s)| (u + s) / 100.0).unwrap_or(f64::NAN)
 }
 
+/// CPU time of process `pid` and its children so far, in seconds: the
+/// children still running (PostgreSQL's backends are processes of their
+/// own) and, through the parent's `cutime` and `cstime`, those it has
+/// waited for. A process without children: its own.
+pub fn tree_cpu_seconds(pid: &str) -> f64 {
+    let fields = |p: &str| -> Option<Vec<f64>> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        let rest = stat.rsplit_once(')')?.1;
+        // After the name: state, ppid, ... utime (11), stime (12), cutime
+        // (13), cstime (14), in clock ticks (100 per second on Linux).
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Some(vec![f.get(1)?.parse().ok()?, f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?, f.get(13)?.parse().ok()?, f.get(14)?.parse().ok()?])
+    };
+    let Some(me) = fields(pid) else { return f64::NAN };
+    let Ok(parent) = pid.parse::<f64>() else { return (me[1] + me[2]) / 100.0 };
+    let mut ticks = me[1] + me[2] + me[3] + me[4];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let Some(p) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        if let Some(c) = fields(p).filter(|c| c[0] == parent) {
+            ticks += c[1] + c[2];
+        }
+    }
+    ticks / 100.0
+}
+
+/// The processes of a server: `pid` and its children (as taskset needs
+/// them: a child started later inherits its parent's CPUs).
+pub fn with_children(pid: &str) -> Vec<String> {
+    let mut all = vec![pid.to_owned()];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let Some(p) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1));
+        if ppid == Some(pid) {
+            all.push(p.to_owned());
+        }
+    }
+    all
+}
+
 /// CPU time of this process so far, in seconds.
 pub fn cpu_seconds() -> f64 {
     cpu_seconds_of("self")
@@ -69,8 +111,8 @@ pub struct Run {
     pub server_us: f64,
 }
 
-/// Measures the CPU of this process and of the servers (by pid) around a
-/// run.
+/// Measures the CPU of this process and of the servers (by pid, with their
+/// children: [`tree_cpu_seconds`]) around a run.
 pub struct Meter {
     servers: Vec<String>,
     start: std::time::Instant,
@@ -81,7 +123,7 @@ pub struct Meter {
 impl Meter {
     pub fn start<S: AsRef<str>>(servers: &[S]) -> Meter {
         let servers: Vec<String> = servers.iter().map(|s| s.as_ref().to_owned()).collect();
-        let server_cpu = servers.iter().map(|p| cpu_seconds_of(p)).sum();
+        let server_cpu = servers.iter().map(|p| tree_cpu_seconds(p)).sum();
         Meter { servers, start: std::time::Instant::now(), cpu: cpu_seconds(), server_cpu }
     }
 
@@ -89,7 +131,7 @@ impl Meter {
     pub fn stop(self, n: usize, mut lat: Vec<f64>) -> Run {
         let rate = n as f64 / self.start.elapsed().as_secs_f64();
         let per = |d: f64| d * 1e6 / n as f64;
-        let server_cpu: f64 = self.servers.iter().map(|p| cpu_seconds_of(p)).sum();
+        let server_cpu: f64 = self.servers.iter().map(|p| tree_cpu_seconds(p)).sum();
         Run {
             rate,
             p50: pct(&mut lat, 0.5),
