@@ -34,7 +34,7 @@
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{copy_dir, layout_tag, layouts, loadavg, median_run, print_run, Layout, Meter, Run};
+use support::{copy_dir, layout_tag, layouts, loadavg, median_run, print_run, scramble, Layout, Meter, Run};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -68,19 +68,6 @@ fn raw_name(server: Server, round: usize, i: usize) -> String {
         // As long as lessor's (`lessor_<22 base-62 digits>`).
         Server::Mysql8 => format!("rawbch_{:022}", h % 10u128.pow(22)),
     }
-}
-
-/// `(round, i)` spread over 128 bits (two rounds of splitmix64): distinct
-/// inputs give distinct, unordered outputs.
-fn scramble(round: usize, i: usize) -> u128 {
-    let mix = |mut z: u64| {
-        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    let x = ((round as u64) << 32) | i as u64;
-    (u128::from(mix(x)) << 64) | u128::from(mix(x ^ 0x5555_5555_5555_5555))
 }
 
 /// The servers to run on: `LESSOR_BENCH_SERVERS` (`mariadb`, `mysql8`,

@@ -29,7 +29,7 @@
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{copy_dir, layout_tag, layouts, loadavg, median_run, print_run, with_children, Layout, Meter, Run};
+use support::{copy_dir, layout_tag, layouts, loadavg, median_run, print_run, scramble, with_children, Layout, Meter, Run};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,9 +46,15 @@ const CLIENTS: usize = 8;
 const N: usize = 1000;
 const ROUNDS: usize = 3;
 
-/// A raw role's name: as long as lessor's (`lessor_<role>_<repository>_<32 hex>`).
+/// The `i`th raw role name of `round`: as long as lessor's
+/// (`lessor_<role>_<repository>_<32 hex>`) and, like lessor's (whose end is
+/// the random lease id), in no particular order: names made in sorted order
+/// would all go to the rightmost page of `pg_authid`'s name index, which 8
+/// concurrent clients then contend for (see `benches/mysql.rs` on what the
+/// order does to MariaDB).
 fn raw_name(tag: &str, round: usize, i: usize) -> String {
-    format!("rawbch_{tag}_svc{round}_{i:032x}")
+    let h = scramble(round, i);
+    format!("rawbch_{tag}_svc{}_{h:032x}", h % 1000)
 }
 
 /// How a raw run treats each role.

@@ -87,6 +87,20 @@ pub fn cpu_seconds() -> f64 {
     cpu_seconds_of("self")
 }
 
+/// `(round, i)` spread over 128 bits (two rounds of splitmix64): distinct
+/// inputs give distinct, unordered outputs (raw baselines name their users
+/// with it, in no particular order, as lessor's lease ids do).
+pub fn scramble(round: usize, i: usize) -> u128 {
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let x = ((round as u64) << 32) | i as u64;
+    (u128::from(mix(x)) << 64) | u128::from(mix(x ^ 0x5555_5555_5555_5555))
+}
+
 /// Copies a directory tree (the example policies into a bench's temp dir).
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
