@@ -29,7 +29,7 @@
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{copy_dir, layout_tag, layouts, loadavg, median_run, print_run, scramble, with_children, Layout, Meter, Run};
+use support::{copy_dir, layout_tag, layouts, lessor_issue, lessor_revoke, loadavg, median_run, print_run, scramble, with_children, Layout, Meter, Run};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -170,77 +170,6 @@ async fn raw_revoke(conn: &mut sqlx::PgConnection, name: &str) {
     assert!(gone.is_none());
 }
 
-/// Issues one lease of `role` per JWT through lessor; returns the run and
-/// the lease ids.
-async fn lessor_issue(url: &str, pid: &str, role: &str, jwts: Vec<String>) -> (Run, Vec<String>) {
-    let http = reqwest::Client::new();
-    let n = jwts.len();
-    let jwts = Arc::new(std::sync::Mutex::new(jwts));
-    let meter = Meter::start(&[pid]);
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..CLIENTS {
-        let (http, url, jwts, role) = (http.clone(), url.to_owned(), jwts.clone(), role.to_owned());
-        set.spawn(async move {
-            let (mut lat, mut ids) = (Vec::new(), Vec::new());
-            loop {
-                let Some(jwt) = jwts.lock().expect("lock").pop() else { break };
-                let t = Instant::now();
-                let r = http
-                    .post(format!("{url}/v1/leases"))
-                    .bearer_auth(jwt)
-                    .json(&serde_json::json!({"role": role, "ttl": "10m"}))
-                    .send()
-                    .await
-                    .expect("request");
-                let status = r.status().as_u16();
-                let v: serde_json::Value = r.json().await.expect("json");
-                assert_eq!(status, 201, "{v}");
-                ids.push(v["lease_id"].as_str().expect("lease_id").to_owned());
-                lat.push(t.elapsed().as_secs_f64() * 1000.0);
-            }
-            (lat, ids)
-        });
-    }
-    let (mut lat, mut ids) = (Vec::new(), Vec::new());
-    while let Some(r) = set.join_next().await {
-        let (l, i) = r.expect("client");
-        lat.extend(l);
-        ids.extend(i);
-    }
-    assert_eq!(ids.len(), n);
-    (meter.stop(n, lat), ids)
-}
-
-/// Revokes every lease through lessor (admin token).
-async fn lessor_revoke(url: &str, pid: &str, admin: &str, ids: Vec<String>) -> Run {
-    let http = reqwest::Client::new();
-    let n = ids.len();
-    let ids = Arc::new(std::sync::Mutex::new(ids));
-    let meter = Meter::start(&[pid]);
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..CLIENTS {
-        let (http, url, ids, admin) = (http.clone(), url.to_owned(), ids.clone(), admin.to_owned());
-        set.spawn(async move {
-            let mut lat = Vec::new();
-            loop {
-                let Some(id) = ids.lock().expect("lock").pop() else { break };
-                let t = Instant::now();
-                let r = http.delete(format!("{url}/v1/leases/{id}")).bearer_auth(&admin).send().await.expect("request");
-                let status = r.status().as_u16();
-                let body = r.text().await.unwrap_or_default();
-                assert_eq!(status, 200, "{body}");
-                lat.push(t.elapsed().as_secs_f64() * 1000.0);
-            }
-            lat
-        });
-    }
-    let mut lat = Vec::new();
-    while let Some(r) = set.join_next().await {
-        lat.extend(r.expect("client"));
-    }
-    meter.stop(n, lat)
-}
-
 fn main() {
     let pg = TempPostgres::start().unwrap_or_else(|e| panic!("{e}"));
     pg.psql("postgres", "CREATE DATABASE app").expect("create db");
@@ -328,8 +257,8 @@ default_scopes = ["orders.read"]
             .collect()
     };
     // Warm-up: connections, JWKS, caches.
-    let (_, ids) = lessor_issue(&url, pid, "pg/app", mint("warm", CLIENTS * 4)).await;
-    lessor_revoke(&url, pid, &admin_token, ids).await;
+    let (_, ids) = lessor_issue(&url, &[pid], CLIENTS, "pg/app", mint("warm", CLIENTS * 4)).await;
+    lessor_revoke(&url, &[pid], CLIENTS, &admin_token, ids).await;
 
     // Three rounds, alternating raw and lessor, reporting medians: runs on
     // a shared 2-core machine vary by several percent.
@@ -342,12 +271,12 @@ default_scopes = ["orders.read"]
         raw_full.push(raw(pg, pid, Raw::Revoke, &format!("{tag}v"), round).await);
         raw_p.push(raw(pg, pid, Raw::IssuePlain, &format!("{tag}p"), round).await);
         drop_only.push(raw(pg, pid, Raw::DropOnly, &format!("{tag}p"), round).await);
-        let (issue, ids) = lessor_issue(&url, pid, "pg/app", mint(&format!("svc{tag}{round}-"), N)).await;
+        let (issue, ids) = lessor_issue(&url, &[pid], CLIENTS, "pg/app", mint(&format!("svc{tag}{round}-"), N)).await;
         issues.push(issue);
-        revokes.push(lessor_revoke(&url, pid, &admin_token, ids).await);
+        revokes.push(lessor_revoke(&url, &[pid], CLIENTS, &admin_token, ids).await);
         // The same path with a vendor that costs nothing (a lessor-signed
         // token): lessor's own share.
-        tokens.push(lessor_issue(&url, pid, "token/plain", mint(&format!("tok{tag}{round}-"), N)).await.0);
+        tokens.push(lessor_issue(&url, &[pid], CLIENTS, "token/plain", mint(&format!("tok{tag}{round}-"), N)).await.0);
         println!("  (round {}: load average {})", round + 1, loadavg());
     }
     let left = pg.psql("app", "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'lessor!_%' ESCAPE '!' OR rolname LIKE 'rawbch!_%' ESCAPE '!'");

@@ -21,7 +21,7 @@
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{copy_dir, layout_tag, layouts, loadavg, median_run, print_run, Layout, Meter, Run};
+use support::{copy_dir, layout_tag, layouts, lessor_issue, lessor_revoke, loadavg, median_run, print_run, Layout, Meter, Run};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -117,72 +117,6 @@ async fn raw(nodes: &[&TempRedis], pids: &[String], password: &str, round: &str)
     (rates[0], rates[1])
 }
 
-/// Issues one lease of `role` per JWT through lessor; returns the run and
-/// the lease ids.
-async fn lessor_issue(url: &str, pids: &[String], role: &str, jwts: Vec<String>) -> (Run, Vec<String>) {
-    let http = reqwest::Client::new();
-    let jwts = Arc::new(std::sync::Mutex::new(jwts));
-    let meter = Meter::start(pids);
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..CLIENTS {
-        let (http, url, jwts, role) = (http.clone(), url.to_owned(), jwts.clone(), role.to_owned());
-        set.spawn(async move {
-            let (mut lat, mut ids) = (Vec::new(), Vec::new());
-            loop {
-                let Some(jwt) = jwts.lock().expect("lock").pop() else { break };
-                let t = Instant::now();
-                let r = http
-                    .post(format!("{url}/v1/leases"))
-                    .bearer_auth(jwt)
-                    .json(&serde_json::json!({"role": role, "ttl": "10m"}))
-                    .send()
-                    .await
-                    .expect("request");
-                assert_eq!(r.status().as_u16(), 201);
-                let v: serde_json::Value = r.json().await.expect("json");
-                ids.push(v["lease_id"].as_str().expect("lease_id").to_owned());
-                lat.push(t.elapsed().as_secs_f64() * 1000.0);
-            }
-            (lat, ids)
-        });
-    }
-    let (mut lat, mut ids) = (Vec::new(), Vec::new());
-    while let Some(r) = set.join_next().await {
-        let (l, i) = r.expect("client");
-        lat.extend(l);
-        ids.extend(i);
-    }
-    (meter.stop(ids.len(), lat), ids)
-}
-
-/// Revokes every lease through lessor (admin token).
-async fn lessor_revoke(url: &str, pids: &[String], admin: &str, ids: Vec<String>) -> Run {
-    let http = reqwest::Client::new();
-    let n = ids.len();
-    let ids = Arc::new(std::sync::Mutex::new(ids));
-    let meter = Meter::start(pids);
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..CLIENTS {
-        let (http, url, ids, admin) = (http.clone(), url.to_owned(), ids.clone(), admin.to_owned());
-        set.spawn(async move {
-            let mut lat = Vec::new();
-            loop {
-                let Some(id) = ids.lock().expect("lock").pop() else { break };
-                let t = Instant::now();
-                let r = http.delete(format!("{url}/v1/leases/{id}")).bearer_auth(&admin).send().await.expect("request");
-                assert_eq!(r.status().as_u16(), 200);
-                lat.push(t.elapsed().as_secs_f64() * 1000.0);
-            }
-            lat
-        });
-    }
-    let mut lat = Vec::new();
-    while let Some(r) = set.join_next().await {
-        lat.extend(r.expect("client"));
-    }
-    meter.stop(n, lat)
-}
-
 fn main() {
     let a = TempRedis::start().unwrap_or_else(|e| panic!("{e}"));
     let password = a.admin_password().to_owned();
@@ -269,8 +203,8 @@ default_scopes = ["cache.read"]
             .collect()
     };
     // Warm-up: connections, JWKS, caches.
-    let (_, ids) = lessor_issue(&url, pids, "cache/app", mint("warm", CLIENTS * 4)).await;
-    lessor_revoke(&url, pids, &admin_token, ids).await;
+    let (_, ids) = lessor_issue(&url, pids, CLIENTS, "cache/app", mint("warm", CLIENTS * 4)).await;
+    lessor_revoke(&url, pids, CLIENTS, &admin_token, ids).await;
 
     // Rounds alternate raw and lessor; medians are reported (runs on a
     // shared 2-core machine vary by several percent).
@@ -282,12 +216,12 @@ default_scopes = ["cache.read"]
         let (i, r) = raw(&nodes, pids, password, &tag).await;
         raw_i.push(i);
         raw_r.push(r);
-        let (issue, ids) = lessor_issue(&url, pids, "cache/app", mint(&format!("svc{tag}-"), N)).await;
+        let (issue, ids) = lessor_issue(&url, pids, CLIENTS, "cache/app", mint(&format!("svc{tag}-"), N)).await;
         issues.push(issue);
-        revokes.push(lessor_revoke(&url, pids, &admin_token, ids).await);
+        revokes.push(lessor_revoke(&url, pids, CLIENTS, &admin_token, ids).await);
         // The same path with a vendor that costs nothing (a lessor-signed
         // token): lessor's own share.
-        tokens.push(lessor_issue(&url, pids, "token/plain", mint(&format!("tok{tag}-"), N)).await.0);
+        tokens.push(lessor_issue(&url, pids, CLIENTS, "token/plain", mint(&format!("tok{tag}-"), N)).await.0);
         println!("  (round {}: load average {})", round + 1, loadavg());
     }
     let (ri, rr, li, lr, lt) = (median(&raw_i), median(&raw_r), median(&issues), median(&revokes), median(&tokens));

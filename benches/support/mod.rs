@@ -156,6 +156,78 @@ impl Meter {
     }
 }
 
+/// Issues one lease of `role` per JWT through lessor at `url`, `clients`
+/// at a time, measuring this process and the servers `pids`; returns the
+/// run and the lease ids.
+pub async fn lessor_issue<S: AsRef<str>>(url: &str, pids: &[S], clients: usize, role: &str, jwts: Vec<String>) -> (Run, Vec<String>) {
+    let http = reqwest::Client::new();
+    let n = jwts.len();
+    let jwts = std::sync::Arc::new(std::sync::Mutex::new(jwts));
+    let meter = Meter::start(pids);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (http, url, jwts, role) = (http.clone(), url.to_owned(), jwts.clone(), role.to_owned());
+        set.spawn(async move {
+            let (mut lat, mut ids) = (Vec::new(), Vec::new());
+            loop {
+                let Some(jwt) = jwts.lock().expect("lock").pop() else { break };
+                let t = std::time::Instant::now();
+                let r = http
+                    .post(format!("{url}/v1/leases"))
+                    .bearer_auth(jwt)
+                    .json(&serde_json::json!({"role": role, "ttl": "10m"}))
+                    .send()
+                    .await
+                    .expect("request");
+                let status = r.status().as_u16();
+                let v: serde_json::Value = r.json().await.expect("json");
+                assert_eq!(status, 201, "{v}");
+                ids.push(v["lease_id"].as_str().expect("lease_id").to_owned());
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            (lat, ids)
+        });
+    }
+    let (mut lat, mut ids) = (Vec::new(), Vec::new());
+    while let Some(r) = set.join_next().await {
+        let (l, i) = r.expect("client");
+        lat.extend(l);
+        ids.extend(i);
+    }
+    assert_eq!(ids.len(), n);
+    (meter.stop(n, lat), ids)
+}
+
+/// Revokes every lease through lessor (admin token), `clients` at a time.
+pub async fn lessor_revoke<S: AsRef<str>>(url: &str, pids: &[S], clients: usize, admin: &str, ids: Vec<String>) -> Run {
+    let http = reqwest::Client::new();
+    let n = ids.len();
+    let ids = std::sync::Arc::new(std::sync::Mutex::new(ids));
+    let meter = Meter::start(pids);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (http, url, ids, admin) = (http.clone(), url.to_owned(), ids.clone(), admin.to_owned());
+        set.spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let Some(id) = ids.lock().expect("lock").pop() else { break };
+                let t = std::time::Instant::now();
+                let r = http.delete(format!("{url}/v1/leases/{id}")).bearer_auth(&admin).send().await.expect("request");
+                let status = r.status().as_u16();
+                let body = r.text().await.unwrap_or_default();
+                assert_eq!(status, 200, "{body}");
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            lat
+        });
+    }
+    let mut lat = Vec::new();
+    while let Some(r) = set.join_next().await {
+        lat.extend(r.expect("client"));
+    }
+    meter.stop(n, lat)
+}
+
 /// Medians over rounds, field by field.
 pub fn median_run(runs: &[Run]) -> Run {
     let m = |f: fn(&Run) -> f64| pct(&mut runs.iter().map(f).collect::<Vec<_>>(), 0.5);
