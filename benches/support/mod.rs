@@ -28,16 +28,37 @@ pub fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// The fields of `/proc/<pid>/stat` after the command name (which may hold
+/// spaces): state (0), ppid (1), ... utime (11), stime (12), cutime (13),
+/// cstime (14); times in clock ticks (100 per second on Linux).
+fn stat_fields(pid: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit_once(')')?.1.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The sum of `fields` (indexes into [`stat_fields`]) of `pid`, in seconds.
+fn ticks_of(pid: &str, fields: &[usize]) -> Option<f64> {
+    let f = stat_fields(pid)?;
+    fields.iter().map(|&i| f.get(i)?.parse::<f64>().ok()).sum::<Option<f64>>().map(|t| t / 100.0)
+}
+
 /// CPU time (user + system) of process `pid` (`"self"` for this one) so
 /// far, in seconds.
 pub fn cpu_seconds_of(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name (which may hold spaces): utime and stime are
-    // fields 14 and 15, in clock ticks (100 per second on Linux).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok());
-    tick(11).zip(tick(12)).map(|(u, s)| (u + s) / 100.0).unwrap_or(f64::NAN)
+    ticks_of(pid, &[11, 12]).unwrap_or(f64::NAN)
+}
+
+/// The running children of process `pid`.
+fn children(pid: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let Some(p) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        if stat_fields(p).is_some_and(|f| f.get(1).map(String::as_str) == Some(pid)) {
+            out.push(p.to_owned());
+        }
+    }
+    out
 }
 
 /// CPU time of process `pid` and its children so far, in seconds: the
@@ -45,40 +66,15 @@ pub fn cpu_seconds_of(pid: &str) -> f64 {
 /// own) and, through the parent's `cutime` and `cstime`, those it has
 /// waited for. A process without children: its own.
 pub fn tree_cpu_seconds(pid: &str) -> f64 {
-    let fields = |p: &str| -> Option<Vec<f64>> {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-        let rest = stat.rsplit_once(')')?.1;
-        // After the name: state, ppid, ... utime (11), stime (12), cutime
-        // (13), cstime (14), in clock ticks (100 per second on Linux).
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        Some(vec![f.get(1)?.parse().ok()?, f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?, f.get(13)?.parse().ok()?, f.get(14)?.parse().ok()?])
-    };
-    let Some(me) = fields(pid) else { return f64::NAN };
-    let Ok(parent) = pid.parse::<f64>() else { return (me[1] + me[2]) / 100.0 };
-    let mut ticks = me[1] + me[2] + me[3] + me[4];
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let name = e.file_name();
-        let Some(p) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
-        if let Some(c) = fields(p).filter(|c| c[0] == parent) {
-            ticks += c[1] + c[2];
-        }
-    }
-    ticks / 100.0
+    let Some(own) = ticks_of(pid, &[11, 12, 13, 14]) else { return f64::NAN };
+    own + children(pid).iter().filter_map(|c| ticks_of(c, &[11, 12])).sum::<f64>()
 }
 
 /// The processes of a server: `pid` and its children (as taskset needs
 /// them: a child started later inherits its parent's CPUs).
 pub fn with_children(pid: &str) -> Vec<String> {
     let mut all = vec![pid.to_owned()];
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let name = e.file_name();
-        let Some(p) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1));
-        if ppid == Some(pid) {
-            all.push(p.to_owned());
-        }
-    }
+    all.extend(children(pid));
     all
 }
 
