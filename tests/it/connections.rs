@@ -6,6 +6,10 @@
 //! people (made here as `Actor::Person` through the service: signing in is
 //! the people module's) or the admin token as break-glass; a workload JWT
 //! is refused.
+//!
+//! Why one file (about 840 lines): every test drives the same fake root
+//! plugin (`FakeRoot`), daemon start-up (`start_with`) and admin API helper
+//! (`Api`) through one lifecycle; split, each part would repeat them.
 
 use std::collections::BTreeMap;
 use std::path::Path;
