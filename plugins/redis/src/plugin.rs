@@ -502,8 +502,9 @@ impl Plugin for RedisPlugin {
     }
 
     /// Deletes the lease's user on every node (`ACL DELUSER`, `CLIENT KILL
-    /// USER`, `ACL SAVE` where configured). Done only when every node
-    /// confirmed; "no such user" counts as confirmed.
+    /// USER`, `ACL SAVE` where configured, also when the user was gone
+    /// already). Done only when every node confirmed; "no such user" counts
+    /// as confirmed once the node's ACL file is saved.
     #[instrument(skip_all, fields(connection = %self.connection, role = %lease.role, lease_id = %lease.lease_id))]
     async fn revoke(&self, lease: &LeaseRef) -> Result<(), PluginError> {
         let Some(hex) = acl::lease_hex(&lease.lease_id) else {
@@ -524,9 +525,12 @@ impl Plugin for RedisPlugin {
                         deleted += 1;
                     }
                 }
-                if deleted > 0 {
-                    n.save_acl().await?;
-                }
+                // Saved even when nothing was left to delete: a revoke is
+                // retried after a failed `ACL SAVE` (or after lessor died
+                // between `DELUSER` and the save), and then finds the user
+                // gone from memory but still in the ACL file, where a restart
+                // of the node would bring it back.
+                n.save_acl().await?;
                 Ok(deleted)
             }
         })

@@ -81,6 +81,38 @@ async fn a_revoked_user_is_disconnected_at_once() {
     }
 }
 
+/// A revoke whose `ACL SAVE` failed after `ACL DELUSER` went through is
+/// retried; the retry finds the user gone from memory but still in the ACL
+/// file, and must save it, or a restart of the node brings the user back.
+#[tokio::test]
+async fn a_retried_revoke_saves_what_a_failed_acl_save_left_in_the_file() {
+    let mut pair = Pair::start();
+    let p = pair.plugin();
+    let id = lease_id();
+    let issued = issue(&p, &id, &["cache.read"]).await.unwrap();
+    let user = username(&issued);
+    assert!(pair.b.acl_file().contains(&user));
+    // Node b cannot save: a non-empty directory holds its ACL file's name,
+    // so the rename that ends `ACL SAVE` fails (for root too).
+    let file = pair.b.dir().join("users.acl");
+    let aside = pair.b.dir().join("users.acl.aside");
+    std::fs::rename(&file, &aside).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    std::fs::write(file.join("in-the-way"), "").unwrap();
+    let e = p.revoke(&lease(&id, Some(issued.handle.clone()))).await.unwrap_err();
+    assert!(matches!(&e, PluginError::Retryable(m) if m.contains("done on 1 of 2 nodes")), "{e:?}");
+    assert!(pair.users(&pair.b).await.is_empty(), "the user was deleted from memory before the save failed");
+    std::fs::remove_dir_all(&file).unwrap();
+    std::fs::rename(&aside, &file).unwrap();
+    assert!(pair.b.acl_file().contains(&user), "the failed save left the user in the file");
+
+    p.revoke(&lease(&id, Some(issued.handle.clone()))).await.unwrap();
+    assert!(!pair.b.acl_file().contains(&user), "the retry did not save the ACL file");
+    pair.b.stop();
+    pair.b.restart().unwrap();
+    assert!(pair.users(&pair.b).await.is_empty(), "a restart brought the revoked user back");
+}
+
 /// Reads lines from a raw MONITOR connection until `stop` is seen.
 fn monitor(port: u16, password: &str) -> std::net::TcpStream {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
