@@ -253,12 +253,12 @@ impl Plugin for MysqlPlugin {
         self.revoke_accounts(lease).await
     }
 
-    /// MariaDB users named like this connection's leases
-    /// (`<prefix>_<readable>_<32 hex>`, see [`owned_regex`]), read from
-    /// `mysql.user` with the active root credential, one name per user
-    /// (whatever its hosts), in byte order. Never the admin's own user, never
-    /// a server role. MySQL 8's 32-character names hold only part of the
-    /// lease id, so there the listing is `Unsupported`.
+    /// Users named like this connection's leases, read from `mysql.user`
+    /// with the active root credential, one name per user (whatever its
+    /// hosts), in byte order: on MariaDB `<prefix>_<readable>_<32 hex>` (see
+    /// [`lessor_plugin_sql::naming::owned_regex`]), on MySQL 8 `<prefix>_<22 base-62 digits>` (the whole
+    /// lease id in 32 characters, see [`crate::naming::mysql_lease_of`]).
+    /// Never the admin's own user, never a server role.
     async fn list_objects(&self, after: Option<&str>, limit: u32) -> Result<Vec<VendorObject>, PluginError> {
         self.list_accounts(after, limit).await
     }
