@@ -4,7 +4,8 @@
 //! counted; a clean vendor reports nothing; an issue in flight (pending
 //! lease) is never touched; a dropped role is reported missing, not
 //! revoked; passes are one at a time across replicas; a stray's grace
-//! survives a restart. The same on MariaDB (Redis: `redis_users`).
+//! survives a restart; scheduled passes run unasked and `lessor reconcile`
+//! exits by the verdict. The same on MariaDB (Redis: `redis_users`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -165,6 +166,67 @@ async fn strays_are_revoked_after_the_grace_audited_and_counted() {
     assert_eq!((c["objects"].as_u64(), c["strays"].as_array().unwrap().len(), c["missing_count"].as_u64()), (Some(1), 0, Some(0)), "{v}");
     assert_eq!(v["clean"], true, "{v}");
     pg.psql("postgres", "DROP ROLE lessor_not_a_lease; DROP ROLE lessor_admin2").unwrap();
+}
+
+/// `lessor reconcile` as an operator runs it: the report as text (or
+/// `--json`), exit 0 for a clean pass and 1 otherwise, and a clear refusal
+/// without an admin token. (Awaited: the daemon serves on this test's
+/// runtime.)
+async fn reconcile_cli(d: &Daemon, args: &[&str], token: Option<&str>, cwd: &Path) -> (i32, String, String) {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_lessor"));
+    c.arg("reconcile").args(["--addr", &d.url]).args(args).current_dir(cwd).env("XDG_CONFIG_HOME", cwd);
+    c.env_remove("LESSOR_ADMIN_TOKEN").env_remove("LESSOR_ADMIN_TOKEN_FILE").env_remove("LESSOR_JWT");
+    if let Some(t) = token {
+        c.env("LESSOR_ADMIN_TOKEN", t);
+    }
+    let o = c.output().await.unwrap();
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// With `interval` set nobody has to ask: a scheduled pass finds a role
+/// made behind lessor's back and (no grace here) revokes it, audited as
+/// the reconciler; then `lessor reconcile` says clean (exit 0), and after a
+/// live lease's role is dropped by hand, not clean with it missing (exit 1).
+#[tokio::test]
+async fn a_scheduled_pass_revokes_a_stray_unasked_and_lessor_reconcile_exits_by_the_verdict() {
+    let iss = Issuer::start().await;
+    let pg = start_pg();
+    let aux = tempfile::tempdir().unwrap();
+    let mut o = opts(&iss, &pg, "rc6", "0s", None, aux.path());
+    o.extra_toml = o.extra_toml.replace("interval = \"0s\"", "interval = \"1s\"");
+    let d = Daemon::start_with(o).await;
+    let (kept, kept_role) = issue(&d, &iss, "rc6").await;
+    let sneaky = format!("lessor_app_sneaky_{}", hex32());
+    pg.psql("postgres", &format!("CREATE ROLE {sneaky} LOGIN")).unwrap();
+
+    let gone = Daemon::eventually(Duration::from_secs(20), || async { (!role_exists(&pg, &sneaky)).then_some(()) }).await;
+    assert!(gone.is_some(), "no scheduled pass revoked {sneaky} within 20 s (interval 1 s)");
+    assert!(role_exists(&pg, &kept_role), "the live lease's role stays");
+    assert_eq!(d.lease_state(&kept).await, "active");
+    let entry = Daemon::eventually(Duration::from_secs(5), || async {
+        audit_entries(&d.dir).into_iter().find(|e| e["action"] == "reconcile.revoke" && e["details"]["object"] == sneaky.as_str())
+    })
+    .await
+    .expect("the scheduled revocation is audited");
+    assert_eq!((entry["actor"]["kind"].as_str(), entry["actor"]["name"].as_str()), (Some("system"), Some("reconciler")), "{entry}");
+
+    let cwd = tempfile::tempdir().unwrap();
+    let (code, out, err) = reconcile_cli(&d, &[], Some(&d.admin), cwd.path()).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(": clean") && out.contains("rc6") && out.contains("1 objects, 0 strays, 0 missing"), "{out}");
+
+    pg.psql("app", &format!("DROP OWNED BY {kept_role}; DROP ROLE {kept_role}")).unwrap();
+    let (code, out, err) = reconcile_cli(&d, &[], Some(&d.admin), cwd.path()).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("NOT CLEAN") && out.contains("0 objects, 0 strays, 1 missing"), "{out}");
+    let (code, out, _) = reconcile_cli(&d, &["--json"], Some(&d.admin), cwd.path()).await;
+    assert_eq!(code, 1);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["clean"].as_bool(), conn_report(&v, "rc6")["missing_count"].as_u64()), (Some(false), Some(1)), "{v}");
+
+    let (code, out, err) = reconcile_cli(&d, &[], None, cwd.path()).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("reconcile needs an admin token"), "{err}");
 }
 
 #[tokio::test]
