@@ -20,13 +20,11 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tracing::instrument;
 
+use lessor_plugin::expiry::check_expiry;
+
 use crate::acl;
 use crate::config::{ConnectionConfig, RoleConfig};
 use crate::nodes::{as_int, as_string, as_strings, failures, on_all, Node, NodeError};
-
-/// Slack allowed between the lease's TTL and the role's max (clock skew
-/// between the core computing `expires_at` and this check).
-const TTL_SLACK: Duration = Duration::from_secs(5);
 
 /// The plugin kind in config (`plugin = "redis"`).
 pub const KIND: &str = "redis";
@@ -116,6 +114,8 @@ pub struct RedisPlugin {
     config: ConnectionConfig,
     roles: BTreeMap<String, Role>,
     roots: RwLock<Roots>,
+    /// What "now" is (the context's clock): expiry checks read it.
+    clock: lessor_plugin::Clock,
 }
 
 impl std::fmt::Debug for RedisPlugin {
@@ -129,26 +129,6 @@ impl std::fmt::Debug for RedisPlugin {
 
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
-}
-
-fn humanize(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
-}
-
-fn check_expiry(expires_at: OffsetDateTime, max_ttl: Duration) -> Result<(), PluginError> {
-    let now = OffsetDateTime::now_utc();
-    if expires_at <= now {
-        return Err(PluginError::InvalidRequest(format!("expires_at {} is not in the future", rfc3339(expires_at))));
-    }
-    let ttl = Duration::try_from(expires_at - now).unwrap_or_default();
-    if ttl > max_ttl + TTL_SLACK {
-        return Err(PluginError::InvalidRequest(format!(
-            "ttl {} exceeds role max {}",
-            humanize(ttl),
-            humanize(max_ttl)
-        )));
-    }
-    Ok(())
 }
 
 /// Characters left as they are in the issued URL's user and password (RFC
@@ -184,7 +164,7 @@ impl RedisPlugin {
             let rc = RoleConfig::from_json(&ctx.connection, spec)?;
             parsed.insert(spec.name.clone(), Role { max_ttl: spec.max_ttl, config: rc });
         }
-        let mut plugin = RedisPlugin { connection: ctx.connection, config, roles: parsed, roots: RwLock::default() };
+        let mut plugin = RedisPlugin { connection: ctx.connection, config, roles: parsed, roots: RwLock::default(), clock: ctx.clock };
         if let Some((pw, source)) = plugin.config.password.clone() {
             let root = plugin
                 .root(None, pw)
@@ -391,7 +371,7 @@ impl Plugin for RedisPlugin {
     #[instrument(skip_all, fields(connection = %self.connection, role = %req.role, lease_id = %req.lease_id))]
     async fn issue(&self, req: IssueRequest) -> Result<Issued, PluginError> {
         let role = self.role(&req.role)?;
-        check_expiry(req.expires_at, role.max_ttl)?;
+        check_expiry((self.clock)(), req.expires_at, role.max_ttl)?;
         if let Some(k) = req.params.keys().next() {
             return Err(PluginError::InvalidRequest(format!("the redis plugin takes no request parameters (got `{k}`)")));
         }
@@ -478,7 +458,7 @@ impl Plugin for RedisPlugin {
     async fn renew(&self, req: RenewRequest) -> Result<OffsetDateTime, PluginError> {
         let lease = &req.lease;
         let role = self.role(&lease.role)?;
-        check_expiry(req.expires_at, role.max_ttl)?;
+        check_expiry((self.clock)(), req.expires_at, role.max_ttl)?;
         let gone = || PluginError::Permanent(format!("no user of lease `{}` exists any more", lease.lease_id));
         let hex = acl::lease_hex(&lease.lease_id).ok_or_else(gone)?;
         let hint = self.hint(lease, &hex);
@@ -686,6 +666,32 @@ mod tests {
         let n = crate::config::parse_node("rediss://h:7000").unwrap();
         let u = user_url(&n, "lessor_a b", &SecretString::from("p@ss/w"));
         assert_eq!(u.expose_secret(), "rediss://lessor_a%20b:p%40ss%2Fw@h:7000");
+    }
+
+    /// Expiry checks read the context's clock, not the system's: with the
+    /// plugin's clock a day ahead, a request good by the wall clock is in
+    /// its past, for issue and renew alike (refused before any node is
+    /// asked).
+    #[tokio::test]
+    async fn expiry_is_checked_on_the_contexts_clock() {
+        let tomorrow = OffsetDateTime::now_utc() + time::Duration::days(1);
+        let ctx = PluginContext { clock: Arc::new(move || tomorrow), ..PluginContext::for_tests("c", "https://lessor.test") };
+        let role = RoleSpec { name: "app".into(), scopes: vec![], max_ttl: Duration::from_secs(3600), config: json!({}) };
+        let p = RedisPlugin::new(ctx, json!({"nodes": ["redis://127.0.0.1:1"]}), vec![role]).unwrap();
+        let in_ten_minutes = OffsetDateTime::now_utc() + Duration::from_secs(600);
+        let lease_id = LeaseId::new("lse_0123456789abcdef0123456789abcdef");
+        let req = IssueRequest {
+            lease_id: lease_id.clone(),
+            role: "app".into(),
+            workload: lessor_plugin::Workload::default(),
+            scopes: vec![],
+            expires_at: in_ten_minutes,
+            params: Default::default(),
+        };
+        let lease = LeaseRef { lease_id, role: "app".into(), handle: None, expires_at: in_ten_minutes, root_version: None };
+        for r in [p.issue(req).await.map(|_| ()), p.renew(RenewRequest { lease, expires_at: in_ten_minutes }).await.map(|_| ())] {
+            assert!(matches!(&r, Err(PluginError::InvalidRequest(m)) if m.contains("is not in the future")), "{r:?}");
+        }
     }
 
     #[test]

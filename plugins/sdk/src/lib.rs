@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 pub mod call;
+pub mod expiry;
 mod state;
 pub use state::{MemoryState, StateError, StateStore};
 

@@ -4,10 +4,12 @@
 //! with enough letters and digits to name an account after. Must not
 //! import: sqlx, any plugin.
 
+use lessor_plugin::expiry::check_expiry;
 use lessor_plugin::{IssueRequest, PluginError};
+use time::OffsetDateTime;
 
 use crate::naming::{lease_hex, MIN_LEASE_HEX_LEN};
-use crate::root::{check_expiry, Role};
+use crate::root::Role;
 
 /// An issue request that passed [`check_issue`].
 #[derive(Debug)]
@@ -18,7 +20,8 @@ pub struct Checked {
     pub hex: String,
 }
 
-/// Checks `req` for `role` of connection `connection` of plugin `kind`;
+/// Checks `req` for `role` of connection `connection` of plugin `kind` at
+/// `now` (the plugin's clock);
 /// `grants(scope)` says whether the role can grant a scope, `account` what
 /// the plugin names after the lease ("a role", "a user").
 pub fn check_issue<C>(
@@ -28,8 +31,9 @@ pub fn check_issue<C>(
     role: &Role<C>,
     grants: impl Fn(&str) -> bool,
     account: &str,
+    now: OffsetDateTime,
 ) -> Result<Checked, PluginError> {
-    check_expiry(req.expires_at, role.max_ttl)?;
+    check_expiry(now, req.expires_at, role.max_ttl)?;
     if let Some(k) = req.params.keys().next() {
         return Err(PluginError::InvalidRequest(format!(
             "the {kind} plugin takes no request parameters (got `{k}`)"

@@ -20,10 +20,6 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-/// `expires_at` may exceed now + the role's `max_ttl` by this much (the core
-/// computed it a moment before calling).
-pub const TTL_SLACK: Duration = Duration::from_secs(5);
-
 /// A plugin's root credential: its version and DSN.
 pub trait VersionedRoot {
     /// The core's version of it; `None` for the DSN of `dsn_file` /
@@ -244,24 +240,6 @@ pub fn humanize(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }
 
-/// Refuses an expiry in the past or beyond the role's `max_ttl` (+
-/// [`TTL_SLACK`]).
-pub fn check_expiry(expires_at: OffsetDateTime, max_ttl: Duration) -> Result<(), PluginError> {
-    let now = OffsetDateTime::now_utc();
-    if expires_at <= now {
-        return Err(PluginError::InvalidRequest(format!("expires_at {} is not in the future", rfc3339(expires_at))));
-    }
-    let ttl = Duration::try_from(expires_at - now).unwrap_or_default();
-    if ttl > max_ttl.saturating_add(TTL_SLACK) {
-        return Err(PluginError::InvalidRequest(format!(
-            "ttl {} exceeds role max {}",
-            humanize(ttl),
-            humanize(max_ttl)
-        )));
-    }
-    Ok(())
-}
-
 /// Checks the connection and role tables as a plugin's `build` does,
 /// without reading `dsn_file` or `dsn_env` (they may exist only where lessor
 /// runs) and without connecting: `connection` gets the table without them.
@@ -373,14 +351,9 @@ mod tests {
     }
 
     #[test]
-    fn scrubbing_and_expiry() {
+    fn scrubbing_and_dsn_parts() {
         let never = [SecretString::from("hunter2".to_owned()), SecretString::from(String::new())];
         assert_eq!(scrub_with(&never, "a hunter2 b".into()), "a *** b");
-        let now = OffsetDateTime::now_utc();
-        assert!(check_expiry(now - time::Duration::seconds(1), Duration::from_secs(60)).is_err());
-        assert!(check_expiry(now + time::Duration::seconds(60), Duration::from_secs(60)).is_ok());
-        let e = check_expiry(now + time::Duration::hours(2), Duration::from_secs(60)).unwrap_err().to_string();
-        assert!(e.contains("exceeds role max 1m"), "{e}");
         assert_eq!(dsn_part("a b'@"), "a%20b%27%40");
     }
 }

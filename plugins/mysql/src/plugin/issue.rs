@@ -4,6 +4,7 @@
 //! the lease's accounts still exist. Must not import: the core (`lessor`).
 
 use super::*;
+use lessor_plugin::expiry::check_expiry;
 use lessor_plugin_sql::issue::{check_issue, Checked};
 
 /// Why creating an account failed, and whether it exists by then.
@@ -130,7 +131,7 @@ impl MysqlPlugin {
     pub(super) async fn issue_account(&self, req: IssueRequest) -> Result<Issued, PluginError> {
         let role = self.role(&req.role)?;
         let Checked { scopes, hex } =
-            check_issue(KIND, &self.connection, &req, role, |s| role.config.roles.contains_key(s) || role.config.grants.contains_key(s), "a user")?;
+            check_issue(KIND, &self.connection, &req, role, |s| role.config.roles.contains_key(s) || role.config.grants.contains_key(s), "a user", (self.clock)())?;
         let root = self.active_root()?;
         let mut conn = self.acquire(&root).await?;
         let sess = session(&root, &mut conn).await.map_err(|e| self.fail(&root, e, "reading the session's sql_mode"))?;
@@ -229,7 +230,7 @@ impl MysqlPlugin {
     #[instrument(skip_all, fields(connection = %self.connection, role = %req.lease.role, lease_id = %req.lease.lease_id))]
     pub(super) async fn renew_accounts(&self, req: RenewRequest) -> Result<OffsetDateTime, PluginError> {
         let role = self.role(&req.lease.role)?;
-        check_expiry(req.expires_at, role.max_ttl)?;
+        check_expiry((self.clock)(), req.expires_at, role.max_ttl)?;
         let (root, mut conn) = self.lease_conn(&req.lease).await?;
         let hex = lease_hex(&req.lease.lease_id).unwrap_or_default();
         let prefix = &self.config.user_prefix;

@@ -31,7 +31,7 @@ use lessor_plugin::{
     Capabilities, IssueRequest, Issued, LeaseRef, Plugin, PluginContext, PluginError, Registration,
     RenewRequest, RoleSpec, RootCredentials, RootSecretSpec, Validation, VendorObject,
 };
-use lessor_plugin_sql::root::{check_expiry, dsn_part, find_role, parse_roles, rfc3339, scrub_error, scrub_with, RootVersions, VersionedRoot};
+use lessor_plugin_sql::root::{dsn_part, find_role, parse_roles, rfc3339, scrub_error, scrub_with, RootVersions, VersionedRoot};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
@@ -172,6 +172,8 @@ pub struct MysqlPlugin {
     config: ConnectionConfig,
     roles: BTreeMap<String, Role>,
     roots: RootVersions<Root>,
+    /// What "now" is (the context's clock): expiry checks read it.
+    clock: lessor_plugin::Clock,
 }
 
 impl fmt::Debug for MysqlPlugin {
@@ -192,7 +194,7 @@ impl MysqlPlugin {
         let config = ConnectionConfig::from_json(&ctx.connection, connection)?;
         let roles = parse_roles(&ctx.connection, &roles, |spec| RoleConfig::from_json(&ctx.connection, spec))?;
         let mut plugin =
-            MysqlPlugin { roots: RootVersions::new(&ctx.connection, None), connection: ctx.connection, config, roles };
+            MysqlPlugin { roots: RootVersions::new(&ctx.connection, None), connection: ctx.connection, config, roles, clock: ctx.clock };
         if let Some((dsn, source)) = &plugin.config.dsn {
             let root = plugin.root(None, dsn.clone()).map_err(|m| {
                 PluginError::Misconfigured(format!("connection `{}`: the DSN in {source} {m}", plugin.connection))
@@ -298,6 +300,25 @@ mod tests {
             ("mariadb://a%40b:old@db/?ssl-mode=required", "mariadb://a%40b:N3w-pass_word@db/?ssl-mode=required"),
         ] {
             assert_eq!(dsn_with_password(&secret(old), &pw).unwrap().expose_secret(), want);
+        }
+    }
+
+    /// Expiry checks read the context's clock, not the system's: with the
+    /// plugin's clock a day ahead, a request good by the wall clock is in
+    /// its past, for issue and renew alike (refused before any server is
+    /// asked).
+    #[tokio::test]
+    async fn expiry_is_checked_on_the_contexts_clock() {
+        let tomorrow = OffsetDateTime::now_utc() + time::Duration::days(1);
+        let ctx = PluginContext { clock: std::sync::Arc::new(move || tomorrow), ..PluginContext::for_tests("c", "https://lessor.test") };
+        let role = RoleSpec { name: "app".into(), scopes: vec![], max_ttl: Duration::from_secs(3600), config: Value::Null };
+        let p = MysqlPlugin::new(ctx, json!({}), vec![role]).unwrap();
+        let in_ten_minutes = OffsetDateTime::now_utc() + Duration::from_secs(600);
+        let lease_id = LeaseId::new("lse_0123456789abcdef0123456789abcdef");
+        let req = IssueRequest { lease_id: lease_id.clone(), role: "app".into(), workload: Workload::default(), scopes: vec![], expires_at: in_ten_minutes, params: Default::default() };
+        let lease = LeaseRef { lease_id, role: "app".into(), handle: None, expires_at: in_ten_minutes, root_version: None };
+        for r in [p.issue(req).await.map(|_| ()), p.renew(RenewRequest { lease, expires_at: in_ten_minutes }).await.map(|_| ())] {
+            assert!(matches!(&r, Err(PluginError::InvalidRequest(m)) if m.contains("is not in the future")), "{r:?}");
         }
     }
 

@@ -4,6 +4,7 @@
 //! (`lessor`).
 
 use super::*;
+use lessor_plugin::expiry::check_expiry;
 use lessor_plugin_sql::issue::{check_issue, Checked};
 
 /// Whether an error is PostgreSQL's "tuple concurrently updated": two
@@ -255,7 +256,7 @@ impl PostgresPlugin {
     pub(super) async fn issue_role(&self, req: IssueRequest) -> Result<Issued, PluginError> {
         let role = self.role(&req.role)?;
         let Checked { scopes, hex } =
-            check_issue(KIND, &self.connection, &req, role, |s| role.config.grants.contains_key(s), "a role")?;
+            check_issue(KIND, &self.connection, &req, role, |s| role.config.grants.contains_key(s), "a role", (self.clock)())?;
         let name = role_name(&self.config.role_prefix, &req.role, &req.workload, &hex);
         let (expires_at, expiry) = pg_expiry(req.expires_at);
         // The root this issue started with is the one it finishes with.
@@ -338,7 +339,7 @@ impl PostgresPlugin {
     pub(super) async fn renew_role(&self, req: RenewRequest) -> Result<OffsetDateTime, PluginError> {
         let lease = &req.lease;
         let role = self.role(&lease.role)?;
-        check_expiry(req.expires_at, role.max_ttl)?;
+        check_expiry((self.clock)(), req.expires_at, role.max_ttl)?;
         let (expires_at, expiry) = pg_expiry(req.expires_at);
         let missing = |hint: Option<&str>| match hint {
             Some(n) => PluginError::Permanent(format!("role `{n}` no longer exists")),

@@ -30,7 +30,7 @@ use lessor_plugin::{
     Workload,
 };
 use lessor_plugin_sql::naming::new_password;
-use lessor_plugin_sql::root::{check_expiry, dsn_part, find_role, parse_roles, rfc3339, scrub_error, scrub_with, RootVersions, VersionedRoot};
+use lessor_plugin_sql::root::{dsn_part, find_role, parse_roles, rfc3339, scrub_error, scrub_with, RootVersions, VersionedRoot};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
@@ -170,6 +170,8 @@ pub struct PostgresPlugin {
     connection: String,
     config: ConnectionConfig,
     roles: BTreeMap<String, Role>,
+    /// What "now" is (the context's clock): expiry checks read it.
+    clock: lessor_plugin::Clock,
     /// Swapped under a short lock that is never held across an await: an
     /// operation takes the `Arc<Root>` it needs and finishes with it.
     roots: RootVersions<Root>,
@@ -218,6 +220,7 @@ impl PostgresPlugin {
             connection: ctx.connection,
             config,
             roles,
+            clock: ctx.clock,
         };
         if let Some((dsn, source)) = &plugin.config.dsn {
             let root = plugin.root(None, dsn.clone()).map_err(|m| {
@@ -397,6 +400,25 @@ mod tests {
             assert_eq!(got.expose_secret(), want);
             let (options, _) = connect_options(&got, None).unwrap();
             assert_eq!(Target::of(&options).user, Target::of(&connect_options(&secret(old), None).unwrap().0).user);
+        }
+    }
+
+    /// Expiry checks read the context's clock, not the system's: with the
+    /// plugin's clock a day ahead, a request good by the wall clock is in
+    /// its past, for issue and renew alike (refused before any server is
+    /// asked).
+    #[tokio::test]
+    async fn expiry_is_checked_on_the_contexts_clock() {
+        let tomorrow = OffsetDateTime::now_utc() + time::Duration::days(1);
+        let ctx = PluginContext { clock: std::sync::Arc::new(move || tomorrow), ..PluginContext::for_tests("c", "https://lessor.test") };
+        let role = RoleSpec { name: "app".into(), scopes: vec![], max_ttl: Duration::from_secs(3600), config: Value::Null };
+        let p = PostgresPlugin::new(ctx, json!({}), vec![role]).unwrap();
+        let in_ten_minutes = OffsetDateTime::now_utc() + Duration::from_secs(600);
+        let lease_id = LeaseId::new("lse_0123456789abcdef0123456789abcdef");
+        let req = IssueRequest { lease_id: lease_id.clone(), role: "app".into(), workload: Workload::default(), scopes: vec![], expires_at: in_ten_minutes, params: Default::default() };
+        let lease = LeaseRef { lease_id, role: "app".into(), handle: None, expires_at: in_ten_minutes, root_version: None };
+        for r in [p.issue(req).await.map(|_| ()), p.renew(RenewRequest { lease, expires_at: in_ten_minutes }).await.map(|_| ())] {
+            assert!(matches!(&r, Err(PluginError::InvalidRequest(m)) if m.contains("is not in the future")), "{r:?}");
         }
     }
 
