@@ -11,7 +11,8 @@
 //! the lease written pending then active (SQLite, durable), and on one
 //! pooled admin connection `CREATE USER ... IDENTIFIED BY PASSWORD
 //! '*<hash>'` on MariaDB (the password's `mysql_native_password` hash, made
-//! client-side; MySQL 8 gets `IDENTIFIED BY '<password>'`), `GRANT
+//! client-side; MySQL 8 gets `IDENTIFIED WITH caching_sha2_password AS
+//! '$A$005$...'`, its 5,000-round SHA-256 string, also made client-side), `GRANT
 //! orders_reader`, `SET DEFAULT ROLE`, the three in one round trip. Per
 //! revocation: `DELETE /v1/leases/{id}`, the lease written, and the session
 //! read, `ALTER USER ... ACCOUNT LOCK` of the handle's account, its
@@ -141,7 +142,15 @@ async fn raw(db: &TempMysql, pid: &str, round: usize, full: bool) -> (Run, Run) 
                                 format!("SET DEFAULT ROLE `orders_reader` FOR {acct}"),
                             ],
                             Server::Mysql8 => vec![
-                                format!("CREATE USER {acct} IDENTIFIED BY '{}'", pw.expose_secret()),
+                                format!(
+                                    "CREATE USER {acct} IDENTIFIED WITH caching_sha2_password AS '{}'",
+                                    // Made client-side, off the async workers, as lessor does.
+                                    tokio::task::spawn_blocking(move || lessor_mysql::sha2_auth::auth_string(&pw))
+                                        .await
+                                        .expect("hash")
+                                        .expect("auth string")
+                                        .expose_secret()
+                                ),
                                 format!("GRANT `orders_reader` TO {acct}"),
                                 format!("SET DEFAULT ROLE ALL TO {acct}"),
                             ],

@@ -43,9 +43,10 @@
 //!
 //! # Lifecycle
 //! - **issue**: `CREATE USER` with a 256-bit random password (on MariaDB as
-//!   its `mysql_native_password` hash, `IDENTIFIED BY PASSWORD '*...'`, so
-//!   the password never reaches the server; MySQL 8 gets it in the statement,
-//!   which it masks in its logs), `GRANT` the scopes' roles, `SET DEFAULT
+//!   its `mysql_native_password` hash, `IDENTIFIED BY PASSWORD '*...'`; on
+//!   MySQL 8 as its `caching_sha2_password` string, `IDENTIFIED WITH
+//!   caching_sha2_password AS '$A$005$...'` ([`sha2_auth`]): the password is
+//!   in no statement), `GRANT` the scopes' roles, `SET DEFAULT
 //!   ROLE`, then the grant templates. Neither server has transactional
 //!   account statements (each commits at once), so a failure part way drops
 //!   the account again. Name: MariaDB `<prefix>_<readable>_<lease hex>`
@@ -98,6 +99,7 @@ pub mod config;
 pub mod naming;
 mod plugin;
 pub mod scan;
+pub mod sha2_auth;
 pub mod sql;
 
 #[cfg(feature = "testkit")]

@@ -24,20 +24,23 @@ impl MysqlPlugin {
     /// DDL), so a failure part way drops the account again.
     pub(super) async fn create(&self, root: &Root, conn: &mut MySqlConnection, sess: Session, job: &Creation<'_>) -> Result<(), PluginError> {
         let Creation { acct, user, password, server_roles, grants } = *job;
-        let hash = native_hash(password);
+        // Only an authentication string, never the password, reaches the
+        // server: MariaDB's `mysql_native_password` hash, or MySQL 8's
+        // `caching_sha2_password` one (5,000 rounds of SHA-256: off the async
+        // workers).
+        let hash = match sess.flavor {
+            Flavor::MariaDb => native_hash(password),
+            Flavor::MySql => {
+                let pw = password.clone();
+                tokio::task::spawn_blocking(move || crate::sha2_auth::auth_string(&pw))
+                    .await
+                    .map_err(|e| PluginError::Retryable(format!("computing the authentication string: {e}")))??
+            }
+        };
+        let literal = Zeroizing::new(quote_literal(hash.expose_secret(), sess.backslash).map_err(|e| PluginError::Permanent(e.to_string()))?);
         let create = Zeroizing::new(match sess.flavor {
-            // The authentication string, not the password, reaches the server.
-            Flavor::MariaDb => format!(
-                "CREATE USER {acct} IDENTIFIED BY PASSWORD {}",
-                quote_literal(hash.expose_secret(), sess.backslash).map_err(|e| PluginError::Permanent(e.to_string()))?
-            ),
-            // MySQL 8 has no `mysql_native_password` by default (8.4) and its
-            // caching_sha2 hash is salted per account: the password goes in
-            // the statement, which MySQL rewrites in its logs.
-            Flavor::MySql => format!(
-                "CREATE USER {acct} IDENTIFIED BY {}",
-                quote_literal(password.expose_secret(), sess.backslash).map_err(|e| PluginError::Permanent(e.to_string()))?
-            ),
+            Flavor::MariaDb => format!("CREATE USER {acct} IDENTIFIED BY PASSWORD {}", literal.as_str()),
+            Flavor::MySql => format!("CREATE USER {acct} IDENTIFIED WITH caching_sha2_password AS {}", literal.as_str()),
         });
         let never_show = [password.clone(), hash];
         let scrub = |e: PluginError| scrub_error(&never_show, e);
