@@ -271,7 +271,15 @@ async fn start_inner(
         cfg.limits.auth_failure_delay,
     ));
     let vault = cfg.vault_api.clone().map(|v| {
-        let kinds = cfg.connections.iter().map(|(n, c)| (n.clone(), c.plugin.clone())).collect();
+        // (A kind with no registration never gets here: the catalog refused it.)
+        let kinds = cfg
+            .connections
+            .iter()
+            .map(|(n, c)| {
+                let shape = crate::plugins::registration(&c.plugin).map_or(lessor_plugin::VaultShape::Creds, |r| r.vault);
+                (n.clone(), (c.plugin.clone(), shape))
+            })
+            .collect();
         Arc::new(crate::http::vault::VaultState::new(v, &kinds, cfg.limits.max_body_bytes))
     });
     // People sign-in: client secrets are read now, so a missing or

@@ -75,6 +75,7 @@ pub fn registration() -> Registration {
     Registration {
         kind: "external",
         sdk_version: lessor_plugin::SDK_VERSION,
+        vault: lessor_plugin::VaultShape::Creds,
         build: |ctx, cfg, roles| Box::pin(build(ctx, cfg, roles)),
         validate_config: |cfg, _roles| ExternalConfig::parse(cfg.clone()).map(|_| ()).map_err(|e| e.to_string()),
         ca_files: lessor_plugin::no_ca_files,

@@ -75,6 +75,7 @@ pub fn registration() -> Registration {
     Registration {
         kind: KIND,
         sdk_version: lessor_plugin::SDK_VERSION,
+        vault: lessor_plugin::VaultShape::Pki,
         build: |ctx, connection, roles| Box::pin(build(ctx, connection, roles)),
         validate_config,
         ca_files,

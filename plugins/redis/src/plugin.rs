@@ -34,6 +34,7 @@ pub fn registration() -> Registration {
     Registration {
         kind: KIND,
         sdk_version: lessor_plugin::SDK_VERSION,
+        vault: lessor_plugin::VaultShape::Database,
         build: |ctx, connection, roles| Box::pin(build(ctx, connection, roles)),
         validate_config,
         ca_files: lessor_plugin::no_ca_files,

@@ -610,6 +610,20 @@ pub type CaFilesFn = fn(&serde_json::Value, &[RoleSpec]) -> Vec<(String, String)
 /// How a plugin crate makes itself known to the core: each crate exports
 /// `pub fn registration() -> Registration` and the core lists them in one
 /// place. The core knows plugins only through this.
+/// How lessor's Vault-compatible API presents a plugin's connections: the
+/// mount's type in `sys/mounts` and the operations it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VaultShape {
+    /// Vault's `database` secrets engine: `<mount>/creds/<role>`.
+    Database,
+    /// Vault's `pki` engine: `<mount>/issue/<role>` (the request's names go
+    /// to the plugin as `names`) and `<mount>/sign/<role>` (its CSR as `csr`).
+    Pki,
+    /// No Vault engine of its own: `<mount>/creds/<role>`, shown with the
+    /// plugin's kind as its type.
+    Creds,
+}
+
 #[derive(Clone, Copy)]
 pub struct Registration {
     /// The `plugin = "..."` name in a connection's config.
@@ -620,6 +634,8 @@ pub struct Registration {
     pub build: BuildFn,
     /// `lessor check`'s config check.
     pub validate_config: ValidateConfigFn,
+    /// How the Vault-compatible API shows its connections.
+    pub vault: VaultShape,
     /// Trust anchors a role's config names by file (a CA certificate), which
     /// `lessor check` compares with the TLS client CA without building the
     /// plugin: `(role, path)`.

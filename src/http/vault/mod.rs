@@ -23,6 +23,7 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use lessor_plugin::VaultShape;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
 
@@ -54,35 +55,39 @@ pub struct Mount {
     pub connection: String,
     /// The connection's plugin kind (`postgres`, `pki`, `token`, ...).
     pub kind: String,
+    /// How its plugin says Vault clients see it ([`Registration::vault`](lessor_plugin::Registration)).
+    pub shape: VaultShape,
 }
 
 impl Mount {
     /// The type Vault clients see for it (`sys/mounts`, `mount_type`).
     pub fn vault_type(&self) -> &str {
-        match self.kind.as_str() {
-            "postgres" => "database",
-            other => other,
+        match self.shape {
+            VaultShape::Database => "database",
+            VaultShape::Pki => "pki",
+            VaultShape::Creds => &self.kind,
         }
     }
 
-    /// The operations it answers: `creds`, or pki's `issue` and `sign`.
+    /// The operations it answers: `creds`, or the pki engine's `issue` and
+    /// `sign`.
     fn ops(&self) -> &'static [&'static str] {
-        if self.kind == "pki" {
-            &["issue", "sign"]
-        } else {
-            &["creds"]
+        match self.shape {
+            VaultShape::Pki => &["issue", "sign"],
+            VaultShape::Database | VaultShape::Creds => &["creds"],
         }
     }
 }
 
 impl VaultState {
-    pub fn new(cfg: VaultApiConfig, connections: &BTreeMap<String, String>, max_body: usize) -> VaultState {
+    /// `connections`: each connection's plugin kind and Vault shape.
+    pub fn new(cfg: VaultApiConfig, connections: &BTreeMap<String, (String, VaultShape)>, max_body: usize) -> VaultState {
         let mounts = cfg
             .mounts
             .iter()
             .filter_map(|(path, m)| {
-                let kind = connections.get(&m.connection)?.clone();
-                Some((path.clone(), Mount { connection: m.connection.clone(), kind }))
+                let (kind, shape) = connections.get(&m.connection)?.clone();
+                Some((path.clone(), Mount { connection: m.connection.clone(), kind, shape }))
             })
             .collect();
         let logins = crate::lease::RateLimiter::new(cfg.logins_per_minute);
@@ -445,6 +450,27 @@ fn known_path(vs: &VaultState, segs: &[&str]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each plugin says how Vault clients see its mounts: every SQL and
+    /// Redis vendor as Vault's `database` engine (`creds`), pki as `pki`
+    /// (`issue`, `sign`), the rest under their own kind (`creds`).
+    #[test]
+    fn mounts_take_the_type_and_operations_their_plugin_registers() {
+        let seen: BTreeMap<&str, (String, Vec<&str>)> = crate::plugins::registrations()
+            .into_iter()
+            .map(|r| {
+                let m = Mount { connection: "c".into(), kind: r.kind.into(), shape: r.vault };
+                (r.kind, (m.vault_type().to_owned(), m.ops().to_vec()))
+            })
+            .collect();
+        let want = |t: &str, ops: &[&'static str]| (t.to_owned(), ops.to_vec());
+        assert_eq!(seen["postgres"], want("database", &["creds"]));
+        assert_eq!(seen["mysql"], want("database", &["creds"]));
+        assert_eq!(seen["redis"], want("database", &["creds"]));
+        assert_eq!(seen["pki"], want("pki", &["issue", "sign"]));
+        assert_eq!(seen["token"], want("token", &["creds"]));
+        assert_eq!(seen["external"], want("external", &["creds"]));
+    }
 
     #[test]
     fn durations_are_seconds_or_text_and_bounded() {
