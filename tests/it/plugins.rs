@@ -173,6 +173,14 @@ max_ttl = "1h"
         "[connections.tok2]\nplugin = \"token\"\nenvironment = \"staging\"\n[connections.tok2.config]\nalgorithm = \"none\"\n",
         "connection `tok2` (token): misconfigured",
     );
+    let mysql = "[connections.my]\nplugin = \"mysql\"\nenvironment = \"staging\"\n[connections.my.config]\ndsn_file = \"/nonexistent/dsn\"\n[connections.my.roles.app]\nmax_ttl = \"1h\"\n[connections.my.roles.app.config]\n";
+    lessor::plugins::check_config(&config_with(&format!("{mysql}host = \"10.0.%\"\n"))).unwrap();
+    bad(&format!("{mysql}host = \"\"\n"), "connection `my` (mysql): ");
+    bad(&format!("{mysql}host = \"\"\n"), "is empty (use \"%\" for any host)");
+    bad(
+        "[connections.my]\nplugin = \"mysql\"\nenvironment = \"staging\"\n[connections.my.config]\ndsn_file = \"a\"\ndsn_env = \"B\"\n",
+        "connection `my` (mysql): set either `dsn_file` or `dsn_env`, not both",
+    );
     bad("[connections.x]\nplugin = \"oracle\"\nenvironment = \"staging\"\n", "connection `x`: unknown plugin `oracle` (this build has: pki, token, postgres, redis, external, mysql)");
 }
 
