@@ -1,7 +1,7 @@
 //! Throwaway `redis-server` processes for tests: a temp dir, a free
 //! loopback port, no persistence but an ACL file (`users.acl`, so `ACL SAVE`
-//! is exercised), an admin user `default` with a random password; killed on
-//! drop.
+//! is exercised; or none, [`TempRedis::start_without_acl_file`]), an admin
+//! user `default` with a random password; killed on drop.
 //!
 //! Uses `$LESSOR_REDIS_SERVER`, else `redis-server` on the `PATH` or in
 //! `/usr/bin` (Valkey's `valkey-server` works too). A missing binary is an
@@ -21,6 +21,9 @@ pub struct TempRedis {
     password: String,
     /// Serves TLS only (`rediss://`), with `tls.crt` / `tls.key` in `dir`.
     tls: bool,
+    /// Keeps its users in `users.acl` (`--aclfile`); else the admin
+    /// password is `--requirepass` and `ACL SAVE` fails.
+    acl_file: bool,
     child: Option<Child>,
 }
 
@@ -59,6 +62,15 @@ impl TempRedis {
         TempRedis::launch(password, None)
     }
 
+    /// Starts a server with no ACL file (its users live in memory only, as
+    /// on a node configured without `aclfile`), admin password `password`.
+    pub fn start_without_acl_file(password: &str) -> Result<TempRedis, String> {
+        let mut r = TempRedis::prepare(password, None)?;
+        r.acl_file = false;
+        r.restart()?;
+        Ok(r)
+    }
+
     /// Starts a server that speaks TLS only, with this server certificate
     /// and key (PEM), a random admin password and no client certificates.
     pub fn start_tls(cert_pem: &str, key_pem: &str) -> Result<TempRedis, String> {
@@ -67,6 +79,13 @@ impl TempRedis {
     }
 
     fn launch(password: &str, tls: Option<(&str, &str)>) -> Result<TempRedis, String> {
+        let mut r = TempRedis::prepare(password, tls)?;
+        r.restart()?;
+        Ok(r)
+    }
+
+    /// The directory, its files and a port; not started.
+    fn prepare(password: &str, tls: Option<(&str, &str)>) -> Result<TempRedis, String> {
         if password.is_empty() || !password.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err("the test admin password must be letters and digits".into());
         }
@@ -79,9 +98,7 @@ impl TempRedis {
             std::fs::write(dir.path().join("tls.crt"), cert).map_err(|e| e.to_string())?;
             std::fs::write(dir.path().join("tls.key"), key).map_err(|e| e.to_string())?;
         }
-        let mut r = TempRedis { exe, dir, port: free_port()?, password, tls: tls.is_some(), child: None };
-        r.restart()?;
-        Ok(r)
+        Ok(TempRedis { exe, dir, port: free_port()?, password, tls: tls.is_some(), acl_file: true, child: None })
     }
 
     /// Starts it (again) on the same port, dir and ACL file.
@@ -102,12 +119,15 @@ impl TempRedis {
         } else {
             cmd.arg("--port").arg(self.port.to_string());
         }
+        if self.acl_file {
+            cmd.arg("--aclfile").arg(self.dir.path().join("users.acl"));
+        } else {
+            cmd.arg("--requirepass").arg(&self.password);
+        }
         let child = cmd
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path())
-            .arg("--aclfile")
-            .arg(self.dir.path().join("users.acl"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)

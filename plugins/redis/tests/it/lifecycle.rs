@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use lessor_plugin::{Plugin, PluginError};
 
-use crate::support::{code, connect, issue, lease, lease_id, password, username, Pair};
+use lessor_redis::testkit::TempRedis;
+use lessor_redis::RedisPlugin;
+use serde_json::json;
+
+use crate::support::{code, connect, ctx, issue, lease, lease_id, password, roles, username, Pair};
 
 #[tokio::test]
 async fn a_user_can_read_allowed_keys_and_is_refused_others() {
@@ -111,6 +115,33 @@ async fn a_retried_revoke_saves_what_a_failed_acl_save_left_in_the_file() {
     pair.b.stop();
     pair.b.restart().unwrap();
     assert!(pair.users(&pair.b).await.is_empty(), "a restart brought the revoked user back");
+}
+
+/// A node that keeps no ACL file: with `acl_save = "auto"` (the default)
+/// the plugin asks it (`CONFIG GET aclfile`) and saves nothing, so issue and
+/// revoke work there; with `"always"` it saves anyway and the node's refusal
+/// fails the issue, which deletes the user again.
+#[tokio::test]
+async fn a_node_without_an_acl_file_is_saved_only_when_told_to() {
+    let r = TempRedis::start_without_acl_file("adm0123456789abcdef").unwrap();
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "{}", r.admin_password()).unwrap();
+    let conn = |save: &str| json!({"nodes": [r.url()], "password_file": file.path(), "timeout": "1s", "acl_save": save});
+    let p = RedisPlugin::new(ctx(), conn("auto"), roles()).unwrap();
+    let id = lease_id();
+    let issued = issue(&p, &id, &["cache.read"]).await.unwrap();
+    let mut c = connect(&r, &username(&issued), &password(&issued)).await.unwrap();
+    let _: Option<String> = redis::cmd("GET").arg("cache:a").query_async(&mut c).await.unwrap();
+    p.revoke(&lease(&id, Some(issued.handle.clone()))).await.unwrap();
+    let e = connect(&r, &username(&issued), &password(&issued)).await.unwrap_err();
+    assert_eq!(code(&e), "WRONGPASS", "{e}");
+
+    let p = RedisPlugin::new(ctx(), conn("always"), roles()).unwrap();
+    let e = issue(&p, &lease_id(), &["cache.read"]).await.unwrap_err();
+    assert!(e.to_string().contains("ACL file"), "the node's refusal of ACL SAVE: {e:?}");
+    let mut admin = connect(&r, "default", r.admin_password()).await.unwrap();
+    let users: Vec<String> = redis::cmd("ACL").arg("USERS").query_async(&mut admin).await.unwrap();
+    assert_eq!(users, ["default"], "the failed issue deleted its user again");
 }
 
 /// Reads lines from a raw MONITOR connection until `stop` is seen.
