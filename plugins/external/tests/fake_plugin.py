@@ -9,6 +9,14 @@ import time
 
 mode = sys.argv[1]
 
+# "shifty": each start is logged (FAKE_STARTS: one time per line); while the
+# file FAKE_SHIFT exists the handshake names another revocation mode.
+shifted = False
+if mode == "shifty":
+    with open(os.environ["FAKE_STARTS"], "a") as f:
+        f.write(f"{time.monotonic()}\n")
+    shifted = os.path.exists(os.environ["FAKE_SHIFT"])
+
 
 def send(obj):
     sys.stdout.write(json.dumps(obj) + "\n")
@@ -30,7 +38,8 @@ for line in sys.stdin:
             "kind": "fake",
             "capabilities": {"can_renew": False, "can_revoke": True,
                              "revocation": {"mode": "published", "via": "a test list", "max_delay_seconds": 5}
-                             if mode == "root" else {"mode": "immediate"},
+                             if mode == "root" else {"mode": "published", "via": "a shifted list", "max_delay_seconds": 9} if shifted
+                             else {"mode": "immediate"},
                              "manages_root": mode == "root",
                              **({"root_describes": "the fake vendor's admin password"} if mode == "root" else {})},
         })

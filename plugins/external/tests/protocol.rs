@@ -1,7 +1,9 @@
 //! The protocol's edges with a real misbehaving python3 process
 //! (`fake_plugin.py`): malformed and over-long lines, a hung `issue`, a
 //! plugin that ignores `shutdown`, error codes, a protocol version
-//! mismatch, and root credentials re-installed into a restarted process.
+//! mismatch, a restart answering another handshake (refused, retried with
+//! doubling waits), and root credentials re-installed into a restarted
+//! process.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -172,6 +174,49 @@ async fn a_protocol_version_mismatch_stops_the_start_with_the_reason() {
     assert!(matches!(&e, PluginError::Misconfigured(m) if m.contains("protocol version 2, lessor speaks 1")), "{e}");
     let e = start("x", json!({"command": ["/nonexistent/plugin"]})).await.err().unwrap();
     assert!(e.to_string().contains("cannot start `/nonexistent/plugin`"), "{e}");
+}
+
+/// A restarted process must shake hands as the first one did: one that
+/// answers another handshake is refused (calls fail, naming why) and the
+/// supervisor tries again, each wait twice the last (200 ms, 400, 800 ...),
+/// until a process answers as before.
+#[tokio::test]
+async fn a_restart_with_another_handshake_is_refused_and_retried_with_doubling_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (starts, shift) = (dir.path().join("starts"), dir.path().join("shift"));
+    let p = start("shifty", json!({"env": {"FAKE_STARTS": starts, "FAKE_SHIFT": shift}})).await.unwrap();
+    let pid = p.pid().unwrap();
+    std::fs::write(&shift, "").unwrap();
+    assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    let times = |n: usize| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let t: Vec<f64> = std::fs::read_to_string(&starts).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+            if t.len() >= n {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "only {} starts: {t:?}", t.len());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    // The first start, then three refused restarts.
+    let t = times(4).await;
+    let e = p.issue(req("app")).await.unwrap_err();
+    assert!(e.is_retryable() && e.to_string().contains("answered a different handshake"), "{e}");
+    assert_eq!(p.restarts(), 0, "no refused process counts as restarted");
+    // Waits of 400 then 800 ms before the third and fourth starts: each gap
+    // is at least its wait (plus a refused handshake and a python start-up;
+    // with no doubling the second would be about 0.2 s + a start-up).
+    let (g2, g3) = (t[2] - t[1], t[3] - t[2]);
+    assert!(g2 >= 0.4 && g3 >= 0.8, "gaps {g2:.3} s, {g3:.3} s: {t:?}");
+
+    std::fs::remove_file(&shift).unwrap();
+    let new = restarted(&p, pid).await;
+    assert_ne!(new, pid);
+    assert_eq!(p.capabilities().revocation, Revocation::Immediate, "the first handshake's capabilities hold");
+    let v = p.validate().await.unwrap();
+    assert_eq!(v.identity, format!("fake pid {new}"), "the accepted process answers");
+    p.stop().await;
 }
 
 #[tokio::test]
