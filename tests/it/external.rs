@@ -486,6 +486,30 @@ async fn the_reconciler_finds_and_revokes_a_stray_account() {
     assert_eq!(r["objects"], 2, "{r}");
 }
 
+/// The plugin's own `config` is the plugin's to judge: `lessor check
+/// --connections` starts it, and its `initialize` refusal (or its
+/// `validate`) is the check's answer, by name.
+#[test]
+fn lessor_check_connections_starts_an_external_plugin_and_reports_its_refusal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &dir.join("policies"));
+    let check = |toml: &str| {
+        std::fs::write(dir.join("lessor.toml"), config_text(dir, &dir.join("policies"), "https://issuer.test", toml, "")).unwrap();
+        crate::support::daemon::run(&["check", "--config", "lessor.toml", "--connections"], dir, &[])
+    };
+    let good = accounts_toml(dir);
+    let (code, out, err) = check(&good);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok    connection `accounts` (external)"), "{out}{err}");
+    let (code, out, err) = check(&good.replace("pbkdf2_iterations = 1000", "pbkdf2_iterations = 5"));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("connection `accounts` (external): misconfigured: handshake: `initialize`: code -32004: `config.pbkdf2_iterations` must be an integer from 1000 to 10000000"),
+        "{out}{err}"
+    );
+}
+
 #[test]
 fn lessor_check_validates_an_external_connection_without_starting_it() {
     let tmp = tempfile::tempdir().unwrap();
