@@ -174,3 +174,41 @@ pub async fn run(plugin: &dyn Plugin, case: Case, probe: &dyn Probe) -> Result<R
 
     Ok(Report { checks_passed: passed })
 }
+
+/// Checks that `build` makes a plugin that judges expiry by the context's
+/// clock, not the system's: with that clock a day ahead, an issue and a
+/// renew of `role` good by the wall clock must be refused as in the past
+/// (`InvalidRequest`), before any vendor is asked. `build` gets the context
+/// to build with.
+pub async fn expiry_uses_the_context_clock<P, F>(role: &str, build: F) -> Result<(), String>
+where
+    P: Plugin,
+    F: FnOnce(crate::PluginContext) -> P,
+{
+    let tomorrow = OffsetDateTime::now_utc() + time::Duration::days(1);
+    let ctx = crate::PluginContext {
+        clock: std::sync::Arc::new(move || tomorrow),
+        ..crate::PluginContext::for_tests("conformance", "https://lessor.test")
+    };
+    let p = build(ctx);
+    let in_ten_minutes = OffsetDateTime::now_utc() + Duration::from_secs(600);
+    let lease_id = LeaseId::new("lse_0123456789abcdef0123456789abcdef");
+    let req = IssueRequest {
+        lease_id: lease_id.clone(),
+        role: role.into(),
+        workload: Workload::default(),
+        scopes: vec![],
+        expires_at: in_ten_minutes,
+        params: Default::default(),
+    };
+    let lease = LeaseRef { lease_id, role: role.into(), handle: None, expires_at: in_ten_minutes, root_version: None };
+    let issued = p.issue(req).await.map(|_| ());
+    let renewed = p.renew(RenewRequest { lease, expires_at: in_ten_minutes }).await.map(|_| ());
+    for (call, r) in [("issue", issued), ("renew", renewed)] {
+        match r {
+            Err(PluginError::InvalidRequest(m)) if m.contains("is not in the future") => {}
+            other => return Err(format!("{call} with the context's clock a day ahead: expected \"not in the future\", got {other:?}")),
+        }
+    }
+    Ok(())
+}
