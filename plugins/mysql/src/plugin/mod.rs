@@ -149,6 +149,8 @@ struct Creation<'a> {
     /// default role, see `issue.rs`).
     user: &'a str,
     password: &'a SecretString,
+    /// What the server receives instead (`issue::auth_string`).
+    hash: &'a SecretString,
     server_roles: &'a [String],
     /// (label, rendered statement)
     grants: &'a [(String, String)],
