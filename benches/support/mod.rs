@@ -310,3 +310,8 @@ pub fn layout_tag(l: Layout) -> &'static str {
         Layout::Split => "p",
     }
 }
+
+/// The daemon's allocator (src/main.rs): benches that run lessor in their
+/// own process measure it with the same one.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
