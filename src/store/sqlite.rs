@@ -814,6 +814,65 @@ mod tests {
         store.close().await;
     }
 
+    /// The counts read at open (one pass, the table in order or through
+    /// the index) equal those the writer kept, change by change: by state,
+    /// by expiry minute, per workload and the fullest workload, with most
+    /// of the table live and again with most of it ended.
+    #[tokio::test]
+    async fn counts_read_at_open_match_those_kept_whether_the_table_or_the_index_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        let mut all = Vec::new();
+        for n in 0..120u8 {
+            let mut l = lease(n);
+            l.role = ["db/a", "db/b", "kv/c"][usize::from(n % 3)].into();
+            l.plugin = if n % 3 == 2 { "redis".into() } else { "postgres".into() };
+            l.issuer = format!("https://issuer-{}.test", n % 2);
+            l.subject = format!("sub-{}", n % 7);
+            l.expires_at = now + time::Duration::minutes(i64::from(n % 11) + 1);
+            store.insert_pending(&l).await.unwrap();
+            all.push(l);
+        }
+        for l in all.iter().filter(|l| l.id.as_str().ends_with(['0', '2', '4', '6', '8', 'a', 'c', 'e'])) {
+            assert!(store.activate_at_version(&l.id, &serde_json::json!({}), l.expires_at, None).await.unwrap());
+        }
+        for l in all.iter().step_by(9) {
+            store.record_failure(&l.id, super::super::EndReason::Revoked, "down", now).await.unwrap();
+        }
+        let snapshot = |s: &SqliteStore| {
+            let c = s.live_counts().unwrap();
+            let mut states = c.by_state().unwrap();
+            states.sort_by(|a, b| (&a.0, &a.1, a.2.as_str()).cmp(&(&b.0, &b.1, b.2.as_str())));
+            let minutes: Vec<_> = (0..14)
+                .map(|m| {
+                    let mut e = c.expiring(crate::store::expiry_minute(now + time::Duration::minutes(m)));
+                    e.sort();
+                    e
+                })
+                .collect();
+            let owners: Vec<i64> = all.iter().map(|l| c.owner(&l.issuer, &l.subject)).collect();
+            (states, minutes, owners, c.max_per_owner(), c.total())
+        };
+        let mut store = store;
+        // 120 rows: all live first (open reads the table in order), then
+        // 20 (under a quarter: open reads through `leases_due`).
+        for stage in ["most rows live", "most rows ended"] {
+            if stage == "most rows ended" {
+                for l in all.iter().skip(20) {
+                    store.finish(&l.id, super::super::EndReason::Revoked, now).await.unwrap();
+                }
+            }
+            let kept = snapshot(&store);
+            assert!(kept.4 > 0 && kept.0.len() >= 6, "{stage}: a spread of roles and states: {:?}", kept.0);
+            store.close().await;
+            store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+            assert_eq!(snapshot(&store), kept, "{stage}: the counts read at open");
+        }
+        store.close().await;
+    }
+
     /// A sync that the test holds until told: `hold` on, each call waits
     /// for a token on `go`; `started` counts calls.
     struct Gate {

@@ -218,29 +218,65 @@ impl Counts {
     }
 }
 
-/// `expires_at`'s minute in SQL, rounded down as [`crate::store::expiry_minute`] does.
-const MINUTE: &str = "(CASE WHEN expires_at >= 0 THEN expires_at / 60000 ELSE (expires_at - 59999) / 60000 END)";
-
-/// Reads the counts from the live leases (at open, before any write), with
-/// three grouped reads (SQLite does the counting: a few rows come back).
+/// Reads the counts from the live leases (at open, before any write) in
+/// one pass, counted here. With most of the table live it reads the table
+/// in order rather than through `leases_due`: reaching a million live
+/// leases through the index (a row lookup each, in expiry order) took 1.4 s
+/// a pass, and the three grouped reads this replaced 5.7 s in all (release;
+/// the engine bench's part 3 target is a first request within 2 s), where
+/// the table in order takes 0.34 s. When live leases are under a quarter
+/// of the rows (ended ones kept for `retention`), the index reads fewer.
 pub(in crate::store) fn load(conn: &rusqlite::Connection) -> rusqlite::Result<Counts> {
+    let live: i64 = conn.query_row(&format!("SELECT COUNT(*) FROM leases WHERE state IN {LIVE}"), [], |r| r.get(0))?;
+    let span: i64 = conn.query_row("SELECT COALESCE(MAX(rowid) - MIN(rowid) + 1, 0) FROM leases", [], |r| r.get(0))?;
+    let how = if live.saturating_mul(4) >= span { "NOT INDEXED" } else { "" };
+    let mut st = conn.prepare(&format!("SELECT role, plugin, state, issuer, subject, expires_at FROM leases {how} WHERE state IN {LIVE}"))?;
+    let mut rows = st.query([])?;
     let mut c = Counts::default();
-    let mut st = conn.prepare(&format!("SELECT role, plugin, state, COUNT(*) FROM leases WHERE state IN {LIVE} GROUP BY role, plugin, state"))?;
-    let mut rows = st.query([])?;
+    // Roles with their plugin, counted under an index each (no string
+    // made per row): by state, and active ones by expiry minute.
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    let mut pair_ids: HashMap<String, usize> = HashMap::new();
+    let mut buf = String::new();
+    let mut by_state: HashMap<(usize, LeaseState), i64> = HashMap::new();
+    let mut expiry: HashMap<(i64, usize), i64> = HashMap::new();
     while let Some(r) = rows.next()? {
-        c.apply(Delta::State { role: r.get(0)?, plugin: r.get(1)?, state: r.get(2)?, d: r.get(3)? });
+        let text = |i: usize| r.get_ref(i).map(|v| v.as_str_or_null().ok().flatten());
+        let (Some(role), Some(plugin), Some(state), Some(issuer), Some(subject)) = (text(0)?, text(1)?, text(2)?, text(3)?, text(4)?) else {
+            continue;
+        };
+        let Ok(state) = LeaseState::from_str(state) else { continue };
+        buf.clear();
+        buf.push_str(role);
+        buf.push('\0');
+        buf.push_str(plugin);
+        let pair = match pair_ids.get(buf.as_str()) {
+            Some(&i) => i,
+            None => {
+                pairs.push((role.to_owned(), plugin.to_owned()));
+                pair_ids.insert(buf.clone(), pairs.len() - 1);
+                pairs.len() - 1
+            }
+        };
+        *by_state.entry((pair, state)).or_default() += 1;
+        if state == LeaseState::Active {
+            let ms: Option<i64> = r.get(5)?;
+            *expiry.entry((ms.unwrap_or(0).div_euclid(60_000), pair)).or_default() += 1;
+        }
+        let key = c.owner_key(issuer, subject);
+        let n = c.owners.entry(key).or_default();
+        *n = n.saturating_add(1);
     }
-    let mut st = conn.prepare(&format!(
-        "SELECT {MINUTE} AS minute, role, plugin, COUNT(*) FROM leases WHERE state = 'active' GROUP BY minute, role, plugin"
-    ))?;
-    let mut rows = st.query([])?;
-    while let Some(r) = rows.next()? {
-        c.apply(Delta::Expiry { minute: r.get(0)?, role: r.get(1)?, plugin: r.get(2)?, d: r.get(3)? });
+    for ((pair, state), d) in by_state {
+        let (role, plugin) = pairs[pair].clone();
+        c.apply(Delta::State { role, plugin, state: state.as_str().to_owned(), d });
     }
-    let mut st = conn.prepare(&format!("SELECT issuer, subject, COUNT(*) FROM leases WHERE state IN {LIVE} GROUP BY issuer, subject"))?;
-    let mut rows = st.query([])?;
-    while let Some(r) = rows.next()? {
-        c.apply(Delta::Owner { issuer: r.get(0)?, subject: r.get(1)?, d: r.get(2)? });
+    for ((minute, pair), d) in expiry {
+        let (role, plugin) = pairs[pair].clone();
+        c.apply(Delta::Expiry { minute, role, plugin, d });
+    }
+    for n in c.owners.values() {
+        *c.owner_sizes.entry(i64::from(*n)).or_default() += 1;
     }
     Ok(c)
 }
