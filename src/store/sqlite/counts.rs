@@ -14,7 +14,7 @@
 //! writer applies a transaction's changes at
 //! its commit, before answering any of its writes, and drops those of a
 //! statement or savepoint that was undone. At open, the counts are read
-//! once from the leases (one indexed scan of the live ones).
+//! once from the leases, in one pass over the live ones ([`load`]).
 //!
 //! Edits to the database from outside lessor while it runs are not counted
 //! until the next start.
