@@ -10,7 +10,9 @@
 //! One dead vendor delays nobody else: the store hands out due work fairly
 //! (at most `batch_size` per connection, round-robin across connections),
 //! and each connection's share runs in its own lane (a task) with its own
-//! concurrency and circuit breaker ([`super::breaker`]). The worker loads
+//! concurrency and circuit breaker ([`super::breaker`]). The concurrency
+//! bounds the vendor calls only: each outcome is recorded (store, audit)
+//! beside the calls that follow ([`super::revoke`]). The worker loads
 //! again whenever a lane finishes (or each tick), and never hands a
 //! connection more work while its lane is busy, so a vendor that hangs until
 //! `revoke_timeout` holds only its own leases. While a breaker is open its
@@ -26,6 +28,7 @@ use tokio::sync::watch;
 use tokio::task::{Id, JoinSet};
 
 use super::breaker::{connection_of, Admit, Breaker};
+use super::revoke::Reached;
 use super::{with_lease, LeaseError, LeaseService};
 use crate::audit::{ActorInfo, Event};
 use crate::store::{DueLease, EndReason};
@@ -130,11 +133,22 @@ async fn lane(svc: LeaseService, connection: String, due: Vec<DueLease>, mut shu
         // reached the vendor: then the next lease probes.
         breaker.probe_abandoned();
     }
+    // The connection's slots bound only the vendor calls; each outcome is
+    // recorded beside the calls that follow (its store write and audit
+    // entry), so the store's round trips do not hold a slot.
     futures::stream::iter(rest)
-        .for_each_concurrent(breaker.concurrency, |d| {
-            let (svc, breaker, unrecorded) = (&svc, &breaker, &unrecorded);
+        .map(|d| {
+            let (svc, breaker) = (&svc, &breaker);
             async move {
-                if !one(svc, breaker, &d).await {
+                let step = reach(svc, breaker, &d).await;
+                (d, step)
+            }
+        })
+        .buffer_unordered(breaker.concurrency)
+        .for_each_concurrent(None, |(d, step)| {
+            let (svc, unrecorded) = (&svc, &unrecorded);
+            async move {
+                if !record(svc, &d, step).await {
                     unrecorded.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -154,9 +168,33 @@ async fn lane(svc: LeaseService, connection: String, due: Vec<DueLease>, mut shu
 /// Revokes one lease, or defers it while its connection's breaker is open.
 /// False if the outcome could not be recorded.
 async fn one(svc: &LeaseService, breaker: &Breaker, d: &DueLease) -> bool {
-    let r = match breaker.admit(OffsetDateTime::now_utc()) {
-        Admit::Call => svc.revoke_lease(&d.lease, d.reason).await.map(|_| ()),
-        Admit::Defer { message, until } => svc.defer(d, &message, until).await,
+    let step = reach(svc, breaker, d).await;
+    record(svc, d, step).await
+}
+
+/// What the vendor said about one due lease, or that its breaker is open.
+enum Step {
+    Reached(Result<Reached, LeaseError>),
+    Defer { message: String, until: OffsetDateTime },
+}
+
+/// Asks the vendor to take one due lease back, unless its connection's
+/// breaker is open; records nothing.
+async fn reach(svc: &LeaseService, breaker: &Breaker, d: &DueLease) -> Step {
+    match breaker.admit(OffsetDateTime::now_utc()) {
+        Admit::Call => Step::Reached(svc.reach(&d.lease, d.reason).await),
+        Admit::Defer { message, until } => Step::Defer { message, until },
+    }
+}
+
+/// Records what [`reach`] found. False if the outcome could not be recorded.
+async fn record(svc: &LeaseService, d: &DueLease, step: Step) -> bool {
+    let r = match step {
+        Step::Reached(Ok(reached)) => {
+            svc.record(&d.lease, d.reason, reached, ActorInfo::system("expiry-worker"), None).await.map(|_| ())
+        }
+        Step::Reached(Err(e)) => Err(e),
+        Step::Defer { message, until } => svc.defer(d, &message, until).await,
     };
     if let Err(e) = &r {
         tracing::warn!(lease_id = %d.lease.id, error = %e, "recording revocation outcome failed");

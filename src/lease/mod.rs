@@ -13,10 +13,10 @@
 //! written; an issue whose outcome entry cannot be written is revoked again.
 //! Revocation is never held back by the audit log (it only removes access).
 //!
-//! One file (over 800 lines) because issue, renew, revoke and the single
-//! revocation attempt they and the worker share use the same audit,
-//! ownership and metric helpers; the loops (expiry, heartbeat, retention)
-//! live in their own files beside it.
+//! One file (over 800 lines) because issue, renew and revoke use the same
+//! audit, ownership and metric helpers; the single revocation attempt they
+//! and the worker share is in `revoke.rs`, the loops (expiry, heartbeat,
+//! retention) in their own files beside it.
 //!
 //! Must not import: http (wire types), sqlx, server, cli.
 
@@ -47,6 +47,7 @@ pub mod heartbeat;
 pub mod reconcile;
 pub mod retention;
 mod gauges;
+mod revoke;
 mod issue_times;
 
 #[derive(Debug, thiserror::Error)]
@@ -1021,151 +1022,6 @@ impl LeaseService {
         r
     }
 
-    /// Takes one lease's credential back and records the outcome (the
-    /// expiry worker's entry point).
-    pub async fn revoke_lease(&self, lease: &Lease, reason: EndReason) -> Result<LeaseState, LeaseError> {
-        self.revoke_lease_by(lease, reason, ActorInfo::system("expiry-worker"), None).await
-    }
-
-    /// Takes one lease's credential back, records the outcome in the store
-    /// and the audit log (`expire` for expiries, `revoke` otherwise).
-    pub async fn revoke_lease_by(
-        &self,
-        lease: &Lease,
-        reason: EndReason,
-        actor: ActorInfo,
-        meta: Option<&RequestMeta>,
-    ) -> Result<LeaseState, LeaseError> {
-        if reason == EndReason::Orphaned && lease.state == LeaseState::Pending && !self.store.mark_orphaned(&lease.id).await? {
-            // Activated since it was read: an issued credential, not an orphan.
-            tracing::debug!(lease_id = %lease.id, "pending lease was activated before the orphan sweep took it");
-            return Ok(LeaseState::Active);
-        }
-        let action = if reason == EndReason::Expired { "expire" } else { "revoke" };
-        // What revocation means at this vendor (`immediate`, `published`,
-        // `at_expiry`), so the audit log tells the truth per vendor.
-        let revocation = self.catalog.role(&lease.role).map(|r| r.plugin.capabilities().revocation.mode());
-        let audit = |outcome: &'static str| {
-            let ev = with_lease(Event::new(action, outcome), lease)
-                .request(meta)
-                .actor(actor.clone())
-                .detail("end_reason", reason.as_str());
-            match revocation {
-                Some(mode) => ev.detail("revocation", mode),
-                None => ev,
-            }
-        };
-        let result = self.revoke_lease_inner(lease, reason).await;
-        let ev = match &result {
-            Ok(Attempt::Failed(msg)) => {
-                audit("failed").error("revoke_failed", msg.clone()).detail("attempts", lease.attempts + 1)
-            }
-            Ok(Attempt::Ended(state)) => audit("ok").detail("state", state.as_str()),
-            // Not "ok": nothing was taken back, the credential lives on.
-            Ok(Attempt::Unsupported) => audit("revoke_unsupported")
-                .detail("state", LeaseState::Expired.as_str())
-                .detail("valid_until", rfc3339(lease.expires_at)),
-            Err(e) => {
-                let (kind, text) = e.audit_kind();
-                audit("error").error(&kind, text.unwrap_or_default())
-            }
-        };
-        self.audit.note(ev);
-        result.map(|a| match a {
-            Attempt::Ended(s) => s,
-            Attempt::Failed(_) => LeaseState::RevokeFailed,
-            Attempt::Unsupported => LeaseState::Expired,
-        })
-    }
-
-    async fn revoke_lease_inner(&self, lease: &Lease, reason: EndReason) -> Result<Attempt, LeaseError> {
-        let Some(role) = self.catalog.role(&lease.role).cloned() else {
-            let msg = format!("role `{}` is no longer configured; add it back so its leases can be revoked", lease.role);
-            // Labels from the stored lease: a role that was configured once.
-            metrics()
-                .revocations
-                .with_label_values(&[lease.plugin.as_str(), lease.role.as_str(), reason.as_str(), "error"])
-                .inc();
-            self.fail(lease, reason, &msg).await?;
-            return Ok(Attempt::Failed(msg));
-        };
-        let labels = |outcome: &str| {
-            metrics()
-                .revocations
-                .with_label_values(&[role.kind.as_str(), role.name.as_str(), reason.as_str(), outcome])
-                .inc();
-        };
-        // Expiry -> confirmed end, for leases that ended by running out.
-        let lag = |ended: bool, at: OffsetDateTime| {
-            if ended && reason == EndReason::Expired {
-                let secs = (at - lease.expires_at).as_seconds_f64().max(0.0);
-                metrics().revocation_lag.with_label_values(&[role.kind.as_str()]).observe(secs);
-            }
-        };
-        let now = OffsetDateTime::now_utc();
-        if !role.plugin.capabilities().can_revoke() {
-            labels("not_revocable");
-            if reason == EndReason::Expired || now >= lease.expires_at {
-                // Nothing to take back: the credential ended by itself.
-                let ended = self.store.finish(&lease.id, EndReason::Expired, now).await?;
-                lag(ended, now);
-                return Ok(Attempt::Ended(LeaseState::Expired));
-            }
-            // Asked to revoke what cannot be revoked: say so. The lease is
-            // over for lessor; the credential stays valid until it expires.
-            self.store.finish_unrevocable(&lease.id, reason, now).await?;
-            tracing::warn!(lease_id = %lease.id, role = %role.name, reason = reason.as_str(), valid_until = %lease.expires_at,
-                "revocation asked, but the plugin cannot revoke: the credential stays valid until it expires");
-            return Ok(Attempt::Unsupported);
-        }
-        let lref = LeaseRef {
-            lease_id: lease.id.clone(),
-            role: role.short.clone(),
-            handle: lease.handle.clone(),
-            expires_at: lease.expires_at,
-            root_version: lease.root_version,
-        };
-        // A vendor that hangs must not hold the expiry worker (or, with
-        // replicas, this replica's claim) forever: past the timeout the
-        // attempt is a failure like any other and is retried later.
-        let limit = self.settings.revoke_timeout;
-        let (outcome, seen) = match lessor_plugin::call::bounded("revoke", limit, role.plugin.revoke(&lref)).await {
-            Ok(Ok(())) => (Ok(()), breaker::Observed::Answered),
-            Ok(Err(e @ PluginError::Retryable(_))) => (Err(e.to_string()), breaker::Observed::Retryable),
-            Ok(Err(e)) => (Err(e.to_string()), breaker::Observed::Answered),
-            Err(_) => (
-                Err(format!("revocation did not finish within {}", crate::fmt_duration(limit))),
-                breaker::Observed::Retryable,
-            ),
-        };
-        let error = outcome.as_ref().err().map_or("", String::as_str);
-        self.breakers.get(&role.connection).observe(seen, error, OffsetDateTime::now_utc());
-        match outcome {
-            Ok(()) => {
-                let at = OffsetDateTime::now_utc();
-                let ended = self.store.finish(&lease.id, reason, at).await?;
-                labels("ok");
-                lag(ended, at);
-                tracing::debug!(lease_id = %lease.id, role = %role.name, reason = reason.as_str(), "lease ended");
-                Ok(Attempt::Ended(reason.final_state()))
-            }
-            Err(msg) => {
-                labels("error");
-                tracing::warn!(lease_id = %lease.id, role = %role.name, error = %msg, attempts = lease.attempts + 1,
-                    "revocation failed, will retry");
-                self.fail(lease, reason, &msg).await?;
-                Ok(Attempt::Failed(msg))
-            }
-        }
-    }
-
-    async fn fail(&self, lease: &Lease, reason: EndReason, msg: &str) -> Result<(), LeaseError> {
-        let delay = backoff(self.settings.retry_base, self.settings.retry_max, lease.attempts);
-        let at = OffsetDateTime::now_utc() + delay;
-        self.store.record_failure(&lease.id, reason, msg, at).await?;
-        Ok(())
-    }
-
     /// An SRE's one-screen summary: live leases by role and state, the
     /// longest-overdue revocation, failing revocations with their errors,
     /// quota use, and the replicas.
@@ -1244,17 +1100,6 @@ fn not_renewable(l: &Lease) -> Option<String> {
 /// A time as audit entries and messages write it.
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
-}
-
-/// What one revocation attempt came to.
-enum Attempt {
-    /// The lease ended in this state.
-    Ended(LeaseState),
-    /// The vendor failed; retried later.
-    Failed(String),
-    /// Its plugin cannot revoke: the lease is over for lessor, the
-    /// credential stays valid until `expires_at` ([`Lease::unrevocable`]).
-    Unsupported,
 }
 
 /// Exponential backoff with ±20% jitter: base * 2^attempts, capped.
