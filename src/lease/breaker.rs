@@ -223,10 +223,7 @@ impl super::LeaseService {
     }
 }
 
-/// The connection a lease's role (`connection/role`) belongs to.
-pub fn connection_of(role: &str) -> &str {
-    role.split_once('/').map_or(role, |(c, _)| c)
-}
+pub use crate::store::connection_of;
 
 #[cfg(test)]
 mod tests {

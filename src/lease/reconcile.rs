@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use crate::audit::{ActorInfo, Audit, Event};
 use crate::config::ReconcileSettings;
 use crate::plugins::Catalog;
-use crate::store::{Lease, LeaseFilter, LeaseState, Store, StoreError};
+use crate::store::{connection_of, Lease, LeaseFilter, LeaseState, Store, StoreError};
 use crate::telemetry::metrics;
 
 /// Objects listed per plugin call.
@@ -499,10 +499,6 @@ impl Reconciler {
 fn truncated_listing(rep: &ConnectionReport) -> bool {
     // A partial listing cannot prove an object missing.
     rep.objects >= MAX_OBJECTS
-}
-
-fn connection_of(role: &str) -> &str {
-    role.split_once('/').map_or(role, |(c, _)| c)
 }
 
 fn short_role(role: &str) -> &str {

@@ -172,6 +172,12 @@ pub struct LeaseFilter {
     pub limit: u32,
 }
 
+/// The connection a lease's role (`connection/role`) belongs to: what the
+/// expiry worker shares due work by.
+pub fn connection_of(role: &str) -> &str {
+    role.split_once('/').map_or(role, |(c, _)| c)
+}
+
 /// Work the expiry worker must do for one lease.
 #[derive(Debug, Clone)]
 pub struct DueLease {

@@ -40,7 +40,7 @@ pub use admin_tokens::{AdminToken, AdminTokenStore};
 pub use customer_tokens::{AccountTokenCounts, CustomerToken, CustomerTokenStore, DayCount, TokenUse, TokenWarning};
 pub use cluster::{ClusterStore, LockHolder, Replica, StoreLock};
 pub use jobs::{JobStatus, JobStore, RevokeFilter};
-pub use leases::{DueLease, EndReason, Lease, LeaseCounts, LeaseFilter, LeaseState, LeaseStore, OnDisk, QuotaCounts, RoleCounts};
+pub use leases::{connection_of, DueLease, EndReason, Lease, LeaseCounts, LeaseFilter, LeaseState, LeaseStore, OnDisk, QuotaCounts, RoleCounts};
 pub use person_sessions::{PersonSession, PersonSessionStore};
 pub use plugin_state::PluginStateStore;
 pub use secrets::{Rewrap, SecretState, SecretStore, SecretSwitch, SecretVersion};

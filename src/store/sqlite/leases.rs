@@ -2,40 +2,69 @@
 //! point readers, other reads on the reader pool, writes through the one
 //! writer (each write one statement, or all-or-nothing).
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::LazyLock;
 
 use super::*;
 
-/// The due leases query (`?1` now, `?2` the pending cutoff, `?3` the
-/// limit per connection, `?4` the ids set aside; `skip_sql` leaves out
-/// connections).
-fn due_sql(skip_sql: &str) -> String {
+/// Every role with a lease row, in order: a skip scan of `leases_role`
+/// (one index probe per role, however many leases each has).
+const ROLES_SQL: &str = "WITH RECURSIVE r(role) AS (
+    SELECT MIN(role) FROM leases
+    UNION ALL
+    SELECT (SELECT MIN(role) FROM leases WHERE role > r.role) FROM r WHERE r.role IS NOT NULL
+  ) SELECT role FROM r WHERE role IS NOT NULL";
+
+/// One role's due leases, at most `?3` of each kind, each row with the time
+/// it fell due (`?1` now, `?2` the pending cutoff, `?3` the limit per
+/// connection, `?4` the ids set aside, `?5` the role). Four branches, each
+/// an ordered search of a role-led index that stops at its limit:
+/// expired and scheduled (`leases_role`, `leases_role_retry`), orphaned
+/// pending, failed and due for a retry. Reading a role's first `limit`
+/// costs the same with ten due leases or a million (migration 0016).
+///
+/// A pending lease is orphaned when issued before `pending_cutoff` (`?2`,
+/// an instant on the caller's clock: also the process start) and older
+/// than `now - pending_cutoff` by the database's clock, as on PostgreSQL:
+/// whichever clock is behind decides.
+fn due_role_sql() -> String {
     format!(
-        "WITH u AS (
-           SELECT id, role, expires_at AS due_at FROM leases
-             WHERE state = 'active' AND expires_at <= ?1 AND {NOT_SET_ASIDE}
-           UNION ALL
-           SELECT id, role, next_attempt_at FROM leases
-             WHERE state = 'active' AND next_attempt_at <= ?1 AND {NOT_SET_ASIDE}
-           UNION ALL
-           SELECT id, role, issued_at FROM leases
-             WHERE state = 'pending' AND issued_at < MIN(?2, {DB_NOW_MS} - (?1 - ?2)) AND {NOT_SET_ASIDE}
-           UNION ALL
-           SELECT id, role, next_attempt_at FROM leases
-             WHERE state = 'revoke_failed' AND next_attempt_at <= ?1 AND {NOT_SET_ASIDE}
-         ), d AS (
-           SELECT id, MIN(role) AS role, MIN(due_at) AS due_at FROM u GROUP BY id
-         ), kept AS (
-           SELECT * FROM d {skip_sql}
-         ), r AS (
-           SELECT id AS rid, due_at, ROW_NUMBER() OVER (
-               PARTITION BY substr(role, 1, instr(role || '/', '/') - 1) ORDER BY due_at, id
-             ) AS turn
-             FROM kept
-         )
-         SELECT {LEASE_COLUMNS}, r.due_at FROM r JOIN leases ON leases.id = r.rid
-           WHERE r.turn <= ?3 ORDER BY r.turn, r.due_at, r.rid"
+        "SELECT * FROM (SELECT {LEASE_COLUMNS}, expires_at AS due_at FROM leases
+           WHERE role = ?5 AND state = 'active' AND expires_at <= ?1 AND {NOT_SET_ASIDE} ORDER BY expires_at LIMIT ?3)
+         UNION ALL
+         SELECT * FROM (SELECT {LEASE_COLUMNS}, next_attempt_at AS due_at FROM leases
+           WHERE role = ?5 AND state = 'active' AND next_attempt_at <= ?1 AND {NOT_SET_ASIDE} ORDER BY next_attempt_at LIMIT ?3)
+         UNION ALL
+         SELECT * FROM (SELECT {LEASE_COLUMNS}, issued_at AS due_at FROM leases
+           WHERE role = ?5 AND state = 'pending' AND issued_at < MIN(?2, {DB_NOW_MS} - (?1 - ?2)) AND {NOT_SET_ASIDE}
+           ORDER BY issued_at LIMIT ?3)
+         UNION ALL
+         SELECT * FROM (SELECT {LEASE_COLUMNS}, next_attempt_at AS due_at FROM leases
+           WHERE role = ?5 AND state = 'revoke_failed' AND next_attempt_at <= ?1 AND {NOT_SET_ASIDE}
+           ORDER BY next_attempt_at LIMIT ?3)"
     )
+}
+
+/// Due work handed out fairly: each connection's `limit` earliest (a lease
+/// in two branches counts from the earlier), then round-robin across
+/// connections, by (turn, due time, id).
+fn round_robin(found: Vec<(i64, DueLease)>, limit: u32) -> Vec<DueLease> {
+    let mut by_conn: BTreeMap<String, Vec<(i64, DueLease)>> = BTreeMap::new();
+    for (due_at, d) in found {
+        by_conn.entry(crate::store::connection_of(&d.lease.role).to_owned()).or_default().push((due_at, d));
+    }
+    let mut picked: Vec<(usize, i64, DueLease)> = Vec::new();
+    for (_, mut work) in by_conn {
+        work.sort_by(|a, b| (a.0, a.1.lease.id.as_str()).cmp(&(b.0, b.1.lease.id.as_str())));
+        // Sorted by due time: the first of a duplicated id is the earlier.
+        let mut seen = HashSet::new();
+        work.retain(|(_, d)| seen.insert(d.lease.id.to_string()));
+        for (turn, (due_at, d)) in work.into_iter().take(limit as usize).enumerate() {
+            picked.push((turn, due_at, d));
+        }
+    }
+    picked.sort_by(|a, b| (a.0, a.1, a.2.lease.id.as_str()).cmp(&(b.0, b.1, b.2.lease.id.as_str())));
+    picked.into_iter().map(|(_, _, d)| d).collect()
 }
 
 /// The earliest time anything falls due (`?1`: the ids set aside). Each
@@ -265,38 +294,34 @@ impl LeaseStore for SqliteStore {
         limit: u32,
         skip: &[String],
     ) -> Result<Vec<DueLease>, StoreError> {
-        // Connections to leave out: ?5, ?6, ...
-        let skip_sql = if skip.is_empty() {
-            String::new()
-        } else {
-            let marks: Vec<String> = (0..skip.len()).map(|i| format!("?{}", i + 5)).collect();
-            format!("WHERE substr(role, 1, instr(role || '/', '/') - 1) NOT IN ({})", marks.join(", "))
-        };
-        // A pending lease is orphaned when issued before `pending_cutoff`
-        // (`?2`, an instant on the caller's clock: also the process start)
-        // and older than `now - pending_cutoff` by the database's clock,
-        // as on PostgreSQL: whichever clock is behind decides.
-        // Four index-backed branches; each row carries the time it fell due.
-        // An active lease can match two branches (expired and scheduled): it
-        // counts from the earlier. Then at most `limit` per connection (the
-        // role's part before `/`), taken round-robin: one connection's
-        // backlog never keeps another's due leases out of the batch.
-        // Ranked over narrow rows, then only the chosen ones read in full.
-        let sql = due_sql(&skip_sql);
-        // `?4`: rows set aside as undecodable (a JSON array of ids).
-        let mut q = sqlx::query(&sql)
-            .bind(to_ms(now))
-            .bind(to_ms(pending_cutoff))
-            .bind(limit as i64)
-            .bind(to_json(&self.quarantine.ids())?);
-        for c in skip {
-            q = q.bind(c.as_str());
+        // Role by role (a handful), each read bounded by `limit`: the cost
+        // of a round does not grow with the backlog. Roles of the connections
+        // to leave out are not read at all.
+        let roles: Vec<String> = sqlx::query_scalar(ROLES_SQL).fetch_all(&self.read).await.map_err(interpret_error)?;
+        let set_aside = to_json(&self.quarantine.ids())?;
+        let sql = due_role_sql();
+        let mut found = Vec::new();
+        for role in roles {
+            if skip.iter().any(|c| c == crate::store::connection_of(&role)) {
+                continue;
+            }
+            let rows = sqlx::query(&sql)
+                .bind(to_ms(now))
+                .bind(to_ms(pending_cutoff))
+                .bind(limit as i64)
+                .bind(&set_aside)
+                .bind(&role)
+                .fetch_all(&self.read)
+                .await
+                .map_err(interpret_error)?;
+            for row in &rows {
+                let due_at: i64 = row.try_get("due_at").map_err(interpret_error)?;
+                // One row at a time, so each decoded lease keeps its due time;
+                // a row that cannot be decoded is set aside.
+                found.extend(self.quarantine.decode_due(std::slice::from_ref(row), "sqlite").0.into_iter().map(|d| (due_at, d)));
+            }
         }
-        let rows = q
-            .fetch_all(&self.read)
-            .await
-            .map_err(interpret_error)?;
-        Ok(self.quarantine.decode_due(&rows, "sqlite").0)
+        Ok(round_robin(found, limit))
     }
 
     async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
@@ -381,19 +406,28 @@ mod plan_tests {
         };
         let p = plan(next_due_sql(), 1).await;
         assert!(p.contains("USING INDEX leases_due (state=?)") && p.contains("USING INDEX leases_retry (state=? AND next_attempt_at>?)"), "{p}");
-        // The four branches: expired, scheduled, orphaned pending, failed.
-        let p = plan(due_sql(""), 4).await;
-        assert_eq!(p.matches("USING INDEX leases_retry (state=? AND next_attempt_at<?)").count(), 2, "{p}");
-        assert_eq!(p.matches("USING INDEX leases_due (state=?").count(), 2, "{p}");
+        // The roles: one probe of `leases_role` per role.
+        let p = plan(ROLES_SQL.to_owned(), 0).await;
+        assert!(p.contains("SEARCH leases USING COVERING INDEX leases_role (role>?)") && !p.contains("SCAN leases"), "{p}");
+        // A role's four branches (expired, scheduled, orphaned pending,
+        // failed): ordered searches of role-led indexes that stop at the
+        // limit; only the pending rows (few) are sorted.
+        let p = plan(due_role_sql(), 5).await;
+        assert_eq!(p.matches("USING INDEX leases_role (role=? AND state=? AND expires_at<?)").count(), 1, "{p}");
+        assert_eq!(p.matches("USING INDEX leases_role_retry (role=? AND state=? AND next_attempt_at<?)").count(), 2, "{p}");
+        assert_eq!(p.matches("USING INDEX leases_role (role=? AND state=?)").count(), 1, "{p}");
+        assert_eq!(p.matches("USE TEMP B-TREE FOR ORDER BY").count(), 1, "{p}");
         assert!(!p.contains("SCAN leases"), "{p}");
         let p = plan(crate::store::rows::JOB_PROGRESS_SQL.to_owned(), 1).await;
         assert!(p.contains("INDEX leases_job (job_id=?)"), "{p}");
-        let partial: Vec<(String, String)> = sqlx::query_as("SELECT name, sql FROM sqlite_master WHERE name IN ('leases_retry', 'leases_job') ORDER BY name")
-            .fetch_all(&s.read)
-            .await
-            .unwrap();
-        assert_eq!(partial.len(), 2);
-        assert!(partial[0].1.ends_with("WHERE job_id IS NOT NULL") && partial[1].1.ends_with("WHERE next_attempt_at IS NOT NULL"), "{partial:?}");
+        let partial: Vec<(String, String)> =
+            sqlx::query_as("SELECT name, sql FROM sqlite_master WHERE name IN ('leases_retry', 'leases_job', 'leases_role_retry') ORDER BY name")
+                .fetch_all(&s.read)
+                .await
+                .unwrap();
+        assert_eq!(partial.len(), 3);
+        assert!(partial[0].1.ends_with("WHERE job_id IS NOT NULL"), "{partial:?}");
+        assert!(partial[1..].iter().all(|p| p.1.ends_with("WHERE next_attempt_at IS NOT NULL")), "{partial:?}");
         s.close().await;
     }
 }
