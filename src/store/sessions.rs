@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use sqlx::{ColumnIndex, Decode, Row, Type};
 use time::OffsetDateTime;
 
 use super::{from_ms, StoreError};
@@ -47,28 +46,28 @@ pub(crate) const SESSION_COLUMNS: &str = "token_hash, accessor, mount, vault_rol
 
 pub(crate) fn session_from_row<R>(row: &R) -> Result<Session, StoreError>
 where
-    R: Row,
-    for<'a> &'a str: ColumnIndex<R>,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'a> super::rows::SqlxRow<'a, R>: super::rows::Cols,
 {
-    let err = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
-    let attributes: String = row.try_get("attributes").map_err(err)?;
-    let attributes = serde_json::from_str(&attributes).map_err(|e| StoreError::Corrupt(format!("session attributes: {e}")))?;
+    session_from(&super::rows::SqlxRow(row))
+}
+
+/// A session from a row of `SESSION_COLUMNS` (sqlx's or rusqlite's).
+pub(crate) fn session_from(c: &impl super::rows::Cols) -> Result<Session, StoreError> {
+    let attributes = serde_json::from_str(&c.text("attributes")?)
+        .map_err(|e| StoreError::Corrupt(format!("session attributes: {e}")))?;
     Ok(Session {
-        token_hash: row.try_get("token_hash").map_err(err)?,
-        accessor: row.try_get("accessor").map_err(err)?,
-        mount: row.try_get("mount").map_err(err)?,
-        vault_role: row.try_get("vault_role").map_err(err)?,
-        issuer_name: row.try_get("issuer_name").map_err(err)?,
-        issuer: row.try_get("issuer").map_err(err)?,
-        subject: row.try_get("subject").map_err(err)?,
+        token_hash: c.text("token_hash")?,
+        accessor: c.text("accessor")?,
+        mount: c.text("mount")?,
+        vault_role: c.text("vault_role")?,
+        issuer_name: c.text("issuer_name")?,
+        issuer: c.text("issuer")?,
+        subject: c.text("subject")?,
         attributes,
-        created_at: from_ms(row.try_get("created_at").map_err(err)?)?,
-        expires_at: from_ms(row.try_get("expires_at").map_err(err)?)?,
-        max_expires_at: from_ms(row.try_get("max_expires_at").map_err(err)?)?,
-        revoked_at: row.try_get::<Option<i64>, _>("revoked_at").map_err(err)?.map(from_ms).transpose()?,
+        created_at: from_ms(c.int("created_at")?)?,
+        expires_at: from_ms(c.int("expires_at")?)?,
+        max_expires_at: from_ms(c.int("max_expires_at")?)?,
+        revoked_at: c.opt_int("revoked_at")?.map(from_ms).transpose()?,
     })
 }
 

@@ -4,8 +4,10 @@
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::{interpret_error, to_ms, Bind, SqliteStore, StoreError};
-use crate::store::sessions::{attributes_json, session_from_row, Session, SessionStore, SESSION_COLUMNS};
+use std::sync::LazyLock;
+
+use super::{fast, to_ms, Bind, SqliteStore, StoreError};
+use crate::store::sessions::{attributes_json, session_from, Session, SessionStore, SESSION_COLUMNS};
 
 #[async_trait]
 impl SessionStore for SqliteStore {
@@ -32,12 +34,14 @@ impl SessionStore for SqliteStore {
     }
 
     async fn session_by_hash(&self, hash: &str) -> Result<Option<Session>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = ?"))
-            .bind(hash)
-            .fetch_optional(&self.read)
-            .await
-            .map_err(interpret_error)?;
-        row.as_ref().map(session_from_row).transpose()
+        // Every Vault-API request asks this: a point read on the caller's
+        // thread (`fast.rs`), like a lease by id.
+        static BY_HASH: LazyLock<String> = LazyLock::new(|| format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = ?"));
+        self.fast.read(|c| {
+            let mut st = c.prepare_cached(&BY_HASH).map_err(fast::read_error)?;
+            let mut rows = st.query([hash]).map_err(fast::read_error)?;
+            rows.next().map_err(fast::read_error)?.map(session_from).transpose()
+        })
     }
 
     async fn session_renew(&self, hash: &str, now: OffsetDateTime, expires_at: OffsetDateTime) -> Result<bool, StoreError> {
