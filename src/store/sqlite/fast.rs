@@ -1,5 +1,6 @@
 //! Point reads on the calling thread: the few reads every request makes
-//! (a lease by id, an admin token by hash, the quota counts) go to a small
+//! (a lease by id, an admin token or a Vault session by hash, the quota
+//! counts) go to a small
 //! set of read-only rusqlite connections, each behind a mutex, and run on
 //! the task's own worker thread.
 //!
