@@ -680,17 +680,9 @@ impl LeaseService {
             self.audit.note(audit("revoke_unsupported").detail("valid_until", rfc3339(lease.expires_at)));
             return;
         }
-        let lref = LeaseRef {
-            lease_id: lease.id.clone(),
-            role: role.short.clone(),
-            handle: lease.handle.clone(),
-            expires_at: lease.expires_at,
-            root_version: lease.root_version,
-        };
-        let limit = self.settings.revoke_timeout;
-        let outcome = match lessor_plugin::call::bounded("revoke", limit, role.plugin.revoke(&lref)).await {
+        let outcome = match self.call_revoke(role, lease).await {
             Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("revocation did not finish within {}", crate::fmt_duration(limit))),
+            Err(timed_out) => Err(timed_out),
         };
         match outcome {
             Ok(()) => {

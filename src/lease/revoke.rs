@@ -85,25 +85,11 @@ impl LeaseService {
         if !role.plugin.capabilities().can_revoke() {
             return Ok(Reached::NotRevocable(role));
         }
-        let lref = LeaseRef {
-            lease_id: lease.id.clone(),
-            role: role.short.clone(),
-            handle: lease.handle.clone(),
-            expires_at: lease.expires_at,
-            root_version: lease.root_version,
-        };
-        // A vendor that hangs must not hold the expiry worker (or, with
-        // replicas, this replica's claim) forever: past the timeout the
-        // attempt is a failure like any other and is retried later.
-        let limit = self.settings.revoke_timeout;
-        let (outcome, seen) = match lessor_plugin::call::bounded("revoke", limit, role.plugin.revoke(&lref)).await {
+        let (outcome, seen) = match self.call_revoke(&role, lease).await {
             Ok(Ok(())) => (Ok(()), breaker::Observed::Answered),
             Ok(Err(e @ PluginError::Retryable(_))) => (Err(e.to_string()), breaker::Observed::Retryable),
             Ok(Err(e)) => (Err(e.to_string()), breaker::Observed::Answered),
-            Err(_) => (
-                Err(format!("revocation did not finish within {}", crate::fmt_duration(limit))),
-                breaker::Observed::Retryable,
-            ),
+            Err(timed_out) => (Err(timed_out), breaker::Observed::Retryable),
         };
         let at = OffsetDateTime::now_utc();
         let error = outcome.as_ref().err().map_or("", String::as_str);
@@ -112,6 +98,24 @@ impl LeaseService {
             Ok(()) => Reached::Revoked(role, at),
             Err(msg) => Reached::Failed(role, msg),
         })
+    }
+
+    /// The plugin's `revoke` of `lease`: its answer, or (`Err`) why there
+    /// was none. A vendor that hangs must not hold the expiry worker (or,
+    /// with replicas, this replica's claim) forever: past `revoke_timeout`
+    /// the attempt is a failure like any other and is retried later.
+    pub(super) async fn call_revoke(&self, role: &Role, lease: &Lease) -> Result<Result<(), PluginError>, String> {
+        let lref = LeaseRef {
+            lease_id: lease.id.clone(),
+            role: role.short.clone(),
+            handle: lease.handle.clone(),
+            expires_at: lease.expires_at,
+            root_version: lease.root_version,
+        };
+        let limit = self.settings.revoke_timeout;
+        lessor_plugin::call::bounded("revoke", limit, role.plugin.revoke(&lref))
+            .await
+            .map_err(|_| format!("revocation did not finish within {}", crate::fmt_duration(limit)))
     }
 
     /// Records what [`Self::reach`] found: the store, the revocation

@@ -1,8 +1,7 @@
 //! Point reads on the calling thread: the few reads every request makes
 //! (a lease by id, an admin token or a Vault session by hash, the quota
-//! counts) go to a small
-//! set of read-only rusqlite connections, each behind a mutex, and run on
-//! the task's own worker thread.
+//! counts) go to a small set of read-only rusqlite connections, each behind
+//! a mutex, and run on the task's own worker thread.
 //!
 //! Through sqlx each of them cost two thread hand-offs (sqlx runs a
 //! connection's statements on that connection's own thread) and sqlx's row
