@@ -865,13 +865,7 @@ impl LeaseService {
         let mut ev = with_lease(Event::new("renew", "pending"), lease).request(Some(meta)).actor(actor.audit_info());
         ev.ttl_seconds = Some((new_exp - now).whole_seconds());
         self.audit.record(ev).await?;
-        let lref = LeaseRef {
-            lease_id: lease.id.clone(),
-            role: role.short.clone(),
-            handle: lease.handle.clone(),
-            expires_at: lease.expires_at,
-            root_version: lease.root_version,
-        };
+        let lref = lease_ref(lease, &role);
         let limit = self.settings.call_timeout();
         let vendor_exp = lessor_plugin::call::bounded("renew", limit, role.plugin.renew(RenewRequest { lease: lref, expires_at: new_exp }))
             .await
@@ -1086,6 +1080,17 @@ fn not_renewable(l: &Lease) -> Option<String> {
             state.as_str(),
             r.map(|r| format!(", reason `{}`", r.as_str())).unwrap_or_default()
         )),
+    }
+}
+
+/// What a plugin is told about a lease of `role`.
+fn lease_ref(lease: &Lease, role: &Role) -> LeaseRef {
+    LeaseRef {
+        lease_id: lease.id.clone(),
+        role: role.short.clone(),
+        handle: lease.handle.clone(),
+        expires_at: lease.expires_at,
+        root_version: lease.root_version,
     }
 }
 

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use lessor_plugin::{LeaseRef, PluginError};
+use lessor_plugin::PluginError;
 use time::OffsetDateTime;
 
 use super::{breaker, rfc3339, with_lease, LeaseError, LeaseService};
@@ -105,13 +105,7 @@ impl LeaseService {
     /// with replicas, this replica's claim) forever: past `revoke_timeout`
     /// the attempt is a failure like any other and is retried later.
     pub(super) async fn call_revoke(&self, role: &Role, lease: &Lease) -> Result<Result<(), PluginError>, String> {
-        let lref = LeaseRef {
-            lease_id: lease.id.clone(),
-            role: role.short.clone(),
-            handle: lease.handle.clone(),
-            expires_at: lease.expires_at,
-            root_version: lease.root_version,
-        };
+        let lref = super::lease_ref(lease, role);
         let limit = self.settings.revoke_timeout;
         lessor_plugin::call::bounded("revoke", limit, role.plugin.revoke(&lref))
             .await
