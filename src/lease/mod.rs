@@ -865,7 +865,7 @@ impl LeaseService {
         let mut ev = with_lease(Event::new("renew", "pending"), lease).request(Some(meta)).actor(actor.audit_info());
         ev.ttl_seconds = Some((new_exp - now).whole_seconds());
         self.audit.record(ev).await?;
-        let lref = lease_ref(lease, &role);
+        let lref = lease_ref(lease, role);
         let limit = self.settings.call_timeout();
         let vendor_exp = lessor_plugin::call::bounded("renew", limit, role.plugin.renew(RenewRequest { lease: lref, expires_at: new_exp }))
             .await
