@@ -49,12 +49,6 @@ enum Attempt {
 }
 
 impl LeaseService {
-    /// Takes one lease's credential back and records the outcome (the
-    /// expiry worker's entry point for a lone lease: its breaker's probe).
-    pub async fn revoke_lease(&self, lease: &Lease, reason: EndReason) -> Result<LeaseState, LeaseError> {
-        self.revoke_lease_by(lease, reason, ActorInfo::system("expiry-worker"), None).await
-    }
-
     /// Takes one lease's credential back, records the outcome in the store
     /// and the audit log (`expire` for expiries, `revoke` otherwise).
     pub async fn revoke_lease_by(

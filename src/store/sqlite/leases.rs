@@ -27,8 +27,9 @@ const ROLES_SQL: &str = "WITH RECURSIVE r(role) AS (
 /// an instant on the caller's clock: also the process start) and older
 /// than `now - pending_cutoff` by the database's clock, as on PostgreSQL:
 /// whichever clock is behind decides.
-fn due_role_sql() -> String {
-    format!(
+fn due_role_sql() -> &'static str {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
         "SELECT * FROM (SELECT {LEASE_COLUMNS}, expires_at AS due_at FROM leases
            WHERE role = ?5 AND state = 'active' AND expires_at <= ?1 AND {NOT_SET_ASIDE} ORDER BY expires_at LIMIT ?3)
          UNION ALL
@@ -42,7 +43,9 @@ fn due_role_sql() -> String {
          SELECT * FROM (SELECT {LEASE_COLUMNS}, next_attempt_at AS due_at FROM leases
            WHERE role = ?5 AND state = 'revoke_failed' AND next_attempt_at <= ?1 AND {NOT_SET_ASIDE}
            ORDER BY next_attempt_at LIMIT ?3)"
-    )
+        )
+    });
+    &SQL
 }
 
 /// Due work handed out fairly: each connection's `limit` earliest (a lease
@@ -299,13 +302,12 @@ impl LeaseStore for SqliteStore {
         // to leave out are not read at all.
         let roles: Vec<String> = sqlx::query_scalar(ROLES_SQL).fetch_all(&self.read).await.map_err(interpret_error)?;
         let set_aside = to_json(&self.quarantine.ids())?;
-        let sql = due_role_sql();
         let mut found = Vec::new();
         for role in roles {
             if skip.iter().any(|c| c == crate::store::connection_of(&role)) {
                 continue;
             }
-            let rows = sqlx::query(&sql)
+            let rows = sqlx::query(due_role_sql())
                 .bind(to_ms(now))
                 .bind(to_ms(pending_cutoff))
                 .bind(limit as i64)
@@ -412,7 +414,7 @@ mod plan_tests {
         // A role's four branches (expired, scheduled, orphaned pending,
         // failed): ordered searches of role-led indexes that stop at the
         // limit; only the pending rows (few) are sorted.
-        let p = plan(due_role_sql(), 5).await;
+        let p = plan(due_role_sql().to_owned(), 5).await;
         assert_eq!(p.matches("USING INDEX leases_role (role=? AND state=? AND expires_at<?)").count(), 1, "{p}");
         assert_eq!(p.matches("USING INDEX leases_role_retry (role=? AND state=? AND next_attempt_at<?)").count(), 2, "{p}");
         assert_eq!(p.matches("USING INDEX leases_role (role=? AND state=?)").count(), 1, "{p}");

@@ -1,10 +1,10 @@
 //! [`SessionStore`] on SQLite: reads on the reader pool, writes through the
 //! one writer.
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use time::OffsetDateTime;
-
-use std::sync::LazyLock;
 
 use super::{fast, to_ms, Bind, SqliteStore, StoreError};
 use crate::store::sessions::{attributes_json, session_from, Session, SessionStore, SESSION_COLUMNS};
