@@ -488,7 +488,7 @@ mod write_cost_tests {
 
     /// What one issued credential costs the disk: its pending row and its
     /// activation, each committed alone (no batch to share pages with),
-    /// put about 14 KiB in the WAL (1 KiB pages, `leases_owner` without
+    /// put about 16 KiB in the WAL (2 KiB pages, `leases_owner` without
     /// the state); 4 KiB pages put 38 KiB (measured on this schema). Each
     /// of those bytes is written again at the checkpoint and competes with
     /// whatever else syncs on the disk. A reader holds a snapshot so that
@@ -510,7 +510,7 @@ mod write_cost_tests {
         let per_lease = (std::fs::metadata(&wal).unwrap().len() - before) / n;
         assert!(per_lease < 24 * 1024, "{per_lease} bytes of WAL per issued lease");
         let page: i64 = reader.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
-        assert_eq!(page, 1024);
+        assert_eq!(page, 2048);
         reader.execute_batch("COMMIT").unwrap();
         s.close().await;
     }
