@@ -717,7 +717,9 @@ mod tests {
         (WriteReq { stmts: vec![Stmt { sql: sql.into(), binds: vec![], must_affect: false }], answer, reply }, rx)
     }
 
-    fn lease(n: u8) -> Lease {
+    /// A pending `db/r` lease numbered `n`, ten minutes long (the
+    /// write-cost tests in `leases.rs` start from it too).
+    pub(super) fn lease(n: u8) -> Lease {
         let now = OffsetDateTime::now_utc();
         Lease {
             id: LeaseId::new(format!("lse_{n:032x}")),

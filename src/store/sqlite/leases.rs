@@ -457,24 +457,14 @@ mod write_cost_tests {
             CLAIMS.iter().map(|k| ((*k).to_owned(), serde_json::json!(format!("{k}-{i}-{}", "x".repeat(24))))).collect();
         Lease {
             id: LeaseId::new(format!("lse_{:032x}", rand::random::<u128>())),
-            role: "db/app".into(),
-            plugin: "mysql".into(),
             issuer: "https://token.actions.githubusercontent.com".into(),
             subject: format!("repo:acme/svc{i}:ref:refs/heads/main"),
             claims: serde_json::Value::Object(claims),
             scopes: vec!["orders.read".into()],
             policies: vec!["bench".into()],
-            state: LeaseState::Pending,
-            issued_at: now,
             expires_at: now + time::Duration::hours(1),
             max_expires_at: now + time::Duration::hours(1),
-            handle: None,
-            attempts: 0,
-            last_error: None,
-            next_attempt_at: None,
-            end_reason: None,
-            ended_at: None,
-            root_version: None,
+            ..crate::store::sqlite::tests::lease(0)
         }
     }
 
