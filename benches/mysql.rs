@@ -35,7 +35,7 @@
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{copy_dir, layout_tag, layouts, lessor_issue, lessor_revoke, loadavg, median_run, print_run, scramble, Layout, Meter, Run};
+use support::{copy_dir, layout_tag, layouts, lessor_issue, lessor_revoke, loadavg, median_run, print_run, print_stages, scramble, stages, Layout, Meter, Run};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -308,6 +308,7 @@ database = "app"
     let (_, ids) = lessor_issue(&url, &[pid], CLIENTS, "my/app", mint("warm", CLIENTS * 4)).await;
     lessor_revoke(&url, &[pid], CLIENTS, &admin_token, ids).await;
 
+    let stages0 = stages("mysql");
     // Three rounds, alternating raw and lessor, reporting medians (raw issue
     // runs twice a round): runs on a shared 2-core machine vary by several
     // percent.
@@ -346,6 +347,7 @@ database = "app"
     line("raw issue (CREATE USER + GRANT + SET DEFAULT ROLE)", &ri);
     line("lessor issue over HTTP (JWT, policy, lease, user)", &li);
     println!("  ratio lessor / raw issue: {:.2}", li.rate / ri.rate);
+    print_stages(&stages0, &stages("mysql"));
     line("raw revoke, DROP USER alone", &rd);
     line("raw revoke, lock + sessions + drop + sessions", &rf);
     line("lessor revoke over HTTP (DELETE /v1/leases/id)", &lr);

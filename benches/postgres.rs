@@ -29,7 +29,7 @@
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{copy_dir, layout_tag, layouts, lessor_issue, lessor_revoke, loadavg, median_run, print_run, scramble, with_children, Layout, Meter, Run};
+use support::{copy_dir, layout_tag, layouts, lessor_issue, lessor_revoke, loadavg, median_run, print_run, print_stages, scramble, stages, with_children, Layout, Meter, Run};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -260,6 +260,7 @@ default_scopes = ["orders.read"]
     let (_, ids) = lessor_issue(&url, &[pid], CLIENTS, "pg/app", mint("warm", CLIENTS * 4)).await;
     lessor_revoke(&url, &[pid], CLIENTS, &admin_token, ids).await;
 
+    let stages0 = stages("postgres");
     // Three rounds, alternating raw and lessor, reporting medians: runs on
     // a shared 2-core machine vary by several percent.
     let (mut raw_v, mut raw_p, mut drop_only, mut raw_full, mut issues, mut revokes, mut tokens) =
@@ -293,6 +294,7 @@ default_scopes = ["orders.read"]
     line("raw issue, plaintext password (server hashes it)", &rp);
     line("lessor issue over HTTP (JWT, policy, lease, role)", &li);
     println!("  ratio lessor / raw issue: {:.2} (same statements), {:.2} (plaintext)", li.rate / rv.rate, li.rate / rp.rate);
+    print_stages(&stages0, &stages("postgres"));
     line("raw revoke, DROP ROLE alone", &rd);
     line("raw revoke, nologin + sessions + drop + check", &rf);
     line("lessor revoke over HTTP (DELETE /v1/leases/id)", &lr);

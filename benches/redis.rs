@@ -21,7 +21,7 @@
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{copy_dir, layout_tag, layouts, lessor_issue, lessor_revoke, loadavg, median_run, print_run, Layout, Meter, Run};
+use support::{copy_dir, layout_tag, layouts, lessor_issue, lessor_revoke, loadavg, median_run, print_run, print_stages, stages, Layout, Meter, Run};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -206,6 +206,7 @@ default_scopes = ["cache.read"]
     let (_, ids) = lessor_issue(&url, pids, CLIENTS, "cache/app", mint("warm", CLIENTS * 4)).await;
     lessor_revoke(&url, pids, CLIENTS, &admin_token, ids).await;
 
+    let stages0 = stages("redis");
     // Rounds alternate raw and lessor; medians are reported (runs on a
     // shared 2-core machine vary by several percent).
     let nodes = [a, b];
@@ -233,6 +234,7 @@ default_scopes = ["cache.read"]
     line("raw issue (SETUSER + ACL SAVE per node)", &ri);
     line("lessor issue over HTTP (JWT, policy, lease, user)", &li);
     println!("  ratio lessor / raw issue: {:.2}", li.rate / ri.rate);
+    print_stages(&stages0, &stages("redis"));
     line("raw revoke (DELUSER + CLIENT KILL + ACL SAVE)", &rr);
     line("lessor revoke over HTTP (DELETE /v1/leases/id)", &lr);
     println!("  ratio lessor / raw revoke: {:.2}", lr.rate / rr.rate);

@@ -18,6 +18,9 @@ pub struct Metrics {
     pub renewed: IntCounterVec,
     pub revocations: IntCounterVec,
     pub issue_seconds: HistogramVec,
+    /// Wall time of each stage of an issue, by plugin and stage (checks,
+    /// record, vendor, activate, durable; `lease::IssueStages`).
+    pub issue_stage_seconds: HistogramVec,
     pub policy_seconds: HistogramVec,
     pub auth_failures: IntCounterVec,
     /// Refused authentications answered late (their network was over its budget).
@@ -94,6 +97,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
         HistogramOpts::new("lessor_issue_duration_seconds", "Time to issue a credential, by plugin")
             .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
         &["plugin"],
+    )?;
+    let issue_stage_seconds = HistogramVec::new(
+        HistogramOpts::new(
+            "lessor_issue_stage_seconds",
+            "Time spent in each stage of an issue (checks, record, vendor, activate, durable), by plugin",
+        )
+        .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+        &["plugin", "stage"],
     )?;
     let policy_seconds = HistogramVec::new(
         HistogramOpts::new("lessor_policy_evaluation_seconds", "Time to evaluate policy, by action")
@@ -237,6 +248,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(renewed.clone()),
         Box::new(revocations.clone()),
         Box::new(issue_seconds.clone()),
+        Box::new(issue_stage_seconds.clone()),
         Box::new(policy_seconds.clone()),
         Box::new(auth_failures.clone()),
         Box::new(auth_failures_delayed.clone()),
@@ -274,6 +286,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         renewed,
         revocations,
         issue_seconds,
+        issue_stage_seconds,
         policy_seconds,
         auth_failures,
         auth_failures_delayed,

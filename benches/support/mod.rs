@@ -224,6 +224,38 @@ pub async fn lessor_revoke<S: AsRef<str>>(url: &str, pids: &[S], clients: usize,
     meter.stop(n, lat)
 }
 
+/// The issue stages of `plugin` so far in this process (lessor runs in
+/// it): `lessor_issue_stage_seconds`' (sum in seconds, count) per stage,
+/// in [`lessor::lease::IssueStages::NAMES`]' order.
+pub fn stages(plugin: &str) -> Vec<(f64, u64)> {
+    let m = lessor::telemetry::metrics();
+    lessor::lease::IssueStages::NAMES
+        .iter()
+        .map(|stage| {
+            let h = m.issue_stage_seconds.with_label_values(&[plugin, stage]);
+            (h.get_sample_sum(), h.get_sample_count())
+        })
+        .collect()
+}
+
+/// Prints the mean time of each issue stage between two [`stages`]
+/// snapshots, and how much of the whole is lessor's own (every stage but
+/// the vendor call).
+pub fn print_stages(before: &[(f64, u64)], after: &[(f64, u64)]) {
+    let mut parts = Vec::new();
+    let (mut own, mut all) = (0.0, 0.0);
+    for ((name, (s0, n0)), (s1, n1)) in lessor::lease::IssueStages::NAMES.iter().zip(before).zip(after) {
+        let n = n1.saturating_sub(*n0);
+        let ms = if n == 0 { f64::NAN } else { (s1 - s0) * 1000.0 / n as f64 };
+        parts.push(format!("{name} {ms:.2}"));
+        all += ms;
+        if *name != "vendor" {
+            own += ms;
+        }
+    }
+    println!("  lessor issue stages, mean ms: {}; lessor's own {own:.2} of {all:.2} ms", parts.join(", "));
+}
+
 /// Medians over rounds, field by field.
 pub fn median_run(runs: &[Run]) -> Run {
     let m = |f: fn(&Run) -> f64| pct(&mut runs.iter().map(f).collect::<Vec<_>>(), 0.5);

@@ -37,6 +37,9 @@ impl LeaseService {
                 }
             }
             m.issue_seconds.with_label_values(&[plugin]);
+            for stage in super::IssueStages::NAMES {
+                m.issue_stage_seconds.with_label_values(&[plugin, stage]);
+            }
             m.revocation_lag.with_label_values(&[plugin]);
             for a in [Action::Issue, Action::Renew, Action::Revoke, Action::Read] {
                 m.policy_denials.with_label_values(&[a.as_str(), name]);

@@ -49,6 +49,8 @@ pub mod retention;
 mod gauges;
 mod revoke;
 mod issue_times;
+mod stages;
+pub use stages::IssueStages;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -179,13 +181,15 @@ impl RateLimiter {
     }
 }
 
-/// What an issue returns: the lease, the credential (shown once), why.
+/// What an issue returns: the lease, the credential (shown once), why,
+/// and where the time went.
 pub struct Issued {
     pub lease: Lease,
     pub renewable: bool,
     pub public: serde_json::Map<String, serde_json::Value>,
     pub secret: BTreeMap<String, SecretString>,
     pub decision: Decision,
+    pub stages: IssueStages,
 }
 
 /// What a renewal returns: the lease, whether it runs for less than was
@@ -436,8 +440,9 @@ impl LeaseService {
             }
         }
         metrics().issued.with_label_values(&[role.kind.as_str(), role.name.as_str(), outcome(&result), meta.api]).inc();
-        if result.is_ok() {
+        if let Ok(issued) = &result {
             metrics().issue_seconds.with_label_values(&[role.kind.as_str()]).observe(started.elapsed().as_secs_f64());
+            issued.stages.observe(role.kind.as_str());
         }
         result
     }
@@ -449,6 +454,7 @@ impl LeaseService {
         input: IssueInput,
         meta: &RequestMeta,
     ) -> Result<Issued, LeaseError> {
+        let started = Instant::now();
         let ttl = request_ttl(input.ttl.as_deref(), role)?;
         let mut scopes = input.scopes.clone().unwrap_or_else(|| role.cfg.default_scopes.clone());
         scopes.sort();
@@ -520,6 +526,7 @@ impl LeaseService {
             ev = ev.detail("params", self.audit.hash(params.as_bytes()));
         }
         self.audit.record(ev).await?;
+        let checks = started.elapsed();
         // From here on, finish in a task of our own: dropping the request
         // future (client gone) must not stop half-way between recording the
         // lease, creating the credential, activating the lease and auditing
@@ -532,7 +539,7 @@ impl LeaseService {
         let params = input.params;
         let requested_ttl = crate::duration::secs_i64(ttl);
         let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
-            let (lease, issued) = svc.create_and_activate(role, lease, workload, params).await?;
+            let (lease, issued, stages) = svc.create_and_activate(role, lease, workload, params).await?;
             // Who, what and why are in `issue pending` (same request id and
             // lease id): this entry only says that it happened.
             let mut ev = Event::new("issue", "ok").request_brief(&meta);
@@ -550,11 +557,11 @@ impl LeaseService {
             }
             // The one INFO line per credential; the rest of a request logs at DEBUG.
             tracing::info!(lease_id = %lease.id, role = %lease.role, ttl_seconds, "credential issued");
-            Ok((lease, issued))
+            Ok((lease, issued, stages))
         }));
         // (in_current_span: the request's span, and so its request id, stays
         // on the lines the plugin logs.)
-        let (lease, issued) = match task.await {
+        let (lease, issued, stages) = match task.await {
             Ok(r) => r?,
             Err(e) => {
                 return Err(LeaseError::Conflict(format!("issue task failed: {e}; the pending lease will be cleaned up")))
@@ -566,6 +573,7 @@ impl LeaseService {
             public: issued.public,
             secret: issued.secret,
             decision,
+            stages: IssueStages { checks, ..stages },
         })
     }
 
@@ -575,7 +583,7 @@ impl LeaseService {
         mut lease: Lease,
         workload: lessor_plugin::Workload,
         params: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<(Lease, lessor_plugin::Issued), LeaseError> {
+    ) -> Result<(Lease, lessor_plugin::Issued, IssueStages), LeaseError> {
         if let Some(roots) = &self.roots {
             // Another replica may have switched the root credential: issue
             // with the store's active version, never a stale one.
@@ -588,7 +596,9 @@ impl LeaseService {
         // or, for a vendor that takes a while, up to half its usual time
         // later so that other writes share it.
         let within = self.issue_times.sync_within(&role.name);
+        let recording = Instant::now();
         let on_disk = self.store.insert_pending_within(&lease, within).await?;
+        let record = recording.elapsed();
         let req = lessor_plugin::IssueRequest {
             lease_id: lease.id.clone(),
             role: role.short.clone(),
@@ -602,7 +612,8 @@ impl LeaseService {
         let limit = self.settings.call_timeout();
         let started = Instant::now();
         let called = lessor_plugin::call::bounded("issue", limit, role.plugin.issue(req)).await;
-        self.issue_times.record(&role.name, started.elapsed());
+        let vendor = started.elapsed();
+        self.issue_times.record(&role.name, vendor);
         let issued = match called.unwrap_or_else(|_| {
             Err(PluginError::Retryable(format!("the plugin did not finish issuing within {}", crate::fmt_duration(limit))))
         }) {
@@ -616,6 +627,7 @@ impl LeaseService {
             }
         };
         let expires_at = crate::duration::vendor_expiry(issued.expires_at, lease.expires_at, OffsetDateTime::now_utc(), &role.name);
+        let activating = Instant::now();
         match self.store.activate_at_version(&lease.id, &issued.handle, expires_at, issued.root_version).await {
             Ok(true) => {}
             Ok(false) => {
@@ -639,6 +651,7 @@ impl LeaseService {
                 return Err(e.into());
             }
         }
+        let activate = activating.elapsed();
         lease.state = LeaseState::Active;
         lease.root_version = issued.root_version;
         lease.handle = Some(issued.handle.clone());
@@ -646,13 +659,15 @@ impl LeaseService {
         // No credential leaves before its lease is on disk, at least as
         // pending (the activation is committed and synced next: a power
         // loss before then leaves a pending lease, which recovery revokes).
+        let waiting = Instant::now();
         if let Err(e) = on_disk.wait().await {
             tracing::warn!(lease_id = %lease.id, error = %e, "the pending lease did not reach the disk; revoking the credential");
             let _ = self.revoke_lease_by(&lease, EndReason::Orphaned, ActorInfo::system("issue-cleanup"), None).await;
             return Err(e.into());
         }
+        let durable = waiting.elapsed();
         self.note_expiry(expires_at);
-        Ok((lease, issued))
+        Ok((lease, issued, IssueStages { checks: Duration::ZERO, record, vendor, activate, durable }))
     }
 
     /// Revokes a credential the plugin created for a lease that had already

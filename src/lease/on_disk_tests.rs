@@ -1,6 +1,7 @@
 //! The issue path and the disk (SQLite): a credential leaves only once its
 //! pending lease row is on disk, although both lease writes are answered
-//! at their commits ([`crate::store::OnDisk`]).
+//! at their commits ([`crate::store::OnDisk`]); the issue's stage times
+//! ([`super::IssueStages`]) say where the wait was.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -93,6 +94,7 @@ async fn no_credential_leaves_before_its_pending_row_is_on_disk() {
 
     hold.store(true, Ordering::SeqCst);
     let (s2, w2) = (svc.clone(), w.clone());
+    let spawned = Instant::now();
     let mut issue = tokio::spawn(async move { s2.issue(&w2, input(), &RequestMeta::internal()).await });
     // The vendor has created it and the activation is committed: all that
     // is left is the pending row's sync, which the disk holds.
@@ -111,10 +113,29 @@ async fn no_credential_leaves_before_its_pending_row_is_on_disk() {
         "the credential must not leave while its pending row is not on disk"
     );
     hold.store(false, Ordering::SeqCst);
+    let released = Instant::now();
     go.send(()).unwrap();
     let issued = tokio::time::timeout(Duration::from_secs(10), issue).await.expect("returned once on disk").unwrap().expect("issued");
+    let returned = spawned.elapsed();
     assert_eq!(issued.lease.state, LeaseState::Active);
+    // The wait on the disk is the `durable` stage: it ended after the
+    // release, and the stages before it ran one after the other.
+    assert_stages_fit(&issued.stages, released - spawned, returned);
     store.close().await;
+}
+
+/// `stages` of an issue that started at 0, returned at `returned` and
+/// whose pending row's sync was released at `released`: they follow one
+/// another, so together they fit in `returned`, and `durable` ends after
+/// the release.
+fn assert_stages_fit(stages: &super::IssueStages, released: Duration, returned: Duration) {
+    let s = stages;
+    assert!(s.total() <= returned, "the stages ({s:?}) take longer than the issue ({returned:?})");
+    let before = s.checks + s.record + s.vendor + s.activate;
+    assert!(before + s.durable >= released, "the durable stage ({s:?}) must last until the disk is released ({released:?})");
+    for (stage, d) in s.each() {
+        assert!(d > Duration::ZERO, "stage `{stage}` not measured: {s:?}");
+    }
 }
 
 /// A lease service over `store` with one role, `token/orders`, made by
@@ -199,7 +220,10 @@ async fn a_slow_vendors_pending_row_puts_its_sync_off_and_is_on_disk_before_the_
     svc.issue(&w, input(), &RequestMeta::internal()).await.expect("issued");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t0 = Instant::now();
-    svc.issue(&w, input(), &RequestMeta::internal()).await.expect("issued");
+    let issued = svc.issue(&w, input(), &RequestMeta::internal()).await.expect("issued");
+    // The vendor's time is the `vendor` stage.
+    assert!(issued.stages.vendor >= SLOW, "{:?}", issued.stages);
+    assert!(issued.stages.total() <= t0.elapsed(), "{:?}", issued.stages);
     let first = started.lock().unwrap().iter().copied().find(|t| *t >= t0).expect("a sync for the second issue");
     // No other write asks for a sync: the pending row's starts at its
     // deadline, 20 ms after its commit, never sooner.
@@ -209,11 +233,15 @@ async fn a_slow_vendors_pending_row_puts_its_sync_off_and_is_on_disk_before_the_
     tokio::time::sleep(Duration::from_millis(100)).await;
     hold.store(true, Ordering::SeqCst);
     let (svc2, w2) = (svc.clone(), w.clone());
+    let spawned = Instant::now();
     let mut issue = tokio::spawn(async move { svc2.issue(&w2, input(), &RequestMeta::internal()).await });
     assert!(tokio::time::timeout(SLOW * 3, &mut issue).await.is_err(), "the credential must not leave while the disk is held");
     hold.store(false, Ordering::SeqCst);
+    let released = Instant::now();
     go.send(()).unwrap();
     let issued = tokio::time::timeout(Duration::from_secs(10), issue).await.expect("returned once on disk").unwrap().expect("issued");
     assert_eq!(issued.lease.state, LeaseState::Active);
+    assert!(issued.stages.vendor >= SLOW, "{:?}", issued.stages);
+    assert_stages_fit(&issued.stages, released - spawned, spawned.elapsed());
     store.close().await;
 }

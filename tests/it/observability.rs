@@ -293,6 +293,19 @@ async fn a_scripted_scenario_moves_every_counter_and_histogram_by_what_happened(
         ("lessor_revocation_lag_seconds_count", &[("plugin", "token")], 1.0),
         ("lessor_revocation_lag_seconds_count", &[("plugin", "pki")], 0.0),
     ]);
+    // Each successful issue's stages are counted once per stage, and they
+    // fit in its duration (which also holds the role lookup and the
+    // outcome's audit entry).
+    for (plugin, n) in [("token", 2.0), ("pki", 2.0), ("postgres", 1.0)] {
+        let mut stages = 0.0;
+        for stage in ["checks", "record", "vendor", "activate", "durable"] {
+            let labels = [("plugin", plugin), ("stage", stage)];
+            assert_eq!(delta(&m0, &m1, "lessor_issue_stage_seconds_count", &labels), n, "{plugin}, stage {stage}");
+            stages += delta(&m0, &m1, "lessor_issue_stage_seconds_sum", &labels);
+        }
+        let whole = delta(&m0, &m1, "lessor_issue_duration_seconds_sum", &[("plugin", plugin)]);
+        assert!(stages > 0.0 && stages <= whole, "{plugin}: stages took {stages} s of the issues' {whole} s");
+    }
     let lag = delta(&m0, &m1, "lessor_revocation_lag_seconds_sum", &[("plugin", "token")]);
     assert!((lag - lag_of(&xl)).abs() < 0.002, "observed lag {lag}, lease {xl}");
     // Key fetches: exactly what the issuer served.
