@@ -126,6 +126,7 @@ pub struct Run {
 pub struct Meter {
     servers: Vec<String>,
     start: std::time::Instant,
+    wall: std::time::SystemTime,
     cpu: f64,
     server_cpu: f64,
 }
@@ -134,7 +135,7 @@ impl Meter {
     pub fn start<S: AsRef<str>>(servers: &[S]) -> Meter {
         let servers: Vec<String> = servers.iter().map(|s| s.as_ref().to_owned()).collect();
         let server_cpu = servers.iter().map(|p| tree_cpu_seconds(p)).sum();
-        Meter { servers, start: std::time::Instant::now(), cpu: cpu_seconds(), server_cpu }
+        Meter { servers, start: std::time::Instant::now(), wall: std::time::SystemTime::now(), cpu: cpu_seconds(), server_cpu }
     }
 
     /// The run of `n` operations with latencies `lat` (ms).
@@ -142,6 +143,7 @@ impl Meter {
         let rate = n as f64 / self.start.elapsed().as_secs_f64();
         let per = |d: f64| d * 1e6 / n as f64;
         let server_cpu: f64 = self.servers.iter().map(|p| tree_cpu_seconds(p)).sum();
+        log_phase(self.wall);
         Run {
             rate,
             p50: pct(&mut lat, 0.5),
@@ -150,6 +152,19 @@ impl Meter {
             server_us: per(server_cpu - self.server_cpu),
         }
     }
+}
+
+/// With `LESSOR_BENCH_PHASES=<file>`, appends the wall-clock bounds of
+/// each timed run to the file (`<start> <end>`, Unix seconds, in the order
+/// the bench runs them), to cut a `perf record -k realtime` profile (or a
+/// block-layer trace) by run: how the MariaDB inode writes below lessor's
+/// audit `fstat` were found (README, the MySQL bench).
+fn log_phase(start: std::time::SystemTime) {
+    let Ok(path) = std::env::var("LESSOR_BENCH_PHASES") else { return };
+    let unix = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let line = format!("{:.6} {:.6}\n", unix(start), unix(std::time::SystemTime::now()));
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("LESSOR_BENCH_PHASES file");
+    std::io::Write::write_all(&mut f, line.as_bytes()).expect("phase log");
 }
 
 /// Issues one lease of `role` per JWT through lessor at `url`, `clients`
