@@ -515,51 +515,6 @@ mod tests {
         }
     }
 
-    /// A disk that takes at most 7 bytes a call, is interrupted once, and
-    /// is full at `cap` bytes.
-    struct Filling {
-        got: Vec<u8>,
-        cap: usize,
-        interrupted: bool,
-    }
-    impl std::io::Write for Filling {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            if !self.interrupted {
-                self.interrupted = true;
-                return Err(std::io::ErrorKind::Interrupted.into());
-            }
-            let room = self.cap - self.got.len();
-            if room == 0 {
-                return Err(std::io::Error::other("no space left on device"));
-            }
-            let n = buf.len().min(7).min(room);
-            self.got.extend_from_slice(&buf[..n]);
-            Ok(n)
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    /// A failed append reports exactly the bytes that reached the file (the
-    /// writer takes back that many from the end without asking the file
-    /// its length before each write); an interrupted call is retried.
-    #[test]
-    fn append_counts_what_reached_the_file_before_an_error() {
-        let line = b"0123456789abcdefghij";
-        let mut full = Filling { got: vec![], cap: 10, interrupted: false };
-        let (n, r) = writer::append(&mut full, line);
-        assert_eq!(n, 10);
-        assert!(r.unwrap_err().to_string().contains("no space"));
-        assert_eq!(full.got, b"0123456789");
-        let mut room = Filling { got: vec![], cap: 100, interrupted: false };
-        let (n, r) = writer::append(&mut room, line);
-        assert!(r.is_ok());
-        assert_eq!((n, room.got.as_slice()), (line.len(), &line[..]));
-        let (n, r) = writer::append(&mut [0u8; 4].as_mut_slice(), line);
-        assert_eq!((n, r.unwrap_err().kind()), (4, std::io::ErrorKind::WriteZero));
-    }
-
     #[tokio::test]
     async fn a_failing_stdout_beside_a_good_file_does_not_fork_the_chain() {
         let dir = tempfile::tempdir().unwrap();

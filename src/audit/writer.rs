@@ -116,7 +116,7 @@ pub fn read_head(path: &Path) -> Result<Option<chain::Line>, String> {
 /// Writes all of `buf` to `w`, returning how many bytes went out before
 /// any error (so a failed append can be taken back without asking the
 /// file its length first).
-pub(super) fn append<W: Write>(w: &mut W, buf: &[u8]) -> (usize, std::io::Result<()>) {
+fn append<W: Write>(w: &mut W, buf: &[u8]) -> (usize, std::io::Result<()>) {
     let mut done = 0;
     while done < buf.len() {
         match w.write(&buf[done..]) {
@@ -127,6 +127,17 @@ pub(super) fn append<W: Write>(w: &mut W, buf: &[u8]) -> (usize, std::io::Result
         }
     }
     (done, Ok(()))
+}
+
+/// Cuts the last `appended` bytes off `f` (best effort: the write has
+/// already failed and is reported as such).
+fn take_back(f: &File, appended: usize) {
+    if appended == 0 {
+        return;
+    }
+    if let Ok(m) = f.metadata() {
+        let _ = f.set_len(m.len().saturating_sub(appended as u64));
+    }
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {
@@ -337,10 +348,8 @@ impl Writer {
                 // failed) so the file stays a clean chain: lessor's
                 // writes go to the end (O_APPEND), so they are its last
                 // `appended` bytes.
-                if self.regular && appended > 0 {
-                    if let Ok(m) = f.metadata() {
-                        let _ = f.set_len(m.len().saturating_sub(appended as u64));
-                    }
+                if self.regular {
+                    take_back(f, appended);
                 }
                 return Err(format!("writing {path}: {e}"));
             }
@@ -693,5 +702,70 @@ pub(super) fn run(shared: Shared, rx: Receiver<Msg>) {
                 let _ = resume.recv();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A disk that takes at most 7 bytes a call, is interrupted once, and
+    /// is full at `cap` bytes.
+    struct Filling {
+        got: Vec<u8>,
+        cap: usize,
+        interrupted: bool,
+    }
+    impl std::io::Write for Filling {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if !self.interrupted {
+                self.interrupted = true;
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            let room = self.cap - self.got.len();
+            if room == 0 {
+                return Err(std::io::Error::other("no space left on device"));
+            }
+            let n = buf.len().min(7).min(room);
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A failed append reports exactly the bytes that reached the file (the
+    /// writer takes back that many from the end without asking the file
+    /// its length before each write); an interrupted call is retried.
+    #[test]
+    fn append_counts_what_reached_the_file_before_an_error() {
+        let line = b"0123456789abcdefghij";
+        let mut full = Filling { got: vec![], cap: 10, interrupted: false };
+        let (n, r) = append(&mut full, line);
+        assert_eq!(n, 10);
+        assert!(r.unwrap_err().to_string().contains("no space"));
+        assert_eq!(full.got, b"0123456789");
+        let mut room = Filling { got: vec![], cap: 100, interrupted: false };
+        let (n, r) = append(&mut room, line);
+        assert!(r.is_ok());
+        assert_eq!((n, room.got.as_slice()), (line.len(), &line[..]));
+        let (n, r) = append(&mut [0u8; 4].as_mut_slice(), line);
+        assert_eq!((n, r.unwrap_err().kind()), (4, std::io::ErrorKind::WriteZero));
+    }
+
+    /// What a failed append left is cut off the end of the real file, and
+    /// the lines before it stay whole.
+    #[test]
+    fn a_failed_append_is_taken_back_from_the_end_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut f, b"line one\n").unwrap();
+        std::io::Write::write_all(&mut f, b"half a li").unwrap();
+        take_back(&f, 9);
+        assert_eq!(std::fs::read(&path).unwrap(), b"line one\n");
+        take_back(&f, 0);
+        assert_eq!(std::fs::read(&path).unwrap(), b"line one\n");
     }
 }
