@@ -505,6 +505,43 @@ mod write_cost_tests {
         s.close().await;
     }
 
+    /// The WAL is checkpointed once it holds [`CHECKPOINT_PAGES`] pages, not
+    /// at SQLite's default of 1,000: the pages leases change again and
+    /// again reach the database file once per checkpoint, far fewer writes
+    /// per lease. And it is checkpointed then: the WAL does not grow past
+    /// that (plus the batch that crossed it) while leases are issued.
+    /// SQLite counts its restarts after a checkpoint in the WAL header
+    /// (bytes 12..16).
+    #[tokio::test]
+    async fn the_wal_is_checkpointed_once_it_holds_checkpoint_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let s = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+        let wal = dir.path().join("c.db-wal");
+        let restarts = || {
+            let head = std::fs::read(&wal).unwrap();
+            u32::from_be_bytes(head.get(12..16).unwrap().try_into().unwrap())
+        };
+        issue(&s, std::iter::once(lease(0))).await;
+        let first = restarts();
+        let frame = 24 + 2048;
+        let mut longest = 0;
+        let mut restarted = false;
+        for i in 1..4000 {
+            issue(&s, std::iter::once(lease(i))).await;
+            if restarts() != first {
+                restarted = true;
+                break;
+            }
+            longest = longest.max(std::fs::metadata(&wal).unwrap().len());
+        }
+        let pages = longest.saturating_sub(32) / frame;
+        assert!(restarted, "no checkpoint within 4,000 leases ({pages} pages in the WAL)");
+        assert!(pages >= u64::from(CHECKPOINT_PAGES) - 16, "checkpointed at {pages} pages, before {CHECKPOINT_PAGES}");
+        assert!(pages < u64::from(CHECKPOINT_PAGES) + 64, "the WAL grew to {pages} pages before its checkpoint");
+        s.close().await;
+    }
+
     /// A database created with 4 KiB pages (every store made before
     /// migration 0017) opens, migrates and keeps its pages.
     #[tokio::test]
