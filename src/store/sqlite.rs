@@ -276,7 +276,7 @@ impl Writer {
                 let queue = queue_at_write;
                 // The sync thread ends with this one, even on a panic.
                 let _close = sync::CloseOnDrop(&queue);
-                let mut conn = conn;
+                let conn = conn;
                 let mut batch = Vec::with_capacity(MAX_BATCH);
                 let mut closing = None;
                 while let Some(first) = rx.blocking_recv() {
@@ -299,7 +299,7 @@ impl Writer {
                         }
                     }
                     if !batch.is_empty() {
-                        if let Some(done) = Writer::run(&mut conn, &mut batch, (&deltas, &counts_at_write), &committed) {
+                        if let Some(done) = Writer::run(&conn, &mut batch, (&deltas, &counts_at_write), &committed) {
                             let waited_for = !done.durable.is_empty() || !done.deferred.is_empty();
                             if !done.durable.is_empty() {
                                 queue.durable(done.durable);
@@ -367,7 +367,7 @@ impl Writer {
     /// are dropped, the rest applied to `counts` at the commit, before any
     /// write of the batch is answered.
     fn run(
-        conn: &mut rusqlite::Connection,
+        conn: &rusqlite::Connection,
         batch: &mut Vec<WriteReq>,
         (deltas, counts): (&counts::Deltas, &std::sync::RwLock<counts::Counts>),
         committed: &AtomicU64,
@@ -779,7 +779,7 @@ mod tests {
     #[test]
     fn a_batch_answers_what_needs_only_the_commit_and_hands_the_rest_to_the_sync() {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = rusqlite::Connection::open(dir.path().join("w.db")).unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join("w.db")).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; CREATE TABLE t (x INTEGER PRIMARY KEY)").unwrap();
         let (then4, mut synced4) = tokio::sync::oneshot::channel();
         let (then5, mut synced5) = tokio::sync::oneshot::channel();
@@ -794,7 +794,7 @@ mod tests {
         let (mut batch, mut answers): (Vec<_>, Vec<_>) = writes.into_iter().map(|(sql, a)| write(sql, a)).unzip();
         let (deltas, counts) = (counts::Deltas::default(), std::sync::RwLock::default());
         let seq = AtomicU64::new(6);
-        let done = Writer::run(&mut conn, &mut batch, (&deltas, &counts), &seq).expect("committed");
+        let done = Writer::run(&conn, &mut batch, (&deltas, &counts), &seq).expect("committed");
         assert_eq!((done.seq, seq.load(Ordering::SeqCst)), (7, 7), "the commit is numbered");
         assert_eq!(done.deferred.len(), 1, "the pending row's second answer waits apart");
         let durable: Vec<_> = done.durable.into_iter().chain(done.deferred).collect();
