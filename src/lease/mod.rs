@@ -593,8 +593,8 @@ impl LeaseService {
             })?;
         }
         // Committed; its sync runs while the plugin works, started at once
-        // or, for a vendor that takes a while, up to half its usual time
-        // later so that other writes share it.
+        // or, for a vendor that takes a while, up to nine tenths of its
+        // usual time later so that other writes share it.
         let within = self.issue_times.sync_within(&role.name);
         let recording = Instant::now();
         let on_disk = self.store.insert_pending_within(&lease, within).await?;

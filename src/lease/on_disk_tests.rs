@@ -214,7 +214,7 @@ impl Plugin for Slow {
 }
 
 /// For a vendor that takes a while, the pending row's sync is put off
-/// (half the vendor's usual time, learnt from its calls, here capped at
+/// (nine tenths of the vendor's usual time, learnt from its calls, here capped at
 /// `LAZY_SYNC`, 20 ms) so that other writes can share it; the credential
 /// still leaves only once the row is on disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
