@@ -53,7 +53,13 @@ async fn server_pid(r: &TempRedis, password: &str) -> String {
 
 async fn admin(r: &TempRedis, password: &str) -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(format!("redis://default:{password}@127.0.0.1:{}", r.port())).expect("client");
-    client.get_multiplexed_async_connection().await.expect("connect")
+    // The plugin's default `timeout` (5 s), not the crate's shorter one: an
+    // `ACL SAVE` (a file write and fsync) on a busy disk outlasted that and
+    // ended a run in the raw clients, where lessor's would have waited.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(5)));
+    client.get_multiplexed_async_connection_with_config(&config).await.expect("connect")
 }
 
 /// The raw baseline: `CLIENTS` clients, each with its own connection to each
