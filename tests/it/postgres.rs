@@ -123,6 +123,12 @@ async fn clients_that_disconnect_mid_request_leave_no_role_without_a_lease() {
     let pg = start_pg();
     let (d, _aux) = pg_daemon(&iss, &pg, "").await;
     let jwt = iss.token();
+    // One issue first, not cut (the issuer's keys fetched, the vendor's
+    // usual time learnt), and the last request of each round waits for its
+    // answer: on a busy host every request could otherwise be cut before
+    // lessor had verified it, and the test would check nothing.
+    let (s, v) = d.issue(&jwt, json!({"role": "pg/app"})).await;
+    assert_eq!(s, 201, "{v}");
     let mut cut = 0;
     let mut ok = 0;
     for round in 0..12u64 {
@@ -131,7 +137,7 @@ async fn clients_that_disconnect_mid_request_leave_no_role_without_a_lease() {
             let (http, url, jwt) = (d.http.clone(), d.url.clone(), jwt.clone());
             // Give up after 0..~12 ms: many requests are cut while the role is
             // being created at PostgreSQL.
-            let after = Duration::from_micros((round * 16 + i) * 7919 % 12_000);
+            let after = if i == 15 { Duration::from_secs(60) } else { Duration::from_micros((round * 16 + i) * 7919 % 12_000) };
             set.spawn(async move {
                 let req = http.post(format!("{url}/v1/leases")).bearer_auth(jwt).json(&json!({"role": "pg/app"})).send();
                 tokio::time::timeout(after, req).await.is_ok()
@@ -151,7 +157,7 @@ async fn clients_that_disconnect_mid_request_leave_no_role_without_a_lease() {
     assert!(settled.is_some(), "pending leases remain: {:?}", leases_in(&d, "pending").await);
     let roles = pg_lease_ids(&pg);
     let active = leases_in(&d, "active").await;
-    assert!(!roles.is_empty(), "some roles were issued");
+    assert!(roles.len() > 10, "roles were issued: {} (cut {cut}, completed {ok})", roles.len());
     assert_eq!(roles, active, "every role belongs to an active lease and every active lease has its role");
 }
 
